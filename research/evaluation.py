@@ -1,0 +1,97 @@
+"""Evaluation of whole splits: every example exactly once, metrics from all predictions at once.
+
+`run_model` feeds length-sorted, padded batches through the compiled eval step and scatters the
+outputs back to split order (padding rows dropped); `score` turns outputs into the task's
+metrics, plus a per-class (or per-entity-type) precision/recall/F1 report.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from research import metrics, tasks
+from research.data import input_pipeline
+from research.parallel import DataParallel
+
+
+def run_model(eval_step: Callable, dp: DataParallel, params: Any,
+              split: input_pipeline.EncodedSplit, *, batch_size: int,
+              buckets: tuple[int, ...]) -> tuple[np.ndarray, float]:
+  """Outputs for every example ([N, labels] or [N, max_length, labels]) and the mean loss."""
+  pending = []
+  batches = input_pipeline.prefetch(
+      input_pipeline.eval_batches(split, batch_size, buckets),
+      lambda item: (item[0], dp.put_eval_batch(item[1])))
+  for indices, batch in batches:
+    logits, sums = eval_step(params, batch)
+    if dp.sync_each_step:
+      jax.block_until_ready(logits)
+    pending.append((indices, logits, sums))
+  outputs, loss_sum, weight_sum = None, 0.0, 0.0
+  for indices, logits, sums in pending:
+    logits = dp.get_batch_outputs(logits)[:len(indices)]
+    if outputs is None:
+      shape = (len(split),) + ((split.input_ids.shape[1],) if logits.ndim == 3 else ())
+      outputs = np.zeros(shape + logits.shape[-1:], np.float32)
+    if logits.ndim == 3:  # tokens: the batch is padded to its bucket, not to max_length
+      outputs[indices, :logits.shape[1]] = logits
+    else:
+      outputs[indices] = logits
+    sums = dp.get_metrics(sums)
+    loss_sum += float(sums["loss_sum"])
+    weight_sum += float(sums["weight_sum"])
+  return outputs, loss_sum / max(weight_sum, 1.0)
+
+
+def word_predictions(split: input_pipeline.EncodedSplit, outputs: np.ndarray) -> list[np.ndarray]:
+  """Token-task outputs -> each sentence's tag id per word, read at its first sub-word.
+
+  Words cut off by max_length get tag 0 (the first label name, "O" for CoNLL), so that their
+  gold entities still count as missed.
+  """
+  predicted_tokens = outputs.argmax(-1)
+  sentences = []
+  for i in range(len(split)):
+    words = np.zeros(len(split.word_labels[i]), np.int64)
+    positions = np.flatnonzero(split.word_index[i] >= 0)
+    words[split.word_index[i, positions]] = predicted_tokens[i, positions]
+    sentences.append(words)
+  return sentences
+
+
+def predictions(kind: str, split: input_pipeline.EncodedSplit, outputs: np.ndarray):
+  if kind == "classification":
+    return outputs.argmax(-1)
+  if kind == "regression":
+    return outputs[:, 0]
+  return word_predictions(split, outputs)
+
+
+def score(task_cfg, split: input_pipeline.EncodedSplit, outputs: np.ndarray,
+          loss: float) -> tuple[dict[str, float], dict[str, Any]]:
+  """(scalar metrics incl. loss, report) for a split's outputs."""
+  kind, names = task_cfg.kind, tuple(task_cfg.label_names)
+  predicted = predictions(kind, split, outputs)
+  scalars: dict[str, float] = {"loss": loss}
+  if kind == "token_classification":
+    gold = [[names[t] for t in tags] for tags in split.word_labels]
+    guess = [[names[t] for t in tags] for tags in predicted]
+    report = metrics.entity_scores(gold, guess)
+    overall = report["overall"]
+    values = {"entity_f1": overall["f1-score"], "entity_precision": overall["precision"],
+              "entity_recall": overall["recall"],
+              "accuracy": float(np.mean(np.concatenate(
+                  [g == p for g, p in zip(split.word_labels, predicted)])))}
+    scalars.update({name: values[name] for name in task_cfg.metrics})
+    return scalars, report
+  for name in task_cfg.metrics:
+    scalars[name] = metrics.METRICS[name](split.labels, predicted)
+  if kind == "regression":
+    scalars["mse"] = float(np.mean(np.square(predicted - split.labels)))
+    return scalars, {}
+  report = metrics.classification_report(split.labels, predicted, names)
+  scalars["macro_f1"] = report["macro avg"]["f1-score"]
+  return scalars, report

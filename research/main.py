@@ -1,0 +1,106 @@
+"""Command line entry point. The work is in `train.py`; this file only parses flags.
+
+  python -m research.main --config configs/sst2.py --workdir runs/sst2            # train + eval
+  python -m research.main --config configs/sst2.py:quick --workdir runs/q --config.seed=1
+  python -m research.main --config configs/sst2.py --workdir runs/sst2 --mode=eval
+  python -m research.main --config configs/sst2.py --workdir runs/sst2 --mode=predict \
+      --input=file.txt --output=preds.jsonl
+  python -m research.main --config configs/sst2.py --workdir runs/sst2 --mode=export \
+      --output=exported/
+
+Any config field can be overridden with --config.<path>=<value>; an unknown field or a value of
+the wrong type is an error (the config is locked). Errors in the config, the data, the
+checkpoint or the workdir print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with an argument: configs/sst2.py:quick",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "export"],
+                          "train (resumes if the workdir has a checkpoint), eval / predict / "
+                          "export the best checkpoint.")
+_INPUT = flags.DEFINE_string("input", None, "predict: a .txt (one example per line) or .jsonl.")
+_OUTPUT = flags.DEFINE_string("output", None, "predict: the .jsonl to write; export: a folder.")
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _unknown_field_message(error: Exception, argv: list[str]) -> str:
+  """config_flags reports a misspelt override as a bare KeyError/AttributeError: name it."""
+  text = str(error).replace("\\n", " ").replace("\\'", "'")
+  overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+  words = set(re.findall(r"[\w-]+", text))
+  culprit = next((o for o in overrides if set(o.split(".")[1:]) & words), None)
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  return (f"{culprit or 'a --config override'} is not a config field"
+          + (f' (did you mean "{hint.group(1)}"?)' if hint else ""))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+    if "Traceback" in message:  # config_flags wraps errors of the config file's get_config
+      head = message[:message.find("Traceback")].strip().rstrip(":")
+      message = f"{head}: {message.strip().splitlines()[-1]}"
+    _fail(message)
+  except (AttributeError, KeyError) as e:
+    _fail(_unknown_field_message(e, argv))
+  except (TypeError, ValueError, FileNotFoundError) as e:
+    _fail(f"--config: {e}")
+  return []
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  for noisy in ("absl", "datasets", "jax._src.xla_bridge"):  # orbax's per-save chatter, ...
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  import datasets
+  datasets.disable_progress_bars()  # the pipeline logs one line per split instead
+  from research import config_lib, train
+  from research.data.input_pipeline import DataError
+  from research.models.hf_io import CheckpointError
+
+  config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
+  if config is None:
+    _fail("--config is required")
+  try:
+    config.to_dict()
+  except OSError as e:  # config_flags defers a file that failed to load until first use
+    _fail(f"--config: {' '.join(str(e).split())}")
+  if workdir is None:
+    _fail("--workdir is required")
+  if mode == "predict" and not (_INPUT.value and _OUTPUT.value):
+    _fail("--mode=predict needs --input and --output")
+  if mode == "export" and not _OUTPUT.value:
+    _fail("--mode=export needs --output")
+  try:
+    if mode == "train":
+      train.train_and_evaluate(config, workdir)
+    elif mode == "eval":
+      train.evaluate(config, workdir)
+    elif mode == "predict":
+      train.predict(config, workdir, _INPUT.value, _OUTPUT.value)
+    else:
+      train.export(config, workdir, _OUTPUT.value)
+  except (config_lib.ConfigError, DataError, CheckpointError, train.RunError) as e:
+    _fail(str(e))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,158 @@
+"""Evaluation metrics on host numpy arrays, computed over a whole split at once.
+
+Each is checked against scikit-learn / scipy in tests/test_metrics.py. Corpus-level metrics
+(F1, Matthews, Pearson) are never averaged over batches.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
+  return float(np.mean(labels == predictions))
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+  """[true, predicted] counts."""
+  return np.bincount(labels * num_classes + predictions,
+                     minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def _safe_div(num, den):
+  num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+  return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def _prf(tp, n_pred, n_true):
+  precision, recall = _safe_div(tp, n_pred), _safe_div(tp, n_true)
+  return precision, recall, _safe_div(2 * precision * recall, precision + recall)
+
+
+def f1_binary(labels: np.ndarray, predictions: np.ndarray, positive: int = 1) -> float:
+  """F1 of the positive class (GLUE's MRPC and QQP F1)."""
+  tp = np.sum((predictions == positive) & (labels == positive))
+  _, _, f1 = _prf(tp, np.sum(predictions == positive), np.sum(labels == positive))
+  return float(f1)
+
+
+def matthews_corrcoef(labels: np.ndarray, predictions: np.ndarray) -> float:
+  """Multi-class Matthews correlation (Gorodkin's R_K); 0 when undefined, as in sklearn."""
+  classes = int(max(labels.max(initial=0), predictions.max(initial=0))) + 1
+  c = confusion_matrix(labels, predictions, classes).astype(np.float64)
+  t, p, n, correct = c.sum(1), c.sum(0), c.sum(), np.trace(c)
+  cov_ytyp = correct * n - t @ p
+  cov_ypyp = n * n - p @ p
+  cov_ytyt = n * n - t @ t
+  denom = np.sqrt(cov_ytyt * cov_ypyp)
+  return float(cov_ytyp / denom) if denom > 0 else 0.0
+
+
+def pearson(labels: np.ndarray, predictions: np.ndarray) -> float:
+  x = np.asarray(labels, np.float64) - np.mean(labels)
+  y = np.asarray(predictions, np.float64) - np.mean(predictions)
+  denom = np.sqrt(np.sum(x * x) * np.sum(y * y))
+  return float(np.sum(x * y) / denom) if denom > 0 else 0.0
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+  """Ranks 1..n with ties sharing their mean rank (scipy.stats.rankdata's 'average')."""
+  order = np.argsort(x, kind="mergesort")
+  sorted_x = x[order]
+  starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+  ends = np.r_[starts[1:], len(x)]
+  ranks = np.empty(len(x), np.float64)
+  ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+  return ranks
+
+
+def spearman(labels: np.ndarray, predictions: np.ndarray) -> float:
+  return pearson(_average_ranks(np.asarray(labels)), _average_ranks(np.asarray(predictions)))
+
+
+def classification_report(labels: np.ndarray, predictions: np.ndarray,
+                          label_names: Sequence[str]) -> dict[str, dict[str, float]]:
+  """Per-class precision/recall/F1/support plus micro, macro and weighted averages.
+
+  The layout of `sklearn.metrics.classification_report(..., output_dict=True)` with every class
+  listed; the micro average (equal to accuracy for single-label data) is always reported.
+  """
+  k = len(label_names)
+  c = confusion_matrix(labels, predictions, k)
+  tp, n_pred, n_true = np.diag(c), c.sum(0), c.sum(1)
+  precision, recall, f1 = _prf(tp, n_pred, n_true)
+  report = {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                   "f1-score": float(f1[i]), "support": int(n_true[i])}
+            for i, name in enumerate(label_names)}
+  mp, mr, mf = _prf(tp.sum(), n_pred.sum(), n_true.sum())
+  total = int(n_true.sum())
+  report["micro avg"] = {"precision": float(mp), "recall": float(mr), "f1-score": float(mf),
+                         "support": total}
+  report["macro avg"] = {"precision": float(precision.mean()), "recall": float(recall.mean()),
+                         "f1-score": float(f1.mean()), "support": total}
+  weights = _safe_div(n_true, total)
+  report["weighted avg"] = {"precision": float(precision @ weights),
+                            "recall": float(recall @ weights),
+                            "f1-score": float(f1 @ weights), "support": total}
+  return report
+
+
+def format_report(report: dict[str, dict[str, float]], digits: int = 4) -> str:
+  """Renders `classification_report` as the familiar fixed-width text table."""
+  width = max(len("weighted avg"), *(len(name) for name in report))
+  header = f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9}"
+  lines = [header, ""]
+  for name, row in report.items():
+    if name == "micro avg":
+      lines.append("")
+    lines.append(f"{name:>{width}} {row['precision']:>9.{digits}f} {row['recall']:>9.{digits}f} "
+                 f"{row['f1-score']:>9.{digits}f} {row['support']:>9}")
+  return "\n".join(lines)
+
+
+def entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
+  """(type, first word, last word) of each entity in an IOB2 tag sequence.
+
+  The CoNLL / seqeval (default mode) rules: an entity starts at B-X, or at I-X after O or after
+  a tag of another type, and runs while I-X follows; a stray I-X is thus an entity of its own.
+  """
+  found, start, kind = set(), None, None
+  for i, tag in enumerate(list(tags) + ["O"]):
+    prefix, _, tag_type = tag.partition("-")
+    if start is not None and (prefix in ("B", "O") or tag_type != kind):
+      found.add((kind, start, i - 1))
+      start = None
+    if prefix == "B" or (prefix == "I" and start is None):
+      start, kind = i, tag_type
+  return found
+
+
+def entity_scores(gold: Sequence[Sequence[str]],
+                  predicted: Sequence[Sequence[str]]) -> dict[str, dict[str, float]]:
+  """Entity-level precision/recall/F1, micro over all sentences ("overall") and per type."""
+  gold_set, pred_set = set(), set()
+  for sentence, (g, p) in enumerate(zip(gold, predicted)):
+    gold_set |= {(sentence,) + e for e in entities(g)}
+    pred_set |= {(sentence,) + e for e in entities(p)}
+  types = sorted({e[1] for e in gold_set | pred_set})
+  scores = {}
+  for name in ["overall"] + types:
+    keep = (lambda e: True) if name == "overall" else (lambda e, t=name: e[1] == t)
+    g = {e for e in gold_set if keep(e)}
+    p = {e for e in pred_set if keep(e)}
+    precision, recall, f1 = _prf(len(g & p), len(p), len(g))
+    scores[name] = {"precision": float(precision), "recall": float(recall),
+                    "f1-score": float(f1), "support": len(g)}
+  return scores
+
+
+# Corpus-level metrics by the names configs use: (labels, predictions) -> float.
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": accuracy,
+    "f1": f1_binary,
+    "matthews_corr": matthews_corrcoef,
+    "pearson": pearson,
+    "spearman": spearman,
+}

@@ -1,0 +1,1 @@
+"""Flax BERT and its Hugging Face checkpoint import/export."""

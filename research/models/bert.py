@@ -1,0 +1,298 @@
+"""A Flax Linen BERT that matches Hugging Face's `BertModel` parameter for parameter.
+
+Module names mirror the Hugging Face state-dict keys (`encoder/layer/0/attention/self/query`
+is `encoder.layer.0.attention.self.query`), so that import and export in `hf_io.py` are a
+mechanical renaming that anyone can audit against the PyTorch model.
+
+`dtype` is the compute dtype (activations, matmuls); `param_dtype` the storage dtype of the
+parameters. LayerNorm statistics, softmax and the logits are always computed in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+_ACTIVATIONS = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),  # BERT's exact erf GELU
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
+    "silu": nn.silu,
+    "swish": nn.silu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  """Architecture hyper-parameters; field names and defaults follow `transformers.BertConfig`."""
+
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  intermediate_size: int = 3072
+  hidden_act: str = "gelu"
+  hidden_dropout_prob: float = 0.1
+  attention_probs_dropout_prob: float = 0.1
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  pad_token_id: int = 0
+  initializer_range: float = 0.02
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(
+          f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+          f"{self.num_attention_heads}")
+    if self.hidden_act not in _ACTIVATIONS:
+      raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(_ACTIVATIONS)}")
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> "BertConfig":
+    """Builds a config from a Hugging Face `config.json` dict, ignoring unrelated keys."""
+    if values.get("model_type", "bert") != "bert":
+      raise ValueError(f"model_type {values['model_type']!r} is not a BERT checkpoint")
+    if values.get("position_embedding_type", "absolute") != "absolute":
+      raise ValueError(
+          f"position_embedding_type {values['position_embedding_type']!r} is not supported; "
+          "only 'absolute' is")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def _normal(config: BertConfig):
+  return nn.initializers.normal(stddev=config.initializer_range)
+
+
+class BertEmbeddings(nn.Module):
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids, token_type_ids, position_ids, *, deterministic: bool):
+    cfg = self.config
+
+    def embed(num, name):
+      return nn.Embed(num, cfg.hidden_size, embedding_init=_normal(cfg), dtype=self.dtype,
+                      param_dtype=self.param_dtype, name=name)
+
+    x = (embed(cfg.vocab_size, "word_embeddings")(input_ids)
+         + embed(cfg.max_position_embeddings, "position_embeddings")(position_ids)
+         + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids))
+    x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="LayerNorm")(x)
+    return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+
+
+class BertSelfAttention(nn.Module):
+  """Multi-head scaled dot-product attention over the unpadded keys."""
+
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, attention_bias, *, deterministic: bool):
+    cfg = self.config
+    heads = cfg.num_attention_heads
+    head_dim = cfg.hidden_size // heads
+
+    def project(name):
+      y = nn.Dense(cfg.hidden_size, kernel_init=_normal(cfg), dtype=self.dtype,
+                   param_dtype=self.param_dtype, name=name)(x)
+      return y.reshape(y.shape[:-1] + (heads, head_dim))
+
+    query, key, value = project("query"), project("key"), project("value")
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+    scores = scores / jnp.sqrt(head_dim).astype(jnp.float32) + attention_bias
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), value)
+    return context.reshape(context.shape[:-2] + (cfg.hidden_size,))
+
+
+class BertDenseResidual(nn.Module):
+  """Dense -> dropout -> LayerNorm(x + residual): HF's `BertSelfOutput` and `BertOutput`."""
+
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, residual, *, deterministic: bool):
+    cfg = self.config
+    x = nn.Dense(cfg.hidden_size, kernel_init=_normal(cfg), dtype=self.dtype,
+                 param_dtype=self.param_dtype, name="dense")(x)
+    x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="LayerNorm")(x + residual)
+
+
+class BertAttention(nn.Module):
+  """Self-attention plus its output projection: HF's `BertAttention`."""
+
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, attention_bias, *, deterministic: bool):
+    kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
+    context = BertSelfAttention(**kw, name="self")(x, attention_bias, deterministic=deterministic)
+    return BertDenseResidual(**kw, name="output")(context, x, deterministic=deterministic)
+
+
+class BertIntermediate(nn.Module):
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    x = nn.Dense(cfg.intermediate_size, kernel_init=_normal(cfg), dtype=self.dtype,
+                 param_dtype=self.param_dtype, name="dense")(x)
+    return _ACTIVATIONS[cfg.hidden_act](x)
+
+
+class BertLayer(nn.Module):
+  """One post-LayerNorm transformer block."""
+
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, attention_bias, *, deterministic: bool):
+    kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = BertAttention(**kw, name="attention")(x, attention_bias, deterministic=deterministic)
+    h = BertIntermediate(**kw, name="intermediate")(x)
+    return BertDenseResidual(**kw, name="output")(h, x, deterministic=deterministic)
+
+
+class BertLayerStack(nn.Module):
+  """The `encoder.layer` list; children are named "0", "1", ... as in the state dict."""
+
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, attention_bias, *, deterministic: bool):
+    hidden_states = [x]
+    for i in range(self.config.num_hidden_layers):
+      x = BertLayer(self.config, self.dtype, self.param_dtype, name=str(i))(
+          x, attention_bias, deterministic=deterministic)
+      hidden_states.append(x)
+    return x, tuple(hidden_states)
+
+
+class BertEncoder(nn.Module):
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, attention_bias, *, deterministic: bool):
+    return BertLayerStack(self.config, self.dtype, self.param_dtype, name="layer")(
+        x, attention_bias, deterministic=deterministic)
+
+
+class BertPooler(nn.Module):
+  """tanh(dense(hidden state of [CLS]))."""
+
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    x = nn.Dense(cfg.hidden_size, kernel_init=_normal(cfg), dtype=self.dtype,
+                 param_dtype=self.param_dtype, name="dense")(x[:, 0])
+    return nn.tanh(x)
+
+
+class BertModel(nn.Module):
+  """The encoder: returns (sequence_output [B, S, H], pooled_output [B, H] or None)."""
+
+  config: BertConfig
+  add_pooling_layer: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
+               deterministic: bool = True, output_hidden_states: bool = False):
+    kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+    x = BertEmbeddings(**kw, name="embeddings")(
+        input_ids, token_type_ids, position_ids, deterministic=deterministic)
+    # Padding keys get a large negative score: [B, 1, 1, S] broadcasts over heads and queries.
+    attention_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
+                               jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    x, hidden_states = BertEncoder(**kw, name="encoder")(
+        x, attention_bias, deterministic=deterministic)
+    pooled = BertPooler(**kw, name="pooler")(x) if self.add_pooling_layer else None
+    if output_hidden_states:
+      return x, pooled, hidden_states
+    return x, pooled
+
+
+class BertForSequenceClassification(nn.Module):
+  """Pooled [CLS] -> dropout -> dense. `num_labels == 1` is regression."""
+
+  config: BertConfig
+  num_labels: int
+  classifier_dropout: float | None = None  # None: the encoder's hidden_dropout_prob
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
+               deterministic: bool = True):
+    cfg = self.config
+    _, pooled = BertModel(cfg, dtype=self.dtype, param_dtype=self.param_dtype, name="bert")(
+        input_ids, attention_mask, token_type_ids, deterministic=deterministic)
+    rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
+    pooled = nn.Dropout(rate)(pooled, deterministic=deterministic)
+    logits = nn.Dense(self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="classifier")(pooled)
+    return logits.astype(jnp.float32)
+
+
+class BertForTokenClassification(nn.Module):
+  """Every token's hidden state -> dropout -> dense (no pooler, as in Hugging Face)."""
+
+  config: BertConfig
+  num_labels: int
+  classifier_dropout: float | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
+               deterministic: bool = True):
+    cfg = self.config
+    sequence, _ = BertModel(cfg, add_pooling_layer=False, dtype=self.dtype,
+                            param_dtype=self.param_dtype, name="bert")(
+        input_ids, attention_mask, token_type_ids, deterministic=deterministic)
+    rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
+    sequence = nn.Dropout(rate)(sequence, deterministic=deterministic)
+    logits = nn.Dense(self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="classifier")(sequence)
+    return logits.astype(jnp.float32)

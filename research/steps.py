@@ -1,0 +1,87 @@
+"""The per-device train and eval steps.
+
+Each is written once, for one device's shard of the batch, with collectives over the named axis
+`AXIS`; `parallel.py` compiles the same function under `jax.pmap` or `jax.jit(jax.shard_map)`.
+
+A train batch holds `[accum, per_device_batch, ...]` arrays: the step sums gradients over the
+`accum` micro-batches and over devices, then divides by the number of labelled positions in the
+whole global batch. That is exactly the big batch's mean gradient whatever the split (also for
+token tasks, where devices see different numbers of labelled tokens and a plain pmean of
+per-device means would be wrong).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from research import tasks
+
+AXIS = "data"
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array       # optimizer updates done so far (int32 scalar)
+  params: Any
+  opt_state: Any
+  rng: jax.Array        # raw uint32[2] key; dropout keys are folded from it, the step, device
+
+
+def model_inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+  return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+
+
+def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    kind: str) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+
+  def loss_fn(params, micro_batch, rng):
+    logits = model.apply({"params": params}, *model_inputs(micro_batch), deterministic=False,
+                         rngs={"dropout": rng})
+    return tasks.loss_sum(kind, logits, micro_batch["labels"], micro_batch["example_mask"])
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state: TrainState, batch: Batch):
+    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
+
+    def accumulate(carry, micro):
+      index, micro_batch = micro
+      (loss, weight), grads = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, index))
+      grad_sum, loss_sum, weight_sum = carry
+      grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+      return (grad_sum, loss_sum + loss, weight_sum + weight), None
+
+    accum = jax.tree.leaves(batch)[0].shape[0]
+    if accum == 1:  # no loop: lets XLA fuse the update into the backward pass
+      (loss, weight), grad_sum = grad_fn(state.params, jax.tree.map(lambda x: x[0], batch),
+                                         jax.random.fold_in(rng, 0))
+    else:
+      zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(()), jnp.zeros(()))
+      (grad_sum, loss, weight), _ = lax.scan(accumulate, zeros, (jnp.arange(accum), batch))
+    grad_sum, loss, weight = lax.psum((grad_sum, loss, weight), AXIS)
+    grads = jax.tree.map(lambda g: g / jnp.maximum(weight, 1.0), grad_sum)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss_sum": loss, "weight_sum": weight, "grad_norm": optax.tree.norm(grads),
+               "learning_rate": schedule(state.step)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(model, kind: str) -> Callable[[Any, Batch], tuple[jax.Array, dict]]:
+  """Logits for every row (padding rows included, the host drops them) and the summed loss."""
+
+  def eval_step(params, batch: Batch):
+    logits = model.apply({"params": params}, *model_inputs(batch), deterministic=True)
+    loss, weight = tasks.loss_sum(kind, logits, batch["labels"], batch["example_mask"])
+    return logits, lax.psum({"loss_sum": loss, "weight_sum": weight}, AXIS)
+
+  return eval_step

@@ -1,0 +1,98 @@
+"""Where results go: TensorBoard events and metrics.jsonl in the workdir, progress in the log.
+
+Only process 0 writes. On resume, the writer drops what the interrupted run logged after the
+step it resumes from (those steps are recomputed, identically): metrics.jsonl keeps no
+duplicate steps and TensorBoard is told to purge them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def _scalar(value: Any) -> float | int:
+  value = np.asarray(value).item()
+  return value if isinstance(value, int) else float(value)
+
+
+class MetricWriter:
+
+  def __init__(self, workdir: pathlib.Path, *, resume_step: int = 0):
+    self.active = jax.process_index() == 0
+    self.path = workdir / "metrics.jsonl"
+    self._tb = None
+    if not self.active:
+      return
+    if resume_step and self.path.exists():
+      kept = [line for line in self.path.read_text().splitlines()
+              if line and json.loads(line)["step"] <= resume_step]
+      self.path.write_text("".join(line + "\n" for line in kept))
+    from tensorboardX import SummaryWriter
+    self._tb = SummaryWriter(str(workdir / "tensorboard"),
+                             purge_step=resume_step + 1 if resume_step else None)
+
+  def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+    """Scalars, tagged `<split>/<name>` in TensorBoard and one JSON line."""
+    if not self.active:
+      return
+    scalars = {k: _scalar(v) for k, v in metrics.items()}
+    with self.path.open("a") as f:
+      f.write(json.dumps({"step": step, "split": split, **scalars}) + "\n")
+    for name, value in scalars.items():
+      self._tb.add_scalar(f"{split}/{name}", value, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _clock(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  minutes, secs = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class Progress:
+  """Step, loss, learning rate, examples/s and ETA, logged every few steps.
+
+  Throughput is over the steps since the last report, evaluation and checkpoint time excluded
+  (compilation is not: the first report is slower); the ETA uses the mean step time so far.
+  """
+
+  def __init__(self, *, total_steps: int, start_step: int, steps_per_epoch: int,
+               examples_per_step: int):
+    self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+    self.examples_per_step = examples_per_step
+    self._start_time = self._last_time = time.perf_counter()
+    self._start_step = self._last_step = start_step
+    self._paused = self._paused_since_report = 0.0
+
+  def pause(self, seconds: float) -> None:
+    """Excludes time (evaluation, checkpointing) from the training rate."""
+    self._paused += seconds
+    self._paused_since_report += seconds
+
+  def report(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+    now = time.perf_counter()
+    busy = now - self._last_time - self._paused_since_report
+    rate = (step - self._last_step) * self.examples_per_step / max(busy, 1e-9)
+    mean_step_time = (now - self._start_time - self._paused) / max(step - self._start_step, 1)
+    eta = (self.total_steps - step) * mean_step_time
+    self._last_time, self._last_step, self._paused_since_report = now, step, 0.0
+    epoch = step / self.steps_per_epoch
+    logging.info("step %d/%d (epoch %.2f) | loss %.4f | lr %.3g | grad-norm %.3f | "
+                 "%.1f examples/s | elapsed %s | ETA %s", step, self.total_steps, epoch,
+                 metrics["loss"], metrics["learning_rate"], metrics["grad_norm"], rate,
+                 _clock(now - self._start_time), _clock(eta))
+    return {"examples_per_sec": rate, "epoch": epoch}

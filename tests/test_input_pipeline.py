@@ -1,0 +1,231 @@
+"""Sources, tokenisation, batching order and the every-example-once evaluation."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import require_data
+from research import evaluation, steps, tasks
+from research.data import input_pipeline as ip
+from research.models import bert, hf_io
+from research.parallel import DataParallel
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  return ip.load_tokenizer(hf_io.embedded_checkpoint_dir())
+
+
+def _task(kind="classification", fields=("sentence",), label_field="label",
+          label_names=("negative", "positive")):
+  return ml_collections.ConfigDict(dict(kind=kind, text_fields=fields, label_field=label_field,
+                                        label_names=label_names, metrics=("accuracy",)))
+
+
+def _data(dataset, **kw):
+  values = dict(dataset=str(dataset), subset="", local_name="", max_length=64)
+  values.update(kw)
+  return ml_collections.ConfigDict(values)
+
+
+def _sst2(tokenizer, n=100):
+  require_data("sst2")
+  return ip.load_encoded(_data("", local_name="sst2"), _task(), tokenizer, "train", limit=n)
+
+
+# ---- sources -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".tsv", ".parquet"])
+def test_local_files_of_each_format(tmp_path, tokenizer, suffix):
+  rows = [{"text": "a fine film", "label": "pos"}, {"text": "dull , dull", "label": "neg"}]
+  path = tmp_path / f"train{suffix}"
+  if suffix == ".jsonl":
+    path.write_text("\n".join(f'{{"text": "{r["text"]}", "label": "{r["label"]}"}}'
+                              for r in rows))
+  elif suffix == ".parquet":
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist(rows), path)
+  else:
+    import csv
+    with path.open("w", newline="") as f:
+      writer = csv.DictWriter(f, ["text", "label"], delimiter="\t" if suffix == ".tsv" else ",")
+      writer.writeheader()
+      writer.writerows(rows)
+  split = ip.load_encoded(_data(tmp_path), _task(fields=("text",), label_names=("neg", "pos")),
+                          tokenizer, "train")
+  assert split.labels.tolist() == [1, 0]  # label strings mapped through label_names
+  assert split.lengths.tolist() == [5, 5]  # [CLS] + 3 words + [SEP]; "," is a token
+
+
+def test_missing_split_names_what_exists(tmp_path):
+  (tmp_path / "train.jsonl").write_text('{"sentence": "x", "label": 0}\n')
+  with pytest.raises(ip.DataError, match=r"no file for split 'dev'.*\['train'\]"):
+    ip.load_split(str(tmp_path), "", "dev")
+
+
+def test_unreadable_file_is_named(tmp_path):
+  (tmp_path / "train.csv").write_text("text,label\na,b,c,d\n\"unclosed\n")
+  with pytest.raises(ip.DataError, match="train.csv"):
+    ip.load_split(str(tmp_path), "", "train")
+
+
+def test_bad_labels_and_fields_are_named(tmp_path, tokenizer):
+  (tmp_path / "train.jsonl").write_text('{"sentence": "x", "label": 5}\n')
+  with pytest.raises(ip.DataError, match="labels outside 0..1"):
+    ip.load_encoded(_data(tmp_path), _task(), tokenizer, "train")
+  with pytest.raises(ip.DataError, match=r"no field \['text'\]"):
+    ip.load_encoded(_data(tmp_path), _task(fields=("text",)), tokenizer, "train")
+  (tmp_path / "train.jsonl").write_text('{"sentence": "x", "label": "meh"}\n')
+  with pytest.raises(ip.DataError, match=r"labels \['meh'\] are not in task.label_names"):
+    ip.load_encoded(_data(tmp_path), _task(), tokenizer, "train")
+
+
+def test_research_data_dir_overrides_the_hub_name(monkeypatch, tmp_path):
+  (tmp_path / "mytask").mkdir()
+  monkeypatch.setenv(ip.DATA_DIR_ENV, str(tmp_path))
+  assert ip.resolve_source(_data("nyu-mll/glue", local_name="mytask")) == str(tmp_path / "mytask")
+  with pytest.raises(ip.DataError, match="has no folder 'other'"):
+    ip.resolve_source(_data("nyu-mll/glue", local_name="other"))
+  monkeypatch.delenv(ip.DATA_DIR_ENV)
+  assert ip.resolve_source(_data("nyu-mll/glue", local_name="mytask")) == "nyu-mll/glue"
+
+
+# ---- tokenisation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_length", [128, 24])
+def test_sentence_pairs_match_the_hugging_face_tokenizer(tokenizer, max_length):
+  require_data("mrpc")
+  task = _task(fields=("sentence1", "sentence2"),
+               label_names=("not_equivalent", "equivalent"))
+  split = ip.load_encoded(_data("", local_name="mrpc", max_length=max_length), task, tokenizer,
+                          "validation", limit=40)
+  rows = ip.load_split(ip.resolve_source(_data("", local_name="mrpc")), "", "validation")
+  rows = rows.select(range(40))
+  reference = tokenizer(list(rows["sentence1"]), list(rows["sentence2"]), truncation=True,
+                        max_length=max_length)
+  truncated = 0
+  for i in range(40):
+    n = split.lengths[i]
+    assert split.input_ids[i, :n].tolist() == reference["input_ids"][i]
+    assert split.token_type_ids[i, :n].tolist() == reference["token_type_ids"][i]
+    assert (split.input_ids[i, n:] == 0).all()
+    ids = reference["input_ids"][i]
+    assert ids.count(tokenizer.sep_token_id) == 2  # both sentences survive truncation
+    truncated += n == max_length
+  assert (truncated > 0) == (max_length == 24)
+
+
+def test_token_labels_sit_on_first_sub_words(tmp_path, tokenizer):
+  (tmp_path / "train.jsonl").write_text(
+      '{"tokens": ["Peter", "Blackburn", "visited", "1996-08-22"], '
+      '"ner_tags": ["B-PER", "I-PER", "O", "O"]}\n')
+  names = ("O", "B-PER", "I-PER")
+  task = _task(kind="token_classification", fields=("tokens",), label_field="ner_tags",
+               label_names=names)
+  split = ip.load_encoded(_data(tmp_path), task, tokenizer, "train")
+  word_ids = tokenizer(["Peter", "Blackburn", "visited", "1996-08-22"],
+                       is_split_into_words=True).word_ids()
+  n = split.lengths[0]
+  labels, words = split.labels[0, :n], split.word_index[0, :n]
+  seen = set()
+  for position, word in enumerate(word_ids):
+    if word is None or word in seen:
+      assert labels[position] == tasks.IGNORE and words[position] == -1
+    else:
+      seen.add(word)
+      assert words[position] == word
+      assert names[labels[position]] == ["B-PER", "I-PER", "O", "O"][word]
+  assert (labels == tasks.IGNORE).sum() > 2  # the date splits into several sub-words
+  # Round trip: logits that pick each first sub-word's gold tag give back the word tags.
+  one_hot = np.eye(len(names))[np.where(split.labels == tasks.IGNORE, 0, split.labels)]
+  assert evaluation.word_predictions(split, one_hot)[0].tolist() == [1, 2, 0, 0]
+
+
+def test_words_beyond_max_length_are_predicted_as_the_first_tag(tmp_path, tokenizer):
+  words = [f"w{i}" for i in range(30)]
+  (tmp_path / "train.jsonl").write_text(
+      '{"tokens": %s, "ner_tags": %s}\n' % (str(words).replace("'", '"'),
+                                           str(["B-PER"] * 30).replace("'", '"')))
+  task = _task(kind="token_classification", fields=("tokens",), label_field="ner_tags",
+               label_names=("O", "B-PER"))
+  split = ip.load_encoded(_data(tmp_path, max_length=16), task, tokenizer, "train")
+  assert len(split.word_labels[0]) == 30  # gold keeps every word
+  one_hot = np.eye(2)[np.where(split.labels == tasks.IGNORE, 0, split.labels)]
+  predicted = evaluation.word_predictions(split, one_hot)[0]
+  covered = (split.word_index[0] >= 0).sum()
+  assert 0 < covered < 30
+  assert predicted[:covered].tolist() == [1] * covered
+  assert predicted[covered:].tolist() == [0] * (30 - covered)
+
+
+# ---- batches --------------------------------------------------------------------------------
+
+
+def test_training_order_is_a_function_of_seed_and_epoch(tokenizer):
+  split = _sst2(tokenizer)
+  make = lambda seed, group=0: ip.TrainBatches(  # noqa: E731
+      split, batch_size=8, accum_steps=2, seed=seed, buckets=(16, 32, 64), group_by_length=group)
+  a, b = make(0), make(0)
+  assert a.steps_per_epoch == 12  # 100 // 8: the remainder is dropped
+  sequential = list(a(0, 30))
+  for step in (29, 3, 17, 12):  # random access, another instance: the same batches
+    for key in sequential[step]:
+      np.testing.assert_array_equal(b.batch(step)[key], sequential[step][key])
+  first, second = a.epoch_order(0), a.epoch_order(1)
+  assert len(set(first.ravel())) == 96 and not np.array_equal(first, second)
+  assert not np.array_equal(make(1).epoch_order(0), first)
+  batch = sequential[0]
+  assert batch["input_ids"].shape[:2] == (2, 4)  # [accum, micro-batch, width]
+  assert batch["input_ids"].shape[2] in (16, 32, 64)
+
+
+def test_batches_use_the_smallest_bucket_and_grouping_cuts_padding(tokenizer):
+  split = _sst2(tokenizer, n=400)
+  def padding(group):
+    batches = ip.TrainBatches(split, batch_size=16, accum_steps=1, seed=0,
+                              buckets=(16, 32, 64), group_by_length=group)
+    tokens = pad = 0
+    for batch in batches(0, batches.steps_per_epoch):
+      real = batch["attention_mask"].sum()
+      width = batch["input_ids"].shape[-1]
+      longest = batch["attention_mask"].sum(-1).max()
+      assert width == min(b for b in (16, 32, 64) if b >= longest)
+      tokens, pad = tokens + batch["attention_mask"].size, pad + batch["attention_mask"].size - real
+    covered = np.sort(batches.epoch_order(0).ravel())
+    return pad / tokens, covered
+  plain, covered_plain = padding(0)
+  grouped, covered_grouped = padding(10)
+  np.testing.assert_array_equal(covered_plain, covered_grouped)  # same examples, other order
+  assert grouped < plain - 0.1
+
+
+def test_eval_sees_every_example_once_and_matches_a_plain_loop(tokenizer):
+  split = _sst2(tokenizer, n=37)  # 37 = 4 batches of 10 with 3 padding rows
+  config = bert.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
+                           num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+  model = tasks.build_model("classification", config, 2, dtype=jnp.float32,
+                            param_dtype=jnp.float32, classifier_dropout=None)
+  ids = jnp.ones((1, 4), jnp.int32)
+  params = model.init(jax.random.key(0), ids, ids)["params"]
+  dp = DataParallel("pmap", 2)
+  eval_step = dp.compile_eval_step(steps.make_eval_step(model, "classification"))
+  outputs, loss = evaluation.run_model(eval_step, dp, dp.put_replicated(params), split,
+                                       batch_size=10, buckets=(16, 32, 64))
+  expected, losses = [], []
+  for i in range(len(split)):  # one unpadded example at a time
+    n = split.lengths[i]
+    logits = model.apply({"params": params}, split.input_ids[i:i + 1, :n],
+                         np.ones((1, n), np.int32), split.token_type_ids[i:i + 1, :n])
+    expected.append(np.asarray(logits[0]))
+    losses.append(-jax.nn.log_softmax(logits[0])[split.labels[i]])
+  np.testing.assert_allclose(outputs, np.stack(expected), atol=1e-5)
+  assert loss == pytest.approx(float(np.mean(losses)), rel=1e-5)
+  scalars, report = evaluation.score(_task(), split, outputs, loss)
+  assert report["macro avg"]["support"] == 37
+  assert scalars["accuracy"] == pytest.approx(
+      np.mean(np.stack(expected).argmax(-1) == split.labels))

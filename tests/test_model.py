@@ -1,0 +1,175 @@
+"""Our Flax BERT against transformers' PyTorch BERT on the same weights, and checkpoint I/O."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from research import tasks
+from research.models import bert, hf_io
+
+TOLERANCE = 1e-4  # max abs difference in float32
+
+
+def _batch_with_padding(vocab_size, seed=0):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(1000, vocab_size, (3, 11)).astype(np.int64)
+  mask = np.ones_like(ids)
+  mask[0, 6:] = 0  # two padded rows of different lengths
+  mask[2, 9:] = 0
+  ids[mask == 0] = 0
+  types = np.zeros_like(ids)
+  types[1, 5:] = 1  # a sentence pair
+  return ids, mask, types
+
+
+def _torch_dir(tmp_path, config_kwargs, seed=0):
+  torch.manual_seed(seed)
+  model = transformers.BertModel(transformers.BertConfig(**config_kwargs)).eval()
+  model.save_pretrained(tmp_path)
+  return tmp_path
+
+
+def _compare_encoder(checkpoint_dir):
+  config, _ = hf_io.load_config(checkpoint_dir)
+  ids, mask, types = _batch_with_padding(config.vocab_size)
+  model = bert.BertModel(config)
+  template = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, mask))["params"]
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+  params = hf_io.params_from_state_dict(hf_io.read_state_dict(checkpoint_dir),
+                                        {"bert": template})["bert"]
+  sequence, pooled, hidden = model.apply({"params": params}, ids, mask, types,
+                                         output_hidden_states=True)
+  reference = transformers.BertModel.from_pretrained(str(checkpoint_dir)).eval()
+  with torch.no_grad():
+    out = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                    token_type_ids=torch.tensor(types), output_hidden_states=True)
+  assert len(hidden) == len(out.hidden_states) == config.num_hidden_layers + 1
+  for ours, theirs in zip(hidden, out.hidden_states):
+    np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=TOLERANCE, rtol=0)
+  np.testing.assert_allclose(np.asarray(sequence), out.last_hidden_state.numpy(),
+                             atol=TOLERANCE, rtol=0)
+  np.testing.assert_allclose(np.asarray(pooled), out.pooler_output.numpy(), atol=TOLERANCE,
+                             rtol=0)
+
+
+def test_embedded_minilm_matches_pytorch():
+  _compare_encoder(hf_io.embedded_checkpoint_dir())
+
+
+def test_random_small_bert_matches_pytorch(tmp_path):
+  _compare_encoder(_torch_dir(tmp_path, dict(
+      vocab_size=5000, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+      intermediate_size=96, max_position_embeddings=32, type_vocab_size=2)))
+
+
+def test_pytorch_bin_checkpoint_loads_like_safetensors(tmp_path):
+  torch.manual_seed(1)
+  model = transformers.BertModel(transformers.BertConfig(
+      vocab_size=2000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+      intermediate_size=48))
+  model.save_pretrained(tmp_path / "st")
+  (tmp_path / "bin").mkdir()
+  torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+  (tmp_path / "bin" / "config.json").write_text((tmp_path / "st" / "config.json").read_text())
+  a = hf_io.read_state_dict(tmp_path / "st")
+  b = hf_io.read_state_dict(tmp_path / "bin")
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
+
+
+def _classifier(config, num_labels):
+  model = tasks.build_model("classification", config, num_labels, dtype=jnp.float32,
+                            param_dtype=jnp.float32, classifier_dropout=None)
+  ids = jnp.ones((1, 4), jnp.int32)
+  params = jax.jit(lambda r: model.init(r, ids, ids)["params"])(jax.random.key(3))
+  return model, jax.tree.map(np.asarray, params)
+
+
+@pytest.mark.parametrize("num_labels", [3, 1])
+def test_export_round_trip_through_transformers(tmp_path, num_labels):
+  """Our exported directory loads in AutoModelForSequenceClassification with equal logits."""
+  source = hf_io.embedded_checkpoint_dir()
+  config, raw = hf_io.load_config(source)
+  model, params = _classifier(config, num_labels)
+  params = hf_io.params_from_state_dict(hf_io.read_state_dict(source), params)
+  names = ("a", "b", "c") if num_labels == 3 else ()
+  hf_io.export(params, tmp_path, base_config=raw, architecture="BertForSequenceClassification",
+               label_names=names, num_labels=num_labels, tokenizer_dir=source)
+  reference = transformers.AutoModelForSequenceClassification.from_pretrained(
+      str(tmp_path)).eval()
+  ids, mask, types = _batch_with_padding(config.vocab_size)
+  with torch.no_grad():
+    theirs = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                       token_type_ids=torch.tensor(types)).logits.numpy()
+  ours = np.asarray(model.apply({"params": params}, ids, mask, types))
+  np.testing.assert_allclose(ours, theirs, atol=TOLERANCE, rtol=0)
+  assert reference.config.num_labels == num_labels
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["problem_type"] == ("regression" if num_labels == 1
+                                   else "single_label_classification")
+  assert transformers.AutoTokenizer.from_pretrained(str(tmp_path))("hi")["input_ids"]
+  # And back: importing the export with its head reproduces our params exactly.
+  again = hf_io.params_from_state_dict(hf_io.read_state_dict(tmp_path), params, load_head=True)
+  jax.tree.map(np.testing.assert_array_equal, again, params)
+
+
+def test_missing_and_mismatched_weights_are_listed_in_one_error():
+  source = hf_io.embedded_checkpoint_dir()
+  config, _ = hf_io.load_config(source)
+  _, params = _classifier(config, 2)
+  state = hf_io.read_state_dict(source)
+  del state["encoder.layer.3.output.dense.bias"]
+  del state["pooler.dense.weight"]
+  state["embeddings.token_type_embeddings.weight"] = np.zeros((3, 384), np.float32)
+  with pytest.raises(hf_io.CheckpointError) as error:
+    hf_io.params_from_state_dict(state, params)
+  message = str(error.value)
+  assert "2 missing, 1 mismatched" in message
+  assert "bert.encoder.layer.3.output.dense.bias" in message
+  assert "bert.pooler.dense.weight" in message
+  assert "bert.embeddings.token_type_embeddings.weight: checkpoint (3, 384)" in message
+
+
+def test_head_is_fresh_and_seeded():
+  source = hf_io.embedded_checkpoint_dir()
+  config, _ = hf_io.load_config(source)
+  state = hf_io.read_state_dict(source)
+  _, a = _classifier(config, 2)
+  loaded = hf_io.params_from_state_dict(state, a)
+  np.testing.assert_array_equal(loaded["classifier"]["kernel"], a["classifier"]["kernel"])
+  np.testing.assert_array_equal(loaded["bert"]["pooler"]["dense"]["kernel"],
+                                state["pooler.dense.weight"].T)
+
+
+def test_unusable_checkpoints_give_clear_errors(tmp_path):
+  with pytest.raises(hf_io.CheckpointError, match="does not exist"):
+    hf_io.resolve_checkpoint(str(tmp_path / "nowhere"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(hf_io.CheckpointError, match="no config.json"):
+    hf_io.resolve_checkpoint(str(tmp_path / "empty"))
+  (tmp_path / "empty" / "config.json").write_text("{}")
+  with pytest.raises(hf_io.CheckpointError, match="has none of model.safetensors"):
+    hf_io.read_state_dict(tmp_path / "empty")
+  with pytest.raises(hf_io.CheckpointError, match="neither a local directory nor"):
+    hf_io.resolve_checkpoint("no-such-user/no-such-model")  # offline in tests
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+  source = hf_io.embedded_checkpoint_dir()
+  config, _ = hf_io.load_config(source)
+  ids, mask, types = _batch_with_padding(config.vocab_size)
+  model32 = bert.BertModel(config)
+  model16 = bert.BertModel(config, dtype=jnp.bfloat16)
+  template = jax.eval_shape(lambda: model32.init(jax.random.key(0), ids, mask))["params"]
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+  params = hf_io.params_from_state_dict(hf_io.read_state_dict(source), {"bert": template})["bert"]
+  _, pooled32 = model32.apply({"params": params}, ids, mask, types)
+  seq16, pooled16 = model16.apply({"params": params}, ids, mask, types)
+  assert seq16.dtype == jnp.bfloat16
+  assert np.abs(np.asarray(pooled16, np.float32) - np.asarray(pooled32)).max() < 0.05

@@ -1,0 +1,119 @@
+"""One per-device step, three ways to run it: pmap, shard_map, one device; and accumulation.
+
+Dropout is off so that every variant computes the same function of the same batch (with
+dropout, each device draws its own masks by design).
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from research import optim, parallel, steps, tasks
+from research.models import bert
+
+CONFIG = bert.BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, intermediate_size=64, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0)
+BATCH, LENGTH = 16, 12
+
+
+def _optimizer_config():
+  return ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, schedule="linear", warmup_steps=0, warmup_ratio=0.0, b1=0.9,
+      b2=0.999, eps=1e-8, weight_decay=0.01, weight_decay_pattern=r".*/(kernel|embedding)$",
+      grad_clip_norm=1.0))
+
+
+def _setup(kind="classification", seed=0):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(3, LENGTH + 1, BATCH)
+  mask = (np.arange(LENGTH) < lengths[:, None]).astype(np.int32)
+  ids = (rng.integers(1, CONFIG.vocab_size, (BATCH, LENGTH)) * mask).astype(np.int32)
+  if kind == "token_classification":  # uneven labelled tokens per device
+    labels = np.where(rng.random((BATCH, LENGTH)) < 0.4, rng.integers(0, 3, (BATCH, LENGTH)),
+                      tasks.IGNORE).astype(np.int32) * mask + tasks.IGNORE * (1 - mask)
+  else:
+    labels = rng.integers(0, 3, BATCH).astype(np.int32)
+  batch = dict(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids),
+               labels=labels, example_mask=np.ones(BATCH, np.float32))
+  model = tasks.build_model(kind, CONFIG, 3, dtype=jnp.float32, param_dtype=jnp.float32,
+                            classifier_dropout=0.0)
+  params = model.init(jax.random.key(0), ids[:1], mask[:1])["params"]
+  tx, schedule = optim.make_optimizer(_optimizer_config(), params, 100)
+  state = jax.device_get(steps.TrainState(step=np.int32(0), params=params,
+                                          opt_state=tx.init(params),
+                                          rng=np.asarray(jax.random.PRNGKey(0))))
+  return model, tx, schedule, state, batch
+
+
+def _run(setup, backend, devices, accum, kind="classification", num_steps=1):
+  model, tx, schedule, state, batch = setup
+  dp = parallel.DataParallel(backend, devices)
+  step = dp.compile_train_step(steps.make_train_step(model, tx, schedule, kind))
+  placed = dp.put_replicated(state)
+  micro = {k: v.reshape((accum, BATCH // accum) + v.shape[1:]) for k, v in batch.items()}
+  for _ in range(num_steps):
+    placed, metrics = step(placed, dp.put_train_batch(micro))
+    jax.block_until_ready(metrics)
+  return dp.get_replicated(placed), dp.get_metrics(metrics)
+
+
+def _max_difference(a, b):
+  return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))
+
+
+def _need_devices(n):
+  if jax.local_device_count() < n:
+    pytest.skip(f"needs {n} devices; run with XLA_FLAGS=--xla_force_host_platform_device_count"
+                f"={n} (tests/conftest.py sets it)")
+
+
+@pytest.mark.parametrize("backend", parallel.BACKENDS)
+@pytest.mark.parametrize("kind", ["classification", "token_classification"])
+def test_four_devices_equal_one_device(backend, kind):
+  _need_devices(4)
+  setup = _setup(kind)
+  single, single_metrics = _run(setup, "pmap", 1, 1, kind, num_steps=2)
+  multi, multi_metrics = _run(setup, backend, 4, 1, kind, num_steps=2)
+  assert int(multi.step) == 2
+  assert _max_difference(multi.params, single.params) < 1e-5
+  assert _max_difference(multi.opt_state, single.opt_state) < 1e-5
+  np.testing.assert_allclose(multi_metrics["loss_sum"], single_metrics["loss_sum"], rtol=1e-5)
+  assert multi_metrics["weight_sum"] == single_metrics["weight_sum"]
+  # The step moved the params: equality is not two no-ops agreeing.
+  assert _max_difference(single.params, setup[3].params) > 1e-4
+
+
+@pytest.mark.parametrize("kind", ["classification", "token_classification"])
+def test_accumulating_four_micro_batches_equals_one_big_batch(kind):
+  setup = _setup(kind, seed=1)
+  big, big_metrics = _run(setup, "pmap", 1, 1, kind, num_steps=2)
+  accumulated, metrics = _run(setup, "pmap", 1, 4, kind, num_steps=2)
+  assert _max_difference(accumulated.params, big.params) < 1e-5
+  np.testing.assert_allclose(metrics["loss_sum"], big_metrics["loss_sum"], rtol=1e-5)
+  np.testing.assert_allclose(metrics["grad_norm"], big_metrics["grad_norm"], rtol=1e-5)
+
+
+def test_accumulation_across_devices_with_shard_map():
+  _need_devices(2)
+  setup = _setup(seed=2)
+  reference, _ = _run(setup, "pmap", 1, 1)
+  combined, _ = _run(setup, "shard_map", 2, 2)
+  assert _max_difference(combined.params, reference.params) < 1e-5
+
+
+@pytest.mark.parametrize("backend", parallel.BACKENDS)
+def test_step_compiles_once_per_shape(backend):
+  """pmap compiles twice unless inputs are first placed with a NamedSharding: we place them."""
+  _need_devices(2)
+  model, tx, schedule, state, batch = _setup(seed=3)
+  dp = parallel.DataParallel(backend, 2)
+  step = dp.compile_train_step(steps.make_train_step(model, tx, schedule, "classification"))
+  placed = dp.put_replicated(state)
+  for width in (LENGTH, LENGTH, 8, LENGTH, 8, 8):  # two shapes
+    micro = {k: (v[:, :width] if v.ndim == 2 else v)[None] for k, v in batch.items()}
+    placed, metrics = step(placed, dp.put_train_batch(micro))
+    jax.block_until_ready(metrics)
+  assert step.compiles == 2

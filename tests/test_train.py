@@ -1,0 +1,188 @@
+"""Whole runs: determinism, resume, the modes of research.main, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, require_data
+from helpers import tiny_config, train_losses
+from research import checkpoints, config_lib, train
+from research.data import input_pipeline
+
+
+@pytest.fixture(autouse=True)
+def _needs_sst2():
+  require_data("sst2")
+
+
+def _final_state(workdir, config):
+  """The newest checkpointed train state of a run (host numpy)."""
+  ckpts = checkpoints.Checkpoints(workdir, keep=5, best_metric="accuracy", best_mode="max")
+  try:
+    step = ckpts.latest_step()
+    state, _ = ckpts.restore_state(None)  # no template: the tree as saved
+  finally:
+    ckpts.close()
+  return step, state
+
+
+def _assert_same_params(a, b):
+  import jax
+  flat_a, flat_b = jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])
+  assert len(flat_a) == len(flat_b) > 0
+  for x, y in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  """An uninterrupted tiny run: 24 steps (12 per epoch), evaluated after each epoch."""
+  workdir = tmp_path_factory.mktemp("reference")
+  config = tiny_config()
+  summary = train.train_and_evaluate(config, workdir)
+  return workdir, config, summary
+
+
+def test_run_writes_everything_a_researcher_reads(reference_run):
+  workdir, config, summary = reference_run
+  assert summary["final"]["step"] == 24
+  for name in ("config.json", "metrics.jsonl", "results.json", "train.log"):
+    assert (workdir / name).is_file(), name
+  assert list((workdir / "tensorboard").iterdir())
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["optimizer"]["learning_rate"] == config.optimizer.learning_rate
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, 25))
+  assert [r["step"] for r in rows if r["split"] == "validation"] == [12, 24]
+  assert all(r["examples_per_sec"] > 0 for r in rows if r["split"] == "train")
+  report = json.loads((workdir / "eval" / "validation_step24.json").read_text())
+  assert report["report"]["macro avg"]["support"] == 50  # every eval example, once
+  assert "precision" in report["report_text"]
+  assert summary["best"]["step"] in (12, 24)
+  # One compilation per length bucket that the batches use, and no more.
+  tokenizer = input_pipeline.load_tokenizer(train.build_model(config).tokenizer_dir)
+  buckets = tuple(config.data.length_buckets)
+  train_split = input_pipeline.load_encoded(config.data, config.task, tokenizer, "train",
+                                            config.data.train_examples)
+  batches = input_pipeline.TrainBatches(train_split, batch_size=16, accum_steps=1, seed=0,
+                                        buckets=buckets)
+  train_widths = {b["input_ids"].shape[-1] for b in batches(0, 24)}
+  eval_split = input_pipeline.load_encoded(config.data, config.task, tokenizer, "validation",
+                                           config.data.eval_examples)
+  eval_widths = {b["input_ids"].shape[-1]
+                 for _, b in input_pipeline.eval_batches(eval_split, 16, buckets)}
+  assert len(train_widths) == 2 and len(eval_widths) == 2  # the test means something
+  assert summary["compiles"] == {"train_step": 2, "eval_step": 2}
+
+
+def test_same_seed_same_loss_curve(reference_run, tmp_path):
+  workdir, config, _ = reference_run
+  train.train_and_evaluate(tiny_config(), tmp_path / "again")
+  assert train_losses(tmp_path / "again") == train_losses(workdir)
+  train.train_and_evaluate(tiny_config(seed=1), tmp_path / "seed1")
+  assert train_losses(tmp_path / "seed1") != train_losses(workdir)
+
+
+def _interrupt_at(monkeypatch, step, error):
+  original = input_pipeline.TrainBatches.batch
+
+  def batch(self, s):
+    if s == step:
+      raise error
+    return original(self, s)
+  monkeypatch.setattr(input_pipeline.TrainBatches, "batch", batch)
+
+
+@pytest.mark.parametrize("stop_step,error", [
+    (7, KeyboardInterrupt()),             # Ctrl-C / SIGINT: a checkpoint is saved at step 7
+    (13, RuntimeError("killed")),         # a crash: resumes from the step-12 eval checkpoint
+])
+def test_resumed_run_ends_where_an_uninterrupted_one_does(reference_run, tmp_path, monkeypatch,
+                                                          stop_step, error):
+  reference_dir, _, reference_summary = reference_run
+  workdir = tmp_path / "run"
+  with monkeypatch.context() as patch:
+    _interrupt_at(patch, stop_step, error)
+    with pytest.raises(type(error)):
+      train.train_and_evaluate(tiny_config(), workdir)
+  step, _ = _final_state(workdir, tiny_config())
+  assert step == (7 if stop_step == 7 else 12)
+  summary = train.train_and_evaluate(tiny_config(), workdir)
+  _, resumed = _final_state(workdir, tiny_config())
+  _, uninterrupted = _final_state(reference_dir, tiny_config())
+  _assert_same_params(resumed, uninterrupted)
+  assert train_losses(workdir) == train_losses(reference_dir)  # no gaps, no duplicates
+  assert summary["final"]["results"] == reference_summary["final"]["results"]
+  assert summary["best"]["step"] == reference_summary["best"]["step"]
+
+
+def test_a_workdir_with_another_config_is_refused(reference_run):
+  workdir, _, _ = reference_run
+  before = (workdir / "config.json").read_text()
+  with pytest.raises(train.RunError, match=r"optimizer.learning_rate: 5e-05 -> 0.001"):
+    train.train_and_evaluate(tiny_config(**{"optimizer.learning_rate": 1e-3}), workdir)
+  assert (workdir / "config.json").read_text() == before
+
+
+def test_eval_predict_and_export_use_the_best_checkpoint(reference_run, tmp_path):
+  workdir, config, summary = reference_run
+  results = train.evaluate(config, workdir)
+  best = summary["best"]["results"]["validation"]
+  assert results["validation"]["accuracy"] == pytest.approx(best["accuracy"])
+  assert results["validation"]["loss"] == pytest.approx(best["loss"], rel=1e-5)
+  inputs = tmp_path / "in.txt"
+  inputs.write_text("a gorgeous , witty film\nthe worst movie of the year\n")
+  assert train.predict(config, workdir, inputs, tmp_path / "out.jsonl") == 2
+  rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+  assert rows[0]["sentence"] == "a gorgeous , witty film"
+  assert rows[0]["label"] in ("negative", "positive")
+  assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+  with pytest.raises(train.RunError, match="exists"):
+    train.predict(config, workdir, inputs, tmp_path / "out.jsonl")
+  exported = train.export(config, workdir, tmp_path / "hf")
+  assert (exported / "model.safetensors").is_file() and (exported / "vocab.txt").is_file()
+
+
+def _cli(*args, env_extra=None):
+  env = dict(os.environ, **(env_extra or {}))
+  return subprocess.run([sys.executable, "-m", "research.main", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_typo_in_an_override_names_the_key(tmp_path):
+  result = _cli("--config", "configs/sst2.py", "--workdir", str(tmp_path / "w"),
+                "--config.optimizer.learnign_rate=1")
+  assert result.returncode != 0
+  message = result.stderr.strip().splitlines()[-1]
+  assert "learnign_rate" in message and "learning_rate" in message
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_cli_wrong_type_and_bad_config_argument(tmp_path):
+  result = _cli("--config", "configs/sst2.py", "--workdir", str(tmp_path),
+                "--config.train.batch_size=many")
+  assert result.returncode != 0 and "batch_size" in result.stderr
+  result = _cli("--config", "configs/sst2.py:quik", "--workdir", str(tmp_path))
+  assert result.returncode != 0 and "quik" in result.stderr.splitlines()[-1]
+
+
+def test_cli_inconsistent_config_is_one_clear_error(tmp_path):
+  result = _cli("--config", "configs/sst2.py", "--workdir", str(tmp_path),
+                "--config.data.length_buckets=(32,64)")
+  assert result.returncode == 2
+  assert result.stderr.strip() == ("error: config.data.length_buckets: the largest bucket 64 "
+                                   "must equal data.max_length 128")
+
+
+def test_config_validation_names_the_field():
+  config = tiny_config(**{"train.grad_accum_steps": 3})
+  with pytest.raises(config_lib.ConfigError, match="train.grad_accum_steps"):
+    config_lib.validate(config)
+  config = tiny_config(**{"eval.best_metric": "f1"})
+  with pytest.raises(config_lib.ConfigError, match="eval.best_metric"):
+    config_lib.validate(config)
