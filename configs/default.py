@@ -41,8 +41,11 @@ def get_config():
   c.data.train_examples = 0  # use only the first N training examples; 0 = all
   c.data.eval_examples = 0  # use only the first N examples of each eval split; 0 = all
   c.data.max_length = 128  # tokens per sequence incl. [CLS]/[SEP]; longer ones are truncated
-  c.data.length_buckets = (32, 64, 128)  # batches are padded to the smallest that fits
-  c.data.group_by_length = 0  # >0: batches of similar length, sorted within this many batches
+  # Batches are padded to the smallest bucket that fits; XLA compiles once per bucket used.
+  c.data.length_buckets = (16, 32, 48, 64, 96, 128)
+  # >0: batches of similar lengths (sorted within runs of this many batches, then shuffled),
+  # as the HF Trainer's group_by_length; 0: plain random batches (more padding).
+  c.data.group_by_length = 50
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32  # examples per optimizer step, over all devices and micro-batches

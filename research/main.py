@@ -16,6 +16,7 @@ checkpoint or the workdir print one line and exit with status 2.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 
@@ -70,6 +71,11 @@ def main(argv: list[str]) -> None:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   for noisy in ("absl", "datasets", "jax._src.xla_bridge"):  # orbax's per-save chatter, ...
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  import jax
+  if not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR wins if set
+    # Compiled steps are reused by later runs of the same shapes (sweeps, reruns).
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.expanduser("~/.cache/research/jax_compilation_cache"))
   import datasets
   datasets.disable_progress_bars()  # the pipeline logs one line per split instead
   from research import config_lib, train

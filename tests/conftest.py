@@ -6,6 +6,7 @@ on 2 cores); the parallelism tests use all 4.
 
 import os
 import pathlib
+import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -16,6 +17,9 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests compile the same small steps many times: reuse them across tests and test runs.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "research-tests-jax-cache"))
 
 import pytest  # noqa: E402
 

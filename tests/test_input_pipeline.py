@@ -217,10 +217,10 @@ def test_eval_sees_every_example_once_and_matches_a_plain_loop(tokenizer):
   outputs, loss = evaluation.run_model(eval_step, dp, dp.put_replicated(params), split,
                                        batch_size=10, buckets=(16, 32, 64))
   expected, losses = [], []
-  for i in range(len(split)):  # one unpadded example at a time
-    n = split.lengths[i]
-    logits = model.apply({"params": params}, split.input_ids[i:i + 1, :n],
-                         np.ones((1, n), np.int32), split.token_type_ids[i:i + 1, :n])
+  one = jax.jit(lambda ids, mask, types: model.apply({"params": params}, ids, mask, types))
+  for i in range(len(split)):  # one example at a time, at the full width of 64
+    mask = (np.arange(64) < split.lengths[i])[None].astype(np.int32)
+    logits = one(split.input_ids[i:i + 1], mask, split.token_type_ids[i:i + 1])
     expected.append(np.asarray(logits[0]))
     losses.append(-jax.nn.log_softmax(logits[0])[split.labels[i]])
   np.testing.assert_allclose(outputs, np.stack(expected), atol=1e-5)

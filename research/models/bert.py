@@ -19,8 +19,14 @@ import jax.numpy as jnp
 
 Dtype = Any
 
+def _gelu(x):
+  """BERT's exact GELU in PyTorch's form, x/2 (1 + erf(x/sqrt 2)): on CPU XLA computes erf
+  3x faster than the erfc that `nn.gelu(approximate=False)` uses."""
+  return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
+
+
 _ACTIVATIONS = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),  # BERT's exact erf GELU
+    "gelu": _gelu,
     "gelu_new": lambda x: nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
     "relu": nn.relu,
@@ -75,6 +81,40 @@ def _normal(config: BertConfig):
   return nn.initializers.normal(stddev=config.initializer_range)
 
 
+def _mix32(h):
+  """MurmurHash3's 32-bit finaliser: a cheap bijection in which every input bit flips about
+  half of the output bits."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+class Dropout(nn.Module):
+  """Inverted dropout whose mask is a counter-based hash, ~10x cheaper than threefry on CPU.
+
+  Threefry bits for every activation and attention probability cost a fifth of a MiniLM train
+  step on CPU. Here each call draws only two 32-bit seeds from the 'dropout' stream (so masks
+  stay independent across calls, steps, devices and micro-batches) and hashes each element's
+  index with them into a uniform 32-bit number: keep iff it is >= rate * 2^32.
+  """
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, *, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    if self.rate >= 1.0:
+      return jnp.zeros_like(x)
+    seeds = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
+    index = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)
+    bits = _mix32(_mix32(index * jnp.uint32(0x9E3779B9) + seeds[0]) ^ seeds[1])
+    keep = bits >= jnp.uint32(int(self.rate * 2**32))
+    return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype), 0)
+
+
 class BertEmbeddings(nn.Module):
   config: BertConfig
   dtype: Dtype = jnp.float32
@@ -93,33 +133,39 @@ class BertEmbeddings(nn.Module):
          + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids))
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="LayerNorm")(x)
-    return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+    return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class BertSelfAttention(nn.Module):
-  """Multi-head scaled dot-product attention over the unpadded keys."""
+  """Multi-head scaled dot-product attention over the unpadded keys.
+
+  `queries` (default: `x`) are the positions that attend; keys and values are always all of
+  `x`. Heads are moved in front ([B, heads, S, head_dim]) before the two batched matmuls: XLA's
+  CPU backend runs them 2x faster than an einsum that keeps heads in the middle.
+  """
 
   config: BertConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_bias, *, deterministic: bool):
+  def __call__(self, x, attention_bias, *, deterministic: bool, queries=None):
     cfg = self.config
     heads = cfg.num_attention_heads
     head_dim = cfg.hidden_size // heads
 
-    def project(name):
+    def project(name, inputs):
       y = nn.Dense(cfg.hidden_size, kernel_init=_normal(cfg), dtype=self.dtype,
-                   param_dtype=self.param_dtype, name=name)(x)
-      return y.reshape(y.shape[:-1] + (heads, head_dim))
+                   param_dtype=self.param_dtype, name=name)(inputs)
+      return y.reshape(y.shape[:-1] + (heads, head_dim)).transpose(0, 2, 1, 3)
 
-    query, key, value = project("query"), project("key"), project("value")
-    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+    query = project("query", x if queries is None else queries)
+    key, value = project("key", x), project("value", x)
+    scores = jnp.matmul(query, key.swapaxes(-1, -2)).astype(jnp.float32)
     scores = scores / jnp.sqrt(head_dim).astype(jnp.float32) + attention_bias
     probs = jax.nn.softmax(scores, axis=-1)
-    probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), value)
+    probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+    context = jnp.matmul(probs.astype(self.dtype), value).transpose(0, 2, 1, 3)
     return context.reshape(context.shape[:-2] + (cfg.hidden_size,))
 
 
@@ -135,7 +181,7 @@ class BertDenseResidual(nn.Module):
     cfg = self.config
     x = nn.Dense(cfg.hidden_size, kernel_init=_normal(cfg), dtype=self.dtype,
                  param_dtype=self.param_dtype, name="dense")(x)
-    x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+    x = Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype,
                         param_dtype=self.param_dtype, name="LayerNorm")(x + residual)
 
@@ -148,10 +194,12 @@ class BertAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_bias, *, deterministic: bool):
+  def __call__(self, x, attention_bias, *, deterministic: bool, queries=None):
     kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
-    context = BertSelfAttention(**kw, name="self")(x, attention_bias, deterministic=deterministic)
-    return BertDenseResidual(**kw, name="output")(context, x, deterministic=deterministic)
+    context = BertSelfAttention(**kw, name="self")(x, attention_bias, deterministic=deterministic,
+                                                   queries=queries)
+    residual = x if queries is None else queries
+    return BertDenseResidual(**kw, name="output")(context, residual, deterministic=deterministic)
 
 
 class BertIntermediate(nn.Module):
@@ -168,33 +216,40 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-  """One post-LayerNorm transformer block."""
+  """One post-LayerNorm transformer block; with `queries`, only those positions' outputs."""
 
   config: BertConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_bias, *, deterministic: bool):
+  def __call__(self, x, attention_bias, *, deterministic: bool, queries=None):
     kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
-    x = BertAttention(**kw, name="attention")(x, attention_bias, deterministic=deterministic)
+    x = BertAttention(**kw, name="attention")(x, attention_bias, deterministic=deterministic,
+                                              queries=queries)
     h = BertIntermediate(**kw, name="intermediate")(x)
     return BertDenseResidual(**kw, name="output")(h, x, deterministic=deterministic)
 
 
 class BertLayerStack(nn.Module):
-  """The `encoder.layer` list; children are named "0", "1", ... as in the state dict."""
+  """The `encoder.layer` list; children are named "0", "1", ... as in the state dict.
+
+  With `cls_only`, the last layer computes the [CLS] position alone (its keys and values still
+  span the sequence): exactly what a pooled head reads, for about 10/12 of a layer's FLOPs less.
+  """
 
   config: BertConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_bias, *, deterministic: bool):
+  def __call__(self, x, attention_bias, *, deterministic: bool, cls_only: bool = False):
     hidden_states = [x]
+    last = self.config.num_hidden_layers - 1
     for i in range(self.config.num_hidden_layers):
+      queries = x[:, :1] if cls_only and i == last else None
       x = BertLayer(self.config, self.dtype, self.param_dtype, name=str(i))(
-          x, attention_bias, deterministic=deterministic)
+          x, attention_bias, deterministic=deterministic, queries=queries)
       hidden_states.append(x)
     return x, tuple(hidden_states)
 
@@ -205,9 +260,9 @@ class BertEncoder(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_bias, *, deterministic: bool):
+  def __call__(self, x, attention_bias, *, deterministic: bool, cls_only: bool = False):
     return BertLayerStack(self.config, self.dtype, self.param_dtype, name="layer")(
-        x, attention_bias, deterministic=deterministic)
+        x, attention_bias, deterministic=deterministic, cls_only=cls_only)
 
 
 class BertPooler(nn.Module):
@@ -226,7 +281,11 @@ class BertPooler(nn.Module):
 
 
 class BertModel(nn.Module):
-  """The encoder: returns (sequence_output [B, S, H], pooled_output [B, H] or None)."""
+  """The encoder: returns (sequence_output [B, S, H], pooled_output [B, H] or None).
+
+  `cls_only=True` returns a sequence output of the [CLS] position alone ([B, 1, H]); the
+  pooled output is unchanged and cheaper (see `BertLayerStack`).
+  """
 
   config: BertConfig
   add_pooling_layer: bool = True
@@ -235,7 +294,8 @@ class BertModel(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
-               deterministic: bool = True, output_hidden_states: bool = False):
+               deterministic: bool = True, output_hidden_states: bool = False,
+               cls_only: bool = False):
     kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
@@ -246,7 +306,7 @@ class BertModel(nn.Module):
     attention_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
                                jnp.finfo(jnp.float32).min).astype(jnp.float32)
     x, hidden_states = BertEncoder(**kw, name="encoder")(
-        x, attention_bias, deterministic=deterministic)
+        x, attention_bias, deterministic=deterministic, cls_only=cls_only)
     pooled = BertPooler(**kw, name="pooler")(x) if self.add_pooling_layer else None
     if output_hidden_states:
       return x, pooled, hidden_states
@@ -267,9 +327,9 @@ class BertForSequenceClassification(nn.Module):
                deterministic: bool = True):
     cfg = self.config
     _, pooled = BertModel(cfg, dtype=self.dtype, param_dtype=self.param_dtype, name="bert")(
-        input_ids, attention_mask, token_type_ids, deterministic=deterministic)
+        input_ids, attention_mask, token_type_ids, deterministic=deterministic, cls_only=True)
     rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
-    pooled = nn.Dropout(rate)(pooled, deterministic=deterministic)
+    pooled = Dropout(rate)(pooled, deterministic=deterministic)
     logits = nn.Dense(self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
                       param_dtype=self.param_dtype, name="classifier")(pooled)
     return logits.astype(jnp.float32)
@@ -292,7 +352,7 @@ class BertForTokenClassification(nn.Module):
                             param_dtype=self.param_dtype, name="bert")(
         input_ids, attention_mask, token_type_ids, deterministic=deterministic)
     rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
-    sequence = nn.Dropout(rate)(sequence, deterministic=deterministic)
+    sequence = Dropout(rate)(sequence, deterministic=deterministic)
     logits = nn.Dense(self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
                       param_dtype=self.param_dtype, name="classifier")(sequence)
     return logits.astype(jnp.float32)
