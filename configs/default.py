@@ -63,11 +63,20 @@ def get_config():
   c.optimizer.weight_decay = 0.01  # decoupled (AdamW), on the parameters matched below
   c.optimizer.weight_decay_pattern = r".*/(kernel|embedding)$"  # not biases nor LayerNorm
   c.optimizer.grad_clip_norm = 1.0  # global-norm clipping; 0 = off
+  c.optimizer.layer_decay = 1.0  # <1: layer i's lr is scaled by layer_decay^(L - i); 1 = off
+
+  c.peft = ml_collections.ConfigDict()  # which parameters train (research/peft.py)
+  c.peft.method = "full"  # full | frozen_encoder | bitfit | lora
+  c.peft.freeze_bottom_layers = 0  # full: also freeze the embeddings and the bottom k layers
+  c.peft.lora_rank = 8  # lora: r of the factors A [in, r] and B [r, out]
+  c.peft.lora_alpha = 16.0  # lora: the update is (alpha / r) A B
+  c.peft.lora_targets = r".*/attention/self/(query|value)/kernel"  # lora: adapted kernels
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 128  # a multiple of the device count; the last batch is padded, masked
   c.eval.every_steps = 0  # 0 = at the end of every epoch (and always after the last step)
   c.eval.best_metric = "accuracy"  # a task metric (higher is better) or 'loss'
+  c.eval.early_stopping_patience = 0  # >0: stop after this many evals without a new best
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500  # also after every evaluation and the last step

@@ -7,7 +7,7 @@ from typing import Any
 
 import ml_collections
 
-from research import tasks
+from research import peft, tasks
 from research.parallel import BACKENDS
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -26,11 +26,16 @@ class ConfigError(ValueError):
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
-  """'quick,task=mrpc' -> {quick: True, task: 'mrpc'}, typed like `defaults` (big_vision's
-  `parse_arg`). A bare name sets a bool; unknown names are an error."""
+  """'mrpc,quick,seeds=3' -> {task: 'mrpc', quick: True, seeds: 3}, typed like `defaults`
+  (big_vision's `parse_arg`). A bare name sets a bool; the first item may also be the value of
+  the first argument (`glue.py:mrpc`); unknown names are an error."""
   values = dict(defaults)
-  for item in filter(None, (arg or "").split(",")):
+  first = next(iter(defaults), None)
+  for position, item in enumerate(filter(None, (arg or "").split(","))):
     name, _, raw = item.partition("=")
+    if (position == 0 and not raw and name not in defaults
+        and isinstance(defaults.get(first), str)):
+      name, raw = first, item
     if name not in defaults:
       raise ConfigError(f"unknown config argument {name!r}; known: {sorted(defaults)}")
     default = defaults[name]
@@ -88,6 +93,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(not (opt.warmup_steps and opt.warmup_ratio), "optimizer.warmup_steps",
          "set warmup_steps or warmup_ratio, not both")
   _check(0 <= opt.warmup_ratio < 1, "optimizer.warmup_ratio", "must be in [0, 1)")
+  _check(0 < opt.layer_decay <= 1, "optimizer.layer_decay", "must be in (0, 1] (1 = off)")
+  pcfg = config.peft
+  _check(pcfg.method in peft.METHODS, "peft.method",
+         f"{pcfg.method!r} is not one of {peft.METHODS}")
+  _check(pcfg.freeze_bottom_layers >= 0 and (pcfg.method == "full"
+                                             or not pcfg.freeze_bottom_layers),
+         "peft.freeze_bottom_layers", "must be >= 0, and is only for peft.method='full'")
+  _check(pcfg.lora_rank > 0, "peft.lora_rank", "must be positive")
+  _check(config.eval.early_stopping_patience >= 0, "eval.early_stopping_patience",
+         "must be >= 0 (0 = off)")
 
 
 def best_mode(config: ml_collections.ConfigDict) -> str:

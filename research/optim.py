@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import jax
 import ml_collections
 import optax
 from flax import traverse_util
@@ -53,8 +54,36 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> 
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), decay], [warm])
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, params: Any,
-                   total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def layer_depth(path: tuple[str, ...], num_layers: int) -> int:
+  """0 for the embeddings, i + 1 for encoder layer i, num_layers + 1 above the encoder (pooler,
+  head). LoRA factors (under 'lora/') sit at the depth of the kernel they adapt."""
+  if path[0] == "lora":
+    path = path[1:]
+  if path[:2] == ("bert", "embeddings"):
+    return 0
+  if path[:3] == ("bert", "encoder", "layer"):
+    return int(path[3]) + 1
+  return num_layers + 1
+
+
+def layer_decay_multipliers(params: Any, decay: float, num_layers: int) -> Any:
+  """decay ** (distance from the top): the head keeps the peak learning rate, encoder layer i
+  gets decay^(L - i), the embeddings decay^(L + 1) (as in ELECTRA's fine-tuning recipe)."""
+  return traverse_util.path_aware_map(
+      lambda path, _: decay ** (num_layers + 1 - layer_depth(path, num_layers)), params)
+
+
+def scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
+  """Multiplies each update by a constant of the same tree: per-parameter learning rates."""
+  return optax.GradientTransformation(
+      lambda params: optax.EmptyState(),
+      lambda updates, state, params=None: (jax.tree.map(lambda u, m: u * m, updates,
+                                                        multipliers), state))
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, params: Any, total_steps: int,
+                   num_layers: int = 0) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW over `params` (the trainable ones); `num_layers` is needed for layer decay."""
   schedule = learning_rate_schedule(cfg, total_steps)
   decay_mask = regex_mask(params, cfg.weight_decay_pattern)
   if cfg.weight_decay and not any(traverse_util.flatten_dict(decay_mask).values()):
@@ -65,4 +94,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict, params: Any,
     chain.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
   chain.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                            weight_decay=cfg.weight_decay, mask=decay_mask))
+  if cfg.layer_decay != 1.0:
+    if not 0 < cfg.layer_decay < 1:
+      raise ValueError(f"optimizer.layer_decay {cfg.layer_decay} must be in (0, 1]")
+    chain.append(scale_by_tree(layer_decay_multipliers(params, cfg.layer_decay, num_layers)))
   return optax.chain(*chain), schedule

@@ -93,6 +93,10 @@ class DataParallel:
         eval_step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(AXIS), P()),
         check_vma=False)))
 
+  def compile_replicated(self, fn: Callable) -> Callable:
+    """A collective-free function of replicated inputs, in either layout."""
+    return jax.pmap(fn, axis_name=AXIS) if self.backend == "pmap" else jax.jit(fn)
+
   # ---- state ------------------------------------------------------------------------------
 
   def put_replicated(self, tree: Any) -> Any:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from research import tasks
+from research import peft, tasks
 
 AXIS = "data"
 Batch = dict[str, jax.Array]
@@ -29,8 +29,9 @@ Batch = dict[str, jax.Array]
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array       # optimizer updates done so far (int32 scalar)
-  params: Any
-  opt_state: Any
+  params: Any           # the trainable parameters (all of them unless PEFT freezes some)
+  frozen: Any           # the parameters that never change (see peft.py); {} for full tuning
+  opt_state: Any        # of `params` only
   rng: jax.Array        # raw uint32[2] key; dropout keys are folded from it, the step, device
 
 
@@ -39,10 +40,13 @@ def model_inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    kind: str) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+                    kind: str, lora_scale: float = 0.0
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+  """Gradients flow to `state.params` only: frozen weights get no gradient computation."""
 
-  def loss_fn(params, micro_batch, rng):
-    logits = model.apply({"params": params}, *model_inputs(micro_batch), deterministic=False,
+  def loss_fn(params, frozen, micro_batch, rng):
+    logits = model.apply({"params": peft.materialize(params, frozen, lora_scale)},
+                         *model_inputs(micro_batch), deterministic=False,
                          rngs={"dropout": rng})
     return tasks.loss_sum(kind, logits, micro_batch["labels"], micro_batch["example_mask"])
 
@@ -53,14 +57,16 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
 
     def accumulate(carry, micro):
       index, micro_batch = micro
-      (loss, weight), grads = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, index))
+      (loss, weight), grads = grad_fn(state.params, state.frozen, micro_batch,
+                                      jax.random.fold_in(rng, index))
       grad_sum, loss_sum, weight_sum = carry
       grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
       return (grad_sum, loss_sum + loss, weight_sum + weight), None
 
     accum = jax.tree.leaves(batch)[0].shape[0]
     if accum == 1:  # no loop: lets XLA fuse the update into the backward pass
-      (loss, weight), grad_sum = grad_fn(state.params, jax.tree.map(lambda x: x[0], batch),
+      (loss, weight), grad_sum = grad_fn(state.params, state.frozen,
+                                         jax.tree.map(lambda x: x[0], batch),
                                          jax.random.fold_in(rng, 0))
     else:
       zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(()), jnp.zeros(()))
@@ -85,3 +91,8 @@ def make_eval_step(model, kind: str) -> Callable[[Any, Batch], tuple[jax.Array, 
     return logits, lax.psum({"loss_sum": loss, "weight_sum": weight}, AXIS)
 
   return eval_step
+
+
+def make_materialize(lora_scale: float) -> Callable[[Any, Any], Any]:
+  """(trainable, frozen) -> the plain params the eval step and the best checkpoint take."""
+  return lambda params, frozen: peft.materialize(params, frozen, lora_scale)

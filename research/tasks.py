@@ -6,7 +6,7 @@ A task *kind* decides the head and the loss:
   token_classification  every token -> softmax over tags; only the first sub-word of each
                         word has a label, the others carry IGNORE and count nowhere
 
-`GLUE` and `OTHER_TASKS` are the registry that configs read: text fields, label names and the
+`GLUE` and `TASKS` are the registry that configs read: text fields, label names and the
 official metrics of each task, and where its data lives.
 """
 
@@ -103,3 +103,22 @@ GLUE = {
     "wnli": _glue(("sentence1", "sentence2"), ("not_entailment", "entailment"), ("accuracy",),
                   "wnli"),
 }
+
+
+CONLL2003_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
+
+# Every registered task: GLUE plus the others the shared data holds.
+TASKS = dict(GLUE, **{
+    # Hugging Face's order of the tags; the hub copy stores their indices, ours the strings.
+    "conll2003": TaskSpec(kind="token_classification", text_fields=("tokens",),
+                          label_names=CONLL2003_TAGS, label_field="ner_tags",
+                          metrics=("entity_f1", "entity_precision", "entity_recall",
+                                   "accuracy"),
+                          hub_dataset="eriktks/conll2003", local_name="conll2003",
+                          eval_splits=("validation", "test")),
+    # No canonical hub copy: read from $RESEARCH_DATA_DIR/chnsenticorp or a local directory.
+    "chnsenticorp": TaskSpec(kind="classification", text_fields=("sentence",),
+                             label_names=("negative", "positive"), metrics=("accuracy",),
+                             hub_dataset="", local_name="chnsenticorp",
+                             eval_splits=("validation", "test")),
+})

@@ -7,6 +7,7 @@ model, input, optimizer, parallel steps, checkpoint, eval, loop. `evaluate`, `pr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import checkpoints, config_lib, evaluation, metrics, optim, steps, tasks
+from research import checkpoints, config_lib, evaluation, metrics, optim, peft, steps, tasks
 from research.data import input_pipeline
 from research.models import bert, hf_io
 from research.parallel import DataParallel
@@ -85,10 +86,6 @@ def init_params(setup: ModelSetup, rng: jax.Array) -> Any:
   return params
 
 
-def count_params(params: Any) -> int:
-  return int(sum(np.size(x) for x in jax.tree.leaves(params)))
-
-
 ################################################################################
 # Workdir: the resolved config, and the check that a resumed run is the same.  #
 ################################################################################
@@ -107,10 +104,17 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     path.write_text(config_lib.to_json(config))
 
 
-def add_log_file(workdir: pathlib.Path) -> None:
-  handler = logging.FileHandler(workdir / "train.log")
+@contextlib.contextmanager
+def log_file(path: pathlib.Path):
+  """Also writes the log to `path` while the block runs."""
+  handler = logging.FileHandler(path)
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
   logging.getLogger().addHandler(handler)
+  try:
+    yield
+  finally:
+    logging.getLogger().removeHandler(handler)
+    handler.close()
 
 
 ################################################################################
@@ -127,7 +131,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   workdir = pathlib.Path(workdir)
   config_lib.validate(config)
   prepare_workdir(config, workdir)
-  add_log_file(workdir)
+  with log_file(workdir / "train.log"):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
   run_start = time.time()
 
   # ---- Model -------------------------------------------------------------------------------
@@ -150,13 +158,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   total_steps = max(1, round(config.train.num_epochs * batches.steps_per_epoch))
 
   # ---- Optimizer and train state ------------------------------------------------------------
-  params = init_params(setup, init_rng)
-  tx, schedule = optim.make_optimizer(config.optimizer, params, total_steps)
-  state = steps.TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
-                           rng=np.asarray(dropout_rng))
+  # Trainable and frozen parameters live apart (peft.py); full fine-tuning freezes nothing.
+  params, frozen = peft.split(config.peft, init_params(setup, init_rng),
+                              jax.random.fold_in(init_rng, 1))
+  lora_scale = peft.lora_scale(config.peft)
+  tx, schedule = optim.make_optimizer(config.optimizer, params, total_steps,
+                                      setup.bert_config.num_hidden_layers)
+  state = steps.TrainState(step=np.int32(0), params=params, frozen=frozen,
+                           opt_state=tx.init(params), rng=np.asarray(dropout_rng))
   state = jax.tree.map(np.asarray, state)
-  logging.info("model: %s parameters; %d steps (%d per epoch) of %d examples",
-               f"{count_params(params):,}", total_steps, batches.steps_per_epoch,
+  trainable, total = peft.count(params), peft.count(params) + peft.count(frozen)
+  logging.info("model: %s parameters, %s trainable (%.2f%%, peft.method=%s); %d steps (%d per "
+               "epoch) of %d examples", f"{total:,}", f"{trainable:,}", 100 * trainable / total,
+               config.peft.method, total_steps, batches.steps_per_epoch,
                config.train.batch_size)
 
   # ---- Parallel steps ----------------------------------------------------------------------
@@ -167,33 +181,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         f"config.train.batch_size / grad_accum_steps ({micro_batch}) and config.eval.batch_size "
         f"({config.eval.batch_size}) must be multiples of the {dp.num_devices} devices")
   train_step = dp.compile_train_step(
-      steps.make_train_step(setup.model, tx, schedule, config.task.kind))
+      steps.make_train_step(setup.model, tx, schedule, config.task.kind, lora_scale))
   eval_step = dp.compile_eval_step(steps.make_eval_step(setup.model, config.task.kind))
+  materialize = dp.compile_replicated(steps.make_materialize(lora_scale))
   logging.info("%s over %d %s device(s)", dp.backend, dp.num_devices, jax.default_backend())
 
   # ---- Checkpoint: resume or start ---------------------------------------------------------
   ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep,
                                   best_metric=config.eval.best_metric,
                                   best_mode=config_lib.best_mode(config))
-  meta = {"best": None, "train_seconds": 0.0}
+  meta = {"best": None, "train_seconds": 0.0, "evals_since_best": 0, "stopped_early": False}
   if ckpts.latest_step() is not None:
     state, meta = ckpts.restore_state(state)
     logging.info("resumed from %s at step %d", workdir / "checkpoints", int(state.step))
   start_step = int(state.step)
-  if start_step >= total_steps and (workdir / "results.json").exists():
+  if ((start_step >= total_steps or meta["stopped_early"])
+      and (workdir / "results.json").exists()):
     logging.info("%s holds a finished run; its results.json stands", workdir)
     ckpts.close()
     return json.loads((workdir / "results.json").read_text())
   train_seconds_before = meta["train_seconds"]
   device_state = dp.put_replicated(state)
-  del state, params  # the device copy is the state from here on
+  del state, params, frozen  # the device copy is the state from here on
   writer = MetricWriter(workdir, resume_step=start_step)
 
   # ---- Evaluation --------------------------------------------------------------------------
-  def evaluate_all(step: int) -> dict[str, dict[str, float]]:
+  def evaluate_all(step: int) -> tuple[dict[str, dict[str, float]], Any]:
+    """Every eval split; also returns the evaluated (plain, LoRA-merged) params."""
+    model_params = materialize(device_state.params, device_state.frozen)
     results = {}
     for name, split in eval_splits.items():
-      outputs, loss = evaluation.run_model(eval_step, dp, device_state.params, split,
+      outputs, loss = evaluation.run_model(eval_step, dp, model_params, split,
                                            batch_size=config.eval.batch_size, buckets=buckets)
       scalars, report = evaluation.score(config.task, split, outputs, loss)
       results[name] = scalars
@@ -201,25 +219,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       write_eval_file(workdir / "eval" / f"{name}_step{step}.json", step, scalars, report)
       logging.info("eval %s at step %d: %s", name, step,
                    ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
-    return results
+    return results, model_params
 
-  def save_best_if_improved(step: int, results: dict[str, dict[str, float]]) -> None:
+  def track_best(step: int, results: dict[str, dict[str, float]], model_params: Any) -> None:
+    """Saves the best params (a plain BERT tree) and counts evaluations without progress."""
     first = results[data.eval_splits[0]]
     value = first[config.eval.best_metric]
     best = meta["best"]
     if ckpts.is_better(value, None if best is None else best["value"]):
       meta["best"] = {"step": step, "metric": config.eval.best_metric, "value": value,
                       "results": results}
-      ckpts.save_best(step, dp.get_replicated(device_state.params),
+      meta["evals_since_best"] = 0
+      ckpts.save_best(step, dp.get_replicated(model_params),
                       {"step": step, "metrics": first, "results": results})
+    else:
+      meta["evals_since_best"] += 1
 
   def save_state(step: int, train_seconds: float) -> None:
     meta["train_seconds"] = train_seconds
-    ckpts.save_state(step, dp.get_replicated(device_state), dict(meta, step=step,
-                                                                 epoch=step / batches.steps_per_epoch))
+    ckpts.save_state(step, dp.get_replicated(device_state),
+                     dict(meta, step=step, epoch=step / batches.steps_per_epoch))
 
   # ---- Loop --------------------------------------------------------------------------------
   eval_every = config.eval.every_steps or batches.steps_per_epoch
+  patience = config.eval.early_stopping_patience
   progress = Progress(total_steps=total_steps, start_step=start_step,
                       steps_per_epoch=batches.steps_per_epoch,
                       examples_per_step=config.train.batch_size)
@@ -247,14 +270,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         writer.write(step, "train", train_metrics)
       paused = time.perf_counter()
       if step % eval_every == 0 or step == total_steps:
-        results = evaluate_all(step)
-        save_best_if_improved(step, results)
+        results, model_params = evaluate_all(step)
+        track_best(step, results, model_params)
+        del model_params
+        if patience and meta["evals_since_best"] >= patience:
+          meta["stopped_early"] = True
+          logging.info("early stopping at step %d: no better %s for %d evaluations; the best "
+                       "checkpoint (step %d) is the model", step, config.eval.best_metric,
+                       patience, meta["best"]["step"])
       if (step % config.checkpoint.every_steps == 0 or step % eval_every == 0
           or step == total_steps):
         save_state(step, train_seconds_before + time.perf_counter() - loop_start)
       progress.pause(time.perf_counter() - paused)
+      if meta["stopped_early"]:
+        break
     if not results:  # killed after its last checkpoint, before results.json was written
-      results = evaluate_all(step)
+      results, _ = evaluate_all(step)
   except KeyboardInterrupt:
     logging.warning("interrupted at step %d: saving a checkpoint to resume from", step)
     save_state(step, train_seconds_before + time.perf_counter() - loop_start)
@@ -264,8 +295,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     writer.close()
   train_seconds = train_seconds_before + time.perf_counter() - loop_start
   summary = {"final": {"step": step, "results": results}, "best": meta["best"],
-             "train": {"steps": total_steps, "epochs": total_steps / batches.steps_per_epoch,
-                       "examples": total_steps * config.train.batch_size,
+             "early_stopping": ({"stopped_at": step, "restored": meta["best"]["step"]}
+                                if meta["stopped_early"] else None),
+             "params": {"total": total, "trainable": trainable},
+             "train": {"steps": step, "epochs": step / batches.steps_per_epoch,
+                       "examples": step * config.train.batch_size,
                        "train_seconds": train_seconds,
                        "wall_seconds_this_session": time.time() - run_start},
              # XLA compilations in this session: one per length bucket used is the target.

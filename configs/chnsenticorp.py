@@ -1,0 +1,26 @@
+r"""ChnSentiCorp (Chinese hotel/product review sentiment) on the embedded all-MiniLM-L6-v2.
+
+  python -m research.main --config configs/chnsenticorp.py --workdir runs/chnsenticorp
+
+The same code as for English: the checkpoint's WordPiece vocabulary has the CJK characters,
+which its tokenizer splits one per token. Data: $RESEARCH_DATA_DIR/chnsenticorp/ (train 9,600,
+validation 1,200, test 1,200); there is no canonical hub copy, so without RESEARCH_DATA_DIR set
+`data.dataset` must name a local directory.
+
+Results: experiments/glue_minilm/results.md.
+"""
+
+from configs import default
+from research import config_lib, tasks
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, quick=False)
+  c = default.get_config()
+  config_lib.set_task(c, tasks.TASKS["chnsenticorp"])
+  c.data.max_length = 256  # reviews are long: 30% exceed 126 characters, 5% exceed 254
+  c.data.length_buckets = (32, 64, 96, 128, 192, 256)
+  if arg.quick:
+    c.data.train_examples = 2000
+    c.train.num_epochs = 1.0
+  return c

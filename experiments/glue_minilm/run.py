@@ -1,0 +1,305 @@
+r"""Our fine-tuning of the embedded MiniLM next to transformers' Trainer, same recipe and data.
+
+  python experiments/glue_minilm/run.py              # every run not yet finished, then the table
+  python experiments/glue_minilm/run.py --report     # only rebuild results.md / results.csv
+  python experiments/glue_minilm/run.py --tasks rte mrpc --seeds 0 --systems ours
+
+Each finished run writes results/<task>__<system>__seed<k>.json (committed), and is skipped
+afterwards; an interrupted run resumes from its workdir under runs/glue_minilm/ (ours from its
+orbax checkpoint, the reference from the Trainer's checkpoint of the last epoch).
+
+The reference is `AutoModelFor{Sequence,Token}Classification.from_pretrained` on the same
+checkpoint directory, trained by `Trainer` with the recipe of configs/glue.py: batch 32, peak lr
+5e-5, 10% linear warm-up then linear decay, AdamW (eps 1e-8, weight decay 0.01 except biases
+and LayerNorm), clipping at 1.0, length-grouped batches, the last incomplete batch dropped,
+sequences of at most 128 tokens (256 for ChnSentiCorp). Its metrics are computed by
+scikit-learn, scipy and seqeval, not by our code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))
+
+RESULTS = HERE / "results"
+RUNS = REPO / "runs" / "glue_minilm"
+SYSTEMS = ("ours", "reference")
+# task -> (epochs, seeds): 3 seeds for the small tasks; one seed and one epoch for the big ones.
+PLAN = {
+    "rte": (3, (0, 1, 2)),
+    "mrpc": (3, (0, 1, 2)),
+    "stsb": (3, (0, 1, 2)),
+    "cola": (3, (0, 1, 2)),
+    "sst2": (1, (0,)),
+    "conll2003": (1, (0,)),
+    "chnsenticorp": (1, (0,)),
+}
+# Published MiniLM-L6xH384 dev results (microsoft/unilm minilm/README.md): a different
+# checkpoint (distilled from a UniLMv2 teacher), given as context only.
+PUBLISHED = {"sst2": "91.5", "cola": "47.5", "mrpc": "88.9", "rte": "68.8"}
+
+
+SMOKE_EXAMPLES = 0  # --smoke: train on this many examples only (a check of the code paths)
+
+
+def task_config(task: str, seed: int, epochs: float):
+  from configs import chnsenticorp, conll2003, glue
+  if task == "conll2003":
+    config = conll2003.get_config()
+  elif task == "chnsenticorp":
+    config = chnsenticorp.get_config()
+  else:
+    config = glue.get_config(task)
+  config.seed = seed
+  config.train.num_epochs = float(epochs)
+  config.parallel.num_devices = 1
+  config.data.train_examples = SMOKE_EXAMPLES
+  config.data.eval_examples = SMOKE_EXAMPLES
+  return config
+
+
+# ---- ours ------------------------------------------------------------------------------------
+
+
+def run_ours(task: str, seed: int, epochs: float, workdir: pathlib.Path) -> dict:
+  from research import train
+  config = task_config(task, seed, epochs)
+  summary = train.train_and_evaluate(config, workdir)
+  return {"metrics": summary["final"]["results"],
+          "train_seconds": summary["train"]["train_seconds"]}
+
+
+# ---- the reference: transformers' Trainer ---------------------------------------------------
+
+
+def _reference_metrics(spec, rows, logits, word_index) -> dict[str, float]:
+  """Official metrics by scikit-learn / scipy / seqeval on the reference's outputs."""
+  import numpy as np
+  import scipy.stats
+  import sklearn.metrics
+  if spec.kind == "regression":
+    gold = np.asarray(rows[spec.label_field], np.float64)
+    predicted = logits[:, 0]
+    return {"pearson": scipy.stats.pearsonr(gold, predicted)[0],
+            "spearman": scipy.stats.spearmanr(gold, predicted)[0]}
+  names = list(spec.label_names)
+  to_id = lambda v: names.index(v) if isinstance(v, str) else int(v)  # noqa: E731
+  if spec.kind == "token_classification":
+    import seqeval.metrics
+    gold, guess = [], []
+    for i, tags in enumerate(rows[spec.label_field]):
+      words = ["O"] * len(tags)  # words past max_length are predicted O
+      for position, word in enumerate(word_index[i]):
+        if word is not None and position < logits.shape[1]:
+          words[word] = names[int(logits[i, position].argmax())]
+      gold.append([names[to_id(t)] for t in tags])
+      guess.append(words)
+    return {"entity_f1": seqeval.metrics.f1_score(gold, guess),
+            "entity_precision": seqeval.metrics.precision_score(gold, guess),
+            "entity_recall": seqeval.metrics.recall_score(gold, guess),
+            "accuracy": seqeval.metrics.accuracy_score(gold, guess)}
+  gold = np.array([to_id(v) for v in rows[spec.label_field]])
+  predicted = logits.argmax(-1)
+  out = {"accuracy": sklearn.metrics.accuracy_score(gold, predicted)}
+  if "f1" in spec.metrics:
+    out["f1"] = sklearn.metrics.f1_score(gold, predicted)
+  if "matthews_corr" in spec.metrics:
+    out["matthews_corr"] = sklearn.metrics.matthews_corrcoef(gold, predicted)
+  return out
+
+
+def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path) -> dict:
+  import numpy as np
+  import transformers
+  from research import tasks
+  from research.data import input_pipeline as ip
+  from research.models import hf_io
+  config = task_config(task, seed, epochs)
+  spec = tasks.TASKS[task]
+  checkpoint = str(hf_io.embedded_checkpoint_dir())
+  tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
+  source = ip.resolve_source(config.data)
+  token_task = spec.kind == "token_classification"
+  names = list(spec.label_names)
+
+  def encode(rows):
+    enc = tokenizer(*[list(rows[f]) for f in spec.text_fields], truncation=True,
+                    max_length=config.data.max_length, is_split_into_words=token_task)
+    if token_task:  # the first sub-word of each word carries its tag, the rest -100
+      labels, words = [], []
+      for i, tags in enumerate(rows[spec.label_field]):
+        ids, seen, row = enc.word_ids(i), set(), []
+        for word in ids:
+          tag = tags[word] if word is not None and word not in seen else None
+          row.append(-100 if tag is None else (names.index(tag) if isinstance(tag, str)
+                                               else int(tag)))
+          if word is not None:
+            seen.add(word)
+        labels.append(row)
+        words.append([w if w is not None and ids.index(w) == p else None
+                      for p, w in enumerate(ids)])
+      enc["labels"] = labels
+      return enc, words
+    values = list(rows[spec.label_field])
+    if spec.kind == "regression":
+      enc["labels"] = [float(v) for v in values]
+    else:
+      enc["labels"] = [names.index(v) if isinstance(v, str) else int(v) for v in values]
+    return enc, None
+
+  import datasets
+  train_rows = ip.load_split(source, config.data.subset, config.data.train_split)
+  if SMOKE_EXAMPLES:
+    train_rows = train_rows.select(range(SMOKE_EXAMPLES))
+  train_enc, _ = encode(train_rows)
+  train_set = datasets.Dataset.from_dict(dict(train_enc))
+  if token_task:
+    model = transformers.AutoModelForTokenClassification.from_pretrained(
+        checkpoint, num_labels=len(names))
+    collator = transformers.DataCollatorForTokenClassification(tokenizer)
+  else:
+    num_labels = 1 if spec.kind == "regression" else len(names)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        checkpoint, num_labels=num_labels,
+        problem_type="regression" if num_labels == 1 else "single_label_classification")
+    collator = transformers.DataCollatorWithPadding(tokenizer)
+  opt = config.optimizer
+  args = transformers.TrainingArguments(
+      output_dir=str(workdir), per_device_train_batch_size=config.train.batch_size,
+      per_device_eval_batch_size=config.eval.batch_size, learning_rate=opt.learning_rate,
+      num_train_epochs=epochs, warmup_steps=opt.warmup_ratio, weight_decay=opt.weight_decay,
+      adam_beta1=opt.b1, adam_beta2=opt.b2, adam_epsilon=opt.eps,
+      max_grad_norm=opt.grad_clip_norm, lr_scheduler_type="linear", optim="adamw_torch",
+      seed=seed, data_seed=seed, train_sampling_strategy="group_by_length",
+      dataloader_drop_last=True, save_strategy="epoch", save_total_limit=1,
+      eval_strategy="no", logging_steps=50, report_to="none", use_cpu=True,
+      disable_tqdm=True)
+  trainer = transformers.Trainer(model=model, args=args, train_dataset=train_set,
+                                 data_collator=collator, processing_class=tokenizer)
+  resume = any(workdir.glob("checkpoint-*"))
+  start = time.perf_counter()
+  trainer.train(resume_from_checkpoint=True if resume else None)
+  train_seconds = time.perf_counter() - start
+  # drop_last matched our training batches; evaluation must see every example.
+  trainer.args.dataloader_drop_last = False
+  metrics = {}
+  for split in config.data.eval_splits:
+    rows = ip.load_split(source, config.data.subset, split)
+    if SMOKE_EXAMPLES:
+      rows = rows.select(range(SMOKE_EXAMPLES))
+    enc, words = encode(rows)
+    logits = trainer.predict(datasets.Dataset.from_dict(dict(enc))).predictions
+    assert len(logits) == len(rows), (len(logits), len(rows))
+    metrics[split] = {k: float(v) for k, v in
+                      _reference_metrics(spec, rows, np.asarray(logits), words).items()}
+  return {"metrics": metrics, "train_seconds": train_seconds}
+
+
+# ---- the table ---------------------------------------------------------------------------------
+
+
+def result_path(task: str, system: str, seed: int) -> pathlib.Path:
+  return RESULTS / f"{task}__{system}__seed{seed}.json"
+
+
+def run_one(task: str, system: str, seed: int) -> None:
+  epochs = PLAN[task][0]
+  workdir = RUNS / task / f"{system}_seed{seed}"
+  workdir.mkdir(parents=True, exist_ok=True)
+  print(f"== {task} {system} seed {seed} ({epochs} epochs) in {workdir}", flush=True)
+  start = time.perf_counter()
+  out = (run_ours if system == "ours" else run_reference)(task, seed, epochs, workdir)
+  record = {"task": task, "system": system, "seed": seed, "epochs": epochs,
+            "wall_seconds": time.perf_counter() - start, **out}
+  RESULTS.mkdir(exist_ok=True)
+  result_path(task, system, seed).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+  return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def report() -> str:
+  from research import tasks
+  records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+  lines = ["| task | metric | ours mean ± std (n) | reference mean ± std (n) | gap | "
+           "within target | ours wall (min) | reference wall (min) | published MiniLM |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  csv = ["task,metric,split,system,n,mean,std,wall_minutes"]
+  for task in PLAN:
+    spec = tasks.TASKS[task]
+    for split, metric in [(split, metric) for split in spec.eval_splits
+                          for metric in spec.metrics[:2]]:
+      cells = {}
+      for system in SYSTEMS:
+        runs = [r for r in records if r["task"] == task and r["system"] == system]
+        if runs:
+          values = [100 * r["metrics"][split][metric] for r in runs]
+          wall = statistics.mean(r["wall_seconds"] for r in runs) / 60
+          cells[system] = (*_mean_std(values), len(values), wall)
+          csv.append(f"{task},{metric},{split},{system},{len(values)},"
+                     f"{cells[system][0]:.3f},{cells[system][1]:.3f},{wall:.2f}")
+      if not cells:
+        continue
+      fmt = lambda c: f"{c[0]:.2f} ± {c[1]:.2f} ({c[2]})" if c else "—"  # noqa: E731
+      ours, ref = cells.get("ours"), cells.get("reference")
+      gap = verdict = "—"
+      if ours and ref:
+        gap = f"{ours[0] - ref[0]:+.2f}"
+        verdict = "yes" if abs(ours[0] - ref[0]) <= max(ref[1], 0.5) else "**no**"
+      lines.append(f"| {task} ({split}) | {metric} | {fmt(ours)} | {fmt(ref)} | {gap} | "
+                   f"{verdict} | {ours[3] if ours else float('nan'):.1f} | "
+                   f"{ref[3] if ref else float('nan'):.1f} | "
+                   f"{PUBLISHED.get(task, '—') if metric == spec.metrics[0] else ''} |")
+  table = "\n".join(lines) + "\n"
+  if SMOKE_EXAMPLES:
+    return table
+  (HERE / "results.csv").write_text("\n".join(csv) + "\n")
+  (HERE / "results.md").write_text(
+      "# Embedded MiniLM on GLUE and CoNLL-2003: ours vs transformers' Trainer\n\n"
+      "Generated by `python experiments/glue_minilm/run.py --report` from results/*.json; "
+      "see README.md for the recipe and how to read it. Metrics ×100, final epoch; "
+      "'within target': |gap| ≤ max(reference std, 0.5).\n\n" + table)
+  return table
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--report", action="store_true", help="only rebuild the table")
+  parser.add_argument("--tasks", nargs="*", default=list(PLAN))
+  parser.add_argument("--systems", nargs="*", default=list(SYSTEMS))
+  parser.add_argument("--seeds", nargs="*", type=int, default=None)
+  parser.add_argument("--smoke", type=pathlib.Path, default=None,
+                      help="check the code paths: 64 examples, results and runs in this folder")
+  args = parser.parse_args()
+  if args.smoke:
+    global SMOKE_EXAMPLES, RESULTS, RUNS
+    SMOKE_EXAMPLES, RESULTS, RUNS = 64, args.smoke / "results", args.smoke / "runs"
+  os.environ.setdefault("RESEARCH_DATA_DIR", str(REPO.parent / "shared" / "data"))
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+  if not args.report:
+    # Seed-major: a partial table already has every task once.
+    for seed in range(3):
+      for task in args.tasks:
+        epochs, seeds = PLAN[task]
+        if seed not in seeds or (args.seeds is not None and seed not in args.seeds):
+          continue
+        for system in args.systems:
+          if not result_path(task, system, seed).exists():
+            run_one(task, system, seed)
+            print(report(), flush=True)
+  print(report())
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,475 @@
+"""Speed, measured side by side in one process: our train/eval steps vs the PyTorch peer.
+
+  python -m research.bench --out bench_out/          # the default table (~5 min on 2 cores)
+  python -m research.bench --quick --out /tmp/b      # tiny shapes, seconds (used in tests)
+  python -m research.bench --e2e --out bench_out/    # + one SST-2 epoch, ours vs PyTorch loop
+
+Every figure that matters is a ratio measured in this run, because the machine is noisy:
+* ours vs peer: examples/s of our compiled train step (and eval forward) against transformers'
+  `BertForSequenceClassification` + `torch.optim.AdamW` on the same weights, shapes, dropout;
+* ours vs the machine: achieved FLOP/s against a large fp32 matmul through the same backend.
+FLOPs are counted by formula (`model_flops`): per example 6·N·S for the matmuls of the encoder
+layers (N parameters, forward + backward = 3 × 2 FLOPs per weight and token) plus 12·L·S²·H for
+attention scores and context, plus the pooler and classifier; eval is a third of that. The same
+count is used for both systems. We execute fewer FLOPs than that (`executed_flops`: the last
+layer computes only [CLS]); XLA's own count of what we execute is reported beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research import optim, parallel, steps, tasks
+from research.models import bert, hf_io
+
+WARMUP_STEPS = 3
+
+
+# ---- FLOP count --------------------------------------------------------------------------
+
+
+def encoder_layer_params(config: bert.BertConfig) -> int:
+  """Weights of one encoder layer's matmuls (biases and LayerNorm do no matmul work)."""
+  h, f = config.hidden_size, config.intermediate_size
+  return 4 * h * h + 2 * h * f
+
+
+def model_flops(config: bert.BertConfig, batch: int, length: int, num_labels: int,
+                train: bool = True) -> float:
+  """FLOPs of one step of a sequence classifier by formula (forward, ×3 when training)."""
+  layers, h = config.num_hidden_layers, config.hidden_size
+  per_example_forward = (2 * layers * encoder_layer_params(config) * length
+                         + 4 * layers * length * length * h   # scores and context
+                         + 2 * (h * h + h * num_labels))      # pooler, classifier
+  return batch * per_example_forward * (3 if train else 1)
+
+
+def executed_flops(config: bert.BertConfig, batch: int, length: int, num_labels: int,
+                   train: bool = True) -> float:
+  """What our sequence classifier executes: as `model_flops`, except that the last layer
+  computes keys and values for every position but everything else for [CLS] alone."""
+  layers, h, f = config.num_hidden_layers, config.hidden_size, config.intermediate_size
+  full_layer = 2 * encoder_layer_params(config) * length + 4 * length * length * h
+  last_layer = (2 * 2 * h * h * length               # keys and values of every position
+                + 2 * (2 * h * h + 2 * h * f)        # query, output and FFN of [CLS]
+                + 4 * length * h)                    # one query's scores and context
+  per_example = (layers - 1) * full_layer + last_layer + 2 * (h * h + h * num_labels)
+  return batch * per_example * (3 if train else 1)
+
+
+def xla_flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return float(analysis.get("flops", 0.0))
+
+
+# ---- timing ------------------------------------------------------------------------------
+
+
+def median_seconds(run: Callable[[], Any], steps_timed: int) -> float:
+  """Median wall time of `run` (which must block until its result is ready)."""
+  for _ in range(WARMUP_STEPS):
+    run()
+  times = []
+  for _ in range(steps_timed):
+    start = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def matmul_peak(size: int, dtype: str, steps_timed: int) -> float:
+  """FLOP/s of one size³ matmul through JAX's default backend."""
+  a = jnp.ones((size, size), dtype)
+  b = jnp.ones((size, size), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  return 2 * size**3 / median_seconds(lambda: f(a, b).block_until_ready(), steps_timed)
+
+
+def torch_matmul_peak(size: int, steps_timed: int) -> float:
+  import torch
+  a, b = torch.ones(size, size), torch.ones(size, size)
+  return 2 * size**3 / median_seconds(lambda: a @ b, steps_timed)
+
+
+# ---- the two systems -------------------------------------------------------------------------
+
+
+def _optimizer_config():
+  from configs import default
+  return default.get_config().optimizer
+
+
+def _synthetic_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  return {"input_ids": rng.integers(1000, min(vocab, 5000), (batch, length)).astype(np.int32),
+          "attention_mask": np.ones((batch, length), np.int32),
+          "token_type_ids": np.zeros((batch, length), np.int32),
+          "labels": rng.integers(0, 2, batch).astype(np.int32),
+          "example_mask": np.ones(batch, np.float32)}
+
+
+def reference_model(source: str | bert.BertConfig):
+  """transformers' BertForSequenceClassification: the embedded checkpoint, or random init."""
+  import torch
+  import transformers
+  torch.manual_seed(0)
+  if isinstance(source, bert.BertConfig):
+    hf_config = transformers.BertConfig(**source.to_dict(), num_labels=2)
+    return transformers.BertForSequenceClassification(hf_config)
+  return transformers.BertForSequenceClassification.from_pretrained(source, num_labels=2)
+
+
+def ours_from_reference(reference, config: bert.BertConfig):
+  """Our classifier with exactly the reference's weights (head included)."""
+  model = tasks.build_model("classification", config, 2, dtype=jnp.float32,
+                            param_dtype=jnp.float32, classifier_dropout=None)
+  dummy = jnp.ones((1, 8), jnp.int32)
+  template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy, dummy))["params"]
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+  state = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
+  return model, hf_io.params_from_state_dict(state, template, load_head=True)
+
+
+def time_ours(model, params, batch: dict[str, np.ndarray], steps_timed: int) -> dict[str, float]:
+  """Our compiled train step (AdamW, clipping, dropout) and eval forward on one device."""
+  tx, schedule = optim.make_optimizer(_optimizer_config(), params, 10_000)
+  state = steps.TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
+                           rng=np.asarray(jax.random.PRNGKey(0)))
+  dp = parallel.DataParallel("pmap", 1)
+  train_step = dp.compile_train_step(steps.make_train_step(model, tx, schedule,
+                                                           "classification"))
+  eval_step = dp.compile_eval_step(steps.make_eval_step(model, "classification"))
+  placed = [dp.put_replicated(jax.device_get(state))]
+  train_batch = dp.put_train_batch({k: v[None] for k, v in batch.items()})
+  eval_batch = dp.put_eval_batch(batch)
+
+  def train():
+    placed[0], metrics = train_step(placed[0], train_batch)
+    jax.block_until_ready(metrics)
+
+  start = time.perf_counter()
+  train()
+  compile_seconds = time.perf_counter() - start
+  train_seconds = median_seconds(train, steps_timed)
+  executed = xla_flops(train_step._fn.lower(placed[0], train_batch).compile())
+  params_placed = placed[0].params
+  eval_seconds = median_seconds(
+      lambda: jax.block_until_ready(eval_step(params_placed, eval_batch)), steps_timed)
+  return {"train_s": train_seconds, "eval_s": eval_seconds, "compile_s": compile_seconds,
+          "xla_train_flops": executed, "train_compiles": train_step.compiles}
+
+
+def time_reference(reference, batch: dict[str, np.ndarray], steps_timed: int) -> dict[str, float]:
+  """The peer: train mode (dropout on), AdamW with the same decay groups, clipping 1.0."""
+  import torch
+  cfg = _optimizer_config()
+  decay = [p for n, p in reference.named_parameters() if not n.endswith("bias")
+           and "LayerNorm" not in n]
+  no_decay = [p for n, p in reference.named_parameters() if n.endswith("bias")
+              or "LayerNorm" in n]
+  optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=cfg.learning_rate, betas=(cfg.b1, cfg.b2), eps=cfg.eps)
+  inputs = {k: torch.from_numpy(batch[k]).long()
+            for k in ("input_ids", "attention_mask", "token_type_ids")}
+  labels = torch.from_numpy(batch["labels"]).long()
+
+  def train():
+    reference.train()
+    loss = reference(**inputs, labels=labels).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), cfg.grad_clip_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+  def evaluate():
+    reference.eval()
+    with torch.no_grad():
+      reference(**inputs)
+
+  return {"train_s": median_seconds(train, steps_timed),
+          "eval_s": median_seconds(evaluate, steps_timed)}
+
+
+# ---- the input pipeline ---------------------------------------------------------------------
+
+
+def input_pipeline_rates(examples: int, batch_size: int) -> dict[str, float]:
+  """Tokenisation + batching of SST-2 train (examples/s), and padding with and without
+  buckets and length grouping, against batches padded to their own longest sequence."""
+  from configs import sst2
+  from research.data import input_pipeline as ip
+  config = sst2.get_config()
+  tokenizer = ip.load_tokenizer(hf_io.embedded_checkpoint_dir())
+  start = time.perf_counter()
+  split = ip.load_encoded(config.data, config.task, tokenizer, "train", examples)
+  tokenise_s = time.perf_counter() - start
+  buckets = tuple(config.data.length_buckets)
+  out = {"examples": len(split), "tokenise_examples_per_s": len(split) / tokenise_s}
+  real = None
+  for group in (0, config.data.group_by_length):
+    batches = ip.TrainBatches(split, batch_size=batch_size, accum_steps=1, seed=0,
+                              buckets=buckets, group_by_length=group)
+    start = time.perf_counter()
+    padded = real_tokens = own_longest = 0
+    for batch in batches(0, batches.steps_per_epoch):
+      lengths = batch["attention_mask"].sum(-1)
+      padded += batch["attention_mask"].size
+      real_tokens += int(lengths.sum())
+      own_longest += int(lengths.max()) * lengths.size
+    seconds = time.perf_counter() - start
+    key = "grouped" if group else "random"
+    out[f"batching_{key}_examples_per_s"] = batches.steps_per_epoch * batch_size / seconds
+    out[f"padding_{key}_buckets"] = 1 - real_tokens / padded
+    real = real_tokens if real is None else real
+    if not group:
+      out["padding_random_own_longest"] = 1 - real_tokens / own_longest
+  out["pipeline_examples_per_s"] = 1 / (1 / out["tokenise_examples_per_s"]
+                                        + 1 / out["batching_grouped_examples_per_s"])
+  return out
+
+
+# ---- the table --------------------------------------------------------------------------------
+
+
+SHAPES = [  # name, checkpoint ('embedded' or a BertConfig for random init), batch, length
+    ("MiniLM-L6", "embedded", 32, 128),
+    ("MiniLM-L6", "embedded", 64, 32),
+    ("BERT-base", bert.BertConfig(), 8, 128),
+]
+QUICK_SHAPES = [
+    ("tiny", bert.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, intermediate_size=128), 8, 32),
+]
+BERT_LARGE = ("BERT-large", bert.BertConfig(hidden_size=1024, num_hidden_layers=24,
+                                            num_attention_heads=16, intermediate_size=4096),
+              8, 128)
+
+
+def run(quick: bool, steps_timed: int) -> dict[str, Any]:
+  import torch
+  platform = jax.devices()[0].platform
+  shapes = list(QUICK_SHAPES if quick else SHAPES)
+  if platform == "gpu" and not quick:
+    shapes.append(BERT_LARGE)
+  size = 512 if quick else 2048
+  result: dict[str, Any] = {
+      "machine": {"jax_backend": platform, "device": str(jax.devices()[0]),
+                  "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                  "jax": jax.__version__, "torch": torch.__version__},
+      "peak": {"fp32_matmul_flops": matmul_peak(size, "float32", steps_timed),
+               "torch_fp32_matmul_flops": torch_matmul_peak(size, steps_timed),
+               "matmul_size": size},
+      "rows": []}
+  if platform == "gpu":
+    result["peak"]["bf16_matmul_flops"] = matmul_peak(size * 4, "bfloat16", steps_timed)
+  peak = result["peak"]["fp32_matmul_flops"]
+  for name, source, batch_size, length in shapes:
+    if isinstance(source, str):
+      source_dir = str(hf_io.embedded_checkpoint_dir())
+      config, _ = hf_io.load_config(pathlib.Path(source_dir))
+      reference = reference_model(source_dir)
+    else:
+      config = source
+      reference = reference_model(config)
+    model, params = ours_from_reference(reference, config)
+    batch = _synthetic_batch(batch_size, length, config.vocab_size)
+    ours = time_ours(model, params, batch, steps_timed)
+    theirs = time_reference(reference, batch, steps_timed)
+    flops = model_flops(config, batch_size, length, 2)
+    row = {
+        "shape": f"{name} B{batch_size}×S{length}",
+        "ours_train_examples_per_s": batch_size / ours["train_s"],
+        "ours_train_tokens_per_s": batch_size * length / ours["train_s"],
+        "peer_train_examples_per_s": batch_size / theirs["train_s"],
+        "train_ratio": theirs["train_s"] / ours["train_s"],
+        "ours_eval_examples_per_s": batch_size / ours["eval_s"],
+        "peer_eval_examples_per_s": batch_size / theirs["eval_s"],
+        "eval_ratio": theirs["eval_s"] / ours["eval_s"],
+        "model_flops_per_step": flops,
+        "ours_train_flops_per_s": flops / ours["train_s"],
+        "peer_train_flops_per_s": flops / theirs["train_s"],
+        "ours_fraction_of_peak": flops / ours["train_s"] / peak,
+        "xla_executed_flops_per_step": ours["xla_train_flops"],
+        "compile_s": ours["compile_s"],
+        "train_compiles": ours["train_compiles"],
+    }
+    result["rows"].append(row)
+    print(f"  {row['shape']}: ours {row['ours_train_examples_per_s']:.2f} ex/s, peer "
+          f"{row['peer_train_examples_per_s']:.2f} ex/s", file=sys.stderr, flush=True)
+  if os.environ.get("RESEARCH_DATA_DIR") or not quick:
+    examples = 2000 if quick else 0
+    pipeline = input_pipeline_rates(examples, 32)
+    train_rate = max(r["ours_train_examples_per_s"] for r in result["rows"])
+    pipeline["ratio_to_fastest_train_step"] = pipeline["pipeline_examples_per_s"] / train_rate
+    result["input_pipeline"] = pipeline
+  return result
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+  m, p = result["machine"], result["peak"]
+  lines = [f"Backend: {m['jax_backend']} ({m['device']}), {m['cpu_count']} CPUs; jax "
+           f"{m['jax']}, torch {m['torch']} ({m['torch_threads']} threads).",
+           f"fp32 {p['matmul_size']}³ matmul: jax {p['fp32_matmul_flops'] / 1e9:.1f} GFLOP/s, "
+           f"torch {p['torch_fp32_matmul_flops'] / 1e9:.1f} GFLOP/s"
+           + (f"; bf16 {p['bf16_matmul_flops'] / 1e12:.1f} TFLOP/s"
+              if "bf16_matmul_flops" in p else "") + ".", "",
+           "| shape | ours train ex/s | peer train ex/s | train ratio | ours eval ex/s | "
+           "peer eval ex/s | eval ratio | ours GFLOP/s (formula) | of peak | peer GFLOP/s | "
+           "XLA-executed GFLOP/step | compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in result["rows"]:
+    lines.append(
+        f"| {r['shape']} | {r['ours_train_examples_per_s']:.2f} | "
+        f"{r['peer_train_examples_per_s']:.2f} | **{r['train_ratio']:.2f}×** | "
+        f"{r['ours_eval_examples_per_s']:.1f} | {r['peer_eval_examples_per_s']:.1f} | "
+        f"**{r['eval_ratio']:.2f}×** | {r['ours_train_flops_per_s'] / 1e9:.1f} | "
+        f"{r['ours_fraction_of_peak']:.0%} | {r['peer_train_flops_per_s'] / 1e9:.1f} | "
+        f"{r['xla_executed_flops_per_step'] / 1e9:.1f} (formula "
+        f"{r['model_flops_per_step'] / 1e9:.1f}) | {r['compile_s']:.1f} |")
+  if "input_pipeline" in result:
+    q = result["input_pipeline"]
+    lines += ["", f"Input pipeline on {q['examples']:,} SST-2 train sentences: tokenisation "
+              f"{q['tokenise_examples_per_s']:,.0f} ex/s, grouped batching "
+              f"{q['batching_grouped_examples_per_s']:,.0f} ex/s, together "
+              f"{q['pipeline_examples_per_s']:,.0f} ex/s = "
+              f"{q['ratio_to_fastest_train_step']:.0f}× the fastest train step above.",
+              f"Padding: random batches padded to their own longest {q['padding_random_own_longest']:.1%}, "
+              f"random batches padded to buckets {q['padding_random_buckets']:.1%}, "
+              f"length-grouped batches padded to buckets {q['padding_grouped_buckets']:.1%}."]
+  if "e2e" in result:
+    lines += ["", e2e_markdown(result["e2e"])]
+  return "\n".join(lines) + "\n"
+
+
+def e2e_markdown(e2e: dict[str, Any]) -> str:
+  o, r = e2e["ours"], e2e["reference"]
+  return "\n".join([
+      f"One SST-2 epoch ({e2e['train_examples']:,} sentences, batch 32), then the dev set:",
+      "",
+      "| system | wall time | train examples/s | dev accuracy |",
+      "|---|---|---|---|",
+      f"| ours (`configs/sst2.py`, 1 epoch) | {o['wall_s'] / 60:.1f} min | "
+      f"{o['examples_per_s']:.1f} | {o['accuracy']:.4f} |",
+      f"| PyTorch loop (random batches padded to own longest) | {r['wall_s'] / 60:.1f} min | "
+      f"{r['examples_per_s']:.1f} | {r['accuracy']:.4f} |",
+      "",
+      f"Wall-time ratio ours/PyTorch: **{o['wall_s'] / r['wall_s']:.2f}**; accuracy difference "
+      f"{100 * (o['accuracy'] - r['accuracy']):+.2f} points."])
+
+
+# ---- end to end: one SST-2 epoch ---------------------------------------------------------------
+
+
+def e2e(workdir: pathlib.Path, train_examples: int) -> dict[str, Any]:
+  """One epoch of SST-2 with our trainer and with a plain PyTorch loop, same recipe."""
+  from configs import sst2
+  from research import train
+  config = sst2.get_config()
+  config.train.num_epochs = 1.0
+  config.data.train_examples = train_examples
+  config.parallel.num_devices = 1
+  start = time.perf_counter()
+  summary = train.train_and_evaluate(config, workdir / "ours")
+  ours = {"wall_s": time.perf_counter() - start,
+          "accuracy": summary["final"]["results"]["validation"]["accuracy"],
+          "examples_per_s": summary["train"]["examples"] / summary["train"]["train_seconds"]}
+  reference = reference_sst2_epoch(config)
+  return {"train_examples": summary["train"]["examples"], "ours": ours,
+          "reference": reference}
+
+
+def reference_sst2_epoch(config) -> dict[str, float]:
+  """transformers + torch AdamW, linear warm-up/decay, random batches padded to their own
+  longest sentence (DataCollatorWithPadding), then accuracy on the dev set."""
+  import torch
+  import transformers
+  from research.data import input_pipeline as ip
+  torch.manual_seed(config.seed)
+  source = str(hf_io.embedded_checkpoint_dir())
+  tokenizer = ip.load_tokenizer(source)
+  start = time.perf_counter()
+  train_rows = ip.load_split(ip.resolve_source(config.data), "", "train")
+  if config.data.train_examples:
+    train_rows = train_rows.select(range(config.data.train_examples))
+  dev_rows = ip.load_split(ip.resolve_source(config.data), "", "validation")
+  model = reference_model(source)
+  cfg = config.optimizer
+  decay = [p for n, p in model.named_parameters() if not n.endswith("bias")
+           and "LayerNorm" not in n]
+  no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+  optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=cfg.learning_rate, betas=(cfg.b1, cfg.b2), eps=cfg.eps)
+  batch_size = config.train.batch_size
+  steps_total = len(train_rows) // batch_size
+  scheduler = transformers.get_linear_schedule_with_warmup(
+      optimizer, round(cfg.warmup_ratio * steps_total), steps_total)
+  collate = transformers.DataCollatorWithPadding(tokenizer)
+  encode = lambda rows: tokenizer(list(rows["sentence"]), truncation=True,  # noqa: E731
+                                  max_length=config.data.max_length)
+  train_enc, dev_enc = encode(train_rows), encode(dev_rows)
+  order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(config.seed))
+  model.train()
+  train_start = time.perf_counter()
+  for step in range(steps_total):
+    rows = order[step * batch_size:(step + 1) * batch_size].tolist()
+    batch = collate([{k: train_enc[k][i] for k in train_enc} for i in rows])
+    labels = torch.tensor([train_rows[i]["label"] for i in rows])
+    loss = model(**batch, labels=labels).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+  train_seconds = time.perf_counter() - train_start
+  model.eval()
+  correct = 0
+  with torch.no_grad():
+    for begin in range(0, len(dev_rows), 128):
+      rows = range(begin, min(begin + 128, len(dev_rows)))
+      batch = collate([{k: dev_enc[k][i] for k in dev_enc} for i in rows])
+      predicted = model(**batch).logits.argmax(-1)
+      correct += int((predicted == torch.tensor([dev_rows[i]["label"] for i in rows])).sum())
+  return {"wall_s": time.perf_counter() - start, "accuracy": correct / len(dev_rows),
+          "examples_per_s": steps_total * batch_size / train_seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", type=pathlib.Path, required=True, help="folder for the table")
+  parser.add_argument("--quick", action="store_true", help="tiny shapes, a few steps")
+  parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10, quick 3)")
+  parser.add_argument("--e2e", action="store_true", help="also one SST-2 epoch per system")
+  parser.add_argument("--e2e-examples", type=int, default=0,
+                      help="train on the first N sentences only (0: all 67,349)")
+  args = parser.parse_args(argv)
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  args.out.mkdir(parents=True, exist_ok=True)
+  result = run(args.quick, args.steps or (3 if args.quick else 10))
+  if args.e2e:
+    workdir = args.out / "e2e"
+    if workdir.exists():
+      raise SystemExit(f"error: {workdir} exists; the e2e run needs a fresh folder")
+    result["e2e"] = e2e(workdir, args.e2e_examples)
+  table = to_markdown(result)
+  (args.out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+  (args.out / "bench.md").write_text(table)
+  print(table)
+
+
+if __name__ == "__main__":
+  main()

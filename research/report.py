@@ -1,0 +1,217 @@
+r"""Summarises a sweep: one row per setting, metrics as mean ± std over seeds, plots.
+
+  python -m research.report runs/rte_lr [--out experiments/<name>/]
+
+Reads every sub-workdir of the sweep (its config.json, results.json and metrics.jsonl) and
+writes into the sweep folder:
+  results.csv / results.md   per setting (the overrides other than the seed): n seeds, each
+                             task metric of the first eval split at the last step as mean ± std
+                             with a 95% t-interval, the best checkpoint's metric and step, the
+                             training time; the best setting by `eval.best_metric` is marked ★
+  metric_vs_<key>.png        the main metric against each swept value, ± one std
+  learning_curves.png        train loss and dev metric against the step, mean over seeds
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import pathlib
+import statistics
+from typing import Any
+
+from research.hyper import SEED
+
+
+def _load_runs(sweep_dir: pathlib.Path) -> list[dict[str, Any]]:
+  sweep_file = sweep_dir / "sweep.json"
+  if sweep_file.exists():
+    points = json.loads(sweep_file.read_text())["points"]
+  else:  # a folder of runs made by hand: no overrides known, one setting per run
+    points = [{"name": p.parent.name, "overrides": {}} for p in sorted(sweep_dir.glob("*/results.json"))]
+  runs = []
+  for point in points:
+    workdir = sweep_dir / point["name"]
+    if not (workdir / "results.json").exists():
+      continue
+    metrics_path = workdir / "metrics.jsonl"
+    runs.append({
+        "name": point["name"], "overrides": point["overrides"],
+        "config": json.loads((workdir / "config.json").read_text()),
+        "results": json.loads((workdir / "results.json").read_text()),
+        "curve": [json.loads(line) for line in metrics_path.read_text().splitlines()]
+                 if metrics_path.exists() else []})
+  return runs
+
+
+def t_quantile_975(dof: int) -> float:
+  from scipy import stats
+  return float(stats.t.ppf(0.975, dof))
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+  """Mean, sample std, n and the 95% t confidence interval of the mean."""
+  n = len(values)
+  mean = statistics.fmean(values)
+  std = statistics.stdev(values) if n > 1 else 0.0
+  half = t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
+  return {"mean": mean, "std": std, "n": n, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def setting_of(run: dict[str, Any]) -> str:
+  return ",".join(f"{k.removeprefix('config.')}={v}" for k, v in run["overrides"].items()
+                  if k != SEED) or "(single setting)"
+
+
+def aggregate(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+  """Rows per setting, and facts about the whole sweep (metrics, best row, variance split)."""
+  if not runs:
+    raise SystemExit("error: no finished run in this folder (no */results.json)")
+  config = runs[0]["config"]
+  split = config["data"]["eval_splits"][0]
+  metrics = list(config["task"]["metrics"])
+  main = config["eval"]["best_metric"]
+  groups: dict[str, list] = collections.defaultdict(list)
+  for run in runs:
+    groups[setting_of(run)].append(run)
+  rows = []
+  for setting, members in groups.items():
+    row = {"setting": setting, "overrides": {k: v for k, v in members[0]["overrides"].items()
+                                             if k != SEED}, "n": len(members)}
+    for metric in dict.fromkeys(metrics + [main]):
+      row[metric] = summarize([r["results"]["final"]["results"][split][metric]
+                               for r in members])
+    bests = [r["results"]["best"] for r in members if r["results"].get("best")]
+    row["best_checkpoint"] = summarize([b["value"] for b in bests]) if bests else None
+    row["best_step"] = statistics.fmean(b["step"] for b in bests) if bests else float("nan")
+    row["train_minutes"] = statistics.fmean(r["results"]["train"]["train_seconds"] / 60
+                                            for r in members)
+    row["examples_per_s"] = statistics.fmean(
+        r["results"]["train"]["examples"] / r["results"]["train"]["train_seconds"]
+        for r in members)
+    row["trainable"] = members[0]["results"].get("params", {}).get("trainable")
+    row["runs"] = members
+    rows.append(row)
+  sign = -1 if main == "loss" else 1
+  best = max(rows, key=lambda r: sign * r[main]["mean"])
+  # How much of the spread is seeds: pooled within-setting std vs the std of setting means.
+  within = [r[main]["std"] ** 2 for r in rows if r["n"] > 1]
+  facts = {"split": split, "metrics": metrics, "main": main, "best": best["setting"],
+           "seed_std": math.sqrt(statistics.fmean(within)) if within else float("nan"),
+           "setting_std": statistics.stdev([r[main]["mean"] for r in rows])
+           if len(rows) > 1 else float("nan")}
+  return rows, facts
+
+
+def _fmt(s: dict[str, float] | None, scale: float = 100.0) -> str:
+  if s is None:
+    return "—"
+  return f"{scale * s['mean']:.2f} ± {scale * s['std']:.2f}"
+
+
+def write_tables(sweep_dir: pathlib.Path, rows, facts) -> str:
+  metrics, main = facts["metrics"], facts["main"]
+  scale = lambda m: 1.0 if m == "loss" else 100.0  # noqa: E731
+  header = (["setting", "n"] + [f"{m} (mean ± std)" for m in metrics]
+            + [f"{main} 95% CI", f"best-checkpoint {main}", "best step", "trainable params",
+               "train examples/s", "train min"])
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  csv = ["setting,n," + ",".join(f"{m}_mean,{m}_std,{m}_ci_low,{m}_ci_high" for m in metrics)
+         + ",best_checkpoint_mean,best_step,trainable,examples_per_s,train_minutes"]
+  for row in sorted(rows, key=lambda r: r["setting"]):
+    mark = " ★" if row["setting"] == facts["best"] else ""
+    s = row[main]
+    lines.append("| " + " | ".join(
+        [f"{row['setting']}{mark}", str(row["n"])]
+        + [_fmt(row[m], scale(m)) for m in metrics]
+        + [f"[{scale(main) * s['ci_low']:.2f}, {scale(main) * s['ci_high']:.2f}]",
+           _fmt(row["best_checkpoint"], scale(main)), f"{row['best_step']:.0f}",
+           f"{row['trainable']:,}" if row["trainable"] else "—",
+           f"{row['examples_per_s']:.1f}", f"{row['train_minutes']:.1f}"]) + " |")
+    csv.append(f"\"{row['setting']}\",{row['n']},"
+               + ",".join(f"{row[m]['mean']},{row[m]['std']},{row[m]['ci_low']},"
+                          f"{row[m]['ci_high']}" for m in metrics)
+               + f",{row['best_checkpoint']['mean'] if row['best_checkpoint'] else ''},"
+                 f"{row['best_step']},{row['trainable'] or ''},{row['examples_per_s']},"
+                 f"{row['train_minutes']}")
+  text = "\n".join(lines) + "\n"
+  summary = (f"\nMetrics ×100 on `{facts['split']}` at the last step; ★ = best mean {main}. "
+             f"Spread of {main}: seed std within a setting (pooled) "
+             f"{100 * facts['seed_std']:.2f}, std of the setting means "
+             f"{100 * facts['setting_std']:.2f}.\n")
+  (sweep_dir / "results.md").write_text(f"# Sweep results\n\n" + text + summary)
+  (sweep_dir / "results.csv").write_text("\n".join(csv) + "\n")
+  return text + summary
+
+
+def write_plots(sweep_dir: pathlib.Path, rows, facts) -> list[pathlib.Path]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  main, split = facts["main"], facts["split"]
+  written = []
+  keys = list(dict.fromkeys(k for r in rows for k in r["overrides"]))
+  for key in keys:
+    others = [k for k in keys if k != key]
+    lines: dict[str, list] = collections.defaultdict(list)
+    for row in rows:
+      label = ",".join(f"{k.split('.')[-1]}={row['overrides'].get(k)}" for k in others)
+      lines[label or main].append((row["overrides"][key], row[main]))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in sorted(lines.items()):
+      points.sort(key=lambda p: p[0])
+      ax.errorbar([str(p[0]) for p in points], [p[1]["mean"] for p in points],
+                  yerr=[p[1]["std"] for p in points], marker="o", capsize=3, label=label)
+    ax.set_xlabel(key.removeprefix("config."))
+    ax.set_ylabel(f"{main} ({split}), mean ± std over seeds")
+    if len(lines) > 1:
+      ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = sweep_dir / f"metric_vs_{key.removeprefix('config.').replace('.', '_')}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+  fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4))
+  for row in sorted(rows, key=lambda r: r["setting"]):
+    for ax, split_name, field in ((loss_ax, "train", "loss"), (metric_ax, split, main)):
+      by_step: dict[int, list] = collections.defaultdict(list)
+      for run in row["runs"]:
+        for entry in run["curve"]:
+          if entry["split"] == split_name and field in entry:
+            by_step[entry["step"]].append(entry[field])
+      xs = sorted(by_step)
+      ax.plot(xs, [statistics.fmean(by_step[x]) for x in xs], label=row["setting"],
+              marker="o" if split_name != "train" else None, markersize=3)
+  loss_ax.set(xlabel="step", ylabel="train loss (mean over seeds)")
+  metric_ax.set(xlabel="step", ylabel=f"{main} on {split} (mean over seeds)")
+  metric_ax.legend(fontsize="x-small")
+  fig.tight_layout()
+  path = sweep_dir / "learning_curves.png"
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return written + [path]
+
+
+def write_report(sweep_dir: pathlib.Path, out_dir: pathlib.Path | None = None) -> str:
+  """Tables and plots of the sweep in `sweep_dir`, written to `out_dir` (default: the same)."""
+  out_dir = out_dir or sweep_dir
+  out_dir.mkdir(parents=True, exist_ok=True)
+  rows, facts = aggregate(_load_runs(sweep_dir))
+  text = write_tables(out_dir, rows, facts)
+  write_plots(out_dir, rows, facts)
+  return text
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("sweep_dir", type=pathlib.Path)
+  parser.add_argument("--out", type=pathlib.Path, default=None,
+                      help="write the tables and plots here instead (e.g. experiments/<name>/)")
+  args = parser.parse_args(argv)
+  print(write_report(args.sweep_dir, args.out))
+
+
+if __name__ == "__main__":
+  main()

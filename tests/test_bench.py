@@ -1,0 +1,68 @@
+"""The benchmark's FLOP counts (by hand and by XLA) and its quick run."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from research import bench, steps, tasks
+from research.models import bert
+
+TINY = bert.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=128)
+
+
+def test_model_flops_by_hand():
+  # One layer's matmul weights: q, k, v, out 4·64² + FFN 2·64·128 = 32,768.
+  forward = (2 * 2 * 32_768 * 32      # 2 layers, 2 FLOPs per weight per token, 32 tokens
+             + 4 * 2 * 32 * 32 * 64   # scores and context: 2 matmuls of 2·S²·H per layer
+             + 2 * (64 * 64 + 64 * 2))  # pooler and classifier, [CLS] only
+  assert bench.model_flops(TINY, 8, 32, 2, train=False) == 8 * forward
+  assert bench.model_flops(TINY, 8, 32, 2) == 3 * 8 * forward
+
+
+def test_executed_flops_match_xla_cost_analysis():
+  config = bert.BertConfig(vocab_size=2000, hidden_size=256, num_hidden_layers=3,
+                           num_attention_heads=4, intermediate_size=1024)
+  model = tasks.build_model("classification", config, 2, dtype=jnp.float32,
+                            param_dtype=jnp.float32, classifier_dropout=None)
+  batch, length = 8, 64
+  ids = jnp.ones((batch, length), jnp.int32)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids))["params"]
+  forward = jax.jit(lambda p: model.apply({"params": p}, ids, ids))
+  counted = bench.xla_flops(forward.lower(params).compile())
+  expected = bench.executed_flops(config, batch, length, 2, train=False)
+  assert counted == pytest.approx(expected, rel=0.10)
+  assert expected < bench.model_flops(config, batch, length, 2, train=False)  # [CLS]-only
+
+  def loss(p):
+    logits = model.apply({"params": p}, ids, ids)
+    return tasks.loss_sum("classification", logits, jnp.zeros(batch, jnp.int32),
+                          jnp.ones(batch))[0]
+  counted = bench.xla_flops(jax.jit(jax.grad(loss)).lower(params).compile())
+  assert counted == pytest.approx(bench.executed_flops(config, batch, length, 2), rel=0.10)
+
+
+def test_quick_benchmark_prints_a_complete_table(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "research.bench", "--quick", "--out",
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = (tmp_path / "bench.md").read_text()
+  data = json.loads((tmp_path / "bench.json").read_text())
+  (row,) = data["rows"]
+  for key in ("ours_train_examples_per_s", "peer_train_examples_per_s", "train_ratio",
+              "ours_eval_examples_per_s", "peer_eval_examples_per_s", "eval_ratio",
+              "ours_fraction_of_peak", "compile_s", "xla_executed_flops_per_step"):
+    assert np.isfinite(row[key]) and row[key] > 0, key
+  assert row["train_compiles"] == 1
+  assert data["peak"]["fp32_matmul_flops"] > 0
+  assert "tiny B8×S32" in table and "**" in table
+  pipeline = data["input_pipeline"]
+  assert pipeline["padding_grouped_buckets"] < pipeline["padding_random_buckets"]
+  assert "Input pipeline" in table

@@ -1,0 +1,135 @@
+"""Sweeps declared next to a config: run, interrupt, resume, aggregate."""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from conftest import REPO, require_data
+from research import hyper, report, sweep
+
+TINY_SWEEP = '''
+from configs import sst2
+
+def get_config(arg=None):
+  c = sst2.get_config()
+  c.model.checkpoint = ""
+  c.model.tokenizer = "embedded"
+  c.model.architecture.update(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64)
+  c.data.train_examples = 96
+  c.data.eval_examples = 40
+  c.train.batch_size = 16
+  c.train.num_epochs = 1.0
+  c.eval.batch_size = 16
+  c.parallel.num_devices = 1
+  return c
+
+def get_hyper(hyper):
+  return hyper.product([hyper.sweep("config.optimizer.learning_rate", [1e-3, 1e-4]),
+                        hyper.sweep("config.seed", [0, 1])])
+'''
+
+
+def test_hyper_combinators():
+  points = hyper.product([hyper.sweep("config.a", [1, 2]), hyper.sweep("config.b", [3, 4])])
+  assert points == [{"config.a": 1, "config.b": 3}, {"config.a": 1, "config.b": 4},
+                    {"config.a": 2, "config.b": 3}, {"config.a": 2, "config.b": 4}]
+  assert hyper.zipit([hyper.sweep("config.a", [1, 2]), hyper.sweep("config.b", [3, 4])]) == [
+      {"config.a": 1, "config.b": 3}, {"config.a": 2, "config.b": 4}]
+  assert len(hyper.chainit([points, hyper.fixed("config.a", 9)])) == 5
+  with pytest.raises(ValueError):
+    hyper.zipit([hyper.sweep("config.a", [1]), hyper.sweep("config.b", [3, 4])])
+
+
+def test_sweep_runs_resumes_and_reports(tmp_path):
+  require_data("sst2")
+  config_file = tmp_path / "tiny_sweep.py"
+  config_file.write_text(TINY_SWEEP)
+  workdir = tmp_path / "sweep"
+  args = ["--config", str(config_file), "--workdir", str(workdir)]
+  assert sweep.main(args + ["--dry-run"]) == 0
+  commands = (workdir / "commands.txt").read_text().splitlines()
+  assert len(commands) == 4 and "--config.optimizer.learning_rate=0.001" in commands[0]
+  # Interrupted after two points (a job's time limit), then completed by the same command.
+  assert sweep.main(args + ["--max-points", "2"]) == 0
+  names = [p["name"] for p in json.loads((workdir / "sweep.json").read_text())["points"]]
+  assert names[0] == "optimizer.learning_rate=0.001,seed=0"
+  done_first = {n: (workdir / n / "results.json").stat().st_mtime for n in names[:2]}
+  assert not (workdir / names[2]).exists()
+  assert sweep.main(args) == 0
+  for name in names[:2]:  # not run again
+    assert (workdir / name / "results.json").stat().st_mtime == done_first[name]
+    assert (workdir / name / "main.log").read_text().count("done:") == 1
+  assert all((workdir / n / "results.json").exists() for n in names)
+  # The aggregate equals a hand computation from the runs' own results.
+  rows = (workdir / "results.csv").read_text().splitlines()
+  header = rows[0].split(",")
+  for line in rows[1:]:
+    setting = line.split('"')[1]
+    values = dict(zip(header[1:], line.split('"')[2].split(",")[1:]))
+    accuracies = [json.loads((workdir / f"{setting},seed={seed}" / "results.json").read_text())
+                  ["final"]["results"]["validation"]["accuracy"] for seed in (0, 1)]
+    mean, std = statistics.mean(accuracies), statistics.stdev(accuracies)
+    assert float(values["accuracy_mean"]) == pytest.approx(mean, abs=1e-12)
+    assert float(values["accuracy_std"]) == pytest.approx(std, abs=1e-12)
+    half = stats.t.ppf(0.975, 1) * std / np.sqrt(2)
+    assert float(values["accuracy_ci_low"]) == pytest.approx(mean - half, abs=1e-9)
+    assert values["n"] == "2"
+  assert (workdir / "metric_vs_optimizer_learning_rate.png").stat().st_size > 1000
+  assert (workdir / "learning_curves.png").stat().st_size > 1000
+  assert "★" in (workdir / "results.md").read_text()
+
+
+def test_a_sweep_key_that_is_not_a_field_fails_before_anything_runs(tmp_path):
+  config_file = tmp_path / "bad_sweep.py"
+  config_file.write_text(TINY_SWEEP.replace("config.optimizer.learning_rate",
+                                            "config.optimizer.learnign_rate"))
+  result = subprocess.run([sys.executable, "-m", "research.sweep", "--config", str(config_file),
+                           "--workdir", str(tmp_path / "w")], cwd=REPO, capture_output=True,
+                          text=True, env=dict(os.environ))
+  assert result.returncode != 0 and "learnign_rate" in result.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_report_statistics_by_hand(tmp_path):
+  """Synthetic runs: two settings, three seeds each."""
+  values = {"lr=1": [0.5, 0.6, 0.7], "lr=2": [0.8, 0.8, 0.9]}
+  points = []
+  for setting, accs in values.items():
+    for seed, acc in enumerate(accs):
+      name = f"{setting},seed={seed}"
+      points.append({"name": name, "overrides": {"config.lr": setting[-1],
+                                                 "config.seed": seed}})
+      run = tmp_path / name
+      run.mkdir()
+      (run / "config.json").write_text(json.dumps({
+          "data": {"eval_splits": ["validation"]},
+          "task": {"metrics": ["accuracy"]}, "eval": {"best_metric": "accuracy"}}))
+      (run / "results.json").write_text(json.dumps({
+          "final": {"results": {"validation": {"accuracy": acc}}},
+          "best": {"step": 10 * (seed + 1), "value": acc + 0.01},
+          "train": {"train_seconds": 60.0, "examples": 600},
+          "params": {"trainable": 1000}}))
+      (run / "metrics.jsonl").write_text(
+          json.dumps({"step": 1, "split": "train", "loss": 1.0}) + "\n"
+          + json.dumps({"step": 2, "split": "validation", "accuracy": acc}) + "\n")
+  (tmp_path / "sweep.json").write_text(json.dumps({"points": points}))
+  rows, facts = report.aggregate(report._load_runs(tmp_path))
+  by_setting = {r["setting"]: r for r in rows}
+  a = by_setting["lr=1"]["accuracy"]
+  assert a["mean"] == pytest.approx(0.6) and a["std"] == pytest.approx(0.1)
+  assert a["ci_high"] - a["mean"] == pytest.approx(4.302652729911275 * 0.1 / np.sqrt(3))
+  assert facts["best"] == "lr=2"
+  assert by_setting["lr=2"]["best_step"] == 20
+  assert by_setting["lr=2"]["examples_per_s"] == 10.0
+  seed_var = np.mean([np.var(v, ddof=1) for v in values.values()])
+  assert facts["seed_std"] == pytest.approx(np.sqrt(seed_var))
+  assert facts["setting_std"] == pytest.approx(np.std([0.6, 2.5 / 3], ddof=1))
+  report.write_report(tmp_path)
+  assert "lr=2 ★" in (tmp_path / "results.md").read_text()
