@@ -146,7 +146,8 @@ def ours_from_reference(reference, config: bert.BertConfig):
 def time_ours(model, params, batch: dict[str, np.ndarray], steps_timed: int) -> dict[str, float]:
   """Our compiled train step (AdamW, clipping, dropout) and eval forward on one device."""
   tx, schedule = optim.make_optimizer(_optimizer_config(), params, 10_000)
-  state = steps.TrainState(step=np.int32(0), params=params, opt_state=tx.init(params),
+  state = steps.TrainState(step=np.int32(0), params=params, frozen={},
+                           opt_state=tx.init(params),
                            rng=np.asarray(jax.random.PRNGKey(0)))
   dp = parallel.DataParallel("pmap", 1)
   train_step = dp.compile_train_step(steps.make_train_step(model, tx, schedule,

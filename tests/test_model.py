@@ -173,3 +173,22 @@ def test_bfloat16_compute_stays_close_to_float32():
   seq16, pooled16 = model16.apply({"params": params}, ids, mask, types)
   assert seq16.dtype == jnp.bfloat16
   assert np.abs(np.asarray(pooled16, np.float32) - np.asarray(pooled32)).max() < 0.05
+
+
+def test_hash_dropout_is_an_unbiased_independent_bernoulli_mask():
+  layer = bert.Dropout(0.1)
+  x = jnp.ones((1000, 1000))
+  apply = jax.jit(lambda key: layer.apply({}, x, deterministic=False, rngs={"dropout": key}))
+  a, b = np.asarray(apply(jax.random.key(0))), np.asarray(apply(jax.random.key(1)))
+  keep = a != 0
+  n = keep.size
+  assert abs(keep.mean() - 0.9) < 4 * np.sqrt(0.09 / n)  # 4 sigma
+  np.testing.assert_allclose(a[keep], 1 / 0.9, rtol=1e-6)  # inverted dropout scaling
+  assert abs(a.mean() - 1.0) < 4 * np.sqrt(0.09 / n) / 0.9
+  flat = keep.ravel().astype(float)
+  for lag in (1, 2, 1000):  # neighbours and the next row
+    assert abs(np.corrcoef(flat[:-lag], flat[lag:])[0, 1]) < 0.01
+  assert abs(np.corrcoef(flat, (b != 0).ravel())[0, 1]) < 0.01  # another key: independent
+  np.testing.assert_array_equal(apply(jax.random.key(0)), a)  # same key: same mask
+  assert layer.apply({}, x, deterministic=True) is x
+  assert bert.Dropout(0.0).apply({}, x, deterministic=False) is x

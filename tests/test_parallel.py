@@ -6,10 +6,10 @@ dropout, each device draws its own masks by design).
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import default
 from research import optim, parallel, steps, tasks
 from research.models import bert
 
@@ -20,10 +20,9 @@ BATCH, LENGTH = 16, 12
 
 
 def _optimizer_config():
-  return ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, schedule="linear", warmup_steps=0, warmup_ratio=0.0, b1=0.9,
-      b2=0.999, eps=1e-8, weight_decay=0.01, weight_decay_pattern=r".*/(kernel|embedding)$",
-      grad_clip_norm=1.0))
+  c = default.get_config().optimizer
+  c.update(learning_rate=1e-3, warmup_ratio=0.0)
+  return c
 
 
 def _setup(kind="classification", seed=0):
@@ -42,7 +41,7 @@ def _setup(kind="classification", seed=0):
                             classifier_dropout=0.0)
   params = model.init(jax.random.key(0), ids[:1], mask[:1])["params"]
   tx, schedule = optim.make_optimizer(_optimizer_config(), params, 100)
-  state = jax.device_get(steps.TrainState(step=np.int32(0), params=params,
+  state = jax.device_get(steps.TrainState(step=np.int32(0), params=params, frozen={},
                                           opt_state=tx.init(params),
                                           rng=np.asarray(jax.random.PRNGKey(0))))
   return model, tx, schedule, state, batch
