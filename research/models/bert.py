@@ -159,10 +159,10 @@ class BertSelfAttention(nn.Module):
                    param_dtype=self.param_dtype, name=name)(inputs)
       return y.reshape(y.shape[:-1] + (heads, head_dim)).transpose(0, 2, 1, 3)
 
-    query = project("query", x if queries is None else queries)
+    # 1/sqrt(d) on the queries: a [.., S, d] product instead of one over the [.., S, S] scores.
+    query = project("query", x if queries is None else queries) * (head_dim ** -0.5)
     key, value = project("key", x), project("value", x)
-    scores = jnp.matmul(query, key.swapaxes(-1, -2)).astype(jnp.float32)
-    scores = scores / jnp.sqrt(head_dim).astype(jnp.float32) + attention_bias
+    scores = jnp.matmul(query, key.swapaxes(-1, -2)).astype(jnp.float32) + attention_bias
     probs = jax.nn.softmax(scores, axis=-1)
     probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
     context = jnp.matmul(probs.astype(self.dtype), value).transpose(0, 2, 1, 3)
