@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import pathlib
 import statistics
@@ -458,6 +459,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--e2e-examples", type=int, default=0,
                       help="train on the first N sentences only (0: all 67,349)")
   args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   args.out.mkdir(parents=True, exist_ok=True)
   result = run(args.quick, args.steps or (3 if args.quick else 10))

@@ -13,22 +13,14 @@ from scipy import stats
 from conftest import REPO, require_data
 from research import hyper, report, sweep
 
-TINY_SWEEP = '''
-from configs import sst2
+TINY_SWEEP = f'''
+import sys
+sys.path.insert(0, {str(REPO / "tests")!r})
+from helpers import tiny_config
 
 def get_config(arg=None):
-  c = sst2.get_config()
-  c.model.checkpoint = ""
-  c.model.tokenizer = "embedded"
-  c.model.architecture.update(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                              intermediate_size=64)
-  c.data.train_examples = 96
-  c.data.eval_examples = 40
-  c.train.batch_size = 16
-  c.train.num_epochs = 1.0
-  c.eval.batch_size = 16
-  c.parallel.num_devices = 1
-  return c
+  return tiny_config(**{{"data.train_examples": 96, "data.eval_examples": 40,
+                        "train.num_epochs": 1.0}})
 
 def get_hyper(hyper):
   return hyper.product([hyper.sweep("config.optimizer.learning_rate", [1e-3, 1e-4]),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import pathlib
 import statistics
@@ -281,6 +282,7 @@ def main() -> None:
   parser.add_argument("--smoke", type=pathlib.Path, default=None,
                       help="check the code paths: 64 examples, results and runs in this folder")
   args = parser.parse_args()
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   if args.smoke:
     global SMOKE_EXAMPLES, RESULTS, RUNS
     SMOKE_EXAMPLES, RESULTS, RUNS = 64, args.smoke / "results", args.smoke / "runs"
