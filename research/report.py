@@ -29,7 +29,7 @@ def _load_runs(sweep_dir: pathlib.Path) -> list[dict[str, Any]]:
   sweep_file = sweep_dir / "sweep.json"
   if sweep_file.exists():
     points = json.loads(sweep_file.read_text())["points"]
-  else:  # a folder of runs made by hand: no overrides known, one setting per run
+  else:  # a folder of runs made by hand: no overrides known
     points = [{"name": p.parent.name, "overrides": {}} for p in sorted(sweep_dir.glob("*/results.json"))]
   runs = []
   for point in points:
@@ -61,8 +61,14 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 
 def setting_of(run: dict[str, Any]) -> str:
-  return ",".join(f"{k.removeprefix('config.')}={v}" for k, v in run["overrides"].items()
-                  if k != SEED) or "(single setting)"
+  """The overrides other than the seed; for runs made by hand (no sweep.json), the folder name
+  without its `seed=K` part, so that `lr=0.01,seed=0` and `lr=0.01,seed=1` are one setting."""
+  if run["overrides"]:
+    setting = ",".join(f"{k.removeprefix('config.')}={v}" for k, v in run["overrides"].items()
+                       if k != SEED)
+  else:
+    setting = ",".join(part for part in run["name"].split(",") if not part.startswith("seed="))
+  return setting or "(single setting)"
 
 
 def aggregate(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -108,6 +114,8 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
 def _fmt(s: dict[str, float] | None, scale: float = 100.0) -> str:
   if s is None:
     return "—"
+  if s["n"] == 1:  # one seed: no spread to show
+    return f"{scale * s['mean']:.2f}"
   return f"{scale * s['mean']:.2f} ± {scale * s['std']:.2f}"
 
 
@@ -126,7 +134,8 @@ def write_tables(sweep_dir: pathlib.Path, rows, facts) -> str:
     lines.append("| " + " | ".join(
         [f"{row['setting']}{mark}", str(row["n"])]
         + [_fmt(row[m], scale(m)) for m in metrics]
-        + [f"[{scale(main) * s['ci_low']:.2f}, {scale(main) * s['ci_high']:.2f}]",
+        + [f"[{scale(main) * s['ci_low']:.2f}, {scale(main) * s['ci_high']:.2f}]"
+           if s["n"] > 1 else "—",
            _fmt(row["best_checkpoint"], scale(main)), f"{row['best_step']:.0f}",
            f"{row['trainable']:,}" if row["trainable"] else "—",
            f"{row['examples_per_s']:.1f}", f"{row['train_minutes']:.1f}"]) + " |")
@@ -146,6 +155,14 @@ def write_tables(sweep_dir: pathlib.Path, rows, facts) -> str:
   return text + summary
 
 
+def _tied(rows, key: str, other: str) -> bool:
+  """Whether `other` takes one value per value of `key` in these rows (zipped sweeps)."""
+  seen: dict[str, set] = collections.defaultdict(set)
+  for row in rows:
+    seen[repr(row["overrides"][key])].add(repr(row["overrides"].get(other)))
+  return all(len(values) == 1 for values in seen.values())
+
+
 def write_plots(sweep_dir: pathlib.Path, rows, facts) -> list[pathlib.Path]:
   import matplotlib
   matplotlib.use("Agg")
@@ -154,10 +171,14 @@ def write_plots(sweep_dir: pathlib.Path, rows, facts) -> list[pathlib.Path]:
   written = []
   keys = list(dict.fromkeys(k for r in rows for k in r["overrides"]))
   for key in keys:
-    others = [k for k in keys if k != key]
+    # One line per combination of the other swept values, leaving out those zipped with `key`
+    # (one value per value of `key`) and rows of a chained sweep that do not sweep `key`.
+    swept = [r for r in rows if key in r["overrides"]]
+    others = [k for k in keys if k != key and not _tied(swept, key, k)]
     lines: dict[str, list] = collections.defaultdict(list)
-    for row in rows:
-      label = ",".join(f"{k.split('.')[-1]}={row['overrides'].get(k)}" for k in others)
+    for row in swept:
+      label = ",".join(f"{k.split('.')[-1]}={row['overrides'][k]}" for k in others
+                       if k in row["overrides"])
       lines[label or main].append((row["overrides"][key], row[main]))
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, points in sorted(lines.items()):

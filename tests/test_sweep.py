@@ -125,3 +125,29 @@ def test_report_statistics_by_hand(tmp_path):
   assert facts["setting_std"] == pytest.approx(np.std([0.6, 2.5 / 3], ddof=1))
   report.write_report(tmp_path)
   assert "lr=2 ★" in (tmp_path / "results.md").read_text()
+
+  # A folder of runs made by hand (no sweep.json): settings are the folder names without seed.
+  (tmp_path / "sweep.json").unlink()
+  rows, _ = report.aggregate(report._load_runs(tmp_path))
+  assert {r["setting"]: r["n"] for r in rows} == {"lr=1": 3, "lr=2": 3}
+
+
+def test_report_plots_a_chained_sweep(tmp_path):
+  """Points of a chained sweep need not share keys (LoRA rank only where method=lora)."""
+  points = [{"name": f"m={m},r={r},seed=0", "overrides": {"config.m": m, "config.lr": lr,
+                                                    **({"config.rank": r} if r else {})}}
+            for m, lr, r in (("full", 1, None), ("bitfit", 2, None), ("lora", 3, 4),
+                             ("lora", 3, 16))]
+  for i, point in enumerate(points):
+    run = tmp_path / point["name"]
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({
+        "data": {"eval_splits": ["validation"]}, "task": {"metrics": ["accuracy"]},
+        "eval": {"best_metric": "accuracy"}}))
+    (run / "results.json").write_text(json.dumps({
+        "final": {"results": {"validation": {"accuracy": 0.5 + i / 10}}}, "best": None,
+        "train": {"train_seconds": 60.0, "examples": 600}, "params": {"trainable": 10}}))
+  (tmp_path / "sweep.json").write_text(json.dumps({"points": points}))
+  report.write_report(tmp_path)
+  assert {p.name for p in tmp_path.glob("*.png")} == {
+      "metric_vs_m.png", "metric_vs_lr.png", "metric_vs_rank.png", "learning_curves.png"}
