@@ -183,8 +183,10 @@ def write_plots(sweep_dir: pathlib.Path, rows, facts) -> list[pathlib.Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, points in sorted(lines.items()):
       points.sort(key=lambda p: p[0])
+      numeric = all(isinstance(p[0], (int, float)) for p in points)
       ax.errorbar([str(p[0]) for p in points], [p[1]["mean"] for p in points],
-                  yerr=[p[1]["std"] for p in points], marker="o", capsize=3, label=label)
+                  yerr=[p[1]["std"] for p in points], marker="o", capsize=3, label=label,
+                  linestyle="-" if numeric else "none")  # no lines between categories
     ax.set_xlabel(key.removeprefix("config."))
     ax.set_ylabel(f"{main} ({split}), mean ± std over seeds")
     if len(lines) > 1:
