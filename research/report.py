@@ -7,7 +7,9 @@ writes into the sweep folder:
   results.csv / results.md   per setting (the overrides other than the seed): n seeds, each
                              task metric of the first eval split at the last step as mean ± std
                              with a 95% t-interval, the best checkpoint's metric and step, the
-                             training time; the best setting by `eval.best_metric` is marked ★
+                             training time; the best setting by `eval.best_metric` is marked ★;
+                             below it, the pooled seed std against the std of the setting means
+                             and a one-way ANOVA (is the spread more than seed noise?)
   metric_vs_<key>.png        the main metric against each swept value, ± one std
   learning_curves.png        train loss and dev metric against the step, mean over seeds
 """
@@ -102,13 +104,25 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
     rows.append(row)
   sign = -1 if main == "loss" else 1
   best = max(rows, key=lambda r: sign * r[main]["mean"])
-  # How much of the spread is seeds: pooled within-setting std vs the std of setting means.
+  # How much of the spread is seeds: pooled within-setting std vs the std of setting means, and
+  # a one-way ANOVA (are the settings' differences larger than seed noise explains?).
   within = [r[main]["std"] ** 2 for r in rows if r["n"] > 1]
+  seeded = [[run["results"]["final"]["results"][split][main] for run in r["runs"]]
+            for r in rows if r["n"] > 1]
   facts = {"split": split, "metrics": metrics, "main": main, "best": best["setting"],
            "seed_std": math.sqrt(statistics.fmean(within)) if within else float("nan"),
            "setting_std": statistics.stdev([r[main]["mean"] for r in rows])
-           if len(rows) > 1 else float("nan")}
+           if len(rows) > 1 else float("nan"),
+           "anova": one_way_anova(seeded) if len(seeded) > 1 else None}
   return rows, facts
+
+
+def one_way_anova(groups: list[list[float]]) -> dict[str, float]:
+  """F statistic and p-value of 'all settings have the same mean' (seeds as replicates)."""
+  from scipy import stats
+  result = stats.f_oneway(*groups)
+  return {"F": float(result.statistic), "p": float(result.pvalue),
+          "df_between": len(groups) - 1, "df_within": sum(len(g) for g in groups) - len(groups)}
 
 
 def _fmt(s: dict[str, float] | None, scale: float = 100.0) -> str:
@@ -148,11 +162,21 @@ def write_tables(sweep_dir: pathlib.Path, rows, facts) -> str:
   text = "\n".join(lines) + "\n"
   summary = (f"\nMetrics ×100 on `{facts['split']}` at the last step; ★ = best mean {main}. "
              f"Spread of {main}: seed std within a setting (pooled) "
-             f"{100 * facts['seed_std']:.2f}, std of the setting means "
-             f"{100 * facts['setting_std']:.2f}.\n")
+             f"{_hundred(facts['seed_std'])}, std of the setting means "
+             f"{_hundred(facts['setting_std'])}")
+  anova = facts["anova"]
+  if anova:
+    summary += (f"; one-way ANOVA over the settings with ≥ 2 seeds: "
+                f"F({anova['df_between']}, {anova['df_within']}) = {anova['F']:.2f}, "
+                f"p = {anova['p']:.3g}")
+  summary += ".\n"
   (sweep_dir / "results.md").write_text(f"# Sweep results\n\n" + text + summary)
   (sweep_dir / "results.csv").write_text("\n".join(csv) + "\n")
   return text + summary
+
+
+def _hundred(value: float) -> str:
+  return "—" if math.isnan(value) else f"{100 * value:.2f}"
 
 
 def _tied(rows, key: str, other: str) -> bool:

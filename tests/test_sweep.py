@@ -123,6 +123,12 @@ def test_report_statistics_by_hand(tmp_path):
   seed_var = np.mean([np.var(v, ddof=1) for v in values.values()])
   assert facts["seed_std"] == pytest.approx(np.sqrt(seed_var))
   assert facts["setting_std"] == pytest.approx(np.std([0.6, 2.5 / 3], ddof=1))
+  # ANOVA by hand: between-setting mean square over pooled within-setting mean square.
+  grand = np.mean([v for vs in values.values() for v in vs])
+  between = sum(3 * (np.mean(vs) - grand) ** 2 for vs in values.values()) / (2 - 1)
+  assert facts["anova"]["F"] == pytest.approx(between / seed_var)
+  assert (facts["anova"]["df_between"], facts["anova"]["df_within"]) == (1, 4)
+  assert 0 < facts["anova"]["p"] < 1
   report.write_report(tmp_path)
   assert "lr=2 ★" in (tmp_path / "results.md").read_text()
 

@@ -1,7 +1,7 @@
 r"""BERT's fine-tuning grid (Devlin et al. 2019, Appendix A.3) on RTE, embedded MiniLM.
 
-  python -m research.sweep --config experiments/bert_recipe/rte_grid.py --workdir runs/bert_recipe_rte
-  python -m research.report runs/bert_recipe_rte --out experiments/bert_recipe
+  python -m research.sweep --config experiments/bert_recipe/rte_grid.py --workdir experiments/bert_recipe/runs
+  python -m research.report experiments/bert_recipe/runs --out experiments/bert_recipe
 
 The paper's grid is lr in {5e-5, 3e-5, 2e-5} x batch in {16, 32} x epochs in {2, 3, 4}. On 2 CPU
 cores we run the lr x batch part at 3 epochs, each with 3 seeds: 18 runs. Everything else is the
@@ -18,8 +18,9 @@ def get_config(arg=None):
 
 
 def get_hyper(hyper):
+  # Seeds outermost: a sweep cut short still covers every setting with the seeds it finished.
   return hyper.product([
+      hyper.sweep("config.seed", [0, 1, 2]),
       hyper.sweep("config.optimizer.learning_rate", [5e-5, 3e-5, 2e-5]),
       hyper.sweep("config.train.batch_size", [16, 32]),
-      hyper.sweep("config.seed", [0, 1, 2]),
   ])
