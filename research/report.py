@@ -73,6 +73,10 @@ def setting_of(run: dict[str, Any]) -> str:
   return setting or "(single setting)"
 
 
+def final_value(run: dict[str, Any], split: str, metric: str) -> float:
+  return run["results"]["final"]["results"][split][metric]
+
+
 def aggregate(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
   """Rows per setting, and facts about the whole sweep (metrics, best row, variance split)."""
   if not runs:
@@ -89,8 +93,7 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
     row = {"setting": setting, "overrides": {k: v for k, v in members[0]["overrides"].items()
                                              if k != SEED}, "n": len(members)}
     for metric in dict.fromkeys(metrics + [main]):
-      row[metric] = summarize([r["results"]["final"]["results"][split][metric]
-                               for r in members])
+      row[metric] = summarize([final_value(r, split, metric) for r in members])
     bests = [r["results"]["best"] for r in members if r["results"].get("best")]
     row["best_checkpoint"] = summarize([b["value"] for b in bests]) if bests else None
     row["best_step"] = statistics.fmean(b["step"] for b in bests) if bests else float("nan")
@@ -106,9 +109,8 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
   best = max(rows, key=lambda r: sign * r[main]["mean"])
   # How much of the spread is seeds: pooled within-setting std vs the std of setting means, and
   # a one-way ANOVA (are the settings' differences larger than seed noise explains?).
-  within = [r[main]["std"] ** 2 for r in rows if r["n"] > 1]
-  seeded = [[run["results"]["final"]["results"][split][main] for run in r["runs"]]
-            for r in rows if r["n"] > 1]
+  seeded = [[final_value(run, split, main) for run in r["runs"]] for r in rows if r["n"] > 1]
+  within = [statistics.variance(values) for values in seeded]
   facts = {"split": split, "metrics": metrics, "main": main, "best": best["setting"],
            "seed_std": math.sqrt(statistics.fmean(within)) if within else float("nan"),
            "setting_std": statistics.stdev([r[main]["mean"] for r in rows])

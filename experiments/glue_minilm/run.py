@@ -260,6 +260,18 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
   return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _score(cell) -> str:
+  """(mean, std, n, minutes) -> 'mean ± std (n)'; no ± for a single run."""
+  if not cell:
+    return "—"
+  mean, std, n, _ = cell
+  return f"{mean:.2f} ({n})" if n == 1 else f"{mean:.2f} ± {std:.2f} ({n})"
+
+
+def _minutes(cell) -> str:
+  return f"{cell[3]:.1f}" if cell else "—"
+
+
 def report() -> str:
   from research import tasks
   records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
@@ -282,8 +294,6 @@ def report() -> str:
                      f"{cells[system][0]:.3f},{cells[system][1]:.3f},{minutes:.2f}")
       if not cells:
         continue
-      fmt = lambda c: ("—" if not c else f"{c[0]:.2f} ({c[2]})" if c[2] == 1  # noqa: E731
-                       else f"{c[0]:.2f} ± {c[1]:.2f} ({c[2]})")
       ours, ref = cells.get("ours"), cells.get("reference")
       gap = verdict = "—"
       if ours and ref:
@@ -293,9 +303,8 @@ def report() -> str:
           verdict = "n/a (1 ref seed)"
         else:
           verdict = "yes" if abs(ours[0] - ref[0]) <= max(ref[1], 0.5) else "**no**"
-      minutes = lambda c: f"{c[3]:.1f}" if c else "—"  # noqa: E731
-      lines.append(f"| {task} ({split}) | {metric} | {fmt(ours)} | {fmt(ref)} | {gap} | "
-                   f"{verdict} | {minutes(ours)} | {minutes(ref)} | "
+      lines.append(f"| {task} ({split}) | {metric} | {_score(ours)} | {_score(ref)} | {gap} | "
+                   f"{verdict} | {_minutes(ours)} | {_minutes(ref)} | "
                    f"{PUBLISHED.get(task, '—') if metric == spec.metrics[0] else ''} |")
   table = "\n".join(lines) + "\n"
   if SMOKE_EXAMPLES:
