@@ -8,6 +8,7 @@ optimizer update is one step of the schedule whatever the accumulation.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -31,9 +32,10 @@ def regex_mask(params: Any, pattern: str) -> Any:
 
 
 def warmup_steps(cfg: ml_collections.ConfigDict, total_steps: int) -> int:
+  """A ratio is rounded up, as the HF Trainer does (10% of 231 steps is 24 steps)."""
   if cfg.warmup_steps and cfg.warmup_ratio:
     raise ValueError("set optimizer.warmup_steps or optimizer.warmup_ratio, not both")
-  return int(cfg.warmup_steps or round(cfg.warmup_ratio * total_steps))
+  return int(cfg.warmup_steps or math.ceil(total_steps * cfg.warmup_ratio))
 
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:

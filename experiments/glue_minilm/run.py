@@ -141,6 +141,25 @@ def _train_clock(path: pathlib.Path):
   return TrainClock()
 
 
+def reference_training_args(config, seed: int, epochs: float, workdir: pathlib.Path,
+                            **overrides):
+  """The Trainer's arguments for the recipe of `config` (tests/test_reference_training.py
+  checks that ours trains step for step like a Trainer given these)."""
+  import transformers
+  opt = config.optimizer
+  args = dict(
+      output_dir=str(workdir), per_device_train_batch_size=config.train.batch_size,
+      per_device_eval_batch_size=config.eval.batch_size, learning_rate=opt.learning_rate,
+      num_train_epochs=epochs, warmup_steps=opt.warmup_ratio, weight_decay=opt.weight_decay,
+      adam_beta1=opt.b1, adam_beta2=opt.b2, adam_epsilon=opt.eps,
+      max_grad_norm=opt.grad_clip_norm, lr_scheduler_type="linear", optim="adamw_torch",
+      seed=seed, data_seed=seed, train_sampling_strategy="group_by_length",
+      dataloader_drop_last=True, save_strategy="epoch", save_total_limit=1,
+      eval_strategy="no", logging_steps=50, report_to="none", use_cpu=True,
+      disable_tqdm=True)
+  return transformers.TrainingArguments(**{**args, **overrides})
+
+
 def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path) -> dict:
   import numpy as np
   import transformers
@@ -196,17 +215,7 @@ def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path) ->
         checkpoint, num_labels=num_labels,
         problem_type="regression" if num_labels == 1 else "single_label_classification")
     collator = transformers.DataCollatorWithPadding(tokenizer)
-  opt = config.optimizer
-  args = transformers.TrainingArguments(
-      output_dir=str(workdir), per_device_train_batch_size=config.train.batch_size,
-      per_device_eval_batch_size=config.eval.batch_size, learning_rate=opt.learning_rate,
-      num_train_epochs=epochs, warmup_steps=opt.warmup_ratio, weight_decay=opt.weight_decay,
-      adam_beta1=opt.b1, adam_beta2=opt.b2, adam_epsilon=opt.eps,
-      max_grad_norm=opt.grad_clip_norm, lr_scheduler_type="linear", optim="adamw_torch",
-      seed=seed, data_seed=seed, train_sampling_strategy="group_by_length",
-      dataloader_drop_last=True, save_strategy="epoch", save_total_limit=1,
-      eval_strategy="no", logging_steps=50, report_to="none", use_cpu=True,
-      disable_tqdm=True)
+  args = reference_training_args(config, seed, epochs, workdir)
   clock = _train_clock(workdir / "train_seconds.json")
   trainer = transformers.Trainer(model=model, args=args, train_dataset=train_set,
                                  data_collator=collator, processing_class=tokenizer,
