@@ -6,7 +6,7 @@ r"""Our fine-tuning of the embedded MiniLM next to transformers' Trainer, same r
 
 Each finished run writes results/<task>__<system>__seed<k>.json (committed), and is skipped
 afterwards; an interrupted run resumes from its workdir under runs/glue_minilm/ (ours from its
-orbax checkpoint, the reference from the Trainer's checkpoint of the last epoch).
+orbax checkpoint, the reference from its last Trainer checkpoint; both save every 500 steps).
 
 The reference is `AutoModelFor{Sequence,Token}Classification.from_pretrained` on the same
 checkpoint directory, trained by `Trainer` with the recipe of configs/glue.py: batch 32, peak lr
@@ -154,7 +154,8 @@ def reference_training_args(config, seed: int, epochs: float, workdir: pathlib.P
       adam_beta1=opt.b1, adam_beta2=opt.b2, adam_epsilon=opt.eps,
       max_grad_norm=opt.grad_clip_norm, lr_scheduler_type="linear", optim="adamw_torch",
       seed=seed, data_seed=seed, train_sampling_strategy="group_by_length",
-      dataloader_drop_last=True, save_strategy="epoch", save_total_limit=1,
+      dataloader_drop_last=True, save_strategy="steps",
+      save_steps=config.checkpoint.every_steps, save_total_limit=1,
       eval_strategy="no", logging_steps=50, report_to="none", use_cpu=True,
       disable_tqdm=True)
   return transformers.TrainingArguments(**{**args, **overrides})
