@@ -12,6 +12,7 @@ import importlib.util
 import json
 import shutil
 
+import datasets
 import jax
 import numpy as np
 import pytest
@@ -46,24 +47,20 @@ def _write_pairs(path, n, rng):
       f.write(json.dumps({"sentence1": a, "sentence2": b, "label": label}) + "\n")
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("reference_training")
-  checkpoint, data = tmp / "checkpoint", tmp / "data"
+def _tiny_checkpoint(path):
+  """A 2-layer, 32-wide random BERT (with pooler) and the embedded checkpoint's tokenizer."""
   torch.manual_seed(0)
   transformers.BertModel(transformers.BertConfig(
       vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-      intermediate_size=64, max_position_embeddings=128)).save_pretrained(checkpoint)
+      intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
   for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                "special_tokens_map.json"):
     source = hf_io.embedded_checkpoint_dir() / name
     if source.is_file():
-      shutil.copyfile(source, checkpoint / name)
-  data.mkdir()
-  rng = np.random.default_rng(0)
-  _write_pairs(data / "train.jsonl", 100, rng)  # 12 batches of 8, 4 examples dropped
-  _write_pairs(data / "validation.jsonl", 16, rng)
+      shutil.copyfile(source, path / name)
 
+
+def _config(checkpoint, data):
   c = glue.get_config("rte")
   c.model.checkpoint = str(checkpoint)
   c.model.hidden_dropout_prob = 0.0
@@ -78,38 +75,31 @@ def setup(tmp_path_factory):
   c.eval.every_steps = 1000  # evaluate (and keep as the best) only the final weights
   c.log.every_steps = 1
   c.parallel.num_devices = 1
+  return c
 
-  workdir = tmp / "ours"
-  train.train_and_evaluate(c, workdir)
-  ours_losses = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text()
-                 .splitlines()]
-  ours_losses = [r for r in ours_losses if r["split"] == "train"]
-  train.export(c, workdir, tmp / "ours_export")
-  ours_final = hf_io.read_state_dict(tmp / "ours_export")
 
-  # The reference sees our two epochs of batches, in our order, as one epoch of its own.
+def _train_reference(c, data, initial, workdir):
+  """The Trainer on our two epochs of batches, in our order, as one epoch of its own.
+  Returns its per-step logs and losses and its final state dict."""
   model_setup = train.build_model(c)
   tokenizer = input_pipeline.load_tokenizer(model_setup.tokenizer_dir)
   split = input_pipeline.load_encoded(c.data, c.task, tokenizer, "train")
-  batches = input_pipeline.TrainBatches(split, batch_size=8, accum_steps=1, seed=c.seed,
-                                        buckets=tuple(c.data.length_buckets),
+  batches = input_pipeline.TrainBatches(split, batch_size=c.train.batch_size, accum_steps=1,
+                                        seed=c.seed, buckets=tuple(c.data.length_buckets),
                                         group_by_length=c.data.group_by_length)
   order = np.concatenate([batches.epoch_order(e).reshape(-1) for e in range(2)])
   rows = input_pipeline.load_split(str(data), "", "train").select(order.tolist())
   encoded = tokenizer(list(rows["sentence1"]), list(rows["sentence2"]), truncation=True,
                       max_length=c.data.max_length)
-  encoded["labels"] = [("entailment", "not_entailment").index(v) for v in rows["label"]]
-  import datasets
-  dataset = datasets.Dataset.from_dict(dict(encoded))
+  encoded["labels"] = [c.task.label_names.index(v) for v in rows["label"]]
 
   model = transformers.AutoModelForSequenceClassification.from_pretrained(
-      str(checkpoint), num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-  initial = train.init_params(model_setup, jax.random.split(jax.random.PRNGKey(c.seed))[0])
+      c.model.checkpoint, num_labels=2, hidden_dropout_prob=0.0,
+      attention_probs_dropout_prob=0.0)
   with torch.no_grad():  # our head's initialisation
-    model.classifier.weight.copy_(torch.from_numpy(np.asarray(initial["classifier"]["kernel"]).T))
-    model.classifier.bias.copy_(torch.from_numpy(np.asarray(initial["classifier"]["bias"])))
-
-  reference_losses = []
+    model.classifier.weight.copy_(torch.tensor(np.array(initial["classifier"]["kernel"]).T))
+    model.classifier.bias.copy_(torch.tensor(np.array(initial["classifier"]["bias"])))
+  losses = []
 
   class InOrder(transformers.Trainer):
     def _get_train_sampler(self, train_dataset=None):
@@ -117,43 +107,63 @@ def setup(tmp_path_factory):
 
     def compute_loss(self, model, inputs, *args, **kwargs):
       loss = super().compute_loss(model, inputs, *args, **kwargs)
-      reference_losses.append(float(loss[0] if isinstance(loss, tuple) else loss))
+      losses.append(float((loss[0] if isinstance(loss, tuple) else loss).detach()))
       return loss
 
-  args = _runner().reference_training_args(c, c.seed, 1.0, tmp / "reference", logging_steps=1,
+  args = _runner().reference_training_args(c, c.seed, 1.0, workdir, logging_steps=1,
                                            save_strategy="no")
-  trainer = InOrder(model=model, args=args, train_dataset=dataset,
-                    data_collator=transformers.DataCollatorWithPadding(tokenizer),
+  trainer = InOrder(model=model, args=args, train_dataset=datasets.Dataset.from_dict(
+      dict(encoded)), data_collator=transformers.DataCollatorWithPadding(tokenizer),
                     processing_class=tokenizer)
   trainer.train()
   logs = [r for r in trainer.state.log_history if "grad_norm" in r]
-  reference_final = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-  initial_flat = hf_io.state_dict_from_params(initial)
-  return dict(ours=ours_losses, ours_final=ours_final, reference_losses=reference_losses,
-              reference_logs=logs, reference_final=reference_final, initial=initial_flat)
+  return logs, losses, {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
 
-def test_same_number_of_steps_and_learning_rates(setup):
-  ours, logs = setup["ours"], setup["reference_logs"]
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("reference_training")
+  _tiny_checkpoint(tmp / "checkpoint")
+  (tmp / "data").mkdir()
+  rng = np.random.default_rng(0)
+  _write_pairs(tmp / "data" / "train.jsonl", 100, rng)  # 12 batches of 8, 4 examples dropped
+  _write_pairs(tmp / "data" / "validation.jsonl", 16, rng)
+  c = _config(tmp / "checkpoint", tmp / "data")
+
+  train.train_and_evaluate(c, tmp / "ours")
+  rows = [json.loads(line) for line in (tmp / "ours" / "metrics.jsonl").read_text().splitlines()]
+  train.export(c, tmp / "ours", tmp / "ours_export")
+  # The initial parameters our run started from (its init key), for the reference's head.
+  initial = train.init_params(train.build_model(c),
+                              jax.random.split(jax.random.PRNGKey(c.seed))[0])
+  logs, losses, final = _train_reference(c, tmp / "data", initial, tmp / "reference")
+  return dict(ours=[r for r in rows if r["split"] == "train"],
+              ours_final=hf_io.read_state_dict(tmp / "ours_export"),
+              reference_logs=logs, reference_losses=losses, reference_final=final,
+              initial=hf_io.state_dict_from_params(initial))
+
+
+def test_same_number_of_steps_and_learning_rates(runs):
+  ours, logs = runs["ours"], runs["reference_logs"]
   assert len(ours) == len(logs) == 24
   ours_lr = [r["learning_rate"] for r in ours]  # the rate each step used, in both logs
   np.testing.assert_allclose(ours_lr, [r["learning_rate"] for r in logs], rtol=1e-6, atol=1e-12)
   assert ours_lr[0] == 0.0 and max(ours_lr) == pytest.approx(1e-3)
 
 
-def test_same_losses_and_gradient_norms_step_by_step(setup):
-  ours, logs = setup["ours"], setup["reference_logs"]
-  np.testing.assert_allclose([r["loss"] for r in ours], setup["reference_losses"], rtol=2e-5)
+def test_same_losses_and_gradient_norms_step_by_step(runs):
+  ours, logs = runs["ours"], runs["reference_logs"]
+  np.testing.assert_allclose([r["loss"] for r in ours], runs["reference_losses"], rtol=2e-5)
   np.testing.assert_allclose([r["grad_norm"] for r in ours], [r["grad_norm"] for r in logs],
                              rtol=1e-4)
-  assert setup["reference_losses"][-1] < setup["reference_losses"][0] - 0.05  # it trained
+  assert runs["reference_losses"][-1] < runs["reference_losses"][0] - 0.05  # it trained
 
 
-def test_same_weights_after_training(setup):
+def test_same_weights_after_training(runs):
   """Every tensor's update agrees to 1% of its size; the updates are far from zero, except the
   attention key biases': softmax is invariant to them, so their gradient is zero but for
   rounding in both systems."""
-  ours, reference, initial = setup["ours_final"], setup["reference_final"], setup["initial"]
+  ours, reference, initial = runs["ours_final"], runs["reference_final"], runs["initial"]
   assert set(initial) <= set(ours)
   for key, start in initial.items():
     ref_key = key if key in reference else key.removeprefix("bert.")
