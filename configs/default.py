@@ -55,7 +55,7 @@ def get_config():
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 5e-5  # peak, after warm-up
   c.optimizer.schedule = "linear"  # after warm-up, to 0 at the last step: linear|cosine|constant
-  c.optimizer.warmup_ratio = 0.1  # fraction of all steps spent warming up from 0 ...
+  c.optimizer.warmup_ratio = 0.1  # fraction of all steps warming up from 0 (rounded up) ...
   c.optimizer.warmup_steps = 0  # ... or a number of steps (set one of the two)
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
