@@ -76,6 +76,12 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
   return ModelSetup(model, bert_config, hf_config, checkpoint_dir, tokenizer_dir)
 
 
+def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(init key, dropout key) of a run with this seed: tests rebuild a run's initial params."""
+  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+  return init_rng, dropout_rng
+
+
 def init_params(setup: ModelSetup, rng: jax.Array) -> Any:
   """Fresh parameters from `rng`, then the checkpoint's encoder weights over them (host numpy)."""
   dummy = jnp.ones((1, 8), jnp.int32)
@@ -141,7 +147,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   # ---- Model -------------------------------------------------------------------------------
   setup = build_model(config)
   tokenizer = input_pipeline.load_tokenizer(setup.tokenizer_dir)
-  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  init_rng, dropout_rng = seed_keys(config.seed)
 
   # ---- Input -------------------------------------------------------------------------------
   data = config.data

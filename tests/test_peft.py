@@ -121,7 +121,7 @@ def test_frozen_parameters_are_bit_identical_after_training(tmp_path, method, kw
                           **{f"peft.{k}": v for k, v in kw.items()}})
   train.train_and_evaluate(config, tmp_path)
   setup = train.build_model(config)
-  initial = train.init_params(setup, jax.random.split(jax.random.PRNGKey(config.seed))[0])
+  initial = train.init_params(setup, train.seed_keys(config.seed)[0])
   trained, _ = train.load_best(config, tmp_path)[1:]
   before, after = traverse_util.flatten_dict(initial), traverse_util.flatten_dict(trained)
   cfg = config.peft

@@ -10,10 +10,8 @@ With dropout on, the two differ only by their random streams (dropout masks, dat
 
 import importlib.util
 import json
-import shutil
 
 import datasets
-import jax
 import numpy as np
 import pytest
 import torch
@@ -53,11 +51,7 @@ def _tiny_checkpoint(path):
   transformers.BertModel(transformers.BertConfig(
       vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
       intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
-  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
-               "special_tokens_map.json"):
-    source = hf_io.embedded_checkpoint_dir() / name
-    if source.is_file():
-      shutil.copyfile(source, path / name)
+  transformers.AutoTokenizer.from_pretrained(hf_io.embedded_checkpoint_dir()).save_pretrained(path)
 
 
 def _config(checkpoint, data):
@@ -78,10 +72,9 @@ def _config(checkpoint, data):
   return c
 
 
-def _train_reference(c, data, initial, workdir):
+def _train_reference(c, model_setup, data, initial, workdir):
   """The Trainer on our two epochs of batches, in our order, as one epoch of its own.
   Returns its per-step logs and losses and its final state dict."""
-  model_setup = train.build_model(c)
   tokenizer = input_pipeline.load_tokenizer(model_setup.tokenizer_dir)
   split = input_pipeline.load_encoded(c.data, c.task, tokenizer, "train")
   batches = input_pipeline.TrainBatches(split, batch_size=c.train.batch_size, accum_steps=1,
@@ -134,9 +127,10 @@ def runs(tmp_path_factory):
   rows = [json.loads(line) for line in (tmp / "ours" / "metrics.jsonl").read_text().splitlines()]
   train.export(c, tmp / "ours", tmp / "ours_export")
   # The initial parameters our run started from (its init key), for the reference's head.
-  initial = train.init_params(train.build_model(c),
-                              jax.random.split(jax.random.PRNGKey(c.seed))[0])
-  logs, losses, final = _train_reference(c, tmp / "data", initial, tmp / "reference")
+  model_setup = train.build_model(c)
+  initial = train.init_params(model_setup, train.seed_keys(c.seed)[0])
+  logs, losses, final = _train_reference(c, model_setup, tmp / "data", initial,
+                                         tmp / "reference")
   return dict(ours=[r for r in rows if r["split"] == "train"],
               ours_final=hf_io.read_state_dict(tmp / "ours_export"),
               reference_logs=logs, reference_losses=losses, reference_final=final,

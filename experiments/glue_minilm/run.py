@@ -355,7 +355,8 @@ def main() -> None:
   if not args.report:
     # Seed-major: a partial table already has every task once. --seeds may add seeds beyond
     # the plan (more runs where two means are too close to call with three).
-    for seed in sorted(args.seeds if args.seeds is not None else {0, 1, 2}):
+    planned = {seed for task in args.tasks for seed in PLAN[task][1]}
+    for seed in sorted(args.seeds if args.seeds is not None else planned):
       for task in args.tasks:
         if args.seeds is None and seed not in PLAN[task][1]:
           continue
