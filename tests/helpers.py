@@ -1,7 +1,9 @@
 """Small configs and data for fast tests."""
 
+import importlib.util
 import json
 import pathlib
+import sys
 
 from configs import sst2
 
@@ -34,3 +36,13 @@ def tiny_config(**updates):
 def train_losses(workdir: pathlib.Path) -> dict[int, float]:
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+def glue_runner():
+  """experiments/glue_minilm/run.py as a module (it is a script, not a package)."""
+  if "glue_minilm_run" not in sys.modules:
+    path = pathlib.Path(__file__).resolve().parents[1] / "experiments/glue_minilm/run.py"
+    spec = importlib.util.spec_from_file_location("glue_minilm_run", path)
+    sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  return sys.modules["glue_minilm_run"]

@@ -3,7 +3,8 @@
 Its numbers are only worth comparing if they are computed right. The Trainer length-groups its
 *eval* batches too when training uses group_by_length, which once scored predictions against
 labels in a different order (RTE at exactly the majority class, MRPC below it); the runner now
-checks the order of every prediction. This runs it on 64 RTE examples.
+checks the order of every prediction. This runs it on 64 RTE examples, with the diagnostic
+systems that change one random stream of one side.
 """
 
 import json
@@ -11,19 +12,71 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 from conftest import REPO, require_data
+from helpers import glue_runner, tiny_config, train_losses
+from research import train
+from research.data import input_pipeline
 
 
 def test_reference_run_scores_predictions_in_dataset_order(tmp_path):
   require_data("rte")
   result = subprocess.run(
       [sys.executable, "experiments/glue_minilm/run.py", "--smoke", str(tmp_path),
-       "--tasks", "rte", "--systems", "reference", "--seeds", "0"],
+       "--tasks", "rte", "--systems", "reference", "reference_our_order", "--seeds", "0"],
       cwd=REPO, capture_output=True, text=True, env=dict(os.environ), timeout=600)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   record = json.loads((tmp_path / "results" / "rte__reference__seed0.json").read_text())
   assert 0.0 <= record["metrics"]["validation"]["accuracy"] <= 1.0
+  in_our_order = json.loads((tmp_path / "results" / "rte__reference_our_order__seed0.json")
+                            .read_text())
+  assert 0.0 <= in_our_order["metrics"]["validation"]["accuracy"] <= 1.0
   # Training time is kept in the run folder, so a resumed run counts the time before it.
   kept = json.loads((tmp_path / "runs" / "rte" / "reference_seed0" / "train_seconds.json")
                     .read_text())
   assert 0 < kept <= record["train_seconds"]
+
+
+@pytest.mark.parametrize("diagnostic", ["flax_dropout", "trainer_order"])
+def test_diagnostic_changes_training_only_inside(tmp_path, diagnostic):
+  """Ours with flax.linen.Dropout, or with the Trainer's batch order, trains differently; runs
+  after it in the same process (the runner does several) are ours again, not a step traced or
+  an order drawn inside."""
+  require_data("sst2")
+  config = tiny_config(**{"train.num_epochs": 0.5})
+  train.train_and_evaluate(config, tmp_path / "before")
+  with getattr(glue_runner(), diagnostic)():
+    train.train_and_evaluate(config, tmp_path / "inside")
+  train.train_and_evaluate(config, tmp_path / "after")
+  before, inside, after = (train_losses(tmp_path / name) for name in ("before", "inside", "after"))
+  assert before == after
+  assert before.keys() == inside.keys()
+  assert all(before[step] != inside[step] for step in before)
+
+
+def test_trainer_order_walks_each_mega_batch_from_longest_to_shortest():
+  class Lengths:  # all TrainBatches reads of a split to order it
+    def __init__(self, lengths):
+      self.lengths = lengths
+
+    def __len__(self):
+      return len(self.lengths)
+
+  lengths = np.random.default_rng(0).integers(5, 128, 1000)
+  batches = input_pipeline.TrainBatches(Lengths(lengths), batch_size=8, accum_steps=1, seed=0,
+                                        buckets=(128,), group_by_length=50)
+  shuffled = batches.epoch_order(0).copy()
+  with glue_runner().trainer_order():
+    order = input_pipeline.TrainBatches(Lengths(lengths), batch_size=8, accum_steps=1, seed=0,
+                                        buckets=(128,), group_by_length=50).epoch_order(0)
+  assert order.shape == shuffled.shape == (125, 8)
+  flat = order.reshape(-1)
+  assert sorted(flat) == list(range(1000))  # 125 full batches: nothing dropped here
+  assert lengths[flat[0]] == lengths.max()
+  mega = min(1000 // (8 * 4), 50) * 8  # the Trainer's mega-batch: 31 batches here
+  for start in range(0, 1000, mega):
+    seen = lengths[flat[start:start + mega]][1:]  # [0] may be the swapped-in longest
+    assert (np.diff(seen) <= 0).all()
+  assert not (np.diff(lengths[shuffled.reshape(-1)][:mega]) <= 0).all()  # ours is not

@@ -5,10 +5,10 @@ mean, the backward pass, clipping, AdamW with its weight-decay mask, the warm-up
 learning rate, and the number of steps an epoch count gives. The Trainer gets the arguments the
 glue_minilm reference uses (experiments/glue_minilm/run.py), our batches in our order, and our
 initial head; both then train a tiny BERT for two epochs and must end with the same weights.
-With dropout on, the two differ only by their random streams (dropout masks, data order).
+With dropout on they differ by their random streams: dropout masks, and the order of batches,
+whose structure moves results (experiments/glue_minilm/README.md).
 """
 
-import importlib.util
 import json
 
 import datasets
@@ -17,7 +17,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import REPO
+from helpers import glue_runner
 from configs import glue
 from research import train
 from research.data import input_pipeline
@@ -25,14 +25,6 @@ from research.models import hf_io
 
 WORDS = ("the cat dog sat ran on under a big small red blue house tree river saw "
          "quickly slowly and not every some ate bird fish").split()
-
-
-def _runner():
-  spec = importlib.util.spec_from_file_location("glue_minilm_run",
-                                                REPO / "experiments/glue_minilm/run.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def _write_pairs(path, n, rng):
@@ -73,14 +65,12 @@ def _config(checkpoint, data):
 
 
 def _train_reference(c, model_setup, data, initial, workdir):
-  """The Trainer on our two epochs of batches, in our order, as one epoch of its own.
-  Returns its per-step logs and losses and its final state dict."""
+  """The Trainer on our two epochs of batches, in our order, as one epoch of its own (as the
+  runner's reference_our_order diagnostic). Returns its per-step logs and losses and its final
+  state dict."""
+  runner = glue_runner()
   tokenizer = input_pipeline.load_tokenizer(model_setup.tokenizer_dir)
-  split = input_pipeline.load_encoded(c.data, c.task, tokenizer, "train")
-  batches = input_pipeline.TrainBatches(split, batch_size=c.train.batch_size, accum_steps=1,
-                                        seed=c.seed, buckets=tuple(c.data.length_buckets),
-                                        group_by_length=c.data.group_by_length)
-  order = np.concatenate([batches.epoch_order(e).reshape(-1) for e in range(2)])
+  order = runner.our_train_order(c, 2)
   rows = input_pipeline.load_split(str(data), "", "train").select(order.tolist())
   encoded = tokenizer(list(rows["sentence1"]), list(rows["sentence2"]), truncation=True,
                       max_length=c.data.max_length)
@@ -94,16 +84,13 @@ def _train_reference(c, model_setup, data, initial, workdir):
     model.classifier.bias.copy_(torch.tensor(np.array(initial["classifier"]["bias"])))
   losses = []
 
-  class InOrder(transformers.Trainer):
-    def _get_train_sampler(self, train_dataset=None):
-      return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
-
+  class InOrder(runner.in_order_trainer()):
     def compute_loss(self, model, inputs, *args, **kwargs):
       loss = super().compute_loss(model, inputs, *args, **kwargs)
       losses.append(float((loss[0] if isinstance(loss, tuple) else loss).detach()))
       return loss
 
-  args = _runner().reference_training_args(c, c.seed, 1.0, workdir, logging_steps=1,
+  args = runner.reference_training_args(c, c.seed, 1.0, workdir, logging_steps=1,
                                            save_strategy="no")
   trainer = InOrder(model=model, args=args, train_dataset=datasets.Dataset.from_dict(
       dict(encoded)), data_collator=transformers.DataCollatorWithPadding(tokenizer),

@@ -4,6 +4,7 @@ r"""Our fine-tuning of the embedded MiniLM next to transformers' Trainer, same r
   python experiments/glue_minilm/run.py --report     # only rebuild results.md / results.csv
   python experiments/glue_minilm/run.py --tasks rte mrpc --seeds 0 --systems ours
   python experiments/glue_minilm/run.py --tasks rte --seeds 3 4     # beyond the plan's seeds
+  python experiments/glue_minilm/run.py --tasks rte --systems reference_our_order ours_flax_dropout
 
 Each finished run writes results/<task>__<system>__seed<k>.json (committed), and is skipped
 afterwards; an interrupted run resumes from its workdir under runs/glue_minilm/ (ours from its
@@ -15,11 +16,15 @@ checkpoint directory, trained by `Trainer` with the recipe of configs/glue.py: b
 and LayerNorm), clipping at 1.0, length-grouped batches, the last incomplete batch dropped,
 sequences of at most 128 tokens (256 for ChnSentiCorp). Its metrics are computed by
 scikit-learn, scipy and seqeval, not by our code.
+
+The diagnostic systems (DIAGNOSTICS) each change one random stream of one side, to tell which
+stream a gap between the two comes from; the report puts them in a table of their own.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +40,12 @@ sys.path.insert(0, str(REPO))
 RESULTS = HERE / "results"
 RUNS = REPO / "runs" / "glue_minilm"
 SYSTEMS = ("ours", "reference")
+# Diagnostics for a gap between the two: each changes one random stream of one system.
+DIAGNOSTICS = {
+    "reference_our_order": "the Trainer fed our batch order (as tests/test_reference_training.py)",
+    "ours_trainer_order": "ours fed batches in the order of the Trainer's length-grouped sampler",
+    "ours_flax_dropout": "ours with flax.linen.Dropout (threefry masks) instead of bert.Dropout",
+}
 # task -> (epochs, seeds): 3 seeds for the small tasks; one seed and one epoch for the big ones.
 PLAN = {
     "rte": (3, (0, 1, 2)),
@@ -72,12 +83,94 @@ def task_config(task: str, seed: int, epochs: float):
 # ---- ours ------------------------------------------------------------------------------------
 
 
-def run_ours(task: str, seed: int, epochs: float, workdir: pathlib.Path) -> dict:
+def run_ours(task: str, seed: int, epochs: float, workdir: pathlib.Path,
+             diagnostic: str = "") -> dict:
   from research import train
   config = task_config(task, seed, epochs)
-  summary = train.train_and_evaluate(config, workdir)
+  changed = {"ours_flax_dropout": flax_dropout, "ours_trainer_order": trainer_order}
+  with changed[diagnostic]() if diagnostic else contextlib.nullcontext():
+    summary = train.train_and_evaluate(config, workdir)
   return {"metrics": summary["final"]["results"],
           "train_seconds": summary["train"]["train_seconds"]}
+
+
+@contextlib.contextmanager
+def flax_dropout():
+  """Within it, the model's counter-hash dropout is flax.linen.Dropout (a diagnostic: the two
+  differ only in how the masks are drawn; Dropout has no parameters)."""
+  import flax.linen as nn
+  import jax
+  from research.models import bert
+
+  class FlaxDropout(nn.Module):
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool):
+      return nn.Dropout(self.rate)(x, deterministic=deterministic)
+
+  hash_dropout, bert.Dropout = bert.Dropout, FlaxDropout
+  jax.clear_caches()  # steps traced in this process before or after must not be reused
+  try:
+    yield
+  finally:
+    bert.Dropout = hash_dropout
+    jax.clear_caches()
+
+
+@contextlib.contextmanager
+def trainer_order():
+  """Within it, ours visits each epoch's examples in the order the Trainer's length-grouped
+  sampler would (`get_length_grouped_indices`: mega-batches of up to 50 batches, each sorted
+  from longest to shortest, the longest example first), dropping the last incomplete batch."""
+  import numpy as np
+  import torch
+  from transformers.trainer_pt_utils import get_length_grouped_indices
+  from research.data import input_pipeline as ip
+
+  def epoch_order(self, epoch: int) -> np.ndarray:
+    if epoch not in self._orders:
+      seed = int(np.random.default_rng([self.seed, epoch]).integers(2**62))
+      order = get_length_grouped_indices(self.split.lengths.tolist(), self.batch_size,
+                                         generator=torch.Generator().manual_seed(seed))
+      order = np.asarray(order[:self.steps_per_epoch * self.batch_size])
+      self._orders = {epoch: order.reshape(self.steps_per_epoch, self.batch_size)}
+    return self._orders[epoch]
+
+  shuffled_batches, ip.TrainBatches.epoch_order = ip.TrainBatches.epoch_order, epoch_order
+  try:
+    yield
+  finally:
+    ip.TrainBatches.epoch_order = shuffled_batches
+
+
+def our_train_order(config, epochs: int):
+  """The training example indices ours visits, batch after batch, over `epochs` epochs."""
+  import numpy as np
+  from research import train
+  from research.data import input_pipeline as ip
+  tokenizer = ip.load_tokenizer(train.build_model(config).tokenizer_dir)
+  split = ip.load_encoded(config.data, config.task, tokenizer, config.data.train_split,
+                          config.data.train_examples)
+  batches = ip.TrainBatches(split, batch_size=config.train.batch_size,
+                            accum_steps=config.train.grad_accum_steps, seed=config.seed,
+                            buckets=tuple(config.data.length_buckets),
+                            group_by_length=config.data.group_by_length)
+  return np.concatenate([batches.epoch_order(e).reshape(-1) for e in range(epochs)])
+
+
+def in_order_trainer():
+  """A Trainer class that takes its training rows in the dataset's order: given the rows of
+  `our_train_order` as one epoch, it sees our batches in our order."""
+  import torch
+  import transformers
+
+  class InOrderTrainer(transformers.Trainer):
+
+    def _get_train_sampler(self, train_dataset=None):
+      return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
+
+  return InOrderTrainer
 
 
 # ---- the reference: transformers' Trainer ---------------------------------------------------
@@ -162,7 +255,8 @@ def reference_training_args(config, seed: int, epochs: float, workdir: pathlib.P
   return transformers.TrainingArguments(**{**args, **overrides})
 
 
-def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path) -> dict:
+def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path,
+                  our_order: bool = False) -> dict:
   import numpy as np
   import transformers
   from research import tasks
@@ -205,8 +299,13 @@ def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path) ->
   train_rows = ip.load_split(source, config.data.subset, config.data.train_split)
   if SMOKE_EXAMPLES:
     train_rows = train_rows.select(range(SMOKE_EXAMPLES))
+  trainer_class, trainer_epochs = transformers.Trainer, epochs
+  if our_order:  # all our epochs' batches, in order, as one epoch of the Trainer's
+    train_rows = train_rows.select(our_train_order(config, int(epochs)).tolist())
+    trainer_class, trainer_epochs = in_order_trainer(), 1.0
   train_enc, _ = encode(train_rows)
   train_set = datasets.Dataset.from_dict(dict(train_enc))
+  transformers.set_seed(seed)  # the new head's initialisation, as run_glue.py seeds it
   if token_task:
     model = transformers.AutoModelForTokenClassification.from_pretrained(
         checkpoint, num_labels=len(names))
@@ -217,11 +316,10 @@ def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path) ->
         checkpoint, num_labels=num_labels,
         problem_type="regression" if num_labels == 1 else "single_label_classification")
     collator = transformers.DataCollatorWithPadding(tokenizer)
-  args = reference_training_args(config, seed, epochs, workdir)
+  args = reference_training_args(config, seed, trainer_epochs, workdir)
   clock = _train_clock(workdir / "train_seconds.json")
-  trainer = transformers.Trainer(model=model, args=args, train_dataset=train_set,
-                                 data_collator=collator, processing_class=tokenizer,
-                                 callbacks=[clock])
+  trainer = trainer_class(model=model, args=args, train_dataset=train_set,
+                          data_collator=collator, processing_class=tokenizer, callbacks=[clock])
   resume = any(workdir.glob("checkpoint-*"))
   trainer.train(resume_from_checkpoint=True if resume else None)
   train_seconds = clock.seconds()
@@ -254,15 +352,31 @@ def result_path(task: str, system: str, seed: int) -> pathlib.Path:
   return RESULTS / f"{task}__{system}__seed{seed}.json"
 
 
+def train_loss_curve(workdir: pathlib.Path) -> dict[str, float]:
+  """{step: mean training loss of the steps since the previous log} from a run's own logs: our
+  metrics.jsonl, or the Trainer's log history in its last checkpoint (both log every 50 steps)."""
+  states = sorted(workdir.glob("checkpoint-*/trainer_state.json"),
+                  key=lambda p: int(p.parent.name.split("-")[1]))
+  if states:
+    rows = json.loads(states[-1].read_text())["log_history"]
+    return {str(r["step"]): r["loss"] for r in rows if "loss" in r}
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {str(r["step"]): r["loss"] for r in rows if r["split"] == "train"}
+
+
 def run_one(task: str, system: str, seed: int) -> None:
   epochs = PLAN[task][0]
   workdir = RUNS / task / f"{system}_seed{seed}"
   workdir.mkdir(parents=True, exist_ok=True)
   print(f"== {task} {system} seed {seed} ({epochs} epochs) in {workdir}", flush=True)
   start = time.perf_counter()
-  out = (run_ours if system == "ours" else run_reference)(task, seed, epochs, workdir)
+  if system.startswith("ours"):
+    out = run_ours(task, seed, epochs, workdir, diagnostic="" if system == "ours" else system)
+  else:
+    out = run_reference(task, seed, epochs, workdir, our_order=system == "reference_our_order")
   record = {"task": task, "system": system, "seed": seed, "epochs": epochs,
-            "wall_seconds": time.perf_counter() - start, **out}
+            "wall_seconds": time.perf_counter() - start, **out,
+            "train_loss": train_loss_curve(workdir)}
   RESULTS.mkdir(exist_ok=True)
   result_path(task, system, seed).write_text(json.dumps(record, indent=2) + "\n")
 
@@ -322,7 +436,7 @@ def report() -> str:
       lines.append(f"| {task} ({split}) | {metric} | {_score(ours)} | {_score(ref)} | {gap} | "
                    f"{p_value} | {verdict} | {_minutes(ours)} | {_minutes(ref)} | "
                    f"{PUBLISHED.get(task, '—') if metric == spec.metrics[0] else ''} |")
-  table = "\n".join(lines) + "\n"
+  table = "\n".join(lines) + "\n" + diagnostics_table(records)
   if SMOKE_EXAMPLES:
     return table
   (HERE / "results.csv").write_text("\n".join(csv) + "\n")
@@ -335,11 +449,53 @@ def report() -> str:
   return table
 
 
+def diagnostics_table(records: list[dict]) -> str:
+  """Each diagnostic system next to ours and the reference: the first metric (with Welch's p
+  against each) and the training loss late in training (the mean of the 50 steps up to the
+  last step every run of the task logged), which varies far less from seed to seed."""
+  import scipy.stats
+  from research import tasks
+  systems = [s for s in DIAGNOSTICS if any(r["system"] == s for r in records)]
+  if not systems:
+    return ""
+  lines = ["", "Diagnostics, each changing one random stream of one system (see README.md):", "",
+           *[f"- *{name}*: {DIAGNOSTICS[name]}" for name in systems], "",
+           "| task | system | metric: mean ± std (n) | p vs ours | p vs reference | "
+           "train loss at step: mean ± std |",
+           "|---|---|---|---|---|---|"]
+  for task in PLAN:
+    if not any(r["task"] == task and r["system"] in systems for r in records):
+      continue
+    spec = tasks.TASKS[task]
+    split, metric = spec.eval_splits[0], spec.metrics[0]
+    runs = {s: [r for r in records if r["task"] == task and r["system"] == s]
+            for s in (*SYSTEMS, *systems)}
+    values = {s: [100 * r["metrics"][split][metric] for r in found] for s, found in runs.items()}
+    logged = [set(r.get("train_loss", {})) for found in runs.values() for r in found]
+    step = max(set.intersection(*logged), key=int, default=None)
+    for system, seen in values.items():
+      if not seen:
+        continue
+      p_values = [f"{scipy.stats.ttest_ind(seen, values[base], equal_var=False).pvalue:.2f}"
+                  if system in DIAGNOSTICS and len(seen) > 1 and len(values[base]) > 1
+                  else "" for base in SYSTEMS]
+      mean, std = _mean_std(seen)
+      loss = "—"
+      if step is not None:
+        losses = [r["train_loss"][step] for r in runs[system]]
+        loss_mean, loss_std = _mean_std(losses)
+        loss = f"{step}: {loss_mean:.3f}" + (f" ± {loss_std:.3f}" if len(losses) > 1 else "")
+      lines.append(f"| {task} ({split}) | {system} | {metric}: "
+                   f"{_score((mean, std, len(seen), 0))} | {' | '.join(p_values)} | {loss} |")
+  return "\n".join(lines) + "\n"
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--report", action="store_true", help="only rebuild the table")
   parser.add_argument("--tasks", nargs="*", default=list(PLAN))
-  parser.add_argument("--systems", nargs="*", default=list(SYSTEMS))
+  parser.add_argument("--systems", nargs="*", default=list(SYSTEMS),
+                      choices=[*SYSTEMS, *DIAGNOSTICS])
   parser.add_argument("--seeds", nargs="*", type=int, default=None,
                       help="these seeds instead of the plan's (may go beyond it)")
   parser.add_argument("--smoke", type=pathlib.Path, default=None,
