@@ -82,6 +82,15 @@ def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return init_rng, dropout_rng
 
 
+def train_batches(config: ml_collections.ConfigDict,
+                  split: input_pipeline.EncodedSplit) -> input_pipeline.TrainBatches:
+  """The training batches of a run: their order is a function of `config.seed` alone."""
+  return input_pipeline.TrainBatches(
+      split, batch_size=config.train.batch_size, accum_steps=config.train.grad_accum_steps,
+      seed=config.seed, buckets=tuple(config.data.length_buckets),
+      group_by_length=config.data.group_by_length)
+
+
 def init_params(setup: ModelSetup, rng: jax.Array) -> Any:
   """Fresh parameters from `rng`, then the checkpoint's encoder weights over them (host numpy)."""
   dummy = jnp.ones((1, 8), jnp.int32)
@@ -157,10 +166,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   eval_splits = {name: input_pipeline.load_encoded(data, config.task, tokenizer, name,
                                                    data.eval_examples)
                  for name in data.eval_splits}
-  batches = input_pipeline.TrainBatches(
-      train_split, batch_size=config.train.batch_size,
-      accum_steps=config.train.grad_accum_steps, seed=config.seed, buckets=buckets,
-      group_by_length=data.group_by_length)
+  batches = train_batches(config, train_split)
   total_steps = max(1, round(config.train.num_epochs * batches.steps_per_epoch))
 
   # ---- Optimizer and train state ------------------------------------------------------------

@@ -152,10 +152,7 @@ def our_train_order(config, epochs: int):
   tokenizer = ip.load_tokenizer(train.build_model(config).tokenizer_dir)
   split = ip.load_encoded(config.data, config.task, tokenizer, config.data.train_split,
                           config.data.train_examples)
-  batches = ip.TrainBatches(split, batch_size=config.train.batch_size,
-                            accum_steps=config.train.grad_accum_steps, seed=config.seed,
-                            buckets=tuple(config.data.length_buckets),
-                            group_by_length=config.data.group_by_length)
+  batches = train.train_batches(config, split)
   return np.concatenate([batches.epoch_order(e).reshape(-1) for e in range(epochs)])
 
 
