@@ -4,7 +4,8 @@ test_model.py shows the forward passes agree. This covers the rest of training: 
 mean, the backward pass, clipping, AdamW with its weight-decay mask, the warm-up and decay of the
 learning rate, and the number of steps an epoch count gives. The Trainer gets the arguments the
 glue_minilm reference uses (experiments/glue_minilm/run.py), our batches in our order, and our
-initial head; both then train a tiny BERT for two epochs and must end with the same weights.
+initial head; both then train a tiny BERT for two epochs and must end with the same weights,
+and the embedded MiniLM for 20 steps of real STS-B (regression) with the same losses.
 With dropout on they differ by their random streams: dropout masks, and the order of batches,
 whose structure moves results (experiments/glue_minilm/README.md).
 """
@@ -17,6 +18,7 @@ import pytest
 import torch
 import transformers
 
+from conftest import require_data
 from helpers import glue_runner
 from configs import glue
 from research import train
@@ -64,21 +66,25 @@ def _config(checkpoint, data):
   return c
 
 
-def _train_reference(c, model_setup, data, initial, workdir):
-  """The Trainer on our two epochs of batches, in our order, as one epoch of its own (as the
-  runner's reference_our_order diagnostic). Returns its per-step logs and losses and its final
-  state dict."""
+def _train_reference(c, model_setup, initial, workdir, epochs):
+  """The Trainer on our `epochs` epochs of batches, in our order, as one epoch of its own (as
+  the runner's reference_our_order diagnostic), from our initial head. Returns its per-step logs
+  and losses and its final state dict."""
   runner = glue_runner()
   tokenizer = input_pipeline.load_tokenizer(model_setup.tokenizer_dir)
-  order = runner.our_train_order(c, 2)
-  rows = input_pipeline.load_split(str(data), "", "train").select(order.tolist())
-  encoded = tokenizer(list(rows["sentence1"]), list(rows["sentence2"]), truncation=True,
+  order = runner.our_train_order(c, epochs)
+  rows = input_pipeline.load_split(input_pipeline.resolve_source(c.data), c.data.subset,
+                                   c.data.train_split).select(order.tolist())
+  encoded = tokenizer(*[list(rows[f]) for f in c.task.text_fields], truncation=True,
                       max_length=c.data.max_length)
-  encoded["labels"] = [c.task.label_names.index(v) for v in rows["label"]]
+  regression = c.task.kind == "regression"
+  encoded["labels"] = [float(v) if regression else c.task.label_names.index(v)
+                       for v in rows[c.task.label_field]]
 
   model = transformers.AutoModelForSequenceClassification.from_pretrained(
-      c.model.checkpoint, num_labels=2, hidden_dropout_prob=0.0,
-      attention_probs_dropout_prob=0.0)
+      str(model_setup.checkpoint_dir), num_labels=1 if regression else len(c.task.label_names),
+      problem_type="regression" if regression else "single_label_classification",
+      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
   with torch.no_grad():  # our head's initialisation
     model.classifier.weight.copy_(torch.tensor(np.array(initial["classifier"]["kernel"]).T))
     model.classifier.bias.copy_(torch.tensor(np.array(initial["classifier"]["bias"])))
@@ -100,6 +106,22 @@ def _train_reference(c, model_setup, data, initial, workdir):
   return logs, losses, {k: v.detach().numpy() for k, v in model.state_dict().items()}
 
 
+def _train_both(c, workdir):
+  """Ours on `c`, then the Trainer on the same batches from the same initial weights."""
+  train.train_and_evaluate(c, workdir / "ours")
+  rows = [json.loads(line) for line in (workdir / "ours" / "metrics.jsonl").read_text().splitlines()]
+  train.export(c, workdir / "ours", workdir / "ours_export")
+  # The initial parameters our run started from (its init key), for the reference's head.
+  model_setup = train.build_model(c)
+  initial = train.init_params(model_setup, train.seed_keys(c.seed)[0])
+  logs, losses, final = _train_reference(c, model_setup, initial, workdir / "reference",
+                                         int(c.train.num_epochs))
+  return dict(ours=[r for r in rows if r["split"] == "train"],
+              ours_final=hf_io.read_state_dict(workdir / "ours_export"),
+              reference_logs=logs, reference_losses=losses, reference_final=final,
+              initial=hf_io.state_dict_from_params(initial))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("reference_training")
@@ -108,20 +130,7 @@ def runs(tmp_path_factory):
   rng = np.random.default_rng(0)
   _write_pairs(tmp / "data" / "train.jsonl", 100, rng)  # 12 batches of 8, 4 examples dropped
   _write_pairs(tmp / "data" / "validation.jsonl", 16, rng)
-  c = _config(tmp / "checkpoint", tmp / "data")
-
-  train.train_and_evaluate(c, tmp / "ours")
-  rows = [json.loads(line) for line in (tmp / "ours" / "metrics.jsonl").read_text().splitlines()]
-  train.export(c, tmp / "ours", tmp / "ours_export")
-  # The initial parameters our run started from (its init key), for the reference's head.
-  model_setup = train.build_model(c)
-  initial = train.init_params(model_setup, train.seed_keys(c.seed)[0])
-  logs, losses, final = _train_reference(c, model_setup, tmp / "data", initial,
-                                         tmp / "reference")
-  return dict(ours=[r for r in rows if r["split"] == "train"],
-              ours_final=hf_io.read_state_dict(tmp / "ours_export"),
-              reference_logs=logs, reference_losses=losses, reference_final=final,
-              initial=hf_io.state_dict_from_params(initial))
+  return _train_both(_config(tmp / "checkpoint", tmp / "data"), tmp)
 
 
 def test_same_number_of_steps_and_learning_rates(runs):
@@ -155,3 +164,43 @@ def test_same_weights_after_training(runs):
       continue
     assert scale > 1e-4, key  # every tensor moved (decayed ones included)
     np.testing.assert_allclose(ours_update, ref_update, atol=0.01 * scale, err_msg=key)
+
+
+STSB_STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def stsb_runs(tmp_path_factory):
+  """At scale: the embedded MiniLM on the first batches of real STS-B, regression (MSE)."""
+  require_data("stsb")
+  c = glue.get_config("stsb")
+  c.model.hidden_dropout_prob = 0.0
+  c.model.attention_probs_dropout_prob = 0.0
+  c.data.train_examples = STSB_STEPS * c.train.batch_size
+  c.data.eval_examples = 32
+  c.train.num_epochs = 1.0
+  c.eval.every_steps = 1000
+  c.log.every_steps = 1
+  c.parallel.num_devices = 1
+  return _train_both(c, tmp_path_factory.mktemp("reference_training_stsb"))
+
+
+def test_real_checkpoint_regression_step_by_step(stsb_runs):
+  """The embedded checkpoint's 6 layers of 384 on real sentence pairs: the same losses, gradient
+  norms and final weights as the Trainer (what the tiny model above cannot show: numerics at
+  scale, and the regression head's MSE)."""
+  ours, logs = stsb_runs["ours"], stsb_runs["reference_logs"]
+  assert len(ours) == len(logs) == STSB_STEPS
+  np.testing.assert_allclose([r["loss"] for r in ours], stsb_runs["reference_losses"], rtol=1e-4)
+  np.testing.assert_allclose([r["grad_norm"] for r in ours], [r["grad_norm"] for r in logs],
+                             rtol=1e-3)
+  losses = stsb_runs["reference_losses"]
+  assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5  # it trained
+  ours_final, reference, initial = (stsb_runs[k] for k in ("ours_final", "reference_final",
+                                                          "initial"))
+  for key in ("classifier.weight", "bert.encoder.layer.5.output.dense.weight",
+              "bert.embeddings.word_embeddings.weight"):
+    ref_key = key if key in reference else key.removeprefix("bert.")
+    ref_update = reference[ref_key] - initial[key]
+    np.testing.assert_allclose(ours_final[key] - initial[key], ref_update,
+                               atol=0.01 * np.abs(ref_update).max(), err_msg=key)
