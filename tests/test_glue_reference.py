@@ -3,8 +3,8 @@
 Its numbers are only worth comparing if they are computed right. The Trainer length-groups its
 *eval* batches too when training uses group_by_length, which once scored predictions against
 labels in a different order (RTE at exactly the majority class, MRPC below it); the runner now
-checks the order of every prediction. This runs it on 64 RTE examples, with the diagnostic
-systems that change one random stream of one side.
+checks the order of every prediction. This runs it on 64 RTE examples, both ways (its own
+sampler, our batches), and checks the diagnostics that change one random stream of ours.
 """
 
 import json

@@ -68,23 +68,16 @@ def _config(checkpoint, data):
 
 def _train_reference(c, model_setup, initial, workdir, epochs):
   """The Trainer on our `epochs` epochs of batches, in our order, as one epoch of its own (as
-  the runner's reference_our_order diagnostic), from our initial head. Returns its per-step logs
+  the runner's reference_our_order system), from our initial head. Returns its per-step logs
   and losses and its final state dict."""
   runner = glue_runner()
   tokenizer = input_pipeline.load_tokenizer(model_setup.tokenizer_dir)
   order = runner.our_train_order(c, epochs)
   rows = input_pipeline.load_split(input_pipeline.resolve_source(c.data), c.data.subset,
                                    c.data.train_split).select(order.tolist())
-  encoded = tokenizer(*[list(rows[f]) for f in c.task.text_fields], truncation=True,
-                      max_length=c.data.max_length)
-  regression = c.task.kind == "regression"
-  encoded["labels"] = [float(v) if regression else c.task.label_names.index(v)
-                       for v in rows[c.task.label_field]]
-
-  model = transformers.AutoModelForSequenceClassification.from_pretrained(
-      str(model_setup.checkpoint_dir), num_labels=1 if regression else len(c.task.label_names),
-      problem_type="regression" if regression else "single_label_classification",
-      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  encoded, _ = runner.trainer_inputs(c.task, tokenizer, c.data.max_length, rows)
+  model = runner.reference_model(c.task, str(model_setup.checkpoint_dir),
+                                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
   with torch.no_grad():  # our head's initialisation
     model.classifier.weight.copy_(torch.tensor(np.array(initial["classifier"]["kernel"]).T))
     model.classifier.bias.copy_(torch.tensor(np.array(initial["classifier"]["bias"])))
@@ -97,7 +90,7 @@ def _train_reference(c, model_setup, initial, workdir, epochs):
       return loss
 
   args = runner.reference_training_args(c, c.seed, 1.0, workdir, logging_steps=1,
-                                           save_strategy="no")
+                                        save_strategy="no")
   trainer = InOrder(model=model, args=args, train_dataset=datasets.Dataset.from_dict(
       dict(encoded)), data_collator=transformers.DataCollatorWithPadding(tokenizer),
                     processing_class=tokenizer)

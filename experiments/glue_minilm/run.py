@@ -176,6 +176,11 @@ def in_order_trainer():
 # ---- the reference: transformers' Trainer ---------------------------------------------------
 
 
+def _label_id(names: list[str], value) -> int:
+  """A label as the data holds it (its name, or already an id) as an id."""
+  return names.index(value) if isinstance(value, str) else int(value)
+
+
 def _reference_metrics(spec, rows, logits, word_index) -> dict[str, float]:
   """Official metrics by scikit-learn / scipy / seqeval on the reference's outputs."""
   import numpy as np
@@ -187,7 +192,6 @@ def _reference_metrics(spec, rows, logits, word_index) -> dict[str, float]:
     return {"pearson": scipy.stats.pearsonr(gold, predicted)[0],
             "spearman": scipy.stats.spearmanr(gold, predicted)[0]}
   names = list(spec.label_names)
-  to_id = lambda v: names.index(v) if isinstance(v, str) else int(v)  # noqa: E731
   if spec.kind == "token_classification":
     import seqeval.metrics
     gold, guess = [], []
@@ -196,13 +200,13 @@ def _reference_metrics(spec, rows, logits, word_index) -> dict[str, float]:
       for position, word in enumerate(word_index[i]):
         if word is not None and position < logits.shape[1]:
           words[word] = names[int(logits[i, position].argmax())]
-      gold.append([names[to_id(t)] for t in tags])
+      gold.append([names[_label_id(names, t)] for t in tags])
       guess.append(words)
     return {"entity_f1": seqeval.metrics.f1_score(gold, guess),
             "entity_precision": seqeval.metrics.precision_score(gold, guess),
             "entity_recall": seqeval.metrics.recall_score(gold, guess),
             "accuracy": seqeval.metrics.accuracy_score(gold, guess)}
-  gold = np.array([to_id(v) for v in rows[spec.label_field]])
+  gold = np.array([_label_id(names, v) for v in rows[spec.label_field]])
   predicted = logits.argmax(-1)
   out = {"accuracy": sklearn.metrics.accuracy_score(gold, predicted)}
   if "f1" in spec.metrics:
@@ -255,8 +259,50 @@ def reference_training_args(config, seed: int, epochs: float, workdir: pathlib.P
   return transformers.TrainingArguments(**{**args, **overrides})
 
 
+def trainer_inputs(spec, tokenizer, max_length: int, rows):
+  """`rows` of a task (`spec`: a TaskSpec or a config's `task`) as the Trainer's inputs, labels
+  as ids. Returns them and, for token tasks, each token's word where it is the word's first
+  sub-word (None elsewhere), to map predictions back to words."""
+  token_task = spec.kind == "token_classification"
+  names = list(spec.label_names)
+  enc = tokenizer(*[list(rows[f]) for f in spec.text_fields], truncation=True,
+                  max_length=max_length, is_split_into_words=token_task)
+  if token_task:  # the first sub-word of each word carries its tag, the rest -100
+    labels, words = [], []
+    for i, tags in enumerate(rows[spec.label_field]):
+      ids, seen, row = enc.word_ids(i), set(), []
+      for word in ids:
+        tag = tags[word] if word is not None and word not in seen else None
+        row.append(-100 if tag is None else _label_id(names, tag))
+        if word is not None:
+          seen.add(word)
+      labels.append(row)
+      words.append([w if w is not None and ids.index(w) == p else None
+                    for p, w in enumerate(ids)])
+    enc["labels"] = labels
+    return enc, words
+  values = list(rows[spec.label_field])
+  enc["labels"] = ([float(v) for v in values] if spec.kind == "regression"
+                   else [_label_id(names, v) for v in values])
+  return enc, None
+
+
+def reference_model(spec, checkpoint: str, **overrides):
+  """transformers' model for the task from `checkpoint`, with a new head; `overrides` go to
+  its config (e.g. dropout)."""
+  import transformers
+  if spec.kind == "token_classification":
+    return transformers.AutoModelForTokenClassification.from_pretrained(
+        checkpoint, num_labels=len(spec.label_names), **overrides)
+  regression = spec.kind == "regression"
+  return transformers.AutoModelForSequenceClassification.from_pretrained(
+      checkpoint, num_labels=1 if regression else len(spec.label_names),
+      problem_type="regression" if regression else "single_label_classification", **overrides)
+
+
 def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path,
                   our_order: bool = False) -> dict:
+  import datasets
   import numpy as np
   import transformers
   from research import tasks
@@ -268,34 +314,7 @@ def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path,
   tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
   source = ip.resolve_source(config.data)
   token_task = spec.kind == "token_classification"
-  names = list(spec.label_names)
-
-  def encode(rows):
-    enc = tokenizer(*[list(rows[f]) for f in spec.text_fields], truncation=True,
-                    max_length=config.data.max_length, is_split_into_words=token_task)
-    if token_task:  # the first sub-word of each word carries its tag, the rest -100
-      labels, words = [], []
-      for i, tags in enumerate(rows[spec.label_field]):
-        ids, seen, row = enc.word_ids(i), set(), []
-        for word in ids:
-          tag = tags[word] if word is not None and word not in seen else None
-          row.append(-100 if tag is None else (names.index(tag) if isinstance(tag, str)
-                                               else int(tag)))
-          if word is not None:
-            seen.add(word)
-        labels.append(row)
-        words.append([w if w is not None and ids.index(w) == p else None
-                      for p, w in enumerate(ids)])
-      enc["labels"] = labels
-      return enc, words
-    values = list(rows[spec.label_field])
-    if spec.kind == "regression":
-      enc["labels"] = [float(v) for v in values]
-    else:
-      enc["labels"] = [names.index(v) if isinstance(v, str) else int(v) for v in values]
-    return enc, None
-
-  import datasets
+  encode = lambda rows: trainer_inputs(spec, tokenizer, config.data.max_length, rows)  # noqa: E731
   train_rows = ip.load_split(source, config.data.subset, config.data.train_split)
   if SMOKE_EXAMPLES:
     train_rows = train_rows.select(range(SMOKE_EXAMPLES))
@@ -306,16 +325,9 @@ def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path,
   train_enc, _ = encode(train_rows)
   train_set = datasets.Dataset.from_dict(dict(train_enc))
   transformers.set_seed(seed)  # the new head's initialisation, as run_glue.py seeds it
-  if token_task:
-    model = transformers.AutoModelForTokenClassification.from_pretrained(
-        checkpoint, num_labels=len(names))
-    collator = transformers.DataCollatorForTokenClassification(tokenizer)
-  else:
-    num_labels = 1 if spec.kind == "regression" else len(names)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        checkpoint, num_labels=num_labels,
-        problem_type="regression" if num_labels == 1 else "single_label_classification")
-    collator = transformers.DataCollatorWithPadding(tokenizer)
+  model = reference_model(spec, checkpoint)
+  collator = (transformers.DataCollatorForTokenClassification(tokenizer) if token_task
+              else transformers.DataCollatorWithPadding(tokenizer))
   args = reference_training_args(config, seed, trainer_epochs, workdir)
   clock = _train_clock(workdir / "train_seconds.json")
   trainer = trainer_class(model=model, args=args, train_dataset=train_set,
