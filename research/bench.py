@@ -13,6 +13,7 @@ layers (N parameters, forward + backward = 3 × 2 FLOPs per weight and token) pl
 attention scores and context, plus the pooler and classifier; eval is a third of that. The same
 count is used for both systems. We execute fewer FLOPs than that (`executed_flops`: the last
 layer computes only [CLS]); XLA's own count of what we execute is reported beside it.
+Both systems run with `host_memory.keep_freed_memory()` unless `--default-malloc` is given.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import optim, parallel, steps, tasks
+from research import host_memory, optim, parallel, steps, tasks
 from research.models import bert, hf_io
 
 WARMUP_STEPS = 3
@@ -261,6 +262,19 @@ BERT_LARGE = ("BERT-large", bert.BertConfig(hidden_size=1024, num_hidden_layers=
               8, 128)
 
 
+def cpu_model() -> str:
+  """The CPU's name and widest vector unit: the machines this runs on differ between days."""
+  try:
+    info = pathlib.Path("/proc/cpuinfo").read_text()
+  except OSError:
+    return "unknown CPU"
+  name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+               if line.startswith("model name")), "unknown CPU")
+  flags = next((line.split(":", 1)[1].split() for line in info.splitlines()
+                if line.startswith("flags")), [])
+  return f"{name}, {'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'}"
+
+
 def run(quick: bool, steps_timed: int) -> dict[str, Any]:
   import torch
   platform = jax.devices()[0].platform
@@ -270,8 +284,9 @@ def run(quick: bool, steps_timed: int) -> dict[str, Any]:
   size = 512 if quick else 2048
   result: dict[str, Any] = {
       "machine": {"jax_backend": platform, "device": str(jax.devices()[0]),
-                  "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                  "jax": jax.__version__, "torch": torch.__version__},
+                  "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
+                  "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
+                  "torch": torch.__version__},
       "peak": {"fp32_matmul_flops": matmul_peak(size, "float32", steps_timed),
                "torch_fp32_matmul_flops": torch_matmul_peak(size, steps_timed),
                "matmul_size": size},
@@ -323,8 +338,9 @@ def run(quick: bool, steps_timed: int) -> dict[str, Any]:
 
 def to_markdown(result: dict[str, Any]) -> str:
   m, p = result["machine"], result["peak"]
-  lines = [f"Backend: {m['jax_backend']} ({m['device']}), {m['cpu_count']} CPUs; jax "
-           f"{m['jax']}, torch {m['torch']} ({m['torch_threads']} threads).",
+  lines = [f"Backend: {m['jax_backend']} ({m['device']}), {m['cpu_count']} CPUs "
+           f"({m['cpu_model']}); jax {m['jax']}, torch {m['torch']} ({m['torch_threads']} "
+           f"threads); malloc keeps freed memory: {m['malloc_keeps_freed_memory']}.",
            f"fp32 {p['matmul_size']}³ matmul: jax {p['fp32_matmul_flops'] / 1e9:.1f} GFLOP/s, "
            f"torch {p['torch_fp32_matmul_flops'] / 1e9:.1f} GFLOP/s"
            + (f"; bf16 {p['bf16_matmul_flops'] / 1e12:.1f} TFLOP/s"
@@ -458,11 +474,16 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--e2e", action="store_true", help="also one SST-2 epoch per system")
   parser.add_argument("--e2e-examples", type=int, default=0,
                       help="train on the first N sentences only (0: all 67,349)")
+  parser.add_argument("--default-malloc", action="store_true",
+                      help="leave glibc's malloc as it is (see research/host_memory.py)")
   args = parser.parse_args(argv)
+  # Both systems run in this process, so both get the same allocator settings.
+  kept = not args.default_malloc and host_memory.keep_freed_memory()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   args.out.mkdir(parents=True, exist_ok=True)
   result = run(args.quick, args.steps or (3 if args.quick else 10))
+  result["machine"]["malloc_keeps_freed_memory"] = kept
   if args.e2e:
     workdir = args.out / "e2e"
     if workdir.exists():

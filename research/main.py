@@ -71,6 +71,8 @@ def main(argv: list[str]) -> None:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   for noisy in ("absl", "datasets", "jax._src.xla_bridge"):  # orbax's per-save chatter, ...
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  from research import host_memory
+  host_memory.keep_freed_memory()  # before JAX starts its threads
   import jax
   if not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR wins if set
     # Compiled steps are reused by later runs of the same shapes (sweeps, reruns).
