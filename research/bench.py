@@ -13,7 +13,7 @@ layers (N parameters, forward + backward = 3 × 2 FLOPs per weight and token) pl
 attention scores and context, plus the pooler and classifier; eval is a third of that. The same
 count is used for both systems. We execute fewer FLOPs than that (`executed_flops`: the last
 layer computes only [CLS]); XLA's own count of what we execute is reported beside it.
-Both systems run with `host_memory.keep_freed_memory()` unless `--default-malloc` is given.
+Both systems run with `host_memory.keep_freed_memory()` (off: RESEARCH_DEFAULT_MALLOC=1).
 """
 
 from __future__ import annotations
@@ -474,11 +474,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--e2e", action="store_true", help="also one SST-2 epoch per system")
   parser.add_argument("--e2e-examples", type=int, default=0,
                       help="train on the first N sentences only (0: all 67,349)")
-  parser.add_argument("--default-malloc", action="store_true",
-                      help="leave glibc's malloc as it is (see research/host_memory.py)")
   args = parser.parse_args(argv)
   # Both systems run in this process, so both get the same allocator settings.
-  kept = not args.default_malloc and host_memory.keep_freed_memory()
+  kept = host_memory.keep_freed_memory()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   args.out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """host_memory.keep_freed_memory: XLA:CPU's big per-call buffers stop page-faulting."""
 
+import os
 import subprocess
 import sys
 
@@ -29,8 +30,9 @@ PAGES = 64 * 2**20 // 4096
 
 
 def _faults_per_call(mode: str) -> float:
+  env = {k: v for k, v in os.environ.items() if k != "RESEARCH_DEFAULT_MALLOC"}
   result = subprocess.run([sys.executable, "-c", _PROBE, mode], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=env)
   assert result.returncode == 0, result.stderr[-2000:]
   return float(result.stdout.split()[-1])
 
@@ -41,3 +43,9 @@ def test_freed_buffers_are_reused_without_page_faults():
   kept = _faults_per_call("kept")
   assert default > 0.5 * PAGES, default  # glibc maps and unmaps the buffer every call
   assert kept < 0.01 * PAGES, kept       # the freed buffer comes back from the heap
+
+
+def test_research_default_malloc_turns_it_off(monkeypatch):
+  from research import host_memory
+  monkeypatch.setenv("RESEARCH_DEFAULT_MALLOC", "1")
+  assert host_memory.keep_freed_memory() is False
