@@ -4,11 +4,11 @@ XLA:CPU allocates every step's output and temporary buffers with `posix_memalign
 when the step ends. glibc serves a request of more than 32 MB (or, on a worker thread, more than
 its 64 MB arena heap) with a fresh `mmap` and gives it back with `munmap`, so each step touches
 hundreds of MB of new pages: 85,000 minor page faults per MiniLM train step at batch 32 × seq
-16, 330,000 at seq 128, about a third of the step (experiments/perf/NOTES.md, attempt 13). With one
-arena, no `mmap` and no trimming, the freed buffers are reused by the next step and the faults
-vanish. The cost: the process keeps its peak heap until it exits (the sst2:quick job: 3.8 GB peak
-resident instead of 2.7 GB, for 58 s instead of 77 s). `RESEARCH_DEFAULT_MALLOC=1` leaves glibc's
-defaults alone, for a machine where memory is tighter than time.
+16, 330,000 at seq 128, a third and a fifth of the step (experiments/perf/NOTES.md, attempt 13).
+With one arena, no `mmap` and no trimming, the freed buffers are reused by the next step and the
+faults vanish. The cost: the process keeps its peak heap until it exits (the sst2:quick job: 3.8
+GB peak resident instead of 2.7 GB, for 58 s instead of 77 s). `RESEARCH_DEFAULT_MALLOC=1`
+leaves glibc's defaults alone, for a machine where memory is tighter than time.
 
 `keep_freed_memory()` must run before JAX (or torch) starts its threads; the entry points
 (`research.main`, `research.bench`) call it first thing. It does nothing where libc is not glibc.
