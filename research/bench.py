@@ -268,10 +268,9 @@ def cpu_model() -> str:
     info = pathlib.Path("/proc/cpuinfo").read_text()
   except OSError:
     return "unknown CPU"
-  name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
-               if line.startswith("model name")), "unknown CPU")
-  flags = next((line.split(":", 1)[1].split() for line in info.splitlines()
-                if line.startswith("flags")), [])
+  fields = {key.strip(): value.strip() for key, value in
+            (line.split(":", 1) for line in info.splitlines() if ":" in line)}
+  name, flags = fields.get("model name", "unknown CPU"), fields.get("flags", "").split()
   return f"{name}, {'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'}"
 
 

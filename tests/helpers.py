@@ -33,9 +33,14 @@ def tiny_config(**updates):
   return c
 
 
-def train_losses(workdir: pathlib.Path) -> dict[int, float]:
+def train_rows(workdir: pathlib.Path) -> list[dict]:
+  """The training rows of a run's metrics.jsonl (step, loss, grad_norm, learning_rate, ...)."""
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+  return [r for r in rows if r["split"] == "train"]
+
+
+def train_losses(workdir: pathlib.Path) -> dict[int, float]:
+  return {r["step"]: r["loss"] for r in train_rows(workdir)}
 
 
 def glue_runner():

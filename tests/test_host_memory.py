@@ -1,6 +1,7 @@
 """host_memory.keep_freed_memory: XLA:CPU's big per-call buffers stop page-faulting."""
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -37,7 +38,7 @@ def _faults_per_call(mode: str) -> float:
   return float(result.stdout.split()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc only")
 def test_freed_buffers_are_reused_without_page_faults():
   default = _faults_per_call("default")
   kept = _faults_per_call("kept")

@@ -19,7 +19,7 @@ import torch
 import transformers
 
 from conftest import require_data
-from helpers import glue_runner
+from helpers import glue_runner, train_rows
 from configs import glue
 from research import train
 from research.data import input_pipeline
@@ -102,14 +102,13 @@ def _train_reference(c, model_setup, initial, workdir, epochs):
 def _train_both(c, workdir):
   """Ours on `c`, then the Trainer on the same batches from the same initial weights."""
   train.train_and_evaluate(c, workdir / "ours")
-  rows = [json.loads(line) for line in (workdir / "ours" / "metrics.jsonl").read_text().splitlines()]
   train.export(c, workdir / "ours", workdir / "ours_export")
   # The initial parameters our run started from (its init key), for the reference's head.
   model_setup = train.build_model(c)
   initial = train.init_params(model_setup, train.seed_keys(c.seed)[0])
   logs, losses, final = _train_reference(c, model_setup, initial, workdir / "reference",
                                          int(c.train.num_epochs))
-  return dict(ours=[r for r in rows if r["split"] == "train"],
+  return dict(ours=train_rows(workdir / "ours"),
               ours_final=hf_io.read_state_dict(workdir / "ours_export"),
               reference_logs=logs, reference_losses=losses, reference_final=final,
               initial=hf_io.state_dict_from_params(initial))
