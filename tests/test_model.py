@@ -2,6 +2,7 @@
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -192,3 +193,37 @@ def test_hash_dropout_is_an_unbiased_independent_bernoulli_mask():
   np.testing.assert_array_equal(apply(jax.random.key(0)), a)  # same key: same mask
   assert layer.apply({}, x, deterministic=True) is x
   assert bert.Dropout(0.0).apply({}, x, deterministic=False) is x
+
+
+def test_attention_dropout_drops_the_normalised_probabilities():
+  """Our attention divides by the softmax denominator after the context matmul and drops the
+  unnormalised weights; that must equal HF's dropout on the normalised probabilities."""
+  config = bert.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                           num_attention_heads=4, intermediate_size=64,
+                           attention_probs_dropout_prob=0.5)
+  attention = bert.BertSelfAttention(config)
+  x = jax.random.normal(jax.random.key(0), (2, 7, 32))
+  bias = jnp.where(jnp.arange(7) < 5, 0.0, -1e9)[None, None, None, :].repeat(2, 0)  # 2 padded
+  params = attention.init(jax.random.key(1), x, bias, deterministic=True)["params"]
+  masks = []
+
+  def keep_dropout_mask(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, bert.Dropout):
+      masks.append(out != 0)
+    return out
+
+  with nn.intercept_methods(keep_dropout_mask):
+    ours = attention.apply({"params": params}, x, bias, deterministic=False,
+                           rngs={"dropout": jax.random.key(2)})
+  (keep,) = masks
+  assert 0.3 < float(keep[..., :5].mean()) < 0.7  # the mask really drops
+
+  def heads(name):
+    y = x @ params[name]["kernel"] + params[name]["bias"]
+    return y.reshape(2, 7, 4, 8).transpose(0, 2, 1, 3)
+
+  probs = jax.nn.softmax(heads("query") @ heads("key").swapaxes(-1, -2) / np.sqrt(8) + bias)
+  context = (jnp.where(keep, probs / 0.5, 0) @ heads("value")).transpose(0, 2, 1, 3)
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(context.reshape(2, 7, 32)),
+                             atol=1e-5, rtol=0)
