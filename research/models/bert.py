@@ -25,15 +25,6 @@ def _gelu(x):
   return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
 
 
-def _dense_on_tokens(dense: nn.Dense, x):
-  """`dense` applied to x's tokens as one [tokens, features] matrix (same parameters and maths).
-
-  JAX then differentiates a 2-D matmul, and XLA:CPU computes the kernel's gradient as one plain
-  x^T g GEMM; from the 3-D form it transposes g and runs a dot 3x slower (NOTES attempt 16).
-  """
-  return dense(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], dense.features)
-
-
 _ACTIVATIONS = {
     "gelu": _gelu,
     "gelu_new": lambda x: nn.gelu(x, approximate=True),
@@ -42,6 +33,15 @@ _ACTIVATIONS = {
     "silu": nn.silu,
     "swish": nn.silu,
 }
+
+
+def _dense_on_tokens(dense: nn.Dense, x):
+  """`dense` applied to x's tokens as one [tokens, features] matrix (same parameters and maths).
+
+  JAX then differentiates a 2-D matmul, and XLA:CPU computes the kernel's gradient as one plain
+  x^T g GEMM; from the 3-D form it transposes g and runs a dot 3x slower (NOTES attempt 16).
+  """
+  return dense(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], dense.features)
 
 
 @dataclasses.dataclass(frozen=True)
