@@ -3,11 +3,13 @@
   python -m research.bench --out bench_out/          # the default table (~5 min on 2 cores)
   python -m research.bench --quick --out /tmp/b      # tiny shapes, seconds (used in tests)
   python -m research.bench --e2e --out bench_out/    # + one SST-2 epoch, ours vs PyTorch loop
+  python -m research.bench --dtype bfloat16 --out b/  # bf16 compute (on a GPU: BERT-base/large)
 
 Every figure that matters is a ratio measured in this run, because the machine is noisy:
 * ours vs peer: examples/s of our compiled train step (and eval forward) against transformers'
   `BertForSequenceClassification` + `torch.optim.AdamW` on the same weights, shapes, dropout;
-* ours vs the machine: achieved FLOP/s against a large fp32 matmul through the same backend.
+* ours vs the machine: achieved FLOP/s against a large matmul in the compute dtype through the
+  same backend (on a GPU, the peer runs there too, under autocast for bf16).
 FLOPs are counted by formula (`model_flops`): per example 6·N·S for the matmuls of the encoder
 layers (N parameters, forward + backward = 3 × 2 FLOPs per weight and token) plus 12·L·S²·H for
 attention scores and context, plus the pooler and classifier; eval is a third of that. The same
@@ -100,10 +102,26 @@ def matmul_peak(size: int, dtype: str, steps_timed: int) -> float:
   return 2 * size**3 / median_seconds(lambda: f(a, b).block_until_ready(), steps_timed)
 
 
+def torch_device() -> str:
+  """Where the peer runs: on the GPU when JAX has one (torch must see it too), else the CPU."""
+  return "cuda" if jax.devices()[0].platform == "gpu" else "cpu"
+
+
+def torch_synchronize() -> None:
+  import torch
+  if torch_device() == "cuda":
+    torch.cuda.synchronize()
+
+
 def torch_matmul_peak(size: int, steps_timed: int) -> float:
   import torch
-  a, b = torch.ones(size, size), torch.ones(size, size)
-  return 2 * size**3 / median_seconds(lambda: a @ b, steps_timed)
+  a = torch.ones(size, size, device=torch_device())
+  b = torch.ones(size, size, device=torch_device())
+
+  def matmul():
+    a @ b
+    torch_synchronize()
+  return 2 * size**3 / median_seconds(matmul, steps_timed)
 
 
 # ---- the two systems -------------------------------------------------------------------------
@@ -134,14 +152,15 @@ def reference_model(source: str | bert.BertConfig):
   return transformers.BertForSequenceClassification.from_pretrained(source, num_labels=2)
 
 
-def ours_from_reference(reference, config: bert.BertConfig):
-  """Our classifier with exactly the reference's weights (head included)."""
-  model = tasks.build_model("classification", config, 2, dtype=jnp.float32,
+def ours_from_reference(reference, config: bert.BertConfig, dtype: str = "float32"):
+  """Our classifier with exactly the reference's weights (head included); `dtype` computes,
+  the parameters stay float32."""
+  model = tasks.build_model("classification", config, 2, dtype=jnp.dtype(dtype),
                             param_dtype=jnp.float32, classifier_dropout=None)
   dummy = jnp.ones((1, 8), jnp.int32)
   template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy, dummy))["params"]
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
-  state = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
+  state = {k: v.detach().cpu().numpy() for k, v in reference.state_dict().items()}
   return model, hf_io.params_from_state_dict(state, template, load_head=True)
 
 
@@ -175,9 +194,14 @@ def time_ours(model, params, batch: dict[str, np.ndarray], steps_timed: int) -> 
           "xla_train_flops": executed, "train_compiles": train_step.compiles}
 
 
-def time_reference(reference, batch: dict[str, np.ndarray], steps_timed: int) -> dict[str, float]:
-  """The peer: train mode (dropout on), AdamW with the same decay groups, clipping 1.0."""
+def time_reference(reference, batch: dict[str, np.ndarray], steps_timed: int,
+                   dtype: str = "float32") -> dict[str, float]:
+  """The peer: train mode (dropout on), AdamW with the same decay groups, clipping 1.0; a
+  compute dtype other than float32 runs under torch's autocast (float32 master weights)."""
+  import contextlib
   import torch
+  device = torch_device()
+  reference.to(device)
   cfg = _optimizer_config()
   decay = [p for n, p in reference.named_parameters() if not n.endswith("bias")
            and "LayerNorm" not in n]
@@ -186,22 +210,30 @@ def time_reference(reference, batch: dict[str, np.ndarray], steps_timed: int) ->
   optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}],
                                 lr=cfg.learning_rate, betas=(cfg.b1, cfg.b2), eps=cfg.eps)
-  inputs = {k: torch.from_numpy(batch[k]).long()
+  inputs = {k: torch.from_numpy(batch[k]).long().to(device)
             for k in ("input_ids", "attention_mask", "token_type_ids")}
-  labels = torch.from_numpy(batch["labels"]).long()
+  labels = torch.from_numpy(batch["labels"]).long().to(device)
+
+  def compute():
+    if dtype == "float32":
+      return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=getattr(torch, dtype))
 
   def train():
     reference.train()
-    loss = reference(**inputs, labels=labels).loss
+    with compute():
+      loss = reference(**inputs, labels=labels).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(reference.parameters(), cfg.grad_clip_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    torch_synchronize()
 
   def evaluate():
     reference.eval()
-    with torch.no_grad():
+    with torch.no_grad(), compute():
       reference(**inputs)
+    torch_synchronize()
 
   return {"train_s": median_seconds(train, steps_timed),
           "eval_s": median_seconds(evaluate, steps_timed)}
@@ -210,13 +242,13 @@ def time_reference(reference, batch: dict[str, np.ndarray], steps_timed: int) ->
 # ---- the input pipeline ---------------------------------------------------------------------
 
 
-def input_pipeline_rates(examples: int, batch_size: int) -> dict[str, float]:
+def input_pipeline_rates(examples: int, batch_size: int, tokenizer_dir: str) -> dict[str, float]:
   """Tokenisation + batching of SST-2 train (examples/s), and padding with and without
   buckets and length grouping, against batches padded to their own longest sequence."""
   from configs import sst2
   from research.data import input_pipeline as ip
   config = sst2.get_config()
-  tokenizer = ip.load_tokenizer(hf_io.embedded_checkpoint_dir())
+  tokenizer = ip.load_tokenizer(tokenizer_dir)
   start = time.perf_counter()
   split = ip.load_encoded(config.data, config.task, tokenizer, "train", examples)
   tokenise_s = time.perf_counter() - start
@@ -257,9 +289,11 @@ QUICK_SHAPES = [
     ("tiny", bert.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2,
                              num_attention_heads=2, intermediate_size=128), 8, 32),
 ]
-BERT_LARGE = ("BERT-large", bert.BertConfig(hidden_size=1024, num_hidden_layers=24,
-                                            num_attention_heads=16, intermediate_size=4096),
-              8, 128)
+GPU_SHAPES = [  # random init (the embedded checkpoint is too big to carry to a lent GPU)
+    ("BERT-base", bert.BertConfig(), 256, 128),
+    ("BERT-large", bert.BertConfig(hidden_size=1024, num_hidden_layers=24,
+                                   num_attention_heads=16, intermediate_size=4096), 128, 128),
+]
 
 
 def cpu_model() -> str:
@@ -274,25 +308,24 @@ def cpu_model() -> str:
   return f"{name}, {'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'}"
 
 
-def run(quick: bool, steps_timed: int) -> dict[str, Any]:
+def run(quick: bool, steps_timed: int, dtype: str = "float32",
+        tokenizer_dir: str | None = None) -> dict[str, Any]:
   import torch
   platform = jax.devices()[0].platform
-  shapes = list(QUICK_SHAPES if quick else SHAPES)
-  if platform == "gpu" and not quick:
-    shapes.append(BERT_LARGE)
-  size = 512 if quick else 2048
+  shapes = QUICK_SHAPES if quick else GPU_SHAPES if platform == "gpu" else SHAPES
+  size = 512 if quick else 8192 if platform == "gpu" else 2048
   result: dict[str, Any] = {
       "machine": {"jax_backend": platform, "device": str(jax.devices()[0]),
                   "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
                   "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
-                  "torch": torch.__version__},
+                  "torch": torch.__version__, "compute_dtype": dtype},
       "peak": {"fp32_matmul_flops": matmul_peak(size, "float32", steps_timed),
                "torch_fp32_matmul_flops": torch_matmul_peak(size, steps_timed),
                "matmul_size": size},
       "rows": []}
-  if platform == "gpu":
-    result["peak"]["bf16_matmul_flops"] = matmul_peak(size * 4, "bfloat16", steps_timed)
   peak = result["peak"]["fp32_matmul_flops"]
+  if dtype != "float32":  # our fraction of peak is against the compute dtype's matmul
+    peak = result["peak"][f"{dtype}_matmul_flops"] = matmul_peak(size, dtype, steps_timed)
   for name, source, batch_size, length in shapes:
     if isinstance(source, str):
       source_dir = str(hf_io.embedded_checkpoint_dir())
@@ -301,10 +334,11 @@ def run(quick: bool, steps_timed: int) -> dict[str, Any]:
     else:
       config = source
       reference = reference_model(config)
-    model, params = ours_from_reference(reference, config)
+    model, params = ours_from_reference(reference, config, dtype)
     batch = _synthetic_batch(batch_size, length, config.vocab_size)
     ours = time_ours(model, params, batch, steps_timed)
-    theirs = time_reference(reference, batch, steps_timed)
+    theirs = time_reference(reference, batch, steps_timed, dtype)
+    reference.cpu()  # frees the GPU for the next shape
     flops = model_flops(config, batch_size, length, 2)
     row = {
         "shape": f"{name} B{batch_size}×S{length}",
@@ -328,7 +362,8 @@ def run(quick: bool, steps_timed: int) -> dict[str, Any]:
           f"{row['peer_train_examples_per_s']:.2f} ex/s", file=sys.stderr, flush=True)
   if os.environ.get("RESEARCH_DATA_DIR") or not quick:
     examples = 2000 if quick else 0
-    pipeline = input_pipeline_rates(examples, 32)
+    pipeline = input_pipeline_rates(examples, 32,
+                                    tokenizer_dir or str(hf_io.embedded_checkpoint_dir()))
     train_rate = max(r["ours_train_examples_per_s"] for r in result["rows"])
     pipeline["ratio_to_fastest_train_step"] = pipeline["pipeline_examples_per_s"] / train_rate
     result["input_pipeline"] = pipeline
@@ -337,13 +372,15 @@ def run(quick: bool, steps_timed: int) -> dict[str, Any]:
 
 def to_markdown(result: dict[str, Any]) -> str:
   m, p = result["machine"], result["peak"]
+  dtype = m["compute_dtype"]
   lines = [f"Backend: {m['jax_backend']} ({m['device']}), {m['cpu_count']} CPUs "
            f"({m['cpu_model']}); jax {m['jax']}, torch {m['torch']} ({m['torch_threads']} "
            f"threads); malloc keeps freed memory: {m['malloc_keeps_freed_memory']}.",
-           f"fp32 {p['matmul_size']}³ matmul: jax {p['fp32_matmul_flops'] / 1e9:.1f} GFLOP/s, "
-           f"torch {p['torch_fp32_matmul_flops'] / 1e9:.1f} GFLOP/s"
-           + (f"; bf16 {p['bf16_matmul_flops'] / 1e12:.1f} TFLOP/s"
-              if "bf16_matmul_flops" in p else "") + ".", "",
+           f"{p['matmul_size']}³ matmul: jax fp32 {p['fp32_matmul_flops'] / 1e9:.1f} GFLOP/s, "
+           f"torch fp32 {p['torch_fp32_matmul_flops'] / 1e9:.1f} GFLOP/s"
+           + (f", jax {dtype} {p[f'{dtype}_matmul_flops'] / 1e9:.1f} GFLOP/s"
+              if dtype != "float32" else "")
+           + f". Compute dtype {dtype}: 'of peak' is against its matmul.", "",
            "| shape | ours train ex/s | peer train ex/s | train ratio | ours eval ex/s | "
            "peer eval ex/s | eval ratio | ours GFLOP/s (formula) | of peak | peer GFLOP/s | "
            "XLA-executed GFLOP/step | compile s |",
@@ -364,7 +401,8 @@ def to_markdown(result: dict[str, Any]) -> str:
               f"{q['batching_grouped_examples_per_s']:,.0f} ex/s, together "
               f"{q['pipeline_examples_per_s']:,.0f} ex/s = "
               f"{q['ratio_to_fastest_train_step']:.0f}× the fastest train step above.",
-              f"Padding: random batches padded to their own longest {q['padding_random_own_longest']:.1%}, "
+              "Padding: random batches padded to their own longest "
+              f"{q['padding_random_own_longest']:.1%}, "
               f"random batches padded to buckets {q['padding_random_buckets']:.1%}, "
               f"length-grouped batches padded to buckets {q['padding_grouped_buckets']:.1%}."]
   if "e2e" in result:
@@ -471,15 +509,21 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--quick", action="store_true", help="tiny shapes, a few steps")
   parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10, quick 3)")
   parser.add_argument("--e2e", action="store_true", help="also one SST-2 epoch per system")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="compute dtype of both systems (parameters stay float32)")
+  parser.add_argument("--tokenizer", default=None,
+                      help="tokenizer folder for the input-pipeline rates (default: embedded)")
   parser.add_argument("--e2e-examples", type=int, default=0,
                       help="train on the first N sentences only (0: all 67,349)")
   args = parser.parse_args(argv)
+  if args.e2e and args.dtype != "float32":
+    parser.error("--e2e runs the float32 recipe of configs/sst2.py; --dtype is for the shapes")
   # Both systems run in this process, so both get the same allocator settings.
   kept = host_memory.keep_freed_memory()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   args.out.mkdir(parents=True, exist_ok=True)
-  result = run(args.quick, args.steps or (3 if args.quick else 10))
+  result = run(args.quick, args.steps or (3 if args.quick else 10), args.dtype, args.tokenizer)
   result["machine"]["malloc_keeps_freed_memory"] = kept
   if args.e2e:
     workdir = args.out / "e2e"

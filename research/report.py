@@ -32,7 +32,8 @@ def _load_runs(sweep_dir: pathlib.Path) -> list[dict[str, Any]]:
   if sweep_file.exists():
     points = json.loads(sweep_file.read_text())["points"]
   else:  # a folder of runs made by hand: no overrides known
-    points = [{"name": p.parent.name, "overrides": {}} for p in sorted(sweep_dir.glob("*/results.json"))]
+    points = [{"name": p.parent.name, "overrides": {}}
+              for p in sorted(sweep_dir.glob("*/results.json"))]
   runs = []
   for point in points:
     workdir = sweep_dir / point["name"]

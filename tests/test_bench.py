@@ -74,3 +74,21 @@ def test_quick_benchmark_prints_a_complete_table(tmp_path):
     assert e2e[system]["wall_s"] > 0 and e2e[system]["examples_per_s"] > 0, system
     assert 0.0 < e2e[system]["accuracy"] < 1.0, system
   assert "Wall-time ratio ours/PyTorch" in table
+
+
+def test_bfloat16_benchmark_measures_against_the_bfloat16_peak(monkeypatch, tmp_path):
+  """`--dtype bfloat16`, the GPU run's mode: our model computes in bf16 and its fraction of
+  peak is against a bf16 matmul, not the fp32 one."""
+  monkeypatch.delenv("RESEARCH_DATA_DIR", raising=False)  # the pipeline is tested above
+  model, _ = bench.ours_from_reference(bench.reference_model(TINY), TINY, "bfloat16")
+  assert model.dtype == jnp.bfloat16
+  result = bench.run(quick=True, steps_timed=1, dtype="bfloat16")
+  (row,) = result["rows"]
+  bf16_peak = result["peak"]["bfloat16_matmul_flops"]
+  assert bf16_peak > 0 and row["eval_ratio"] > 0
+  assert row["ours_fraction_of_peak"] == pytest.approx(row["ours_train_flops_per_s"] / bf16_peak)
+  result["machine"]["malloc_keeps_freed_memory"] = False
+  assert "jax bfloat16" in bench.to_markdown(result)
+  with pytest.raises(SystemExit) as error:  # the e2e recipe is float32 only
+    bench.main(["--e2e", "--dtype", "bfloat16", "--out", str(tmp_path)])
+  assert error.value.code == 2

@@ -227,3 +227,25 @@ def test_attention_dropout_drops_the_normalised_probabilities():
   context = (jnp.where(keep, probs / 0.5, 0) @ heads("value")).transpose(0, 2, 1, 3)
   np.testing.assert_allclose(np.asarray(ours), np.asarray(context.reshape(2, 7, 32)),
                              atol=1e-5, rtol=0)
+
+
+def test_inference_activation_is_fenced_without_changing_a_value():
+  """The eval forward fences the activation out of XLA:CPU's GEMM fusions with identity clamps:
+  they must change no value (infinities and NaN included) and XLA must keep them (if a later XLA
+  folds them away, the eval speed-up of NOTES attempt 20 is gone)."""
+  special = jnp.array([-jnp.inf, -1e30, -3.0, -1e-30, -0.0, 0.0, 1e-30, 3.0, 1e30, jnp.inf,
+                       jnp.nan])
+  np.testing.assert_array_equal(np.asarray(jax.jit(bert._fenced)(special)), np.asarray(special))
+  config = bert.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                           num_attention_heads=4, intermediate_size=64)
+  layer = bert.BertIntermediate(config)
+  x = 3 * jax.random.normal(jax.random.key(0), (2, 7, 32))
+  params = layer.init(jax.random.key(1), x, deterministic=True)["params"]
+
+  def apply(deterministic):
+    return jax.jit(lambda p, x: layer.apply({"params": p}, x, deterministic=deterministic))
+
+  np.testing.assert_allclose(np.asarray(apply(True)(params, x)),
+                             np.asarray(apply(False)(params, x)), atol=1e-6, rtol=0)
+  assert apply(True).lower(params, x).compile().as_text().count(" clamp(") >= 2
+  assert " clamp(" not in apply(False).lower(params, x).compile().as_text()
