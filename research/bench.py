@@ -107,20 +107,22 @@ def torch_device() -> str:
   return "cuda" if jax.devices()[0].platform == "gpu" else "cpu"
 
 
-def torch_synchronize() -> None:
+def torch_synchronize(device: str) -> None:
+  """Waits for the peer's queued GPU work, so that a timed step ends when its work does."""
   import torch
-  if torch_device() == "cuda":
+  if device == "cuda":
     torch.cuda.synchronize()
 
 
 def torch_matmul_peak(size: int, steps_timed: int) -> float:
   import torch
-  a = torch.ones(size, size, device=torch_device())
-  b = torch.ones(size, size, device=torch_device())
+  device = torch_device()
+  a = torch.ones(size, size, device=device)
+  b = torch.ones(size, size, device=device)
 
   def matmul():
     a @ b
-    torch_synchronize()
+    torch_synchronize(device)
   return 2 * size**3 / median_seconds(matmul, steps_timed)
 
 
@@ -227,13 +229,13 @@ def time_reference(reference, batch: dict[str, np.ndarray], steps_timed: int,
     torch.nn.utils.clip_grad_norm_(reference.parameters(), cfg.grad_clip_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    torch_synchronize()
+    torch_synchronize(device)
 
   def evaluate():
     reference.eval()
     with torch.no_grad(), compute():
       reference(**inputs)
-    torch_synchronize()
+    torch_synchronize(device)
 
   return {"train_s": median_seconds(train, steps_timed),
           "eval_s": median_seconds(evaluate, steps_timed)}
