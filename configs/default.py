@@ -22,8 +22,15 @@ def get_config():
   c.model.hidden_dropout_prob = config_dict.placeholder(float)  # None: the checkpoint's
   c.model.attention_probs_dropout_prob = config_dict.placeholder(float)  # None: the checkpoint's
   c.model.classifier_dropout = config_dict.placeholder(float)  # None: hidden_dropout_prob
-  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16
+  # Compute dtype: float32 | bfloat16 (matmuls and activations in bf16; LayerNorm, softmax,
+  # loss, parameters and optimizer state stay float32). float16 is refused: it needs loss
+  # scaling, which this codebase does not do.
+  c.model.dtype = "float32"
   c.model.param_dtype = "float32"  # storage dtype of params and optimizer state
+  c.model.dropout_impl = "hash"  # dropout masks: counter hash | threefry (bert.Dropout)
+  # Recompute each layer in the backward pass: activation memory of one layer instead of all,
+  # for ~1/3 more compute, on GPU/TPU (long sequences, big batches); XLA:CPU folds it away.
+  c.model.remat = False
 
   c.task = ml_collections.ConfigDict()
   c.task.kind = "classification"  # classification | regression | token_classification
@@ -46,6 +53,7 @@ def get_config():
   # >0: batches of similar lengths (sorted within runs of this many batches, then shuffled),
   # as the HF Trainer's group_by_length; 0: plain random batches (more padding).
   c.data.group_by_length = 50
+  c.data.batch_order = ""  # '' = the above; or a name given to input_pipeline.register_batch_order
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32  # examples per optimizer step, over all devices and micro-batches
@@ -80,6 +88,7 @@ def get_config():
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500  # also after every evaluation and the last step
+  c.checkpoint.every_seconds = 0.0  # >0: also when this long has passed since the last one
   c.checkpoint.keep = 2  # newest train states kept for resuming (the best is kept apart)
 
   c.log = ml_collections.ConfigDict()
@@ -87,5 +96,5 @@ def get_config():
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.backend = "pmap"  # pmap | shard_map: the same per-device step either way
-  c.parallel.num_devices = 0  # 0 = all local devices
+  c.parallel.num_devices = 0  # 0 = all devices (of all processes); N = the first N of one process
   return c

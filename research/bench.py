@@ -177,18 +177,20 @@ def time_ours(model, params, batch: dict[str, np.ndarray], steps_timed: int) -> 
                                                            "classification"))
   eval_step = dp.compile_eval_step(steps.make_eval_step(model, "classification"))
   placed = [dp.put_replicated(jax.device_get(state))]
+  batch = dict(batch, example_index=np.arange(len(batch["input_ids"]), dtype=np.int32))
   train_batch = dp.put_train_batch({k: v[None] for k, v in batch.items()})
   eval_batch = dp.put_eval_batch(batch)
+  signals = dp.put_signals(np.zeros(2))
 
   def train():
-    placed[0], metrics = train_step(placed[0], train_batch)
+    placed[0], metrics = train_step(placed[0], train_batch, signals)
     jax.block_until_ready(metrics)
 
   start = time.perf_counter()
   train()
   compile_seconds = time.perf_counter() - start
   train_seconds = median_seconds(train, steps_timed)
-  executed = xla_flops(train_step._fn.lower(placed[0], train_batch).compile())
+  executed = xla_flops(train_step._fn.lower(placed[0], train_batch, signals).compile())
   params_placed = placed[0].params
   eval_seconds = median_seconds(
       lambda: jax.block_until_ready(eval_step(params_placed, eval_batch)), steps_timed)

@@ -8,6 +8,11 @@
 Saving is asynchronous: the loop goes on while the files are written; `close()` waits.
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a run
 killed mid-save leaves the previous checkpoints intact.
+
+With several processes, every process calls every method (orbax synchronises them with
+barriers); the trees are host numpy copies of replicated values, which orbax writes from
+process 0 alone and every process reads back whole. A checkpoint therefore restores on any
+number of processes and devices. The workdir must be on a filesystem all processes share.
 """
 
 from __future__ import annotations
@@ -22,16 +27,22 @@ class Checkpoints:
 
   def __init__(self, workdir: pathlib.Path, *, keep: int, best_metric: str, best_mode: str):
     self.best_metric, self.best_mode = best_metric, best_mode
+
+    def processes(name: str):  # the two managers save concurrently: their barriers need names
+      return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+
     self._latest = ocp.CheckpointManager(
         (workdir / "checkpoints").absolute(),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             cleanup_tmp_directories=True),
+                                             cleanup_tmp_directories=True,
+                                             multiprocessing_options=processes("latest")),
         item_names=("state", "meta"))
     self._best = ocp.CheckpointManager(
         (workdir / "best").absolute(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, create=True, cleanup_tmp_directories=True,
-            best_fn=lambda metrics: metrics[best_metric], best_mode=best_mode),
+            best_fn=lambda metrics: metrics[best_metric], best_mode=best_mode,
+            multiprocessing_options=processes("best")),
         item_names=("params", "meta"))
 
   # ---- latest train state --------------------------------------------------------------------

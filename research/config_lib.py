@@ -8,9 +8,10 @@ from typing import Any
 import ml_collections
 
 from research import peft, tasks
+from research.models import bert
 from research.parallel import BACKENDS
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16")
 # Metrics each task kind can report; the task lists the ones it wants.
 KIND_METRICS = {
     "classification": ("accuracy", "f1", "matthews_corr"),
@@ -18,7 +19,8 @@ KIND_METRICS = {
     "token_classification": ("entity_f1", "entity_precision", "entity_recall", "accuracy"),
 }
 # Fields that do not change what a run computes: a resumed run may change them.
-RESUMABLE_CHANGES = ("log.every_steps", "checkpoint.keep", "eval.batch_size")
+RESUMABLE_CHANGES = ("log.every_steps", "checkpoint.keep", "checkpoint.every_seconds",
+                     "eval.batch_size")
 
 
 class ConfigError(ValueError):
@@ -85,8 +87,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{train.grad_accum_steps} must be >= 1 and divide train.batch_size {train.batch_size}")
   _check(train.num_epochs > 0, "train.num_epochs", "must be positive")
   for field in ("dtype", "param_dtype"):
+    _check(config.model[field] != "float16", f"model.{field}",
+           "float16 needs loss scaling, which this codebase does not do; use 'bfloat16' "
+           "(the same memory and speed on GPUs and TPUs, float32's range: no scaling needed)")
     _check(config.model[field] in DTYPES, f"model.{field}",
            f"{config.model[field]!r} is not one of {DTYPES}")
+  _check(config.model.dropout_impl in bert.DROPOUT_IMPLS, "model.dropout_impl",
+         f"{config.model.dropout_impl!r} is not one of {bert.DROPOUT_IMPLS}")
   _check(config.parallel.backend in BACKENDS, "parallel.backend",
          f"{config.parallel.backend!r} is not one of {BACKENDS}")
   opt = config.optimizer
@@ -102,6 +109,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "peft.freeze_bottom_layers", "must be >= 0, and is only for peft.method='full'")
   _check(pcfg.lora_rank > 0, "peft.lora_rank", "must be positive")
   _check(config.eval.early_stopping_patience >= 0, "eval.early_stopping_patience",
+         "must be >= 0 (0 = off)")
+  _check(config.checkpoint.every_seconds >= 0, "checkpoint.every_seconds",
          "must be >= 0 (0 = off)")
 
 

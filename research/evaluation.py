@@ -7,12 +7,13 @@ metrics, plus a per-class (or per-entity-type) precision/recall/F1 report.
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
-from research import metrics, tasks
+from research import metrics, tasks, writers
 from research.data import input_pipeline
 from research.parallel import DataParallel
 
@@ -20,19 +21,25 @@ from research.parallel import DataParallel
 def run_model(eval_step: Callable, dp: DataParallel, params: Any,
               split: input_pipeline.EncodedSplit, *, batch_size: int,
               buckets: tuple[int, ...]) -> tuple[np.ndarray, float]:
-  """Outputs for every example ([N, labels] or [N, max_length, labels]) and the mean loss."""
+  """Outputs for every example ([N, labels] or [N, max_length, labels]) and the mean loss.
+
+  Each process feeds its block of rows of every batch; the step gathers every row's output
+  and index from all devices, so every process ends with all outputs.
+  """
   pending = []
   batches = input_pipeline.prefetch(
-      input_pipeline.eval_batches(split, batch_size, buckets),
-      lambda item: (item[0], dp.put_eval_batch(item[1])))
-  for indices, batch in batches:
-    logits, sums = eval_step(params, batch)
+      input_pipeline.eval_batches(split, batch_size, buckets, dp.process_rows(batch_size)),
+      dp.put_eval_batch)
+  for batch in batches:
+    out = eval_step(params, batch)
     if dp.sync_each_step:
-      jax.block_until_ready(logits)
-    pending.append((indices, logits, sums))
+      jax.block_until_ready(out)
+    pending.append(out)
   outputs, loss_sum, weight_sum = None, 0.0, 0.0
-  for indices, logits, sums in pending:
-    logits = dp.get_batch_outputs(logits)[:len(indices)]
+  for out in pending:
+    out = dp.get_metrics(out)
+    real = out["example_index"] >= 0
+    indices, logits = out["example_index"][real], out["logits"][real]
     if outputs is None:
       shape = (len(split),) + ((split.input_ids.shape[1],) if logits.ndim == 3 else ())
       outputs = np.zeros(shape + logits.shape[-1:], np.float32)
@@ -40,9 +47,8 @@ def run_model(eval_step: Callable, dp: DataParallel, params: Any,
       outputs[indices, :logits.shape[1]] = logits
     else:
       outputs[indices] = logits
-    sums = dp.get_metrics(sums)
-    loss_sum += float(sums["loss_sum"])
-    weight_sum += float(sums["weight_sum"])
+    loss_sum += float(out["loss_sum"])
+    weight_sum += float(out["weight_sum"])
   return outputs, loss_sum / max(weight_sum, 1.0)
 
 
@@ -95,3 +101,12 @@ def score(task_cfg, split: input_pipeline.EncodedSplit, outputs: np.ndarray,
   report = metrics.classification_report(split.labels, predicted, names)
   scalars["macro_f1"] = report["macro avg"]["f1-score"]
   return scalars, report
+
+
+def write_eval_file(path: pathlib.Path, step: int, scalars: dict[str, float],
+                    report: dict[str, Any]) -> None:
+  """`eval/<split>_step<N>.json`: the metrics and the per-class (or per-type) report."""
+  record = {"step": step, "metrics": scalars, "report": report}
+  if report and "overall" not in report:
+    record["report_text"] = metrics.format_report(report)
+  writers.write_json(path, record)

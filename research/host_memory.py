@@ -11,15 +11,19 @@ GB peak resident instead of 2.7 GB, for 58 s instead of 77 s). `RESEARCH_DEFAULT
 leaves glibc's defaults alone, for a machine where memory is tighter than time.
 
 `keep_freed_memory()` must run before JAX (or torch) starts its threads; the entry points
-(`research.main`, `research.bench`) call it first thing. It does nothing where libc is not glibc.
+(`research.main`, `research.bench`) call it first thing. It does nothing where libc is not glibc,
+nor where JAX will run on an accelerator (`JAX_PLATFORMS` names one, or a GPU/TPU plugin is
+installed): there XLA:CPU's buffers are not the step's, and host memory is better left alone.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.metadata
 import logging
 import os
+import re
 
 # mallopt(3) parameters.
 _M_TRIM_THRESHOLD = -1
@@ -27,12 +31,33 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 
 
+# Distributions that give JAX a GPU or TPU backend.
+_ACCELERATOR_PLUGINS = re.compile(r"(jax[-_]cuda\d+[-_](plugin|pjrt)|jax[-_]rocm\d*[-_]plugin|"
+                                  r"libtpu([-_]nightly)?)$", re.IGNORECASE)
+
+
+def accelerator_expected() -> str | None:
+  """Why JAX will (probably) run on an accelerator, found without starting JAX; None: CPU."""
+  platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+  if platforms:
+    first = platforms.split(",")[0].strip().lower()
+    return None if first == "cpu" else f"JAX_PLATFORMS={platforms}"
+  for dist in importlib.metadata.distributions():
+    name = dist.metadata["Name"] or ""
+    if _ACCELERATOR_PLUGINS.match(name):
+      return f"{name} is installed"
+  return None
+
+
 def keep_freed_memory() -> bool:
   """One malloc arena for all threads, no `mmap` for big blocks, no trimming of the heap top.
 
-  Returns whether they are in force: False under RESEARCH_DEFAULT_MALLOC=1 or off glibc.
+  Returns whether they are in force: False under RESEARCH_DEFAULT_MALLOC=1, off glibc, or
+  when JAX is expected on an accelerator.
   """
   if os.environ.get("RESEARCH_DEFAULT_MALLOC") == "1":
+    return False
+  if accelerator_expected():
     return False
   try:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -10,7 +10,13 @@
 
 Any config field can be overridden with --config.<path>=<value>; an unknown field or a value of
 the wrong type is an error (the config is locked). Errors in the config, the data, the
-checkpoint or the workdir print one line and exit with status 2.
+checkpoint or the workdir print one line and exit with status 2. A run stopped by SIGTERM or
+Ctrl-C saves a checkpoint at a step boundary and exits with status 75 (rerun to resume).
+
+Several processes (one per GPU or host) run the same command; `jax.distributed` finds its
+peers under SLURM, Open MPI and on Cloud TPU pods, or from the flags:
+
+  python -m research.main ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
 """
 
 from __future__ import annotations
@@ -32,11 +38,19 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "export"
                           "export the best checkpoint.")
 _INPUT = flags.DEFINE_string("input", None, "predict: a .txt (one example per line) or .jsonl.")
 _OUTPUT = flags.DEFINE_string("output", None, "predict: the .jsonl to write; export: a folder.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "jax.distributed: auto = when launched as one of several processes (SLURM, Open MPI, "
+    "Cloud TPU, or the flags below); on = always; off = never.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (or JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(code)
 
 
 def _unknown_field_message(error: Exception, argv: list[str]) -> str:
@@ -78,9 +92,17 @@ def main(argv: list[str]) -> None:
     # Compiled steps are reused by later runs of the same shapes (sweeps, reruns).
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser("~/.cache/research/jax_compilation_cache"))
+  from research import distributed
+  try:
+    distributed.initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+                           num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  except distributed.DistributedError as e:
+    _fail(str(e))
+  if jax.process_index() > 0:  # process 0 reports progress; the others only what goes wrong
+    logging.getLogger().setLevel(logging.WARNING)
   import datasets
   datasets.disable_progress_bars()  # the pipeline logs one line per split instead
-  from research import config_lib, train
+  from research import config_lib, inference, train
   from research.data.input_pipeline import DataError
   from research.models.hf_io import CheckpointError
 
@@ -101,11 +123,13 @@ def main(argv: list[str]) -> None:
     if mode == "train":
       train.train_and_evaluate(config, workdir)
     elif mode == "eval":
-      train.evaluate(config, workdir)
+      inference.evaluate(config, workdir)
     elif mode == "predict":
-      train.predict(config, workdir, _INPUT.value, _OUTPUT.value)
+      inference.predict(config, workdir, _INPUT.value, _OUTPUT.value)
     else:
-      train.export(config, workdir, _OUTPUT.value)
+      inference.export(config, workdir, _OUTPUT.value)
+  except train.Interrupted as e:
+    _fail(str(e), train.EXIT_INTERRUPTED)
   except (config_lib.ConfigError, DataError, CheckpointError, train.RunError) as e:
     _fail(str(e))
 

@@ -1,17 +1,25 @@
-"""Data parallelism: one per-device step compiled with `jax.pmap` or `jax.jit(jax.shard_map)`.
+"""Data parallelism: one per-device step compiled with `jax.pmap` or `jax.jit(jax.shard_map)`,
+over every device of every process.
 
-Both backends take the same host batches (train: `[accum, global_micro_batch, ...]`, eval:
-`[global_batch, ...]`) and the same per-device functions from `steps.py`; they differ only in
-how state and batches are laid out on the devices:
+Both backends take the same host batches and the same per-device functions from `steps.py`; they
+differ only in how state and batches are laid out on the devices:
 
-  pmap       state replicated along a leading device axis; batch `[devices, accum, b, ...]`
-  shard_map  state replicated by a `NamedSharding` with `P()`; batch split along its batch axis
+  pmap       state replicated along a leading axis of this process's devices; batch
+             `[local_devices, accum, b, ...]`; collectives span all processes' devices
+  shard_map  state replicated by a `NamedSharding` with `P()` over the global mesh; batch split
+             along its batch axis over the global mesh
 
-Inputs are placed with a `NamedSharding` over the mesh before the first call: given anything
-else, pmap compiles its step a second time when the outputs come back in their own layout.
-shard_map runs with `check_vma=False`, pmap's semantics: with the check on, the gradient of a
-replicated parameter is summed over devices implicitly, and the explicit `psum` in the step
-would count it again.
+The devices are ordered process by process, so process p owns one contiguous block of rows of
+every global batch (`process_rows`): each process builds and places only that block. The host
+batches given to `put_train_batch` / `put_eval_batch` are this process's rows
+(`[accum, local_micro_batch, ...]` and `[local_batch, ...]`); with one process they are the
+whole batch.
+
+Inputs are placed with a `NamedSharding` before the first call: given anything else, pmap
+compiles its step a second time when the outputs come back in their own layout. shard_map runs
+with `check_vma=False`, pmap's semantics: with the check on, the gradient of a replicated
+parameter is summed over devices implicitly, and the explicit `psum` in the step would count it
+again.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from research.steps import AXIS
@@ -56,42 +65,67 @@ class CountingStep:
     return out
 
 
+def _local_copy(x: jax.Array) -> np.ndarray:
+  """A replicated array's value, read from this process's first device (no cross-process
+  transfer: a global array spanning several processes is not fully addressable)."""
+  return np.asarray(x.addressable_shards[0].data)
+
+
 class DataParallel:
-  """Places state and batches on `num_devices` local devices and runs the compiled steps."""
+  """Places state and batches on the devices and runs the compiled steps.
+
+  With one process, `num_devices` local devices (0 = all). With several (`jax.distributed`),
+  all devices of all processes: each process must hold the same number of them.
+  """
 
   def __init__(self, backend: str, num_devices: int = 0):
     if backend not in BACKENDS:
       raise ValueError(f"parallel.backend {backend!r} is not one of {BACKENDS}")
-    devices = jax.local_devices()
-    if num_devices > len(devices):
-      raise ValueError(f"parallel.num_devices={num_devices} but only {len(devices)} local "
-                       "devices exist (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count"
-                       "=N makes N)")
     self.backend = backend
-    self.devices = devices[:num_devices or len(devices)]
-    self.num_devices = len(self.devices)
-    self.mesh = Mesh(np.array(self.devices), (AXIS,))
+    self.process_index, self.process_count = jax.process_index(), jax.process_count()
+    if self.process_count == 1:
+      local = jax.local_devices()
+      if num_devices > len(local):
+        raise ValueError(f"parallel.num_devices={num_devices} but only {len(local)} local "
+                         "devices exist (on CPU, XLA_FLAGS=--xla_force_host_platform_device"
+                         "_count=N makes N)")
+      devices = local[:num_devices or len(local)]
+    else:
+      devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+      if num_devices not in (0, len(devices)):
+        raise ValueError(f"parallel.num_devices={num_devices}: a run of {self.process_count} "
+                         f"processes uses all their {len(devices)} devices (set it to 0)")
+    self.devices = devices  # global, process by process
+    self.local_devices = [d for d in devices if d.process_index == self.process_index]
+    self.num_devices, self.num_local_devices = len(devices), len(self.local_devices)
+    if self.num_local_devices * self.process_count != self.num_devices:
+      counts = {p: sum(d.process_index == p for d in devices) for p in range(self.process_count)}
+      raise ValueError(f"every process needs the same number of devices; devices per process: "
+                       f"{counts}")
+    self.mesh = Mesh(np.array(devices), (AXIS,))
+    # pmap maps over this process's devices; its arrays are laid out on them alone.
+    self._local_split = NamedSharding(Mesh(np.array(self.local_devices), (AXIS,)), P(AXIS))
     # Several CPU devices running collectives back to back can abort in the all-reduce
     # rendezvous under jit; waiting for each step avoids it (pmap is not affected).
     self.sync_each_step = (backend == "shard_map" and self.num_devices > 1
                            and self.devices[0].platform == "cpu")
-    self._split = NamedSharding(self.mesh, P(AXIS))
 
   # ---- compilation -------------------------------------------------------------------------
 
   def compile_train_step(self, train_step: Callable) -> CountingStep:
+    """`train_step(state, batch, signals)`: signals are one row of flags per device."""
     if self.backend == "pmap":
       return CountingStep(jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,)))
     return CountingStep(jax.jit(jax.shard_map(
-        train_step, mesh=self.mesh, in_specs=(P(), P(None, AXIS)), out_specs=(P(), P()),
-        check_vma=False), donate_argnums=(0,)))
+        train_step, mesh=self.mesh, in_specs=(P(), P(None, AXIS), P(AXIS)),
+        out_specs=(P(), P()), check_vma=False), donate_argnums=(0,)))
 
   def compile_eval_step(self, eval_step: Callable) -> CountingStep:
+    """`eval_step(params, batch)`, whose outputs are already gathered over devices."""
     if self.backend == "pmap":
       return CountingStep(jax.pmap(eval_step, axis_name=AXIS))
     return CountingStep(jax.jit(jax.shard_map(
-        eval_step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(AXIS), P()),
-        check_vma=False)))
+        eval_step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False)))
 
   def compile_replicated(self, fn: Callable) -> Callable:
     """A collective-free function of replicated inputs, in either layout."""
@@ -100,64 +134,75 @@ class DataParallel:
   # ---- state ------------------------------------------------------------------------------
 
   def put_replicated(self, tree: Any) -> Any:
-    """Host tree -> one copy per device, in the layout the compiled steps take and return."""
+    """Host tree (the same on every process) -> one copy per device, in the layout the
+    compiled steps take and return."""
     if self.backend == "shard_map":
       return jax.device_put(tree, NamedSharding(self.mesh, P()))
 
     def stack(x):
       x = np.asarray(x)
-      shards = [jax.device_put(x[None], d) for d in self.devices]
-      return jax.make_array_from_single_device_arrays((self.num_devices,) + x.shape,
-                                                      self._split, shards)
+      shards = [jax.device_put(x[None], d) for d in self.local_devices]
+      return jax.make_array_from_single_device_arrays((self.num_local_devices,) + x.shape,
+                                                      self._local_split, shards)
     return jax.tree.map(stack, tree)
 
   def get_replicated(self, tree: Any) -> Any:
-    """The inverse of `put_replicated`: one host (numpy) copy."""
+    """The inverse of `put_replicated`: one host (numpy) copy, read on this process."""
     if self.backend == "shard_map":
-      return jax.device_get(tree)
-    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+      return jax.tree.map(_local_copy, tree)
+    return jax.tree.map(lambda x: _local_copy(x)[0], tree)
 
   # ---- batches ----------------------------------------------------------------------------
 
-  def _check_divisible(self, n: int, what: str):
-    if n % self.num_devices:
-      raise ValueError(f"{what} {n} is not divisible by the {self.num_devices} devices")
+  def process_rows(self, global_rows: int) -> slice:
+    """The rows of a global batch of `global_rows` that this process builds and places."""
+    if global_rows % self.num_devices:
+      raise ValueError(f"a batch of {global_rows} rows is not divisible by the "
+                       f"{self.num_devices} devices")
+    per_process = global_rows // self.process_count
+    return slice(self.process_index * per_process, (self.process_index + 1) * per_process)
+
+  def _place(self, batch: dict[str, np.ndarray], axis: int) -> dict[str, jax.Array]:
+    """This process's rows (split along `axis`) -> device arrays in the step's layout."""
+    if self.backend == "shard_map":
+      spec = P(*([None] * axis + [AXIS]))
+      sharding = NamedSharding(self.mesh, spec)
+
+      def globalize(x):
+        shape = list(x.shape)
+        shape[axis] *= self.process_count
+        return jax.make_array_from_process_local_data(sharding, x, tuple(shape))
+      return {k: globalize(v) for k, v in batch.items()}
+    d = self.num_local_devices
+
+    def split(x):  # rows along `axis` -> [local devices, ...]
+      x = np.moveaxis(x, axis, 0)
+      x = x.reshape((d, x.shape[0] // d) + x.shape[1:])
+      return np.moveaxis(x, 1, axis + 1)
+    return jax.device_put({k: split(v) for k, v in batch.items()}, self._local_split)
 
   def put_train_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """`[accum, global_micro_batch, ...]` host arrays -> device arrays for the train step."""
-    d = self.num_devices
-    if self.backend == "shard_map":
-      return jax.device_put(batch, NamedSharding(self.mesh, P(None, AXIS)))
-
-    def split(x):
-      accum, b = x.shape[:2]
-      self._check_divisible(b, "micro-batch size")
-      x = x.reshape((accum, d, b // d) + x.shape[2:])
-      return np.swapaxes(x, 0, 1)
-    return jax.device_put({k: split(v) for k, v in batch.items()}, self._split)
+    """`[accum, local_micro_batch, ...]` host arrays -> device arrays for the train step."""
+    return self._place(batch, axis=1)
 
   def put_eval_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """`[global_batch, ...]` host arrays -> device arrays for the eval step."""
-    if self.backend == "shard_map":
-      return jax.device_put(batch, self._split)
-    d = self.num_devices
+    """`[local_batch, ...]` host arrays -> device arrays for the eval step."""
+    return self._place(batch, axis=0)
 
-    def split(x):
-      self._check_divisible(x.shape[0], "eval batch size")
-      return x.reshape((d, x.shape[0] // d) + x.shape[1:])
-    return jax.device_put({k: split(v) for k, v in batch.items()}, self._split)
+  def put_signals(self, flags: np.ndarray) -> jax.Array:
+    """This process's flags (int32 `[k]`) -> one row per device for the train step, which
+    sums them over all devices: every process then reads the same totals."""
+    rows = np.broadcast_to(np.asarray(flags, np.int32), (self.num_local_devices, len(flags)))
+    return self._place({"signals": np.ascontiguousarray(rows)}, axis=0)["signals"]
 
   # ---- outputs ----------------------------------------------------------------------------
 
   def get_metrics(self, metrics: Any) -> Any:
-    """Step metrics (already reduced over devices) -> host scalars."""
-    if self.backend == "pmap":
-      return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], metrics)
-    return jax.device_get(metrics)
+    """Outputs that are the same on every device (reduced or gathered) -> host arrays."""
+    return self.get_replicated(metrics)
 
-  def get_batch_outputs(self, outputs: jax.Array) -> np.ndarray:
-    """Per-row eval outputs -> `[global_batch, ...]` host array in batch order."""
-    outputs = np.asarray(jax.device_get(outputs))
-    if self.backend == "pmap":
-      return outputs.reshape((-1,) + outputs.shape[2:])
-    return outputs
+  def any_process(self, flag: bool) -> bool:
+    """Whether `flag` is set on any process (a collective: every process must call it)."""
+    if self.process_count == 1:
+      return bool(flag)
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())

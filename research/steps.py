@@ -8,6 +8,11 @@ A train batch holds `[accum, per_device_batch, ...]` arrays: the step sums gradi
 whole global batch. That is exactly the big batch's mean gradient whatever the split (also for
 token tasks, where devices see different numbers of labelled tokens and a plain pmean of
 per-device means would be wrong).
+
+Dropout is the same whatever the split too: its key is a function of (seed, step) alone, and
+each example's masks of its `example_index` (its row in the split), never of the device or the
+micro-batch that holds it. One device, four, two processes or accumulation then train the same
+model up to the order of floating-point sums.
 """
 
 from __future__ import annotations
@@ -32,33 +37,41 @@ class TrainState:
   params: Any           # the trainable parameters (all of them unless PEFT freezes some)
   frozen: Any           # the parameters that never change (see peft.py); {} for full tuning
   opt_state: Any        # of `params` only
-  rng: jax.Array        # raw uint32[2] key; dropout keys are folded from it, the step, device
+  rng: jax.Array        # raw uint32[2] key; the step's dropout key is folded from it and the step
 
 
 def model_inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
   return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
 
 
+def _first_row(x: jax.Array) -> jax.Array:
+  """One device's row of per-device values: pmap gives `[k]`, shard_map `[1, k]`."""
+  return x.reshape(-1, x.shape[-1])[0]
+
+
 def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     kind: str, lora_scale: float = 0.0
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-  """Gradients flow to `state.params` only: frozen weights get no gradient computation."""
+                    ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
+  """Gradients flow to `state.params` only: frozen weights get no gradient computation.
+
+  `signals` holds one row of int32 flags per device (see train.py: stop, save); the step returns
+  their sums over all devices in `metrics["signals"]`, so that every process reads the same
+  decision for the same step without a collective of its own.
+  """
 
   def loss_fn(params, frozen, micro_batch, rng):
     logits = model.apply({"params": peft.materialize(params, frozen, lora_scale)},
                          *model_inputs(micro_batch), deterministic=False,
-                         rngs={"dropout": rng})
+                         example_ids=micro_batch["example_index"], rngs={"dropout": rng})
     return tasks.loss_sum(kind, logits, micro_batch["labels"], micro_batch["example_mask"])
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state: TrainState, batch: Batch):
-    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
+  def train_step(state: TrainState, batch: Batch, signals: jax.Array):
+    rng = jax.random.fold_in(state.rng, state.step)
 
-    def accumulate(carry, micro):
-      index, micro_batch = micro
-      (loss, weight), grads = grad_fn(state.params, state.frozen, micro_batch,
-                                      jax.random.fold_in(rng, index))
+    def accumulate(carry, micro_batch):
+      (loss, weight), grads = grad_fn(state.params, state.frozen, micro_batch, rng)
       grad_sum, loss_sum, weight_sum = carry
       grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
       return (grad_sum, loss_sum + loss, weight_sum + weight), None
@@ -66,29 +79,32 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     accum = jax.tree.leaves(batch)[0].shape[0]
     if accum == 1:  # no loop: lets XLA fuse the update into the backward pass
       (loss, weight), grad_sum = grad_fn(state.params, state.frozen,
-                                         jax.tree.map(lambda x: x[0], batch),
-                                         jax.random.fold_in(rng, 0))
+                                         jax.tree.map(lambda x: x[0], batch), rng)
     else:
       zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(()), jnp.zeros(()))
-      (grad_sum, loss, weight), _ = lax.scan(accumulate, zeros, (jnp.arange(accum), batch))
-    grad_sum, loss, weight = lax.psum((grad_sum, loss, weight), AXIS)
+      (grad_sum, loss, weight), _ = lax.scan(accumulate, zeros, batch)
+    grad_sum, loss, weight, signals = lax.psum((grad_sum, loss, weight, _first_row(signals)),
+                                               AXIS)
     grads = jax.tree.map(lambda g: g / jnp.maximum(weight, 1.0), grad_sum)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss_sum": loss, "weight_sum": weight, "grad_norm": optax.tree.norm(grads),
-               "learning_rate": schedule(state.step)}
+               "learning_rate": schedule(state.step), "signals": signals}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
 
 
-def make_eval_step(model, kind: str) -> Callable[[Any, Batch], tuple[jax.Array, dict]]:
-  """Logits for every row (padding rows included, the host drops them) and the summed loss."""
+def make_eval_step(model, kind: str) -> Callable[[Any, Batch], dict]:
+  """The logits and example indices of every row of the global batch, gathered from all
+  devices (padding rows included, index -1: the host drops them), and the summed loss."""
 
   def eval_step(params, batch: Batch):
     logits = model.apply({"params": params}, *model_inputs(batch), deterministic=True)
     loss, weight = tasks.loss_sum(kind, logits, batch["labels"], batch["example_mask"])
-    return logits, lax.psum({"loss_sum": loss, "weight_sum": weight}, AXIS)
+    gathered = lax.all_gather({"logits": logits, "example_index": batch["example_index"]}, AXIS,
+                              tiled=True)
+    return {**gathered, **lax.psum({"loss_sum": loss, "weight_sum": weight}, AXIS)}
 
   return eval_step
 

@@ -1,17 +1,28 @@
-"""Fine-tuning, evaluation, prediction and export of a BERT classifier from one config.
+"""Fine-tuning a BERT encoder from one config: `train_and_evaluate(config, workdir)`.
 
-`train_and_evaluate(config, workdir)` is the whole training run; read it top to bottom: set-up,
-model, input, optimizer, parallel steps, checkpoint, eval, loop. `evaluate`, `predict` and
-`export` reuse the same pieces on the best checkpoint of a finished (or running) workdir.
+Read it top to bottom: model, input, optimizer, parallel steps, checkpoint, then the loop, whose
+periodic actions (log, evaluate, keep the best, checkpoint) are the module-level functions of
+the `Run` (fixed) and its `RunState` (what changes). The same command runs as one process or as
+one of several (`distributed.py`): every process runs this loop in lockstep on its block of each
+batch, and process 0 alone writes files (`writers.py`).
+
+Stopping: SIGTERM (a cluster's preemption) or SIGINT (Ctrl-C) lets the current step finish;
+every process then stops at the same step boundary, saves a checkpoint there and raises
+`Interrupted` (`research.main` exits with `EXIT_INTERRUPTED`); rerunning the same command
+resumes. A signal during an evaluation stops the run after it. `checkpoint.every_seconds`
+bounds the work a kill -9 loses. `inference.py` evaluates, predicts and exports the best
+checkpoint of a workdir.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
+import os
 import pathlib
+import signal
+import threading
 import time
 from typing import Any
 
@@ -20,15 +31,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import checkpoints, config_lib, evaluation, metrics, optim, peft, steps, tasks
+from research import checkpoints, config_lib, evaluation, optim, peft, steps, tasks, writers
 from research.data import input_pipeline
 from research.models import bert, hf_io
-from research.parallel import DataParallel
-from research.writers import MetricWriter, Progress
+from research.parallel import CountingStep, DataParallel
+
+EXIT_INTERRUPTED = 75  # stopped by a signal after saving a checkpoint: rerun to resume
+PAUSE_ENV = "RESEARCH_TEST_PAUSE"  # tests: '<point>:<step>:<file>' pauses there (see _test_pause)
 
 
 class RunError(RuntimeError):
   """A run that cannot go on (workdir conflict, divergence); the message says why."""
+
+
+class Interrupted(RunError):
+  """Stopped by a signal at a step boundary, with a checkpoint there to resume from."""
 
 
 ################################################################################
@@ -57,7 +74,8 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
     hf_config = {"model_type": "bert", **bert_config.to_dict()}
   overrides = {k: mcfg[k] for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")
                if mcfg[k] is not None}
-  bert_config = dataclasses.replace(bert_config, **overrides)
+  bert_config = dataclasses.replace(bert_config, **overrides, dropout_impl=mcfg.dropout_impl,
+                                    remat=mcfg.remat)
   hf_config.update(overrides)
   if config.data.max_length > bert_config.max_position_embeddings:
     raise config_lib.ConfigError(
@@ -88,7 +106,7 @@ def train_batches(config: ml_collections.ConfigDict,
   return input_pipeline.TrainBatches(
       split, batch_size=config.train.batch_size, accum_steps=config.train.grad_accum_steps,
       seed=config.seed, buckets=tuple(config.data.length_buckets),
-      group_by_length=config.data.group_by_length)
+      group_by_length=config.data.group_by_length, order=config.data.batch_order)
 
 
 def init_params(setup: ModelSetup, rng: jax.Array) -> Any:
@@ -106,30 +124,176 @@ def init_params(setup: ModelSetup, rng: jax.Array) -> Any:
 ################################################################################
 
 
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  """Saves config.json, or refuses a workdir that holds a run with another config."""
-  workdir.mkdir(parents=True, exist_ok=True)
+def check_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  """Refuses a workdir that holds a run with another config (before anything is written)."""
   path = workdir / "config.json"
+  if workdir.exists() and not workdir.is_dir():
+    raise RunError(f"--workdir {workdir} is a file, not a directory")
   if path.exists():
     conflicts = config_lib.resume_conflicts(json.loads(path.read_text()), config)
     if conflicts:
       raise RunError(f"{workdir} holds a run with a different config; use another --workdir "
                      "(nothing was changed). Differences:\n  " + "\n  ".join(conflicts))
-  if jax.process_index() == 0:
-    path.write_text(config_lib.to_json(config))
 
 
-@contextlib.contextmanager
-def log_file(path: pathlib.Path):
-  """Also writes the log to `path` while the block runs."""
-  handler = logging.FileHandler(path)
-  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-  logging.getLogger().addHandler(handler)
-  try:
-    yield
-  finally:
-    logging.getLogger().removeHandler(handler)
-    handler.close()
+################################################################################
+# Run state, and the periodic actions of the loop.                            #
+################################################################################
+
+
+_NO_STEPS = {"loss_sum": 0.0, "weight_sum": 0.0, "grad_norm": 0.0, "steps": 0,
+             "learning_rate": 0.0}
+
+
+@dataclasses.dataclass
+class RunState:
+  """What a run accumulates besides the train state; saved as every checkpoint's meta."""
+
+  best: dict[str, Any] | None = None  # step, metric, value and results of the best evaluation
+  evals_since_best: int = 0           # evaluations without a better best (early stopping)
+  stopped_early: bool = False
+  train_seconds: float = 0.0          # the training loop's time over all sessions
+  last_results: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+  # Sums of the train metrics since the last log step, so that a resumed run logs the same
+  # averages as an uninterrupted one.
+  since_log: dict[str, float] = dataclasses.field(default_factory=lambda: dict(_NO_STEPS))
+
+  def add_step(self, metrics: dict[str, np.ndarray]) -> None:
+    """Counts one step's host metrics into `since_log`."""
+    for name in ("loss_sum", "weight_sum", "grad_norm"):
+      self.since_log[name] += float(metrics[name])
+    self.since_log["steps"] += 1
+    self.since_log["learning_rate"] = float(metrics["learning_rate"])
+
+  def take_log(self) -> dict[str, float]:
+    """The train metrics since the last log step (and starts counting anew)."""
+    logged, self.since_log = self.since_log, dict(_NO_STEPS)
+    return {"loss": logged["loss_sum"] / max(logged["weight_sum"], 1),
+            "learning_rate": logged["learning_rate"],
+            "grad_norm": logged["grad_norm"] / max(logged["steps"], 1)}
+
+  @classmethod
+  def from_meta(cls, meta: dict[str, Any]) -> "RunState":
+    return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta})
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What the loop's actions work with, fixed once training starts."""
+
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  dp: DataParallel
+  eval_step: CountingStep
+  materialize: Any                     # (trainable, frozen) params -> the plain model's params
+  eval_splits: dict[str, input_pipeline.EncodedSplit]
+  ckpts: checkpoints.Checkpoints
+  writer: writers.MetricWriter
+  steps_per_epoch: int
+
+
+def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
+  """Whether a periodic action is due after `step`: every `every` steps (0: never), and after
+  the last step unless `last=False` (big_vision's `u.itstime`)."""
+  return (every > 0 and step % every == 0) or (last and step == total)
+
+
+def evaluate(run: Run, device_state: steps.TrainState, step: int
+             ) -> tuple[dict[str, dict[str, float]], Any]:
+  """Scores every eval split and writes the results; also returns the evaluated (plain,
+  LoRA-merged) params, on the devices."""
+  config = run.config
+  model_params = run.materialize(device_state.params, device_state.frozen)
+  results = {}
+  for name, split in run.eval_splits.items():
+    outputs, loss = evaluation.run_model(run.eval_step, run.dp, model_params, split,
+                                         batch_size=config.eval.batch_size,
+                                         buckets=tuple(config.data.length_buckets))
+    scalars, report = evaluation.score(config.task, split, outputs, loss)
+    results[name] = scalars
+    run.writer.write(step, name, scalars)
+    evaluation.write_eval_file(run.workdir / "eval" / f"{name}_step{step}.json", step, scalars,
+                               report)
+    logging.info("eval %s at step %d: %s", name, step,
+                 ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+  return results, model_params
+
+
+def track_best(run: Run, state: RunState, step: int, results: dict[str, dict[str, float]],
+               model_params: Any) -> None:
+  """Saves the best params (a plain BERT tree) and counts evaluations without progress."""
+  config = run.config
+  first = results[config.data.eval_splits[0]]
+  value = first[config.eval.best_metric]
+  if run.ckpts.is_better(value, None if state.best is None else state.best["value"]):
+    state.best = {"step": step, "metric": config.eval.best_metric, "value": value,
+                  "results": results}
+    state.evals_since_best = 0
+    run.ckpts.save_best(step, run.dp.get_replicated(model_params),
+                        {"step": step, "metrics": first, "results": results})
+  else:
+    state.evals_since_best += 1
+  patience = config.eval.early_stopping_patience
+  if patience and state.evals_since_best >= patience:
+    state.stopped_early = True
+    logging.info("early stopping at step %d: no better %s for %d evaluations; the best "
+                 "checkpoint (step %d) is the model", step, config.eval.best_metric, patience,
+                 state.best["step"])
+
+
+def save_checkpoint(run: Run, state: RunState, device_state: steps.TrainState,
+                    step: int) -> None:
+  """The train state at `step` with the run state as its meta (every process takes part)."""
+  meta = dict(dataclasses.asdict(state), step=step, epoch=step / run.steps_per_epoch)
+  run.ckpts.save_state(step, run.dp.get_replicated(device_state), meta)
+
+
+class StopSignals:
+  """SIGTERM and SIGINT set `requested` (the signal's name) instead of killing the process.
+
+  The loop finishes the step, and all processes agree on where to stop (see the loop). A second
+  Ctrl-C aborts at once, without a checkpoint. Handlers are installed only in the main thread
+  (where Python delivers signals), for the duration of the `with` block.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.requested: str | None = None
+    self._previous: dict[int, Any] = {}
+
+  def __enter__(self) -> "StopSignals":
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for number, handler in self._previous.items():
+      signal.signal(number, handler)
+
+  def _handle(self, number: int, frame) -> None:
+    if self.requested and number == signal.SIGINT:
+      raise KeyboardInterrupt  # the second Ctrl-C
+    self.requested = signal.Signals(number).name
+    logging.warning("%s: stopping at the end of this step with a checkpoint (press Ctrl-C "
+                    "again to abort without one)", self.requested)
+
+
+def _test_pause(point: str, step: int, stop: StopSignals) -> None:
+  """Tests only: with `RESEARCH_TEST_PAUSE=<point>:<step>:<file>`, touches `<file>.<process>`
+  at `point` ('step': after a step's actions; 'eval': as its evaluation starts) and waits until
+  this process is asked to stop or `<file>.release` exists (or 2 minutes pass), so that a
+  signal or a kill -9 lands exactly there."""
+  spec = os.environ.get(PAUSE_ENV)
+  if not spec:
+    return
+  where, when, path = spec.split(":", 2)
+  if where != point or int(when) != step:
+    return
+  pathlib.Path(f"{path}.{jax.process_index()}").touch()
+  release, deadline = pathlib.Path(f"{path}.release"), time.monotonic() + 120
+  while not (stop.requested or release.exists()) and time.monotonic() < deadline:
+    time.sleep(0.02)
 
 
 ################################################################################
@@ -141,16 +305,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                        ) -> dict[str, Any]:
   """Fine-tunes, evaluates and checkpoints; resumes if `workdir` holds a checkpoint.
 
-  Returns the summary also written to `<workdir>/results.json`.
+  Returns the summary also written to `<workdir>/results.json`; raises `Interrupted` after
+  saving a checkpoint if a signal stopped it.
   """
   workdir = pathlib.Path(workdir)
   config_lib.validate(config)
-  prepare_workdir(config, workdir)
-  with log_file(workdir / "train.log"):
-    return _train(config, workdir)
+  check_workdir(config, workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  with writers.log_file(workdir / "train.log"), StopSignals() as stop:
+    return _train(config, workdir, stop)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+           stop: StopSignals) -> dict[str, Any]:
   run_start = time.time()
 
   # ---- Model -------------------------------------------------------------------------------
@@ -160,7 +327,6 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
 
   # ---- Input -------------------------------------------------------------------------------
   data = config.data
-  buckets = tuple(data.length_buckets)
   train_split = input_pipeline.load_encoded(data, config.task, tokenizer, data.train_split,
                                             data.train_examples)
   eval_splits = {name: input_pipeline.load_encoded(data, config.task, tokenizer, name,
@@ -195,283 +361,119 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str
   train_step = dp.compile_train_step(
       steps.make_train_step(setup.model, tx, schedule, config.task.kind, lora_scale))
   eval_step = dp.compile_eval_step(steps.make_eval_step(setup.model, config.task.kind))
-  materialize = dp.compile_replicated(steps.make_materialize(lora_scale))
-  logging.info("%s over %d %s device(s)", dp.backend, dp.num_devices, jax.default_backend())
+  logging.info("%s over %d %s device(s) in %d process(es)", dp.backend, dp.num_devices,
+               jax.default_backend(), dp.process_count)
 
   # ---- Checkpoint: resume or start ---------------------------------------------------------
   ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep,
                                   best_metric=config.eval.best_metric,
                                   best_mode=config_lib.best_mode(config))
-  meta = {"best": None, "train_seconds": 0.0, "evals_since_best": 0, "stopped_early": False}
+  run_state = RunState()
   if ckpts.latest_step() is not None:
     state, meta = ckpts.restore_state(state)
+    run_state = RunState.from_meta(meta)
     logging.info("resumed from %s at step %d", workdir / "checkpoints", int(state.step))
   start_step = int(state.step)
-  if ((start_step >= total_steps or meta["stopped_early"])
+  if ((start_step >= total_steps or run_state.stopped_early)
       and (workdir / "results.json").exists()):
     logging.info("%s holds a finished run; its results.json stands", workdir)
     ckpts.close()
     return json.loads((workdir / "results.json").read_text())
-  train_seconds_before = meta["train_seconds"]
+  # The config, data and model are valid: the workdir now belongs to this run.
+  writers.write_text(workdir / "config.json", config_lib.to_json(config))
+  train_seconds_before = run_state.train_seconds
   device_state = dp.put_replicated(state)
   del state, params, frozen  # the device copy is the state from here on
-  writer = MetricWriter(workdir, resume_step=start_step)
-
-  # ---- Evaluation --------------------------------------------------------------------------
-  def evaluate_all(step: int) -> tuple[dict[str, dict[str, float]], Any]:
-    """Every eval split; also returns the evaluated (plain, LoRA-merged) params."""
-    model_params = materialize(device_state.params, device_state.frozen)
-    results = {}
-    for name, split in eval_splits.items():
-      outputs, loss = evaluation.run_model(eval_step, dp, model_params, split,
-                                           batch_size=config.eval.batch_size, buckets=buckets)
-      scalars, report = evaluation.score(config.task, split, outputs, loss)
-      results[name] = scalars
-      writer.write(step, name, scalars)
-      write_eval_file(workdir / "eval" / f"{name}_step{step}.json", step, scalars, report)
-      logging.info("eval %s at step %d: %s", name, step,
-                   ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
-    return results, model_params
-
-  def track_best(step: int, results: dict[str, dict[str, float]], model_params: Any) -> None:
-    """Saves the best params (a plain BERT tree) and counts evaluations without progress."""
-    first = results[data.eval_splits[0]]
-    value = first[config.eval.best_metric]
-    best = meta["best"]
-    if ckpts.is_better(value, None if best is None else best["value"]):
-      meta["best"] = {"step": step, "metric": config.eval.best_metric, "value": value,
-                      "results": results}
-      meta["evals_since_best"] = 0
-      ckpts.save_best(step, dp.get_replicated(model_params),
-                      {"step": step, "metrics": first, "results": results})
-    else:
-      meta["evals_since_best"] += 1
-
-  def save_state(step: int, train_seconds: float) -> None:
-    meta["train_seconds"] = train_seconds
-    ckpts.save_state(step, dp.get_replicated(device_state),
-                     dict(meta, step=step, epoch=step / batches.steps_per_epoch))
+  run = Run(config=config, workdir=workdir, dp=dp, eval_step=eval_step,
+            materialize=dp.compile_replicated(steps.make_materialize(lora_scale)),
+            eval_splits=eval_splits, ckpts=ckpts,
+            writer=writers.MetricWriter(workdir, resume_step=start_step),
+            steps_per_epoch=batches.steps_per_epoch)
 
   # ---- Loop --------------------------------------------------------------------------------
+  # Each step also sums every process's flags (stop requested, save requested) over all
+  # devices. The host reads a step's metrics one step late, while the next step runs, so the
+  # loop never waits on the device; every process reads the same flags for the same step and
+  # acts at the same step boundary.
   eval_every = config.eval.every_steps or batches.steps_per_epoch
-  patience = config.eval.early_stopping_patience
-  progress = Progress(total_steps=total_steps, start_step=start_step,
-                      steps_per_epoch=batches.steps_per_epoch,
-                      examples_per_step=config.train.batch_size)
+  progress = writers.Progress(total_steps=total_steps, start_step=start_step,
+                              steps_per_epoch=batches.steps_per_epoch,
+                              examples_per_step=config.train.batch_size)
   loop_start = time.perf_counter()
-  pending: list[dict[str, jax.Array]] = []
-  results: dict[str, dict[str, float]] = {}
+  last_save, save_requested = time.monotonic(), False
+  unread: list[dict[str, jax.Array]] = []  # device metrics not yet read
   step = start_step
+  rows = dp.process_rows(micro_batch)
   try:
-    for batch in input_pipeline.prefetch(batches(start_step, total_steps), dp.put_train_batch):
-      device_state, step_metrics = train_step(device_state, batch)
+    for batch in input_pipeline.prefetch(batches(start_step, total_steps, rows),
+                                         dp.put_train_batch):
+      save_due = (dp.process_index == 0 and config.checkpoint.every_seconds > 0
+                  and not save_requested
+                  and time.monotonic() - last_save >= config.checkpoint.every_seconds)
+      save_requested = save_requested or save_due
+      flags = dp.put_signals(np.array([stop.requested is not None, save_due]))
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        device_state, metrics = train_step(device_state, batch, flags)
       step += 1
-      pending.append(step_metrics)  # stays on device until the next report
       if dp.sync_each_step:
-        jax.block_until_ready(step_metrics)
-      if step % config.log.every_steps == 0 or step == total_steps:
-        fetched = [dp.get_metrics(m) for m in pending]
-        pending = []
-        loss = sum(m["loss_sum"] for m in fetched) / max(sum(m["weight_sum"] for m in fetched), 1)
-        if not np.isfinite(loss):
-          raise RunError(f"training diverged at step {step}: loss {loss}; the last checkpoint "
-                         f"in {workdir / 'checkpoints'} is kept")
-        train_metrics = {"loss": loss, "learning_rate": float(fetched[-1]["learning_rate"]),
-                         "grad_norm": float(np.mean([m["grad_norm"] for m in fetched]))}
+        jax.block_until_ready(metrics)
+      unread.append(metrics)
+      log_now = itstime(step, config.log.every_steps, total_steps)
+      fetched = [dp.get_metrics(m) for m in (unread if log_now else unread[:-1])]
+      unread = unread[len(fetched):]
+      for m in fetched:
+        run_state.add_step(m)
+      stop_agreed = any(m["signals"][0] > 0 for m in fetched)
+      save_agreed = any(m["signals"][1] > 0 for m in fetched)
+      if log_now:
+        train_metrics = run_state.take_log()
+        if not np.isfinite(train_metrics["loss"]):
+          raise RunError(f"training diverged at step {step}: loss {train_metrics['loss']}; the "
+                         f"last checkpoint in {workdir / 'checkpoints'} is kept")
         train_metrics.update(progress.report(step, train_metrics))
-        writer.write(step, "train", train_metrics)
+        run.writer.write(step, "train", train_metrics)
       paused = time.perf_counter()
-      if step % eval_every == 0 or step == total_steps:
-        results, model_params = evaluate_all(step)
-        track_best(step, results, model_params)
+      evaluated = itstime(step, eval_every, total_steps)
+      if evaluated:
+        _test_pause("eval", step, stop)
+        run_state.last_results, model_params = evaluate(run, device_state, step)
+        track_best(run, run_state, step, run_state.last_results, model_params)
         del model_params
-        if patience and meta["evals_since_best"] >= patience:
-          meta["stopped_early"] = True
-          logging.info("early stopping at step %d: no better %s for %d evaluations; the best "
-                       "checkpoint (step %d) is the model", step, config.eval.best_metric,
-                       patience, meta["best"]["step"])
-      if (step % config.checkpoint.every_steps == 0 or step % eval_every == 0
-          or step == total_steps):
-        save_state(step, train_seconds_before + time.perf_counter() - loop_start)
+        # A signal that came during the evaluation stops the run here, after it.
+        stop_agreed = stop_agreed or dp.any_process(stop.requested is not None)
+      if (evaluated or save_agreed or stop_agreed
+          or itstime(step, config.checkpoint.every_steps, total_steps)):
+        for m in unread:  # this step's metrics belong to the checkpoint's counts
+          run_state.add_step(dp.get_metrics(m))
+        unread = []
+        run_state.train_seconds = train_seconds_before + time.perf_counter() - loop_start
+        save_checkpoint(run, run_state, device_state, step)
+        last_save, save_requested = time.monotonic(), False
       progress.pause(time.perf_counter() - paused)
-      if meta["stopped_early"]:
+      _test_pause("step", step, stop)
+      if run_state.stopped_early:
         break
-    if not results:  # killed after its last checkpoint, before results.json was written
-      results, _ = evaluate_all(step)
-  except KeyboardInterrupt:
-    logging.warning("interrupted at step %d: saving a checkpoint to resume from", step)
-    save_state(step, train_seconds_before + time.perf_counter() - loop_start)
-    raise
+      if stop_agreed and step < total_steps:
+        raise Interrupted(f"stopped by {stop.requested or 'a signal to another process'} at "
+                          f"step {step} of {total_steps}, with a checkpoint: rerun the same "
+                          "command to resume")
+    if not run_state.last_results:  # resumed from a checkpoint saved before this code kept them
+      run_state.last_results, _ = evaluate(run, device_state, step)
   finally:
     ckpts.close()
-    writer.close()
+    run.writer.close()
   train_seconds = train_seconds_before + time.perf_counter() - loop_start
-  summary = {"final": {"step": step, "results": results}, "best": meta["best"],
-             "early_stopping": ({"stopped_at": step, "restored": meta["best"]["step"]}
-                                if meta["stopped_early"] else None),
+  summary = {"final": {"step": step, "results": run_state.last_results}, "best": run_state.best,
+             "early_stopping": ({"stopped_at": step, "restored": run_state.best["step"]}
+                                if run_state.stopped_early else None),
              "params": {"total": total, "trainable": trainable},
              "train": {"steps": step, "epochs": step / batches.steps_per_epoch,
                        "examples": step * config.train.batch_size,
                        "train_seconds": train_seconds,
                        "wall_seconds_this_session": time.time() - run_start},
+             "processes": dp.process_count, "devices": dp.num_devices,
              # XLA compilations in this session: one per length bucket used is the target.
              "compiles": {"train_step": train_step.compiles, "eval_step": eval_step.compiles}}
-  (workdir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+  writers.write_json(workdir / "results.json", summary)
   logging.info("done: %s", json.dumps(summary["final"]))
   return summary
-
-
-def write_eval_file(path: pathlib.Path, step: int, scalars: dict[str, float],
-                    report: dict[str, Any]) -> None:
-  if jax.process_index() != 0:
-    return
-  path.parent.mkdir(parents=True, exist_ok=True)
-  record = {"step": step, "metrics": scalars, "report": report}
-  if report and "overall" not in report:
-    record["report_text"] = metrics.format_report(report)
-  path.write_text(json.dumps(record, indent=2) + "\n")
-
-
-################################################################################
-# Evaluation, prediction and export from the best checkpoint.                  #
-################################################################################
-
-# Fields that must match the run in the workdir for its checkpoint to mean the same thing.
-_MODEL_FIELDS = ("model.", "task.", "data.max_length", "data.length_buckets")
-
-
-def load_best(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
-              ) -> tuple[ModelSetup, Any, dict[str, Any]]:
-  """The model and best params of a workdir's run (host arrays), and the best's meta."""
-  workdir = pathlib.Path(workdir)
-  config_lib.validate(config)
-  saved = workdir / "config.json"
-  if not saved.exists():
-    raise RunError(f"{workdir} holds no run (no config.json)")
-  conflicts = [c for c in config_lib.resume_conflicts(json.loads(saved.read_text()), config)
-               if c.startswith(_MODEL_FIELDS)]
-  if conflicts:
-    raise RunError(f"the config does not describe the model trained in {workdir}:\n  "
-                   + "\n  ".join(conflicts))
-  setup = build_model(config)
-  dummy = jnp.ones((1, 8), jnp.int32)
-  shapes = jax.eval_shape(lambda: setup.model.init(jax.random.PRNGKey(0), dummy, dummy))
-  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"])
-  ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep,
-                                  best_metric=config.eval.best_metric,
-                                  best_mode=config_lib.best_mode(config))
-  try:
-    if ckpts.best_step() is None:
-      raise RunError(f"{workdir} has no best checkpoint yet (none is saved before the first "
-                     "evaluation)")
-    params, meta = ckpts.restore_best(template)
-  finally:
-    ckpts.close()
-  return setup, params, meta
-
-
-def _placed_eval(config, setup: ModelSetup, params: Any):
-  dp = DataParallel(config.parallel.backend, config.parallel.num_devices)
-  eval_step = dp.compile_eval_step(steps.make_eval_step(setup.model, config.task.kind))
-  return dp, eval_step, dp.put_replicated(params)
-
-
-def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
-             ) -> dict[str, dict[str, float]]:
-  """Re-evaluates the best checkpoint on `data.eval_splits`; writes eval/<split>_best.json."""
-  workdir = pathlib.Path(workdir)
-  setup, params, meta = load_best(config, workdir)
-  tokenizer = input_pipeline.load_tokenizer(setup.tokenizer_dir)
-  dp, eval_step, placed = _placed_eval(config, setup, params)
-  results = {}
-  for name in config.data.eval_splits:
-    split = input_pipeline.load_encoded(config.data, config.task, tokenizer, name,
-                                        config.data.eval_examples)
-    outputs, loss = evaluation.run_model(eval_step, dp, placed, split,
-                                         batch_size=config.eval.batch_size,
-                                         buckets=tuple(config.data.length_buckets))
-    scalars, report = evaluation.score(config.task, split, outputs, loss)
-    results[name] = scalars
-    write_eval_file(workdir / "eval" / f"{name}_best.json", meta["step"], scalars, report)
-    text = (metrics.format_report(report) if report and "overall" not in report
-            else json.dumps(report, indent=1))
-    logging.info("best checkpoint (step %d) on %s: %s\n%s", meta["step"], name,
-                 ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()), text)
-  return results
-
-
-def read_inputs(path: pathlib.Path, text_fields: tuple[str, ...], token_task: bool):
-  """A .jsonl file with the task's text fields, or a .txt file with one example per line
-  (the two sentences of a pair separated by a tab; the words of a token task by spaces)."""
-  import datasets
-  if path.suffix == ".txt":
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-      parts = line.split("\t")
-      if len(parts) != len(text_fields):
-        raise input_pipeline.DataError(
-            f"{path}:{number}: {len(parts)} tab-separated texts, the task needs "
-            f"{len(text_fields)}")
-      rows.append({f: (p.split() if token_task else p) for f, p in zip(text_fields, parts)})
-    return datasets.Dataset.from_list(rows)
-  if path.suffix in (".jsonl", ".json"):
-    return datasets.load_dataset("json", data_files=str(path), split="train")
-  raise input_pipeline.DataError(f"{path}: --input must be a .txt or .jsonl file")
-
-
-def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-            input_path: str | pathlib.Path, output_path: str | pathlib.Path) -> int:
-  """Writes one JSON line of predictions per input example; returns how many."""
-  input_path, output_path = pathlib.Path(input_path), pathlib.Path(output_path)
-  if not input_path.is_file():
-    raise input_pipeline.DataError(f"--input {input_path} does not exist")
-  if output_path.exists():
-    raise RunError(f"--output {output_path} exists; it is not overwritten")
-  task = config.task
-  token_task = task.kind == "token_classification"
-  setup, params, meta = load_best(config, workdir)
-  tokenizer = input_pipeline.load_tokenizer(setup.tokenizer_dir)
-  dataset = read_inputs(input_path, tuple(task.text_fields), token_task)
-  split = input_pipeline.encode(dataset, tokenizer, task, config.data.max_length,
-                                str(input_path), labelled=False)
-  dp, eval_step, placed = _placed_eval(config, setup, params)
-  outputs, _ = evaluation.run_model(eval_step, dp, placed, split,
-                                    batch_size=config.eval.batch_size,
-                                    buckets=tuple(config.data.length_buckets))
-  predicted = evaluation.predictions(task.kind, split, outputs)
-  names = tuple(task.label_names)
-  output_path.parent.mkdir(parents=True, exist_ok=True)
-  with output_path.open("w") as f:
-    for i, row in enumerate(dataset):
-      record = {field: row[field] for field in task.text_fields}
-      if task.kind == "classification":
-        probabilities = np.exp(outputs[i] - outputs[i].max())
-        probabilities /= probabilities.sum()
-        record.update(label=names[predicted[i]],
-                      probabilities=dict(zip(names, probabilities.round(6).tolist())))
-      elif task.kind == "regression":
-        record["score"] = float(predicted[i])
-      else:
-        record["tags"] = [names[t] for t in predicted[i]]
-      f.write(json.dumps(record, ensure_ascii=False) + "\n")
-  logging.info("wrote %d predictions of the best checkpoint (step %d) to %s", len(dataset),
-               meta["step"], output_path)
-  return len(dataset)
-
-
-def export(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-           output_dir: str | pathlib.Path) -> pathlib.Path:
-  """Saves the best checkpoint as a Hugging Face model directory (safetensors + config +
-  tokenizer) that `transformers.AutoModelFor*.from_pretrained` loads."""
-  output_dir = pathlib.Path(output_dir)
-  if output_dir.exists() and any(output_dir.iterdir()):
-    raise RunError(f"--output {output_dir} is not empty; nothing is overwritten")
-  setup, params, meta = load_best(config, workdir)
-  task = config.task
-  hf_io.export(params, output_dir, base_config=setup.hf_config,
-               architecture=tasks.hf_architecture(task.kind),
-               label_names=tuple(task.label_names),
-               num_labels=tasks.num_outputs(task.kind, tuple(task.label_names)),
-               tokenizer_dir=setup.tokenizer_dir)
-  logging.info("exported the best checkpoint (step %d) to %s", meta["step"], output_dir)
-  return output_dir

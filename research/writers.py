@@ -1,21 +1,64 @@
-"""Where results go: TensorBoard events and metrics.jsonl in the workdir, progress in the log.
+"""Where a run's files go. Every file is written by process 0 only, through this module:
 
-Only process 0 writes. On resume, the writer drops what the interrupted run logged after the
-step it resumes from (those steps are recomputed, identically): metrics.jsonl keeps no
-duplicate steps and TensorBoard is told to purge them.
+  write_text    whole files (config.json, results.json, eval/*.json, predictions), atomically:
+                a reader (or a kill) never sees half a file
+  MetricWriter  metrics.jsonl and TensorBoard events
+  log_file      train.log
+
+On resume, the metric writer drops what the interrupted run logged after the step it resumes
+from (those steps are recomputed, identically): metrics.jsonl keeps no duplicate steps and
+TensorBoard is told to purge them. Progress (examples/s, ETA) goes to the log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import pathlib
 import time
 from typing import Any
 
 import jax
 import numpy as np
+
+
+def is_writer() -> bool:
+  """Whether this process writes the run's files: process 0 of the run."""
+  return jax.process_index() == 0
+
+
+def write_text(path: pathlib.Path, text: str) -> None:
+  """Writes `path` on process 0 (a temporary file renamed over it); other processes skip."""
+  if not is_writer():
+    return
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  temporary = path.with_name(f".{path.name}.tmp")
+  temporary.write_text(text)
+  os.replace(temporary, path)
+
+
+def write_json(path: pathlib.Path, record: Any) -> None:
+  write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def log_file(path: pathlib.Path):
+  """Also writes the log to `path` (on process 0) while the block runs."""
+  if not is_writer():
+    yield
+    return
+  handler = logging.FileHandler(path)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+  logging.getLogger().addHandler(handler)
+  try:
+    yield
+  finally:
+    logging.getLogger().removeHandler(handler)
+    handler.close()
 
 
 def _scalar(value: Any) -> float | int:
@@ -26,7 +69,7 @@ def _scalar(value: Any) -> float | int:
 class MetricWriter:
 
   def __init__(self, workdir: pathlib.Path, *, resume_step: int = 0):
-    self.active = jax.process_index() == 0
+    self.active = is_writer()
     self.path = workdir / "metrics.jsonl"
     self._tb = None
     if not self.active:
@@ -34,7 +77,7 @@ class MetricWriter:
     if resume_step and self.path.exists():
       kept = [line for line in self.path.read_text().splitlines()
               if line and json.loads(line)["step"] <= resume_step]
-      self.path.write_text("".join(line + "\n" for line in kept))
+      write_text(self.path, "".join(line + "\n" for line in kept))
     from tensorboardX import SummaryWriter
     self._tb = SummaryWriter(str(workdir / "tensorboard"),
                              purge_step=resume_step + 1 if resume_step else None)

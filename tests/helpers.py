@@ -51,3 +51,9 @@ def glue_runner():
     sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
   return sys.modules["glue_minilm_run"]
+
+
+def get_config(arg=None):
+  """`--config tests/helpers.py`: the tiny config on the command line (multi-process tests)."""
+  del arg
+  return tiny_config()

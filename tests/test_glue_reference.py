@@ -39,21 +39,20 @@ def test_reference_run_scores_predictions_in_dataset_order(tmp_path):
   assert 0 < kept <= record["train_seconds"]
 
 
-@pytest.mark.parametrize("diagnostic", ["flax_dropout", "trainer_order"])
-def test_diagnostic_changes_training_only_inside(tmp_path, diagnostic):
-  """Ours with flax.linen.Dropout, or with the Trainer's batch order, trains differently; runs
-  after it in the same process (the runner does several) are ours again, not a step traced or
-  an order drawn inside."""
+@pytest.mark.parametrize("option", [{"model.dropout_impl": "threefry"},
+                                    {"data.batch_order": "hf_trainer"}])
+def test_diagnostic_options_change_training(tmp_path, option):
+  """The runner's diagnostics are config options (threefry dropout masks; the Trainer's batch
+  order, registered by the runner), never patches of the library: each changes every step."""
   require_data("sst2")
+  glue_runner().register_trainer_order()
   config = tiny_config(**{"train.num_epochs": 0.5})
-  train.train_and_evaluate(config, tmp_path / "before")
-  with getattr(glue_runner(), diagnostic)():
-    train.train_and_evaluate(config, tmp_path / "inside")
-  train.train_and_evaluate(config, tmp_path / "after")
-  before, inside, after = (train_losses(tmp_path / name) for name in ("before", "inside", "after"))
-  assert before == after
-  assert before.keys() == inside.keys()
-  assert all(before[step] != inside[step] for step in before)
+  train.train_and_evaluate(config, tmp_path / "ours")
+  train.train_and_evaluate(tiny_config(**{"train.num_epochs": 0.5}, **option),
+                           tmp_path / "diagnostic")
+  ours, diagnostic = (train_losses(tmp_path / name) for name in ("ours", "diagnostic"))
+  assert ours.keys() == diagnostic.keys()
+  assert all(ours[step] != diagnostic[step] for step in ours)
 
 
 def test_trainer_order_walks_each_mega_batch_from_longest_to_shortest():
@@ -68,9 +67,10 @@ def test_trainer_order_walks_each_mega_batch_from_longest_to_shortest():
   batches = input_pipeline.TrainBatches(Lengths(lengths), batch_size=8, accum_steps=1, seed=0,
                                         buckets=(128,), group_by_length=50)
   shuffled = batches.epoch_order(0).copy()
-  with glue_runner().trainer_order():
-    order = input_pipeline.TrainBatches(Lengths(lengths), batch_size=8, accum_steps=1, seed=0,
-                                        buckets=(128,), group_by_length=50).epoch_order(0)
+  glue_runner().register_trainer_order()
+  order = input_pipeline.TrainBatches(Lengths(lengths), batch_size=8, accum_steps=1, seed=0,
+                                      buckets=(128,), group_by_length=50,
+                                      order="hf_trainer").epoch_order(0)
   assert order.shape == shuffled.shape == (125, 8)
   flat = order.reshape(-1)
   assert sorted(flat) == list(range(1000))  # 125 full batches: nothing dropped here

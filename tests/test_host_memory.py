@@ -50,3 +50,26 @@ def test_research_default_malloc_turns_it_off(monkeypatch):
   from research import host_memory
   monkeypatch.setenv("RESEARCH_DEFAULT_MALLOC", "1")
   assert host_memory.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("platforms,plugin,expected", [
+    ("cuda", None, "JAX_PLATFORMS=cuda"), ("tpu,cpu", None, "JAX_PLATFORMS=tpu,cpu"),
+    ("cpu", "jax-cuda12-plugin", None),  # asked for the CPU: the plugin does not matter
+    ("", "jax-cuda12-plugin", "jax-cuda12-plugin is installed"),
+    ("", "libtpu", "libtpu is installed"), ("", None, None)])
+def test_the_malloc_setting_is_for_the_cpu_backend_only(monkeypatch, platforms, plugin,
+                                                       expected):
+  """On a GPU or TPU the train step's buffers are not in host memory: glibc is left alone."""
+  import importlib.metadata
+  from research import host_memory
+
+  class Dist:
+    def __init__(self, name):
+      self.metadata = {"Name": name}
+
+  monkeypatch.setenv("JAX_PLATFORMS", platforms)
+  monkeypatch.setattr(importlib.metadata, "distributions",
+                      lambda: [Dist("numpy"), *([Dist(plugin)] if plugin else [])])
+  assert host_memory.accelerator_expected() == expected
+  if expected:
+    assert host_memory.keep_freed_memory() is False

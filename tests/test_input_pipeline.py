@@ -229,3 +229,37 @@ def test_eval_sees_every_example_once_and_matches_a_plain_loop(tokenizer):
   assert report["macro avg"]["support"] == 37
   assert scalars["accuracy"] == pytest.approx(
       np.mean(np.stack(expected).argmax(-1) == split.labels))
+
+
+def test_each_process_builds_its_block_of_every_batch_at_the_whole_batchs_width(tokenizer):
+  """Two processes' blocks, side by side, are the one-process batch: same rows, same width."""
+  split = _sst2(tokenizer, n=200)
+  batches = ip.TrainBatches(split, batch_size=16, accum_steps=2, seed=0, buckets=(16, 32, 64),
+                            group_by_length=0)
+  for step in range(12):
+    whole = batches.batch(step)
+    blocks = [batches.batch(step, slice(0, 4)), batches.batch(step, slice(4, 8))]
+    for key, value in whole.items():
+      np.testing.assert_array_equal(np.concatenate([b[key] for b in blocks], axis=1), value)
+    assert sorted(whole["example_index"].ravel()) == sorted(batches.epoch_order(
+        step // batches.steps_per_epoch)[step % batches.steps_per_epoch])
+  widths = set()
+  for whole, *blocks in zip(ip.eval_batches(split, 10, (16, 32, 64)),
+                            ip.eval_batches(split, 10, (16, 32, 64), slice(0, 5)),
+                            ip.eval_batches(split, 10, (16, 32, 64), slice(5, 10))):
+    for key, value in whole.items():
+      np.testing.assert_array_equal(np.concatenate([b[key] for b in blocks]), value)
+    widths.add(whole["input_ids"].shape[1])
+  assert len(widths) > 1  # blocks of short rows were padded to their batch's bucket
+
+
+def test_a_registered_batch_order_replaces_the_shuffle(tokenizer):
+  split = _sst2(tokenizer, n=100)
+  ip.register_batch_order("reversed_for_test",
+                          lambda lengths, batch_size, rng: np.arange(len(lengths))[::-1])
+  batches = ip.TrainBatches(split, batch_size=8, accum_steps=1, seed=0, buckets=(16, 32, 64),
+                            order="reversed_for_test")
+  assert batches.epoch_order(0)[0].tolist() == list(range(99, 91, -1))
+  assert batches.epoch_order(0).shape == (12, 8)  # the remainder is dropped
+  with pytest.raises(ip.DataError, match="data.batch_order 'nope' is not a registered"):
+    ip.TrainBatches(split, batch_size=8, accum_steps=1, seed=0, buckets=(64,), order="nope")

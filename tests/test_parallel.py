@@ -1,8 +1,11 @@
 """One per-device step, three ways to run it: pmap, shard_map, one device; and accumulation.
 
-Dropout is off so that every variant computes the same function of the same batch (with
-dropout, each device draws its own masks by design).
+The same batch split over 1 or 4 devices, or into micro-batches, must give the same update:
+with dropout off, and with dropout on (each example's masks are drawn from its index, not from
+the device or micro-batch that holds it). The tolerance is float32 summation order.
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +28,11 @@ def _optimizer_config():
   return c
 
 
-def _setup(kind="classification", seed=0):
+DROPOUT_CONFIG = dataclasses.replace(CONFIG, hidden_dropout_prob=0.1,
+                                     attention_probs_dropout_prob=0.1)
+
+
+def _setup(kind="classification", seed=0, config=CONFIG):
   rng = np.random.default_rng(seed)
   lengths = rng.integers(3, LENGTH + 1, BATCH)
   mask = (np.arange(LENGTH) < lengths[:, None]).astype(np.int32)
@@ -36,9 +43,10 @@ def _setup(kind="classification", seed=0):
   else:
     labels = rng.integers(0, 3, BATCH).astype(np.int32)
   batch = dict(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids),
-               labels=labels, example_mask=np.ones(BATCH, np.float32))
-  model = tasks.build_model(kind, CONFIG, 3, dtype=jnp.float32, param_dtype=jnp.float32,
-                            classifier_dropout=0.0)
+               labels=labels, example_mask=np.ones(BATCH, np.float32),
+               example_index=np.arange(BATCH, dtype=np.int32))
+  model = tasks.build_model(kind, config, 3, dtype=jnp.float32, param_dtype=jnp.float32,
+                            classifier_dropout=None)
   params = model.init(jax.random.key(0), ids[:1], mask[:1])["params"]
   tx, schedule = optim.make_optimizer(_optimizer_config(), params, 100)
   state = jax.device_get(steps.TrainState(step=np.int32(0), params=params, frozen={},
@@ -54,7 +62,7 @@ def _run(setup, backend, devices, accum, kind="classification", num_steps=1):
   placed = dp.put_replicated(state)
   micro = {k: v.reshape((accum, BATCH // accum) + v.shape[1:]) for k, v in batch.items()}
   for _ in range(num_steps):
-    placed, metrics = step(placed, dp.put_train_batch(micro))
+    placed, metrics = step(placed, dp.put_train_batch(micro), dp.put_signals(np.zeros(2)))
     jax.block_until_ready(metrics)
   return dp.get_replicated(placed), dp.get_metrics(metrics)
 
@@ -103,6 +111,19 @@ def test_accumulation_across_devices_with_shard_map():
   assert _max_difference(combined.params, reference.params) < 1e-5
 
 
+@pytest.mark.parametrize("backend,devices,accum", [
+    ("pmap", 4, 1), ("shard_map", 4, 1), ("pmap", 1, 4), ("shard_map", 2, 2)])
+def test_dropout_draws_the_same_masks_however_the_batch_is_split(backend, devices, accum):
+  _need_devices(devices)
+  setup = _setup(seed=4, config=DROPOUT_CONFIG)
+  single, single_metrics = _run(setup, "pmap", 1, 1, num_steps=2)
+  split, split_metrics = _run(setup, backend, devices, accum, num_steps=2)
+  assert _max_difference(split.params, single.params) < 1e-5
+  np.testing.assert_allclose(split_metrics["loss_sum"], single_metrics["loss_sum"], rtol=1e-5)
+  without_dropout, _ = _run(_setup(seed=4), "pmap", 1, 1, num_steps=2)
+  assert _max_difference(single.params, without_dropout.params) > 1e-4  # dropout is on
+
+
 @pytest.mark.parametrize("backend", parallel.BACKENDS)
 def test_step_compiles_once_per_shape(backend):
   """pmap compiles twice unless inputs are first placed with a NamedSharding: we place them."""
@@ -113,6 +134,6 @@ def test_step_compiles_once_per_shape(backend):
   placed = dp.put_replicated(state)
   for width in (LENGTH, LENGTH, 8, LENGTH, 8, 8):  # two shapes
     micro = {k: (v[:, :width] if v.ndim == 2 else v)[None] for k, v in batch.items()}
-    placed, metrics = step(placed, dp.put_train_batch(micro))
+    placed, metrics = step(placed, dp.put_train_batch(micro), dp.put_signals(np.zeros(2)))
     jax.block_until_ready(metrics)
   assert step.compiles == 2

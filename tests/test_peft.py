@@ -15,7 +15,7 @@ from flax import traverse_util
 
 from conftest import require_data
 from helpers import tiny_config
-from research import evaluation, optim, peft, tasks, train
+from research import evaluation, inference, optim, peft, tasks, train
 from research.models import bert, hf_io
 
 
@@ -122,7 +122,7 @@ def test_frozen_parameters_are_bit_identical_after_training(tmp_path, method, kw
   train.train_and_evaluate(config, tmp_path)
   setup = train.build_model(config)
   initial = train.init_params(setup, train.seed_keys(config.seed)[0])
-  trained, _ = train.load_best(config, tmp_path)[1:]
+  trained, _ = inference.load_best(config, tmp_path)[1:]
   before, after = traverse_util.flatten_dict(initial), traverse_util.flatten_dict(trained)
   cfg = config.peft
   changed = {p for p in before if not np.array_equal(before[p], after[p])}
@@ -182,7 +182,7 @@ def test_early_stopping_stops_at_the_expected_epoch(tmp_path, monkeypatch):
   assert summary["early_stopping"] == {"stopped_at": 4 * per_epoch, "restored": 2 * per_epoch}
   assert summary["best"]["step"] == 2 * per_epoch and summary["best"]["value"] == 0.60
   assert summary["train"]["steps"] == 4 * per_epoch
-  _, _, meta = train.load_best(config, tmp_path)
+  _, _, meta = inference.load_best(config, tmp_path)
   assert meta["step"] == 2 * per_epoch
   # Rerunning the finished workdir does not train on.
   again = train.train_and_evaluate(config, tmp_path)

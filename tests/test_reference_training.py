@@ -21,7 +21,7 @@ import transformers
 from conftest import require_data
 from helpers import glue_runner, train_rows
 from configs import glue
-from research import train
+from research import inference, train
 from research.data import input_pipeline
 from research.models import hf_io
 
@@ -102,7 +102,7 @@ def _train_reference(c, model_setup, initial, workdir, epochs):
 def _train_both(c, workdir):
   """Ours on `c`, then the Trainer on the same batches from the same initial weights."""
   train.train_and_evaluate(c, workdir / "ours")
-  train.export(c, workdir / "ours", workdir / "ours_export")
+  inference.export(c, workdir / "ours", workdir / "ours_export")
   # The initial parameters our run started from (its init key), for the reference's head.
   model_setup = train.build_model(c)
   initial = train.init_params(model_setup, train.seed_keys(c.seed)[0])

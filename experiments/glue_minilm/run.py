@@ -26,7 +26,6 @@ tell which stream a gap comes from; the report lists them with every system's tr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -47,7 +46,9 @@ SYSTEMS = ("ours", "reference_our_order", "reference")
 # Diagnostics for a gap between ours and the reference: each changes one random stream of ours.
 DIAGNOSTICS = {
     "ours_trainer_order": "ours fed batches in the order of the Trainer's length-grouped sampler",
-    "ours_flax_dropout": "ours with flax.linen.Dropout (threefry masks) instead of bert.Dropout",
+    # Until 2026-11-30 this patched in flax.linen.Dropout; now model.dropout_impl="threefry".
+    "ours_flax_dropout": "ours with threefry dropout masks (JAX's generator) instead of the "
+                         "counter hash",
 }
 # task -> (epochs, seeds): 3 seeds for the small tasks; one seed and one epoch for the big ones.
 PLAN = {
@@ -90,61 +91,32 @@ def run_ours(task: str, seed: int, epochs: float, workdir: pathlib.Path,
              diagnostic: str = "") -> dict:
   from research import train
   config = task_config(task, seed, epochs)
-  changed = {"ours_flax_dropout": flax_dropout, "ours_trainer_order": trainer_order}
-  with changed[diagnostic]() if diagnostic else contextlib.nullcontext():
-    summary = train.train_and_evaluate(config, workdir)
+  if diagnostic == "ours_flax_dropout":
+    config.model.dropout_impl = "threefry"
+  elif diagnostic == "ours_trainer_order":
+    register_trainer_order()
+    config.data.batch_order = "hf_trainer"
+  summary = train.train_and_evaluate(config, workdir)
   return {"metrics": summary["final"]["results"],
           "train_seconds": summary["train"]["train_seconds"]}
 
 
-@contextlib.contextmanager
-def flax_dropout():
-  """Within it, the model's counter-hash dropout is flax.linen.Dropout (a diagnostic: the two
-  differ only in how the masks are drawn; Dropout has no parameters)."""
-  import flax.linen as nn
-  import jax
-  from research.models import bert
-
-  class FlaxDropout(nn.Module):
-    rate: float
-
-    @nn.compact
-    def __call__(self, x, *, deterministic: bool):
-      return nn.Dropout(self.rate)(x, deterministic=deterministic)
-
-  hash_dropout, bert.Dropout = bert.Dropout, FlaxDropout
-  jax.clear_caches()  # steps traced in this process before or after must not be reused
-  try:
-    yield
-  finally:
-    bert.Dropout = hash_dropout
-    jax.clear_caches()
-
-
-@contextlib.contextmanager
-def trainer_order():
-  """Within it, ours visits each epoch's examples in the order the Trainer's length-grouped
-  sampler would (`get_length_grouped_indices`: mega-batches of up to 50 batches, each sorted
-  from longest to shortest, the longest example first), dropping the last incomplete batch."""
+def register_trainer_order():
+  """`data.batch_order = "hf_trainer"`: each epoch's examples in the order the Trainer's
+  length-grouped sampler would visit them (`get_length_grouped_indices`: mega-batches of up to
+  50 batches, each sorted from longest to shortest, the longest example first), its torch
+  generator seeded from the epoch's generator; the library drops the last incomplete batch."""
   import numpy as np
   import torch
   from transformers.trainer_pt_utils import get_length_grouped_indices
   from research.data import input_pipeline as ip
 
-  def epoch_order(self, epoch: int) -> np.ndarray:
-    if epoch not in self._orders:
-      seed = int(np.random.default_rng([self.seed, epoch]).integers(2**62))
-      order = get_length_grouped_indices(self.split.lengths.tolist(), self.batch_size,
-                                         generator=torch.Generator().manual_seed(seed))
-      order = np.asarray(order[:self.steps_per_epoch * self.batch_size])
-      self._orders = {epoch: order.reshape(self.steps_per_epoch, self.batch_size)}
-    return self._orders[epoch]
+  def hf_trainer_order(lengths, batch_size, rng):
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    return np.asarray(get_length_grouped_indices(lengths.tolist(), batch_size,
+                                                 generator=generator))
 
-  shuffled_batches, ip.TrainBatches.epoch_order = ip.TrainBatches.epoch_order, epoch_order
-  try:
-    yield
-  finally:
-    ip.TrainBatches.epoch_order = shuffled_batches
+  ip.register_batch_order("hf_trainer", hf_trainer_order)
 
 
 def our_train_order(config, epochs: int):

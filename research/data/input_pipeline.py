@@ -9,7 +9,11 @@
   sequence, so XLA compiles at most one program per bucket. The training order is a pure
   function of (seed, epoch), so a run resumed at step k sees the batches an uninterrupted run
   sees. Eval batches cover each example exactly once; the last one is filled up with padding
-  rows whose `example_mask` is 0.
+  rows whose `example_mask` is 0 (and `example_index` -1).
+* Several processes: each reads and tokenises the whole split (the batch order and every
+  batch's bucket need all lengths; tokenising a GLUE split takes seconds), but builds and places
+  only its own block of rows of each batch (`rows`): the batch's width is that of the whole
+  global batch, so every process compiles the same shapes.
 """
 
 from __future__ import annotations
@@ -228,12 +232,24 @@ def bucket_length(longest: int, buckets: tuple[int, ...]) -> int:
   raise ValueError(f"sequence of {longest} tokens exceeds the largest bucket {buckets[-1]}")
 
 
-def make_batch(split: EncodedSplit, indices: np.ndarray, buckets: tuple[int, ...]) -> Batch:
-  """Rows `indices` (-1: a padding row) padded to their bucket length."""
+def batch_width(split: EncodedSplit, indices: np.ndarray, buckets: tuple[int, ...]) -> int:
+  """The bucket that holds the longest of rows `indices` (-1: a padding row)."""
+  real = indices[indices >= 0]
+  return bucket_length(int(split.lengths[real].max()) if real.size else 1, buckets)
+
+
+def make_batch(split: EncodedSplit, indices: np.ndarray, buckets: tuple[int, ...],
+               width: int | None = None) -> Batch:
+  """Rows `indices` (-1: a padding row) padded to `width` (default: their bucket length).
+
+  `example_index` is each row's index in the split (-1 for padding): it seeds the row's dropout
+  masks and tells the host where each row's output belongs.
+  """
   real = indices >= 0
   rows = np.where(real, indices, 0)
   lengths = np.where(real, split.lengths[rows], 1)
-  width = bucket_length(int(lengths.max()), buckets)
+  if width is None:
+    width = batch_width(split, indices, buckets)
   labels = split.labels[rows]
   if labels.ndim == 2:
     labels = labels[:, :width]
@@ -243,7 +259,34 @@ def make_batch(split: EncodedSplit, indices: np.ndarray, buckets: tuple[int, ...
       "token_type_ids": split.token_type_ids[rows, :width].astype(np.int32),
       "labels": labels,
       "example_mask": real.astype(np.float32),
+      "example_index": np.where(real, indices, -1).astype(np.int32),
   }
+
+
+# A batch order: (each example's length, batch size, the epoch's generator) -> example indices;
+# the first steps_per_epoch * batch_size of them, in order, make the epoch's batches.
+BatchOrder = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
+BATCH_ORDERS: dict[str, BatchOrder] = {}
+
+
+def register_batch_order(name: str, order: BatchOrder) -> None:
+  """Makes `order` selectable as `config.data.batch_order = name` (e.g. an experiment that
+  feeds another trainer's batch order; experiments/glue_minilm/run.py)."""
+  BATCH_ORDERS[name] = order
+
+
+def shuffled_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, *,
+                   group_by_length: int = 0, steps: int | None = None) -> np.ndarray:
+  """The default order: a permutation; with `group_by_length=m`, each run of m batches is
+  sorted by length before being cut, and the batches are shuffled again."""
+  steps = len(lengths) // batch_size if steps is None else steps
+  order = rng.permutation(len(lengths))[:steps * batch_size]
+  if group_by_length:
+    chunk = group_by_length * batch_size
+    order = np.concatenate([c[np.argsort(-lengths[c], kind="stable")]
+                            for c in np.split(order, range(chunk, len(order), chunk))])
+    order = order.reshape(steps, batch_size)[rng.permutation(steps)].reshape(-1)
+  return order
 
 
 class TrainBatches:
@@ -252,11 +295,12 @@ class TrainBatches:
   An epoch is a permutation of the split drawn from (seed, epoch), cut into full batches (the
   remainder is dropped and differs from epoch to epoch). With `group_by_length=m`, each run of
   m batches is sorted by length before being cut, and the batches are shuffled again: batches
-  of similar lengths waste less padding (Hugging Face's `group_by_length`).
+  of similar lengths waste less padding (Hugging Face's `group_by_length`). `order` names a
+  registered `BatchOrder` to use instead ('' = this one).
   """
 
   def __init__(self, split: EncodedSplit, *, batch_size: int, accum_steps: int, seed: int,
-               buckets: tuple[int, ...], group_by_length: int = 0):
+               buckets: tuple[int, ...], group_by_length: int = 0, order: str = ""):
     if batch_size % accum_steps:
       raise ValueError(f"train.batch_size {batch_size} is not divisible by "
                        f"train.grad_accum_steps {accum_steps}")
@@ -266,46 +310,56 @@ class TrainBatches:
     if not self.steps_per_epoch:
       raise DataError(f"the training split has {len(split)} examples, fewer than one batch "
                       f"of {batch_size}")
+    if order and order not in BATCH_ORDERS:
+      raise DataError(f"data.batch_order {order!r} is not a registered batch order "
+                      f"({sorted(BATCH_ORDERS)}; '' is the default)")
+    self.order = order
     self._orders: dict[int, np.ndarray] = {}
 
   def epoch_order(self, epoch: int) -> np.ndarray:
     """[steps_per_epoch, batch_size] example indices of one epoch."""
     if epoch not in self._orders:
       rng = np.random.default_rng([self.seed, epoch])
-      order = rng.permutation(len(self.split))[:self.steps_per_epoch * self.batch_size]
-      if self.group_by_length:
-        chunk = self.group_by_length * self.batch_size
-        lengths = self.split.lengths
-        order = np.concatenate([c[np.argsort(-lengths[c], kind="stable")]
-                                for c in np.split(order, range(chunk, len(order), chunk))])
-        order = order.reshape(self.steps_per_epoch, self.batch_size)
-        order = order[rng.permutation(self.steps_per_epoch)]
+      if self.order:
+        order = np.asarray(BATCH_ORDERS[self.order](self.split.lengths, self.batch_size, rng))
+      else:
+        order = shuffled_order(self.split.lengths, self.batch_size, rng,
+                               group_by_length=self.group_by_length, steps=self.steps_per_epoch)
+      order = order[:self.steps_per_epoch * self.batch_size]
       self._orders = {epoch: order.reshape(self.steps_per_epoch, self.batch_size)}
     return self._orders[epoch]
 
-  def batch(self, step: int) -> Batch:
-    """Batch of optimizer step `step`, as `[accum_steps, batch_size // accum_steps, ...]`."""
+  def batch(self, step: int, rows: slice = slice(None)) -> Batch:
+    """Batch of optimizer step `step`, as `[accum_steps, micro_batch, ...]`: of each
+    micro-batch, only `rows` (this process's block; default all), padded to the bucket of the
+    whole batch."""
     epoch, position = divmod(step, self.steps_per_epoch)
-    batch = make_batch(self.split, self.epoch_order(epoch)[position], self.buckets)
+    indices = self.epoch_order(epoch)[position]
+    width = batch_width(self.split, indices, self.buckets)
+    local = indices.reshape(self.accum_steps, -1)[:, rows]
+    batch = make_batch(self.split, local.reshape(-1), self.buckets, width)
     return {k: v.reshape((self.accum_steps, -1) + v.shape[1:]) for k, v in batch.items()}
 
-  def __call__(self, start_step: int, end_step: int) -> Iterator[Batch]:
+  def __call__(self, start_step: int, end_step: int, rows: slice = slice(None)
+               ) -> Iterator[Batch]:
     for step in range(start_step, end_step):
-      yield self.batch(step)
+      yield self.batch(step, rows)
 
 
-def eval_batches(split: EncodedSplit, batch_size: int,
-                 buckets: tuple[int, ...]) -> Iterator[tuple[np.ndarray, Batch]]:
-  """(example indices, batch) covering every example once, in order of length.
+def eval_batches(split: EncodedSplit, batch_size: int, buckets: tuple[int, ...],
+                 rows: slice = slice(None)) -> Iterator[Batch]:
+  """Batches of `batch_size` covering every example once, in order of length; of each, only
+  `rows` (this process's block; default all), padded to the bucket of the whole batch.
 
-  Sorting by length keeps padding small; the caller scatters outputs back by index. The last
-  batch is filled up to `batch_size` with padding rows (index -1, example_mask 0).
+  Sorting by length keeps padding small; the caller scatters outputs back by `example_index`.
+  The last batch is filled up to `batch_size` with padding rows (index -1, example_mask 0), so
+  every process runs the same number of batches.
   """
   order = np.argsort(split.lengths, kind="stable")
   for start in range(0, len(order), batch_size):
     indices = order[start:start + batch_size]
     padded = np.concatenate([indices, np.full(batch_size - len(indices), -1)])
-    yield indices, make_batch(split, padded, buckets)
+    yield make_batch(split, padded[rows], buckets, batch_width(split, padded, buckets))
 
 
 def prefetch(iterator: Iterator[Any], put: Callable[[Any], Any], size: int = 2) -> Iterator[Any]:

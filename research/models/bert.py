@@ -6,6 +6,9 @@ mechanical renaming that anyone can audit against the PyTorch model.
 
 `dtype` is the compute dtype (activations, matmuls); `param_dtype` the storage dtype of the
 parameters. LayerNorm statistics, softmax and the logits are always computed in float32.
+
+In training, `example_ids` ([B] int, each row's index in its split) seed the dropout masks, so
+that an example draws the same masks whichever device or micro-batch holds it (`Dropout`).
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ _ACTIVATIONS = {
 
 
 def _fenced(x):
-  """x through `clamp(-inf, x, inf)`: the identity, as an op that XLA keeps and that XLA:CPU's
-  YNNPACK GEMM fusions do not take in (on GPU it is one more fused elementwise op)."""
+  """x through `clamp(-inf, x, inf)` on the CPU backend: the identity, as an op that XLA keeps
+  and that XLA:CPU's YNNPACK GEMM fusions do not take in. Elsewhere x itself: the fence is a
+  CPU trick, and on an accelerator only one more elementwise op."""
+  if jax.default_backend() != "cpu":
+    return x
   return jax.lax.clamp(jnp.asarray(-jnp.inf, x.dtype), x, jnp.asarray(jnp.inf, x.dtype))
 
 
@@ -67,6 +73,9 @@ class BertConfig:
   layer_norm_eps: float = 1e-12
   pad_token_id: int = 0
   initializer_range: float = 0.02
+  # Ours, not Hugging Face's (export leaves them out):
+  dropout_impl: str = "hash"  # how dropout masks are drawn: "hash" or "threefry" (`Dropout`)
+  remat: bool = False  # recompute each layer's activations in the backward pass (less memory)
 
   def __post_init__(self):
     if self.hidden_size % self.num_attention_heads:
@@ -75,6 +84,8 @@ class BertConfig:
           f"{self.num_attention_heads}")
     if self.hidden_act not in _ACTIVATIONS:
       raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(_ACTIVATIONS)}")
+    if self.dropout_impl not in DROPOUT_IMPLS:
+      raise ValueError(f"dropout_impl {self.dropout_impl!r} is not one of {DROPOUT_IMPLS}")
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> "BertConfig":
@@ -85,11 +96,15 @@ class BertConfig:
       raise ValueError(
           f"position_embedding_type {values['position_embedding_type']!r} is not supported; "
           "only 'absolute' is")
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)} - set(OWN_FIELDS)
     return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    """The Hugging Face fields (what a `config.json` holds)."""
+    return {k: v for k, v in dataclasses.asdict(self).items() if k not in OWN_FIELDS}
+
+
+OWN_FIELDS = ("dropout_impl", "remat")  # BertConfig fields that Hugging Face does not have
 
 
 def _normal(config: BertConfig):
@@ -106,27 +121,48 @@ def _mix32(h):
   return h ^ (h >> 16)
 
 
-class Dropout(nn.Module):
-  """Inverted dropout whose mask is a counter-based hash, ~10x cheaper than threefry on CPU.
+DROPOUT_IMPLS = ("hash", "threefry")
+_GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: spreads consecutive counters over the 32 bits
 
-  Threefry bits for every activation and attention probability cost a fifth of a MiniLM train
-  step on CPU. Here each call draws only two 32-bit seeds from the 'dropout' stream (so masks
-  stay independent across calls, steps, devices and micro-batches) and hashes each element's
-  index with them into a uniform 32-bit number: keep iff it is >= rate * 2^32.
+
+class Dropout(nn.Module):
+  """Inverted dropout whose masks are a function of (dropout key, example, element) alone.
+
+  The rows of `x` are examples (`example_ids`: each row's index in its split; default 0..B-1):
+  an example's mask does not depend on which device or micro-batch holds it, so any split of a
+  batch trains the same model. Each call draws its key from the 'dropout' stream (one per call
+  and step, the same on every device).
+
+  `impl="hash"` (default): a counter-based hash, ~10x cheaper than threefry on CPU (threefry
+  bits for every activation cost a fifth of a MiniLM train step there). The call's two 32-bit
+  seeds and the example's index are hashed with each element's offset within its example into
+  a uniform 32-bit number: keep iff it is >= rate * 2^32. `impl="threefry"`: JAX's
+  `random.bernoulli` from the call's key folded with the example's index (a reference for the
+  hash; the same cost as flax.linen.Dropout).
   """
 
   rate: float
+  impl: str = "hash"
 
   @nn.compact
-  def __call__(self, x, *, deterministic: bool):
+  def __call__(self, x, *, deterministic: bool, example_ids=None):
     if deterministic or self.rate == 0.0:
       return x
     if self.rate >= 1.0:
       return jnp.zeros_like(x)
-    seeds = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
-    index = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)
-    bits = _mix32(_mix32(index * jnp.uint32(0x9E3779B9) + seeds[0]) ^ seeds[1])
-    keep = bits >= jnp.uint32(int(self.rate * 2**32))
+    if example_ids is None:
+      example_ids = jnp.arange(x.shape[0])
+    key = self.make_rng("dropout")
+    if self.impl == "threefry":
+      keep = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - self.rate,
+                                                     x.shape[1:]))(example_ids)
+    else:
+      seeds = jax.random.bits(key, (2,), jnp.uint32)
+      offset = jax.lax.iota(jnp.uint32, x[0].size).reshape(x.shape[1:])  # within an example
+      example = _mix32(example_ids.astype(jnp.uint32) * jnp.uint32(_GOLDEN) + seeds[1])
+      bits = _mix32(_mix32(offset * jnp.uint32(_GOLDEN) + seeds[0])[None]
+                    ^ example.reshape((-1,) + (1,) * (x.ndim - 1)))
+      keep = bits >= jnp.uint32(int(self.rate * 2**32))
     return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - self.rate), x.dtype), 0)
 
 
@@ -136,7 +172,8 @@ class BertEmbeddings(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids, token_type_ids, position_ids, *, deterministic: bool):
+  def __call__(self, input_ids, token_type_ids, position_ids, *, deterministic: bool,
+               example_ids=None):
     cfg = self.config
 
     def embed(num, name):
@@ -148,7 +185,8 @@ class BertEmbeddings(nn.Module):
          + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids))
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="LayerNorm")(x)
-    return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+    return Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)(
+        x, deterministic=deterministic, example_ids=example_ids)
 
 
 class BertSelfAttention(nn.Module):
@@ -164,7 +202,7 @@ class BertSelfAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_bias, *, deterministic: bool, queries=None):
+  def __call__(self, x, attention_bias, *, deterministic: bool, example_ids=None, queries=None):
     cfg = self.config
     heads = cfg.num_attention_heads
     head_dim = cfg.hidden_size // heads
@@ -182,7 +220,8 @@ class BertSelfAttention(nn.Module):
     # rows is cheaper than dividing the [.., S, S] weights (and exact: both are per query row).
     weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
     denominators = weights.sum(axis=-1, keepdims=True)
-    weights = Dropout(cfg.attention_probs_dropout_prob)(weights, deterministic=deterministic)
+    weights = Dropout(cfg.attention_probs_dropout_prob, cfg.dropout_impl)(
+        weights, deterministic=deterministic, example_ids=example_ids)
     context = jnp.matmul(weights.astype(self.dtype), value) / denominators.astype(self.dtype)
     context = context.transpose(0, 2, 1, 3)
     return context.reshape(context.shape[:-2] + (cfg.hidden_size,))
@@ -196,11 +235,12 @@ class BertDenseResidual(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, residual, *, deterministic: bool):
+  def __call__(self, x, residual, *, deterministic: bool, example_ids=None):
     cfg = self.config
     x = _dense_on_tokens(nn.Dense(cfg.hidden_size, kernel_init=_normal(cfg), dtype=self.dtype,
                                   param_dtype=self.param_dtype, name="dense"), x)
-    x = Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+    x = Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)(
+        x, deterministic=deterministic, example_ids=example_ids)
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype,
                         param_dtype=self.param_dtype, name="LayerNorm")(x + residual)
 
@@ -213,12 +253,13 @@ class BertAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_bias, *, deterministic: bool, queries=None):
+  def __call__(self, x, attention_bias, *, deterministic: bool, example_ids=None, queries=None):
     kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
-    context = BertSelfAttention(**kw, name="self")(x, attention_bias, deterministic=deterministic,
-                                                   queries=queries)
+    context = BertSelfAttention(**kw, name="self")(
+        x, attention_bias, deterministic=deterministic, example_ids=example_ids, queries=queries)
     residual = x if queries is None else queries
-    return BertDenseResidual(**kw, name="output")(context, residual, deterministic=deterministic)
+    return BertDenseResidual(**kw, name="output")(context, residual, deterministic=deterministic,
+                                                  example_ids=example_ids)
 
 
 class BertIntermediate(nn.Module):
@@ -241,26 +282,9 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-  """One post-LayerNorm transformer block; with `queries`, only those positions' outputs."""
+  """One post-LayerNorm transformer block; with `queries`, only those positions' outputs.
 
-  config: BertConfig
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, attention_bias, *, deterministic: bool, queries=None):
-    kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
-    x = BertAttention(**kw, name="attention")(x, attention_bias, deterministic=deterministic,
-                                              queries=queries)
-    h = BertIntermediate(**kw, name="intermediate")(x, deterministic=deterministic)
-    return BertDenseResidual(**kw, name="output")(h, x, deterministic=deterministic)
-
-
-class BertLayerStack(nn.Module):
-  """The `encoder.layer` list; children are named "0", "1", ... as in the state dict.
-
-  With `cls_only`, the last layer computes the [CLS] position alone (its keys and values still
-  span the sequence): exactly what a pooled head reads, for about 10/12 of a layer's FLOPs less.
+  Its arguments are positional so that `nn.remat` can keep `deterministic` static.
   """
 
   config: BertConfig
@@ -268,13 +292,41 @@ class BertLayerStack(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_bias, *, deterministic: bool, cls_only: bool = False):
+  def __call__(self, x, attention_bias, example_ids, queries, deterministic: bool):
+    kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = BertAttention(**kw, name="attention")(x, attention_bias, deterministic=deterministic,
+                                              example_ids=example_ids, queries=queries)
+    h = BertIntermediate(**kw, name="intermediate")(x, deterministic=deterministic)
+    return BertDenseResidual(**kw, name="output")(h, x, deterministic=deterministic,
+                                                  example_ids=example_ids)
+
+
+class BertLayerStack(nn.Module):
+  """The `encoder.layer` list; children are named "0", "1", ... as in the state dict.
+
+  With `cls_only`, the last layer computes the [CLS] position alone (its keys and values still
+  span the sequence): exactly what a pooled head reads, for about 10/12 of a layer's FLOPs less.
+  With `config.remat`, training keeps only each layer's input and recomputes the rest in the
+  backward pass: about a third more compute for activations memory of one layer instead of all
+  (GPU and TPU compilers keep the recomputation; XLA:CPU folds it back in).
+  """
+
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, attention_bias, *, deterministic: bool, example_ids=None,
+               cls_only: bool = False):
+    layer = BertLayer
+    if self.config.remat and not deterministic:
+      layer = nn.remat(BertLayer, static_argnums=(5,))  # self is 0: `deterministic`
     hidden_states = [x]
     last = self.config.num_hidden_layers - 1
     for i in range(self.config.num_hidden_layers):
       queries = x[:, :1] if cls_only and i == last else None
-      x = BertLayer(self.config, self.dtype, self.param_dtype, name=str(i))(
-          x, attention_bias, deterministic=deterministic, queries=queries)
+      x = layer(self.config, self.dtype, self.param_dtype, name=str(i))(
+          x, attention_bias, example_ids, queries, deterministic)
       hidden_states.append(x)
     return x, tuple(hidden_states)
 
@@ -285,9 +337,11 @@ class BertEncoder(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_bias, *, deterministic: bool, cls_only: bool = False):
+  def __call__(self, x, attention_bias, *, deterministic: bool, example_ids=None,
+               cls_only: bool = False):
     return BertLayerStack(self.config, self.dtype, self.param_dtype, name="layer")(
-        x, attention_bias, deterministic=deterministic, cls_only=cls_only)
+        x, attention_bias, deterministic=deterministic, example_ids=example_ids,
+        cls_only=cls_only)
 
 
 class BertPooler(nn.Module):
@@ -319,19 +373,21 @@ class BertModel(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
-               deterministic: bool = True, output_hidden_states: bool = False,
+               deterministic: bool = True, example_ids=None, output_hidden_states: bool = False,
                cls_only: bool = False):
     kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
     x = BertEmbeddings(**kw, name="embeddings")(
-        input_ids, token_type_ids, position_ids, deterministic=deterministic)
+        input_ids, token_type_ids, position_ids, deterministic=deterministic,
+        example_ids=example_ids)
     # Padding keys get a large negative score: [B, 1, 1, S] broadcasts over heads and queries.
     attention_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
                                jnp.finfo(jnp.float32).min).astype(jnp.float32)
     x, hidden_states = BertEncoder(**kw, name="encoder")(
-        x, attention_bias, deterministic=deterministic, cls_only=cls_only)
+        x, attention_bias, deterministic=deterministic, example_ids=example_ids,
+        cls_only=cls_only)
     pooled = BertPooler(**kw, name="pooler")(x) if self.add_pooling_layer else None
     if output_hidden_states:
       return x, pooled, hidden_states
@@ -349,12 +405,14 @@ class BertForSequenceClassification(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
-               deterministic: bool = True):
+               deterministic: bool = True, example_ids=None):
     cfg = self.config
     _, pooled = BertModel(cfg, dtype=self.dtype, param_dtype=self.param_dtype, name="bert")(
-        input_ids, attention_mask, token_type_ids, deterministic=deterministic, cls_only=True)
+        input_ids, attention_mask, token_type_ids, deterministic=deterministic,
+        example_ids=example_ids, cls_only=True)
     rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
-    pooled = Dropout(rate)(pooled, deterministic=deterministic)
+    pooled = Dropout(rate, cfg.dropout_impl)(pooled, deterministic=deterministic,
+                                             example_ids=example_ids)
     logits = nn.Dense(self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
                       param_dtype=self.param_dtype, name="classifier")(pooled)
     return logits.astype(jnp.float32)
@@ -371,13 +429,15 @@ class BertForTokenClassification(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
-               deterministic: bool = True):
+               deterministic: bool = True, example_ids=None):
     cfg = self.config
     sequence, _ = BertModel(cfg, add_pooling_layer=False, dtype=self.dtype,
                             param_dtype=self.param_dtype, name="bert")(
-        input_ids, attention_mask, token_type_ids, deterministic=deterministic)
+        input_ids, attention_mask, token_type_ids, deterministic=deterministic,
+        example_ids=example_ids)
     rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
-    sequence = Dropout(rate)(sequence, deterministic=deterministic)
+    sequence = Dropout(rate, cfg.dropout_impl)(sequence, deterministic=deterministic,
+                                               example_ids=example_ids)
     logits = _dense_on_tokens(nn.Dense(self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
                                        param_dtype=self.param_dtype, name="classifier"), sequence)
     return logits.astype(jnp.float32)

@@ -1,0 +1,165 @@
+"""Inference on a workdir's best checkpoint: evaluate, predict, export.
+
+Each reads the run's `config.json` to check that the given config describes the same model, and
+restores the best params (`best/`), which are a plain BERT tree whatever the fine-tuning method.
+With several processes, each process evaluates its block of every batch and process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from research import checkpoints, config_lib, evaluation, metrics, steps, tasks, writers
+from research.data import input_pipeline
+from research.models import hf_io
+from research.parallel import DataParallel
+from research.train import ModelSetup, RunError, build_model
+
+# Fields that must match the run in the workdir for its checkpoint to mean the same thing.
+_MODEL_FIELDS = ("model.", "task.", "data.max_length", "data.length_buckets")
+
+
+def load_best(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+              ) -> tuple[ModelSetup, Any, dict[str, Any]]:
+  """The model and best params of a workdir's run (host arrays), and the best's meta."""
+  workdir = pathlib.Path(workdir)
+  config_lib.validate(config)
+  saved = workdir / "config.json"
+  if not saved.exists():
+    raise RunError(f"{workdir} holds no run (no config.json)")
+  conflicts = [c for c in config_lib.resume_conflicts(json.loads(saved.read_text()), config)
+               if c.startswith(_MODEL_FIELDS)]
+  if conflicts:
+    raise RunError(f"the config does not describe the model trained in {workdir}:\n  "
+                   + "\n  ".join(conflicts))
+  setup = build_model(config)
+  dummy = jnp.ones((1, 8), jnp.int32)
+  shapes = jax.eval_shape(lambda: setup.model.init(jax.random.PRNGKey(0), dummy, dummy))
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"])
+  ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep,
+                                  best_metric=config.eval.best_metric,
+                                  best_mode=config_lib.best_mode(config))
+  try:
+    if ckpts.best_step() is None:
+      raise RunError(f"{workdir} has no best checkpoint yet (none is saved before the first "
+                     "evaluation)")
+    params, meta = ckpts.restore_best(template)
+  finally:
+    ckpts.close()
+  return setup, params, meta
+
+
+def _placed_eval(config, setup: ModelSetup, params: Any):
+  dp = DataParallel(config.parallel.backend, config.parallel.num_devices)
+  eval_step = dp.compile_eval_step(steps.make_eval_step(setup.model, config.task.kind))
+  return dp, eval_step, dp.put_replicated(params)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+             ) -> dict[str, dict[str, float]]:
+  """Re-evaluates the best checkpoint on `data.eval_splits`; writes eval/<split>_best.json."""
+  workdir = pathlib.Path(workdir)
+  setup, params, meta = load_best(config, workdir)
+  tokenizer = input_pipeline.load_tokenizer(setup.tokenizer_dir)
+  dp, eval_step, placed = _placed_eval(config, setup, params)
+  results = {}
+  for name in config.data.eval_splits:
+    split = input_pipeline.load_encoded(config.data, config.task, tokenizer, name,
+                                        config.data.eval_examples)
+    outputs, loss = evaluation.run_model(eval_step, dp, placed, split,
+                                         batch_size=config.eval.batch_size,
+                                         buckets=tuple(config.data.length_buckets))
+    scalars, report = evaluation.score(config.task, split, outputs, loss)
+    results[name] = scalars
+    evaluation.write_eval_file(workdir / "eval" / f"{name}_best.json", meta["step"], scalars, report)
+    text = (metrics.format_report(report) if report and "overall" not in report
+            else json.dumps(report, indent=1))
+    logging.info("best checkpoint (step %d) on %s: %s\n%s", meta["step"], name,
+                 ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()), text)
+  return results
+
+
+def read_inputs(path: pathlib.Path, text_fields: tuple[str, ...], token_task: bool):
+  """A .jsonl file with the task's text fields, or a .txt file with one example per line
+  (the two sentences of a pair separated by a tab; the words of a token task by spaces)."""
+  import datasets
+  if path.suffix == ".txt":
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+      parts = line.split("\t")
+      if len(parts) != len(text_fields):
+        raise input_pipeline.DataError(
+            f"{path}:{number}: {len(parts)} tab-separated texts, the task needs "
+            f"{len(text_fields)}")
+      rows.append({f: (p.split() if token_task else p) for f, p in zip(text_fields, parts)})
+    return datasets.Dataset.from_list(rows)
+  if path.suffix in (".jsonl", ".json"):
+    return datasets.load_dataset("json", data_files=str(path), split="train")
+  raise input_pipeline.DataError(f"{path}: --input must be a .txt or .jsonl file")
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+            input_path: str | pathlib.Path, output_path: str | pathlib.Path) -> int:
+  """Writes one JSON line of predictions per input example; returns how many."""
+  input_path, output_path = pathlib.Path(input_path), pathlib.Path(output_path)
+  if not input_path.is_file():
+    raise input_pipeline.DataError(f"--input {input_path} does not exist")
+  if output_path.exists():
+    raise RunError(f"--output {output_path} exists; it is not overwritten")
+  task = config.task
+  token_task = task.kind == "token_classification"
+  setup, params, meta = load_best(config, workdir)
+  tokenizer = input_pipeline.load_tokenizer(setup.tokenizer_dir)
+  dataset = read_inputs(input_path, tuple(task.text_fields), token_task)
+  split = input_pipeline.encode(dataset, tokenizer, task, config.data.max_length,
+                                str(input_path), labelled=False)
+  dp, eval_step, placed = _placed_eval(config, setup, params)
+  outputs, _ = evaluation.run_model(eval_step, dp, placed, split,
+                                    batch_size=config.eval.batch_size,
+                                    buckets=tuple(config.data.length_buckets))
+  predicted = evaluation.predictions(task.kind, split, outputs)
+  names = tuple(task.label_names)
+  lines = []
+  for i, row in enumerate(dataset):
+    record = {field: row[field] for field in task.text_fields}
+    if task.kind == "classification":
+      probabilities = np.exp(outputs[i] - outputs[i].max())
+      probabilities /= probabilities.sum()
+      record.update(label=names[predicted[i]],
+                    probabilities=dict(zip(names, probabilities.round(6).tolist())))
+    elif task.kind == "regression":
+      record["score"] = float(predicted[i])
+    else:
+      record["tags"] = [names[t] for t in predicted[i]]
+    lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+  writers.write_text(output_path, "".join(lines))
+  logging.info("wrote %d predictions of the best checkpoint (step %d) to %s", len(dataset),
+               meta["step"], output_path)
+  return len(dataset)
+
+
+def export(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+           output_dir: str | pathlib.Path) -> pathlib.Path:
+  """Saves the best checkpoint as a Hugging Face model directory (safetensors + config +
+  tokenizer) that `transformers.AutoModelFor*.from_pretrained` loads."""
+  output_dir = pathlib.Path(output_dir)
+  if output_dir.exists() and any(output_dir.iterdir()):
+    raise RunError(f"--output {output_dir} is not empty; nothing is overwritten")
+  setup, params, meta = load_best(config, workdir)
+  task = config.task
+  if writers.is_writer():
+    hf_io.export(params, output_dir, base_config=setup.hf_config,
+                 architecture=tasks.hf_architecture(task.kind),
+                 label_names=tuple(task.label_names),
+                 num_labels=tasks.num_outputs(task.kind, tuple(task.label_names)),
+                 tokenizer_dir=setup.tokenizer_dir)
+  logging.info("exported the best checkpoint (step %d) to %s", meta["step"], output_dir)
+  return output_dir

@@ -1,0 +1,247 @@
+"""Several processes on `jax.distributed`: two local processes x 2 CPU devices (gloo collectives,
+a localhost coordinator) against one process x 4 devices, and their stops and restarts.
+
+Each run is the tiny SST-2 config (`tests/helpers.py`), dropout on, with one length bucket so
+that each process compiles one train and one eval program, and an odd-sized eval split (51
+examples: the last eval batch is mostly padding, and process 1's half of it is all padding).
+
+Tolerance between one process and two: the gradient all-reduce sums the 4 devices' parts in
+another order over gloo than within one process, so float32 sums differ in their last bits
+(parameters by ~1e-8, losses by ~1e-7 after 24 steps); 1e-6 is far below what a wrong split
+would give (a batch counted twice, a device's masks repeated: differences of 1e-3 and more).
+Between two runs with the same layout, and a resumed run and an uninterrupted one, nothing may
+differ at all.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, require_data
+from helpers import tiny_config, train_losses
+from research import checkpoints, distributed, train
+
+OVERRIDES = {"data.eval_examples": 51, "data.max_length": 64, "data.length_buckets": (64,),
+             "parallel.num_devices": 0}
+
+
+@pytest.fixture(autouse=True)
+def _needs_sst2():
+  require_data("sst2")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _cli_overrides(backend: str) -> list[str]:
+  values = dict(OVERRIDES, **{"parallel.backend": backend})
+  return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+class Launch:
+  """`processes` copies of `python -m research.main` on `workdir`, `devices` CPU devices each;
+  output in `<workdir>.p<i>.log`. `how`: 'flags' (--coordinator_address, ...) or 'slurm' (the
+  variables srun sets, with the coordinator on localhost)."""
+
+  def __init__(self, workdir: pathlib.Path, backend: str, *, processes=2, devices=2,
+               how="flags", pause: str | None = None):
+    self.logs = [pathlib.Path(f"{workdir}.p{i}.log") for i in range(processes)]
+    port = _free_port()
+    self.procs = []
+    for i in range(processes):
+      env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+      env.pop(train.PAUSE_ENV, None)
+      if pause:
+        env[train.PAUSE_ENV] = pause
+      args = [sys.executable, "-m", "research.main", "--config", "tests/helpers.py",
+              "--workdir", str(workdir), *_cli_overrides(backend)]
+      if processes > 1 and how == "flags":
+        args += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
+                 f"--process_id={i}"]
+      elif processes > 1:
+        env.update(SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="localhost",
+                   SLURM_NTASKS=str(processes), SLURM_PROCID=str(i), SLURM_LOCALID=str(i),
+                   SLURM_STEP_NUM_NODES="1", JAX_COORDINATOR_PORT=str(port))
+      with self.logs[i].open("w") as log:
+        self.procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=log,
+                                           stderr=subprocess.STDOUT))
+
+  def wait(self, timeout=300) -> list[int]:
+    codes = [p.wait(timeout=timeout) for p in self.procs]
+    return codes
+
+  def signal(self, number, which=None):
+    for i, p in enumerate(self.procs):
+      if which is None or i in which:
+        p.send_signal(number)
+
+  def output(self, i=0) -> str:
+    return self.logs[i].read_text()
+
+
+def _wait_for(paths, timeout=240):
+  deadline = time.monotonic() + timeout
+  while not all(pathlib.Path(p).exists() for p in paths):
+    if time.monotonic() > deadline:
+      raise TimeoutError(f"no {paths}")
+    time.sleep(0.05)
+
+
+def _checkpoint(workdir):
+  """(step, train state) of the newest checkpoint of a run (host numpy)."""
+  ckpts = checkpoints.Checkpoints(workdir, keep=5, best_metric="accuracy", best_mode="max")
+  try:
+    step = ckpts.latest_step()
+    state, _ = ckpts.restore_state(None)
+  finally:
+    ckpts.close()
+  return step, state
+
+
+def _max_difference(a, b) -> float:
+  flat_a, flat_b = jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])
+  assert len(flat_a) == len(flat_b) > 0
+  return max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(flat_a, flat_b))
+
+
+def _rows(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_written_once(workdir):
+  """Process 0 alone wrote the run's files: no line twice, no leftover temporary file."""
+  rows = _rows(workdir)
+  keys = [(r["step"], r["split"]) for r in rows]
+  assert len(keys) == len(set(keys)) == 24 + 2
+  log = (workdir / "train.log").read_text()
+  assert log.count("done:") == 1 and log.count("eval validation at step 12") == 1
+  assert not list(workdir.rglob(".*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+  """For each backend: an uninterrupted two-process run (pmap started with explicit flags,
+  shard_map by SLURM's variables) and the same config in this process over 4 devices."""
+  runs = {}
+  for backend, how in (("pmap", "flags"), ("shard_map", "slurm")):
+    root = tmp_path_factory.mktemp(backend)
+    launch = Launch(root / "two", backend, how=how)
+    config = tiny_config(**OVERRIDES, **{"parallel.backend": backend})
+    single = train.train_and_evaluate(config, root / "one")  # while the two processes run
+    assert launch.wait() == [0, 0], launch.output()
+    runs[backend] = (root / "two", root / "one", single, launch)
+  return runs
+
+
+@pytest.mark.parametrize("backend", ["pmap", "shard_map"])
+def test_two_processes_train_what_one_process_with_four_devices_trains(two_process_runs,
+                                                                       backend):
+  two, one, single, launch = two_process_runs[backend]
+  step_two, state_two = _checkpoint(two)
+  step_one, state_one = _checkpoint(one)
+  assert step_two == step_one == 24
+  assert _max_difference(state_two, state_one) < 1e-6
+  assert _max_difference(state_one, jax.device_get(
+      {"params": train.init_params(train.build_model(tiny_config()),
+                                   train.seed_keys(0)[0])})) > 1e-4  # the runs did train
+  losses_two, losses_one = train_losses(two), train_losses(one)
+  assert sorted(losses_two) == list(range(1, 25))
+  np.testing.assert_allclose([losses_two[s] for s in range(1, 25)],
+                             [losses_one[s] for s in range(1, 25)], rtol=1e-6)
+  results = json.loads((two / "results.json").read_text())
+  assert results["processes"] == 2 and results["devices"] == 4
+  assert results["compiles"] == {"train_step": 1, "eval_step": 1}
+  for split_metrics_two, split_metrics_one in zip(
+      results["final"]["results"]["validation"].values(),
+      single["final"]["results"]["validation"].values()):
+    assert split_metrics_two == pytest.approx(split_metrics_one, rel=1e-6)
+  for step in (12, 24):  # every example of the odd-sized split scored exactly once
+    report = json.loads((two / "eval" / f"validation_step{step}.json").read_text())
+    assert report["report"]["macro avg"]["support"] == 51
+  _assert_written_once(two)
+  if backend == "shard_map":  # started by the SLURM variables, which JAX read
+    assert "jax.distributed: process 0 of 2 (SLURM (2 tasks))" in launch.output(0)
+
+
+def test_both_processes_killed_then_restarted_end_as_the_uninterrupted_run(
+    two_process_runs, tmp_path):
+  reference = two_process_runs["pmap"][0]
+  workdir, marker = tmp_path / "run", tmp_path / "paused"
+  launch = Launch(workdir, "pmap", pause=f"step:8:{marker}")
+  _wait_for([f"{marker}.0", f"{marker}.1"])
+  launch.signal(signal.SIGKILL)
+  assert launch.wait() == [-signal.SIGKILL] * 2
+  assert _checkpoint(workdir)[0] == 5  # checkpoints every 5 steps
+  assert Launch(workdir, "pmap").wait() == [0, 0]
+  assert _max_difference(_checkpoint(workdir)[1], _checkpoint(reference)[1]) == 0
+  assert train_losses(workdir) == train_losses(reference)  # recomputed, no duplicates
+  _assert_written_once(workdir)
+
+
+def test_sigterm_to_one_process_during_evaluation_stops_both_after_it(two_process_runs,
+                                                                      tmp_path):
+  reference = two_process_runs["pmap"][0]
+  workdir, marker = tmp_path / "run", tmp_path / "paused"
+  launch = Launch(workdir, "pmap", pause=f"eval:12:{marker}")
+  _wait_for([f"{marker}.0", f"{marker}.1"])
+  launch.signal(signal.SIGTERM, which=[1])  # say, a maintenance event on one host
+  pathlib.Path(f"{marker}.release").touch()
+  assert launch.wait() == [train.EXIT_INTERRUPTED] * 2
+  for i in (0, 1):
+    last = launch.output(i).strip().splitlines()[-1]
+    assert last.startswith("error: stopped by") and "at step 12 of 24" in last, last
+  assert "Traceback" not in launch.output(0) + launch.output(1)
+  assert _checkpoint(workdir)[0] == 12  # at the evaluation, which was completed
+  assert (workdir / "eval" / "validation_step12.json").exists()
+  assert not (workdir / "results.json").exists()
+  assert Launch(workdir, "pmap").wait() == [0, 0]
+  assert _max_difference(_checkpoint(workdir)[1], _checkpoint(reference)[1]) == 0
+  assert train_losses(workdir) == train_losses(reference)
+  resumed = json.loads((workdir / "results.json").read_text())
+  uninterrupted = json.loads((reference / "results.json").read_text())
+  assert resumed["final"] == uninterrupted["final"]
+  assert resumed["best"] == uninterrupted["best"]
+  _assert_written_once(workdir)
+
+
+# ---- start-up ----------------------------------------------------------------------------------
+
+
+def test_a_single_process_does_not_start_the_distributed_runtime(monkeypatch):
+  for name in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS"):
+    monkeypatch.delenv(name, raising=False)
+  assert distributed.initialize("auto") is None
+  # A one-task SLURM job is one process too.
+  monkeypatch.setenv("SLURM_JOB_ID", "1")
+  monkeypatch.setenv("SLURM_STEP_NODELIST", "node001")
+  monkeypatch.setenv("SLURM_NTASKS", "1")
+  monkeypatch.setenv("SLURM_PROCID", "0")
+  monkeypatch.setenv("SLURM_LOCALID", "0")
+  assert distributed.detected_launch() is None
+  assert distributed.initialize("auto") is None
+  monkeypatch.setenv("SLURM_NTASKS", "8")
+  assert distributed.detected_launch() == "SLURM (8 tasks)"
+
+
+def test_an_incomplete_launch_is_one_clear_error(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "research.main", "--config", "tests/helpers.py", "--workdir",
+       str(tmp_path / "w"), "--num_processes=2"], cwd=REPO, capture_output=True, text=True,
+      timeout=120, env={k: v for k, v in os.environ.items() if not k.startswith("SLURM")})
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: a multi-process run needs --coordinator_address, --process_id as well (or a "
+      "launcher JAX detects: SLURM, Open MPI, Cloud TPU)")
+  assert not (tmp_path / "w").exists()
