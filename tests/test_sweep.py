@@ -48,16 +48,22 @@ def test_sweep_runs_resumes_and_reports(tmp_path):
   assert sweep.main(args + ["--dry-run"]) == 0
   commands = (workdir / "commands.txt").read_text().splitlines()
   assert len(commands) == 4 and "--config.optimizer.learning_rate=0.001" in commands[0]
-  # Interrupted after two points (a job's time limit), then completed by the same command.
-  assert sweep.main(args + ["--max-points", "2"]) == 0
   names = [p["name"] for p in json.loads((workdir / "sweep.json").read_text())["points"]]
   assert names[0] == "optimizer.learning_rate=0.001,seed=0"
-  done_first = {n: (workdir / n / "results.json").stat().st_mtime for n in names[:2]}
-  assert not (workdir / names[2]).exists()
+  # Line 3 as task 3 of a SLURM array runs it (experiments/launch/sweep_array.sbatch).
+  array_task = subprocess.run(["bash", "experiments/launch/sweep_array.sbatch", str(workdir)],
+                              cwd=REPO, env=dict(os.environ, SLURM_ARRAY_TASK_ID="3"),
+                              capture_output=True, text=True, timeout=600)
+  assert array_task.returncode == 0, array_task.stderr[-2000:]
+  assert (workdir / names[2] / "results.json").exists()
+  # Interrupted after one more point (a job's time limit), then completed by the same command.
+  assert sweep.main(args + ["--max-points", "1"]) == 0
+  done_first = {n: (workdir / n / "results.json").stat().st_mtime for n in names[:3:2]}
+  assert not (workdir / names[1]).exists() and not (workdir / names[3]).exists()
   assert sweep.main(args) == 0
-  for name in names[:2]:  # not run again
+  for name in names[:3:2]:  # not run again
     assert (workdir / name / "results.json").stat().st_mtime == done_first[name]
-    assert (workdir / name / "main.log").read_text().count("done:") == 1
+  assert (workdir / names[0] / "main.log").read_text().count("done:") == 1
   assert all((workdir / n / "results.json").exists() for n in names)
   # The aggregate equals a hand computation from the runs' own results.
   rows = (workdir / "results.csv").read_text().splitlines()
