@@ -16,6 +16,7 @@ differ at all.
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -206,6 +207,14 @@ def test_sigterm_to_one_process_during_evaluation_stops_both_after_it(two_proces
   assert _checkpoint(workdir)[0] == 12  # at the evaluation, which was completed
   assert (workdir / "eval" / "validation_step12.json").exists()
   assert not (workdir / "results.json").exists()
+  # The checkpoint also resumes in one process over the same 4 devices (within the tolerance
+  # of the all-reduce order) ...
+  shutil.copytree(workdir, tmp_path / "in_one_process")
+  train.train_and_evaluate(tiny_config(**OVERRIDES, **{"parallel.backend": "pmap"}),
+                           tmp_path / "in_one_process")
+  assert _max_difference(_checkpoint(tmp_path / "in_one_process")[1],
+                         _checkpoint(reference)[1]) < 1e-6
+  # ... and in two processes, as the uninterrupted run, bit for bit.
   assert Launch(workdir, "pmap").wait() == [0, 0]
   assert _max_difference(_checkpoint(workdir)[1], _checkpoint(reference)[1]) == 0
   assert train_losses(workdir) == train_losses(reference)
