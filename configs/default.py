@@ -59,6 +59,9 @@ def get_config():
   c.train.batch_size = 32  # examples per optimizer step, over all devices and micro-batches
   c.train.grad_accum_steps = 1  # micro-batches per step; same update as one big batch
   c.train.num_epochs = 3.0  # may be fractional; the last incomplete batch of an epoch is dropped
+  # A step with a non-finite loss or gradient norm stops the run (nothing from it is saved);
+  # True: the step's update is skipped instead, and the step listed in results.json.
+  c.train.skip_nonfinite_steps = False
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 5e-5  # peak, after warm-up

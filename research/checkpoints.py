@@ -13,20 +13,78 @@ With several processes, every process calls every method (orbax synchronises the
 barriers); the trees are host numpy copies of replicated values, which orbax writes from
 process 0 alone and every process reads back whole. A checkpoint therefore restores on any
 number of processes and devices. The workdir must be on a filesystem all processes share.
+
+Every checkpoint's meta holds a checksum of its arrays. A restored tree must match it and be
+finite; a damaged train state (truncated, overwritten, unreadable) is reported in one line,
+moved to `checkpoints_damaged/`, and the next older one is tried: a run never restarts from
+scratch over damaged checkpoints, and never resumes from a corrupted one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import pathlib
+import shutil
+import sys
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+
+class DamagedCheckpoint(RuntimeError):
+  """No intact checkpoint to restore; the message names each damaged one and why."""
+
+
+def tree_checksum(tree: Any) -> str:
+  """A digest of every array of a tree (dtype, shape and bytes), independent of the tree's
+  container types (a restore without a template returns dicts for dataclasses)."""
+  leaves = sorted(hashlib.sha256(f"{a.dtype}{a.shape}".encode() + a.tobytes()).hexdigest()
+                  for a in map(np.ascontiguousarray, jax.tree.leaves(tree)))
+  return hashlib.sha256("".join(leaves).encode()).hexdigest()
+
+
+def problem_with(tree: Any, meta: dict[str, Any]) -> str | None:
+  """Why a restored tree cannot be used (its checksum differs, it holds NaN/inf), or None."""
+  if "checksum" in meta and tree_checksum(tree) != meta["checksum"]:
+    return "its arrays do not match the checksum saved with them"
+  for leaf in jax.tree.leaves(tree):
+    leaf = np.asarray(leaf)
+    if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
+      return "it holds NaN or infinite values"
+  return None
+
+
+def _quiet_closed_loop_reports() -> None:
+  """After a failed restore, orbax's reads still under way report into its closed event loop
+  ("Event loop is closed", printed as an ignored exception): harmless, and not the one line a
+  damaged checkpoint should give. Those reports alone are dropped from then on."""
+  previous = sys.unraisablehook
+  if getattr(previous, "quiets_closed_loops", False):
+    return
+
+  def hook(report):
+    if not (isinstance(report.exc_value, RuntimeError)
+            and str(report.exc_value) == "Event loop is closed"):
+      previous(report)
+
+  hook.quiets_closed_loops = True
+  sys.unraisablehook = hook
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
 class Checkpoints:
 
   def __init__(self, workdir: pathlib.Path, *, keep: int, best_metric: str, best_mode: str):
     self.best_metric, self.best_mode = best_metric, best_mode
+    self.workdir = workdir
 
     def processes(name: str):  # the two managers save concurrently: their barriers need names
       return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
@@ -54,15 +112,46 @@ class Checkpoints:
     """`state` is a host (numpy) tree; `meta` small JSON (epoch, best so far, timings)."""
     if step in self._latest.all_steps():
       return
+    meta = dict(meta, checksum=tree_checksum(state))
     self._latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)))
 
   def restore_state(self, template: Any) -> tuple[Any, dict[str, Any]]:
-    """The newest train state, with the structure and dtypes of `template` (None: as saved)."""
-    step = self._latest.latest_step()
-    restored = self._latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
-    return restored.state, restored.meta
+    """The newest intact train state, with the structure and dtypes of `template` (None: as
+    saved). Damaged newer ones are set aside, each with a warning."""
+    damaged = []
+    for step in sorted(self._latest.all_steps(), reverse=True):
+      try:
+        restored = self._latest.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
+        problem = problem_with(restored.state, restored.meta)
+      except Exception as e:  # orbax, tensorstore and json each raise their own on bad files
+        _quiet_closed_loop_reports()
+        problem = f"it cannot be read ({_first_line(e)})"
+      if problem is None:
+        return restored.state, restored.meta
+      damaged.append(f"step {step}: {problem}")
+      aside = self._set_aside(step)
+      logging.warning("checkpoint %s is damaged: %s; moved to %s, trying the one before",
+                      self.workdir / "checkpoints" / str(step), problem, aside)
+    raise DamagedCheckpoint(f"no intact checkpoint in {self.workdir / 'checkpoints'} ("
+                            + "; ".join(damaged) + f"); they were moved to "
+                            f"{self.workdir / 'checkpoints_damaged'}. Rerun to start from the "
+                            "beginning, or restore an intact copy")
+
+  def _set_aside(self, step: int) -> pathlib.Path:
+    """Moves a damaged step out of orbax's sight (process 0), so the run goes on without it."""
+    source = self.workdir / "checkpoints" / str(step)
+    target = self.workdir / "checkpoints_damaged" / str(step)
+    if jax.process_index() == 0:
+      target.parent.mkdir(exist_ok=True)
+      if target.exists():
+        shutil.rmtree(target)
+      shutil.move(source, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+    self._latest.reload()
+    return target
 
   # ---- best params -----------------------------------------------------------------------------
 
@@ -72,6 +161,9 @@ class Checkpoints:
     return value > best if self.best_mode == "max" else value < best
 
   def save_best(self, step: int, params: Any, meta: dict[str, Any]) -> None:
+    if step in self._best.all_steps():  # saved before a kill, and recomputed identically since
+      return
+    meta = dict(meta, checksum=tree_checksum(params))
     self._best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                                   meta=ocp.args.JsonSave(meta)),
                     metrics={self.best_metric: meta["metrics"][self.best_metric]})
@@ -83,8 +175,16 @@ class Checkpoints:
     step = self._best.best_step()
     if step is None:
       raise FileNotFoundError("no best checkpoint yet")
-    restored = self._best.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
+    try:
+      restored = self._best.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
+      problem = problem_with(restored.params, restored.meta)
+    except Exception as e:  # as in restore_state
+      _quiet_closed_loop_reports()
+      problem = f"it cannot be read ({_first_line(e)})"
+    if problem is not None:
+      raise DamagedCheckpoint(f"the best checkpoint {self.workdir / 'best' / str(step)} is "
+                              f"damaged: {problem}")
     return restored.params, restored.meta
 
   def close(self) -> None:

@@ -7,6 +7,7 @@ metrics, plus a per-class (or per-entity-type) precision/recall/F1 report.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from typing import Any, Callable
 
@@ -30,11 +31,12 @@ def run_model(eval_step: Callable, dp: DataParallel, params: Any,
   batches = input_pipeline.prefetch(
       input_pipeline.eval_batches(split, batch_size, buckets, dp.process_rows(batch_size)),
       dp.put_eval_batch)
-  for batch in batches:
-    out = eval_step(params, batch)
-    if dp.sync_each_step:
-      jax.block_until_ready(out)
-    pending.append(out)
+  with contextlib.closing(batches):
+    for batch in batches:
+      out = eval_step(params, batch)
+      if dp.sync_each_step:
+        jax.block_until_ready(out)
+      pending.append(out)
   outputs, loss_sum, weight_sum = None, 0.0, 0.0
   for out in pending:
     out = dp.get_metrics(out)

@@ -93,16 +93,18 @@ def read_inputs(path: pathlib.Path, text_fields: tuple[str, ...], token_task: bo
   import datasets
   if path.suffix == ".txt":
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(input_pipeline.check_utf8(path).splitlines(), 1):
       parts = line.split("\t")
       if len(parts) != len(text_fields):
         raise input_pipeline.DataError(
             f"{path}:{number}: {len(parts)} tab-separated texts, the task needs "
             f"{len(text_fields)}")
       rows.append({f: (p.split() if token_task else p) for f, p in zip(text_fields, parts)})
+    if not rows:
+      raise input_pipeline.DataError(f"{path} has no lines to predict")
     return datasets.Dataset.from_list(rows)
   if path.suffix in (".jsonl", ".json"):
-    return datasets.load_dataset("json", data_files=str(path), split="train")
+    return input_pipeline.read_file(path)
   raise input_pipeline.DataError(f"{path}: --input must be a .txt or .jsonl file")
 
 

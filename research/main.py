@@ -46,6 +46,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 (or JAX_COORDINATOR_ADDRESS).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
+_DEBUG = flags.DEFINE_bool("debug", os.environ.get("RESEARCH_DEBUG") == "1",
+                           "Errors end with their traceback (also RESEARCH_DEBUG=1).")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -64,6 +66,15 @@ def _unknown_field_message(error: Exception, argv: list[str]) -> str:
           + (f' (did you mean "{hint.group(1)}"?)' if hint else ""))
 
 
+def _config_file(argv: list[str]) -> str:
+  for i, arg in enumerate(argv):
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1].partition(":")[0]
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1].partition(":")[0]
+  return "--config"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
@@ -73,10 +84,21 @@ def parse_flags(argv: list[str]) -> list[str]:
       head = message[:message.find("Traceback")].strip().rstrip(":")
       message = f"{head}: {message.strip().splitlines()[-1]}"
     _fail(message)
-  except (AttributeError, KeyError) as e:
+  except AttributeError as e:
+    if "get_config" in str(e):
+      _fail(f"--config {_config_file(argv)} defines no get_config() (a config file is a Python "
+            "file with `def get_config(arg=None): ... return config`)")
+    _fail(_unknown_field_message(e, argv))
+  except KeyError as e:
     _fail(_unknown_field_message(e, argv))
   except (TypeError, ValueError, FileNotFoundError) as e:
     _fail(f"--config: {e}")
+  except SyntaxError as e:
+    _fail(f"--config {e.filename}:{e.lineno}: {e.msg}: {(e.text or '').strip()}")
+  except Exception as e:  # anything else the config file raised while it was run
+    if "--debug" in argv or os.environ.get("RESEARCH_DEBUG") == "1":
+      raise
+    _fail(f"--config {_config_file(argv)}: {type(e).__name__}: {e}")
   return []
 
 
@@ -102,7 +124,7 @@ def main(argv: list[str]) -> None:
     logging.getLogger().setLevel(logging.WARNING)
   import datasets
   datasets.disable_progress_bars()  # the pipeline logs one line per split instead
-  from research import config_lib, inference, train
+  from research import checkpoints, config_lib, inference, metrics, train, writers
   from research.data.input_pipeline import DataError
   from research.models.hf_io import CheckpointError
 
@@ -130,7 +152,10 @@ def main(argv: list[str]) -> None:
       inference.export(config, workdir, _OUTPUT.value)
   except train.Interrupted as e:
     _fail(str(e), train.EXIT_INTERRUPTED)
-  except (config_lib.ConfigError, DataError, CheckpointError, train.RunError) as e:
+  except (config_lib.ConfigError, DataError, CheckpointError, train.RunError,
+          writers.WorkdirError, checkpoints.DamagedCheckpoint, metrics.MetricError) as e:
+    if _DEBUG.value:
+      raise
     _fail(str(e))
 
 

@@ -50,11 +50,23 @@ def matthews_corrcoef(labels: np.ndarray, predictions: np.ndarray) -> float:
   return float(cov_ytyp / denom) if denom > 0 else 0.0
 
 
+class MetricError(ValueError):
+  """A metric that cannot be computed from these labels and predictions (never reported as 0)."""
+
+
 def pearson(labels: np.ndarray, predictions: np.ndarray) -> float:
-  x = np.asarray(labels, np.float64) - np.mean(labels)
-  y = np.asarray(predictions, np.float64) - np.mean(predictions)
+  """Pearson's r; an error where it is undefined (NaN values, or a constant side): a 0 there
+  would rank a broken model, and pick a best checkpoint."""
+  labels, predictions = np.asarray(labels, np.float64), np.asarray(predictions, np.float64)
+  if not (np.isfinite(labels).all() and np.isfinite(predictions).all()):
+    raise MetricError("the correlation cannot be computed: the labels or predictions hold NaN "
+                      "or infinite values")
+  x, y = labels - labels.mean(), predictions - predictions.mean()
   denom = np.sqrt(np.sum(x * x) * np.sum(y * y))
-  return float(np.sum(x * y) / denom) if denom > 0 else 0.0
+  if denom == 0:
+    side = "labels" if not np.any(x) else "predictions"
+    raise MetricError(f"the correlation is undefined: all {side} are equal")
+  return float(np.sum(x * y) / denom)
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:

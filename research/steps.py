@@ -50,13 +50,15 @@ def _first_row(x: jax.Array) -> jax.Array:
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    kind: str, lora_scale: float = 0.0
+                    kind: str, lora_scale: float = 0.0, skip_nonfinite: bool = False
                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
   """Gradients flow to `state.params` only: frozen weights get no gradient computation.
 
   `signals` holds one row of int32 flags per device (see train.py: stop, save); the step returns
   their sums over all devices in `metrics["signals"]`, so that every process reads the same
-  decision for the same step without a collective of its own.
+  decision for the same step without a collective of its own. `metrics["finite"]` says whether
+  the loss and the gradient norm are finite; with `skip_nonfinite`, a step where they are not
+  leaves the parameters and optimizer state as they were (the step still counts).
   """
 
   def loss_fn(params, frozen, micro_batch, rng):
@@ -86,10 +88,15 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     grad_sum, loss, weight, signals = lax.psum((grad_sum, loss, weight, _first_row(signals)),
                                                AXIS)
     grads = jax.tree.map(lambda g: g / jnp.maximum(weight, 1.0), grad_sum)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss_sum": loss, "weight_sum": weight, "grad_norm": optax.tree.norm(grads),
-               "learning_rate": schedule(state.step), "signals": signals}
+    if skip_nonfinite:
+      params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                       (params, opt_state), (state.params, state.opt_state))
+    metrics = {"loss_sum": loss, "weight_sum": weight, "grad_norm": grad_norm,
+               "learning_rate": schedule(state.step), "signals": signals, "finite": finite}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hashlib
 import importlib.util
 import json
 import pathlib
+import re
 import shlex
 import subprocess
 import sys
@@ -44,7 +46,13 @@ def load_config_file(spec: str):
 
 
 def point_name(point: dict[str, Any]) -> str:
-  return ",".join(f"{key.removeprefix('config.')}={value}" for key, value in point.items())
+  """The point's sub-workdir name: its overrides, as one path component inside the sweep folder
+  (a value such as '../x' cannot lead out of it); long names end in a digest of the point."""
+  name = ",".join(f"{key.removeprefix('config.')}={value}" for key, value in point.items())
+  safe = re.sub(r"[^\w.,=+-]", "_", name)
+  if len(safe) > 200:
+    safe = f"{safe[:180]}~{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+  return safe
 
 
 def apply_overrides(config: ml_collections.ConfigDict, point: dict[str, Any]) -> None:

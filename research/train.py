@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import checkpoints, config_lib, evaluation, optim, peft, steps, tasks, writers
+from research import (checkpoints, config_lib, evaluation, metrics, optim, peft, steps, tasks,
+                      writers)
 from research.data import input_pipeline
 from research.models import bert, hf_io
 from research.parallel import CountingStep, DataParallel
@@ -127,8 +128,6 @@ def init_params(setup: ModelSetup, rng: jax.Array) -> Any:
 def check_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   """Refuses a workdir that holds a run with another config (before anything is written)."""
   path = workdir / "config.json"
-  if workdir.exists() and not workdir.is_dir():
-    raise RunError(f"--workdir {workdir} is a file, not a directory")
   if path.exists():
     conflicts = config_lib.resume_conflicts(json.loads(path.read_text()), config)
     if conflicts:
@@ -152,6 +151,7 @@ class RunState:
   best: dict[str, Any] | None = None  # step, metric, value and results of the best evaluation
   evals_since_best: int = 0           # evaluations without a better best (early stopping)
   stopped_early: bool = False
+  skipped_steps: list[int] = dataclasses.field(default_factory=list)  # non-finite, not applied
   train_seconds: float = 0.0          # the training loop's time over all sessions
   last_results: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
   # Sums of the train metrics since the last log step, so that a resumed run logs the same
@@ -209,7 +209,10 @@ def evaluate(run: Run, device_state: steps.TrainState, step: int
     outputs, loss = evaluation.run_model(run.eval_step, run.dp, model_params, split,
                                          batch_size=config.eval.batch_size,
                                          buckets=tuple(config.data.length_buckets))
-    scalars, report = evaluation.score(config.task, split, outputs, loss)
+    try:
+      scalars, report = evaluation.score(config.task, split, outputs, loss)
+    except metrics.MetricError as e:
+      raise RunError(f"evaluation of {name} at step {step}: {e}") from e
     results[name] = scalars
     run.writer.write(step, name, scalars)
     evaluation.write_eval_file(run.workdir / "eval" / f"{name}_step{step}.json", step, scalars,
@@ -239,6 +242,37 @@ def track_best(run: Run, state: RunState, step: int, results: dict[str, dict[str
     logging.info("early stopping at step %d: no better %s for %d evaluations; the best "
                  "checkpoint (step %d) is the model", step, config.eval.best_metric, patience,
                  state.best["step"])
+
+
+def read_step_metrics(run: Run, state: RunState,
+                      pending: list[tuple[int, dict[str, jax.Array]]]) -> np.ndarray:
+  """Reads steps' metrics into the run state; returns the sum of their signals.
+
+  A step whose loss or gradient norm is not finite stops the run here, before anything after
+  it is saved (the last checkpoint and the best are earlier, finite states), unless
+  `train.skip_nonfinite_steps` (the step then changed nothing, and is counted and logged).
+  """
+  signals = np.zeros(2, np.int64)
+  for step, device_metrics in pending:
+    metrics_ = run.dp.get_metrics(device_metrics)
+    signals += metrics_["signals"]
+    if metrics_["finite"]:
+      state.add_step(metrics_)
+      continue
+    loss = float(metrics_["loss_sum"]) / max(float(metrics_["weight_sum"]), 1.0)
+    what = f"loss {loss:.4g}, gradient norm {float(metrics_['grad_norm']):.4g}"
+    if run.config.train.skip_nonfinite_steps:
+      state.skipped_steps.append(step)
+      logging.warning("step %d: %s: the update is skipped (train.skip_nonfinite_steps)", step,
+                      what)
+      continue
+    kept = [f"the last checkpoint (step {run.ckpts.latest_step()})"
+            if run.ckpts.latest_step() is not None else "no checkpoint yet",
+            f"the best (step {state.best['step']})" if state.best else "no best yet"]
+    raise RunError(f"training diverged at step {step}: {what}; nothing from that step on was "
+                   f"saved ({' and '.join(kept)} kept). Lower optimizer.learning_rate, or set "
+                   "train.skip_nonfinite_steps=True to skip such updates")
+  return signals
 
 
 def save_checkpoint(run: Run, state: RunState, device_state: steps.TrainState,
@@ -281,7 +315,8 @@ class StopSignals:
 
 def _test_pause(point: str, step: int, stop: StopSignals) -> None:
   """Tests only: with `RESEARCH_TEST_PAUSE=<point>:<step>:<file>`, touches `<file>.<process>`
-  at `point` ('step': after a step's actions; 'eval': as its evaluation starts) and waits until
+  at `point` ('step': after a step's actions; 'eval': as its evaluation starts; 'best': after
+  the best checkpoint is saved; 'results': before results.json is written) and waits until
   this process is asked to stop or `<file>.release` exists (or 2 minutes pass), so that a
   signal or a kill -9 lands exactly there."""
   spec = os.environ.get(PAUSE_ENV)
@@ -310,13 +345,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   """
   workdir = pathlib.Path(workdir)
   config_lib.validate(config)
-  check_workdir(config, workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  with writers.log_file(workdir / "train.log"), StopSignals() as stop:
-    return _train(config, workdir, stop)
+  if workdir.exists() and not workdir.is_dir():
+    raise RunError(f"--workdir {workdir} is a file, not a directory")
+  with (writers.workdir_lock(workdir), writers.RunLog.attached(workdir / "train.log") as log,
+        StopSignals() as stop):
+    check_workdir(config, workdir)
+    return _train(config, workdir, log, stop)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writers.RunLog,
            stop: StopSignals) -> dict[str, Any]:
   run_start = time.time()
 
@@ -334,6 +371,13 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                  for name in data.eval_splits}
   batches = train_batches(config, train_split)
   total_steps = max(1, round(config.train.num_epochs * batches.steps_per_epoch))
+  data_record = input_pipeline.data_record(data, {data.train_split: train_split, **eval_splits})
+  if (workdir / "data.json").exists():
+    changes = input_pipeline.data_changes(json.loads((workdir / "data.json").read_text()),
+                                          data_record)
+    if changes:
+      raise RunError(f"{workdir} holds a run trained on other data; use another --workdir "
+                     "(nothing was changed). Differences:\n  " + "\n  ".join(changes))
 
   # ---- Optimizer and train state ------------------------------------------------------------
   # Trainable and frozen parameters live apart (peft.py); full fine-tuning freezes nothing.
@@ -359,7 +403,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
         f"config.train.batch_size / grad_accum_steps ({micro_batch}) and config.eval.batch_size "
         f"({config.eval.batch_size}) must be multiples of the {dp.num_devices} devices")
   train_step = dp.compile_train_step(
-      steps.make_train_step(setup.model, tx, schedule, config.task.kind, lora_scale))
+      steps.make_train_step(setup.model, tx, schedule, config.task.kind, lora_scale,
+                            skip_nonfinite=config.train.skip_nonfinite_steps))
   eval_step = dp.compile_eval_step(steps.make_eval_step(setup.model, config.task.kind))
   logging.info("%s over %d %s device(s) in %d process(es)", dp.backend, dp.num_devices,
                jax.default_backend(), dp.process_count)
@@ -379,8 +424,10 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     logging.info("%s holds a finished run; its results.json stands", workdir)
     ckpts.close()
     return json.loads((workdir / "results.json").read_text())
-  # The config, data and model are valid: the workdir now belongs to this run.
+  # The config, data, model and checkpoint are valid: the workdir now belongs to this run.
+  log.start()
   writers.write_text(workdir / "config.json", config_lib.to_json(config))
+  writers.write_json(workdir / "data.json", data_record)
   train_seconds_before = run_state.train_seconds
   device_state = dp.put_replicated(state)
   del state, params, frozen  # the device copy is the state from here on
@@ -401,50 +448,46 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                               examples_per_step=config.train.batch_size)
   loop_start = time.perf_counter()
   last_save, save_requested = time.monotonic(), False
-  unread: list[dict[str, jax.Array]] = []  # device metrics not yet read
+  unread: list[tuple[int, dict[str, jax.Array]]] = []  # (step, device metrics) not yet read
   step = start_step
-  rows = dp.process_rows(micro_batch)
+  prefetched = input_pipeline.prefetch(
+      batches(start_step, total_steps, dp.process_rows(micro_batch)), dp.put_train_batch)
   try:
-    for batch in input_pipeline.prefetch(batches(start_step, total_steps, rows),
-                                         dp.put_train_batch):
+    for batch in prefetched:
       save_due = (dp.process_index == 0 and config.checkpoint.every_seconds > 0
                   and not save_requested
                   and time.monotonic() - last_save >= config.checkpoint.every_seconds)
       save_requested = save_requested or save_due
       flags = dp.put_signals(np.array([stop.requested is not None, save_due]))
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        device_state, metrics = train_step(device_state, batch, flags)
+        device_state, step_metrics = train_step(device_state, batch, flags)
       step += 1
       if dp.sync_each_step:
-        jax.block_until_ready(metrics)
-      unread.append(metrics)
+        jax.block_until_ready(step_metrics)
+      unread.append((step, step_metrics))
       log_now = itstime(step, config.log.every_steps, total_steps)
-      fetched = [dp.get_metrics(m) for m in (unread if log_now else unread[:-1])]
-      unread = unread[len(fetched):]
-      for m in fetched:
-        run_state.add_step(m)
-      stop_agreed = any(m["signals"][0] > 0 for m in fetched)
-      save_agreed = any(m["signals"][1] > 0 for m in fetched)
+      evaluated = itstime(step, eval_every, total_steps)
+      # Before any action, every step up to this one is read (and checked finite).
+      act_now = log_now or evaluated or itstime(step, config.checkpoint.every_steps, total_steps)
+      reading, unread = (unread, []) if act_now else (unread[:-1], unread[-1:])
+      stop_signal, save_signal = read_step_metrics(run, run_state, reading)
+      stop_agreed, save_agreed = stop_signal > 0, save_signal > 0
       if log_now:
         train_metrics = run_state.take_log()
-        if not np.isfinite(train_metrics["loss"]):
-          raise RunError(f"training diverged at step {step}: loss {train_metrics['loss']}; the "
-                         f"last checkpoint in {workdir / 'checkpoints'} is kept")
         train_metrics.update(progress.report(step, train_metrics))
         run.writer.write(step, "train", train_metrics)
       paused = time.perf_counter()
-      evaluated = itstime(step, eval_every, total_steps)
       if evaluated:
         _test_pause("eval", step, stop)
         run_state.last_results, model_params = evaluate(run, device_state, step)
         track_best(run, run_state, step, run_state.last_results, model_params)
         del model_params
+        _test_pause("best", step, stop)
         # A signal that came during the evaluation stops the run here, after it.
         stop_agreed = stop_agreed or dp.any_process(stop.requested is not None)
       if (evaluated or save_agreed or stop_agreed
           or itstime(step, config.checkpoint.every_steps, total_steps)):
-        for m in unread:  # this step's metrics belong to the checkpoint's counts
-          run_state.add_step(dp.get_metrics(m))
+        read_step_metrics(run, run_state, unread)  # this step's belong to the checkpoint
         unread = []
         run_state.train_seconds = train_seconds_before + time.perf_counter() - loop_start
         save_checkpoint(run, run_state, device_state, step)
@@ -460,6 +503,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     if not run_state.last_results:  # resumed from a checkpoint saved before this code kept them
       run_state.last_results, _ = evaluate(run, device_state, step)
   finally:
+    prefetched.close()
     ckpts.close()
     run.writer.close()
   train_seconds = train_seconds_before + time.perf_counter() - loop_start
@@ -472,8 +516,10 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                        "train_seconds": train_seconds,
                        "wall_seconds_this_session": time.time() - run_start},
              "processes": dp.process_count, "devices": dp.num_devices,
+             "skipped_steps": run_state.skipped_steps,
              # XLA compilations in this session: one per length bucket used is the target.
              "compiles": {"train_step": train_step.compiles, "eval_step": eval_step.compiles}}
+  _test_pause("results", step, stop)
   writers.write_json(workdir / "results.json", summary)
   logging.info("done: %s", json.dumps(summary["final"]))
   return summary

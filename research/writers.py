@@ -1,9 +1,10 @@
 """Where a run's files go. Every file is written by process 0 only, through this module:
 
+  workdir_lock  `.lock`: one run per workdir (an OS lock, released however the process ends)
   write_text    whole files (config.json, results.json, eval/*.json, predictions), atomically:
                 a reader (or a kill) never sees half a file
   MetricWriter  metrics.jsonl and TensorBoard events
-  log_file      train.log
+  RunLog        train.log, kept in memory until the run has validated its start
 
 On resume, the metric writer drops what the interrupted run logged after the step it resumes
 from (those steps are recomputed, identically): metrics.jsonl keeps no duplicate steps and
@@ -13,16 +14,23 @@ TensorBoard is told to purge them. Progress (examples/s, ETA) goes to the log.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
+import logging.handlers
 import math
 import os
 import pathlib
+import socket
 import time
 from typing import Any
 
 import jax
 import numpy as np
+
+
+class WorkdirError(RuntimeError):
+  """A workdir that cannot be used (busy, not writable); the message says why."""
 
 
 def is_writer() -> bool:
@@ -46,19 +54,77 @@ def write_json(path: pathlib.Path, record: Any) -> None:
 
 
 @contextlib.contextmanager
-def log_file(path: pathlib.Path):
-  """Also writes the log to `path` (on process 0) while the block runs."""
+def workdir_lock(workdir: pathlib.Path):
+  """Holds an exclusive OS lock on `<workdir>/.lock` (process 0) while the block runs.
+
+  A second run on the workdir is refused with the holder's pid and host. The OS releases the
+  lock when the process ends, kill -9 included. A workdir that this call created is removed
+  again if the block leaves nothing else in it (a failed start leaves no trace).
+  """
   if not is_writer():
     yield
     return
-  handler = logging.FileHandler(path)
-  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-  logging.getLogger().addHandler(handler)
+  created = not workdir.exists()
+  path = workdir / ".lock"
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+  except OSError as e:
+    raise WorkdirError(f"cannot write to --workdir {workdir}: {e.strerror}") from e
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.seek(0)
+    holder = handle.read().strip() or "another process"
+    handle.close()
+    raise WorkdirError(f"--workdir {workdir} is in use by another run ({holder}); wait for "
+                       "it to end or use another --workdir") from None
+  handle.seek(0)
+  handle.truncate()
+  handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+  handle.flush()
   try:
     yield
   finally:
-    logging.getLogger().removeHandler(handler)
-    handler.close()
+    path.unlink(missing_ok=True)
+    handle.close()  # releases the lock
+    if created and not any(workdir.iterdir()):
+      workdir.rmdir()
+
+
+class RunLog(logging.handlers.MemoryHandler):
+  """train.log on process 0: records wait in memory until `start()`, which the run calls once
+  its config, data and model are valid, so a failed start writes no file."""
+
+  def __init__(self, path: pathlib.Path):
+    super().__init__(capacity=2**31, flushLevel=logging.CRITICAL + 1)
+    self.path = path
+    self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+
+  def start(self) -> None:
+    if is_writer() and self.target is None:
+      target = logging.FileHandler(self.path)
+      target.setFormatter(self.formatter)
+      self.setTarget(target)
+      self.capacity = 1  # from now on every record goes straight to the file
+      self.flush()
+
+  def close(self) -> None:
+    target = self.target
+    super().close()  # flushes to the file if started; records of a failed start are dropped
+    if target is not None:
+      target.close()
+
+  @classmethod
+  @contextlib.contextmanager
+  def attached(cls, path: pathlib.Path):
+    handler = cls(path)
+    logging.getLogger().addHandler(handler)
+    try:
+      yield handler
+    finally:
+      logging.getLogger().removeHandler(handler)
+      handler.close()
 
 
 def _scalar(value: Any) -> float | int:
@@ -74,13 +140,12 @@ class MetricWriter:
     self._tb = None
     if not self.active:
       return
-    if resume_step and self.path.exists():
+    if self.path.exists():  # what a stopped run logged after its checkpoint is redone
       kept = [line for line in self.path.read_text().splitlines()
               if line and json.loads(line)["step"] <= resume_step]
       write_text(self.path, "".join(line + "\n" for line in kept))
     from tensorboardX import SummaryWriter
-    self._tb = SummaryWriter(str(workdir / "tensorboard"),
-                             purge_step=resume_step + 1 if resume_step else None)
+    self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
 
   def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
     """Scalars, tagged `<split>/<name>` in TensorBoard and one JSON line."""

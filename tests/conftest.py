@@ -32,3 +32,16 @@ def require_data(name: str) -> pathlib.Path:
   if not path.is_dir():
     pytest.skip(f"needs the shared dataset {path} (set RESEARCH_DATA_DIR to ../shared/data)")
   return path
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+  """An uninterrupted tiny run (tests/helpers.py): 24 steps (12 per epoch), evaluated after
+  each epoch, checkpointed every 5 steps. Tests compare stopped and resumed runs with it."""
+  require_data("sst2")
+  from helpers import tiny_config
+  from research import train
+  workdir = tmp_path_factory.mktemp("reference")
+  config = tiny_config()
+  summary = train.train_and_evaluate(config, workdir)
+  return workdir, config, summary

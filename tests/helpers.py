@@ -5,6 +5,8 @@ import json
 import pathlib
 import sys
 
+import numpy as np
+
 from configs import sst2
 
 
@@ -41,6 +43,28 @@ def train_rows(workdir: pathlib.Path) -> list[dict]:
 
 def train_losses(workdir: pathlib.Path) -> dict[int, float]:
   return {r["step"]: r["loss"] for r in train_rows(workdir)}
+
+
+def final_state(workdir: pathlib.Path):
+  """(step, train state) of the newest checkpoint of a run (host numpy, the tree as saved)."""
+  from research import checkpoints
+  ckpts = checkpoints.Checkpoints(pathlib.Path(workdir), keep=5, best_metric="accuracy",
+                                  best_mode="max")
+  try:
+    step = ckpts.latest_step()
+    state, _ = ckpts.restore_state(None)
+  finally:
+    ckpts.close()
+  return step, state
+
+
+def assert_same_params(a, b):
+  """Two train states hold bit-identical parameters."""
+  import jax
+  flat_a, flat_b = jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])
+  assert len(flat_a) == len(flat_b) > 0
+  for x, y in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def glue_runner():

@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, require_data
-from helpers import tiny_config, train_losses
-from research import checkpoints, distributed, train
+from helpers import final_state, tiny_config, train_losses
+from research import distributed, train
 
 OVERRIDES = {"data.eval_examples": 51, "data.max_length": 64, "data.length_buckets": (64,),
              "parallel.num_devices": 0}
@@ -100,17 +100,6 @@ def _wait_for(paths, timeout=240):
     time.sleep(0.05)
 
 
-def _checkpoint(workdir):
-  """(step, train state) of the newest checkpoint of a run (host numpy)."""
-  ckpts = checkpoints.Checkpoints(workdir, keep=5, best_metric="accuracy", best_mode="max")
-  try:
-    step = ckpts.latest_step()
-    state, _ = ckpts.restore_state(None)
-  finally:
-    ckpts.close()
-  return step, state
-
-
 def _max_difference(a, b) -> float:
   flat_a, flat_b = jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])
   assert len(flat_a) == len(flat_b) > 0
@@ -150,8 +139,8 @@ def two_process_runs(tmp_path_factory):
 def test_two_processes_train_what_one_process_with_four_devices_trains(two_process_runs,
                                                                        backend):
   two, one, single, launch = two_process_runs[backend]
-  step_two, state_two = _checkpoint(two)
-  step_one, state_one = _checkpoint(one)
+  step_two, state_two = final_state(two)
+  step_one, state_one = final_state(one)
   assert step_two == step_one == 24
   assert _max_difference(state_two, state_one) < 1e-6
   assert _max_difference(state_one, jax.device_get(
@@ -184,9 +173,9 @@ def test_both_processes_killed_then_restarted_end_as_the_uninterrupted_run(
   _wait_for([f"{marker}.0", f"{marker}.1"])
   launch.signal(signal.SIGKILL)
   assert launch.wait() == [-signal.SIGKILL] * 2
-  assert _checkpoint(workdir)[0] == 5  # checkpoints every 5 steps
+  assert final_state(workdir)[0] == 5  # checkpoints every 5 steps
   assert Launch(workdir, "pmap").wait() == [0, 0]
-  assert _max_difference(_checkpoint(workdir)[1], _checkpoint(reference)[1]) == 0
+  assert _max_difference(final_state(workdir)[1], final_state(reference)[1]) == 0
   assert train_losses(workdir) == train_losses(reference)  # recomputed, no duplicates
   _assert_written_once(workdir)
 
@@ -204,7 +193,7 @@ def test_sigterm_to_one_process_during_evaluation_stops_both_after_it(two_proces
     last = launch.output(i).strip().splitlines()[-1]
     assert last.startswith("error: stopped by") and "at step 12 of 24" in last, last
   assert "Traceback" not in launch.output(0) + launch.output(1)
-  assert _checkpoint(workdir)[0] == 12  # at the evaluation, which was completed
+  assert final_state(workdir)[0] == 12  # at the evaluation, which was completed
   assert (workdir / "eval" / "validation_step12.json").exists()
   assert not (workdir / "results.json").exists()
   # The checkpoint also resumes in one process over the same 4 devices (within the tolerance
@@ -212,11 +201,11 @@ def test_sigterm_to_one_process_during_evaluation_stops_both_after_it(two_proces
   shutil.copytree(workdir, tmp_path / "in_one_process")
   train.train_and_evaluate(tiny_config(**OVERRIDES, **{"parallel.backend": "pmap"}),
                            tmp_path / "in_one_process")
-  assert _max_difference(_checkpoint(tmp_path / "in_one_process")[1],
-                         _checkpoint(reference)[1]) < 1e-6
+  assert _max_difference(final_state(tmp_path / "in_one_process")[1],
+                         final_state(reference)[1]) < 1e-6
   # ... and in two processes, as the uninterrupted run, bit for bit.
   assert Launch(workdir, "pmap").wait() == [0, 0]
-  assert _max_difference(_checkpoint(workdir)[1], _checkpoint(reference)[1]) == 0
+  assert _max_difference(final_state(workdir)[1], final_state(reference)[1]) == 0
   assert train_losses(workdir) == train_losses(reference)
   resumed = json.loads((workdir / "results.json").read_text())
   uninterrupted = json.loads((reference / "results.json").read_text())

@@ -73,15 +73,41 @@ def test_unreadable_file_is_named(tmp_path):
     ip.load_split(str(tmp_path), "", "train")
 
 
-def test_bad_labels_and_fields_are_named(tmp_path, tokenizer):
-  (tmp_path / "train.jsonl").write_text('{"sentence": "x", "label": 5}\n')
-  with pytest.raises(ip.DataError, match="labels outside 0..1"):
-    ip.load_encoded(_data(tmp_path), _task(), tokenizer, "train")
+@pytest.mark.parametrize("kind,rows,message", [
+    ("classification", ['"x", "label": 1', '"y", "label": 5'],
+     "row 2: label 5 is neither one of task.label_names ['negative', 'positive'] nor an id 0..1"),
+    ("classification", ['"x", "label": "positive"', '"y", "label": "meh"', '"z", "label": "no"'],
+     "row 2: label 'meh' is neither one of task.label_names ['negative', 'positive'] nor an id "
+     "0..1; 2 such labels"),
+    ("classification", ['"x", "label": 1', '"y", "label": null'], "row 2: label None is"),
+    ("classification", ['"x", "label": 1', '"y", "label": NaN'], "row 2: label nan is"),
+    ("classification", ['"x", "label": -1'], "row 1: label -1 is neither one of task.label_names "
+     "['negative', 'positive'] nor an id 0..1 (a GLUE test split has no labels: -1)"),
+    ("regression", ['"x", "label": 0.5', '"y", "label": NaN'],
+     "row 2: label nan is not a finite number"),
+    ("regression", ['"x", "label": 0.5', '"y", "label": null', '"z", "label": 1.0'],
+     "row 2: label None is not a finite number"),
+])
+def test_every_bad_label_is_named_with_its_row(tmp_path, tokenizer, kind, rows, message):
+  """NaN and null labels once trained (or scored a Pearson of 0.0) without a word."""
+  (tmp_path / "validation.jsonl").write_text("".join('{"sentence": %s}\n' % r for r in rows))
+  task = _task(kind=kind, label_names=() if kind == "regression" else ("negative", "positive"))
+  with pytest.raises(ip.DataError) as raised:
+    ip.load_encoded(_data(tmp_path), task, tokenizer, "validation")
+  assert str(raised.value).startswith(f"{tmp_path} [validation]: {message}")
+
+
+def test_bad_tags_and_missing_fields_are_named(tmp_path, tokenizer):
+  (tmp_path / "train.jsonl").write_text('{"tokens": ["a", "b"], "tags": ["O", "B-PER"]}\n'
+                                        '{"tokens": ["c", "d"], "tags": ["O", "X"]}\n'
+                                        '{"tokens": ["e"], "tags": ["O", "O"]}\n')
+  task = _task(kind="token_classification", fields=("tokens",), label_field="tags",
+               label_names=("O", "B-PER"))
+  with pytest.raises(ip.DataError, match=r"\[train\]: row 2, word 2: label 'X' is neither"):
+    ip.load_encoded(_data(tmp_path), task, tokenizer, "train")
   with pytest.raises(ip.DataError, match=r"no field \['text'\]"):
-    ip.load_encoded(_data(tmp_path), _task(fields=("text",)), tokenizer, "train")
-  (tmp_path / "train.jsonl").write_text('{"sentence": "x", "label": "meh"}\n')
-  with pytest.raises(ip.DataError, match=r"labels \['meh'\] are not in task.label_names"):
-    ip.load_encoded(_data(tmp_path), _task(), tokenizer, "train")
+    ip.load_encoded(_data(tmp_path), _task(fields=("text",), label_field="tags"), tokenizer,
+                    "train")
 
 
 def test_research_data_dir_overrides_the_hub_name(monkeypatch, tmp_path):

@@ -68,9 +68,15 @@ def test_correlations_match_scipy():
       scipy.stats.spearmanr(labels, predictions)[0], abs=1e-12)
 
 
-def test_degenerate_inputs_give_zero_not_nan():
+def test_undefined_correlations_are_errors_and_sklearn_conventions_stay():
   constant = np.zeros(10)
-  assert metrics.pearson(np.arange(10), constant) == 0.0
+  with pytest.raises(metrics.MetricError, match="all predictions are equal"):
+    metrics.pearson(np.arange(10), constant)
+  with pytest.raises(metrics.MetricError, match="all labels are equal"):
+    metrics.spearman(constant, np.arange(10))
+  with pytest.raises(metrics.MetricError, match="NaN"):
+    metrics.pearson(np.array([1.0, np.nan, 3.0]), np.arange(3))
+  # MCC and F1 have sklearn's (and GLUE's) value where undefined: 0.
   assert metrics.matthews_corrcoef(np.zeros(10, int), np.zeros(10, int)) == 0.0
   assert metrics.f1_binary(np.zeros(4, int), np.zeros(4, int)) == 0.0
 

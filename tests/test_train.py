@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, require_data
-from helpers import tiny_config, train_losses, train_rows
+from helpers import assert_same_params, final_state, tiny_config, train_losses, train_rows
 from research import checkpoints, config_lib, inference, train
 from research.data import input_pipeline
 
@@ -20,34 +20,6 @@ from research.data import input_pipeline
 @pytest.fixture(autouse=True)
 def _needs_sst2():
   require_data("sst2")
-
-
-def _final_state(workdir, config):
-  """The newest checkpointed train state of a run (host numpy)."""
-  ckpts = checkpoints.Checkpoints(workdir, keep=5, best_metric="accuracy", best_mode="max")
-  try:
-    step = ckpts.latest_step()
-    state, _ = ckpts.restore_state(None)  # no template: the tree as saved
-  finally:
-    ckpts.close()
-  return step, state
-
-
-def _assert_same_params(a, b):
-  import jax
-  flat_a, flat_b = jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])
-  assert len(flat_a) == len(flat_b) > 0
-  for x, y in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-  """An uninterrupted tiny run: 24 steps (12 per epoch), evaluated after each epoch."""
-  workdir = tmp_path_factory.mktemp("reference")
-  config = tiny_config()
-  summary = train.train_and_evaluate(config, workdir)
-  return workdir, config, summary
 
 
 def test_run_writes_everything_a_researcher_reads(reference_run):
@@ -119,7 +91,7 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(reference_run, tmp_pat
     _interrupt_at(patch, stop_step, action)
     with pytest.raises(error) as raised:
       train.train_and_evaluate(tiny_config(), workdir)
-  step, _ = _final_state(workdir, tiny_config())
+  step, _ = final_state(workdir)
   if error is train.Interrupted:  # stopped at the step boundary the message names
     assert f"at step {step} of 24" in str(raised.value)
     assert 5 <= step < 12  # the batch is built up to 2 steps ahead; before the epoch's eval
@@ -127,9 +99,9 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(reference_run, tmp_pat
     assert step == 12
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
   summary = train.train_and_evaluate(tiny_config(), workdir)
-  _, resumed = _final_state(workdir, tiny_config())
-  _, uninterrupted = _final_state(reference_dir, tiny_config())
-  _assert_same_params(resumed, uninterrupted)
+  _, resumed = final_state(workdir)
+  _, uninterrupted = final_state(reference_dir)
+  assert_same_params(resumed, uninterrupted)
   assert train_losses(workdir) == train_losses(reference_dir)  # no gaps, no duplicates
   assert summary["final"]["results"] == reference_summary["final"]["results"]
   assert summary["best"]["step"] == reference_summary["best"]["step"]
@@ -221,13 +193,13 @@ def test_sigterm_stops_the_cli_at_a_step_boundary_with_exit_75(reference_run, tm
   assert process.returncode == train.EXIT_INTERRUPTED == 75
   assert "Traceback" not in stderr
   last = stderr.strip().splitlines()[-1]
-  step, _ = _final_state(workdir, tiny_config())
+  step, _ = final_state(workdir)
   assert last == (f"error: stopped by SIGTERM at step {step} of 24, with a checkpoint: rerun "
                   "the same command to resume")
   assert 6 < step < 12  # the steps already under way when it came, then a checkpoint
   summary = train.train_and_evaluate(tiny_config(), workdir)
-  _assert_same_params(_final_state(workdir, tiny_config())[1],
-                      _final_state(reference_dir, tiny_config())[1])
+  assert_same_params(final_state(workdir)[1],
+                      final_state(reference_dir)[1])
   assert train_losses(workdir) == train_losses(reference_dir)
   assert summary["best"] == reference_summary["best"]
 
@@ -241,8 +213,8 @@ def test_time_based_checkpoints_come_between_the_periodic_ones(reference_run, tm
   saved = ckpts._latest.all_steps()
   ckpts.close()
   assert set(saved) - {12, 24}  # steps saved for the time alone (evaluations save too)
-  _assert_same_params(_final_state(tmp_path, config)[1],
-                      _final_state(reference_dir, tiny_config())[1])
+  assert_same_params(final_state(tmp_path)[1],
+                      final_state(reference_dir)[1])
 
 
 def test_itstime():
@@ -278,7 +250,7 @@ def test_bfloat16_training_follows_float32_on_the_embedded_model(tmp_path):
                             "train.num_epochs": 1.0, "optimizer.learning_rate": 2e-4,
                             "optimizer.warmup_ratio": 0.0})
     train.train_and_evaluate(config, tmp_path / dtype)
-    return train_rows(tmp_path / dtype), _final_state(tmp_path / dtype, config)[1]
+    return train_rows(tmp_path / dtype), final_state(tmp_path / dtype)[1]
   rows32, _ = run("float32")
   rows16, state16 = run("bfloat16")
   assert [r["step"] for r in rows16] == list(range(1, 13))

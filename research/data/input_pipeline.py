@@ -1,8 +1,12 @@
 """Input pipeline: a file or hub dataset -> tokenised numpy matrices -> length-bucketed batches.
 
 * Sources: a local directory holding `<split>.jsonl|json|csv|tsv|parquet`, or a Hugging Face hub
-  dataset. A task with `data.local_name` reads `$RESEARCH_DATA_DIR/<local_name>/` instead of the
-  hub whenever that variable is set (CI and tests point it at ../shared/data).
+  dataset. A task with `data.local_name` reads `$RESEARCH_DATA_DIR/<local_name>/` instead of its
+  hub dataset whenever that variable is set (CI and tests point it at ../shared/data); a
+  `data.dataset` set to anything else (a folder, another hub dataset) is read as given.
+* Checks: every label is validated as a split is encoded (NaN, null, unknown or out of range is
+  one error naming the file, the row and the value), and so is every text field. A run records
+  each split's fingerprint (`data_record`), so a resumed run refuses other data.
 * Tokenisation: the checkpoint's fast tokenizer in a batched `Dataset.map`; sentence pairs are
   truncated longest-first, as Hugging Face does. A split is then held as padded int matrices.
 * Batches: every batch is padded to the smallest of a few `length_buckets` that fits its longest
@@ -19,7 +23,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import math
 import os
 import pathlib
 import queue
@@ -45,10 +51,22 @@ class DataError(ValueError):
 # ---- sources ------------------------------------------------------------------------------
 
 
+def _local_copy_applies(data_cfg) -> bool:
+  """Whether `$RESEARCH_DATA_DIR/<local_name>` stands for `data.dataset`: the task's own hub
+  dataset (or none), not a folder or dataset the user gave instead."""
+  registered = {spec.local_name: spec.hub_dataset for spec in tasks.TASKS.values()}
+  stands_for = registered.get(data_cfg.local_name, data_cfg.dataset)
+  if data_cfg.dataset in ("", stands_for):
+    return True
+  logging.info("data.dataset=%s is set: it is read, not %s/%s", data_cfg.dataset, DATA_DIR_ENV,
+               data_cfg.local_name)
+  return False
+
+
 def resolve_source(data_cfg) -> str:
   """The directory or hub dataset name that `data_cfg` points at."""
   local_root = os.environ.get(DATA_DIR_ENV)
-  if data_cfg.local_name and local_root:
+  if data_cfg.local_name and local_root and _local_copy_applies(data_cfg):
     path = pathlib.Path(local_root) / data_cfg.local_name
     if not path.is_dir():
       raise DataError(f"{DATA_DIR_ENV}={local_root} has no folder {data_cfg.local_name!r} "
@@ -69,14 +87,7 @@ def load_split(source: str, subset: str, split: str) -> datasets.Dataset:
       available = sorted({p.stem for p in directory.iterdir() if p.suffix in _FORMATS})
       raise DataError(f"{directory} has no file for split {split!r} (looked for "
                       f"{split}{{{','.join(_FORMATS)}}}; splits there: {available})")
-    path = files[0]
-    kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
-    try:
-      return datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train",
-                                   **kwargs)
-    except Exception as e:  # a parser error deep inside datasets: name the file
-      cause = e.__cause__ or e
-      raise DataError(f"cannot read {path}: {type(cause).__name__}: {cause}") from e
+    return read_file(files[0])
   if source.startswith((".", "/", "~")):
     raise DataError(f"data directory {source} does not exist")
   try:
@@ -84,6 +95,46 @@ def load_split(source: str, subset: str, split: str) -> datasets.Dataset:
   except Exception as e:  # offline, unknown name or split: one message either way
     raise DataError(f"could not load split {split!r} of hub dataset {source!r}"
                     f"{f' ({subset})' if subset else ''}: {type(e).__name__}: {e}") from e
+
+
+def check_utf8(path: pathlib.Path) -> str:
+  """A text file's contents; bytes that are not UTF-8 are one error naming the line."""
+  raw = path.read_bytes()
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b"\n") + 1
+    raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({raw[e.start:e.start + 4]!r}); "
+                    "save the file as UTF-8") from None
+
+
+def read_file(path: pathlib.Path) -> datasets.Dataset:
+  """A .jsonl/.json/.csv/.tsv/.parquet file's rows; any problem is one error naming the file."""
+  if path.stat().st_size == 0:
+    raise DataError(f"{path} is empty")
+  if path.suffix != ".parquet":
+    check_utf8(path)
+  kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
+  try:
+    dataset = datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train",
+                                    **kwargs)
+  except Exception as e:  # a parser error deep inside datasets: name the file
+    cause = e.__cause__ or e
+    detail = " ".join(str(cause).split())[:300]
+    raise DataError(f"cannot read {path}: {type(cause).__name__}: {detail}") from e
+  if not len(dataset):
+    raise DataError(f"{path} has no rows")
+  return dataset
+
+
+def split_file(source: str, split: str) -> str:
+  """What a split is read from: its file in a local directory, or the hub dataset's split."""
+  directory = pathlib.Path(os.path.expanduser(source))
+  if directory.is_dir():
+    files = sorted(p for p in directory.iterdir() if p.stem == split and p.suffix in _FORMATS)
+    if files:
+      return str(files[0].resolve())
+  return f"{source} [{split}] (hub)"
 
 
 # ---- tokenisation -------------------------------------------------------------------------
@@ -118,21 +169,52 @@ def _check_fields(dataset: datasets.Dataset, fields: tuple[str, ...], where: str
                     "set task.text_fields / task.label_field")
 
 
-def _class_ids(values: list, label_names: tuple[str, ...], where: str) -> np.ndarray:
-  """Labels given as ints (0..K-1) or as label-name strings -> int32 class ids."""
-  if values and isinstance(values[0], str):
-    index = {name: i for i, name in enumerate(label_names)}
-    unknown = sorted({v for v in values if v not in index})
-    if unknown:
-      raise DataError(f"{where}: labels {unknown[:5]} are not in task.label_names "
-                      f"{list(label_names)}")
-    return np.array([index[v] for v in values], np.int32)
-  ids = np.asarray(values, np.int64)
-  bad = (ids < 0) | (ids >= len(label_names))
-  if bad.any():
-    raise DataError(f"{where}: {int(bad.sum())} labels outside 0..{len(label_names) - 1} "
-                    f"(e.g. {int(ids[bad][0])}); a GLUE test split has no labels (-1)")
-  return ids.astype(np.int32)
+def _check_texts(dataset: datasets.Dataset, fields: tuple[str, ...], words: bool, where: str):
+  """Every row has each text field: a string (a list of strings for token tasks)."""
+  for field in fields:
+    for row, value in enumerate(dataset[field], 1):
+      ok = (isinstance(value, list) and all(isinstance(w, str) for w in value) if words
+            else isinstance(value, str))
+      if not ok:
+        kind = "a list of words" if words else "a text"
+        raise DataError(f"{where}: row {row}: field {field!r} is {value!r}, not {kind}")
+
+
+def _class_id(value, index: dict[str, int], count: int) -> int | None:
+  """A label given as a name or as an id 0..count-1 -> the id; None if it is neither."""
+  if isinstance(value, str):
+    return index.get(value)
+  if isinstance(value, bool) or value is None:
+    return None
+  if isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer()):
+    return int(value) if 0 <= value < count else None
+  return None
+
+
+def _class_ids(values: list, label_names: tuple[str, ...], where: str,
+               row: int | None = None) -> np.ndarray:
+  """Labels given as ints (0..K-1) or as label-name strings -> int32 class ids; the first
+  other value (NaN, null, unknown name, out of range) is an error naming its row."""
+  index = {name: i for i, name in enumerate(label_names)}
+  ids = [_class_id(v, index, len(label_names)) for v in values]
+  if None in ids:
+    position = ids.index(None)
+    bad = sum(i is None for i in ids)
+    at = f"row {row}, word {position + 1}" if row is not None else f"row {position + 1}"
+    hint = " (a GLUE test split has no labels: -1)" if values[position] == -1 else ""
+    raise DataError(f"{where}: {at}: label {values[position]!r} is neither one of "
+                    f"task.label_names {list(label_names)} nor an id 0..{len(label_names) - 1}"
+                    f"{hint}" + (f"; {bad} such labels" if bad > 1 else ""))
+  return np.asarray(ids, np.int32)
+
+
+def _scores(values: list, where: str) -> np.ndarray:
+  """Regression labels -> float32; a null, NaN or infinite one is an error naming its row."""
+  for row, value in enumerate(values, 1):
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.number))
+        or not math.isfinite(value)):
+      raise DataError(f"{where}: row {row}: label {value!r} is not a finite number")
+  return np.asarray(values, np.float32)
 
 
 def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, where: str,
@@ -146,6 +228,7 @@ def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, wher
   fields = tuple(task_cfg.text_fields)
   _check_fields(dataset, fields + ((task_cfg.label_field,) if labelled else ()), where)
   token_task = kind == "token_classification"
+  _check_texts(dataset, fields, token_task, where)
   if not labelled:
     placeholder = ([[0] * len(words) for words in dataset[fields[0]]] if token_task
                    else [0] * len(dataset))
@@ -179,7 +262,7 @@ def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, wher
     return EncodedSplit(input_ids, token_types, lengths,
                         _class_ids(raw_labels, tuple(task_cfg.label_names), where))
   if kind == "regression":
-    return EncodedSplit(input_ids, token_types, lengths, np.asarray(raw_labels, np.float32))
+    return EncodedSplit(input_ids, token_types, lengths, _scores(raw_labels, where))
   if kind != "token_classification":
     raise DataError(f"task.kind {kind!r} is not one of {tasks.KINDS}")
   # Each word's tag sits on its first sub-word; every other position is IGNORE.
@@ -187,8 +270,13 @@ def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, wher
   word_index = np.full((n, max_length), -1, np.int32)
   word_labels = np.empty(n, object)
   word_ids = list(encoded["word_ids"])
+  sentences = dataset[fields[0]]
   for i in range(n):
-    word_labels[i] = tags = _class_ids(list(raw_labels[i]), tuple(task_cfg.label_names), where)
+    if not isinstance(raw_labels[i], list) or len(raw_labels[i]) != len(sentences[i]):
+      raise DataError(f"{where}: row {i + 1}: {task_cfg.label_field!r} is {raw_labels[i]!r}, "
+                      f"not one tag per word")
+    word_labels[i] = tags = _class_ids(list(raw_labels[i]), tuple(task_cfg.label_names), where,
+                                       row=i + 1)
     previous = -1
     for position, word in enumerate(word_ids[i]):
       if word >= 0 and word != previous:
@@ -196,6 +284,35 @@ def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, wher
         word_index[i, position] = word
       previous = word
   return EncodedSplit(input_ids, token_types, lengths, labels, word_index, word_labels)
+
+
+def fingerprint(split: EncodedSplit) -> str:
+  """A digest of a split as the model sees it: token ids, types and labels."""
+  digest = hashlib.sha256()
+  for array in (split.input_ids, split.token_type_ids, split.lengths, split.labels):
+    digest.update(np.ascontiguousarray(array).tobytes())
+  for tags in split.word_labels if split.word_labels is not None else ():
+    digest.update(np.asarray(tags, np.int32).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def data_record(data_cfg, splits: dict[str, EncodedSplit]) -> dict[str, Any]:
+  """What a run trains and evaluates on: per split, where it was read, how many examples, and
+  their fingerprint (saved as `<workdir>/data.json`; a resumed run must find the same)."""
+  source = resolve_source(data_cfg)
+  return {name: {"file": split_file(source, name), "examples": len(split),
+                 "fingerprint": fingerprint(split)} for name, split in splits.items()}
+
+
+def data_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """What differs between two `data_record`s, one line each."""
+  changes = []
+  for name in sorted(set(saved) | set(current)):
+    old, new = saved.get(name, {}), current.get(name, {})
+    for key in ("file", "examples", "fingerprint"):
+      if old.get(key) != new.get(key):
+        changes.append(f"{name} {key}: {old.get(key)} -> {new.get(key)}")
+  return changes
 
 
 def load_tokenizer(path: str | os.PathLike):
@@ -393,5 +510,6 @@ def prefetch(iterator: Iterator[Any], put: Callable[[Any], Any], size: int = 2) 
       if isinstance(item, BaseException):
         raise item
       yield item
-  finally:
+  finally:  # (the consumer closes the generator): the worker must not outlive it mid-transfer
     stop.set()
+    thread.join()

@@ -88,8 +88,17 @@ def read_state_dict(checkpoint_dir: pathlib.Path) -> dict[str, np.ndarray]:
       from safetensors.numpy import load_file
       tensors.update(load_file(p))
     else:  # a pickled PyTorch state dict: only torch can read it
+      import pickle
       import torch
-      state = torch.load(p, map_location="cpu", weights_only=True)
+      try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+      except pickle.UnpicklingError as e:  # torch's text suggests weights_only=False: never
+        raise CheckpointError(
+            f"{p} is refused: it holds Python objects besides tensors, which could run code "
+            "when loaded; only plain state dicts are read. Convert it to model.safetensors "
+            "with a tool you trust") from e
+      except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"cannot read {p}: {' '.join(str(e).split())[:200]}") from e
       tensors.update({k: v.float().numpy() for k, v in state.items()})
   return {k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v)
           for k, v in tensors.items()}
