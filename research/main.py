@@ -120,6 +120,11 @@ def main(argv: list[str]) -> None:
                            num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   except distributed.DistributedError as e:
     _fail(str(e))
+  if jax.process_count() > 1:
+    # Executables compiled by a multi-process client must not be loaded by a single-process
+    # one (the cache key ignores the difference; loading them has crashed): a cache of their own.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(
+        jax.config.jax_compilation_cache_dir, f"{jax.process_count()}_processes"))
   if jax.process_index() > 0:  # process 0 reports progress; the others only what goes wrong
     logging.getLogger().setLevel(logging.WARNING)
   import datasets

@@ -253,14 +253,14 @@ def read_step_metrics(run: Run, state: RunState,
   `train.skip_nonfinite_steps` (the step then changed nothing, and is counted and logged).
   """
   signals = np.zeros(2, np.int64)
-  for step, device_metrics in pending:
-    metrics_ = run.dp.get_metrics(device_metrics)
-    signals += metrics_["signals"]
-    if metrics_["finite"]:
-      state.add_step(metrics_)
+  for step, on_device in pending:
+    values = run.dp.get_metrics(on_device)
+    signals += values["signals"]
+    if values["finite"]:
+      state.add_step(values)
       continue
-    loss = float(metrics_["loss_sum"]) / max(float(metrics_["weight_sum"]), 1.0)
-    what = f"loss {loss:.4g}, gradient norm {float(metrics_['grad_norm']):.4g}"
+    loss = float(values["loss_sum"]) / max(float(values["weight_sum"]), 1.0)
+    what = f"loss {loss:.4g}, gradient norm {float(values['grad_norm']):.4g}"
     if run.config.train.skip_nonfinite_steps:
       state.skipped_steps.append(step)
       logging.warning("step %d: %s: the update is skipped (train.skip_nonfinite_steps)", step,

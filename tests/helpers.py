@@ -45,17 +45,18 @@ def train_losses(workdir: pathlib.Path) -> dict[int, float]:
   return {r["step"]: r["loss"] for r in train_rows(workdir)}
 
 
-def final_state(workdir: pathlib.Path):
-  """(step, train state) of the newest checkpoint of a run (host numpy, the tree as saved)."""
+def final_state(workdir: pathlib.Path, *, best: bool = False, metric: str = "accuracy"):
+  """(step, train state) of the newest checkpoint of a run (host numpy, the tree as saved);
+  with `best`, (step, params) of its best checkpoint by `metric`."""
   from research import checkpoints
-  ckpts = checkpoints.Checkpoints(pathlib.Path(workdir), keep=5, best_metric="accuracy",
+  ckpts = checkpoints.Checkpoints(pathlib.Path(workdir), keep=5, best_metric=metric,
                                   best_mode="max")
   try:
-    step = ckpts.latest_step()
-    state, _ = ckpts.restore_state(None)
+    if best:
+      return ckpts.best_step(), ckpts.restore_best(None)[0]
+    return ckpts.latest_step(), ckpts.restore_state(None)[0]
   finally:
     ckpts.close()
-  return step, state
 
 
 def assert_same_params(a, b):

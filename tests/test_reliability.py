@@ -47,13 +47,7 @@ def _rows(workdir):
 
 
 def _best(workdir, metric="accuracy"):
-  ckpts = checkpoints.Checkpoints(workdir, keep=5, best_metric=metric, best_mode="max")
-  try:
-    step = ckpts.best_step()
-    params, _ = ckpts.restore_best(None)
-  finally:
-    ckpts.close()
-  return step, params
+  return final_state(workdir, best=True, metric=metric)
 
 
 def _assert_same_run(workdir, reference_dir):
