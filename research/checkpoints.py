@@ -59,9 +59,9 @@ def problem_with(tree: Any, meta: dict[str, Any]) -> str | None:
 
 
 def _quiet_closed_loop_reports() -> None:
-  """After a failed restore, orbax's reads still under way report into its closed event loop
-  ("Event loop is closed", printed as an ignored exception): harmless, and not the one line a
-  damaged checkpoint should give. Those reports alone are dropped from then on."""
+  """When a restore fails on a damaged file, orbax's reads still under way report into its
+  closed event loop ("Event loop is closed", printed as an ignored exception): harmless, and
+  not the one line a damaged checkpoint should give. Those reports alone are dropped."""
   previous = sys.unraisablehook
   if getattr(previous, "quiets_closed_loops", False):
     return
@@ -120,13 +120,13 @@ class Checkpoints:
     """The newest intact train state, with the structure and dtypes of `template` (None: as
     saved). Damaged newer ones are set aside, each with a warning."""
     damaged = []
+    _quiet_closed_loop_reports()  # installed first: the reports can come before the error
     for step in sorted(self._latest.all_steps(), reverse=True):
       try:
         restored = self._latest.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
         problem = problem_with(restored.state, restored.meta)
       except Exception as e:  # orbax, tensorstore and json each raise their own on bad files
-        _quiet_closed_loop_reports()
         problem = f"it cannot be read ({_first_line(e)})"
       if problem is None:
         return restored.state, restored.meta
@@ -175,12 +175,12 @@ class Checkpoints:
     step = self._best.best_step()
     if step is None:
       raise FileNotFoundError("no best checkpoint yet")
+    _quiet_closed_loop_reports()
     try:
       restored = self._best.restore(step, args=ocp.args.Composite(
           params=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
       problem = problem_with(restored.params, restored.meta)
     except Exception as e:  # as in restore_state
-      _quiet_closed_loop_reports()
       problem = f"it cannot be read ({_first_line(e)})"
     if problem is not None:
       raise DamagedCheckpoint(f"the best checkpoint {self.workdir / 'best' / str(step)} is "

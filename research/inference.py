@@ -20,7 +20,7 @@ import numpy as np
 from research import checkpoints, config_lib, evaluation, metrics, steps, tasks, writers
 from research.data import input_pipeline
 from research.models import hf_io
-from research.parallel import DataParallel
+from research.parallel import DataParallel, compiled_programs_released
 from research.train import ModelSetup, RunError, build_model
 
 # Fields that must match the run in the workdir for its checkpoint to mean the same thing.
@@ -63,6 +63,7 @@ def _placed_eval(config, setup: ModelSetup, params: Any):
   return dp, eval_step, dp.put_replicated(params)
 
 
+@compiled_programs_released()
 def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
              ) -> dict[str, dict[str, float]]:
   """Re-evaluates the best checkpoint on `data.eval_splits`; writes eval/<split>_best.json."""
@@ -108,6 +109,7 @@ def read_inputs(path: pathlib.Path, text_fields: tuple[str, ...], token_task: bo
   raise input_pipeline.DataError(f"{path}: --input must be a .txt or .jsonl file")
 
 
+@compiled_programs_released()
 def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
             input_path: str | pathlib.Path, output_path: str | pathlib.Path) -> int:
   """Writes one JSON line of predictions per input example; returns how many."""

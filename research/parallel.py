@@ -24,7 +24,8 @@ again.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -34,6 +35,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from research.steps import AXIS
 
 BACKENDS = ("pmap", "shard_map")
+
+
+@contextlib.contextmanager
+def compiled_programs_released() -> Iterator[None]:
+  """Drops JAX's compiled programs when the block ends (all of them: JAX has no per-function
+  release). JAX keeps every executable it compiled for the life of the process, and on CPU each
+  holds memory maps of its code: a process that fine-tunes again and again (a notebook, a search
+  loop, the tests) reached the kernel's limit on maps (vm.max_map_count) after ~80 runs, and
+  the next compilation crashed with a segmentation fault. Later calls compile again, or read
+  the persistent compilation cache."""
+  try:
+    yield
+  finally:
+    jax.clear_caches()
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _compiles = 0
 

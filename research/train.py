@@ -35,7 +35,7 @@ from research import (checkpoints, config_lib, evaluation, metrics, optim, peft,
                       writers)
 from research.data import input_pipeline
 from research.models import bert, hf_io
-from research.parallel import CountingStep, DataParallel
+from research.parallel import CountingStep, DataParallel, compiled_programs_released
 
 EXIT_INTERRUPTED = 75  # stopped by a signal after saving a checkpoint: rerun to resume
 PAUSE_ENV = "RESEARCH_TEST_PAUSE"  # tests: '<point>:<step>:<file>' pauses there (see _test_pause)
@@ -347,8 +347,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   config_lib.validate(config)
   if workdir.exists() and not workdir.is_dir():
     raise RunError(f"--workdir {workdir} is a file, not a directory")
-  with (writers.workdir_lock(workdir), writers.RunLog.attached(workdir / "train.log") as log,
-        StopSignals() as stop):
+  with (compiled_programs_released(), writers.workdir_lock(workdir),
+        writers.RunLog.attached(workdir / "train.log") as log, StopSignals() as stop):
     check_workdir(config, workdir)
     return _train(config, workdir, log, stop)
 

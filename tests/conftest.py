@@ -45,3 +45,12 @@ def reference_run(tmp_path_factory):
   config = tiny_config()
   summary = train.train_and_evaluate(config, workdir)
   return workdir, config, summary
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Each module's compiled programs are dropped after it: this process would hold every one
+  the suite compiles (train_and_evaluate releases its own; many tests compile directly)."""
+  yield
+  import jax
+  jax.clear_caches()

@@ -1,8 +1,9 @@
 """Each task family learns from a slice of real data, well beyond its trivial baseline.
 
-Sentence-pair regression (STS-B) and NER (CoNLL-2003) on the embedded MiniLM, 100-200 steps
-each; pair classification at full length is in experiments/glue_minilm (MRPC, RTE), too slow
-for CI. Plus the configs of every registered task and Chinese tokenisation.
+Sentence-pair regression (STS-B) and NER (CoNLL-2003) on the embedded MiniLM, 50 steps each
+at a learning rate of 2e-4 (at the default 5e-5 they need 100-200 steps for such scores); pair
+classification at full length is in experiments/glue_minilm (MRPC, RTE), too slow for CI.
+Plus the configs of every registered task and Chinese tokenisation.
 """
 
 import numpy as np
@@ -19,28 +20,30 @@ def _slice(config, train_examples, epochs, eval_examples=0):
   config.train.num_epochs = float(epochs)
   config.parallel.num_devices = 1
   config.checkpoint.every_steps = 10_000
+  config.data.length_buckets = (32, 64, 128)  # fewer programs to compile than the task's own
+  config.optimizer.learning_rate = 2e-4
   return config
 
 
 def test_sentence_pair_regression_learns_stsb(tmp_path):
   """STS-B is both families at once: sentence pairs, and regression with MSE."""
   require_data("stsb")
-  config = _slice(glue.get_config("stsb"), 3200, 2, eval_examples=500)  # 200 steps of 32
+  config = _slice(glue.get_config("stsb"), 1600, 1, eval_examples=500)  # 50 steps of 32
   summary = train.train_and_evaluate(config, tmp_path)
   dev = summary["final"]["results"]["validation"]
-  # A constant prediction has no correlation (measured here: 0.83 / 0.81 after 200 steps).
-  assert dev["pearson"] > 0.7 and dev["spearman"] > 0.7, dev
-  assert dev["mse"] < 1.5, dev  # a constant (the mean) scores the variance, 2.64 here
+  # A constant prediction has no correlation (measured here: 0.78 / 0.67).
+  assert dev["pearson"] > 0.7 and dev["spearman"] > 0.6, dev
+  assert dev["mse"] < 1.3, dev  # a constant (the mean) scores the variance, 2.64 (here 1.08)
 
 
 def test_ner_learns_conll2003(tmp_path):
   require_data("conll2003")
-  config = _slice(conll2003.get_config(), 3200, 1, eval_examples=500)  # 100 steps
+  config = _slice(conll2003.get_config(), 1600, 1, eval_examples=500)  # 50 steps
   config.data.eval_splits = ("validation",)
   summary = train.train_and_evaluate(config, tmp_path)
   dev = summary["final"]["results"]["validation"]
-  # Predicting O everywhere scores 0 (measured here: 0.35 after these 100 steps).
-  assert dev["entity_f1"] > 0.25, dev
+  # Predicting O everywhere scores 0 (measured here: 0.47).
+  assert dev["entity_f1"] > 0.4, dev
   report = __import__("json").loads(
       (tmp_path / "eval" / f"validation_step{summary['final']['step']}.json").read_text())
   assert {"PER", "LOC", "ORG", "MISC"} <= set(report["report"])
