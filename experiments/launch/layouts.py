@@ -79,7 +79,7 @@ def report() -> str:
   base = _state(workdir(base_name))["params"]
 
   def losses(name):
-    rows = [json.loads(line) for line in (workdir(name) / "metrics.jsonl").read_text().split()]
+    rows = [json.loads(line) for line in (workdir(name) / "metrics.jsonl").read_text().splitlines()]
     return np.array([r["loss"] for r in rows if r["split"] == "train"])
 
   records = []
