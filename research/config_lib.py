@@ -20,11 +20,24 @@ KIND_METRICS = {
 }
 # Fields that do not change what a run computes: a resumed run may change them.
 RESUMABLE_CHANGES = ("log.every_steps", "checkpoint.keep", "checkpoint.every_seconds",
-                     "eval.batch_size")
+                     "eval.batch_size", "log.wandb_project")
 
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the field."""
+
+
+class Config(ml_collections.ConfigDict):
+  """The ConfigDict of configs/default.py: a string given for a tuple of strings (say
+  `task.text_fields = "question"`) is that one-element tuple, where ml_collections' type check
+  would refuse it with "cannot be casted to type tuple"."""
+
+  def __setitem__(self, key, value):
+    current = self._fields.get(key) if isinstance(key, str) else None
+    if (isinstance(value, str) and isinstance(current, tuple)
+        and all(isinstance(item, str) for item in current)):
+      value = (value,)
+    super().__setitem__(key, value)
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -80,6 +93,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"the largest bucket {buckets[-1]} must equal data.max_length {data.max_length}")
   _check(data.train_examples >= 0 and data.eval_examples >= 0, "data.train_examples",
          "must be >= 0 (0 means all)")
+  if data.validation_from_train:
+    _check(data.validation_from_train > 0, "data.validation_from_train",
+           "must be a fraction in (0, 1) or a number of rows (0 = off)")
+    _check("validation" in data.eval_splits and data.train_split != "validation",
+           "data.validation_from_train", "carves the split 'validation' out of "
+           f"{data.train_split!r}: list 'validation' in data.eval_splits (first, to pick the "
+           f"best checkpoint on it), got {tuple(data.eval_splits)}")
   train = config.train
   _check(train.batch_size > 0, "train.batch_size", "must be positive")
   _check(train.grad_accum_steps >= 1 and train.batch_size % train.grad_accum_steps == 0,
@@ -136,9 +156,17 @@ def resume_conflicts(saved: dict[str, Any], config: ml_collections.ConfigDict) -
   """Fields whose value differs from the run saved in the workdir, as 'field: old -> new'."""
   old = flatten(saved)
   new = flatten(json.loads(to_json(config)))
+  # With a checkpoint, model.architecture is read from it (runs written before it was are
+  # resumable); the checkpoint's name is compared.
+  # A field added to the code since the run started is no difference while it has its default.
+  from configs import default
+  defaults = flatten(json.loads(to_json(default.get_config())))
+  derived = "model.architecture." if config.model.checkpoint else None
   return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
           for k in sorted(set(old) | set(new))
-          if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
+          if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+          and not (derived and k.startswith(derived))
+          and not (k not in old and k in defaults and new.get(k) == defaults[k])]
 
 
 

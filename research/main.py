@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -66,6 +67,34 @@ def _unknown_field_message(error: Exception, argv: list[str]) -> str:
           + (f' (did you mean "{hint.group(1)}"?)' if hint else ""))
 
 
+def _config_file_line(error: BaseException) -> tuple[str, str] | None:
+  """('file:line', code) of the deepest frame of a config file (not a library's, not ours) in
+  the error's traceback: where a config file assigned a field that does not exist."""
+  ours = os.path.dirname(os.path.abspath(__file__))
+  frames = [f for f in traceback.extract_tb(error.__traceback__)
+            if "site-packages" not in f.filename and not f.filename.startswith(ours)
+            and os.path.exists(f.filename)]
+  if not frames:
+    return None
+  frame = frames[-1]
+  path = os.path.relpath(frame.filename)
+  path = frame.filename if path.startswith("..") else path
+  return f"{path}:{frame.lineno}", (frame.line or "").strip()
+
+
+def _config_field_message(error: BaseException, argv: list[str]) -> str:
+  """A misspelt field, in a config file (its line) or in a --config override."""
+  where = _config_file_line(error)
+  if where is None:
+    return _unknown_field_message(error, argv)
+  text = str(error).replace("\\n", " ").replace("\\'", "'")
+  key = re.search(r'Key "([^"]+)" does not exist', text)
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  field = f'"{key.group(1)}"' if key else "a field"
+  return (f"{where[0]}: {field} is not a config field"
+          + (f' (did you mean "{hint.group(1)}"?)' if hint else "") + f": {where[1]}")
+
+
 def _config_file(argv: list[str]) -> str:
   for i, arg in enumerate(argv):
     if arg == "--config" and i + 1 < len(argv):
@@ -88,9 +117,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     if "get_config" in str(e):
       _fail(f"--config {_config_file(argv)} defines no get_config() (a config file is a Python "
             "file with `def get_config(arg=None): ... return config`)")
-    _fail(_unknown_field_message(e, argv))
+    _fail(_config_field_message(e, argv))
   except KeyError as e:
-    _fail(_unknown_field_message(e, argv))
+    _fail(_config_field_message(e, argv))
   except (TypeError, ValueError, FileNotFoundError) as e:
     _fail(f"--config: {e}")
   except SyntaxError as e:

@@ -12,6 +12,9 @@ writes into the sweep folder:
                              and a one-way ANOVA (is the spread more than seed noise?)
   metric_vs_<key>.png        the main metric against each swept value, ± one std
   learning_curves.png        train loss and dev metric against the step, mean over seeds
+
+Below the table: the code (git commit) and package versions the runs were made with, from
+each run's run.json; a warning (also on stderr) when the runs of one table differ in either.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import math
 import pathlib
 import statistics
+import sys
 from typing import Any
 
 from research.hyper import SEED
@@ -40,7 +44,9 @@ def _load_runs(sweep_dir: pathlib.Path) -> list[dict[str, Any]]:
     if not (workdir / "results.json").exists():
       continue
     metrics_path = workdir / "metrics.jsonl"
+    record_path = workdir / "run.json"
     runs.append({
+        "record": json.loads(record_path.read_text()) if record_path.exists() else None,
         "name": point["name"], "overrides": point["overrides"],
         "config": json.loads((workdir / "config.json").read_text()),
         "results": json.loads((workdir / "results.json").read_text()),
@@ -112,12 +118,55 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
   # a one-way ANOVA (are the settings' differences larger than seed noise explains?).
   seeded = [[final_value(run, split, main) for run in r["runs"]] for r in rows if r["n"] > 1]
   within = [statistics.variance(values) for values in seeded]
+  code_lines, code_warnings = provenance(runs)
   facts = {"split": split, "metrics": metrics, "main": main, "best": best["setting"],
+           "code": code_lines, "warnings": code_warnings,
            "seed_std": math.sqrt(statistics.fmean(within)) if within else float("nan"),
            "setting_std": statistics.stdev([r[main]["mean"] for r in rows])
            if len(rows) > 1 else float("nan"),
            "anova": one_way_anova(seeded) if len(seeded) > 1 else None}
   return rows, facts
+
+
+def _code_of(session: dict[str, Any]) -> str:
+  code = session.get("code") or {}
+  if not code.get("commit"):
+    return "no git commit"
+  text = code["commit"][:12]
+  if code.get("dirty"):
+    text += f" + uncommitted changes ({code.get('diff_sha256') or 'untracked files'})"
+  return text
+
+
+def provenance(runs: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+  """Lines naming the code and package versions behind the runs (every session of each,
+  resumed ones included), and warnings where the runs differ."""
+  records = [r["record"] for r in runs if r.get("record")]
+  lines, warnings = [], []
+  if len(records) < len(runs):
+    warnings.append(f"{len(runs) - len(records)} of {len(runs)} runs have no run.json: their "
+                    "code and versions are unknown")
+  if not records:
+    return lines, warnings
+  codes = collections.Counter(_code_of(s) for rec in records for s in rec["sessions"])
+  versions: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+  for rec in records:
+    for session in rec["sessions"]:
+      for name, version in session["packages"].items():
+        versions[name][version] += 1
+  lines.append("Code: " + "; ".join(f"{c} ({n} sessions)" if len(codes) > 1 else c
+                                    for c, n in codes.most_common()))
+  lines.append("Versions: " + ", ".join(
+      f"{name} {'/'.join(str(v) for v in counts)}" for name, counts in versions.items()))
+  if len(codes) > 1:
+    warnings.append(f"the runs were made with {len(codes)} different code versions: "
+                    + "; ".join(codes))
+  differing = [f"{name} {sorted(map(str, counts))}" for name, counts in versions.items()
+               if len(counts) > 1]
+  if differing:
+    warnings.append("the runs were made with different package versions: "
+                    + ", ".join(differing))
+  return lines, warnings
 
 
 def one_way_anova(groups: list[list[float]]) -> dict[str, float]:
@@ -173,6 +222,10 @@ def write_tables(sweep_dir: pathlib.Path, rows, facts) -> str:
                 f"F({anova['df_between']}, {anova['df_within']}) = {anova['F']:.2f}, "
                 f"p = {anova['p']:.3g}")
   summary += ".\n"
+  if facts["code"]:
+    summary += "\n" + "\n".join(f"{line}  " for line in facts["code"]) + "\n"
+  for warning in facts["warnings"]:
+    summary += f"\n**Warning:** {warning}.\n"
   (sweep_dir / "results.md").write_text(f"# Sweep results\n\n" + text + summary)
   (sweep_dir / "results.csv").write_text("\n".join(csv) + "\n")
   return text + summary
@@ -249,6 +302,8 @@ def write_report(sweep_dir: pathlib.Path, out_dir: pathlib.Path | None = None) -
   out_dir = out_dir or sweep_dir
   out_dir.mkdir(parents=True, exist_ok=True)
   rows, facts = aggregate(_load_runs(sweep_dir))
+  for warning in facts["warnings"]:
+    print(f"warning: {warning}", file=sys.stderr)
   text = write_tables(out_dir, rows, facts)
   write_plots(out_dir, rows, facts)
   return text

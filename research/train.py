@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import (checkpoints, config_lib, evaluation, metrics, optim, peft, steps, tasks,
-                      writers)
+from research import (checkpoints, config_lib, evaluation, metrics, optim, peft, run_record,
+                      steps, tasks, writers)
 from research.data import input_pipeline
 from research.models import bert, hf_io
 from research.parallel import CountingStep, DataParallel, compiled_programs_released
@@ -93,6 +93,19 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
                             dtype=jnp.dtype(mcfg.dtype), param_dtype=jnp.dtype(mcfg.param_dtype),
                             classifier_dropout=mcfg.classifier_dropout)
   return ModelSetup(model, bert_config, hf_config, checkpoint_dir, tokenizer_dir)
+
+
+def with_checkpoint_architecture(config: ml_collections.ConfigDict
+                                 ) -> ml_collections.ConfigDict:
+  """A copy of `config` whose `model.architecture` is the checkpoint's (read from its
+  config.json), so that the run's config.json shows the model that was trained rather than
+  the unused default shapes; random init keeps its own."""
+  if not config.model.checkpoint:
+    return config
+  bert_config, _ = hf_io.load_config(hf_io.resolve_checkpoint(config.model.checkpoint))
+  config = config.copy_and_resolve_references()
+  config.model.architecture = type(config.model.architecture)(bert_config.to_dict())
+  return config
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -190,6 +203,7 @@ class Run:
   ckpts: checkpoints.Checkpoints
   writer: writers.MetricWriter
   steps_per_epoch: int
+  throughput: run_record.Throughput  # this session's counts, for run.json
 
 
 def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
@@ -206,9 +220,13 @@ def evaluate(run: Run, device_state: steps.TrainState, step: int
   model_params = run.materialize(device_state.params, device_state.frozen)
   results = {}
   for name, split in run.eval_splits.items():
+    start = time.perf_counter()
     outputs, loss = evaluation.run_model(run.eval_step, run.dp, model_params, split,
                                          batch_size=config.eval.batch_size,
                                          buckets=tuple(config.data.length_buckets))
+    run.throughput.eval_seconds += time.perf_counter() - start
+    run.throughput.eval_examples += len(split)
+    run.throughput.eval_tokens += int(split.lengths.sum())
     try:
       scalars, report = evaluation.score(config.task, split, outputs, loss)
     except metrics.MetricError as e:
@@ -347,6 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   config_lib.validate(config)
   if workdir.exists() and not workdir.is_dir():
     raise RunError(f"--workdir {workdir} is a file, not a directory")
+  config = with_checkpoint_architecture(config)
   with (compiled_programs_released(), writers.workdir_lock(workdir),
         writers.RunLog.attached(workdir / "train.log") as log, StopSignals() as stop):
     check_workdir(config, workdir)
@@ -356,6 +375,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writers.RunLog,
            stop: StopSignals) -> dict[str, Any]:
   run_start = time.time()
+  source = input_pipeline.locate(config.data)  # before the model: a data mistake fails fast
+  logging.info("data: %s; a registered task looks at data.dataset, $%s, the hub, then the "
+               "repository's data/ slice", source.describe(), input_pipeline.DATA_DIR_ENV)
 
   # ---- Model -------------------------------------------------------------------------------
   setup = build_model(config)
@@ -428,14 +450,18 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
   log.start()
   writers.write_text(workdir / "config.json", config_lib.to_json(config))
   writers.write_json(workdir / "data.json", data_record)
+  record = run_record.RunRecord(workdir, dp=dp, data_source=source, data=data_record,
+                                start_step=start_step)
   train_seconds_before = run_state.train_seconds
   device_state = dp.put_replicated(state)
   del state, params, frozen  # the device copy is the state from here on
   run = Run(config=config, workdir=workdir, dp=dp, eval_step=eval_step,
             materialize=dp.compile_replicated(steps.make_materialize(lora_scale)),
             eval_splits=eval_splits, ckpts=ckpts,
-            writer=writers.MetricWriter(workdir, resume_step=start_step),
-            steps_per_epoch=batches.steps_per_epoch)
+            writer=writers.MetricWriter(workdir, resume_step=start_step,
+                                        wandb_project=config.log.wandb_project,
+                                        wandb_config=config.to_dict()),
+            steps_per_epoch=batches.steps_per_epoch, throughput=run_record.Throughput())
 
   # ---- Loop --------------------------------------------------------------------------------
   # Each step also sums every process's flags (stop requested, save requested) over all
@@ -447,6 +473,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
                               steps_per_epoch=batches.steps_per_epoch,
                               examples_per_step=config.train.batch_size)
   loop_start = time.perf_counter()
+  paused_seconds = 0.0  # evaluating and checkpointing, not training
   last_save, save_requested = time.monotonic(), False
   unread: list[tuple[int, dict[str, jax.Array]]] = []  # (step, device metrics) not yet read
   step = start_step
@@ -493,6 +520,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
         save_checkpoint(run, run_state, device_state, step)
         last_save, save_requested = time.monotonic(), False
       progress.pause(time.perf_counter() - paused)
+      paused_seconds += time.perf_counter() - paused
       _test_pause("step", step, stop)
       if run_state.stopped_early:
         break
@@ -502,9 +530,22 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
                           "command to resume")
     if not run_state.last_results:  # resumed from a checkpoint saved before this code kept them
       run_state.last_results, _ = evaluate(run, device_state, step)
+    outcome = "finished"
+  except Interrupted:
+    outcome = "stopped by a signal"
+    raise
+  except BaseException as e:
+    outcome = f"failed: {type(e).__name__}"
+    raise
   finally:
     prefetched.close()
     ckpts.close()
+    throughput = run.throughput
+    throughput.train_seconds = time.perf_counter() - loop_start - paused_seconds
+    throughput.train_examples = (step - start_step) * config.train.batch_size
+    throughput.train_tokens = batches.tokens(start_step, step)
+    run_summary = record.finish(step, throughput, outcome)
+    run.writer.record(run_summary)
     run.writer.close()
   train_seconds = train_seconds_before + time.perf_counter() - loop_start
   summary = {"final": {"step": step, "results": run_state.last_results}, "best": run_state.best,
@@ -515,6 +556,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
                        "examples": step * config.train.batch_size,
                        "train_seconds": train_seconds,
                        "wall_seconds_this_session": time.time() - run_start},
+             "throughput": run_summary["throughput"],
              "processes": dp.process_count, "devices": dp.num_devices,
              "skipped_steps": run_state.skipped_steps,
              # XLA compilations in this session: one per length bucket used is the target.

@@ -4,11 +4,13 @@
   write_text    whole files (config.json, results.json, eval/*.json, predictions), atomically:
                 a reader (or a kill) never sees half a file
   MetricWriter  metrics.jsonl and TensorBoard events
+                and, with log.wandb_project, a Weights & Biases run (wandb/, wandb_id.txt)
   RunLog        train.log, kept in memory until the run has validated its start
 
 On resume, the metric writer drops what the interrupted run logged after the step it resumes
 from (those steps are recomputed, identically): metrics.jsonl keeps no duplicate steps and
-TensorBoard is told to purge them. Progress (examples/s, ETA) goes to the log.
+TensorBoard is told to purge them; W&B continues the same run (the id in wandb_id.txt) and is
+not sent the steps its server already holds. Progress (examples/s, ETA) goes to the log.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging.handlers
 import math
 import os
 import pathlib
+import secrets
 import socket
 import time
 from typing import Any
@@ -133,22 +136,32 @@ def _scalar(value: Any) -> float | int:
 
 
 class MetricWriter:
+  """metrics.jsonl, TensorBoard and, if `wandb_project` is set, a W&B run: process 0 only.
 
-  def __init__(self, workdir: pathlib.Path, *, resume_step: int = 0):
+  wandb is imported only when a project is set: it is optional, and slow to import.
+  """
+
+  def __init__(self, workdir: pathlib.Path, *, resume_step: int = 0, wandb_project: str = "",
+               wandb_config: dict | None = None):
     self.active = is_writer()
     self.path = workdir / "metrics.jsonl"
-    self._tb = None
+    self._tb = self._wandb = None
     if not self.active:
       return
     if self.path.exists():  # what a stopped run logged after its checkpoint is redone
       kept = [line for line in self.path.read_text().splitlines()
               if line and json.loads(line)["step"] <= resume_step]
       write_text(self.path, "".join(line + "\n" for line in kept))
+    if wandb_project:  # before TensorBoard: a W&B run that cannot start leaves nothing open
+      self._wandb = _start_wandb(workdir, wandb_project, wandb_config)
+      # A resumed run is the same W&B run; its server refuses (with a warning per call) steps
+      # below the one after its last: those were logged, with the same values, before the stop.
+      self._wandb_first_step = self._wandb.starting_step
     from tensorboardX import SummaryWriter
     self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
 
   def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
-    """Scalars, tagged `<split>/<name>` in TensorBoard and one JSON line."""
+    """Scalars, tagged `<split>/<name>` in TensorBoard and W&B, and one JSON line."""
     if not self.active:
       return
     scalars = {k: _scalar(v) for k, v in metrics.items()}
@@ -157,10 +170,40 @@ class MetricWriter:
     for name, value in scalars.items():
       self._tb.add_scalar(f"{split}/{name}", value, step)
     self._tb.flush()
+    if self._wandb is not None and step >= self._wandb_first_step:
+      self._wandb.log({f"{split}/{name}": value for name, value in scalars.items()}, step=step)
+
+  def record(self, record: dict[str, Any]) -> None:
+    """The run record (versions, commit, throughput) as the W&B run's config `record`, where
+    runs can be compared and filtered by it; without W&B (or after `close`), nothing."""
+    if self._wandb is not None:
+      self._wandb.config.update({"record": record}, allow_val_change=True)
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+      self._wandb = None
+
+
+def _start_wandb(workdir: pathlib.Path, project: str, config: dict | None):
+  """Starts (or, with the id kept in `<workdir>/wandb_id.txt`, continues) the W&B run of the
+  workdir: its files go to `<workdir>/wandb`. WANDB_MODE=offline keeps it off the network."""
+  try:
+    import wandb
+  except ImportError:
+    raise WorkdirError("log.wandb_project is set but wandb is not installed: pip install wandb"
+                       ) from None
+  id_path = workdir / "wandb_id.txt"
+  if not id_path.exists():
+    write_text(id_path, secrets.token_hex(6) + "\n")
+  try:  # console="off": train.log already holds the log; W&B need not wrap stdout and stderr
+    return wandb.init(project=project, dir=workdir, name=workdir.resolve().name,
+                      id=id_path.read_text().strip(), resume="allow", config=config,
+                      settings=wandb.Settings(console="off"))
+  except wandb.Error as e:  # not logged in, or the server refused: one line, not a traceback
+    raise WorkdirError(f"W&B could not start the run (log.wandb_project={project}): {e}") from e
 
 
 def _clock(seconds: float) -> str:

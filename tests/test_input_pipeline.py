@@ -1,5 +1,7 @@
 """Sources, tokenisation, batching order and the every-example-once evaluation."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -117,7 +119,12 @@ def test_research_data_dir_overrides_the_hub_name(monkeypatch, tmp_path):
   with pytest.raises(ip.DataError, match="has no folder 'other'"):
     ip.resolve_source(_data("nyu-mll/glue", local_name="other"))
   monkeypatch.delenv(ip.DATA_DIR_ENV)
+  monkeypatch.setattr(ip, "hub_reachable", lambda: True)
   assert ip.resolve_source(_data("nyu-mll/glue", local_name="mytask")) == "nyu-mll/glue"
+  monkeypatch.setattr(ip, "hub_reachable", lambda: False)  # and no slice of 'mytask' shipped
+  with pytest.raises(ip.DataError, match="no data for 'mytask': RESEARCH_DATA_DIR is not set; "
+                     r"the hub \(nyu-mll/glue\) is offline or unreachable. Set"):
+    ip.resolve_source(_data("nyu-mll/glue", local_name="mytask"))
 
 
 # ---- tokenisation ---------------------------------------------------------------------------
@@ -289,3 +296,57 @@ def test_a_registered_batch_order_replaces_the_shuffle(tokenizer):
   assert batches.epoch_order(0).shape == (12, 8)  # the remainder is dropped
   with pytest.raises(ip.DataError, match="data.batch_order 'nope' is not a registered"):
     ip.TrainBatches(split, batch_size=8, accum_steps=1, seed=0, buckets=(64,), order="nope")
+
+
+# ---- a validation split held out of train ----------------------------------------------------
+
+
+def _holdout_data(tmp_path, amount):
+  rows = [{"text": f"sentence number {i} " + "word " * (i % 7), "label": "neg" if i % 4 else "pos"}
+          for i in range(200)]  # 50 pos, 150 neg; every text different
+  (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return _data(tmp_path, train_split="train", eval_splits=("validation",),
+               validation_from_train=amount)
+
+
+def test_validation_from_train_is_fixed_disjoint_and_stratified(tmp_path, tokenizer):
+  task = _task(fields=("text",), label_names=("neg", "pos"))
+  data = _holdout_data(tmp_path, 0.1)
+  train, held = (ip.load_encoded(data, task, tokenizer, name) for name in ("train", "validation"))
+  everything = ip.load_encoded(_data(tmp_path), task, tokenizer, "train")
+  rows = lambda split: [tuple(r) for r in split.input_ids]  # noqa: E731
+  assert (len(train), len(held)) == (180, 20)
+  assert not set(rows(train)) & set(rows(held))
+  assert sorted(rows(train) + rows(held)) == sorted(rows(everything))
+  assert held.labels.tolist().count(1) == 5  # a quarter of the rows are 'pos', in both parts
+  again = ip.load_encoded(_holdout_data(tmp_path, 20), task, tokenizer, "validation")
+  assert rows(again) == rows(held)  # a count or a fraction, every call: the same rows
+  # Training rows keep their file order; the limit takes the first of those that are left.
+  first = ip.load_encoded(data, task, tokenizer, "train", limit=10)
+  assert rows(first) == rows(train)[:10]
+  record = ip.data_record(data, {"train": train, "validation": held})
+  assert record["validation"]["file"].endswith("train.jsonl (validation_from_train=0.1, seed 0)")
+  for bad in (200, 1.5, -3):
+    with pytest.raises(ip.DataError, match="must be a fraction in"):
+      ip.load_encoded(_holdout_data(tmp_path, bad), task, tokenizer, "validation")
+
+
+def test_holdout_indices_keep_each_label_share():
+  labels = ["a"] * 70 + ["b"] * 27 + ["c"] * 3
+  held = ip.holdout_indices(labels, 10, stratify=True)
+  assert list(held) == sorted(set(held)) and len(held) == 10
+  # Shares 7.0, 2.7 and 0.3 rows: the largest remainder (b's) gets the 10th.
+  assert {k: [labels[i] for i in held].count(k) for k in "abc"} == {"a": 7, "b": 3, "c": 0}
+  assert list(ip.holdout_indices(labels, 10, stratify=True)) == list(held)
+
+
+def test_validation_from_train_needs_the_validation_split_listed():
+  from configs import sst2
+  from research import config_lib
+  config = sst2.get_config()
+  config.data.validation_from_train = 500
+  config.data.eval_splits = ("test",)
+  with pytest.raises(config_lib.ConfigError, match="list 'validation' in data.eval_splits"):
+    config_lib.validate(config)
+  config.data.eval_splits = ("validation", "test")
+  config_lib.validate(config)

@@ -205,6 +205,13 @@ def test_sigterm_stops_the_cli_at_a_step_boundary_with_exit_75(reference_run, tm
                       final_state(reference_dir)[1])
   assert train_losses(workdir) == train_losses(reference_dir)
   assert summary["best"] == reference_summary["best"]
+  # run.json: the stopped session and the one that finished, each with its command and steps.
+  record = json.loads((workdir / "run.json").read_text())
+  assert [(s["outcome"], s["first_step"], s["last_step"]) for s in record["sessions"]] == [
+      ("stopped by a signal", 0, step), ("finished", step, 24)]
+  assert record["command"] == (f"python -m research.main --config tests/helpers.py --workdir "
+                               f"{workdir}")
+  assert record["throughput"]["train"]["examples"] == 24 * 16
 
 
 def test_time_based_checkpoints_come_between_the_periodic_ones(reference_run, tmp_path):

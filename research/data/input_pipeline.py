@@ -1,9 +1,12 @@
 """Input pipeline: a file or hub dataset -> tokenised numpy matrices -> length-bucketed batches.
 
 * Sources: a local directory holding `<split>.jsonl|json|csv|tsv|parquet`, or a Hugging Face hub
-  dataset. A task with `data.local_name` reads `$RESEARCH_DATA_DIR/<local_name>/` instead of its
-  hub dataset whenever that variable is set (CI and tests point it at ../shared/data); a
-  `data.dataset` set to anything else (a folder, another hub dataset) is read as given.
+  dataset. A registered task (`data.local_name`) is read from, in turn: an explicit
+  `data.dataset` (anything but its own hub dataset), `$RESEARCH_DATA_DIR/<local_name>/` when
+  that variable is set (CI and tests point it at ../shared/data), its hub dataset when the hub
+  is reachable, or the slice shipped in the repository's `data/` when it holds what the config
+  asks for (`locate`). `data.validation_from_train` carves a fixed, stratified validation split
+  out of train, for datasets with only train and test.
 * Checks: every label is validated as a split is encoded (NaN, null, unknown or out of range is
   one error naming the file, the row and the value), and so is every text field. A run records
   each split's fingerprint (`data_record`), so a resumed run refuses other data.
@@ -23,14 +26,18 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import json
 import logging
 import math
 import os
 import pathlib
 import queue
+import socket
 import threading
 import time
+import urllib.parse
 from typing import Any, Callable, Iterator
 
 import datasets
@@ -50,31 +57,108 @@ class DataError(ValueError):
 
 # ---- sources ------------------------------------------------------------------------------
 
+# Small slices of public datasets shipped with the repository (data/README.md), so that the
+# Quick start runs on a fresh clone with no network and no RESEARCH_DATA_DIR.
+SHIPPED_DIR = pathlib.Path(__file__).resolve().parents[2] / "data"
+HUB_PROBE_SECONDS = 3.0
 
-def _local_copy_applies(data_cfg) -> bool:
-  """Whether `$RESEARCH_DATA_DIR/<local_name>` stands for `data.dataset`: the task's own hub
-  dataset (or none), not a folder or dataset the user gave instead."""
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """Where a run's data is read: a directory or a hub dataset name, and why that one."""
+
+  location: str
+  origin: str  # 'data.dataset' | '$RESEARCH_DATA_DIR' | 'hub' | 'shipped slice'
+
+  def describe(self) -> str:
+    return f"{self.location} ({self.origin})"
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_answers(endpoint: str) -> bool:
+  """Whether the hub's host accepts a connection within a few seconds (asked once a process):
+  offline, `datasets` would otherwise retry for ~40 s before failing."""
+  host = urllib.parse.urlparse(endpoint).hostname or endpoint
+  try:
+    socket.create_connection((host, 443), timeout=HUB_PROBE_SECONDS).close()
+    return True
+  except OSError:
+    return False
+
+
+def hub_reachable() -> bool:
+  """False when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set or the hub does not answer."""
+  if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+         for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+    return False
+  return _hub_answers(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+
+
+def _explicit_dataset(data_cfg) -> bool:
+  """Whether `data.dataset` names a folder or dataset the user chose, rather than the hub
+  dataset of the registered task `data.local_name` stands for (or nothing)."""
   registered = {spec.local_name: spec.hub_dataset for spec in tasks.TASKS.values()}
   stands_for = registered.get(data_cfg.local_name, data_cfg.dataset)
-  if data_cfg.dataset in ("", stands_for):
-    return True
-  logging.info("data.dataset=%s is set: it is read, not %s/%s", data_cfg.dataset, DATA_DIR_ENV,
-               data_cfg.local_name)
-  return False
+  return data_cfg.dataset not in ("", stands_for)
 
 
-def resolve_source(data_cfg) -> str:
-  """The directory or hub dataset name that `data_cfg` points at."""
+def _slice_shortfall(folder: pathlib.Path, data_cfg) -> list[str]:
+  """What the config asks for that the shipped slice in `folder` does not hold."""
+  held = json.loads((folder / "slice.json").read_text())["splits"]
+  train_split = data_cfg.get("train_split", "train")
+  holdout = bool(data_cfg.get("validation_from_train", 0))
+  wanted = {train_split: 0 if holdout else data_cfg.get("train_examples", 0)}
+  wanted.update({name: data_cfg.get("eval_examples", 0)
+                 for name in data_cfg.get("eval_splits", ())
+                 if not (holdout and name == HOLDOUT_SPLIT)})
+  short = []
+  for name, limit in wanted.items():
+    have = held.get(name)
+    if have is None:
+      short.append(f"no {name!r} split")
+    elif have["examples"] < have["of"] and not 0 < limit <= have["examples"]:
+      asked = "all of them" if not limit else f"{limit:,}"
+      short.append(f"{name}: the first {have['examples']:,} of {have['of']:,} rows, the config "
+                   f"asks for {asked}" + (" (data.validation_from_train carves from the whole "
+                                          "split)" if holdout and name == train_split else ""))
+  return short
+
+
+def locate(data_cfg) -> Source:
+  """Where `data_cfg`'s data is read. A registered task (`data.local_name`) looks in turn at
+  an explicit `data.dataset` (anything but the task's own hub dataset), then
+  `$RESEARCH_DATA_DIR/<local_name>/`, then its hub dataset if the hub is reachable, then the
+  repository's shipped slice if it holds what the config asks for; anything else is read as
+  `data.dataset` gives it."""
+  if not data_cfg.local_name or _explicit_dataset(data_cfg):
+    if not data_cfg.dataset:
+      raise DataError("data.dataset is empty: give a local directory or a hub dataset name")
+    return Source(data_cfg.dataset, "data.dataset")
   local_root = os.environ.get(DATA_DIR_ENV)
-  if data_cfg.local_name and local_root and _local_copy_applies(data_cfg):
+  if local_root:
     path = pathlib.Path(local_root) / data_cfg.local_name
     if not path.is_dir():
       raise DataError(f"{DATA_DIR_ENV}={local_root} has no folder {data_cfg.local_name!r} "
                       f"(expected {path})")
-    return str(path)
-  if not data_cfg.dataset:
-    raise DataError("data.dataset is empty: give a local directory or a hub dataset name")
-  return data_cfg.dataset
+    return Source(str(path), f"${DATA_DIR_ENV}")
+  tried = [f"{DATA_DIR_ENV} is not set"]
+  if data_cfg.dataset:
+    if hub_reachable():
+      return Source(data_cfg.dataset, "hub")
+    tried.append(f"the hub ({data_cfg.dataset}) is offline or unreachable")
+  shipped = SHIPPED_DIR / data_cfg.local_name
+  if (shipped / "slice.json").is_file():
+    short = _slice_shortfall(shipped, data_cfg)
+    if not short:
+      return Source(str(shipped), "shipped slice")
+    tried.append(f"the repository's slice {shipped} has {'; '.join(short)}")
+  raise DataError(f"no data for {data_cfg.local_name!r}: {'; '.join(tried)}. Set "
+                  f"{DATA_DIR_ENV} to a folder holding {data_cfg.local_name}/, or go online")
+
+
+def resolve_source(data_cfg) -> str:
+  """The directory or hub dataset name that `data_cfg` points at (see `locate`)."""
+  return locate(data_cfg).location
 
 
 def load_split(source: str, subset: str, split: str) -> datasets.Dataset:
@@ -300,7 +384,16 @@ def data_record(data_cfg, splits: dict[str, EncodedSplit]) -> dict[str, Any]:
   """What a run trains and evaluates on: per split, where it was read, how many examples, and
   their fingerprint (saved as `<workdir>/data.json`; a resumed run must find the same)."""
   source = resolve_source(data_cfg)
-  return {name: {"file": split_file(source, name), "examples": len(split),
+  amount = data_cfg.get("validation_from_train", 0)
+  train_split = data_cfg.get("train_split", "train")
+
+  def origin(name: str) -> str:
+    if amount and name == HOLDOUT_SPLIT:
+      return (f"{split_file(source, train_split)} (validation_from_train={amount}, seed "
+              f"{HOLDOUT_SEED})")
+    return split_file(source, name)
+
+  return {name: {"file": origin(name), "examples": len(split),
                  "fingerprint": fingerprint(split)} for name, split in splits.items()}
 
 
@@ -323,17 +416,68 @@ def load_tokenizer(path: str | os.PathLike):
   return tokenizer
 
 
+# A validation split carved out of train (`data.validation_from_train`): the same rows for
+# every config.seed, so that seeds are compared on one split.
+HOLDOUT_SPLIT = "validation"
+HOLDOUT_SEED = 0
+
+
+def holdout_size(amount: float, n: int) -> int:
+  """`data.validation_from_train` as a number of rows of an `n`-row train split: a fraction
+  when below 1, else a count."""
+  size = round(amount * n) if amount < 1 else int(amount)
+  if amount < 0 or (amount >= 1 and amount != int(amount)) or not 0 < size < n:
+    raise DataError(f"data.validation_from_train={amount} must be a fraction in (0, 1) or a "
+                    f"whole number of rows, leaving rows of the {n:,} to train on")
+  return size
+
+
+def holdout_indices(labels: list, size: int, stratify: bool) -> np.ndarray:
+  """Sorted row indices of a `size`-row validation split drawn from `len(labels)` rows with
+  the fixed `HOLDOUT_SEED`; `stratify` keeps each label's share (largest remainders decide the
+  rounding), so a rare class is neither lost nor inflated."""
+  order = np.random.default_rng(HOLDOUT_SEED).permutation(len(labels))
+  if not stratify:
+    return np.sort(order[:size])
+  groups: dict[str, list[int]] = {}
+  for i in order:
+    groups.setdefault(repr(labels[i]), []).append(int(i))
+  keys = sorted(groups)
+  exact = {k: size * len(groups[k]) / len(labels) for k in keys}
+  quota = {k: math.floor(exact[k]) for k in keys}
+  for k in sorted(keys, key=lambda k: (quota[k] - exact[k], k))[:size - sum(quota.values())]:
+    quota[k] += 1
+  return np.sort(np.concatenate([np.asarray(groups[k][:quota[k]], np.int64) for k in keys]))
+
+
+def _read_split(data_cfg, task_cfg, source: str, split: str) -> tuple[datasets.Dataset, str]:
+  """The rows of `split` and how to name them in messages; with `data.validation_from_train`
+  the train split loses the rows that make up the 'validation' split."""
+  amount = data_cfg.get("validation_from_train", 0)
+  train_split = data_cfg.get("train_split", "train")
+  if not amount or split not in (train_split, HOLDOUT_SPLIT):
+    return load_split(source, data_cfg.subset, split), f"{source} [{split}]"
+  rows = load_split(source, data_cfg.subset, train_split)
+  _check_fields(rows, (task_cfg.label_field,), f"{source} [{train_split}]")
+  held = holdout_indices(rows[task_cfg.label_field], holdout_size(amount, len(rows)),
+                         stratify=task_cfg.kind == "classification")
+  if split == HOLDOUT_SPLIT:
+    return rows.select(held), f"{source} [{train_split}, the rows held out for {split}]"
+  kept = np.setdiff1d(np.arange(len(rows)), held)
+  return rows.select(kept), f"{source} [{train_split}, without the rows held out]"
+
+
 def load_encoded(data_cfg, task_cfg, tokenizer, split: str, limit: int = 0) -> EncodedSplit:
   """Reads, optionally truncates to the first `limit` examples, and tokenises one split."""
   start = time.time()
   source = resolve_source(data_cfg)
-  dataset = load_split(source, data_cfg.subset, split)
+  dataset, where = _read_split(data_cfg, task_cfg, source, split)
   if limit:
     dataset = dataset.select(range(min(limit, len(dataset))))
-  encoded = encode(dataset, tokenizer, task_cfg, data_cfg.max_length, f"{source} [{split}]")
+  encoded = encode(dataset, tokenizer, task_cfg, data_cfg.max_length, where)
   truncated = int(np.sum(encoded.lengths >= data_cfg.max_length))
-  logging.info("%s [%s]: %d examples, mean %.1f tokens, %d at max_length %d (%.1fs)", source,
-               split, len(encoded), encoded.lengths.mean(), truncated, data_cfg.max_length,
+  logging.info("%s: %d examples, mean %.1f tokens, %d at max_length %d (%.1fs)", where,
+               len(encoded), encoded.lengths.mean(), truncated, data_cfg.max_length,
                time.time() - start)
   return encoded
 
@@ -456,6 +600,14 @@ class TrainBatches:
     local = indices.reshape(self.accum_steps, -1)[:, rows]
     batch = make_batch(self.split, local.reshape(-1), self.buckets, width)
     return {k: v.reshape((self.accum_steps, -1) + v.shape[1:]) for k, v in batch.items()}
+
+  def tokens(self, start_step: int, end_step: int) -> int:
+    """Real (unpadded) tokens in the batches of steps [start_step, end_step)."""
+    total = 0
+    for step in range(start_step, end_step):
+      epoch, position = divmod(step, self.steps_per_epoch)
+      total += int(self.split.lengths[self.epoch_order(epoch)[position]].sum())
+    return total
 
   def __call__(self, start_step: int, end_step: int, rows: slice = slice(None)
                ) -> Iterator[Batch]:
