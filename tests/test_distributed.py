@@ -124,6 +124,7 @@ def _assert_written_once(workdir):
 def two_process_runs(tmp_path_factory):
   """For each backend: an uninterrupted two-process run (pmap started with explicit flags,
   shard_map by SLURM's variables) and the same config in this process over 4 devices."""
+  require_data("sst2")  # module fixtures come before the autouse skip
   runs = {}
   for backend, how in (("pmap", "flags"), ("shard_map", "slurm")):
     root = tmp_path_factory.mktemp(backend)

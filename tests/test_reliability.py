@@ -122,6 +122,7 @@ BAD_ROW = 100  # its label, 1e30, squares to inf in float32: the step that draws
 def exploding_regression(tmp_path_factory):
   """SST-2 sentences as a regression task whose row 100 has the label 1e30, and the steps that
   draw it (each epoch once)."""
+  require_data("sst2")  # module fixtures come before the autouse skip
   folder = tmp_path_factory.mktemp("exploding")
   source = pathlib.Path(os.environ["RESEARCH_DATA_DIR"]) / "sst2"
   for split, n in (("train", 192), ("validation", 50)):
