@@ -190,7 +190,8 @@ def test_resuming_on_other_data_is_refused(reference_run, tmp_path, monkeypatch)
   changed = tmp_path / "changed" / "sst2"
   shutil.copytree(source, changed)
   lines = (changed / "train.jsonl").read_text().splitlines(keepends=True)
-  lines[7] = lines[7].replace('"label": 0', '"label": 1').replace('"label": 1,', '"label": 0,')
+  row = json.loads(lines[7])
+  lines[7] = json.dumps(dict(row, label=1 - row["label"])) + "\n"  # one label flipped
   (changed / "train.jsonl").write_text("".join(lines))
   before = sorted(p.name for p in workdir.iterdir())
   monkeypatch.setenv("RESEARCH_DATA_DIR", str(tmp_path / "changed"))
