@@ -473,7 +473,6 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
                               steps_per_epoch=batches.steps_per_epoch,
                               examples_per_step=config.train.batch_size)
   loop_start = time.perf_counter()
-  paused_seconds = 0.0  # evaluating and checkpointing, not training
   last_save, save_requested = time.monotonic(), False
   unread: list[tuple[int, dict[str, jax.Array]]] = []  # (step, device metrics) not yet read
   step = start_step
@@ -520,7 +519,6 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
         save_checkpoint(run, run_state, device_state, step)
         last_save, save_requested = time.monotonic(), False
       progress.pause(time.perf_counter() - paused)
-      paused_seconds += time.perf_counter() - paused
       _test_pause("step", step, stop)
       if run_state.stopped_early:
         break
@@ -541,7 +539,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
     prefetched.close()
     ckpts.close()
     throughput = run.throughput
-    throughput.train_seconds = time.perf_counter() - loop_start - paused_seconds
+    throughput.train_seconds = progress.training_seconds()
     throughput.train_examples = (step - start_step) * config.train.batch_size
     throughput.train_tokens = batches.tokens(start_step, step)
     run_summary = record.finish(step, throughput, outcome)

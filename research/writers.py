@@ -229,6 +229,10 @@ class Progress:
     self._start_step = self._last_step = start_step
     self._paused = self._paused_since_report = 0.0
 
+  def training_seconds(self) -> float:
+    """Time since the start, less what `pause` excluded (compilation included)."""
+    return time.perf_counter() - self._start_time - self._paused
+
   def pause(self, seconds: float) -> None:
     """Excludes time (evaluation, checkpointing) from the training rate."""
     self._paused += seconds
