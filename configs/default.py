@@ -36,11 +36,21 @@ def get_config():
   c.model.remat = False
 
   c.task = Config()
-  c.task.kind = "classification"  # classification | regression | token_classification
+  # classification | regression | token_classification | relation_classification
+  c.task.kind = "classification"
   c.task.text_fields = ("sentence",)  # one field, or two for sentence pairs
   c.task.label_field = "label"  # ints 0..K-1 or label-name strings (tags for token tasks)
   c.task.label_names = ("negative", "positive")  # () for regression
   c.task.metrics = ("accuracy",)  # reported on every eval split
+  # relation_classification: the two entities are marked inline in the text field (<e1>…</e1>,
+  # <e2>…</e2>), or, when `entity_spans` names four integer fields, given as character offsets
+  # (start, exclusive end of entity 1, then of entity 2).
+  c.task.entity_spans = ()
+  # Marker tokens put around the entities (added to the vocabulary; their embeddings start at
+  # the mean of the checkpoint's word embeddings plus the init's noise); () = no markers.
+  c.task.entity_markers = ("[E1]", "[/E1]", "[E2]", "[/E2]")
+  c.task.representation = "entity_start"  # what the head reads: cls | entity_start | entity_mean
+  c.task.no_relation_label = "Other"  # left out of relation_f1's mean ('' = none)
 
   c.data = Config()
   c.data.dataset = ""  # a directory of <split>.jsonl|csv|tsv|parquet files, or a hub dataset

@@ -17,6 +17,7 @@ KIND_METRICS = {
     "classification": ("accuracy", "f1", "matthews_corr"),
     "regression": ("pearson", "spearman"),
     "token_classification": ("entity_f1", "entity_precision", "entity_recall", "accuracy"),
+    "relation_classification": ("relation_f1", "accuracy", "macro_f1"),
 }
 # Fields that do not change what a run computes: a resumed run may change them.
 RESUMABLE_CHANGES = ("log.every_steps", "checkpoint.keep", "checkpoint.every_seconds",
@@ -79,6 +80,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   else:
     _check(len(task.label_names) >= 2, "task.label_names",
            f"needs at least two labels for {task.kind}, got {tuple(task.label_names)}")
+  if task.kind == "relation_classification":
+    _check(len(task.text_fields) == 1, "task.text_fields",
+           f"a relation task reads one text, got {tuple(task.text_fields)}")
+    _check(task.representation in tasks.REPRESENTATIONS, "task.representation",
+           f"{task.representation!r} is not one of {tasks.REPRESENTATIONS}")
+    _check(len(task.entity_markers) in (0, 4) and len(set(task.entity_markers))
+           == len(task.entity_markers), "task.entity_markers",
+           f"needs four distinct strings or none, got {tuple(task.entity_markers)}")
+    _check(len(task.entity_spans) in (0, 4), "task.entity_spans",
+           f"needs the four fields of the entities' character offsets or none (inline tags), "
+           f"got {tuple(task.entity_spans)}")
+    _check(not task.no_relation_label or task.no_relation_label in task.label_names,
+           "task.no_relation_label",
+           f"{task.no_relation_label!r} is not one of task.label_names ('' = none)")
   allowed = KIND_METRICS[task.kind]
   for name in task.metrics:
     _check(name in allowed, "task.metrics", f"{name!r} is not one of {allowed} for {task.kind}")

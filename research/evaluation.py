@@ -71,7 +71,7 @@ def word_predictions(split: input_pipeline.EncodedSplit, outputs: np.ndarray) ->
 
 
 def predictions(kind: str, split: input_pipeline.EncodedSplit, outputs: np.ndarray):
-  if kind == "classification":
+  if kind in ("classification", "relation_classification"):
     return outputs.argmax(-1)
   if kind == "regression":
     return outputs[:, 0]
@@ -95,6 +95,14 @@ def score(task_cfg, split: input_pipeline.EncodedSplit, outputs: np.ndarray,
                   [g == p for g, p in zip(split.word_labels, predicted)])))}
     scalars.update({name: values[name] for name in task_cfg.metrics})
     return scalars, report
+  if kind == "relation_classification":
+    report = metrics.relation_scores(split.labels, predicted, names, task_cfg.no_relation_label)
+    by_class = metrics.classification_report(split.labels, predicted, names)
+    values = {"relation_f1": report["official"]["f1-score"],
+              "accuracy": metrics.accuracy(split.labels, predicted),
+              "macro_f1": by_class["macro avg"]["f1-score"]}
+    scalars.update({name: values[name] for name in task_cfg.metrics})
+    return scalars, {"relations": report, "labels": by_class}
   for name in task_cfg.metrics:
     scalars[name] = metrics.METRICS[name](split.labels, predicted)
   if kind == "regression":
@@ -109,6 +117,9 @@ def write_eval_file(path: pathlib.Path, step: int, scalars: dict[str, float],
                     report: dict[str, Any]) -> None:
   """`eval/<split>_step<N>.json`: the metrics and the per-class (or per-type) report."""
   record = {"step": step, "metrics": scalars, "report": report}
-  if report and "overall" not in report:
+  if "relations" in report:  # relation tasks: per relation (official), then per label
+    record["report_text"] = "\n\n".join(metrics.format_report(report[part])
+                                         for part in ("relations", "labels"))
+  elif report and "overall" not in report:
     record["report_text"] = metrics.format_report(report)
   writers.write_json(path, record)

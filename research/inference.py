@@ -13,7 +13,6 @@ import pathlib
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -21,7 +20,7 @@ from research import checkpoints, config_lib, evaluation, metrics, steps, tasks,
 from research.data import input_pipeline
 from research.models import hf_io
 from research.parallel import DataParallel, compiled_programs_released
-from research.train import ModelSetup, RunError, build_model
+from research.train import ModelSetup, RunError, build_model, init_inputs
 
 # Fields that must match the run in the workdir for its checkpoint to mean the same thing.
 _MODEL_FIELDS = ("model.", "task.", "data.max_length", "data.length_buckets")
@@ -41,8 +40,8 @@ def load_best(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     raise RunError(f"the config does not describe the model trained in {workdir}:\n  "
                    + "\n  ".join(conflicts))
   setup = build_model(config)
-  dummy = jnp.ones((1, 8), jnp.int32)
-  shapes = jax.eval_shape(lambda: setup.model.init(jax.random.PRNGKey(0), dummy, dummy))
+  shapes = jax.eval_shape(lambda: setup.model.init(jax.random.PRNGKey(0),
+                                                   *init_inputs(setup.model)))
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"])
   ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep,
                                   best_metric=config.eval.best_metric,
@@ -69,7 +68,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   """Re-evaluates the best checkpoint on `data.eval_splits`; writes eval/<split>_best.json."""
   workdir = pathlib.Path(workdir)
   setup, params, meta = load_best(config, workdir)
-  tokenizer = input_pipeline.load_tokenizer(setup.tokenizer_dir)
+  tokenizer = setup.tokenizer
   dp, eval_step, placed = _placed_eval(config, setup, params)
   results = {}
   for name in config.data.eval_splits:
@@ -121,7 +120,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   task = config.task
   token_task = task.kind == "token_classification"
   setup, params, meta = load_best(config, workdir)
-  tokenizer = input_pipeline.load_tokenizer(setup.tokenizer_dir)
+  tokenizer = setup.tokenizer
   dataset = read_inputs(input_path, tuple(task.text_fields), token_task)
   split = input_pipeline.encode(dataset, tokenizer, task, config.data.max_length,
                                 str(input_path), labelled=False)
@@ -134,7 +133,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   lines = []
   for i, row in enumerate(dataset):
     record = {field: row[field] for field in task.text_fields}
-    if task.kind == "classification":
+    if task.kind in ("classification", "relation_classification"):
       probabilities = np.exp(outputs[i] - outputs[i].max())
       probabilities /= probabilities.sum()
       record.update(label=names[predicted[i]],
@@ -159,11 +158,19 @@ def export(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     raise RunError(f"--output {output_dir} is not empty; nothing is overwritten")
   setup, params, meta = load_best(config, workdir)
   task = config.task
+  relation = task.kind == "relation_classification"
+  architecture = tasks.hf_architecture(task)
+  extra = None
+  if architecture == "BertModel":  # a relation head that reads the entities
+    extra = {"relation_head": {"representation": task.representation,
+                               "entity_markers": list(task.entity_markers),
+                               "weights": "classifier.weight, classifier.bias"}}
   if writers.is_writer():
-    hf_io.export(params, output_dir, base_config=setup.hf_config,
-                 architecture=tasks.hf_architecture(task.kind),
+    hf_io.export(params, output_dir, base_config=setup.hf_config, architecture=architecture,
                  label_names=tuple(task.label_names),
                  num_labels=tasks.num_outputs(task.kind, tuple(task.label_names)),
-                 tokenizer_dir=setup.tokenizer_dir)
+                 tokenizer_dir=setup.tokenizer_dir,
+                 tokenizer=setup.tokenizer if relation and task.entity_markers else None,
+                 extra_config=extra)
   logging.info("exported the best checkpoint (step %d) to %s", meta["step"], output_dir)
   return output_dir

@@ -6,6 +6,7 @@ Each is checked against scikit-learn / scipy in tests/test_metrics.py. Corpus-le
 
 from __future__ import annotations
 
+import re
 from typing import Callable, Sequence
 
 import numpy as np
@@ -157,6 +158,44 @@ def entity_scores(gold: Sequence[Sequence[str]],
     precision, recall, f1 = _prf(len(g & p), len(p), len(g))
     scores[name] = {"precision": float(precision), "recall": float(recall),
                     "f1-score": float(f1), "support": len(g)}
+  return scores
+
+
+_DIRECTION = re.compile(r"\((e1,e2|e2,e1)\)$")
+
+
+def relation_name(label: str) -> str:
+  """'Cause-Effect(e2,e1)' -> 'Cause-Effect'; a label without a direction is its own name."""
+  return _DIRECTION.sub("", label)
+
+
+def relation_scores(labels: np.ndarray, predictions: np.ndarray, label_names: Sequence[str],
+                    no_relation: str = "Other") -> dict[str, dict[str, float]]:
+  """The official SemEval-2010 Task 8 score ("(9+1)-way with directionality"), per relation
+  and overall ("official": macro-F1 over the relations).
+
+  Both directions of a relation pool into one class R: a prediction is correct for R only
+  when relation and direction both match; R's precision divides by every prediction of R (a
+  wrong direction counts there, as a miss), its recall by every gold example of R. The mean
+  is over relations, not over directional labels, and `no_relation` ('Other') never enters
+  it. Labels without a direction suffix make this the macro-F1 over the classes that are not
+  `no_relation`.
+  """
+  names = [relation_name(n) for n in label_names]
+  pooled = np.asarray(names, object)
+  gold_relation, predicted_relation = pooled[labels], pooled[predictions]
+  correct_label = labels == predictions
+  scores = {}
+  for relation in sorted(set(names) - {no_relation}):
+    gold = gold_relation == relation
+    precision, recall, f1 = _prf(np.sum(correct_label & gold),
+                                 np.sum(predicted_relation == relation), np.sum(gold))
+    scores[relation] = {"precision": float(precision), "recall": float(recall),
+                        "f1-score": float(f1), "support": int(gold.sum())}
+  rows = list(scores.values())
+  scores["official"] = {key: float(np.mean([r[key] for r in rows])) if rows else 0.0
+                        for key in ("precision", "recall", "f1-score")}
+  scores["official"]["support"] = int(sum(r["support"] for r in rows))
   return scores
 
 

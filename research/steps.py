@@ -40,8 +40,12 @@ class TrainState:
   rng: jax.Array        # raw uint32[2] key; the step's dropout key is folded from it and the step
 
 
-def model_inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
-  return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "entity_spans")
+
+
+def model_inputs(batch: Batch) -> tuple[jax.Array, ...]:
+  """The model's positional inputs; `entity_spans` only in relation batches."""
+  return tuple(batch[name] for name in MODEL_INPUTS if name in batch)
 
 
 def _first_row(x: jax.Array) -> jax.Array:

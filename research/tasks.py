@@ -5,6 +5,9 @@ A task *kind* decides the head and the loss:
   regression            pooled [CLS] -> one score, mean squared error (never clipped)
   token_classification  every token -> softmax over tags; only the first sub-word of each
                         word has a label, the others carry IGNORE and count nowhere
+  relation_classification  a sentence with two marked entities -> softmax over relations,
+                        read from [CLS] or from the entities (`REPRESENTATIONS`); the entities'
+                        token spans come with every example (input_pipeline.encode_relations)
 
 `GLUE` and `TASKS` are the registry that configs read: text fields, label names and the
 official metrics of each task, and where its data lives.
@@ -20,22 +23,38 @@ import optax
 
 from research.models import bert
 
-KINDS = ("classification", "regression", "token_classification")
+KINDS = ("classification", "regression", "token_classification", "relation_classification")
+# What a relation classifier reads (bert.BertForRelationClassification).
+REPRESENTATIONS = ("cls", "entity_start", "entity_mean")
 IGNORE = -100  # label of positions that count in neither the loss nor the metrics
 
 
 def build_model(kind: str, config: bert.BertConfig, num_labels: int, *, dtype: Any,
-                param_dtype: Any, classifier_dropout: float | None):
+                param_dtype: Any, classifier_dropout: float | None,
+                representation: str = "cls", start_offset: int = 0):
+  """The Flax model of a task kind. Relation classifiers also take what they read
+  (`representation`) and where an entity's start is read: at the marker before its first
+  token (`start_offset=1`) or at that token (0, no markers)."""
   kw = dict(config=config, num_labels=num_labels, classifier_dropout=classifier_dropout,
             dtype=dtype, param_dtype=param_dtype)
   if kind == "token_classification":
     return bert.BertForTokenClassification(**kw)
+  if kind == "relation_classification":
+    return bert.BertForRelationClassification(**kw, representation=representation,
+                                              start_offset=start_offset)
   return bert.BertForSequenceClassification(**kw)
 
 
-def hf_architecture(kind: str) -> str:
-  return ("BertForTokenClassification" if kind == "token_classification"
-          else "BertForSequenceClassification")
+def hf_architecture(task_cfg) -> str:
+  """The transformers class an export loads as. A relation classifier that reads [CLS] is a
+  plain `BertForSequenceClassification` (with a longer vocabulary when it has markers); one
+  that reads the entities is exported as its `BertModel` plus the head's weights
+  (`hf_io.export`): transformers has no such head."""
+  if task_cfg.kind == "token_classification":
+    return "BertForTokenClassification"
+  if task_cfg.kind == "relation_classification" and task_cfg.representation != "cls":
+    return "BertModel"
+  return "BertForSequenceClassification"
 
 
 def num_outputs(kind: str, label_names: tuple[str, ...]) -> int:
@@ -48,7 +67,7 @@ def loss_sum(kind: str, logits: jnp.ndarray, labels: jnp.ndarray, example_mask: 
   Returning the sum and the count, not the mean, lets a step add them up over micro-batches
   and devices first, so that every split of a batch gives exactly the big batch's mean.
   """
-  if kind == "classification":
+  if kind in ("classification", "relation_classification"):
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     weights = example_mask
   elif kind == "regression":
@@ -105,6 +124,15 @@ GLUE = {
 }
 
 
+# SemEval-2010 Task 8 in the order of the hub copy's ClassLabel (SemEvalWorkshop/
+# sem_eval_2010_task_8, whose label field is "relation"): ids from there and names from the
+# release's files both map to the same classes.
+SEMEVAL2010_RELATIONS = tuple(
+    f"{name}({a},{b})" for name in ("Cause-Effect", "Component-Whole", "Content-Container",
+                                    "Entity-Destination", "Entity-Origin", "Instrument-Agency",
+                                    "Member-Collection", "Message-Topic", "Product-Producer")
+    for a, b in (("e1", "e2"), ("e2", "e1"))) + ("Other",)
+
 CONLL2003_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 
 # Every registered task: GLUE plus the others the shared data holds.
@@ -116,6 +144,14 @@ TASKS = dict(GLUE, **{
                                    "accuracy"),
                           hub_dataset="eriktks/conll2003", local_name="conll2003",
                           eval_splits=("validation", "test")),
+    # Inline <e1>/<e2> markers; no validation split in the release (configs/semeval2010_task8.py
+    # holds one out of train). Not read from the hub by default: its copy names the label
+    # field "relation" (see SEMEVAL2010_RELATIONS).
+    "semeval2010_task8": TaskSpec(kind="relation_classification", text_fields=("sentence",),
+                                  label_names=SEMEVAL2010_RELATIONS,
+                                  metrics=("relation_f1", "accuracy"), hub_dataset="",
+                                  local_name="semeval2010_task8",
+                                  eval_splits=("validation", "test")),
     # No canonical hub copy: read from $RESEARCH_DATA_DIR/chnsenticorp or a local directory.
     "chnsenticorp": TaskSpec(kind="classification", text_fields=("sentence",),
                              label_names=("negative", "positive"), metrics=("accuracy",),

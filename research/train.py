@@ -61,6 +61,7 @@ class ModelSetup:
   hf_config: dict[str, Any]         # the source config.json, kept for export
   checkpoint_dir: pathlib.Path | None
   tokenizer_dir: pathlib.Path
+  tokenizer: Any                    # the fast tokenizer, with entity markers if the task has them
 
 
 def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
@@ -88,11 +89,20 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
     raise config_lib.ConfigError("config.model.tokenizer: a randomly initialised model needs a "
                                  "tokenizer ('embedded', a directory or a hub name)")
   task = config.task
+  tokenizer = input_pipeline.load_tokenizer(tokenizer_dir)
+  markers = task.kind == "relation_classification" and tuple(task.entity_markers)
+  if markers:  # new tokens: the embedding matrix grows to hold them (hf_io.grow_vocabulary)
+    ids = input_pipeline.add_entity_markers(tokenizer, markers)
+    bert_config = dataclasses.replace(
+        bert_config, vocab_size=max(bert_config.vocab_size, max(ids) + 1))
+    hf_config["vocab_size"] = bert_config.vocab_size
   model = tasks.build_model(task.kind, bert_config,
                             tasks.num_outputs(task.kind, tuple(task.label_names)),
                             dtype=jnp.dtype(mcfg.dtype), param_dtype=jnp.dtype(mcfg.param_dtype),
-                            classifier_dropout=mcfg.classifier_dropout)
-  return ModelSetup(model, bert_config, hf_config, checkpoint_dir, tokenizer_dir)
+                            classifier_dropout=mcfg.classifier_dropout,
+                            representation=task.get("representation", "cls"),
+                            start_offset=1 if markers else 0)
+  return ModelSetup(model, bert_config, hf_config, checkpoint_dir, tokenizer_dir, tokenizer)
 
 
 def with_checkpoint_architecture(config: ml_collections.ConfigDict
@@ -123,13 +133,23 @@ def train_batches(config: ml_collections.ConfigDict,
       group_by_length=config.data.group_by_length, order=config.data.batch_order)
 
 
+def init_inputs(model) -> tuple[jax.Array, ...]:
+  """A one-row batch of `model`'s positional inputs, to initialise it (shapes only)."""
+  dummy = jnp.ones((1, 8), jnp.int32)
+  inputs = (dummy, dummy, jnp.zeros_like(dummy))
+  if isinstance(model, bert.BertForRelationClassification):
+    inputs += (jnp.asarray([[1, 2, 4, 5]], jnp.int32),)
+  return inputs
+
+
 def init_params(setup: ModelSetup, rng: jax.Array) -> Any:
   """Fresh parameters from `rng`, then the checkpoint's encoder weights over them (host numpy)."""
-  dummy = jnp.ones((1, 8), jnp.int32)
-  params = jax.jit(lambda r: setup.model.init(r, dummy, dummy)["params"])(rng)
+  inputs = init_inputs(setup.model)
+  params = jax.jit(lambda r: setup.model.init(r, *inputs)["params"])(rng)
   params = jax.tree.map(np.asarray, params)
   if setup.checkpoint_dir is not None:
-    params = hf_io.params_from_state_dict(hf_io.read_state_dict(setup.checkpoint_dir), params)
+    state = hf_io.grow_vocabulary(hf_io.read_state_dict(setup.checkpoint_dir), params)
+    params = hf_io.params_from_state_dict(state, params)
   return params
 
 
@@ -381,7 +401,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
 
   # ---- Model -------------------------------------------------------------------------------
   setup = build_model(config)
-  tokenizer = input_pipeline.load_tokenizer(setup.tokenizer_dir)
+  tokenizer = setup.tokenizer
   init_rng, dropout_rng = seed_keys(config.seed)
 
   # ---- Input -------------------------------------------------------------------------------

@@ -45,9 +45,15 @@ def _setup(kind="classification", seed=0, config=CONFIG):
   batch = dict(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids),
                labels=labels, example_mask=np.ones(BATCH, np.float32),
                example_index=np.arange(BATCH, dtype=np.int32))
+  extra = ()
+  if kind == "relation_classification":  # two one-token entities, each after a marker
+    batch["entity_spans"] = np.stack([np.ones(BATCH), np.full(BATCH, 2), lengths - 1, lengths],
+                                     axis=1).astype(np.int32)
+    extra = (batch["token_type_ids"][:1], batch["entity_spans"][:1])
   model = tasks.build_model(kind, config, 3, dtype=jnp.float32, param_dtype=jnp.float32,
-                            classifier_dropout=None)
-  params = model.init(jax.random.key(0), ids[:1], mask[:1])["params"]
+                            classifier_dropout=None, representation="entity_start",
+                            start_offset=1)
+  params = model.init(jax.random.key(0), ids[:1], mask[:1], *extra)["params"]
   tx, schedule = optim.make_optimizer(_optimizer_config(), params, 100)
   state = jax.device_get(steps.TrainState(step=np.int32(0), params=params, frozen={},
                                           opt_state=tx.init(params),
@@ -77,8 +83,10 @@ def _need_devices(n):
                 f"={n} (tests/conftest.py sets it)")
 
 
-@pytest.mark.parametrize("backend", parallel.BACKENDS)
-@pytest.mark.parametrize("kind", ["classification", "token_classification"])
+@pytest.mark.parametrize("backend,kind", [
+    ("pmap", "classification"), ("shard_map", "classification"),
+    ("pmap", "token_classification"), ("shard_map", "token_classification"),
+    ("shard_map", "relation_classification")])
 def test_four_devices_equal_one_device(backend, kind):
   _need_devices(4)
   setup = _setup(kind)

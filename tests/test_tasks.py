@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import require_data
-from configs import chnsenticorp, conll2003, glue
+from configs import chnsenticorp, conll2003, glue, semeval2010_task8
 from research import config_lib, tasks, train
 
 
@@ -54,7 +54,9 @@ def test_every_registered_task_has_a_valid_config():
     config = glue.get_config(name)
     config_lib.validate(config)
     assert config.task.metrics == tasks.GLUE[name].metrics
-  for config in (conll2003.get_config(), chnsenticorp.get_config()):
+  for config in (conll2003.get_config(), chnsenticorp.get_config(),
+                 semeval2010_task8.get_config(), semeval2010_task8.get_config("markers=0"),
+                 semeval2010_task8.get_config("representation=cls")):
     config_lib.validate(config)
   assert glue.get_config("mnli").data.eval_splits == ("validation_matched",
                                                       "validation_mismatched")

@@ -34,6 +34,7 @@ import math
 import os
 import pathlib
 import queue
+import re
 import socket
 import threading
 import time
@@ -236,6 +237,8 @@ class EncodedSplit:
                                         # sub-word, -1 elsewhere
   word_labels: np.ndarray | None = None  # token tasks: [N] object array of every word's tag
                                          # id, truncated words included
+  entity_spans: np.ndarray | None = None  # relation tasks: [N, 4] int32 first and one-past-last
+                                          # token of entity 1, then entity 2 (markers outside)
 
   def __len__(self) -> int:
     return len(self.lengths)
@@ -309,6 +312,8 @@ def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, wher
   0, or tag 0 on every word.
   """
   kind = task_cfg.kind
+  if kind == "relation_classification":
+    return encode_relations(dataset, tokenizer, task_cfg, max_length, where, labelled)
   fields = tuple(task_cfg.text_fields)
   _check_fields(dataset, fields + ((task_cfg.label_field,) if labelled else ()), where)
   token_task = kind == "token_classification"
@@ -370,6 +375,156 @@ def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, wher
   return EncodedSplit(input_ids, token_types, lengths, labels, word_index, word_labels)
 
 
+# ---- relations between two marked entities ------------------------------------------------
+
+ENTITY_TAGS = ("<e1>", "</e1>", "<e2>", "</e2>")  # inline, as in SemEval-2010 Task 8
+_TAG = re.compile(r"</?e[12]>")
+
+
+def strip_entity_tags(text: str) -> tuple[str, tuple[int, int, int, int]]:
+  """'a <e1>b</e1> c <e2>d</e2>' -> ('a b c d', character spans (2, 3, 6, 7)): the text
+  without its four tags, and where each entity starts and ends (exclusive) in it. Raises
+  ValueError unless each tag is there once, each entity opened before it is closed, and the
+  two entities do not overlap."""
+  pieces, found, clean_length, last = [], {}, 0, 0
+  for match in _TAG.finditer(text):
+    pieces.append(text[last:match.start()])
+    clean_length += match.start() - last
+    last = match.end()
+    if match.group() in found:
+      raise ValueError(f"the tag {match.group()} appears more than once")
+    found[match.group()] = clean_length
+  pieces.append(text[last:])
+  missing = [tag for tag in ENTITY_TAGS if tag not in found]
+  if missing:
+    raise ValueError(f"no {' '.join(missing)} tag (entities are marked <e1>…</e1> and "
+                     "<e2>…</e2>, or given by task.entity_spans)")
+  spans = tuple(found[tag] for tag in ENTITY_TAGS)
+  _check_char_spans(spans, len("".join(pieces)))
+  return "".join(pieces), spans
+
+
+def _check_char_spans(spans, length: int) -> None:
+  s1, e1, s2, e2 = spans
+  if not (0 <= s1 < e1 <= length and 0 <= s2 < e2 <= length):
+    raise ValueError(f"entity spans {tuple(spans)} are empty or outside the text of "
+                     f"{length} characters")
+  if s1 < e2 and s2 < e1:
+    raise ValueError(f"the two entities overlap (characters {s1}-{e1} and {s2}-{e2})")
+
+
+def add_entity_markers(tokenizer, markers: tuple[str, ...]) -> list[int]:
+  """Adds the four marker strings to `tokenizer` as special tokens (never split, never
+  lower-cased) if it lacks them; returns their ids."""
+  if len(markers) != 4:
+    raise ValueError(f"task.entity_markers needs four strings (start and end of entity 1, "
+                     f"then of entity 2), got {tuple(markers)}")
+  tokenizer.add_tokens(list(markers), special_tokens=True)
+  return tokenizer.convert_tokens_to_ids(list(markers))
+
+
+def _token_span(offsets, start: int, end: int) -> tuple[int, int] | None:
+  """First and one-past-last token whose characters overlap [start, end)."""
+  inside = [t for t, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+  return (inside[0], inside[-1] + 1) if inside else None
+
+
+def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
+  """The special tokens a tokenizer puts before and after one sequence ([CLS] / [SEP] for
+  BERT, <s> / </s> for RoBERTa), read off what it does to a word."""
+  bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+  full = tokenizer("a")["input_ids"]
+  start = next(i for i in range(len(full)) if full[i:i + len(bare)] == bare)
+  return full[:start], full[start + len(bare):]
+
+
+def encode_relations(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int,
+                     where: str, labelled: bool = True) -> EncodedSplit:
+  """Tokenises sentences with two entities: marked inline (`<e1>…</e1>`, `<e2>…</e2>`) or
+  given as character spans in the four fields `task.entity_spans` (start, exclusive end).
+
+  The text without tags is tokenised on its own, and the marker tokens (`task.entity_markers`,
+  none if empty) are inserted around each entity's tokens, so markers are single tokens and
+  the words keep their usual sub-words. When a sentence is longer than `max_length`, the
+  window kept is centred on the stretch from the first entity's start marker to the last
+  one's end marker (the rest split evenly before and after, as far as the text allows): both
+  entities and their markers are always whole. An entity stretch that alone exceeds
+  `max_length` is an error naming the row.
+  """
+  fields = tuple(task_cfg.text_fields)
+  span_fields = tuple(task_cfg.entity_spans)
+  if len(fields) != 1:
+    raise DataError(f"{where}: a relation task reads one text field, got {fields}")
+  _check_fields(dataset, fields + span_fields
+                + ((task_cfg.label_field,) if labelled else ()), where)
+  _check_texts(dataset, fields, False, where)
+  markers = tuple(task_cfg.entity_markers)
+  marker_ids = tokenizer.convert_tokens_to_ids(list(markers)) if markers else []
+  if markers and tokenizer.unk_token_id in marker_ids:
+    raise DataError(f"the tokenizer has no token for the entity markers {markers}: "
+                    "add them with input_pipeline.add_entity_markers")
+  texts, char_spans = [], []
+  columns = {name: dataset[name] for name in span_fields}
+  for row, text in enumerate(dataset[fields[0]]):
+    try:
+      if span_fields:
+        spans = tuple(columns[name][row] for name in span_fields)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in spans):
+          raise ValueError(f"the fields {span_fields} hold {spans}, not character offsets")
+        _check_char_spans(spans, len(text))
+      else:
+        text, spans = strip_entity_tags(text)
+    except ValueError as e:
+      raise DataError(f"{where}: row {row + 1}: {e}") from None
+    texts.append(text)
+    char_spans.append(spans)
+  encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+  before, after = special_affixes(tokenizer)
+  budget = max_length - len(before) - len(after)
+  n = len(texts)
+  input_ids = np.zeros((n, max_length), np.int32)
+  lengths = np.zeros(n, np.int32)
+  entity_spans = np.zeros((n, 4), np.int32)
+  windowed = 0
+  for i in range(n):
+    ids, offsets = encoded["input_ids"][i], encoded["offset_mapping"][i]
+    token_spans = [_token_span(offsets, *char_spans[i][k:k + 2]) for k in (0, 2)]
+    if None in token_spans:
+      raise DataError(f"{where}: row {i + 1}: entity {token_spans.index(None) + 1} "
+                      f"covers no token of {texts[i]!r}")
+    # Insertions (token position, closing first at a tie, marker id), applied back to front.
+    (a1, b1), (a2, b2) = token_spans
+    inserts = sorted(zip((a1, b1, a2, b2), (1, 0, 1, 0), marker_ids))
+    ids = list(ids)
+    for position, _, marker in reversed(inserts):
+      ids.insert(position, marker)
+    shift = lambda t: t + sum(p <= t for p, _, _ in inserts)  # noqa: E731
+    spans = [shift(a1), shift(b1 - 1) + 1, shift(a2), shift(b2 - 1) + 1]
+    m = 1 if markers else 0
+    if len(ids) > budget:
+      low, high = min(spans[0], spans[2]) - m, max(spans[1], spans[3]) + m
+      if high - low > budget:
+        raise DataError(f"{where}: row {i + 1}: the entities and the text between them take "
+                        f"{high - low} tokens, more than data.max_length={max_length} holds")
+      start = min(max(low - (budget - (high - low)) // 2, 0), len(ids) - budget)
+      ids = ids[start:start + budget]
+      spans = [s - start for s in spans]
+      windowed += 1
+    full = before + ids + after
+    input_ids[i, :len(full)] = full
+    lengths[i] = len(full)
+    entity_spans[i] = [s + len(before) for s in spans]
+  if windowed:
+    logging.info("%s: %d sentences longer than max_length %d kept a window around their "
+                 "entities", where, windowed, max_length)
+  if labelled:
+    labels = _class_ids(list(dataset[task_cfg.label_field]), tuple(task_cfg.label_names), where)
+  else:
+    labels = np.zeros(n, np.int32)
+  return EncodedSplit(input_ids, np.zeros((n, max_length), np.int8), lengths, labels,
+                      entity_spans=entity_spans)
+
+
 def fingerprint(split: EncodedSplit) -> str:
   """A digest of a split as the model sees it: token ids, types and labels."""
   digest = hashlib.sha256()
@@ -377,6 +532,8 @@ def fingerprint(split: EncodedSplit) -> str:
     digest.update(np.ascontiguousarray(array).tobytes())
   for tags in split.word_labels if split.word_labels is not None else ():
     digest.update(np.asarray(tags, np.int32).tobytes())
+  if split.entity_spans is not None:
+    digest.update(np.ascontiguousarray(split.entity_spans).tobytes())
   return digest.hexdigest()[:16]
 
 
@@ -514,6 +671,7 @@ def make_batch(split: EncodedSplit, indices: np.ndarray, buckets: tuple[int, ...
   labels = split.labels[rows]
   if labels.ndim == 2:
     labels = labels[:, :width]
+  extra = {} if split.entity_spans is None else {"entity_spans": split.entity_spans[rows]}
   return {
       "input_ids": np.where(real[:, None], split.input_ids[rows, :width], 0),
       "attention_mask": (np.arange(width) < lengths[:, None]).astype(np.int32),
@@ -521,6 +679,7 @@ def make_batch(split: EncodedSplit, indices: np.ndarray, buckets: tuple[int, ...
       "labels": labels,
       "example_mask": real.astype(np.float32),
       "example_index": np.where(real, indices, -1).astype(np.int32),
+      **extra,
   }
 
 

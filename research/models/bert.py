@@ -441,3 +441,56 @@ class BertForTokenClassification(nn.Module):
     logits = _dense_on_tokens(nn.Dense(self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
                                        param_dtype=self.param_dtype, name="classifier"), sequence)
     return logits.astype(jnp.float32)
+
+
+class BertForRelationClassification(nn.Module):
+  """A relation between two marked entities -> dropout -> dense over the relations.
+
+  `entity_spans` ([B, 4] int: first and one-past-last token of entity 1, then of entity 2;
+  entity markers are not inside a span) say where the entities are. `representation`:
+    cls           the pooled [CLS], as `BertForSequenceClassification` (same parameters)
+    entity_start  the hidden states at the two entities' starts, concatenated ([B, 2H]):
+                  the marker before each entity with `start_offset=1` ("entity start" of
+                  Baldini Soares et al., 2019), its first token with 0
+    entity_mean   the mean hidden state of each entity's tokens, concatenated ([B, 2H])
+  """
+
+  config: BertConfig
+  num_labels: int
+  representation: str = "entity_start"
+  start_offset: int = 1
+  classifier_dropout: float | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, token_type_ids, entity_spans, *,
+               deterministic: bool = True, example_ids=None):
+    cfg = self.config
+    pooled_cls = self.representation == "cls"
+    sequence, pooled = BertModel(cfg, add_pooling_layer=pooled_cls, dtype=self.dtype,
+                                 param_dtype=self.param_dtype, name="bert")(
+        input_ids, attention_mask, token_type_ids, deterministic=deterministic,
+        example_ids=example_ids, cls_only=pooled_cls)
+    if pooled_cls:
+      features = pooled
+    elif self.representation == "entity_start":
+      starts = entity_spans[:, 0::2] - self.start_offset  # [B, 2]
+      features = jnp.take_along_axis(sequence, starts[:, :, None], axis=1)
+      features = features.reshape(features.shape[0], -1)
+    elif self.representation == "entity_mean":
+      positions = jnp.arange(sequence.shape[1])
+      inside = ((positions >= entity_spans[:, 0::2, None])
+                & (positions < entity_spans[:, 1::2, None])).astype(sequence.dtype)  # [B, 2, S]
+      sums = jnp.einsum("bes,bsh->beh", inside, sequence)
+      features = sums / jnp.maximum(inside.sum(-1, keepdims=True), 1)
+      features = features.reshape(features.shape[0], -1)
+    else:
+      raise ValueError(f"representation {self.representation!r} is not one of "
+                       "('cls', 'entity_start', 'entity_mean')")
+    rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
+    features = Dropout(rate, cfg.dropout_impl)(features, deterministic=deterministic,
+                                               example_ids=example_ids)
+    logits = nn.Dense(self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="classifier")(features)
+    return logits.astype(jnp.float32)

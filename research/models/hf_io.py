@@ -167,6 +167,23 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], init_params: An
   return traverse_util.unflatten_dict(loaded)
 
 
+def grow_vocabulary(state_dict: Mapping[str, np.ndarray], init_params: Any
+                    ) -> dict[str, np.ndarray]:
+  """`state_dict` with as many word-embedding rows as `init_params` has (tokens added to the
+  tokenizer, e.g. entity markers): each new row is the mean of the checkpoint's rows plus the
+  fresh init's row (noise of std initializer_range), so that new tokens start as an average
+  token and differ from each other. Unchanged when the sizes agree."""
+  rows = init_params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+  key = next((k for k in state_dict if k.endswith("embeddings.word_embeddings.weight")), None)
+  if key is None or state_dict[key].shape[0] >= rows.shape[0]:
+    return dict(state_dict)
+  old = state_dict[key]
+  new = old.mean(0, keepdims=True) + np.asarray(rows[old.shape[0]:], old.dtype)
+  logging.info("word embeddings grown from %d to %d rows for the added tokens", old.shape[0],
+               rows.shape[0])
+  return {**state_dict, key: np.concatenate([old, new])}
+
+
 def state_dict_from_params(params: Any) -> dict[str, np.ndarray]:
   """Our param tree -> a `BertFor*` PyTorch-style state dict (float32, contiguous)."""
   out = {}
@@ -178,10 +195,14 @@ def state_dict_from_params(params: Any) -> dict[str, np.ndarray]:
 
 def export(params: Any, out_dir: pathlib.Path, *, base_config: Mapping[str, Any],
            architecture: str, label_names: tuple[str, ...] | None, num_labels: int,
-           tokenizer_dir: pathlib.Path) -> None:
+           tokenizer_dir: pathlib.Path, tokenizer: Any = None,
+           extra_config: Mapping[str, Any] | None = None) -> None:
   """Writes a directory that `transformers.AutoModelFor*.from_pretrained` loads.
 
   `base_config` is the source checkpoint's config.json: fields we do not model are kept.
+  `tokenizer` (one with added tokens) is saved as it is; otherwise the tokenizer files of
+  `tokenizer_dir` are copied unchanged. `extra_config` goes into config.json (a head that
+  transformers has no class for describes itself there).
   """
   from safetensors.numpy import save_file
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,9 +217,13 @@ def export(params: Any, out_dir: pathlib.Path, *, base_config: Mapping[str, Any]
   if architecture == "BertForSequenceClassification":
     config["problem_type"] = ("regression" if num_labels == 1
                               else "single_label_classification")
+  config.update(extra_config or {})
   (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
   save_file(state_dict_from_params(params), out_dir / "model.safetensors",
             metadata={"format": "pt"})
+  if tokenizer is not None:
+    tokenizer.save_pretrained(str(out_dir))
+    return
   for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                "special_tokens_map.json"):
     if (tokenizer_dir / name).is_file():
