@@ -36,7 +36,8 @@ def get_config():
   c.model.remat = False
 
   c.task = Config()
-  # classification | regression | token_classification | relation_classification
+  # classification | regression | token_classification | relation_classification |
+  # question_answering
   c.task.kind = "classification"
   c.task.text_fields = ("sentence",)  # one field, or two for sentence pairs
   c.task.label_field = "label"  # ints 0..K-1 or label-name strings (tags for token tasks)
@@ -51,6 +52,16 @@ def get_config():
   c.task.entity_markers = ("[E1]", "[/E1]", "[E2]", "[/E2]")
   c.task.representation = "entity_start"  # what the head reads: cls | entity_start | entity_mean
   c.task.no_relation_label = "Other"  # left out of relation_f1's mean ('' = none)
+  # question_answering: text_fields = (question, context), label_field = answers ({text: [...],
+  # answer_start: [...]}); a context longer than a window is cut into windows that overlap by
+  # doc_stride tokens. Answers are the best start/end pairs of the n_best top starts and ends,
+  # at most max_answer_length tokens; with version_2_with_negative (SQuAD 2.0) the answer is ''
+  # when the [CLS] (null) score beats the best span by more than null_score_diff_threshold.
+  c.task.doc_stride = 128
+  c.task.max_answer_length = 30
+  c.task.n_best = 20
+  c.task.version_2_with_negative = True
+  c.task.null_score_diff_threshold = 0.0
 
   c.data = Config()
   c.data.dataset = ""  # a directory of <split>.jsonl|csv|tsv|parquet files, or a hub dataset

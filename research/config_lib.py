@@ -18,6 +18,7 @@ KIND_METRICS = {
     "regression": ("pearson", "spearman"),
     "token_classification": ("entity_f1", "entity_precision", "entity_recall", "accuracy"),
     "relation_classification": ("relation_f1", "accuracy", "macro_f1"),
+    "question_answering": ("f1", "exact", "best_f1", "best_exact", "HasAns_f1", "NoAns_f1"),
 }
 # Fields that do not change what a run computes: a resumed run may change them.
 RESUMABLE_CHANGES = ("log.every_steps", "checkpoint.keep", "checkpoint.every_seconds",
@@ -75,7 +76,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(task.kind in tasks.KINDS, "task.kind", f"{task.kind!r} is not one of {tasks.KINDS}")
   _check(len(task.text_fields) in (1, 2), "task.text_fields",
          f"needs one field or two (a pair), got {tuple(task.text_fields)}")
-  if task.kind == "regression":
+  if task.kind == "question_answering":
+    _check(len(task.text_fields) == 2, "task.text_fields",
+           f"needs the question and the context fields, got {tuple(task.text_fields)}")
+    _check(0 < task.doc_stride < config.data.max_length // 2, "task.doc_stride",
+           f"{task.doc_stride} must be positive and below half of data.max_length "
+           f"{config.data.max_length}")
+    _check(task.max_answer_length > 0 and task.n_best > 0, "task.max_answer_length",
+           "max_answer_length and n_best must be positive")
+  elif task.kind == "regression":
     _check(not task.label_names, "task.label_names", "must be empty for regression")
   else:
     _check(len(task.label_names) >= 2, "task.label_names",

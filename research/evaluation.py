@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from research import metrics, tasks, writers
+from research import metrics, squad, tasks, writers
 from research.data import input_pipeline
 from research.parallel import DataParallel
 
@@ -70,6 +70,16 @@ def word_predictions(split: input_pipeline.EncodedSplit, outputs: np.ndarray) ->
   return sentences
 
 
+def answers(task_cfg, split: input_pipeline.EncodedSplit, outputs: np.ndarray):
+  """Question answering: (answer per question id, n-best lists, null odds) from the windows'
+  start and end logits (`squad.postprocess`)."""
+  return squad.postprocess(split.examples, split.feature_example, split.offsets,
+                           outputs[..., 0], outputs[..., 1], n_best=task_cfg.n_best,
+                           max_answer_length=task_cfg.max_answer_length,
+                           version_2=task_cfg.version_2_with_negative,
+                           null_score_diff_threshold=task_cfg.null_score_diff_threshold)
+
+
 def predictions(kind: str, split: input_pipeline.EncodedSplit, outputs: np.ndarray):
   if kind in ("classification", "relation_classification"):
     return outputs.argmax(-1)
@@ -82,8 +92,18 @@ def score(task_cfg, split: input_pipeline.EncodedSplit, outputs: np.ndarray,
           loss: float) -> tuple[dict[str, float], dict[str, Any]]:
   """(scalar metrics incl. loss, report) for a split's outputs."""
   kind, names = task_cfg.kind, tuple(task_cfg.label_names)
-  predicted = predictions(kind, split, outputs)
   scalars: dict[str, float] = {"loss": loss}
+  if kind == "question_answering":
+    predicted, nbest, null_odds = answers(task_cfg, split, outputs)
+    gold = {e["id"]: e["answers"] for e in split.examples}
+    # The null odds as the official v2 script's na_probs, thresholded where the predictions
+    # were (a no-op on them); it adds the best threshold on this split.
+    scores = squad.squad_scores(predicted, gold, null_odds or None,
+                                threshold=task_cfg.null_score_diff_threshold)
+    scalars.update({name: scores[name] for name in task_cfg.metrics if name in scores})
+    return scalars, {"scores": scores, "predictions": predicted, "nbest": nbest,
+                     "null_odds": null_odds}
+  predicted = predictions(kind, split, outputs)
   if kind == "token_classification":
     gold = [[names[t] for t in tags] for tags in split.word_labels]
     guess = [[names[t] for t in tags] for tags in predicted]
@@ -113,13 +133,27 @@ def score(task_cfg, split: input_pipeline.EncodedSplit, outputs: np.ndarray,
   return scalars, report
 
 
+def report_text(report: dict[str, Any]) -> str | None:
+  """The fixed-width table(s) of a per-class report (relations: per relation, then per
+  label); None for the reports that are not tables (entities, question answering)."""
+  if "relations" in report:
+    return "\n\n".join(metrics.format_report(report[part]) for part in ("relations", "labels"))
+  if report and "overall" not in report and "scores" not in report:
+    return metrics.format_report(report)
+  return None
+
+
 def write_eval_file(path: pathlib.Path, step: int, scalars: dict[str, float],
                     report: dict[str, Any]) -> None:
-  """`eval/<split>_step<N>.json`: the metrics and the per-class (or per-type) report."""
+  """`eval/<split>_step<N>.json`: the metrics and the per-class (or per-type) report. For
+  question answering, beside it in the official formats: `..._predictions.json` ({id:
+  answer}), `..._nbest.json` and `..._null_odds.json` (the official v2 script's na_prob file)."""
+  if "predictions" in report:
+    for part in ("predictions", "nbest", "null_odds"):
+      writers.write_json(path.with_name(f"{path.stem}_{part}.json"), report[part])
+    report = {"scores": report["scores"]}
   record = {"step": step, "metrics": scalars, "report": report}
-  if "relations" in report:  # relation tasks: per relation (official), then per label
-    record["report_text"] = "\n\n".join(metrics.format_report(report[part])
-                                         for part in ("relations", "labels"))
-  elif report and "overall" not in report:
-    record["report_text"] = metrics.format_report(report)
+  text = report_text(report)
+  if text is not None:
+    record["report_text"] = text
   writers.write_json(path, record)

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from research import checkpoints, config_lib, evaluation, metrics, steps, tasks, writers
+from research import checkpoints, config_lib, evaluation, steps, tasks, writers
 from research.data import input_pipeline
 from research.models import hf_io
 from research.parallel import DataParallel, compiled_programs_released
@@ -80,8 +80,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     scalars, report = evaluation.score(config.task, split, outputs, loss)
     results[name] = scalars
     evaluation.write_eval_file(workdir / "eval" / f"{name}_best.json", meta["step"], scalars, report)
-    text = (metrics.format_report(report) if report and "overall" not in report
-            else json.dumps(report, indent=1))
+    text = evaluation.report_text(report) or json.dumps(report.get("scores", report), indent=1)
     logging.info("best checkpoint (step %d) on %s: %s\n%s", meta["step"], name,
                  ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()), text)
   return results
@@ -128,12 +127,22 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   outputs, _ = evaluation.run_model(eval_step, dp, placed, split,
                                     batch_size=config.eval.batch_size,
                                     buckets=tuple(config.data.length_buckets))
-  predicted = evaluation.predictions(task.kind, split, outputs)
   names = tuple(task.label_names)
+  if task.kind == "question_answering":
+    answers, nbest, null_odds = evaluation.answers(task, split, outputs)
+  else:
+    predicted = evaluation.predictions(task.kind, split, outputs)
   lines = []
   for i, row in enumerate(dataset):
     record = {field: row[field] for field in task.text_fields}
-    if task.kind in ("classification", "relation_classification"):
+    if task.kind == "question_answering":
+      key = split.examples[i]["id"]
+      best = next((c for c in nbest[key] if c["text"]), None)
+      record.update(answer=answers[key], score=best["score"] if best else None,
+                    probability=best["probability"] if best else None)
+      if task.version_2_with_negative:
+        record["null_odds"] = null_odds[key]  # > null_score_diff_threshold: no answer
+    elif task.kind in ("classification", "relation_classification"):
       probabilities = np.exp(outputs[i] - outputs[i].max())
       probabilities /= probabilities.sum()
       record.update(label=names[predicted[i]],

@@ -25,6 +25,8 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from research.models import bert
+
 METHODS = ("full", "frozen_encoder", "bitfit", "lora")
 LORA = "lora"  # top-level key of the LoRA factors in the trainable subtree
 
@@ -37,7 +39,7 @@ def _layer_of(path: tuple[str, ...]) -> int | None:
 
 def is_trainable(cfg: ml_collections.ConfigDict, path: tuple[str, ...]) -> bool:
   """Whether a parameter of the plain model trains under `cfg` (a `config.peft`)."""
-  if path[0] == "classifier":
+  if path[0] in bert.HEADS:
     return True
   if cfg.method == "full":
     if path[:2] == ("bert", "embeddings"):

@@ -69,7 +69,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     logits = model.apply({"params": peft.materialize(params, frozen, lora_scale)},
                          *model_inputs(micro_batch), deterministic=False,
                          example_ids=micro_batch["example_index"], rngs={"dropout": rng})
-    return tasks.loss_sum(kind, logits, micro_batch["labels"], micro_batch["example_mask"])
+    return tasks.loss_sum(kind, logits, micro_batch["labels"], micro_batch["example_mask"],
+                          micro_batch["attention_mask"])
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -112,7 +113,8 @@ def make_eval_step(model, kind: str) -> Callable[[Any, Batch], dict]:
 
   def eval_step(params, batch: Batch):
     logits = model.apply({"params": params}, *model_inputs(batch), deterministic=True)
-    loss, weight = tasks.loss_sum(kind, logits, batch["labels"], batch["example_mask"])
+    loss, weight = tasks.loss_sum(kind, logits, batch["labels"], batch["example_mask"],
+                                  batch["attention_mask"])
     gathered = lax.all_gather({"logits": logits, "example_index": batch["example_index"]}, AXIS,
                               tiled=True)
     return {**gathered, **lax.psum({"loss_sum": loss, "weight_sum": weight}, AXIS)}

@@ -5,6 +5,9 @@ A task *kind* decides the head and the loss:
   regression            pooled [CLS] -> one score, mean squared error (never clipped)
   token_classification  every token -> softmax over tags; only the first sub-word of each
                         word has a label, the others carry IGNORE and count nowhere
+  question_answering    a question and a context window -> start and end logits per token
+                        (softmax over the window's real tokens); a long context is several
+                        windows, post-processed into one answer per question (squad.py)
   relation_classification  a sentence with two marked entities -> softmax over relations,
                         read from [CLS] or from the entities (`REPRESENTATIONS`); the entities'
                         token spans come with every example (input_pipeline.encode_relations)
@@ -23,7 +26,8 @@ import optax
 
 from research.models import bert
 
-KINDS = ("classification", "regression", "token_classification", "relation_classification")
+KINDS = ("classification", "regression", "token_classification", "relation_classification",
+         "question_answering")
 # What a relation classifier reads (bert.BertForRelationClassification).
 REPRESENTATIONS = ("cls", "entity_start", "entity_mean")
 IGNORE = -100  # label of positions that count in neither the loss nor the metrics
@@ -42,6 +46,8 @@ def build_model(kind: str, config: bert.BertConfig, num_labels: int, *, dtype: A
   if kind == "relation_classification":
     return bert.BertForRelationClassification(**kw, representation=representation,
                                               start_offset=start_offset)
+  if kind == "question_answering":
+    return bert.BertForQuestionAnswering(config=config, dtype=dtype, param_dtype=param_dtype)
   return bert.BertForSequenceClassification(**kw)
 
 
@@ -52,26 +58,39 @@ def hf_architecture(task_cfg) -> str:
   (`hf_io.export`): transformers has no such head."""
   if task_cfg.kind == "token_classification":
     return "BertForTokenClassification"
+  if task_cfg.kind == "question_answering":
+    return "BertForQuestionAnswering"
   if task_cfg.kind == "relation_classification" and task_cfg.representation != "cls":
     return "BertModel"
   return "BertForSequenceClassification"
 
 
 def num_outputs(kind: str, label_names: tuple[str, ...]) -> int:
+  if kind == "question_answering":
+    return 2  # start and end
   return 1 if kind == "regression" else len(label_names)
 
 
-def loss_sum(kind: str, logits: jnp.ndarray, labels: jnp.ndarray, example_mask: jnp.ndarray):
+def loss_sum(kind: str, logits: jnp.ndarray, labels: jnp.ndarray, example_mask: jnp.ndarray,
+             attention_mask: jnp.ndarray | None = None):
   """Summed loss and the number of labelled positions it sums over (the mean's denominator).
 
   Returning the sum and the count, not the mean, lets a step add them up over micro-batches
   and devices first, so that every split of a batch gives exactly the big batch's mean.
+  Question answering takes `attention_mask`: the softmax over start (end) positions runs over
+  the window's real tokens only, so the padding of a batch changes nothing.
   """
   if kind in ("classification", "relation_classification"):
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     weights = example_mask
   elif kind == "regression":
     losses = jnp.square(logits[..., 0] - labels)
+    weights = example_mask
+  elif kind == "question_answering":  # logits [B, S, 2], labels [B, 2]: (start, end)
+    real = (attention_mask > 0)[..., None]
+    logits = jnp.where(real, logits, jnp.finfo(jnp.float32).min)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.swapaxes(1, 2), labels)
+    losses = losses.mean(-1)  # (start + end) / 2, as BertForQuestionAnswering
     weights = example_mask
   elif kind == "token_classification":
     weights = (labels != IGNORE) * example_mask[:, None]
@@ -152,6 +171,15 @@ TASKS = dict(GLUE, **{
                                   metrics=("relation_f1", "accuracy"), hub_dataset="",
                                   local_name="semeval2010_task8",
                                   eval_splits=("validation", "test")),
+    # Extractive QA; SQuAD 2.0 adds unanswerable questions (predicted as '').
+    "squad": TaskSpec(kind="question_answering", text_fields=("question", "context"),
+                      label_names=(), label_field="answers", metrics=("f1", "exact"),
+                      hub_dataset="rajpurkar/squad", local_name="squad"),
+    "squad_v2": TaskSpec(kind="question_answering", text_fields=("question", "context"),
+                         label_names=(), label_field="answers",
+                         metrics=("f1", "exact", "best_f1", "best_exact", "HasAns_f1",
+                                  "NoAns_f1"),
+                         hub_dataset="rajpurkar/squad_v2", local_name="squad_v2"),
     # No canonical hub copy: read from $RESEARCH_DATA_DIR/chnsenticorp or a local directory.
     "chnsenticorp": TaskSpec(kind="classification", text_fields=("sentence",),
                              label_names=("negative", "positive"), metrics=("accuracy",),

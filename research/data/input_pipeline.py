@@ -199,6 +199,13 @@ def read_file(path: pathlib.Path) -> datasets.Dataset:
     raise DataError(f"{path} is empty")
   if path.suffix != ".parquet":
     check_utf8(path)
+  if path.suffix == ".json":  # SQuAD's nested layout is flattened into one row per question
+    try:
+      rows = squad_rows(json.loads(path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError:
+      rows = None  # JSON Lines under a .json name: datasets reads it
+    if rows is not None:
+      return datasets.Dataset.from_list(rows)
   kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
   try:
     dataset = datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train",
@@ -239,13 +246,19 @@ class EncodedSplit:
                                          # id, truncated words included
   entity_spans: np.ndarray | None = None  # relation tasks: [N, 4] int32 first and one-past-last
                                           # token of entity 1, then entity 2 (markers outside)
+  # Question answering: a row is a window (feature) of one question's context.
+  offsets: np.ndarray | None = None  # [N, max_length, 2] int32 context characters of each
+                                     # context token, (-1, -1) for every other token
+  feature_example: np.ndarray | None = None  # [N] int32 the question each window belongs to
+  examples: list[dict] | None = None  # per question (not per row): id, context, gold answers
 
   def __len__(self) -> int:
     return len(self.lengths)
 
   def select(self, indices: np.ndarray) -> "EncodedSplit":
-    return EncodedSplit(**{f.name: None if getattr(self, f.name) is None
-                           else getattr(self, f.name)[indices]
+    """Rows `indices`; `examples` (per question, not per row) is kept whole."""
+    return EncodedSplit(**{f.name: getattr(self, f.name) if f.name == "examples"
+                           or getattr(self, f.name) is None else getattr(self, f.name)[indices]
                            for f in dataclasses.fields(self)})
 
 
@@ -314,6 +327,8 @@ def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, wher
   kind = task_cfg.kind
   if kind == "relation_classification":
     return encode_relations(dataset, tokenizer, task_cfg, max_length, where, labelled)
+  if kind == "question_answering":
+    return encode_questions(dataset, tokenizer, task_cfg, max_length, where, labelled)
   fields = tuple(task_cfg.text_fields)
   _check_fields(dataset, fields + ((task_cfg.label_field,) if labelled else ()), where)
   token_task = kind == "token_classification"
@@ -525,6 +540,106 @@ def encode_relations(dataset: datasets.Dataset, tokenizer, task_cfg, max_length:
                       entity_spans=entity_spans)
 
 
+# ---- extractive question answering -------------------------------------------------------
+
+
+def squad_rows(data: dict) -> list[dict] | None:
+  """The questions of a file in SQuAD's JSON layout (`data[].paragraphs[].qas[]`) as rows of
+  the hub's flat layout (`id, title, context, question, answers{text, answer_start}`; an
+  unanswerable question has empty lists); None if `data` is not in that layout."""
+  articles = data.get("data") if isinstance(data, dict) else None
+  if not (isinstance(articles, list) and articles and "paragraphs" in articles[0]):
+    return None
+  rows = []
+  for article in articles:
+    for paragraph in article["paragraphs"]:
+      for qa in paragraph["qas"]:
+        answers = [] if qa.get("is_impossible") else qa.get("answers", [])
+        rows.append({"id": str(qa["id"]), "title": article.get("title", ""),
+                     "context": paragraph["context"], "question": qa["question"],
+                     "answers": {"text": [a["text"] for a in answers],
+                                 "answer_start": [int(a["answer_start"]) for a in answers]}})
+  return rows
+
+
+def _gold_answers(value, context: str, where: str, row: int) -> tuple[list[str], list[int]]:
+  """A row's `answers` ({text: [...], answer_start: [...]}, empty lists when unanswerable),
+  each checked to point at its text in the context."""
+  if not (isinstance(value, dict) and isinstance(value.get("text"), list)
+          and isinstance(value.get("answer_start"), list)
+          and len(value["text"]) == len(value["answer_start"])):
+    raise DataError(f"{where}: row {row}: answers is {value!r}, not {{'text': [...], "
+                    "'answer_start': [...]}} of equal lengths")
+  for text, start in zip(value["text"], value["answer_start"]):
+    if not isinstance(start, int) or context[start:start + len(text)] != text:
+      raise DataError(f"{where}: row {row}: the answer {text!r} is not at character {start} "
+                      "of its context")
+  return list(value["text"]), list(value["answer_start"])
+
+
+def _answer_tokens(offsets: np.ndarray, start: int, end: int) -> tuple[int, int]:
+  """The first and last context token of characters [start, end) in a window, or (0, 0)
+  (the [CLS] position: no answer here) when the window does not hold all of them."""
+  context = np.flatnonzero(offsets[:, 0] >= 0)
+  if not (offsets[context[0], 0] <= start and offsets[context[-1], 1] >= end):
+    return 0, 0
+  first = context[offsets[context, 1] > start][0]
+  last = context[offsets[context, 0] < end][-1]
+  return int(first), int(last)
+
+
+def encode_questions(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int,
+                     where: str, labelled: bool = True) -> EncodedSplit:
+  """Question + context pairs as windows of `max_length` tokens, as Hugging Face's run_qa does:
+  the question first and whole, the context cut into windows that overlap by
+  `task.doc_stride` tokens. Each window's label is the first gold answer's first and last
+  token if the window holds all of it, else (0, 0), the [CLS] position (also for questions
+  without an answer). `offsets` maps every context token back to its characters, so that an
+  answer is always a span of the original context.
+  """
+  question_field, context_field = tuple(task_cfg.text_fields)
+  fields = (question_field, context_field)
+  _check_fields(dataset, fields + ((task_cfg.label_field,) if labelled else ()), where)
+  _check_texts(dataset, fields, False, where)
+  questions = [q.lstrip() for q in dataset[question_field]]  # leading blanks waste the window
+  contexts = list(dataset[context_field])
+  ids = (list(dataset["id"]) if "id" in dataset.column_names
+         else [str(i) for i in range(len(dataset))])
+  golds = ([_gold_answers(a, c, where, i + 1) for i, (a, c) in
+            enumerate(zip(dataset[task_cfg.label_field], contexts))] if labelled
+           else [([], [])] * len(dataset))
+  room = max_length - task_cfg.doc_stride
+  for i, question in enumerate(questions):
+    if len(tokenizer(question, add_special_tokens=False)["input_ids"]) + 3 >= room:
+      raise DataError(f"{where}: row {i + 1}: the question takes too much of data.max_length="
+                      f"{max_length} to leave windows of context with task.doc_stride="
+                      f"{task_cfg.doc_stride}")
+  encoded = tokenizer(questions, contexts, truncation="only_second", max_length=max_length,
+                      stride=task_cfg.doc_stride, return_overflowing_tokens=True,
+                      return_offsets_mapping=True)
+  n = len(encoded["input_ids"])
+  input_ids = np.zeros((n, max_length), np.int32)
+  token_types = np.zeros((n, max_length), np.int8)
+  lengths = np.zeros(n, np.int32)
+  offsets = np.full((n, max_length, 2), -1, np.int32)
+  labels = np.zeros((n, 2), np.int32)
+  feature_example = np.asarray(encoded["overflow_to_sample_mapping"], np.int32)
+  for f in range(n):
+    length = len(encoded["input_ids"][f])
+    lengths[f] = length
+    input_ids[f, :length] = encoded["input_ids"][f]
+    token_types[f, :length] = encoded["token_type_ids"][f]
+    in_context = np.asarray([s == 1 for s in encoded.sequence_ids(f)])
+    offsets[f, :length][in_context] = np.asarray(encoded["offset_mapping"][f])[in_context]
+    texts, starts = golds[feature_example[f]]
+    if texts:
+      labels[f] = _answer_tokens(offsets[f], starts[0], starts[0] + len(texts[0]))
+  examples = [{"id": str(ids[i]), "context": contexts[i], "answers": golds[i][0]}
+              for i in range(len(dataset))]
+  return EncodedSplit(input_ids, token_types, lengths, labels, offsets=offsets,
+                      feature_example=feature_example, examples=examples)
+
+
 def fingerprint(split: EncodedSplit) -> str:
   """A digest of a split as the model sees it: token ids, types and labels."""
   digest = hashlib.sha256()
@@ -669,7 +784,7 @@ def make_batch(split: EncodedSplit, indices: np.ndarray, buckets: tuple[int, ...
   if width is None:
     width = batch_width(split, indices, buckets)
   labels = split.labels[rows]
-  if labels.ndim == 2:
+  if split.word_index is not None:  # token tasks: a tag per position
     labels = labels[:, :width]
   extra = {} if split.entity_spans is None else {"entity_spans": split.entity_spans[rows]}
   return {

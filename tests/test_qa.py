@@ -1,0 +1,208 @@
+"""Extractive question answering: SQuAD's layouts, windows over long contexts, the loss, the
+export to transformers, and the embedded MiniLM on real SQuAD 2.0 questions."""
+
+import json
+import shutil
+
+import datasets
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from conftest import require_data
+from configs import squad as squad_config
+from research import config_lib, inference, tasks, train
+from research.data import input_pipeline as ip
+from research.models import hf_io
+
+DEV5 = "squad_v2_dev5"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  return ip.load_tokenizer(hf_io.embedded_checkpoint_dir())
+
+
+def _task(**updates):
+  config = squad_config.get_config("v2")
+  config.task.update(updates)
+  return config.task
+
+
+def test_squad_json_reads_as_the_flat_layout(tmp_path):
+  folder = require_data(DEV5)
+  shutil.copyfile(folder / "squad_v2_dev_first5_articles.json", tmp_path / "validation.json")
+  nested = ip.load_split(str(tmp_path), "", "validation")
+  flat = ip.load_split(str(folder), "", "validation")
+  assert len(nested) == len(flat) == 1407
+  for a, b in zip(nested, flat):
+    assert (a["id"], a["question"], a["context"], a["title"]) == (
+        b["id"], b["question"], b["context"], b["title"])
+    assert a["answers"] == b["answers"]
+  assert sum(not row["answers"]["text"] for row in nested) == 702  # unanswerable
+
+
+def _windows(tokenizer, rows, max_length, stride, labelled=True):
+  return ip.encode(datasets.Dataset.from_list(rows), tokenizer,
+                   _task(doc_stride=stride), max_length, "rows", labelled=labelled)
+
+
+def test_long_contexts_become_overlapping_windows_with_the_answer_where_it_is(tokenizer):
+  context = " ".join(f"word{i}" for i in range(120)) + " the answer is Paris indeed."
+  start = context.index("Paris")
+  rows = [{"id": "q1", "question": "Where?", "context": context,
+           "answers": {"text": ["Paris"], "answer_start": [start]}},
+          {"id": "q2", "question": "Nothing?", "context": "short text here",
+           "answers": {"text": [], "answer_start": []}}]
+  split = _windows(tokenizer, rows, max_length=64, stride=16)
+  windows = np.flatnonzero(split.feature_example == 0)
+  assert len(windows) > 2 and list(split.feature_example[-1:]) == [1]
+  for f in windows:
+    tokens = split.input_ids[f, :split.lengths[f]]
+    assert tokens[0] == tokenizer.cls_token_id and split.lengths[f] <= 64
+  # Consecutive windows share doc_stride context tokens.
+  first, second = (split.offsets[f][split.offsets[f, :, 0] >= 0] for f in windows[:2])
+  assert (first[-16:] == second[:16]).all()
+  # The answer's window labels its tokens; the others (and the unanswerable question) [CLS].
+  labelled = [f for f in windows if split.labels[f, 0] > 0]
+  assert labelled == [windows[-1]]
+  f = labelled[0]
+  s, e = split.labels[f]
+  assert context[split.offsets[f, s, 0]:split.offsets[f, e, 1]] == "Paris"
+  assert (split.labels[windows[:-1]] == 0).all() and (split.labels[-1] == 0).all()
+  assert split.examples[1] == {"id": "q2", "context": "short text here", "answers": []}
+
+
+def test_an_answer_not_at_its_offset_is_one_error_naming_the_row(tokenizer):
+  rows = [{"question": "q", "context": "abc def", "answers": {"text": ["def"],
+                                                              "answer_start": [3]}}]
+  with pytest.raises(ip.DataError, match="rows: row 1: the answer 'def' is not at character 3"):
+    _windows(tokenizer, rows, 64, 16)
+
+
+def test_the_loss_ignores_padding():
+  """The softmax over start/end positions covers a window's real tokens only."""
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(2, 6, 2)), jnp.float32)
+  labels = jnp.asarray([[1, 2], [0, 0]])
+  mask = jnp.asarray([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]])
+  loss, weight = tasks.loss_sum("question_answering", logits, labels, jnp.ones(2), mask)
+  padded = jnp.where(mask[..., None] > 0, logits, 100.0)  # garbage where the padding is
+  again, _ = tasks.loss_sum("question_answering", padded, labels, jnp.ones(2), mask)
+  assert float(loss) == pytest.approx(float(again)) and float(weight) == 2
+  # By hand, row 0: (-log softmax(l[:4, 0])[1] - log softmax(l[:4, 1])[2]) / 2.
+  row = np.asarray(logits[0, :4])
+  by_hand = -(row[1, 0] - np.log(np.exp(row[:, 0]).sum())
+              + row[2, 1] - np.log(np.exp(row[:, 1]).sum())) / 2
+  row = np.asarray(logits[1, :5])
+  by_hand += -(row[0, 0] - np.log(np.exp(row[:, 0]).sum())
+               + row[0, 1] - np.log(np.exp(row[:, 1]).sum())) / 2
+  assert float(loss) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_config_mistakes_name_the_field():
+  config = squad_config.get_config()
+  config.task.doc_stride = 256
+  with pytest.raises(config_lib.ConfigError, match="config.task.doc_stride: 256 must be"):
+    config_lib.validate(config)
+  config = squad_config.get_config()
+  config.task.text_fields = ("question",)
+  with pytest.raises(config_lib.ConfigError, match="config.task.text_fields: needs the question"):
+    config_lib.validate(config)
+
+
+# ---- small model: export and predict ------------------------------------------------------
+
+
+def _dev5_split(tmp_path, train_titles):
+  """$tmp/dev5 with train.jsonl (the questions of `train_titles`) and validation.jsonl (the
+  rest): training on some articles, evaluating on the others."""
+  folder = require_data(DEV5)
+  rows = [json.loads(line) for line in (folder / "validation.jsonl").read_text().splitlines()]
+  out = tmp_path / "dev5"
+  out.mkdir()
+  for name, keep in (("train", True), ("validation", False)):
+    (out / f"{name}.jsonl").write_text("".join(
+        json.dumps(r) + "\n" for r in rows if (r["title"] in train_titles) == keep))
+  return out
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+  """A random 2-layer BERT (transformers' init, the embedded tokenizer) trained for a few steps
+  on SQuAD 2.0 questions."""
+  root = tmp_path_factory.mktemp("qa")
+  checkpoint = root / "small-bert"
+  torch.manual_seed(0)
+  transformers.BertModel(transformers.BertConfig(
+      vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+      intermediate_size=64)).save_pretrained(checkpoint)
+  source = hf_io.embedded_checkpoint_dir()
+  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+    if (source / name).is_file():
+      shutil.copyfile(source / name, checkpoint / name)
+  config = squad_config.get_config("v2")
+  config.model.checkpoint = str(checkpoint)
+  config.data.dataset = str(_dev5_split(root, {"Normans"}))
+  config.data.local_name = ""
+  config.data.train_examples = 64
+  config.data.eval_examples = 48
+  config.data.max_length = 128
+  config.data.length_buckets = (128,)
+  config.task.doc_stride = 32
+  config.train.batch_size = 16
+  config.train.num_epochs = 1.0
+  config.eval.batch_size = 32
+  config.parallel.num_devices = 1
+  summary = train.train_and_evaluate(config, root / "run")
+  return config, root / "run", summary
+
+
+def test_eval_writes_the_official_files_and_scores(small_run):
+  config, workdir, summary = small_run
+  step = summary["final"]["step"]
+  scores = summary["final"]["results"]["validation"]
+  assert set(config.task.metrics) <= set(scores)
+  predictions = json.loads((workdir / "eval" / f"validation_step{step}_predictions.json")
+                           .read_text())
+  null_odds = json.loads((workdir / "eval" / f"validation_step{step}_null_odds.json")
+                         .read_text())
+  nbest = json.loads((workdir / "eval" / f"validation_step{step}_nbest.json").read_text())
+  assert len(predictions) == len(null_odds) == len(nbest) == 48  # every question once
+  assert all(isinstance(v, str) for v in predictions.values())
+  record = json.loads((workdir / "eval" / f"validation_step{step}.json").read_text())
+  assert record["report"]["scores"]["total"] == 48
+
+
+def test_export_loads_in_transformers_with_the_same_start_and_end_logits(small_run, tmp_path):
+  config, workdir, _ = small_run
+  out = inference.export(config, workdir, tmp_path / "export")
+  setup, params, _ = inference.load_best(config, workdir)
+  split = ip.load_encoded(config.data, config.task, setup.tokenizer, "validation", limit=8)
+  batch = ip.make_batch(split, np.arange(len(split)), (128,))
+  ours = np.asarray(setup.model.apply({"params": params}, batch["input_ids"],
+                                      batch["attention_mask"], batch["token_type_ids"]))
+  model = transformers.AutoModelForQuestionAnswering.from_pretrained(str(out)).eval()
+  with torch.no_grad():
+    theirs = model(**{k: torch.tensor(batch[k]).long()
+                      for k in ("input_ids", "attention_mask", "token_type_ids")})
+  np.testing.assert_allclose(ours[..., 0], theirs.start_logits.numpy(), atol=2e-5, rtol=0)
+  np.testing.assert_allclose(ours[..., 1], theirs.end_logits.numpy(), atol=2e-5, rtol=0)
+  assert json.loads((out / "config.json").read_text())["architectures"] == [
+      "BertForQuestionAnswering"]
+
+
+def test_predict_answers_question_context_pairs(small_run, tmp_path):
+  config, workdir, _ = small_run
+  source = tmp_path / "in.jsonl"
+  source.write_text(json.dumps({"question": "Who ruled?", "context": "The Normans ruled."})
+                    + "\n" + json.dumps({"question": "Where?", "context": "In Normandy."})
+                    + "\n")
+  assert inference.predict(config, workdir, source, tmp_path / "out.jsonl") == 2
+  lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+  for line, row in zip(lines, ({"context": "The Normans ruled."}, {"context": "In Normandy."})):
+    assert set(line) == {"question", "context", "answer", "score", "probability", "null_odds"}
+    assert line["answer"] in row["context"]  # '' or a span of the context
