@@ -99,7 +99,9 @@ def loss_sum(kind: str, logits: jnp.ndarray, labels: jnp.ndarray, example_mask: 
   else:
     raise ValueError(f"unknown task kind {kind!r}")
   weights = weights.astype(jnp.float32)
-  return jnp.sum(losses * weights), jnp.sum(weights)
+  # A padding row's loss may be inf or NaN (its label is a copy of a real row's and may point
+  # past the padding row's one token): it is dropped, never multiplied by its weight 0.
+  return jnp.sum(jnp.where(weights > 0, losses * weights, 0.0)), jnp.sum(weights)
 
 
 @dataclasses.dataclass(frozen=True)

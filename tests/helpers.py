@@ -36,6 +36,20 @@ def tiny_config(**updates):
   return c
 
 
+def tiny_checkpoint(path: pathlib.Path) -> pathlib.Path:
+  """A 2-layer, 32-wide random BERT (with pooler) saved by transformers, with the embedded
+  checkpoint's tokenizer: a `model.checkpoint` that loads in seconds."""
+  import torch
+  import transformers
+  from research.models import hf_io
+  torch.manual_seed(0)
+  transformers.BertModel(transformers.BertConfig(
+      vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+      intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
+  transformers.AutoTokenizer.from_pretrained(hf_io.embedded_checkpoint_dir()).save_pretrained(path)
+  return path
+
+
 def train_rows(workdir: pathlib.Path) -> list[dict]:
   """The training rows of a run's metrics.jsonl (step, loss, grad_norm, learning_rate, ...)."""
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

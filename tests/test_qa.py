@@ -5,7 +5,6 @@ import json
 import shutil
 
 import datasets
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import torch
 import transformers
 
 from conftest import require_data
+from helpers import tiny_checkpoint
 from configs import squad as squad_config
 from research import config_lib, inference, tasks, train
 from research.data import input_pipeline as ip
@@ -101,6 +101,12 @@ def test_the_loss_ignores_padding():
   by_hand += -(row[0, 0] - np.log(np.exp(row[:, 0]).sum())
                + row[0, 1] - np.log(np.exp(row[:, 1]).sum())) / 2
   assert float(loss) == pytest.approx(by_hand, rel=1e-5)
+  # An eval batch's padding row (example_mask 0, one real token) whose label points past it.
+  loss_with_padding_row, weight = tasks.loss_sum(
+      "question_answering", jnp.concatenate([logits, logits[:1]]),
+      jnp.concatenate([labels, jnp.asarray([[3, 4]])]), jnp.asarray([1.0, 1.0, 0.0]),
+      jnp.concatenate([mask, jnp.asarray([[1, 0, 0, 0, 0, 0]])]))
+  assert float(loss_with_padding_row) == pytest.approx(float(loss)) and float(weight) == 2
 
 
 def test_config_mistakes_name_the_field():
@@ -135,15 +141,7 @@ def small_run(tmp_path_factory):
   """A random 2-layer BERT (transformers' init, the embedded tokenizer) trained for a few steps
   on SQuAD 2.0 questions."""
   root = tmp_path_factory.mktemp("qa")
-  checkpoint = root / "small-bert"
-  torch.manual_seed(0)
-  transformers.BertModel(transformers.BertConfig(
-      vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-      intermediate_size=64)).save_pretrained(checkpoint)
-  source = hf_io.embedded_checkpoint_dir()
-  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-    if (source / name).is_file():
-      shutil.copyfile(source / name, checkpoint / name)
+  checkpoint = tiny_checkpoint(root / "small-bert")
   config = squad_config.get_config("v2")
   config.model.checkpoint = str(checkpoint)
   config.data.dataset = str(_dev5_split(root, {"Normans"}))

@@ -19,7 +19,7 @@ import torch
 import transformers
 
 from conftest import require_data
-from helpers import glue_runner, train_rows
+from helpers import glue_runner, tiny_checkpoint, train_rows
 from configs import glue
 from research import inference, train
 from research.data import input_pipeline
@@ -37,15 +37,6 @@ def _write_pairs(path, n, rng):
       b = " ".join(rng.choice(WORDS, rng.integers(2, 12)))
       label = "entailment" if set(b.split()) <= set(a.split()) else "not_entailment"
       f.write(json.dumps({"sentence1": a, "sentence2": b, "label": label}) + "\n")
-
-
-def _tiny_checkpoint(path):
-  """A 2-layer, 32-wide random BERT (with pooler) and the embedded checkpoint's tokenizer."""
-  torch.manual_seed(0)
-  transformers.BertModel(transformers.BertConfig(
-      vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-      intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
-  transformers.AutoTokenizer.from_pretrained(hf_io.embedded_checkpoint_dir()).save_pretrained(path)
 
 
 def _config(checkpoint, data):
@@ -117,7 +108,7 @@ def _train_both(c, workdir):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("reference_training")
-  _tiny_checkpoint(tmp / "checkpoint")
+  tiny_checkpoint(tmp / "checkpoint")
   (tmp / "data").mkdir()
   rng = np.random.default_rng(0)
   _write_pairs(tmp / "data" / "train.jsonl", 100, rng)  # 12 batches of 8, 4 examples dropped

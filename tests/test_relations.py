@@ -2,18 +2,16 @@
 representations, export to transformers, and learning on the real data."""
 
 import json
-import pathlib
-import shutil
 
-import jax
 import numpy as np
 import pytest
 import torch
 import transformers
 
 from conftest import require_data
+from helpers import tiny_checkpoint
 from configs import semeval2010_task8
-from research import config_lib, evaluation, inference, metrics, tasks, train
+from research import config_lib, inference, metrics, tasks, train
 from research.data import input_pipeline as ip
 from research.models import hf_io
 
@@ -161,17 +159,7 @@ def test_config_mistakes_name_the_field():
 
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
-  """A random 2-layer BERT saved by transformers, with the embedded model's tokenizer."""
-  folder = tmp_path_factory.mktemp("small-bert")
-  torch.manual_seed(0)
-  transformers.BertModel(transformers.BertConfig(
-      vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-      intermediate_size=64)).save_pretrained(folder)
-  source = hf_io.embedded_checkpoint_dir()
-  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-    if (source / name).is_file():
-      shutil.copyfile(source / name, folder / name)
-  return folder
+  return tiny_checkpoint(tmp_path_factory.mktemp("small-bert"))
 
 
 @pytest.fixture(scope="module")

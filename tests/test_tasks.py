@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import require_data
-from configs import chnsenticorp, conll2003, glue, semeval2010_task8
+from configs import chnsenticorp, conll2003, glue, semeval2010_task8, squad, squad_v2
 from research import config_lib, tasks, train
 
 
@@ -56,7 +56,8 @@ def test_every_registered_task_has_a_valid_config():
     assert config.task.metrics == tasks.GLUE[name].metrics
   for config in (conll2003.get_config(), chnsenticorp.get_config(),
                  semeval2010_task8.get_config(), semeval2010_task8.get_config("markers=0"),
-                 semeval2010_task8.get_config("representation=cls")):
+                 semeval2010_task8.get_config("representation=cls"), squad.get_config(),
+                 squad_v2.get_config()):
     config_lib.validate(config)
   assert glue.get_config("mnli").data.eval_splits == ("validation_matched",
                                                       "validation_mismatched")

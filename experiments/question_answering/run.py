@@ -83,15 +83,6 @@ def run_ours(seed: int) -> dict:
           "train_seconds": summary["train"]["train_seconds"]}
 
 
-def _glue_minilm():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("glue_minilm_run",
-                                                HERE.parent / "glue_minilm" / "run.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def run_reference(seed: int) -> dict:
   import datasets
   import numpy as np
@@ -100,7 +91,7 @@ def run_reference(seed: int) -> dict:
   from research import evaluation, squad, train
   from research.data import input_pipeline as ip
   from research.models import hf_io
-  glue = _glue_minilm()
+  from experiments.glue_minilm import run as glue  # its Trainer pieces
   config = experiment_config(seed)
   setup = train.build_model(config)
   epochs = int(config.train.num_epochs)

@@ -59,16 +59,6 @@ def run(setting: str, seed: int) -> dict:
           "validation_curve": curve, "train_seconds": summary["train"]["train_seconds"]}
 
 
-def _glue_minilm():
-  """experiments/glue_minilm/run.py, whose Trainer pieces the reference reuses."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("glue_minilm_run",
-                                                HERE.parent / "glue_minilm" / "run.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def run_reference(setting: str, seed: int) -> dict:
   """transformers' BertModel with the same head, trained by the Trainer on our inputs (the
   same marker tokens, windows and entity spans) in our batch order, for all epochs; the test
@@ -81,7 +71,7 @@ def run_reference(setting: str, seed: int) -> dict:
   from research import metrics, train
   from research.data import input_pipeline as ip
   from research.models import hf_io
-  glue = _glue_minilm()
+  from experiments.glue_minilm import run as glue  # its Trainer pieces
   config = semeval2010_task8.get_config(SETTINGS[setting][0])
   config.seed = seed
   task = config.task
