@@ -78,8 +78,12 @@ def run_ours(seed: int) -> dict:
   summary = train.train_and_evaluate(config, RUNS / f"ours__seed{seed}")
   scores = json.loads((RUNS / f"ours__seed{seed}" / "eval" /
                        f"validation_step{summary['final']['step']}.json").read_text())
+  logged = [json.loads(line) for line in
+            (RUNS / f"ours__seed{seed}" / "metrics.jsonl").read_text().splitlines()]
   return {"system": "ours", "seed": seed, "steps": summary["train"]["steps"],
           "scores": scores["report"]["scores"],
+          "train_loss": {r["step"]: r["loss"] for r in logged if r["split"] == "train"},
+          "eval_loss": summary["final"]["results"]["validation"]["loss"],
           "train_seconds": summary["train"]["train_seconds"]}
 
 
@@ -137,6 +141,7 @@ def run_reference(seed: int) -> dict:
   trainer.args.train_sampling_strategy = "random"
   eval_set, encoded = windows("validation")
   output = trainer.predict(eval_set)
+  train_loss = {r["step"]: r["loss"] for r in trainer.state.log_history if "loss" in r}
   start, end = output.predictions[:2] if isinstance(output.predictions, tuple) else (
       output.predictions[..., 0], output.predictions[..., 1])
   logits = np.full(encoded.input_ids.shape + (2,), -1e4, np.float32)  # padded to max_length
@@ -146,11 +151,20 @@ def run_reference(seed: int) -> dict:
   scores = squad.squad_scores(predicted, gold, null_odds,
                               threshold=config.task.null_score_diff_threshold)
   return {"system": "reference_our_order", "seed": seed, "steps": trainer.state.global_step,
-          "scores": scores, "train_seconds": clock.seconds()}
+          "scores": scores, "train_loss": train_loss,
+          "eval_loss": float(output.metrics["test_loss"]), "train_seconds": clock.seconds()}
 
 
 def report() -> str:
   rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+  losses = ["", "Training loss (mean over the logging interval) and the evaluation loss:", "",
+            "| system | seed | " + " | ".join(f"train loss at step {s}" for s in (50, 100))
+            + " | eval loss |", "|---|---:|---:|---:|---:|"]
+  for r in sorted(rows, key=lambda r: (SYSTEMS.index(r["system"]), r["seed"])):
+    if "train_loss" in r:
+      losses.append(f"| {r['system']} | {r['seed']} | " + " | ".join(
+          f"{r['train_loss'].get(str(s), float('nan')):.4f}" for s in (50, 100))
+          + f" | {r['eval_loss']:.4f} |")
   lines = ["# SQuAD 2.0 questions (dev5: 3 articles train, 2 evaluate) on the embedded MiniLM",
            "", "Official SQuAD 2.0 scores in percent on the questions of the two held-out "
            "articles (`total`, of which `HasAns_total` answerable), after the last step; "
@@ -166,7 +180,7 @@ def report() -> str:
              for m in METRICS]
     lines.append(f"| {r['system']} | {r['seed']} | {r['steps']} | " + " | ".join(cells)
                  + f" | {r['train_seconds']:.0f} |")
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines + losses) + "\n"
 
 
 def main():
