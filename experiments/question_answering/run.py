@@ -1,22 +1,24 @@
 r"""Extractive QA on real SQuAD 2.0 questions: ours next to transformers' Trainer, like for like.
 
   python experiments/question_answering/run.py            # every run not yet finished
+  python experiments/question_answering/run.py --settings answerable
   python experiments/question_answering/run.py --report   # only rebuild results.md
 
 Offline, the shared data holds the first five articles of the SQuAD 2.0 dev set
 (`squad_v2_dev5`, 1,407 questions, half unanswerable). Three articles (Normans,
 Computational_complexity_theory, Southern_California: 950 questions) train, the other two
 (Sky_(United_Kingdom), Victoria_(Australia): 457 questions) evaluate, so no evaluated context
-was seen in training. The recipe is configs/squad.py:v2 on this data with windows of 192
-tokens (stride 64: the contexts are short, most fit one window, some answers are cut), 3
-epochs at lr 1e-4, batch 32, on the embedded MiniLM (a sentence-embedding model, never trained
-for QA).
+was seen in training. Each setting (SETTINGS: all questions with SQuAD 2.0 semantics, or only
+the answerable ones with 1.1 semantics) is configs/squad.py on this data with windows of 192
+tokens (stride 64: the contexts are short, most fit one window, some answers are cut), lr 1e-4,
+batch 32, on the embedded MiniLM (a sentence-embedding model, never trained for QA).
 
 Systems (SYSTEMS): ours; `reference_our_order`: transformers' AutoModelForQuestionAnswering on
 the same checkpoint, trained by its Trainer with the same hyper-parameters on exactly our
 windows (the same token ids and start/end labels) in our batch order; its start/end logits
 go through the same post-processing (research/squad.py, n-best 20, at most 30 tokens, null
-threshold 0) and official scoring. Results: results/<system>__seed<k>.json and results.md.
+threshold 0) and official scoring. Results: results/<system>__<setting>__seed<k>.json and
+results.md.
 """
 
 from __future__ import annotations
@@ -35,19 +37,28 @@ RESULTS = HERE / "results"
 RUNS = REPO / "runs" / "question_answering"
 TRAIN_TITLES = ("Normans", "Computational_complexity_theory", "Southern_California")
 SYSTEMS = ("ours", "reference_our_order")
+# setting -> (SQuAD 2.0 semantics, epochs, what it is)
+SETTINGS = {
+    "v2": (True, 3.0, "all questions, SQuAD 2.0 (no-answer allowed), 3 epochs"),
+    "answerable": (False, 10.0, "answerable questions only, SQuAD 1.1 (always a span), "
+                                "10 epochs"),
+}
 SEEDS = (0,)
 SMOKE_EXAMPLES = 0  # --smoke: this many questions per split, one epoch (a check of the code)
 METRICS = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_exact",
            "best_f1", "best_f1_thresh")
 
 
-def data_folder() -> pathlib.Path:
-  """runs/question_answering/data/{train,validation}.jsonl: the dev5 questions by article."""
+def data_folder(setting: str) -> pathlib.Path:
+  """runs/question_answering/data_<setting>/{train,validation}.jsonl: the dev5 questions by
+  article (only those with an answer for a SQuAD 1.1 setting)."""
   import os
   source = pathlib.Path(os.environ.get("RESEARCH_DATA_DIR", REPO.parent / "shared" / "data"))
   rows = [json.loads(line) for line in
           (source / "squad_v2_dev5" / "validation.jsonl").read_text().splitlines()]
-  out = RUNS / "data"
+  if not SETTINGS[setting][0]:
+    rows = [r for r in rows if r["answers"]["text"]]
+  out = RUNS / f"data_{setting}"
   out.mkdir(parents=True, exist_ok=True)
   for name, keep in (("train", True), ("validation", False)):
     (out / f"{name}.jsonl").write_text("".join(
@@ -55,16 +66,17 @@ def data_folder() -> pathlib.Path:
   return out
 
 
-def experiment_config(seed: int):
+def experiment_config(setting: str, seed: int):
   from configs import squad
-  config = squad.get_config("v2")
+  v2, epochs, _ = SETTINGS[setting]
+  config = squad.get_config("v2" if v2 else None)
   config.seed = seed
-  config.data.dataset = str(data_folder())
+  config.data.dataset = str(data_folder(setting))
   config.data.local_name = ""
   config.data.max_length = 192
   config.data.length_buckets = (128, 192)
   config.task.doc_stride = 64
-  config.train.num_epochs = 3.0
+  config.train.num_epochs = epochs
   config.optimizer.learning_rate = 1e-4
   if SMOKE_EXAMPLES:
     config.data.train_examples = config.data.eval_examples = SMOKE_EXAMPLES
@@ -72,22 +84,23 @@ def experiment_config(seed: int):
   return config
 
 
-def run_ours(seed: int) -> dict:
+def run_ours(setting: str, seed: int) -> dict:
   from research import train
-  config = experiment_config(seed)
-  summary = train.train_and_evaluate(config, RUNS / f"ours__seed{seed}")
-  scores = json.loads((RUNS / f"ours__seed{seed}" / "eval" /
+  config = experiment_config(setting, seed)
+  workdir = RUNS / f"ours__{setting}__seed{seed}"
+  summary = train.train_and_evaluate(config, workdir)
+  scores = json.loads((workdir / "eval" /
                        f"validation_step{summary['final']['step']}.json").read_text())
-  logged = [json.loads(line) for line in
-            (RUNS / f"ours__seed{seed}" / "metrics.jsonl").read_text().splitlines()]
-  return {"system": "ours", "seed": seed, "steps": summary["train"]["steps"],
+  logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {"system": "ours", "setting": setting, "seed": seed,
+          "steps": summary["train"]["steps"],
           "scores": scores["report"]["scores"],
           "train_loss": {r["step"]: r["loss"] for r in logged if r["split"] == "train"},
           "eval_loss": summary["final"]["results"]["validation"]["loss"],
           "train_seconds": summary["train"]["train_seconds"]}
 
 
-def run_reference(seed: int) -> dict:
+def run_reference(setting: str, seed: int) -> dict:
   import datasets
   import numpy as np
   import torch
@@ -96,7 +109,7 @@ def run_reference(seed: int) -> dict:
   from research.data import input_pipeline as ip
   from research.models import hf_io
   from experiments.glue_minilm import run as glue  # its Trainer pieces
-  config = experiment_config(seed)
+  config = experiment_config(setting, seed)
   setup = train.build_model(config)
   epochs = int(config.train.num_epochs)
 
@@ -127,7 +140,7 @@ def run_reference(seed: int) -> dict:
       out[k] = torch.tensor([row[k] for row in batch])
     return out
 
-  workdir = RUNS / f"reference_our_order__seed{seed}"
+  workdir = RUNS / f"reference_our_order__{setting}__seed{seed}"
   transformers.set_seed(seed)
   model = transformers.AutoModelForQuestionAnswering.from_pretrained(
       str(hf_io.embedded_checkpoint_dir()))
@@ -148,44 +161,54 @@ def run_reference(seed: int) -> dict:
   logits[:, :start.shape[1], 0], logits[:, :end.shape[1], 1] = start, end
   predicted, _, null_odds = evaluation.answers(config.task, encoded, logits)
   gold = {e["id"]: e["answers"] for e in encoded.examples}
-  scores = squad.squad_scores(predicted, gold, null_odds,
+  scores = squad.squad_scores(predicted, gold, null_odds or None,
                               threshold=config.task.null_score_diff_threshold)
-  return {"system": "reference_our_order", "seed": seed, "steps": trainer.state.global_step,
+  return {"system": "reference_our_order", "setting": setting, "seed": seed,
+          "steps": trainer.state.global_step,
           "scores": scores, "train_loss": train_loss,
           "eval_loss": float(output.metrics["test_loss"]), "train_seconds": clock.seconds()}
 
 
 def report() -> str:
   rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-  losses = ["", "Training loss (mean over the logging interval) and the evaluation loss:", "",
-            "| system | seed | " + " | ".join(f"train loss at step {s}" for s in (50, 100))
-            + " | eval loss |", "|---|---:|---:|---:|---:|"]
-  for r in sorted(rows, key=lambda r: (SYSTEMS.index(r["system"]), r["seed"])):
-    if "train_loss" in r:
-      losses.append(f"| {r['system']} | {r['seed']} | " + " | ".join(
-          f"{r['train_loss'].get(str(s), float('nan')):.4f}" for s in (50, 100))
-          + f" | {r['eval_loss']:.4f} |")
-  lines = ["# SQuAD 2.0 questions (dev5: 3 articles train, 2 evaluate) on the embedded MiniLM",
-           "", "Official SQuAD 2.0 scores in percent on the questions of the two held-out "
-           "articles (`total`, of which `HasAns_total` answerable), after the last step; "
-           "`best_f1` with the best null-odds threshold on this split (`best_f1_thresh`, in "
-           "logit units), as the official v2 script reports it.",
-           "", "| system | seed | steps | " + " | ".join(METRICS) + " | train s |",
-           "|---|---:|---:|" + "---:|" * (len(METRICS) + 1)]
-  if rows:
-    lines[2] += (f" Here: {rows[0]['scores']['total']} questions, "
-                 f"{rows[0]['scores']['HasAns_total']} answerable.")
-  for r in sorted(rows, key=lambda r: (SYSTEMS.index(r["system"]), r["seed"])):
-    cells = [f"{r['scores'][m]:.2f}" if m.endswith("thresh") else f"{100 * r['scores'][m]:.2f}"
-             for m in METRICS]
-    lines.append(f"| {r['system']} | {r['seed']} | {r['steps']} | " + " | ".join(cells)
-                 + f" | {r['train_seconds']:.0f} |")
-  return "\n".join(lines + losses) + "\n"
+  order = lambda r: (list(SETTINGS).index(r["setting"]), SYSTEMS.index(r["system"]), r["seed"])
+  lines = ["# SQuAD questions (dev5: 3 articles train, 2 evaluate) on the embedded MiniLM", "",
+           "Official SQuAD scores in percent on the questions of the two held-out articles, "
+           "after the last step. For the 2.0 setting: `HasAns_` / `NoAns_` over the answerable "
+           "/ unanswerable ones, and `best_f1` with the best null-odds threshold on this split "
+           "(`best_f1_thresh`, in logit units), as the official v2 script reports it."]
+  for setting, (v2, _, what) in SETTINGS.items():
+    done = sorted((r for r in rows if r["setting"] == setting), key=order)
+    if not done:
+      continue
+    metrics = METRICS if v2 else ("exact", "f1")
+    lines += ["", f"## {setting}: {what}", "",
+              f"{done[0]['scores']['total']} questions evaluated, "
+              f"{done[0]['scores'].get('HasAns_total', 0)} answerable.", "",
+              "| system | seed | steps | " + " | ".join(metrics) + " | eval loss | train s |",
+              "|---|---:|---:|" + "---:|" * (len(metrics) + 2)]
+    for r in done:
+      cells = [f"{r['scores'][m]:.2f}" if m.endswith("thresh") else
+               f"{100 * r['scores'][m]:.2f}" for m in metrics]
+      lines.append(f"| {r['system']} | {r['seed']} | {r['steps']} | " + " | ".join(cells)
+                   + f" | {r['eval_loss']:.4f} | {r['train_seconds']:.0f} |")
+    logged = sorted(set.intersection(*({int(s) for s in r["train_loss"]} for r in done)))
+    shown = logged[1::2] if len(logged) > 4 else logged
+    if not shown:
+      continue
+    lines += ["", "Training loss (mean over each logging interval):", "",
+              "| system | seed | " + " | ".join(f"step {s}" for s in shown) + " |",
+              "|---|---:|" + "---:|" * len(shown)]
+    for r in done:
+      lines.append(f"| {r['system']} | {r['seed']} | " + " | ".join(
+          f"{r['train_loss'].get(str(s), float('nan')):.4f}" for s in shown) + " |")
+  return "\n".join(lines) + "\n"
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=list(SYSTEMS))
+  parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
   parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
   parser.add_argument("--report", action="store_true", help="only rebuild results.md")
   parser.add_argument("--smoke", type=pathlib.Path, default=None,
@@ -197,11 +220,14 @@ def main():
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   RESULTS.mkdir(parents=True, exist_ok=True)
   if not args.report:
-    for seed in args.seeds:
-      for system in args.systems:
-        out = RESULTS / f"{system}__seed{seed}.json"
-        if not out.exists():
-          result = run_ours(seed) if system == "ours" else run_reference(seed)
+    for setting in args.settings:
+      for seed in args.seeds:
+        for system in args.systems:
+          out = RESULTS / f"{system}__{setting}__seed{seed}.json"
+          if out.exists():
+            continue
+          run = run_ours if system == "ours" else run_reference
+          result = run(setting, seed)
           out.write_text(json.dumps(result, indent=1) + "\n")
           (RESULTS.parent / "results.md").write_text(report())
   (RESULTS.parent / "results.md").write_text(report())
