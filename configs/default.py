@@ -37,7 +37,7 @@ def get_config():
 
   c.task = Config()
   # classification | regression | token_classification | relation_classification |
-  # question_answering
+  # question_answering | masked_lm
   c.task.kind = "classification"
   c.task.text_fields = ("sentence",)  # one field, or two for sentence pairs
   c.task.label_field = "label"  # ints 0..K-1 or label-name strings (tags for token tasks)
@@ -62,6 +62,12 @@ def get_config():
   c.task.n_best = 20
   c.task.version_2_with_negative = True
   c.task.null_score_diff_threshold = 0.0
+  # masked_lm (continued pretraining on raw text): each batch masks mlm_probability of its
+  # tokens (80% [MASK], 10% random, 10% kept), whole words with whole_word_masking; each text
+  # one row (line_by_line), or all texts concatenated and cut into max_length rows.
+  c.task.mlm_probability = 0.15
+  c.task.whole_word_masking = False
+  c.task.line_by_line = True
 
   c.data = Config()
   c.data.dataset = ""  # a directory of <split>.jsonl|csv|tsv|parquet files, or a hub dataset

@@ -4,6 +4,7 @@
   python -m research.bench --quick --out /tmp/b      # tiny shapes, seconds (used in tests)
   python -m research.bench --e2e --out bench_out/    # + one SST-2 epoch, ours vs PyTorch loop
   python -m research.bench --dtype bfloat16 --out b/  # bf16 compute (on a GPU: BERT-base/large)
+  python -m research.bench --mlm --out bench_out/    # masked-LM steps: ours vs BertForMaskedLM
 
 Every figure that matters is a ratio measured in this run, because the machine is noisy:
 * ours vs peer: examples/s of our compiled train step (and eval forward) against transformers'
@@ -70,6 +71,17 @@ def executed_flops(config: bert.BertConfig, batch: int, length: int, num_labels:
                 + 4 * length * h)                    # one query's scores and context
   per_example = (layers - 1) * full_layer + last_layer + 2 * (h * h + h * num_labels)
   return batch * per_example * (3 if train else 1)
+
+
+def mlm_flops(config: bert.BertConfig, batch: int, length: int, predicted: int,
+              train: bool = True) -> float:
+  """FLOPs of a masked-LM step by formula: the encoder as `model_flops` (no pooler), plus the
+  LM head (transform H×H, decoder H×vocab) on `predicted` positions per example."""
+  layers, h = config.num_hidden_layers, config.hidden_size
+  per_example_forward = (2 * layers * encoder_layer_params(config) * length
+                         + 4 * layers * length * length * h
+                         + 2 * predicted * (h * h + h * config.vocab_size))
+  return batch * per_example_forward * (3 if train else 1)
 
 
 def xla_flops(compiled) -> float:
@@ -166,16 +178,16 @@ def ours_from_reference(reference, config: bert.BertConfig, dtype: str = "float3
   return model, hf_io.params_from_state_dict(state, template, load_head=True)
 
 
-def time_ours(model, params, batch: dict[str, np.ndarray], steps_timed: int) -> dict[str, float]:
+def time_ours(model, params, batch: dict[str, np.ndarray], steps_timed: int,
+              kind: str = "classification") -> dict[str, float]:
   """Our compiled train step (AdamW, clipping, dropout) and eval forward on one device."""
   tx, schedule = optim.make_optimizer(_optimizer_config(), params, 10_000)
   state = steps.TrainState(step=np.int32(0), params=params, frozen={},
                            opt_state=tx.init(params),
                            rng=np.asarray(jax.random.PRNGKey(0)))
   dp = parallel.DataParallel("pmap", 1)
-  train_step = dp.compile_train_step(steps.make_train_step(model, tx, schedule,
-                                                           "classification"))
-  eval_step = dp.compile_eval_step(steps.make_eval_step(model, "classification"))
+  train_step = dp.compile_train_step(steps.make_train_step(model, tx, schedule, kind))
+  eval_step = dp.compile_eval_step(steps.make_eval_step(model, kind))
   placed = [dp.put_replicated(jax.device_get(state))]
   batch = dict(batch, example_index=np.arange(len(batch["input_ids"]), dtype=np.int32))
   train_batch = dp.put_train_batch({k: v[None] for k, v in batch.items()})
@@ -374,6 +386,85 @@ def run(quick: bool, steps_timed: int, dtype: str = "float32",
   return result
 
 
+MLM_SHAPES = [("MiniLM-L6 (embedded)", "embedded", 32, 128)]
+QUICK_MLM_SHAPES = [("tiny", QUICK_SHAPES[0][1], 8, 32)]
+
+
+def run_mlm(quick: bool, steps_timed: int) -> dict[str, Any]:
+  """Masked-LM train steps: ours, whose LM head runs on the masked positions only (15%), the
+  same model made to predict every position (the gather's effect alone), and transformers'
+  BertForMaskedLM, which projects every position onto the vocabulary (labels -100 elsewhere),
+  with AdamW as in `time_reference`; same weights, shapes and masked positions."""
+  import torch
+  import transformers
+  from research.data import input_pipeline
+  shapes = QUICK_MLM_SHAPES if quick else MLM_SHAPES
+  result: dict[str, Any] = {"machine": {"jax_backend": jax.devices()[0].platform,
+                                        "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
+                                        "torch_threads": torch.get_num_threads()},
+                            "mlm_rows": []}
+  for name, source, batch_size, length in shapes:
+    torch.manual_seed(0)
+    if isinstance(source, str):
+      source_dir = hf_io.embedded_checkpoint_dir()
+      config, _ = hf_io.load_config(source_dir)
+      reference = transformers.BertForMaskedLM.from_pretrained(str(source_dir))
+    else:
+      config = source
+      reference = transformers.BertForMaskedLM(transformers.BertConfig(**config.to_dict()))
+    model = bert.BertForMaskedLM(config)
+    slots = input_pipeline.Masking(103, config.vocab_size).slots(length)
+    rng = np.random.default_rng(0)
+    batch = _synthetic_batch(batch_size, length, config.vocab_size)
+    positions = np.sort(np.stack([rng.choice(np.arange(1, length - 1), slots, replace=False)
+                                  for _ in range(batch_size)]), -1).astype(np.int32)
+    targets = rng.integers(1000, 5000, (batch_size, slots)).astype(np.int32)
+    template = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), batch["input_ids"][:1], batch["attention_mask"][:1],
+        batch["token_type_ids"][:1], positions[:1]))["params"]
+    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+    state = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
+    params = hf_io.params_from_state_dict(state, template, load_head=True)
+    ours = time_ours(model, params, dict(batch, masked_positions=positions, labels=targets),
+                     steps_timed, "masked_lm")
+    every = np.broadcast_to(np.arange(length, dtype=np.int32), (batch_size, length))
+    dense_labels = np.full((batch_size, length), tasks.IGNORE, np.int32)
+    np.put_along_axis(dense_labels, positions, targets, axis=1)
+    all_positions = time_ours(model, params, dict(batch, masked_positions=every,
+                                                  labels=dense_labels), steps_timed,
+                              "masked_lm")
+    theirs = time_reference(reference, dict(batch, labels=dense_labels), steps_timed)
+    row = {"shape": f"{name} B{batch_size}×S{length}, {slots} predicted per row",
+           "ours_train_examples_per_s": batch_size / ours["train_s"],
+           "ours_every_position_train_examples_per_s": batch_size / all_positions["train_s"],
+           "peer_train_examples_per_s": batch_size / theirs["train_s"],
+           "train_ratio": theirs["train_s"] / ours["train_s"],
+           "gather_speedup": all_positions["train_s"] / ours["train_s"],
+           "xla_train_flops": ours["xla_train_flops"],
+           "xla_every_position_train_flops": all_positions["xla_train_flops"],
+           "formula_train_flops": mlm_flops(config, batch_size, length, slots),
+           "formula_every_position_train_flops": mlm_flops(config, batch_size, length, length)}
+    result["mlm_rows"].append(row)
+  return result
+
+
+def mlm_markdown(result: dict[str, Any]) -> str:
+  m = result["machine"]
+  lines = [f"Masked-LM train steps (AdamW, dropout on), backend {m['jax_backend']}, "
+           f"{m['cpu_count']} CPUs ({m['cpu_model']}), torch {m['torch_threads']} threads.", "",
+           "| shape | ours ex/s | ours, every position ex/s | peer ex/s | ours vs peer | "
+           "gather speed-up | XLA GFLOP/step ours (every position) |",
+           "|---|---|---|---|---|---|---|"]
+  for r in result["mlm_rows"]:
+    lines.append(
+        f"| {r['shape']} | {r['ours_train_examples_per_s']:.2f} | "
+        f"{r['ours_every_position_train_examples_per_s']:.2f} | "
+        f"{r['peer_train_examples_per_s']:.2f} | **{r['train_ratio']:.2f}×** | "
+        f"**{r['gather_speedup']:.2f}×** | {r['xla_train_flops'] / 1e9:.1f} "
+        f"({r['xla_every_position_train_flops'] / 1e9:.1f}) |")
+  return "\n".join(lines) + "\n"
+
+
 def to_markdown(result: dict[str, Any]) -> str:
   m, p = result["machine"], result["peak"]
   dtype = m["compute_dtype"]
@@ -517,6 +608,8 @@ def main(argv: list[str] | None = None) -> None:
                       help="compute dtype of both systems (parameters stay float32)")
   parser.add_argument("--tokenizer", default=None,
                       help="tokenizer folder for the input-pipeline rates (default: embedded)")
+  parser.add_argument("--mlm", action="store_true",
+                      help="only the masked-LM steps (ours, every position, BertForMaskedLM)")
   parser.add_argument("--e2e-examples", type=int, default=0,
                       help="train on the first N sentences only (0: all 67,349)")
   args = parser.parse_args(argv)
@@ -527,6 +620,13 @@ def main(argv: list[str] | None = None) -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   args.out.mkdir(parents=True, exist_ok=True)
+  if args.mlm:
+    result = run_mlm(args.quick, args.steps or (3 if args.quick else 10))
+    table = mlm_markdown(result)
+    (args.out / "bench_mlm.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "bench_mlm.md").write_text(table)
+    print(table)
+    return
   result = run(args.quick, args.steps or (3 if args.quick else 10), args.dtype, args.tokenizer)
   result["machine"]["malloc_keeps_freed_memory"] = kept
   if args.e2e:

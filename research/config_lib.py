@@ -19,6 +19,7 @@ KIND_METRICS = {
     "token_classification": ("entity_f1", "entity_precision", "entity_recall", "accuracy"),
     "relation_classification": ("relation_f1", "accuracy", "macro_f1"),
     "question_answering": ("f1", "exact", "best_f1", "best_exact", "HasAns_f1", "NoAns_f1"),
+    "masked_lm": ("accuracy", "perplexity"),  # of the masked tokens' predictions
 }
 # Fields that do not change what a run computes: a resumed run may change them.
 RESUMABLE_CHANGES = ("log.every_steps", "checkpoint.keep", "checkpoint.every_seconds",
@@ -84,6 +85,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"{config.data.max_length}")
     _check(task.max_answer_length > 0 and task.n_best > 0, "task.max_answer_length",
            "max_answer_length and n_best must be positive")
+  elif task.kind == "masked_lm":
+    _check(0 < task.mlm_probability < 1, "task.mlm_probability",
+           f"{task.mlm_probability} must be in (0, 1)")
+    _check(task.line_by_line or len(task.text_fields) == 1, "task.line_by_line",
+           "False concatenates the texts of one field; pairs need line_by_line=True")
+    _check(config.eval.best_metric != "perplexity", "eval.best_metric",
+           "perplexity is lower-is-better: pick the best checkpoint by 'loss' (the same order)")
   elif task.kind == "regression":
     _check(not task.label_names, "task.label_names", "must be empty for regression")
   else:

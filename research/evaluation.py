@@ -93,6 +93,11 @@ def score(task_cfg, split: input_pipeline.EncodedSplit, outputs: np.ndarray,
   """(scalar metrics incl. loss, report) for a split's outputs."""
   kind, names = task_cfg.kind, tuple(task_cfg.label_names)
   scalars: dict[str, float] = {"loss": loss}
+  if kind == "masked_lm":  # outputs: per row (correct predictions, targets)
+    values = {"accuracy": float(outputs[:, 0].sum() / max(outputs[:, 1].sum(), 1.0)),
+              "perplexity": float(np.exp(loss))}
+    scalars.update({name: values[name] for name in task_cfg.metrics})
+    return scalars, {}
   if kind == "question_answering":
     predicted, nbest, null_odds = answers(task_cfg, split, outputs)
     gold = {e["id"]: e["answers"] for e in split.examples}

@@ -112,6 +112,10 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
             input_path: str | pathlib.Path, output_path: str | pathlib.Path) -> int:
   """Writes one JSON line of predictions per input example; returns how many."""
   input_path, output_path = pathlib.Path(input_path), pathlib.Path(output_path)
+  if config.task.kind == "masked_lm":
+    raise RunError("--mode=predict is for task heads; a masked-LM run is continued "
+                   "pretraining: --mode=export writes its BertForMaskedLM, whose directory is "
+                   "then the model.checkpoint of a fine-tuning config")
   if not input_path.is_file():
     raise input_pipeline.DataError(f"--input {input_path} does not exist")
   if output_path.exists():

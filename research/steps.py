@@ -40,11 +40,13 @@ class TrainState:
   rng: jax.Array        # raw uint32[2] key; the step's dropout key is folded from it and the step
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "entity_spans")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "entity_spans",
+                "masked_positions")
 
 
 def model_inputs(batch: Batch) -> tuple[jax.Array, ...]:
-  """The model's positional inputs; `entity_spans` only in relation batches."""
+  """The model's positional inputs; `entity_spans` only in relation batches,
+  `masked_positions` only in masked-LM ones."""
   return tuple(batch[name] for name in MODEL_INPUTS if name in batch)
 
 
@@ -109,12 +111,17 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
 
 def make_eval_step(model, kind: str) -> Callable[[Any, Batch], dict]:
   """The logits and example indices of every row of the global batch, gathered from all
-  devices (padding rows included, index -1: the host drops them), and the summed loss."""
+  devices (padding rows included, index -1: the host drops them), and the summed loss. A
+  masked-LM row's "logits" are its (correct predictions, targets): [B, 2]."""
 
   def eval_step(params, batch: Batch):
     logits = model.apply({"params": params}, *model_inputs(batch), deterministic=True)
     loss, weight = tasks.loss_sum(kind, logits, batch["labels"], batch["example_mask"],
                                   batch["attention_mask"])
+    if kind == "masked_lm":  # the vocabulary's logits stay here: per row, (hits, targets)
+      targets = batch["labels"] != tasks.IGNORE
+      hits = jnp.sum((logits.argmax(-1) == batch["labels"]) & targets, -1)
+      logits = jnp.stack([hits, targets.sum(-1)], -1).astype(jnp.float32)
     gathered = lax.all_gather({"logits": logits, "example_index": batch["example_index"]}, AXIS,
                               tiled=True)
     return {**gathered, **lax.psum({"loss_sum": loss, "weight_sum": weight}, AXIS)}

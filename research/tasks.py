@@ -11,6 +11,9 @@ A task *kind* decides the head and the loss:
   relation_classification  a sentence with two marked entities -> softmax over relations,
                         read from [CLS] or from the entities (`REPRESENTATIONS`); the entities'
                         token spans come with every example (input_pipeline.encode_relations)
+  masked_lm             raw text, masked with each batch (input_pipeline.mask_tokens) -> the
+                        masked positions' logits over the vocabulary (BERT's tied LM head),
+                        cross-entropy on those positions only: continued pretraining
 
 `GLUE` and `TASKS` are the registry that configs read: text fields, label names and the
 official metrics of each task, and where its data lives.
@@ -27,7 +30,7 @@ import optax
 from research.models import bert
 
 KINDS = ("classification", "regression", "token_classification", "relation_classification",
-         "question_answering")
+         "question_answering", "masked_lm")
 # What a relation classifier reads (bert.BertForRelationClassification).
 REPRESENTATIONS = ("cls", "entity_start", "entity_mean")
 IGNORE = -100  # label of positions that count in neither the loss nor the metrics
@@ -48,6 +51,8 @@ def build_model(kind: str, config: bert.BertConfig, num_labels: int, *, dtype: A
                                               start_offset=start_offset)
   if kind == "question_answering":
     return bert.BertForQuestionAnswering(config=config, dtype=dtype, param_dtype=param_dtype)
+  if kind == "masked_lm":
+    return bert.BertForMaskedLM(config=config, dtype=dtype, param_dtype=param_dtype)
   return bert.BertForSequenceClassification(**kw)
 
 
@@ -60,6 +65,8 @@ def hf_architecture(task_cfg) -> str:
     return "BertForTokenClassification"
   if task_cfg.kind == "question_answering":
     return "BertForQuestionAnswering"
+  if task_cfg.kind == "masked_lm":
+    return "BertForMaskedLM"
   if task_cfg.kind == "relation_classification" and task_cfg.representation != "cls":
     return "BertModel"
   return "BertForSequenceClassification"
@@ -68,6 +75,8 @@ def hf_architecture(task_cfg) -> str:
 def num_outputs(kind: str, label_names: tuple[str, ...]) -> int:
   if kind == "question_answering":
     return 2  # start and end
+  if kind == "masked_lm":
+    return 0  # the vocabulary, which the model's config gives
   return 1 if kind == "regression" else len(label_names)
 
 
@@ -92,7 +101,7 @@ def loss_sum(kind: str, logits: jnp.ndarray, labels: jnp.ndarray, example_mask: 
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.swapaxes(1, 2), labels)
     losses = losses.mean(-1)  # (start + end) / 2, as BertForQuestionAnswering
     weights = example_mask
-  elif kind == "token_classification":
+  elif kind in ("token_classification", "masked_lm"):  # masked LM: [B, P] prediction slots
     weights = (labels != IGNORE) * example_mask[:, None]
     losses = optax.softmax_cross_entropy_with_integer_labels(
         logits, jnp.where(labels == IGNORE, 0, labels))

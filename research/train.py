@@ -139,6 +139,8 @@ def init_inputs(model) -> tuple[jax.Array, ...]:
   inputs = (dummy, dummy, jnp.zeros_like(dummy))
   if isinstance(model, bert.BertForRelationClassification):
     inputs += (jnp.asarray([[1, 2, 4, 5]], jnp.int32),)
+  if isinstance(model, bert.BertForMaskedLM):
+    inputs += (jnp.asarray([[1, 2]], jnp.int32),)
   return inputs
 
 
@@ -149,7 +151,13 @@ def init_params(setup: ModelSetup, rng: jax.Array) -> Any:
   params = jax.tree.map(np.asarray, params)
   if setup.checkpoint_dir is not None:
     state = hf_io.grow_vocabulary(hf_io.read_state_dict(setup.checkpoint_dir), params)
-    params = hf_io.params_from_state_dict(state, params)
+    # A masked LM continues the checkpoint's own LM head when it has one (BertForMaskedLM,
+    # BertForPreTraining); a task head always starts fresh.
+    lm_head = isinstance(setup.model, bert.BertForMaskedLM) and hf_io.has_lm_head(state)
+    if isinstance(setup.model, bert.BertForMaskedLM) and not lm_head:
+      logging.info("the checkpoint has no masked-LM head (cls.predictions.*): it starts "
+                   "freshly initialised")
+    params = hf_io.params_from_state_dict(state, params, load_head=lm_head)
   return params
 
 

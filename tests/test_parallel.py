@@ -40,6 +40,11 @@ def _setup(kind="classification", seed=0, config=CONFIG):
   if kind == "token_classification":  # uneven labelled tokens per device
     labels = np.where(rng.random((BATCH, LENGTH)) < 0.4, rng.integers(0, 3, (BATCH, LENGTH)),
                       tasks.IGNORE).astype(np.int32) * mask + tasks.IGNORE * (1 - mask)
+  elif kind == "masked_lm":  # 0 to 3 targets per row: uneven masked tokens per device
+    slots = 3
+    labels = np.where(np.arange(slots) < rng.integers(0, slots + 1, BATCH)[:, None],
+                      rng.integers(1, CONFIG.vocab_size, (BATCH, slots)), tasks.IGNORE)
+    labels = labels.astype(np.int32)
   else:
     labels = rng.integers(0, 3, BATCH).astype(np.int32)
   batch = dict(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids),
@@ -50,6 +55,10 @@ def _setup(kind="classification", seed=0, config=CONFIG):
     batch["entity_spans"] = np.stack([np.ones(BATCH), np.full(BATCH, 2), lengths - 1, lengths],
                                      axis=1).astype(np.int32)
     extra = (batch["token_type_ids"][:1], batch["entity_spans"][:1])
+  if kind == "masked_lm":
+    batch["masked_positions"] = (rng.integers(0, LENGTH, (BATCH, 3)) % lengths[:, None]
+                                 ).astype(np.int32)
+    extra = (batch["token_type_ids"][:1], batch["masked_positions"][:1])
   model = tasks.build_model(kind, config, 3, dtype=jnp.float32, param_dtype=jnp.float32,
                             classifier_dropout=None, representation="entity_start",
                             start_offset=1)
@@ -86,7 +95,7 @@ def _need_devices(n):
 @pytest.mark.parametrize("backend,kind", [
     ("pmap", "classification"), ("shard_map", "classification"),
     ("pmap", "token_classification"), ("shard_map", "token_classification"),
-    ("shard_map", "relation_classification")])
+    ("shard_map", "relation_classification"), ("pmap", "masked_lm")])
 def test_four_devices_equal_one_device(backend, kind):
   _need_devices(4)
   setup = _setup(kind)
@@ -101,7 +110,7 @@ def test_four_devices_equal_one_device(backend, kind):
   assert _max_difference(single.params, setup[3].params) > 1e-4
 
 
-@pytest.mark.parametrize("kind", ["classification", "token_classification"])
+@pytest.mark.parametrize("kind", ["classification", "token_classification", "masked_lm"])
 def test_accumulating_four_micro_batches_equals_one_big_batch(kind):
   setup = _setup(kind, seed=1)
   big, big_metrics = _run(setup, "pmap", 1, 1, kind, num_steps=2)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import require_data
-from configs import chnsenticorp, conll2003, glue, semeval2010_task8, squad, squad_v2
+from configs import chnsenticorp, conll2003, glue, mlm, semeval2010_task8, squad, squad_v2
 from research import config_lib, tasks, train
 
 
@@ -57,8 +57,11 @@ def test_every_registered_task_has_a_valid_config():
   for config in (conll2003.get_config(), chnsenticorp.get_config(),
                  semeval2010_task8.get_config(), semeval2010_task8.get_config("markers=0"),
                  semeval2010_task8.get_config("representation=cls"), squad.get_config(),
-                 squad_v2.get_config()):
+                 squad_v2.get_config(), mlm.get_config(), mlm.get_config("task=rte,whole_word"),
+                 mlm.get_config("dataset=/tmp/corpus,group,quick")):
     config_lib.validate(config)
+  with pytest.raises(config_lib.ConfigError, match="task='sst3' is not a registered task"):
+    mlm.get_config("task=sst3")
   assert glue.get_config("mnli").data.eval_splits == ("validation_matched",
                                                       "validation_mismatched")
   assert glue.get_config("stsb").task.kind == "regression"

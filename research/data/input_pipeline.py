@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -48,7 +49,7 @@ from research import tasks
 
 DATA_DIR_ENV = "RESEARCH_DATA_DIR"
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv",
-            ".parquet": "parquet"}
+            ".parquet": "parquet", ".txt": "text"}  # .txt: one row per line, field "text"
 Batch = dict[str, np.ndarray]
 
 
@@ -194,7 +195,8 @@ def check_utf8(path: pathlib.Path) -> str:
 
 
 def read_file(path: pathlib.Path) -> datasets.Dataset:
-  """A .jsonl/.json/.csv/.tsv/.parquet file's rows; any problem is one error naming the file."""
+  """A .jsonl/.json/.csv/.tsv/.parquet/.txt file's rows; any problem is one error naming the
+  file. A .txt file is one row per line in the field "text" (blank lines kept as '')."""
   if path.stat().st_size == 0:
     raise DataError(f"{path} is empty")
   if path.suffix != ".parquet":
@@ -251,15 +253,20 @@ class EncodedSplit:
                                      # context token, (-1, -1) for every other token
   feature_example: np.ndarray | None = None  # [N] int32 the question each window belongs to
   examples: list[dict] | None = None  # per question (not per row): id, context, gold answers
+  # Masked LM: the unmasked tokens are input_ids; `labels` is unused ([N] zeros), the targets
+  # are drawn with each batch (`mask_tokens`).
+  mask_groups: np.ndarray | None = None  # [N, max_length] int32: the word of each token
+                                         # (sub-words of a word share it), -1: never masked
+  masking: "Masking | None" = None
 
   def __len__(self) -> int:
     return len(self.lengths)
 
   def select(self, indices: np.ndarray) -> "EncodedSplit":
-    """Rows `indices`; `examples` (per question, not per row) is kept whole."""
-    return EncodedSplit(**{f.name: getattr(self, f.name) if f.name == "examples"
-                           or getattr(self, f.name) is None else getattr(self, f.name)[indices]
-                           for f in dataclasses.fields(self)})
+    """Rows `indices`; what is not per row (`examples`, per question; `masking`) is kept."""
+    return EncodedSplit(**{
+        f.name: getattr(self, f.name) if not isinstance(getattr(self, f.name), np.ndarray)
+        else getattr(self, f.name)[indices] for f in dataclasses.fields(self)})
 
 
 def _check_fields(dataset: datasets.Dataset, fields: tuple[str, ...], where: str):
@@ -325,6 +332,8 @@ def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, wher
   0, or tag 0 on every word.
   """
   kind = task_cfg.kind
+  if kind == "masked_lm":
+    return encode_texts(dataset, tokenizer, task_cfg, max_length, where)
   if kind == "relation_classification":
     return encode_relations(dataset, tokenizer, task_cfg, max_length, where, labelled)
   if kind == "question_answering":
@@ -388,6 +397,152 @@ def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, wher
         word_index[i, position] = word
       previous = word
   return EncodedSplit(input_ids, token_types, lengths, labels, word_index, word_labels)
+
+
+# ---- masked-LM text -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Masking:
+  """How a masked-LM batch hides tokens, as BERT: `probability` of each row's maskable tokens
+  (rounded, at least one) are chosen, as whole words with `whole_word`; of those, 80% become
+  [MASK], 10% a random token of the vocabulary, 10% stay as they are. All are predicted."""
+
+  mask_id: int
+  vocab_size: int
+  probability: float = 0.15
+  whole_word: bool = False
+
+  def slots(self, width: int) -> int:
+    """Prediction slots per row of a batch `width` tokens wide: no row there needs more."""
+    return max(1, int(self.probability * width + 0.5))
+
+
+# Random streams of the masks: (stream, 1, seed, epoch, example) in training, so that an
+# example is masked anew each epoch, the same way whichever batch, device or process holds it
+# and after a resume; (stream, 0, 0, 0, example) in evaluation, the same masks at every eval.
+MASK_STREAM = 0x6D6C6D
+EVAL_MASK_KEY = (MASK_STREAM, 0, 0, 0)
+
+
+def train_mask_key(seed: int, epoch: int) -> tuple[int, ...]:
+  return (MASK_STREAM, 1, seed, epoch)
+
+
+def mask_tokens(input_ids: np.ndarray, groups: np.ndarray, masking: Masking,
+                rng: np.random.Generator, slots: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """One row's (masked input_ids, target positions [slots], target ids [slots]; unused slots
+  hold position 0 and IGNORE). `groups` is the row's `mask_groups`: tokens at -1 (special
+  tokens, padding) are never chosen; with whole-word masking a word is chosen whole or not at
+  all, and skipped if it would overshoot the count (BERT's create_pretraining_data: a short
+  row whose every word has more pieces than its count predicts nothing)."""
+  ids = input_ids.copy()
+  positions = np.zeros(slots, np.int32)
+  targets = np.full(slots, tasks.IGNORE, np.int32)
+  candidates = np.flatnonzero(groups >= 0)
+  if not candidates.size:
+    return ids, positions, targets
+  count = min(slots, max(1, int(masking.probability * candidates.size + 0.5)))
+  if masking.whole_word:  # a word: a run of adjacent tokens with the same group
+    cuts = np.flatnonzero((np.diff(groups[candidates]) != 0) | (np.diff(candidates) != 1)) + 1
+    words = np.split(candidates, cuts)
+    chosen: list[int] = []
+    for w in rng.permutation(len(words)):
+      if len(chosen) >= count:
+        break
+      if len(chosen) + len(words[w]) <= count:
+        chosen.extend(words[w].tolist())
+    chosen = np.sort(np.asarray(chosen, np.int64))
+  else:
+    chosen = np.sort(rng.choice(candidates, count, replace=False))
+  draw = rng.random(chosen.size)
+  ids[chosen[draw < 0.8]] = masking.mask_id
+  swapped = chosen[(draw >= 0.8) & (draw < 0.9)]
+  ids[swapped] = rng.integers(0, masking.vocab_size, swapped.size)
+  positions[:chosen.size] = chosen
+  targets[:chosen.size] = input_ids[chosen]
+  return ids, positions, targets
+
+
+def encode_texts(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int,
+                 where: str) -> EncodedSplit:
+  """Masked LM: raw text (one field, or a pair) as unmasked rows; blank texts are dropped.
+
+  `task.line_by_line`: each text is one row, cut at max_length. Otherwise all texts, each with
+  its [CLS] ... [SEP], are concatenated and cut into rows of exactly max_length tokens, the
+  remainder dropped (Hugging Face run_mlm's `group_texts`). `mask_groups` numbers the words
+  (the tokenizer's word ids, unique over the whole split) for whole-word masking; special
+  tokens get -1 and are never masked.
+  """
+  fields = tuple(task_cfg.text_fields)
+  _check_fields(dataset, fields, where)
+  _check_texts(dataset, fields, False, where)
+  if tokenizer.mask_token_id is None:
+    raise DataError(f"the tokenizer has no mask token: it cannot be used for masked-LM "
+                    f"training ({where})")
+  line_by_line = bool(task_cfg.line_by_line)
+  if not line_by_line and len(fields) != 1:
+    raise DataError(f"{where}: task.line_by_line=False concatenates one text field, got "
+                    f"{fields}")
+  texts = dataset[fields[0]]
+  dataset = dataset.select([i for i, t in enumerate(texts) if t.strip()])
+  if not len(dataset):
+    raise DataError(f"{where}: no text in field {fields[0]!r} (every row is blank)")
+
+  def tokenize(batch):
+    enc = tokenizer(*[batch[f] for f in fields], truncation=line_by_line,
+                    max_length=max_length if line_by_line else None)
+    enc["word_ids"] = [[-1 if w is None else w for w in enc.word_ids(i)]
+                       for i in range(len(enc["input_ids"]))]
+    return enc
+
+  with _transformers_errors_only():
+    encoded = dataset.map(tokenize, batched=True, batch_size=1000,
+                          remove_columns=dataset.column_names, desc=f"tokenising {where}")
+  ids = [np.asarray(x, np.int32) for x in encoded["input_ids"]]
+  types = [np.asarray(x, np.int8) for x in encoded["token_type_ids"]]
+  words, offset = [], 0
+  for w in encoded["word_ids"]:  # word ids unique over the split
+    w = np.asarray(w, np.int32)
+    words.append(np.where(w >= 0, w + offset, -1))
+    offset += int(w.max()) + 1 if w.size else 0
+  if line_by_line:
+    n = len(ids)
+    lengths = np.fromiter((len(x) for x in ids), np.int32, n)
+    input_ids = np.zeros((n, max_length), np.int32)
+    token_types = np.zeros((n, max_length), np.int8)
+    groups = np.full((n, max_length), -1, np.int32)
+    for i in range(n):
+      input_ids[i, :lengths[i]], token_types[i, :lengths[i]] = ids[i], types[i]
+      groups[i, :lengths[i]] = words[i]
+  else:
+    stream = np.concatenate(ids)
+    n = len(stream) // max_length
+    if not n:
+      raise DataError(f"{where}: {len(stream)} tokens in all, fewer than one row of "
+                      f"data.max_length {max_length}")
+    input_ids = stream[:n * max_length].reshape(n, max_length)
+    token_types = np.zeros((n, max_length), np.int8)
+    groups = np.concatenate(words)[:n * max_length].reshape(n, max_length)
+    lengths = np.full(n, max_length, np.int32)
+  masking = Masking(int(tokenizer.mask_token_id), len(tokenizer),
+                    float(task_cfg.mlm_probability), bool(task_cfg.whole_word_masking))
+  return EncodedSplit(input_ids, token_types, lengths, np.zeros(n, np.int32),
+                      mask_groups=groups, masking=masking)
+
+
+@contextlib.contextmanager
+def _transformers_errors_only():
+  """transformers logs only errors here: its tokenizer warns about every text longer than the
+  model when texts are tokenised whole, to be cut into rows afterwards."""
+  import transformers
+  before = transformers.logging.get_verbosity()
+  transformers.logging.set_verbosity_error()
+  try:
+    yield
+  finally:
+    transformers.logging.set_verbosity(before)
 
 
 # ---- relations between two marked entities ------------------------------------------------
@@ -730,8 +885,10 @@ def _read_split(data_cfg, task_cfg, source: str, split: str) -> tuple[datasets.D
   if not amount or split not in (train_split, HOLDOUT_SPLIT):
     return load_split(source, data_cfg.subset, split), f"{source} [{split}]"
   rows = load_split(source, data_cfg.subset, train_split)
-  _check_fields(rows, (task_cfg.label_field,), f"{source} [{train_split}]")
-  held = holdout_indices(rows[task_cfg.label_field], holdout_size(amount, len(rows)),
+  # Stratified by label for classification; for the other kinds only the number of rows counts.
+  field = (task_cfg.text_fields[0] if task_cfg.kind == "masked_lm" else task_cfg.label_field)
+  _check_fields(rows, (field,), f"{source} [{train_split}]")
+  held = holdout_indices(rows[field], holdout_size(amount, len(rows)),
                          stratify=task_cfg.kind == "classification")
   if split == HOLDOUT_SPLIT:
     return rows.select(held), f"{source} [{train_split}, the rows held out for {split}]"
@@ -772,11 +929,13 @@ def batch_width(split: EncodedSplit, indices: np.ndarray, buckets: tuple[int, ..
 
 
 def make_batch(split: EncodedSplit, indices: np.ndarray, buckets: tuple[int, ...],
-               width: int | None = None) -> Batch:
+               width: int | None = None, mask_key: tuple[int, ...] = EVAL_MASK_KEY) -> Batch:
   """Rows `indices` (-1: a padding row) padded to `width` (default: their bucket length).
 
   `example_index` is each row's index in the split (-1 for padding): it seeds the row's dropout
-  masks and tells the host where each row's output belongs.
+  masks and tells the host where each row's output belongs. A masked-LM split's rows are
+  masked here, each from the random stream (*mask_key, its index): `masked_positions` and
+  `labels` are [rows, Masking.slots(width)].
   """
   real = indices >= 0
   rows = np.where(real, indices, 0)
@@ -787,8 +946,18 @@ def make_batch(split: EncodedSplit, indices: np.ndarray, buckets: tuple[int, ...
   if split.word_index is not None:  # token tasks: a tag per position
     labels = labels[:, :width]
   extra = {} if split.entity_spans is None else {"entity_spans": split.entity_spans[rows]}
+  input_ids = np.where(real[:, None], split.input_ids[rows, :width], 0)
+  if split.masking is not None:
+    slots = split.masking.slots(width)
+    positions = np.zeros((len(indices), slots), np.int32)
+    labels = np.full((len(indices), slots), tasks.IGNORE, np.int32)
+    for r in np.flatnonzero(real):
+      rng = np.random.default_rng((*mask_key, int(indices[r])))
+      input_ids[r], positions[r], labels[r] = mask_tokens(
+          input_ids[r], split.mask_groups[indices[r], :width], split.masking, rng, slots)
+    extra["masked_positions"] = positions
   return {
-      "input_ids": np.where(real[:, None], split.input_ids[rows, :width], 0),
+      "input_ids": input_ids,
       "attention_mask": (np.arange(width) < lengths[:, None]).astype(np.int32),
       "token_type_ids": split.token_type_ids[rows, :width].astype(np.int32),
       "labels": labels,
@@ -872,7 +1041,8 @@ class TrainBatches:
     indices = self.epoch_order(epoch)[position]
     width = batch_width(self.split, indices, self.buckets)
     local = indices.reshape(self.accum_steps, -1)[:, rows]
-    batch = make_batch(self.split, local.reshape(-1), self.buckets, width)
+    batch = make_batch(self.split, local.reshape(-1), self.buckets, width,
+                       mask_key=train_mask_key(self.seed, epoch))
     return {k: v.reshape((self.accum_steps, -1) + v.shape[1:]) for k, v in batch.items()}
 
   def tokens(self, start_step: int, end_step: int) -> int:

