@@ -25,20 +25,10 @@ SLICE = REPO / "data" / "sst2"  # real sentences that ship with the repository
 
 def mlm_config(**updates):
   """The tiny SST-2 config as continued pretraining on its sentences (labels unused)."""
-  c = tiny_config()
-  c.data.dataset = str(SLICE)
-  c.task.kind = "masked_lm"
-  c.task.label_names = ()
-  c.task.metrics = ("accuracy", "perplexity")
-  c.eval.best_metric = "loss"
-  c.optimizer.learning_rate = 1e-3
-  for key, value in updates.items():
-    node = c
-    *path, leaf = key.split(".")
-    for part in path:
-      node = node[part]
-    node[leaf] = value
-  return c
+  return tiny_config(**{"data.dataset": str(SLICE), "task.kind": "masked_lm",
+                        "task.label_names": (), "task.metrics": ("accuracy", "perplexity"),
+                        "eval.best_metric": "loss", "optimizer.learning_rate": 1e-3,
+                        **updates})
 
 
 def _sentences(n):
