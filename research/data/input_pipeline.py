@@ -1,6 +1,6 @@
 """Input pipeline: a file or hub dataset -> tokenised numpy matrices -> length-bucketed batches.
 
-* Sources: a local directory holding `<split>.jsonl|json|csv|tsv|parquet`, or a Hugging Face hub
+* Sources: a local directory holding `<split>.jsonl|json|csv|tsv|parquet|txt`, or a Hugging Face hub
   dataset. A registered task (`data.local_name`) is read from, in turn: an explicit
   `data.dataset` (anything but its own hub dataset), `$RESEARCH_DATA_DIR/<local_name>/` when
   that variable is set (CI and tests point it at ../shared/data), its hub dataset when the hub
@@ -16,7 +16,9 @@
   sequence, so XLA compiles at most one program per bucket. The training order is a pure
   function of (seed, epoch), so a run resumed at step k sees the batches an uninterrupted run
   sees. Eval batches cover each example exactly once; the last one is filled up with padding
-  rows whose `example_mask` is 0 (and `example_index` -1).
+  rows whose `example_mask` is 0 (and `example_index` -1). Masked-LM rows are masked as their
+  batch is built, from (seed, epoch, example): the masks resume and split across devices as
+  the batches do.
 * Several processes: each reads and tokenises the whole split (the batch order and every
   batch's bucket need all lengths; tokenising a GLUE split takes seconds), but builds and places
   only its own block of rows of each batch (`rows`): the batch's width is that of the whole
