@@ -188,6 +188,21 @@ def _reference_metrics(spec, rows, logits, word_index) -> dict[str, float]:
   return out
 
 
+def train_in_our_order(model, config, seed: int, workdir: pathlib.Path, train_set, collate):
+  """The Trainer on `train_set`, rows already in our batch order for every epoch (one Trainer
+  epoch), with `collate`; returns (trainer, clock) after training, the trainer set to predict
+  every row in dataset order (the runners of relation_extraction and question_answering)."""
+  args = reference_training_args(config, seed, 1.0, workdir, save_steps=10_000,
+                                 remove_unused_columns=False)
+  clock = _train_clock(workdir / "train_seconds.json")
+  trainer = in_order_trainer()(model=model, args=args, train_dataset=train_set,
+                               data_collator=collate, callbacks=[clock])
+  trainer.train()
+  trainer.args.dataloader_drop_last = False
+  trainer.args.train_sampling_strategy = "random"
+  return trainer, clock
+
+
 def _train_clock(path: pathlib.Path):
   """A Trainer callback that counts training seconds across interruptions, as ours does: the
   time so far is saved next to every checkpoint and a resumed run adds to it."""

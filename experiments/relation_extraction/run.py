@@ -123,14 +123,7 @@ def run_reference(setting: str, seed: int) -> dict:
   workdir = RUNS / f"reference_{setting}__seed{seed}"
   transformers.set_seed(seed)
   model = EntityStartClassifier()
-  args = glue.reference_training_args(config, seed, 1.0, workdir, save_steps=10_000,
-                                      remove_unused_columns=False)
-  clock = glue._train_clock(workdir / "train_seconds.json")
-  trainer = glue.in_order_trainer()(model=model, args=args, train_dataset=train_set,
-                                    data_collator=collate, callbacks=[clock])
-  trainer.train()
-  trainer.args.dataloader_drop_last = False
-  trainer.args.train_sampling_strategy = "random"
+  trainer, clock = glue.train_in_our_order(model, config, seed, workdir, train_set, collate)
   test_set, test = rows("test")
   logits = trainer.predict(test_set).predictions
   predicted = np.asarray(logits).argmax(-1)
