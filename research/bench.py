@@ -171,11 +171,17 @@ def ours_from_reference(reference, config: bert.BertConfig, dtype: str = "float3
   the parameters stay float32."""
   model = tasks.build_model("classification", config, 2, dtype=jnp.dtype(dtype),
                             param_dtype=jnp.float32, classifier_dropout=None)
-  dummy = jnp.ones((1, 8), jnp.int32)
-  template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy, dummy))["params"]
+  return model, reference_params(model, reference)
+
+
+def reference_params(model, reference) -> Any:
+  """`model`'s parameters set to the PyTorch `reference`'s weights, its head included."""
+  from research import train
+  template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                               *train.init_inputs(model)))["params"]
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
   state = {k: v.detach().cpu().numpy() for k, v in reference.state_dict().items()}
-  return model, hf_io.params_from_state_dict(state, template, load_head=True)
+  return hf_io.params_from_state_dict(state, template, load_head=True)
 
 
 def time_ours(model, params, batch: dict[str, np.ndarray], steps_timed: int,
@@ -419,12 +425,7 @@ def run_mlm(quick: bool, steps_timed: int) -> dict[str, Any]:
     positions = np.sort(np.stack([rng.choice(np.arange(1, length - 1), slots, replace=False)
                                   for _ in range(batch_size)]), -1).astype(np.int32)
     targets = rng.integers(1000, 5000, (batch_size, slots)).astype(np.int32)
-    template = jax.eval_shape(lambda: model.init(
-        jax.random.PRNGKey(0), batch["input_ids"][:1], batch["attention_mask"][:1],
-        batch["token_type_ids"][:1], positions[:1]))["params"]
-    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
-    state = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
-    params = hf_io.params_from_state_dict(state, template, load_head=True)
+    params = reference_params(model, reference)
     ours = time_ours(model, params, dict(batch, masked_positions=positions, labels=targets),
                      steps_timed, "masked_lm")
     every = np.broadcast_to(np.arange(length, dtype=np.int32), (batch_size, length))
