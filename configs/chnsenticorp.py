@@ -5,10 +5,11 @@ r"""ChnSentiCorp (Chinese hotel/product review sentiment) on the embedded all-Mi
 The same code as for English: the tokenizer splits CJK text one character per token. But the
 embedded checkpoint's (English, uncased) vocabulary has only 244 CJK characters: 209 of the
 4,059 distinct characters of the training set, 27% of their occurrences; the rest become [UNK]
-(measured here). Expect a weak model; a Chinese checkpoint (e.g. bert-base-chinese, by
-`--config.model.checkpoint`) is the real fix. Data: $RESEARCH_DATA_DIR/chnsenticorp/ (train 9,600,
-validation 1,200, test 1,200); there is no canonical hub copy, so without RESEARCH_DATA_DIR set
-`data.dataset` must name a local directory.
+(measured here). Expect a weak model; a Chinese or multilingual checkpoint (e.g.
+`--config.model.checkpoint=bert-base-chinese` or `=xlm-roberta-base`) is the real fix. Data:
+$RESEARCH_DATA_DIR/chnsenticorp/ (train 9,600, validation 1,200, test 1,200); there is no
+canonical hub copy, so without RESEARCH_DATA_DIR set `data.dataset` must name a local
+directory.
 
 Results: experiments/glue_minilm/results.md.
 """

@@ -1,6 +1,8 @@
 r"""CoNLL-2003 English NER (IOB2) on the embedded all-MiniLM-L6-v2.
 
   python -m research.main --config configs/conll2003.py --workdir runs/conll2003
+  python -m research.main --config configs/conll2003.py --workdir runs/conll2003_xlmr \
+      --config.model.checkpoint=xlm-roberta-base  # cased; roberta-base works the same way
 
 Each word's tag is learnt on its first sub-word (the others are ignored by the loss and the
 metrics); evaluation is entity-level precision/recall/F1 by the CoNLL rules, overall and per

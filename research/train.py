@@ -79,10 +79,11 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
   bert_config = dataclasses.replace(bert_config, **overrides, dropout_impl=mcfg.dropout_impl,
                                     remat=mcfg.remat)
   hf_config.update(overrides)
-  if config.data.max_length > bert_config.max_position_embeddings:
+  if config.data.max_length > bert_config.max_length:
     raise config_lib.ConfigError(
-        f"config.data.max_length: {config.data.max_length} exceeds the model's "
-        f"max_position_embeddings {bert_config.max_position_embeddings}")
+        f"config.data.max_length: {config.data.max_length} exceeds the {bert_config.max_length} "
+        f"tokens that the model's max_position_embeddings "
+        f"{bert_config.max_position_embeddings} hold")
   tokenizer_dir = (hf_io.resolve_checkpoint(mcfg.tokenizer) if mcfg.tokenizer
                    else checkpoint_dir)
   if tokenizer_dir is None:

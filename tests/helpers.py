@@ -97,3 +97,77 @@ def get_config(arg=None):
   """`--config tests/helpers.py`: the tiny config on the command line (multi-process tests)."""
   del arg
   return tiny_config()
+
+
+# Text to train the test tokenizers on: tests need no data files to build RoBERTa-, XLM-R- and
+# ELECTRA-style tokenizers.
+FAMILY_TEXT = """\
+the cat sat on the mat and the dog ran under the big red house
+a stunning film with great actors , though the story drags in the middle
+Paris is the capital of France and Berlin is the capital of Germany
+John Smith works for the United Nations in New York since 2019
+the quick brown fox jumps over the lazy dog again and again
+she did not like the ending , but the music was wonderful
+Le chat dort sur le canapé pendant que la pluie tombe
+Der Hund läuft schnell über die grüne Wiese zum Fluss
+we visited London , Madrid and Rome during the summer holidays
+an utterly forgettable movie that wastes its talented cast
+the river flows slowly past the old mill and the small bridge
+Maria bought three apples , two pears and a basket of cherries
+"""
+
+FAMILY_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # RoBERTa's ids 0..4
+
+
+def family_tokenizer(path: pathlib.Path, model_type: str) -> pathlib.Path:
+  """A tokenizer of a family trained on `FAMILY_TEXT` and saved in `path`: byte-level BPE for
+  RoBERTa, SentencePiece Unigram for XLM-R, WordPiece for ELECTRA (and BERT)."""
+  import tokenizers
+  import transformers
+  from tokenizers import processors
+  lines = FAMILY_TEXT.splitlines() * 4
+  specials = dict(bos_token="<s>", cls_token="<s>", pad_token="<pad>", eos_token="</s>",
+                  sep_token="</s>", unk_token="<unk>", mask_token="<mask>")
+  if model_type == "roberta":
+    backend = tokenizers.ByteLevelBPETokenizer()
+    backend.train_from_iterator(lines, vocab_size=400, min_frequency=1,
+                                special_tokens=list(FAMILY_SPECIALS))
+    backend.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tokenizer = transformers.RobertaTokenizerFast(tokenizer_object=backend, **specials)
+  elif model_type == "xlm-roberta":
+    backend = tokenizers.SentencePieceUnigramTokenizer()
+    backend.train_from_iterator(lines, vocab_size=300, unk_token="<unk>",
+                                special_tokens=list(FAMILY_SPECIALS[:4]))
+    backend.add_special_tokens(["<mask>"])  # the last id, as in XLM-R
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)])
+    tokenizer = transformers.XLMRobertaTokenizerFast(tokenizer_object=backend, **specials)
+  else:
+    backend = tokenizers.BertWordPieceTokenizer(lowercase=True)
+    backend.train_from_iterator(lines, vocab_size=300, min_frequency=1)
+    tokenizer = transformers.ElectraTokenizerFast(tokenizer_object=backend)
+  tokenizer.save_pretrained(path)
+  return path
+
+
+def family_checkpoint(path: pathlib.Path, model_type: str, seed: int = 0,
+                      **shapes) -> pathlib.Path:
+  """A random-init encoder of a family (`RobertaModel`, `XLMRobertaModel` with its pooler,
+  `ElectraModel` with 16-wide embeddings projected to the hidden size), 2 layers of 32 unless
+  `shapes` say otherwise, saved by transformers with its `family_tokenizer`."""
+  import torch
+  import transformers
+  family_tokenizer(path, model_type)
+  vocab_size = len(transformers.AutoTokenizer.from_pretrained(str(path)))
+  kw = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=66)
+  kw.update(shapes)
+  if model_type == "electra":
+    config = transformers.ElectraConfig(**{"embedding_size": 16, **kw})
+  else:
+    config = transformers.AutoConfig.for_model(model_type, pad_token_id=1, bos_token_id=0,
+                                               eos_token_id=2, type_vocab_size=1, **kw)
+  torch.manual_seed(seed)
+  transformers.AutoModel.from_config(config).save_pretrained(path)
+  return path

@@ -344,6 +344,8 @@ def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, wher
   _check_fields(dataset, fields + ((task_cfg.label_field,) if labelled else ()), where)
   token_task = kind == "token_classification"
   _check_texts(dataset, fields, token_task, where)
+  if token_task:
+    tokenizer = words_tokenizer(tokenizer)
   if not labelled:
     placeholder = ([[0] * len(words) for words in dataset[fields[0]]] if token_task
                    else [0] * len(dataset))
@@ -767,7 +769,8 @@ def encode_questions(dataset: datasets.Dataset, tokenizer, task_cfg, max_length:
            else [([], [])] * len(dataset))
   room = max_length - task_cfg.doc_stride
   for i, question in enumerate(questions):
-    if len(tokenizer(question, add_special_tokens=False)["input_ids"]) + 3 >= room:
+    if (len(tokenizer(question, add_special_tokens=False)["input_ids"])
+        + tokenizer.num_special_tokens_to_add(pair=True) >= room):
       raise DataError(f"{where}: row {i + 1}: the question takes too much of data.max_length="
                       f"{max_length} to leave windows of context with task.doc_stride="
                       f"{task_cfg.doc_stride}")
@@ -837,12 +840,31 @@ def data_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   return changes
 
 
-def load_tokenizer(path: str | os.PathLike):
+def load_tokenizer(path: str | os.PathLike, **kwargs):
+  """The fast tokenizer of a model directory (WordPiece, byte-level BPE or SentencePiece, as
+  `AutoTokenizer` finds it; `kwargs` go to `from_pretrained`). One whose model has no token
+  types (RoBERTa's, XLM-R's) still returns `token_type_ids`, all 0, so that every family's
+  splits and batches have the same fields."""
   from transformers import AutoTokenizer
-  tokenizer = AutoTokenizer.from_pretrained(str(path))
+  tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
   if not tokenizer.is_fast:
     raise DataError(f"the tokenizer in {path} is not a fast tokenizer (no tokenizer.json?)")
+  if "token_type_ids" not in tokenizer.model_input_names:
+    tokenizer.model_input_names = [*tokenizer.model_input_names, "token_type_ids"]
   return tokenizer
+
+
+def words_tokenizer(tokenizer):
+  """`tokenizer` for pre-split words (`is_split_into_words`). A byte-level BPE tokenizer
+  (RoBERTa's) reads the space before a word as part of it ('Ġword'): without add_prefix_space
+  it would tokenise every word as the start of a text, unlike the same word in running text.
+  Such a tokenizer is reloaded with add_prefix_space=True (what transformers asks for words);
+  any other is returned as it is."""
+  from tokenizers import pre_tokenizers
+  pre = tokenizer.backend_tokenizer.pre_tokenizer
+  if not isinstance(pre, pre_tokenizers.ByteLevel) or pre.add_prefix_space:
+    return tokenizer
+  return load_tokenizer(tokenizer.name_or_path, add_prefix_space=True)
 
 
 # A validation split carved out of train (`data.validation_from_train`): the same rows for

