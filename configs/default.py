@@ -90,11 +90,17 @@ def get_config():
   # as the HF Trainer's group_by_length; 0: plain random batches (more padding).
   c.data.group_by_length = 50
   c.data.batch_order = ""  # '' = the above; or a name given to input_pipeline.register_batch_order
+  # Masked LM: read the training split as a `datasets` stream (a corpus larger than memory),
+  # through a shuffle buffer of this many texts, new for each pass; needs train.num_steps.
+  c.data.streaming = False
+  c.data.shuffle_buffer = 10_000
 
   c.train = Config()
   c.train.batch_size = 32  # examples per optimizer step, over all devices and micro-batches
   c.train.grad_accum_steps = 1  # micro-batches per step; same update as one big batch
   c.train.num_epochs = 3.0  # may be fractional; the last incomplete batch of an epoch is dropped
+  c.train.num_steps = 0  # >0: the run's length in optimizer steps instead (a stream's epoch
+                         # length is unknown)
   # A step with a non-finite loss or gradient norm stops the run (nothing from it is saved);
   # True: the step's update is skipped instead, and the step listed in results.json.
   c.train.skip_nonfinite_steps = False

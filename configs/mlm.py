@@ -4,6 +4,8 @@ Gururangan et al., 2020): on a task's own training text (TAPT) or on any corpus 
   python -m research.main --config configs/mlm.py:task=rte --workdir runs/tapt_rte
   python -m research.main --config configs/mlm.py:dataset=~/corpus,text_field=text \
       --workdir runs/dapt
+  python -m research.main --config configs/mlm.py:dataset=~/big_corpus,stream,steps=100000 \
+      --workdir runs/dapt_streamed
   python -m research.main --config configs/mlm.py:task=rte --workdir runs/tapt_rte \
       --mode=export --output runs/tapt_rte/export
   python -m research.main --config configs/glue.py:rte --workdir runs/rte_after_tapt \
@@ -19,6 +21,11 @@ Arguments:
   whole_word       whole-word masking (all pieces of a chosen word masked together)
   group            concatenate the texts and cut them into rows of max_length (HF run_mlm's
                    group_texts) instead of one text per row
+  stream           read the training texts as a `datasets` stream, never whole in memory (a
+                   corpus larger than memory, or a hub corpus not downloaded first), through a
+                   shuffle buffer of data.shuffle_buffer texts; needs steps=N and, with
+                   dataset=PATH, a validation split there (validation.txt, ...)
+  steps=N          train N optimizer steps (train.num_steps) instead of 3 epochs
   quick            2,000 training texts, 500 held out, 1 epoch
 
 The embedded checkpoint is a sentence encoder without an LM head: the head starts freshly
@@ -31,7 +38,7 @@ from research import config_lib, tasks
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, task="sst2", dataset="", text_field="text", whole_word=False,
-                             group=False, quick=False)
+                             group=False, stream=False, steps=0, quick=False)
   c = default.get_config()
   if arg.dataset:
     c.task.text_fields = (arg.text_field,)
@@ -54,6 +61,10 @@ def get_config(arg=None):
   c.train.num_epochs = 3.0
   if arg.group:
     c.data.length_buckets = (c.data.max_length,)
+  c.train.num_steps = arg.steps
+  if arg.stream:
+    c.data.streaming = True
+    c.data.validation_from_train = 0.0
   if arg.quick:
     c.data.train_examples = 2000
     c.data.eval_examples = 500

@@ -133,6 +133,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"{data.train_split!r}: list 'validation' in data.eval_splits (first, to pick the "
            f"best checkpoint on it), got {tuple(data.eval_splits)}")
   train = config.train
+  _check(train.num_steps >= 0, "train.num_steps", "must be >= 0 (0: train.num_epochs decides)")
+  if data.streaming:
+    _check(task.kind == "masked_lm", "data.streaming",
+           f"streams a masked-LM corpus; task.kind {task.kind!r} reads its splits whole")
+    _check(train.num_steps > 0, "train.num_steps",
+           "a streamed corpus has no known epoch length: give the run's length in steps")
+    _check(not data.validation_from_train, "data.validation_from_train",
+           "cannot hold rows out of a stream: give a validation split (e.g. validation.txt)")
+    _check(data.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0 (0: stream order)")
   _check(train.batch_size > 0, "train.batch_size", "must be positive")
   _check(train.grad_accum_steps >= 1 and train.batch_size % train.grad_accum_steps == 0,
          "train.grad_accum_steps",

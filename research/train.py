@@ -134,6 +134,19 @@ def train_batches(config: ml_collections.ConfigDict,
       group_by_length=config.data.group_by_length, order=config.data.batch_order)
 
 
+def streamed_train_batches(config: ml_collections.ConfigDict, tokenizer, source: str
+                           ) -> input_pipeline.StreamedTrainBatches:
+  """The training batches of a streamed masked-LM corpus (`data.streaming`)."""
+  data = config.data
+  return input_pipeline.StreamedTrainBatches(
+      input_pipeline.load_stream(source, data.subset, data.train_split), tokenizer, config.task,
+      data.max_length, batch_size=config.train.batch_size,
+      accum_steps=config.train.grad_accum_steps, seed=config.seed,
+      buckets=tuple(data.length_buckets), total_steps=config.train.num_steps,
+      shuffle_buffer=data.shuffle_buffer, limit=data.train_examples,
+      where=f"{source} [{data.train_split}, streamed]")
+
+
 def init_inputs(model) -> tuple[jax.Array, ...]:
   """A one-row batch of `model`'s positional inputs, to initialise it (shapes only)."""
   dummy = jnp.ones((1, 8), jnp.int32)
@@ -415,14 +428,20 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
 
   # ---- Input -------------------------------------------------------------------------------
   data = config.data
-  train_split = input_pipeline.load_encoded(data, config.task, tokenizer, data.train_split,
-                                            data.train_examples)
+  if data.streaming:  # a masked-LM corpus read as it is consumed
+    batches = streamed_train_batches(config, tokenizer, source.location)
+    train_record = {data.train_split: batches.record(source.location, data.train_split)}
+  else:
+    train_split = input_pipeline.load_encoded(data, config.task, tokenizer, data.train_split,
+                                              data.train_examples)
+    batches = train_batches(config, train_split)
+    train_record = input_pipeline.data_record(data, {data.train_split: train_split})
   eval_splits = {name: input_pipeline.load_encoded(data, config.task, tokenizer, name,
                                                    data.eval_examples)
                  for name in data.eval_splits}
-  batches = train_batches(config, train_split)
-  total_steps = max(1, round(config.train.num_epochs * batches.steps_per_epoch))
-  data_record = input_pipeline.data_record(data, {data.train_split: train_split, **eval_splits})
+  data_record = {**train_record, **input_pipeline.data_record(data, eval_splits)}
+  total_steps = (config.train.num_steps
+                 or max(1, round(config.train.num_epochs * batches.steps_per_epoch)))
   if (workdir / "data.json").exists():
     changes = input_pipeline.data_changes(json.loads((workdir / "data.json").read_text()),
                                           data_record)

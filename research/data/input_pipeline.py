@@ -470,14 +470,15 @@ def mask_tokens(input_ids: np.ndarray, groups: np.ndarray, masking: Masking,
 
 
 def encode_texts(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int,
-                 where: str) -> EncodedSplit:
+                 where: str, *, empty_ok: bool = False) -> EncodedSplit:
   """Masked LM: raw text (one field, or a pair) as unmasked rows; blank texts are dropped.
 
   `task.line_by_line`: each text is one row, cut at max_length. Otherwise all texts, each with
   its [CLS] ... [SEP], are concatenated and cut into rows of exactly max_length tokens, the
   remainder dropped (Hugging Face run_mlm's `group_texts`). `mask_groups` numbers the words
   (the tokenizer's word ids, unique over the whole split) for whole-word masking; special
-  tokens get -1 and are never masked.
+  tokens get -1 and are never masked. `empty_ok` (a chunk of a stream): no text, or too little
+  for one row, gives no rows instead of an error.
   """
   fields = tuple(task_cfg.text_fields)
   _check_fields(dataset, fields, where)
@@ -491,6 +492,10 @@ def encode_texts(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int
                     f"{fields}")
   texts = dataset[fields[0]]
   dataset = dataset.select([i for i, t in enumerate(texts) if t.strip()])
+  masking = Masking(int(tokenizer.mask_token_id), len(tokenizer),
+                    float(task_cfg.mlm_probability), bool(task_cfg.whole_word_masking))
+  if not len(dataset) and empty_ok:
+    return _no_rows(max_length, masking)
   if not len(dataset):
     raise DataError(f"{where}: no text in field {fields[0]!r} (every row is blank)")
 
@@ -523,6 +528,8 @@ def encode_texts(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int
   else:
     stream = np.concatenate(ids)
     n = len(stream) // max_length
+    if not n and empty_ok:
+      return _no_rows(max_length, masking)
     if not n:
       raise DataError(f"{where}: {len(stream)} tokens in all, fewer than one row of "
                       f"data.max_length {max_length}")
@@ -530,10 +537,163 @@ def encode_texts(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int
     token_types = np.zeros((n, max_length), np.int8)
     groups = np.concatenate(words)[:n * max_length].reshape(n, max_length)
     lengths = np.full(n, max_length, np.int32)
-  masking = Masking(int(tokenizer.mask_token_id), len(tokenizer),
-                    float(task_cfg.mlm_probability), bool(task_cfg.whole_word_masking))
   return EncodedSplit(input_ids, token_types, lengths, np.zeros(n, np.int32),
                       mask_groups=groups, masking=masking)
+
+
+def _no_rows(max_length: int, masking: Masking) -> EncodedSplit:
+  return EncodedSplit(np.zeros((0, max_length), np.int32), np.zeros((0, max_length), np.int8),
+                      np.zeros(0, np.int32), np.zeros(0, np.int32),
+                      mask_groups=np.zeros((0, max_length), np.int32), masking=masking)
+
+
+# ---- masked-LM text read as a stream ------------------------------------------------------
+
+
+def load_stream(source: str, subset: str, split: str) -> datasets.IterableDataset:
+  """One split of a local directory or hub dataset as a `datasets` stream: rows are read as
+  they are consumed, so a corpus larger than memory (or than the disk, from the hub) trains."""
+  directory = pathlib.Path(os.path.expanduser(source))
+  try:
+    if directory.is_dir():
+      path = pathlib.Path(split_file(source, split))
+      if not path.is_file():
+        load_split(source, subset, split)  # its one-line error: the files that are there
+      kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
+      return datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train",
+                                   streaming=True, **kwargs)
+    return datasets.load_dataset(source, subset or None, split=split, streaming=True)
+  except DataError:
+    raise
+  except Exception as e:  # offline, unknown name or split, unreadable file: one message
+    raise DataError(f"could not stream split {split!r} of {source}"
+                    f"{f' ({subset})' if subset else ''}: {type(e).__name__}: "
+                    f"{' '.join(str(e).split())[:300]}") from e
+
+
+class StreamedTrainBatches:
+  """Masked-LM training batches from a corpus read as a stream (`data.streaming`): the corpus
+  is never whole in memory, only a shuffle buffer and one chunk of texts.
+
+  Pass p over the stream goes through a shuffle buffer of `shuffle_buffer` texts seeded by
+  (seed, p) (`IterableDataset.shuffle` + `set_epoch`); its texts are tokenised in chunks of
+  `chunk_texts` exactly as `encode_texts` does a split (so `group_texts` drops each chunk's
+  remainder, as Hugging Face's run_mlm does per batch of its `map`); the rows fill batches of
+  `batch_size` in stream order, and a pass that runs out starts the next. Batch `step` is thus
+  a pure function of (seed, step) as in `TrainBatches`, but is reached by reading the stream
+  from its start: a resumed run re-reads and re-tokenises what it skips (no model compute).
+  Every process reads the whole stream and builds only its rows of each batch: the simplest
+  way to agree on the batches; tokenising is cheap next to the model.
+
+  Row r of step s is masked from (MASK_STREAM, 2, seed, s, r) and its dropout masks are seeded
+  by r, so that a row is treated the same on whichever device or process holds it.
+  `steps_per_epoch` is the run's length (a stream's epoch length is unknown): progress and
+  evaluation count the run as one epoch unless eval.every_steps says otherwise.
+  """
+
+  def __init__(self, stream: datasets.IterableDataset, tokenizer, task_cfg, max_length: int, *,
+               batch_size: int, accum_steps: int, seed: int, buckets: tuple[int, ...],
+               total_steps: int, shuffle_buffer: int, limit: int = 0, chunk_texts: int = 1000,
+               where: str = "stream"):
+    if batch_size % accum_steps:
+      raise ValueError(f"train.batch_size {batch_size} is not divisible by "
+                       f"train.grad_accum_steps {accum_steps}")
+    self.stream, self.tokenizer, self.task_cfg = stream, tokenizer, task_cfg
+    self.max_length, self.batch_size, self.accum_steps = max_length, batch_size, accum_steps
+    self.seed, self.buckets, self.shuffle_buffer = seed, buckets, shuffle_buffer
+    self.limit, self.chunk_texts, self.where = limit, chunk_texts, where
+    self.steps_per_epoch = total_steps
+    self._tokens: dict[int, int] = {}
+
+  def _pass(self, index: int) -> Iterator[dict]:
+    stream = self.stream
+    if self.shuffle_buffer:
+      stream = stream.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+      stream.set_epoch(index)
+    if self.limit:
+      stream = stream.take(self.limit)
+    return iter(stream)
+
+  def _chunks(self) -> Iterator[EncodedSplit]:
+    """Tokenised chunks of the stream, pass after pass."""
+    fields = tuple(self.task_cfg.text_fields)
+    for index in range(2**31):
+      rows, produced = [], False
+      for row in self._pass(index):
+        rows.append(row)
+        if len(rows) == self.chunk_texts:
+          chunk = self._encode(rows, fields, index)
+          produced |= len(chunk) > 0
+          yield chunk
+          rows = []
+      if rows:
+        chunk = self._encode(rows, fields, index)
+        produced |= len(chunk) > 0
+        yield chunk
+      if not produced:
+        raise DataError(f"{self.where}: no training row in a whole pass over the stream")
+
+  def _encode(self, rows: list[dict], fields: tuple[str, ...], index: int) -> EncodedSplit:
+    dataset = datasets.Dataset.from_list(rows)
+    where = f"{self.where}, pass {index}"
+    _check_fields(dataset, fields, where)
+    quiet = not datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a bar per chunk would flood the log
+    try:
+      return encode_texts(dataset, self.tokenizer, self.task_cfg, self.max_length, where,
+                          empty_ok=True)
+    finally:
+      if not quiet:
+        datasets.enable_progress_bars()
+
+  def _steps(self) -> Iterator[EncodedSplit]:
+    """Each step's rows, as a `batch_size`-row EncodedSplit, from step 0 on."""
+    pending: list[EncodedSplit] = []
+    have = 0
+    for chunk in self._chunks():
+      pending.append(chunk)
+      have += len(chunk)
+      while have >= self.batch_size:
+        rows = _concat_splits(pending)
+        yield rows.select(np.arange(self.batch_size))
+        pending = [rows.select(np.arange(self.batch_size, len(rows)))]
+        have = len(pending[0])
+
+  def __call__(self, start_step: int, end_step: int, rows: slice = slice(None)
+               ) -> Iterator[Batch]:
+    if start_step >= end_step:
+      return
+    for step, split in enumerate(self._steps()):
+      if step < start_step:
+        continue
+      indices = np.arange(self.batch_size)
+      self._tokens[step] = int(split.lengths.sum())
+      local = indices.reshape(self.accum_steps, -1)[:, rows].reshape(-1)
+      batch = make_batch(split, local, self.buckets, batch_width(split, indices, self.buckets),
+                         mask_key=(MASK_STREAM, 2, self.seed, step))
+      yield {k: v.reshape((self.accum_steps, -1) + v.shape[1:]) for k, v in batch.items()}
+      if step + 1 >= end_step:
+        return
+
+  def tokens(self, start_step: int, end_step: int) -> int:
+    """Real tokens of the steps [start_step, end_step) this object has built."""
+    return sum(self._tokens.get(step, 0) for step in range(start_step, end_step))
+
+  def record(self, source: str, split: str) -> dict[str, Any]:
+    """The stream's entry in `data_record`: where it is read and the fingerprint of its first
+    batch (a resumed run must find the same)."""
+    first = next(self._steps())
+    return {"file": f"{split_file(source, split)} (streamed)", "examples": "streamed",
+            "fingerprint": fingerprint(first)}
+
+
+def _concat_splits(splits: list[EncodedSplit]) -> EncodedSplit:
+  """Masked-LM splits (rows of the same width) one after the other."""
+  if len(splits) == 1:
+    return splits[0]
+  cat = lambda name: np.concatenate([getattr(s, name) for s in splits])  # noqa: E731
+  return EncodedSplit(cat("input_ids"), cat("token_type_ids"), cat("lengths"), cat("labels"),
+                      mask_groups=cat("mask_groups"), masking=splits[0].masking)
 
 
 @contextlib.contextmanager
