@@ -1,0 +1,226 @@
+r"""Continued masked-LM pretraining before fine-tuning ("Don't stop pretraining", Gururangan et
+al., ACL 2020), on the embedded all-MiniLM-L6-v2, adapted to 2 CPU cores.
+
+  python experiments/tapt/run.py                    # every run not yet finished, then results.md
+  python experiments/tapt/run.py --report           # only rebuild results.md
+  python experiments/tapt/run.py --settings rte --seeds 0
+  python experiments/tapt/run.py --settings rte --arms direct --seeds 0   # re-run a baseline
+
+Each setting (SETTINGS) continues the checkpoint once with `configs/mlm.py` on its corpus
+(labels unused), exports the best checkpoint by held-out MLM loss, then fine-tunes that export
+with the task's usual recipe for every seed (arm `adapted`), next to fine-tuning the embedded
+checkpoint directly (arm `direct`). Both arms use the same fine-tuning config, seeds and batch
+order; only `model.checkpoint` differs (the export keeps the source checkpoint's pooler, which
+masked-LM training never touches, so the two also start from the same pooler).
+
+The direct arm of RTE and STS-B is exactly experiments/glue_minilm's `ours` (the same config
+from its `task_config`): those results are read from there unless this experiment has re-run
+the seed itself (results/<setting>__direct__seed<k>.json), and the report says which seeds
+were re-run and whether they reproduced glue_minilm's number.
+
+Results: results/<setting>__mlm.json (the continued pretraining: held-out loss, masked-token
+accuracy and perplexity after each epoch), results/<setting>__<arm>__seed<k>.json (committed);
+workdirs under runs/tapt/ (not committed; an interrupted run resumes from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import pathlib
+import statistics
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))
+
+from experiments.glue_minilm import run as glue_minilm  # noqa: E402
+
+RESULTS = HERE / "results"
+RUNS = REPO / "runs" / "tapt"
+SEEDS = (0, 1, 2)
+ARMS = ("direct", "adapted")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  description: str
+  mlm_arg: str                 # configs/mlm.py's argument: the corpus
+  mlm_epochs: float
+  task: str                    # the GLUE task fine-tuned
+  metrics: tuple[str, ...]     # validation metrics reported, the first one tested
+  train_examples: int = 0      # fine-tune on the first N training rows only (0: all)
+
+  @property
+  def from_glue_minilm(self) -> bool:
+    """Whether the direct arm is experiments/glue_minilm's `ours` run (same config)."""
+    return self.train_examples == 0
+
+
+SETTINGS = {
+    "rte": Setting("TAPT: MLM on RTE's 2,490 training pairs, fine-tune RTE", "task=rte", 6.0,
+                   "rte", ("accuracy",)),
+    "stsb": Setting("TAPT: MLM on STS-B's 5,749 training pairs, fine-tune STS-B", "task=stsb",
+                    3.0, "stsb", ("pearson", "spearman")),
+    "sst2_2k": Setting("DAPT-like: MLM on all 67,349 SST-2 training sentences (concatenated into "
+                       "128-token rows), fine-tune on the first 2,000 labelled sentences",
+                       "task=sst2,group", 1.0, "sst2", ("accuracy",), train_examples=2000),
+}
+
+
+def mlm_workdir(name: str) -> pathlib.Path:
+  return RUNS / name / "mlm"
+
+
+def continue_pretraining(name: str) -> pathlib.Path:
+  """The setting's masked-LM run (resumed if interrupted) and its export; the export's path."""
+  from configs import mlm
+  from research import inference, train
+  setting = SETTINGS[name]
+  config = mlm.get_config(setting.mlm_arg)
+  config.train.num_epochs = setting.mlm_epochs
+  config.parallel.num_devices = 1
+  workdir = mlm_workdir(name)
+  export_dir = workdir / "export"
+  if (export_dir / "config.json").exists():
+    return export_dir
+  summary = train.train_and_evaluate(config, workdir)
+  inference.export(config, workdir, export_dir)
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  curve = [{k: r[k] for k in ("step", "loss", "accuracy", "perplexity")}
+           for r in rows if r.get("split") == "validation"]
+  record = {"setting": name, "mlm_arg": setting.mlm_arg, "epochs": setting.mlm_epochs,
+            "steps": summary["train"]["steps"], "best_step": summary["best"]["step"],
+            "validation_curve": curve, "train_loss": glue_minilm.train_loss_curve(workdir),
+            "train_seconds": summary["train"]["train_seconds"]}
+  (RESULTS / f"{name}__mlm.json").write_text(json.dumps(record, indent=1) + "\n")
+  return export_dir
+
+
+def fine_tune(name: str, arm: str, seed: int) -> dict:
+  from research import train
+  setting = SETTINGS[name]
+  config = glue_minilm.task_config(setting.task, seed, 3)
+  config.data.train_examples = setting.train_examples
+  if arm == "adapted":
+    config.model.checkpoint = str(mlm_workdir(name) / "export")
+  workdir = RUNS / name / f"{arm}__seed{seed}"
+  summary = train.train_and_evaluate(config, workdir)
+  return {"setting": name, "arm": arm, "seed": seed, "checkpoint": config.model.checkpoint,
+          "metrics": summary["final"]["results"],
+          "train_loss": glue_minilm.train_loss_curve(workdir),
+          "train_seconds": summary["train"]["train_seconds"]}
+
+
+def result_path(name: str, arm: str, seed: int) -> pathlib.Path:
+  return RESULTS / f"{name}__{arm}__seed{seed}.json"
+
+
+def direct_result(name: str, seed: int) -> dict | None:
+  """This experiment's own direct run of `seed`, else glue_minilm's identical one."""
+  own = result_path(name, "direct", seed)
+  if own.exists():
+    return json.loads(own.read_text())
+  setting = SETTINGS[name]
+  shared = glue_minilm.result_path(setting.task, "ours", seed)
+  if setting.from_glue_minilm and shared.exists():
+    return json.loads(shared.read_text())
+  return None
+
+
+def _score(values: list[float]) -> str:
+  if not values:
+    return "—"
+  if len(values) == 1:
+    return f"{100 * values[0]:.2f} (1)"
+  return (f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f} "
+          f"({len(values)})")
+
+
+def report() -> str:
+  import scipy.stats
+  lines = ["# Continued masked-LM pretraining (TAPT / DAPT) on the embedded all-MiniLM-L6-v2", "",
+           "Generated by `python experiments/tapt/run.py --report`; README.md gives the recipe. "
+           "Validation metrics ×100 after the last fine-tuning epoch, mean ± std (seeds); "
+           "p: Welch's t-test of the two arms' seeds.", "",
+           "| setting | metric | direct fine-tuning | after continued MLM | gap | p | per seed: "
+           "direct / adapted |",
+           "|---|---|---|---|---|---|---|"]
+  for name, setting in SETTINGS.items():
+    direct = [r for s in SEEDS if (r := direct_result(name, s))]
+    adapted = [json.loads(p.read_text()) for s in SEEDS
+               if (p := result_path(name, "adapted", s)).exists()]
+    if not (direct or adapted):
+      continue
+    for metric in setting.metrics:
+      a = [r["metrics"]["validation"][metric] for r in direct]
+      b = [r["metrics"]["validation"][metric] for r in adapted]
+      gap = f"{100 * (statistics.mean(b) - statistics.mean(a)):+.2f}" if a and b else "—"
+      p_value = (f"{scipy.stats.ttest_ind(b, a, equal_var=False).pvalue:.2f}"
+                 if len(a) > 1 and len(b) > 1 else "—")
+      seeds = (", ".join(f"{100 * v:.2f}" for v in a) + " / "
+               + ", ".join(f"{100 * v:.2f}" for v in b))
+      lines.append(f"| {name} | {metric} | {_score(a)} | {_score(b)} | {gap} | {p_value} | "
+                   f"{seeds} |")
+  lines += ["", "Settings:", ""]
+  lines += [f"- **{name}**: {s.description}; {s.mlm_epochs:g} MLM epoch"
+            f"{'s' if s.mlm_epochs != 1 else ''} "
+            f"(`configs/mlm.py:{s.mlm_arg}`)" for name, s in SETTINGS.items()]
+  lines += ["", "The continued pretraining, held-out masked-LM loss / masked-token accuracy "
+            "(×100) / perplexity after each epoch (the best epoch by loss is exported):", "",
+            "| setting | steps | train minutes | after each epoch |", "|---|---:|---:|---|"]
+  for name in SETTINGS:
+    path = RESULTS / f"{name}__mlm.json"
+    if path.exists():
+      r = json.loads(path.read_text())
+      curve = "; ".join(f"{p['loss']:.3f} / {100 * p['accuracy']:.1f} / {p['perplexity']:.0f}"
+                        for p in r["validation_curve"])
+      lines.append(f"| {name} | {r['steps']} | {r['train_seconds'] / 60:.1f} | {curve} |")
+  checks = []
+  for name, setting in SETTINGS.items():
+    for seed in SEEDS:
+      own, shared = (result_path(name, "direct", seed),
+                     glue_minilm.result_path(setting.task, "ours", seed))
+      if setting.from_glue_minilm and own.exists() and shared.exists():
+        metric = setting.metrics[0]
+        mine, theirs = (json.loads(p.read_text())["metrics"]["validation"][metric]
+                        for p in (own, shared))
+        checks.append(f"- {name} seed {seed}: re-run here {100 * mine:.2f}, glue_minilm "
+                      f"{100 * theirs:.2f} ({'identical' if mine == theirs else 'DIFFERENT'})")
+  if checks:
+    lines += ["", "Direct runs re-run here against experiments/glue_minilm's (the other seeds "
+              "of RTE and STS-B are read from there):", ""] + checks
+  return "\n".join(lines) + "\n"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+  parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+  parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=ARMS)
+  parser.add_argument("--report", action="store_true", help="only rebuild results.md")
+  args = parser.parse_args()
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  RESULTS.mkdir(exist_ok=True)
+  if not args.report:
+    for name in args.settings:
+      if "adapted" in args.arms:
+        continue_pretraining(name)
+      for seed in args.seeds:
+        for arm in args.arms:
+          out = result_path(name, arm, seed)
+          # A direct run that glue_minilm already has is re-run only when asked by --arms.
+          if out.exists() or (arm == "direct" and args.arms == list(ARMS)
+                              and direct_result(name, seed)):
+            continue
+          out.write_text(json.dumps(fine_tune(name, arm, seed), indent=1) + "\n")
+          (HERE / "results.md").write_text(report())
+  (HERE / "results.md").write_text(report())
+  print(report())
+
+
+if __name__ == "__main__":
+  main()
