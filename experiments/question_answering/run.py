@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import pathlib
+import statistics
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -162,6 +163,25 @@ def run_reference(setting: str, seed: int) -> dict:
           "eval_loss": float(output.metrics["test_loss"]), "train_seconds": clock.seconds()}
 
 
+def _seed_summary(done: list[dict]) -> list[str]:
+  """Each system's EM and F1 over its seeds (mean ± std), and whether the systems differ by
+  more than the seeds do (Welch's t-test), once both have two seeds or more."""
+  import scipy.stats
+  scores = {system: {m: [100 * r["scores"][m] for r in done if r["system"] == system]
+                     for m in ("exact", "f1")} for system in SYSTEMS}
+  if min(len(v["f1"]) for v in scores.values()) < 2:
+    return []
+  lines = ["", "Over seeds (mean ± std):", "", "| metric | " + " | ".join(SYSTEMS)
+           + " | gap | Welch p |", "|---|" + "---:|" * (len(SYSTEMS) + 2)]
+  for m in ("exact", "f1"):
+    a, b = (scores[system][m] for system in SYSTEMS)
+    cells = [f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} ({len(v)})" for v in (a, b)]
+    p_value = scipy.stats.ttest_ind(a, b, equal_var=False).pvalue
+    lines.append(f"| {m} | " + " | ".join(cells)
+                 + f" | {statistics.mean(a) - statistics.mean(b):+.2f} | {p_value:.2f} |")
+  return lines
+
+
 def report() -> str:
   rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
   order = lambda r: (list(SETTINGS).index(r["setting"]), SYSTEMS.index(r["system"]), r["seed"])
@@ -185,6 +205,7 @@ def report() -> str:
                f"{100 * r['scores'][m]:.2f}" for m in metrics]
       lines.append(f"| {r['system']} | {r['seed']} | {r['steps']} | " + " | ".join(cells)
                    + f" | {r['eval_loss']:.4f} | {r['train_seconds']:.0f} |")
+    lines += _seed_summary(done)
     logged = sorted(set.intersection(*({int(s) for s in r["train_loss"]} for r in done)))
     shown = logged[1::2] if len(logged) > 4 else logged
     if not shown:
