@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -616,27 +617,17 @@ class StreamedTrainBatches:
 
   def _chunks(self) -> Iterator[EncodedSplit]:
     """Tokenised chunks of the stream, pass after pass."""
-    fields = tuple(self.task_cfg.text_fields)
-    for index in range(2**31):
-      rows, produced = [], False
-      for row in self._pass(index):
-        rows.append(row)
-        if len(rows) == self.chunk_texts:
-          chunk = self._encode(rows, fields, index)
-          produced |= len(chunk) > 0
-          yield chunk
-          rows = []
-      if rows:
-        chunk = self._encode(rows, fields, index)
+    for index in itertools.count():
+      texts, produced = self._pass(index), False
+      while rows := list(itertools.islice(texts, self.chunk_texts)):
+        chunk = self._encode(rows, index)
         produced |= len(chunk) > 0
         yield chunk
       if not produced:
         raise DataError(f"{self.where}: no training row in a whole pass over the stream")
 
-  def _encode(self, rows: list[dict], fields: tuple[str, ...], index: int) -> EncodedSplit:
-    dataset = datasets.Dataset.from_list(rows)
-    where = f"{self.where}, pass {index}"
-    _check_fields(dataset, fields, where)
+  def _encode(self, rows: list[dict], index: int) -> EncodedSplit:
+    dataset, where = datasets.Dataset.from_list(rows), f"{self.where}, pass {index}"
     quiet = not datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # a bar per chunk would flood the log
     try:
