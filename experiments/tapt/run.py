@@ -207,7 +207,9 @@ def main():
   RESULTS.mkdir(exist_ok=True)
   if not args.report:
     for name in args.settings:
-      if "adapted" in args.arms:
+      # The continued pretraining is needed only while an adapted fine-tuning run is missing.
+      if "adapted" in args.arms and not all(result_path(name, "adapted", s).exists()
+                                            for s in args.seeds):
         continue_pretraining(name)
       for seed in args.seeds:
         for arm in args.arms:
