@@ -32,7 +32,9 @@ DATA_DIR = pathlib.Path(os.environ["RESEARCH_DATA_DIR"])
 def pytest_xdist_auto_num_workers(config):
   """`-n auto` (pyproject.toml): one worker per core this process may use, at most 4 — each
   worker runs 4 virtual devices and some tests start 2 processes of their own."""
-  return max(1, min(len(os.sched_getaffinity(0)), 4))
+  cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")  # not on macOS
+           else os.cpu_count() or 1)
+  return max(1, min(cores, 4))
 
 
 def require_data(name: str) -> pathlib.Path:
