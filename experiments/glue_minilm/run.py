@@ -65,7 +65,7 @@ PLAN = {
 PUBLISHED = {"sst2": "91.5", "cola": "47.5", "mrpc": "88.9", "rte": "68.8"}
 
 
-SMOKE_EXAMPLES = 0  # --smoke: train on this many examples only (a check of the code paths)
+SMOKE_EXAMPLES = 0  # --smoke: this many examples, one epoch (a check of the code paths)
 
 
 def task_config(task: str, seed: int, epochs: float):
@@ -364,7 +364,7 @@ def train_loss_curve(workdir: pathlib.Path) -> dict[str, float]:
 
 
 def run_one(task: str, system: str, seed: int) -> None:
-  epochs = PLAN[task][0]
+  epochs = 1 if SMOKE_EXAMPLES else PLAN[task][0]
   workdir = RUNS / task / f"{system}_seed{seed}"
   workdir.mkdir(parents=True, exist_ok=True)
   print(f"== {task} {system} seed {seed} ({epochs} epochs) in {workdir}", flush=True)
@@ -511,7 +511,8 @@ def main() -> None:
   parser.add_argument("--seeds", nargs="*", type=int, default=None,
                       help="these seeds instead of the plan's (may go beyond it)")
   parser.add_argument("--smoke", type=pathlib.Path, default=None,
-                      help="check the code paths: 64 examples, results and runs in this folder")
+                      help="check the code paths: 64 examples, one epoch, results and runs in "
+                           "this folder")
   args = parser.parse_args()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   if args.smoke:
