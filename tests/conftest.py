@@ -20,9 +20,11 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Tests compile the same small steps many times: reuse them across tests and test runs.
+# Tests compile the same small steps many times: reuse them across tests and test runs, the
+# small programs too (JAX caches only those that took a second to compile unless told).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "research-tests-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 
@@ -35,6 +37,17 @@ def pytest_xdist_auto_num_workers(config):
   cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")  # not on macOS
            else os.cpu_count() or 1)
   return max(1, min(cores, 4))
+
+
+# The longest test files, longest first: xdist hands out files in collection order, and one
+# of these started last keeps a worker busy long after the other has finished.
+LONGEST_FIRST = ("test_relations.py", "test_e2e_sst2.py", "test_distributed.py",
+                 "test_tasks.py", "test_reliability.py", "test_train.py", "test_parallel.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
 
 
 def require_data(name: str) -> pathlib.Path:

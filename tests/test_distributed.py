@@ -166,28 +166,17 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(two_proce
     assert "jax.distributed: process 0 of 2 (SLURM (2 tasks))" in launch.output(0)
 
 
-def test_both_processes_killed_then_restarted_end_as_the_uninterrupted_run(
+def test_sigterm_during_evaluation_then_kill_9_then_restart_end_as_the_uninterrupted_run(
     two_process_runs, tmp_path):
-  reference = two_process_runs["pmap"][0]
-  workdir, marker = tmp_path / "run", tmp_path / "paused"
-  launch = Launch(workdir, "pmap", pause=f"step:8:{marker}")
-  _wait_for([f"{marker}.0", f"{marker}.1"])
-  launch.signal(signal.SIGKILL)
-  assert launch.wait() == [-signal.SIGKILL] * 2
-  assert final_state(workdir)[0] == 5  # checkpoints every 5 steps
-  assert Launch(workdir, "pmap").wait() == [0, 0]
-  assert _max_difference(final_state(workdir)[1], final_state(reference)[1]) == 0
-  assert train_losses(workdir) == train_losses(reference)  # recomputed, no duplicates
-  _assert_written_once(workdir)
-
-
-def test_sigterm_to_one_process_during_evaluation_stops_both_after_it(two_process_runs,
-                                                                      tmp_path):
+  """A preempted job, requeued, then killed: SIGTERM to one process while step 12 is evaluated
+  (say, a maintenance event on one host) stops both after that evaluation, at its checkpoint,
+  with the documented exit code; the same command resumes, both processes are killed -9 at
+  step 18, and once restarted the run ends as the uninterrupted one, bit for bit."""
   reference = two_process_runs["pmap"][0]
   workdir, marker = tmp_path / "run", tmp_path / "paused"
   launch = Launch(workdir, "pmap", pause=f"eval:12:{marker}")
   _wait_for([f"{marker}.0", f"{marker}.1"])
-  launch.signal(signal.SIGTERM, which=[1])  # say, a maintenance event on one host
+  launch.signal(signal.SIGTERM, which=[1])
   pathlib.Path(f"{marker}.release").touch()
   assert launch.wait() == [train.EXIT_INTERRUPTED] * 2
   for i in (0, 1):
@@ -198,16 +187,23 @@ def test_sigterm_to_one_process_during_evaluation_stops_both_after_it(two_proces
   assert (workdir / "eval" / "validation_step12.json").exists()
   assert not (workdir / "results.json").exists()
   # The checkpoint also resumes in one process over the same 4 devices (within the tolerance
-  # of the all-reduce order) ...
+  # of the all-reduce order).
   shutil.copytree(workdir, tmp_path / "in_one_process")
   train.train_and_evaluate(tiny_config(**OVERRIDES, **{"parallel.backend": "pmap"}),
                            tmp_path / "in_one_process")
   assert _max_difference(final_state(tmp_path / "in_one_process")[1],
                          final_state(reference)[1]) < 1e-6
-  # ... and in two processes, as the uninterrupted run, bit for bit.
+  # Requeued: the same command resumes in two processes; both are killed -9 at step 18 and
+  # the run goes back to the checkpoint of step 15 (checkpoints every 5 steps).
+  killed = tmp_path / "killed"
+  launch = Launch(workdir, "pmap", pause=f"step:18:{killed}")
+  _wait_for([f"{killed}.0", f"{killed}.1"])
+  launch.signal(signal.SIGKILL)
+  assert launch.wait() == [-signal.SIGKILL] * 2
+  assert final_state(workdir)[0] == 15
   assert Launch(workdir, "pmap").wait() == [0, 0]
   assert _max_difference(final_state(workdir)[1], final_state(reference)[1]) == 0
-  assert train_losses(workdir) == train_losses(reference)
+  assert train_losses(workdir) == train_losses(reference)  # recomputed, no duplicates
   resumed = json.loads((workdir / "results.json").read_text())
   uninterrupted = json.loads((reference / "results.json").read_text())
   assert resumed["final"] == uninterrupted["final"]

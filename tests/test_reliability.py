@@ -218,16 +218,20 @@ def test_an_explicit_dataset_folder_wins_over_research_data_dir(tmp_path):
 # ---- damaged checkpoints -------------------------------------------------------------------------
 
 
-def _crashed_run(workdir, monkeypatch, crash_step=13):
-  """A run that crashed while building batch 13: checkpoints at steps 10 and 12."""
+@pytest.fixture(scope="module")
+def crashed_run(tmp_path_factory):
+  """A run that crashed while building batch 13: checkpoints at steps 10 and 12. Each test
+  damages a copy of it (`_copy`)."""
+  require_data("sst2")  # module fixtures come before the autouse skip
+  workdir = tmp_path_factory.mktemp("crashed")
   original = input_pipeline.TrainBatches.batch
 
   def batch(self, step, *args):
-    if step == crash_step:
+    if step == 13:
       raise RuntimeError("crash")
     return original(self, step, *args)
 
-  with monkeypatch.context() as patch:
+  with pytest.MonkeyPatch.context() as patch:
     patch.setattr(input_pipeline.TrainBatches, "batch", batch)
     with pytest.raises(RuntimeError, match="crash"):
       train.train_and_evaluate(tiny_config(), workdir)
@@ -235,6 +239,12 @@ def _crashed_run(workdir, monkeypatch, crash_step=13):
   steps = ckpts._latest.all_steps()
   ckpts.close()
   assert sorted(steps) == [10, 12]
+  return workdir
+
+
+def _copy(workdir: pathlib.Path, to: pathlib.Path) -> pathlib.Path:
+  shutil.copytree(workdir, to, dirs_exist_ok=True)
+  return to
 
 
 def _largest_file(folder: pathlib.Path) -> pathlib.Path:
@@ -254,10 +264,10 @@ def _damage(path: pathlib.Path, how: str):
 
 
 @pytest.mark.parametrize("how", ["truncated", "garbage", "overwritten"])
-def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(reference_run, tmp_path,
-                                                                  monkeypatch, caplog, how):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(reference_run, crashed_run,
+                                                                  tmp_path, caplog, how):
   reference_dir, _, _ = reference_run
-  _crashed_run(tmp_path, monkeypatch)
+  _copy(crashed_run, tmp_path)
   _damage(_largest_file(tmp_path / "checkpoints" / "12"), how)
   with caplog.at_level("WARNING"):
     train.train_and_evaluate(tiny_config(), tmp_path)
@@ -267,8 +277,8 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(reference_run,
   _assert_same_run(tmp_path, reference_dir)
 
 
-def test_no_intact_checkpoint_is_an_error_not_a_fresh_start(tmp_path, monkeypatch):
-  _crashed_run(tmp_path, monkeypatch)
+def test_no_intact_checkpoint_is_an_error_not_a_fresh_start(crashed_run, tmp_path):
+  _copy(crashed_run, tmp_path)
   for step in (10, 12):
     _damage(_largest_file(tmp_path / "checkpoints" / str(step)), "garbage")
   result = _tiny_cli(tmp_path)
