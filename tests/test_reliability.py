@@ -221,7 +221,7 @@ def test_an_explicit_dataset_folder_wins_over_research_data_dir(tmp_path):
 @pytest.fixture(scope="module")
 def crashed_run(tmp_path_factory):
   """A run that crashed while building batch 13: checkpoints at steps 10 and 12. Each test
-  damages a copy of it (`_copy`)."""
+  damages a copy of it."""
   require_data("sst2")  # module fixtures come before the autouse skip
   workdir = tmp_path_factory.mktemp("crashed")
   original = input_pipeline.TrainBatches.batch
@@ -240,11 +240,6 @@ def crashed_run(tmp_path_factory):
   ckpts.close()
   assert sorted(steps) == [10, 12]
   return workdir
-
-
-def _copy(workdir: pathlib.Path, to: pathlib.Path) -> pathlib.Path:
-  shutil.copytree(workdir, to, dirs_exist_ok=True)
-  return to
 
 
 def _largest_file(folder: pathlib.Path) -> pathlib.Path:
@@ -267,7 +262,7 @@ def _damage(path: pathlib.Path, how: str):
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(reference_run, crashed_run,
                                                                   tmp_path, caplog, how):
   reference_dir, _, _ = reference_run
-  _copy(crashed_run, tmp_path)
+  shutil.copytree(crashed_run, tmp_path, dirs_exist_ok=True)
   _damage(_largest_file(tmp_path / "checkpoints" / "12"), how)
   with caplog.at_level("WARNING"):
     train.train_and_evaluate(tiny_config(), tmp_path)
@@ -278,7 +273,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(reference_run,
 
 
 def test_no_intact_checkpoint_is_an_error_not_a_fresh_start(crashed_run, tmp_path):
-  _copy(crashed_run, tmp_path)
+  shutil.copytree(crashed_run, tmp_path, dirs_exist_ok=True)
   for step in (10, 12):
     _damage(_largest_file(tmp_path / "checkpoints" / str(step)), "garbage")
   result = _tiny_cli(tmp_path)
