@@ -41,8 +41,8 @@ def pytest_xdist_auto_num_workers(config):
 
 # The longest test files, longest first: xdist hands out files in collection order, and one
 # of these started last keeps a worker busy long after the other has finished.
-LONGEST_FIRST = ("test_relations.py", "test_e2e_sst2.py", "test_distributed.py",
-                 "test_tasks.py", "test_reliability.py", "test_train.py", "test_parallel.py")
+LONGEST_FIRST = ("test_reliability.py", "test_distributed.py", "test_parallel.py",
+                 "test_train.py", "test_bench.py", "test_mlm.py", "test_reference_training.py")
 
 
 def pytest_collection_modifyitems(items):

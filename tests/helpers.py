@@ -84,14 +84,20 @@ def assert_same_params(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def glue_runner():
-  """experiments/glue_minilm/run.py as a module (it is a script, not a package)."""
-  if "glue_minilm_run" not in sys.modules:
-    path = pathlib.Path(__file__).resolve().parents[1] / "experiments/glue_minilm/run.py"
-    spec = importlib.util.spec_from_file_location("glue_minilm_run", path)
-    sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
+def experiment_script(relative_path: str):
+  """An experiment's run.py (a script, not a package) as a module, loaded once."""
+  name = relative_path.replace("/", "_").removesuffix(".py")
+  if name not in sys.modules:
+    path = pathlib.Path(__file__).resolve().parents[1] / relative_path
+    spec = importlib.util.spec_from_file_location(name, path)
+    sys.modules[name] = module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-  return sys.modules["glue_minilm_run"]
+  return sys.modules[name]
+
+
+def glue_runner():
+  """experiments/glue_minilm/run.py as a module."""
+  return experiment_script("experiments/glue_minilm/run.py")
 
 
 def get_config(arg=None):

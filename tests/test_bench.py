@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, require_data
-from research import bench, steps, tasks
+from research import bench, tasks
 from research.models import bert
 
 TINY = bert.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2,
@@ -50,10 +50,10 @@ def test_executed_flops_match_xla_cost_analysis():
 
 def test_quick_benchmark_prints_a_complete_table(tmp_path):
   require_data("sst2")  # the input-pipeline rates and --e2e read SST-2
-  # --e2e on 64 sentences, scored on 64 dev sentences: the one-epoch comparison's code paths
-  # (both systems, dev accuracy).
+  # --e2e on 32 sentences (one step), scored on 32 dev sentences: the one-epoch comparison's
+  # code paths (both systems, dev accuracy).
   result = subprocess.run([sys.executable, "-m", "research.bench", "--quick", "--e2e",
-                           "--e2e-examples", "64", "--e2e-eval-examples", "64",
+                           "--e2e-examples", "32", "--e2e-eval-examples", "32",
                            "--out", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -71,12 +71,12 @@ def test_quick_benchmark_prints_a_complete_table(tmp_path):
   assert pipeline["padding_grouped_buckets"] < pipeline["padding_random_buckets"]
   assert "Input pipeline" in table
   e2e = data["e2e"]
-  assert e2e["train_examples"] == e2e["eval_examples"] == 64
+  assert e2e["train_examples"] == e2e["eval_examples"] == 32
   for system in ("ours", "reference"):
     assert e2e[system]["wall_s"] > 0 and e2e[system]["examples_per_s"] > 0, system
     assert 0.0 < e2e[system]["accuracy"] < 1.0, system
   assert "Wall-time ratio ours/PyTorch" in table
-  assert "then the first 64 dev sentences:" in table
+  assert "then the first 32 dev sentences:" in table
 
 
 def test_bfloat16_benchmark_measures_against_the_bfloat16_peak(monkeypatch, tmp_path):

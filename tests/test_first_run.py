@@ -3,7 +3,6 @@ config files checked as overrides are, and the run record that traces a result b
 
 import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys

@@ -4,7 +4,6 @@ transformers' BertForMaskedLM, training, resume, export, and fine-tuning the res
 import json
 import logging
 import os
-import pathlib
 import signal
 
 import datasets

@@ -1,7 +1,6 @@
 """PEFT through the param tree: what trains, what stays bit-identical, LoRA's algebra; and
 layer-wise learning-rate decay and early stopping."""
 
-import json
 
 import flax.linen as nn
 import jax
@@ -16,7 +15,7 @@ from flax import traverse_util
 from conftest import require_data
 from helpers import tiny_config
 from research import evaluation, inference, optim, peft, tasks, train
-from research.models import bert, hf_io
+from research.models import hf_io
 
 
 def _peft(**kw):
