@@ -1,6 +1,7 @@
 """Sources, tokenisation, batching order and the every-example-once evaluation."""
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,35 @@ def _data(dataset, **kw):
 def _sst2(tokenizer, n=100):
   require_data("sst2")
   return ip.load_encoded(_data("", local_name="sst2"), _task(), tokenizer, "train", limit=n)
+
+
+def test_a_cached_tokenisation_is_reused_only_by_the_same_tokenizer_and_arguments(tmp_path):
+  """`datasets` caches each `map` under a fingerprint we compute (its own pickles the whole
+  tokenizer, most of a small split's encoding time): the same tokenizer and arguments reuse
+  the cached result; another max_length or a tokenizer with one token more do not."""
+  path = tmp_path / "train.jsonl"
+  path.write_text("".join(json.dumps({"sentence": f"a zorblax film number {i}", "label": i % 2})
+                          + "\n" for i in range(20)))
+  rows = ip.read_file(path)
+  # A file-backed dataset: `map` results are cached beside its arrow file.
+  folder = pathlib.Path(rows.cache_files[0]["filename"]).parent
+  cached = lambda: sorted(p.name for p in folder.glob("cache-*.arrow"))  # noqa: E731
+  embedded = hf_io.embedded_checkpoint_dir()
+  first = ip.encode(rows, ip.load_tokenizer(embedded), _task(), 16, "t")
+  files = cached()
+  assert len(files) == 1
+  # Each call as a new run makes it: the split read again, the tokenizer loaded again.
+  again = ip.encode(ip.read_file(path), ip.load_tokenizer(embedded), _task(), 16, "t")
+  assert cached() == files  # reused, not tokenised again
+  np.testing.assert_array_equal(again.input_ids, first.input_ids)
+  shorter = ip.encode(ip.read_file(path), ip.load_tokenizer(embedded), _task(), 4, "t")
+  assert shorter.lengths.max() == 4 < first.lengths.max()
+  grown = ip.load_tokenizer(embedded)
+  assert grown.add_tokens(["zorblax"]) == 1  # a word the vocabulary splits
+  with_token = ip.encode(ip.read_file(path), grown, _task(), 16, "t")
+  assert (with_token.input_ids == len(grown) - 1).sum() == 20  # the new id, once per row
+  assert len(cached()) == 3
+  assert (first.input_ids == len(grown) - 1).sum() == 0
 
 
 # ---- sources -----------------------------------------------------------------------------

@@ -327,6 +327,33 @@ def _scores(values: list, where: str) -> np.ndarray:
   return np.asarray(values, np.float32)
 
 
+# This file's code: a tokenised split cached by `datasets` is reused only by the code that made it.
+_CODE_DIGEST = hashlib.sha256(pathlib.Path(__file__).read_bytes()).hexdigest()
+
+
+def tokenizer_digest(tokenizer) -> str:
+  """A hash of everything that decides what a fast tokenizer returns: its backend (vocabulary,
+  normaliser, pre-tokeniser with add_prefix_space, post-processor, added tokens such as entity
+  markers), the Python-side settings a call reads, and the two libraries' versions."""
+  import tokenizers
+  import transformers
+  state = {"backend": tokenizer.backend_tokenizer.to_str(), "class": type(tokenizer).__name__,
+           "inputs": list(tokenizer.model_input_names),
+           "sides": [tokenizer.truncation_side, tokenizer.padding_side],
+           "versions": [transformers.__version__, tokenizers.__version__]}
+  return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+
+def _map_fingerprint(dataset: datasets.Dataset, tokenizer, *arguments) -> str:
+  """The fingerprint of `dataset.map(tokenize)`, the key of its cached result: the input's
+  fingerprint, the tokenizer's digest, this file's code and the call's `arguments`. Left to
+  itself, `datasets` pickles the closure, the whole tokenizer included, on every `map`: most
+  of the time a small split takes to encode."""
+  from datasets.fingerprint import Hasher
+  return Hasher.hash([dataset._fingerprint, tokenizer_digest(tokenizer), _CODE_DIGEST,
+                      *arguments])
+
+
 def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, where: str,
            labelled: bool = True) -> EncodedSplit:
   """Tokenises a split with a batched `map` and packs it into matrices.
@@ -365,7 +392,10 @@ def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, wher
   encoded = dataset.map(tokenize, batched=True, batch_size=1000,
                         remove_columns=[c for c in dataset.column_names
                                         if c != task_cfg.label_field],
-                        desc=f"tokenising {where}")
+                        desc=f"tokenising {where}",
+                        new_fingerprint=_map_fingerprint(dataset, tokenizer, "encode", fields,
+                                                         task_cfg.label_field, max_length,
+                                                         token_task))
   ids = list(encoded["input_ids"])
   n = len(ids)
   lengths = np.fromiter((len(x) for x in ids), np.int32, n)
@@ -509,7 +539,9 @@ def encode_texts(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int
 
   with _transformers_errors_only():
     encoded = dataset.map(tokenize, batched=True, batch_size=1000,
-                          remove_columns=dataset.column_names, desc=f"tokenising {where}")
+                          remove_columns=dataset.column_names, desc=f"tokenising {where}",
+                          new_fingerprint=_map_fingerprint(dataset, tokenizer, "encode_texts",
+                                                           fields, line_by_line, max_length))
   ids = [np.asarray(x, np.int32) for x in encoded["input_ids"]]
   types = [np.asarray(x, np.int8) for x in encoded["token_type_ids"]]
   words, offset = [], 0
