@@ -42,7 +42,9 @@ def pytest_xdist_auto_num_workers(config):
 # The longest test files, longest first: xdist hands out files in collection order, and one
 # of these started last keeps a worker busy long after the other has finished.
 LONGEST_FIRST = ("test_reliability.py", "test_distributed.py", "test_parallel.py",
-                 "test_train.py", "test_bench.py", "test_mlm.py", "test_reference_training.py")
+                 "test_train.py", "test_bench.py", "test_mlm.py", "test_model.py",
+                 "test_first_run.py", "test_sweep.py", "test_reference_training.py",
+                 "test_peft.py", "test_relations.py")
 
 
 def pytest_collection_modifyitems(items):
