@@ -14,7 +14,7 @@ exact: the steps against transformers step by step (tests/test_reference_trainin
 heads' logits (tests/test_families.py), the metrics against seqeval, scikit-learn and the
 official SemEval scorer.
 
-Each check runs in runs/learning/<check> (a finished run there is scored again, not retrained:
+Each check runs in runs/learning/<check> (a finished run there is read back, not retrained:
 pass --workdir to a new folder to retrain) and writes results/<check>.json (committed: the
 metrics, the thresholds, pass or fail, steps and seconds). Exit status 1 when a check fails.
 """
@@ -121,6 +121,7 @@ CHECKS = {
 def run(name: str, workdir: pathlib.Path) -> dict:
   from research import train
   check = CHECKS[name]
+  trained = not (workdir / name / "results.json").exists()  # else read back: no wall time
   start = time.perf_counter()
   summary = train.train_and_evaluate(check.config(), workdir / name)
   final = summary["final"]
@@ -137,7 +138,8 @@ def run(name: str, workdir: pathlib.Path) -> dict:
       failures.append("the per-label report misses a label")
   return {"check": name, "passed": not failures, "failures": failures, "step": final["step"],
           "validation": dev, "bars": {m: f"{op} {bar}" for m, (op, bar) in check.bars.items()},
-          "baseline": check.baseline, "wall_seconds": round(time.perf_counter() - start, 1),
+          "baseline": check.baseline,
+          "wall_seconds": round(time.perf_counter() - start, 1) if trained else None,
           "date": time.strftime("%Y-%m-%d")}
 
 
@@ -156,7 +158,8 @@ def report() -> str:
     bars = ", ".join(f"{m} {bar}" for m, bar in r["bars"].items())
     lines.append(f"| {name} | {r['step']} | {metrics} | {bars} | {r['baseline']} | "
                  f"{'yes' if r['passed'] else 'NO: ' + '; '.join(r['failures'])} | "
-                 f"{r['wall_seconds']:.0f} | {r['date']} |")
+                 f"{'–' if r['wall_seconds'] is None else round(r['wall_seconds'])} | "
+                 f"{r['date']} |")
   return "\n".join(lines) + "\n"
 
 
