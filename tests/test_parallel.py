@@ -37,8 +37,14 @@ DROPOUT_CONFIG = dataclasses.replace(CONFIG, hidden_dropout_prob=0.1,
                                      attention_probs_dropout_prob=0.1)
 
 
-@functools.cache  # read-only: the runs copy the state onto their devices
 def _setup(kind="classification", seed=0, config=CONFIG):
+  """(model, tx, schedule, state, batch) of a test case, built once per file however the
+  arguments are spelt (read-only: the runs copy the state onto their devices)."""
+  return _built_setup(kind, seed, config)
+
+
+@functools.cache
+def _built_setup(kind, seed, config):
   rng = np.random.default_rng(seed)
   lengths = rng.integers(3, LENGTH + 1, BATCH)
   mask = (np.arange(LENGTH) < lengths[:, None]).astype(np.int32)

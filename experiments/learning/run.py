@@ -6,7 +6,7 @@ r"""Learning checks: the embedded MiniLM learns each task family from a slice of
 
 Each check trains the embedded all-MiniLM-L6-v2 on a slice of the workplace data
 ($RESEARCH_DATA_DIR) for one short epoch and asserts a score far above the task's trivial
-baseline and close to what the code reaches (THRESHOLDS): a regression in the data, the loss,
+baseline and close to what the code reaches (`CHECKS`): a regression in the data, the loss,
 the heads or the metrics of one family fails its check. They were tests of the suite until the
 suite had to fit ~15 minutes on 2 cores; they take minutes each, so they run here, after a
 change to training code and before results are reported. The suite keeps what is cheap and
@@ -178,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
       result = run(name, args.workdir)
       (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
       logging.info("check %s: %s", name, "passed" if result["passed"] else result["failures"])
-  (HERE / "results.md").write_text(report())
-  print(report())
+  table = report()
+  (HERE / "results.md").write_text(table)
+  print(table)
   failed = [name for name in args.checks
             if (RESULTS / f"{name}.json").exists()
             and not json.loads((RESULTS / f"{name}.json").read_text())["passed"]]
