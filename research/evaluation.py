@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from research import metrics, squad, tasks, writers
+from research import metrics, squad, writers
 from research.data import input_pipeline
 from research.parallel import DataParallel
 

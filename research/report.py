@@ -226,7 +226,7 @@ def write_tables(sweep_dir: pathlib.Path, rows, facts) -> str:
     summary += "\n" + "\n".join(f"{line}  " for line in facts["code"]) + "\n"
   for warning in facts["warnings"]:
     summary += f"\n**Warning:** {warning}.\n"
-  (sweep_dir / "results.md").write_text(f"# Sweep results\n\n" + text + summary)
+  (sweep_dir / "results.md").write_text("# Sweep results\n\n" + text + summary)
   (sweep_dir / "results.csv").write_text("\n".join(csv) + "\n")
   return text + summary
 

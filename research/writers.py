@@ -157,8 +157,7 @@ class MetricWriter:
       # A resumed run is the same W&B run; its server refuses (with a warning per call) steps
       # below the one after its last: those were logged, with the same values, before the stop.
       self._wandb_first_step = self._wandb.starting_step
-    from tensorboardX import SummaryWriter
-    self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
+    self._tb = _TensorBoard(workdir / "tensorboard", purge_step=resume_step + 1)
 
   def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
     """Scalars, tagged `<split>/<name>` in TensorBoard and W&B, and one JSON line."""
@@ -167,9 +166,7 @@ class MetricWriter:
     scalars = {k: _scalar(v) for k, v in metrics.items()}
     with self.path.open("a") as f:
       f.write(json.dumps({"step": step, "split": split, **scalars}) + "\n")
-    for name, value in scalars.items():
-      self._tb.add_scalar(f"{split}/{name}", value, step)
-    self._tb.flush()
+    self._tb.write(step, {f"{split}/{name}": value for name, value in scalars.items()})
     if self._wandb is not None and step >= self._wandb_first_step:
       self._wandb.log({f"{split}/{name}": value for name, value in scalars.items()}, step=step)
 
@@ -185,6 +182,32 @@ class MetricWriter:
     if self._wandb is not None:
       self._wandb.finish()
       self._wandb = None
+
+
+class _TensorBoard:
+  """Scalars in a TensorBoard event file, written by `tensorboard`'s own writer (tensorboardX
+  imports torch when it is installed: seconds at every start of a run).
+
+  A resumed run starts its file with a SessionLog START at `purge_step`: TensorBoard then
+  drops the steps from there on that earlier files of the folder hold."""
+
+  def __init__(self, folder: pathlib.Path, *, purge_step: int):
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+    self._file = EventFileWriter(str(folder))
+    self._file.add_event(self._event(
+        wall_time=time.time(), step=purge_step,
+        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    values = [self._summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]
+    self._file.add_event(self._event(wall_time=time.time(), step=step,
+                                     summary=self._summary(value=values)))
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
 
 
 def _start_wandb(workdir: pathlib.Path, project: str, config: dict | None):

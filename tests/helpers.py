@@ -75,6 +75,27 @@ def final_state(workdir: pathlib.Path, *, best: bool = False, metric: str = "acc
     ckpts.close()
 
 
+def jsonl_history(workdir: pathlib.Path) -> dict[int, dict]:
+  """metrics.jsonl as {step: {"<split>/<name>": value}}, the rows W&B and TensorBoard show."""
+  history = {}
+  for line in (workdir / "metrics.jsonl").read_text().splitlines():
+    row = json.loads(line)
+    step, split = row.pop("step"), row.pop("split")
+    history.setdefault(step, {}).update({f"{split}/{k}": v for k, v in row.items()})
+  return history
+
+
+def write_steps(writer, steps, scale: float = 1.0):
+  """Metrics of `steps` through a `writers.MetricWriter`: train rows, and eval rows on even
+  steps; `scale` changes the values (a recomputed step that differs)."""
+  for step in steps:
+    writer.write(step, "train", {"loss": np.float32(scale / step),
+                                 "learning_rate": 1e-3 * step})
+    if step % 2 == 0:
+      writer.write(step, "eval", {"accuracy": np.float64(0.5 + scale * step / 100),
+                                  "examples": 50})
+
+
 def assert_same_params(a, b):
   """Two train states hold bit-identical parameters."""
   import jax

@@ -10,6 +10,7 @@ RoBERTa, SentencePiece Unigram for XLM-R, WordPiece for ELECTRA). Shapes are tin
 
 import dataclasses
 import json
+import shutil
 
 import datasets
 import jax
@@ -207,6 +208,33 @@ def _pairs():
   n = len(lines) - 1
   return datasets.Dataset.from_dict({"sentence1": lines[:n], "sentence2": lines[1:],
                                      "label": [i % NUM_LABELS for i in range(n)]})
+
+
+def test_tokenizers_load_as_auto_tokenizer_loads_them(checkpoints, tmp_path):
+  """`load_tokenizer` names a family's class itself (AutoTokenizer imports torch): the class
+  transformers registers for the family, and the tokenizer AutoTokenizer loads."""
+  registered = transformers.models.auto.tokenization_auto.TOKENIZER_MAPPING_NAMES
+  assert input_pipeline.FAMILY_TOKENIZERS == {
+      family: registered[family].removesuffix("Fast") for family in input_pipeline.FAMILY_TOKENIZERS}
+  # A checkpoint whose tokenizer_config.json names another family's class: AutoTokenizer
+  # decides (it loads the class registered for config.json's model_type).
+  mismatched = tmp_path / "roberta_declared_as_bert"
+  shutil.copytree(checkpoints["roberta"], mismatched)
+  settings = json.loads((mismatched / "tokenizer_config.json").read_text())
+  (mismatched / "tokenizer_config.json").write_text(
+      json.dumps({**settings, "tokenizer_class": "BertTokenizerFast"}))
+  direct = 0
+  for path in (hf_io.embedded_checkpoint_dir(), *checkpoints.values(), mismatched):
+    ours = input_pipeline.load_tokenizer(path)
+    auto = transformers.AutoTokenizer.from_pretrained(str(path))
+    direct += input_pipeline._family_tokenizer_class(path) is not None
+    assert type(ours) is type(auto), path
+    assert ours.backend_tokenizer.to_str() == auto.backend_tokenizer.to_str(), path
+    assert ours.special_tokens_map == auto.special_tokens_map, path
+    texts = FAMILY_TEXT.splitlines()[:4]
+    expected = auto(texts[:2], texts[2:])
+    assert {k: ours(texts[:2], texts[2:])[k] for k in expected} == dict(expected), path
+  assert direct == 4 and input_pipeline._family_tokenizer_class(mismatched) is None
 
 
 PAIRS_TASK = ml_collections.ConfigDict(dict(

@@ -1023,13 +1023,39 @@ def data_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   return changes
 
 
+# The tokenizer class `AutoTokenizer` chooses for each model family we train (transformers'
+# TOKENIZER_MAPPING_NAMES; tests/test_families.py checks that they agree).
+FAMILY_TOKENIZERS = {"bert": "BertTokenizer", "roberta": "RobertaTokenizer",
+                     "xlm-roberta": "XLMRobertaTokenizer", "electra": "BertTokenizer"}
+
+
+def _family_tokenizer_class(path: pathlib.Path):
+  """The class `AutoTokenizer` would load `path` with, when that is certain without asking it:
+  a checkpoint directory of one of our families whose tokenizer_config.json declares that
+  family's class (no custom code). `AutoTokenizer` imports transformers' configuration module
+  and torch with it, seconds at every start of a run; otherwise None, and it decides."""
+  try:
+    declared = json.loads((path / "tokenizer_config.json").read_text())
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+  except (OSError, ValueError, AttributeError):
+    return None
+  name = FAMILY_TOKENIZERS.get(model_type)
+  if (name is None or "auto_map" in declared
+      or str(declared.get("tokenizer_class")).removesuffix("Fast") != name):
+    return None
+  import transformers
+  return getattr(transformers, name)
+
+
 def load_tokenizer(path: str | os.PathLike, **kwargs):
-  """The fast tokenizer of a model directory (WordPiece, byte-level BPE or SentencePiece, as
-  `AutoTokenizer` finds it; `kwargs` go to `from_pretrained`). One whose model has no token
-  types (RoBERTa's, XLM-R's) still returns `token_type_ids`, all 0, so that every family's
-  splits and batches have the same fields."""
-  from transformers import AutoTokenizer
-  tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+  """The fast tokenizer of a model directory (WordPiece, byte-level BPE or SentencePiece, of
+  the class `AutoTokenizer` finds; `kwargs` go to `from_pretrained`). One whose model has no
+  token types (RoBERTa's, XLM-R's) still returns `token_type_ids`, all 0, so that every
+  family's splits and batches have the same fields."""
+  tokenizer_class = _family_tokenizer_class(pathlib.Path(path))
+  if tokenizer_class is None:
+    from transformers import AutoTokenizer as tokenizer_class
+  tokenizer = tokenizer_class.from_pretrained(str(path), **kwargs)
   if not tokenizer.is_fast:
     raise DataError(f"the tokenizer in {path} is not a fast tokenizer (no tokenizer.json?)")
   if "token_type_ids" not in tokenizer.model_input_names:
