@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from research import (checkpoints, config_lib, evaluation, metrics, optim, peft, run_record,
                       steps, tasks, writers)
@@ -159,20 +160,33 @@ def init_inputs(model) -> tuple[jax.Array, ...]:
 
 
 def init_params(setup: ModelSetup, rng: jax.Array) -> Any:
-  """Fresh parameters from `rng`, then the checkpoint's encoder weights over them (host numpy)."""
+  """Fresh parameters from `rng`, then the checkpoint's encoder weights over them (host numpy).
+
+  With a checkpoint, only the leaves it does not overwrite are computed (`hf_io.
+  initialised_leaves`): the same values as a whole init, whose encoder would cost seconds of
+  compilation to be thrown away."""
   inputs = init_inputs(setup.model)
-  params = jax.jit(lambda r: setup.model.init(r, *inputs)["params"])(rng)
-  params = jax.tree.map(np.asarray, params)
-  if setup.checkpoint_dir is not None:
-    state = hf_io.grow_vocabulary(hf_io.read_state_dict(setup.checkpoint_dir), params)
-    # A masked LM continues the checkpoint's own LM head when it has one (BertForMaskedLM,
-    # BertForPreTraining); a task head always starts fresh.
-    lm_head = isinstance(setup.model, bert.BertForMaskedLM) and hf_io.has_lm_head(state)
-    if isinstance(setup.model, bert.BertForMaskedLM) and not lm_head:
-      logging.info("the checkpoint has no masked-LM head (cls.predictions.*): it starts "
-                   "freshly initialised")
-    params = hf_io.params_from_state_dict(state, params, load_head=lm_head)
-  return params
+
+  def init(r):
+    return setup.model.init(r, *inputs)["params"]
+
+  if setup.checkpoint_dir is None:
+    return jax.tree.map(np.asarray, jax.jit(init)(rng))
+  state = hf_io.read_state_dict(setup.checkpoint_dir)
+  # A masked LM continues the checkpoint's own LM head when it has one (BertForMaskedLM,
+  # BertForPreTraining); a task head always starts fresh.
+  lm_head = isinstance(setup.model, bert.BertForMaskedLM) and hf_io.has_lm_head(state)
+  if isinstance(setup.model, bert.BertForMaskedLM) and not lm_head:
+    logging.info("the checkpoint has no masked-LM head (cls.predictions.*): it starts "
+                 "freshly initialised")
+  shapes = traverse_util.flatten_dict(jax.eval_shape(init, rng))
+  used = sorted(hf_io.initialised_leaves(state, traverse_util.unflatten_dict(shapes),
+                                         load_head=lm_head))
+  values = jax.jit(lambda r: [traverse_util.flatten_dict(init(r))[path] for path in used])(rng)
+  params = traverse_util.unflatten_dict({**shapes, **{
+      path: np.asarray(value) for path, value in zip(used, values)}})
+  state = hf_io.grow_vocabulary(state, params)
+  return hf_io.params_from_state_dict(state, params, load_head=lm_head)
 
 
 ################################################################################

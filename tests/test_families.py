@@ -215,7 +215,8 @@ def test_tokenizers_load_as_auto_tokenizer_loads_them(checkpoints, tmp_path):
   transformers registers for the family, and the tokenizer AutoTokenizer loads."""
   registered = transformers.models.auto.tokenization_auto.TOKENIZER_MAPPING_NAMES
   assert input_pipeline.FAMILY_TOKENIZERS == {
-      family: registered[family].removesuffix("Fast") for family in input_pipeline.FAMILY_TOKENIZERS}
+      family: registered[family].removesuffix("Fast")
+      for family in input_pipeline.FAMILY_TOKENIZERS}
   # A checkpoint whose tokenizer_config.json names another family's class: AutoTokenizer
   # decides (it loads the class registered for config.json's model_type).
   mismatched = tmp_path / "roberta_declared_as_bert"

@@ -148,6 +148,49 @@ def test_head_is_fresh_and_seeded():
                                 state["pooler.dense.weight"].T)
 
 
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+  from helpers import tiny_checkpoint
+  return tiny_checkpoint(tmp_path_factory.mktemp("small-bert"))
+
+
+@pytest.mark.parametrize("config_name,computed", [
+    ("sst2", {("classifier", "bias"), ("classifier", "kernel")}),
+    # 4 entity markers added to the vocabulary: their rows' noise comes from the fresh init
+    ("semeval2010_task8", {("classifier", "bias"), ("classifier", "kernel"),
+                           ("bert", "embeddings", "word_embeddings", "embedding")}),
+    # a base checkpoint has no masked-LM head (it starts fresh) and a pooler the model lacks
+    ("mlm", {("cls", "predictions", "bias"), ("cls", "predictions", "transform", "dense", "bias"),
+             ("cls", "predictions", "transform", "dense", "kernel"),
+             ("cls", "predictions", "transform", "LayerNorm", "bias"),
+             ("cls", "predictions", "transform", "LayerNorm", "scale")}),
+])
+def test_init_computes_only_what_the_checkpoint_does_not_overwrite(small_checkpoint,
+                                                                   config_name, computed):
+  """The parameters of a run that starts from a checkpoint equal a whole init with the
+  checkpoint loaded over it, bit for bit; only the leaves the checkpoint does not fill are
+  computed."""
+  import importlib
+
+  from research import train
+  config = importlib.import_module(f"configs.{config_name}").get_config()
+  config.model.checkpoint = str(small_checkpoint)
+  config.model.tokenizer = ""
+  setup = train.build_model(config)
+  rng = jax.random.key(3)
+  inputs = train.init_inputs(setup.model)
+  whole = jax.jit(lambda r: setup.model.init(r, *inputs)["params"])(rng)  # as init_params was
+  whole = jax.tree.map(np.asarray, whole)
+  state = hf_io.grow_vocabulary(hf_io.read_state_dict(small_checkpoint), whole)
+  expected = hf_io.params_from_state_dict(state, whole)
+  assert hf_io.initialised_leaves(hf_io.read_state_dict(small_checkpoint), whole) == computed
+  params = train.init_params(setup, rng)
+  assert jax.tree.structure(params) == jax.tree.structure(expected)
+  for ours, reference in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
+    assert isinstance(ours, np.ndarray) and ours.dtype == reference.dtype
+    np.testing.assert_array_equal(ours, reference)
+
+
 def test_unusable_checkpoints_give_clear_errors(tmp_path):
   with pytest.raises(hf_io.CheckpointError, match="does not exist"):
     hf_io.resolve_checkpoint(str(tmp_path / "nowhere"))

@@ -160,12 +160,12 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], init_params: An
   state = _normalise_keys(state_dict, prefix)
   flat = traverse_util.flatten_dict(init_params)
   missing, mismatched, loaded = [], [], {}
-  no_pooler = not any(k.startswith(f"{prefix}.pooler.") for k in state)
-  if no_pooler and any(path[:2] == (prefix, "pooler") for path in flat):
+  kept = _kept_fresh(state, flat, prefix, load_head)
+  if any(path[:2] == (prefix, "pooler") for path in kept):
     logging.info("the checkpoint has no pooler (%s.pooler.*; a masked LM has none): it "
                  "starts freshly initialised", prefix)
   for path, init_value in flat.items():
-    if (path[0] in HEADS and not load_head) or (no_pooler and path[:2] == (prefix, "pooler")):
+    if path in kept:
       loaded[path] = init_value
       continue
     key = next((k for k in _hf_key(path) if k in state), None)
@@ -189,6 +189,31 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], init_params: An
     logging.info("checkpoint weights not used by this model: %s", ", ".join(unused[:10])
                  + (f" and {len(unused) - 10} more" if len(unused) > 10 else ""))
   return traverse_util.unflatten_dict(loaded)
+
+
+def _kept_fresh(state: Mapping[str, np.ndarray], flat: dict[tuple[str, ...], Any], prefix: str,
+                load_head: bool) -> set[tuple[str, ...]]:
+  """The paths of a flat param tree that loading the (normalised) `state` leaves as
+  initialised: the task head unless `load_head`, and the pooler when the checkpoint has none."""
+  no_pooler = not any(k.startswith(f"{prefix}.pooler.") for k in state)
+  return {path for path in flat
+          if (path[0] in HEADS and not load_head) or (no_pooler and path[:2] == (prefix, "pooler"))}
+
+
+def initialised_leaves(state_dict: Mapping[str, np.ndarray], shapes: Any, *,
+                       load_head: bool = False) -> set[tuple[str, ...]]:
+  """The paths of a fresh init (`shapes`: its tree, e.g. from `jax.eval_shape`) whose values
+  loading `state_dict` uses: those `params_from_state_dict` keeps, and the word embeddings when
+  `grow_vocabulary` draws new rows from them. The others are overwritten: an init that
+  computes only these leaves gives the same parameters, without compiling the encoder's."""
+  prefix = encoder_name(shapes)
+  flat = traverse_util.flatten_dict(shapes)
+  used = _kept_fresh(_normalise_keys(state_dict, prefix), flat, prefix, load_head)
+  words = (prefix, "embeddings", "word_embeddings", "embedding")
+  key = next((k for k in state_dict if k.endswith("embeddings.word_embeddings.weight")), None)
+  if words in flat and key is not None and state_dict[key].shape[0] < flat[words].shape[0]:
+    used.add(words)
+  return used
 
 
 def has_lm_head(state_dict: Mapping[str, np.ndarray]) -> bool:
