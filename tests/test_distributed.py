@@ -122,18 +122,20 @@ def _assert_written_once(workdir):
 
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory):
-  """For each backend: an uninterrupted two-process run (pmap started with explicit flags,
-  shard_map by SLURM's variables) and the same config in this process over 4 devices."""
+  """For each backend, an uninterrupted two-process run (pmap started with explicit flags,
+  shard_map by SLURM's variables), and the one-process reference both are compared with: the
+  same config in this process over 4 devices with pmap (within one process the two backends
+  compute the same update: tests/test_parallel.py)."""
   require_data("sst2")  # module fixtures come before the autouse skip
-  runs = {}
-  for backend, how in (("pmap", "flags"), ("shard_map", "slurm")):
-    root = tmp_path_factory.mktemp(backend)
-    launch = Launch(root / "two", backend, how=how)
-    config = tiny_config(**OVERRIDES, **{"parallel.backend": backend})
-    single = train.train_and_evaluate(config, root / "one")  # while the two processes run
-    assert launch.wait() == [0, 0], launch.output()
-    runs[backend] = (root / "two", root / "one", single, launch)
-  return runs
+  root = tmp_path_factory.mktemp("runs")
+  launches = {"pmap": Launch(root / "pmap", "pmap", how="flags")}
+  single = train.train_and_evaluate(tiny_config(**OVERRIDES, **{"parallel.backend": "pmap"}),
+                                    root / "one")  # while the two processes run
+  assert launches["pmap"].wait() == [0, 0], launches["pmap"].output()
+  launches["shard_map"] = Launch(root / "shard_map", "shard_map", how="slurm")
+  assert launches["shard_map"].wait() == [0, 0], launches["shard_map"].output()
+  return {backend: (root / backend, root / "one", single, launch)
+          for backend, launch in launches.items()}
 
 
 @pytest.mark.parametrize("backend", ["pmap", "shard_map"])

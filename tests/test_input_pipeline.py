@@ -274,7 +274,7 @@ def test_eval_sees_every_example_once_and_matches_a_plain_loop(tokenizer):
   model = tasks.build_model("classification", config, 2, dtype=jnp.float32,
                             param_dtype=jnp.float32, classifier_dropout=None)
   ids = jnp.ones((1, 4), jnp.int32)
-  params = model.init(jax.random.key(0), ids, ids)["params"]
+  params = jax.jit(model.init)(jax.random.key(0), ids, ids)["params"]
   dp = DataParallel("pmap", 2)
   eval_step = dp.compile_eval_step(steps.make_eval_step(model, "classification"))
   outputs, loss = evaluation.run_model(eval_step, dp, dp.put_replicated(params), split,

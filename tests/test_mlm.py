@@ -180,7 +180,7 @@ def test_lm_head_equals_transformers_and_exports_back(tmp_path):
   types = np.zeros_like(ids)
   types[1, 5:] = 1
   positions = np.array([[1, 3, 5, 0], [2, 7, 9, 10], [8, 4, 4, 1]])
-  template = model.init(jax.random.key(1), ids, mask, types, positions)["params"]
+  template = jax.jit(model.init)(jax.random.key(1), ids, mask, types, positions)["params"]
   params = hf_io.params_from_state_dict(state, jax.tree.map(np.asarray, template),
                                         load_head=True)
   ours = np.asarray(model.apply({"params": params}, ids, mask, types, positions))

@@ -338,7 +338,7 @@ def _grads_and_residual_bytes(remat: bool, length: int = 256):
                             param_dtype=jnp.float32, classifier_dropout=None)
   ids = jax.random.randint(jax.random.key(0), (4, length), 1, 64)
   mask = jnp.ones_like(ids)
-  params = model.init(jax.random.key(1), ids[:1, :8], mask[:1, :8])["params"]
+  params = jax.jit(model.init)(jax.random.key(1), ids[:1, :8], mask[:1, :8])["params"]
 
   def loss(params):
     logits = model.apply({"params": params}, ids, mask, deterministic=False,

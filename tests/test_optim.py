@@ -17,7 +17,7 @@ def _params():
   model = tasks.build_model("classification", config, 2, dtype=jnp.float32,
                             param_dtype=jnp.float32, classifier_dropout=None)
   ids = jnp.ones((1, 4), jnp.int32)
-  return model.init(jax.random.key(0), ids, ids)["params"]
+  return jax.jit(model.init)(jax.random.key(0), ids, ids)["params"]
 
 
 def test_default_decay_mask_is_exactly_kernels_and_embeddings():

@@ -32,7 +32,7 @@ def minilm():
   model = tasks.build_model("classification", config, 2, dtype=jnp.float32,
                             param_dtype=jnp.float32, classifier_dropout=None)
   ids = jnp.ones((1, 4), jnp.int32)
-  params = jax.tree.map(np.asarray, model.init(jax.random.key(0), ids, ids)["params"])
+  params = jax.tree.map(np.asarray, jax.jit(model.init)(jax.random.key(0), ids, ids)["params"])
   params = hf_io.params_from_state_dict(hf_io.read_state_dict(source), params)
   rng = np.random.default_rng(0)
   ids = rng.integers(1000, 5000, (3, 12)).astype(np.int32)
