@@ -179,9 +179,9 @@ def init_params(setup: ModelSetup, rng: jax.Array) -> Any:
   if isinstance(setup.model, bert.BertForMaskedLM) and not lm_head:
     logging.info("the checkpoint has no masked-LM head (cls.predictions.*): it starts "
                  "freshly initialised")
-  shapes = traverse_util.flatten_dict(jax.eval_shape(init, rng))
-  used = sorted(hf_io.initialised_leaves(state, traverse_util.unflatten_dict(shapes),
-                                         load_head=lm_head))
+  shapes = jax.eval_shape(init, rng)
+  used = sorted(hf_io.initialised_leaves(state, shapes, load_head=lm_head))
+  shapes = traverse_util.flatten_dict(shapes)
   values = jax.jit(lambda r: [traverse_util.flatten_dict(init(r))[path] for path in used])(rng)
   params = traverse_util.unflatten_dict({**shapes, **{
       path: np.asarray(value) for path, value in zip(used, values)}})

@@ -166,9 +166,10 @@ class MetricWriter:
     scalars = {k: _scalar(v) for k, v in metrics.items()}
     with self.path.open("a") as f:
       f.write(json.dumps({"step": step, "split": split, **scalars}) + "\n")
-    self._tb.write(step, {f"{split}/{name}": value for name, value in scalars.items()})
+    tagged = {f"{split}/{name}": value for name, value in scalars.items()}
+    self._tb.write(step, tagged)
     if self._wandb is not None and step >= self._wandb_first_step:
-      self._wandb.log({f"{split}/{name}": value for name, value in scalars.items()}, step=step)
+      self._wandb.log(tagged, step=step)
 
   def record(self, record: dict[str, Any]) -> None:
     """The run record (versions, commit, throughput) as the W&B run's config `record`, where

@@ -73,6 +73,14 @@ def reference_run(tmp_path_factory):
   return workdir, config, summary
 
 
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory):
+  """A 2-layer, 32-wide random BERT saved by transformers (`helpers.tiny_checkpoint`), read
+  only: a `model.checkpoint` that loads in seconds."""
+  from helpers import tiny_checkpoint
+  return tiny_checkpoint(tmp_path_factory.mktemp("small-bert"))
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
   """Each module's compiled programs are dropped after it: this process would hold every one

@@ -148,12 +148,6 @@ def test_head_is_fresh_and_seeded():
                                 state["pooler.dense.weight"].T)
 
 
-@pytest.fixture(scope="module")
-def small_checkpoint(tmp_path_factory):
-  from helpers import tiny_checkpoint
-  return tiny_checkpoint(tmp_path_factory.mktemp("small-bert"))
-
-
 @pytest.mark.parametrize("config_name,computed", [
     ("sst2", {("classifier", "bias"), ("classifier", "kernel")}),
     # 4 entity markers added to the vocabulary: their rows' noise comes from the fresh init

@@ -10,7 +10,6 @@ import torch
 import transformers
 
 from conftest import require_data
-from helpers import tiny_checkpoint
 from configs import semeval2010_task8
 from research import config_lib, inference, metrics, tasks, train
 from research.data import input_pipeline as ip
@@ -156,11 +155,6 @@ def test_config_mistakes_name_the_field():
 
 
 # ---- small model: export to transformers ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def small_checkpoint(tmp_path_factory):
-  return tiny_checkpoint(tmp_path_factory.mktemp("small-bert"))
 
 
 @pytest.fixture(scope="module")

@@ -200,6 +200,10 @@ def _kept_fresh(state: Mapping[str, np.ndarray], flat: dict[tuple[str, ...], Any
           if (path[0] in HEADS and not load_head) or (no_pooler and path[:2] == (prefix, "pooler"))}
 
 
+def _word_embeddings_key(state_dict: Mapping[str, np.ndarray]) -> str | None:
+  return next((k for k in state_dict if k.endswith("embeddings.word_embeddings.weight")), None)
+
+
 def initialised_leaves(state_dict: Mapping[str, np.ndarray], shapes: Any, *,
                        load_head: bool = False) -> set[tuple[str, ...]]:
   """The paths of a fresh init (`shapes`: its tree, e.g. from `jax.eval_shape`) whose values
@@ -210,7 +214,7 @@ def initialised_leaves(state_dict: Mapping[str, np.ndarray], shapes: Any, *,
   flat = traverse_util.flatten_dict(shapes)
   used = _kept_fresh(_normalise_keys(state_dict, prefix), flat, prefix, load_head)
   words = (prefix, "embeddings", "word_embeddings", "embedding")
-  key = next((k for k in state_dict if k.endswith("embeddings.word_embeddings.weight")), None)
+  key = _word_embeddings_key(state_dict)
   if words in flat and key is not None and state_dict[key].shape[0] < flat[words].shape[0]:
     used.add(words)
   return used
@@ -245,7 +249,7 @@ def grow_vocabulary(state_dict: Mapping[str, np.ndarray], init_params: Any
   fresh init's row (noise of std initializer_range), so that new tokens start as an average
   token and differ from each other. Unchanged when the sizes agree."""
   rows = init_params[encoder_name(init_params)]["embeddings"]["word_embeddings"]["embedding"]
-  key = next((k for k in state_dict if k.endswith("embeddings.word_embeddings.weight")), None)
+  key = _word_embeddings_key(state_dict)
   if key is None or state_dict[key].shape[0] >= rows.shape[0]:
     return dict(state_dict)
   old = state_dict[key]
