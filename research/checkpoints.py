@@ -15,9 +15,12 @@ process 0 alone and every process reads back whole. A checkpoint therefore resto
 number of processes and devices. The workdir must be on a filesystem all processes share.
 
 Every checkpoint's meta holds a checksum of its arrays. A restored tree must match it and be
-finite; a damaged train state (truncated, overwritten, unreadable) is reported in one line,
-moved to `checkpoints_damaged/`, and the next older one is tried: a run never restarts from
-scratch over damaged checkpoints, and never resumes from a corrupted one.
+finite; a damaged train state (truncated, overwritten, unreadable, its checksum gone) is
+reported in one line, moved to `checkpoints_damaged/`, and the next older one is tried: a run
+never restarts from scratch over damaged checkpoints, and never resumes from a corrupted one.
+A checkpoint that is intact but holds another model's tree (the config, or the folder of its
+`model.checkpoint`, changed since it was saved) is not damage: it is refused before it is read,
+from the paths, shapes and dtypes its metadata lists, and nothing is moved.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ class DamagedCheckpoint(RuntimeError):
   """No intact checkpoint to restore; the message names each damaged one and why."""
 
 
+class CheckpointMismatch(RuntimeError):
+  """An intact checkpoint whose tree is not the model's; the message names a differing leaf."""
+
+
 def _array_digest(a: np.ndarray) -> str:
   digest = hashlib.sha256(f"{a.dtype}{a.shape}".encode())
   digest.update(a.reshape(-1).view(np.uint8))  # the bytes in place: no copy of the array
@@ -52,15 +59,77 @@ def tree_checksum(tree: Any) -> str:
   return hashlib.sha256("".join(leaves).encode()).hexdigest()
 
 
+def all_finite(tree: Any) -> bool:
+  """Whether no floating-point array of a tree holds NaN or inf."""
+  return all(np.isfinite(leaf).all() for leaf in map(np.asarray, jax.tree.leaves(tree))
+             if np.issubdtype(leaf.dtype, np.floating))
+
+
 def problem_with(tree: Any, meta: dict[str, Any]) -> str | None:
-  """Why a restored tree cannot be used (its checksum differs, it holds NaN/inf), or None."""
-  if "checksum" in meta and tree_checksum(tree) != meta["checksum"]:
+  """Why a restored tree cannot be used (no checksum to verify it, a checksum that differs,
+  NaN/inf), or None. Every checkpoint this code writes holds a checksum."""
+  if "checksum" not in meta:
+    return "its meta holds no checksum, so its arrays cannot be verified"
+  if tree_checksum(tree) != meta["checksum"]:
     return "its arrays do not match the checksum saved with them"
-  for leaf in jax.tree.leaves(tree):
-    leaf = np.asarray(leaf)
-    if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
-      return "it holds NaN or infinite values"
+  if not all_finite(tree):
+    return "it holds NaN or infinite values"
   return None
+
+
+def _key_name(key: Any) -> str:
+  for attribute in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey / FlattenedIndex
+    if hasattr(key, attribute):
+      return str(getattr(key, attribute))
+  return str(key)
+
+
+def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str | None]]:
+  """'path/to/leaf' -> (shape, dtype) of a tree of arrays or of orbax's array metadata (the
+  saved tree holds dicts and lists where the model's holds dataclasses and tuples)."""
+  specs = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    dtype = getattr(leaf, "dtype", None)
+    specs["/".join(map(_key_name, path))] = (tuple(getattr(leaf, "shape", ())),
+                                             None if dtype is None else str(np.dtype(dtype)))
+  return specs
+
+
+def _params_first(path: str) -> tuple[bool, str]:
+  """Sorts the model's own leaves before the optimizer's copies of them."""
+  return not path.startswith("params/"), path
+
+
+def tree_difference(model: Any, saved: Any) -> str | None:
+  """How a saved tree (arrays or orbax metadata) differs from the model's, naming a leaf, or
+  None when every leaf has the same path, shape and dtype."""
+  ours, theirs = _leaf_specs(model), _leaf_specs(saved)
+  only_model = sorted(set(ours) - set(theirs), key=_params_first)
+  only_saved = sorted(set(theirs) - set(ours), key=_params_first)
+  if only_model or only_saved:
+    parts = []
+    if only_model:
+      parts.append(f"{len(only_model)} leaves only in the model, e.g. {only_model[0]}")
+    if only_saved:
+      parts.append(f"{len(only_saved)} only in the checkpoint, e.g. {only_saved[0]}")
+    return "another structure: " + "; ".join(parts)
+  for path in sorted(ours, key=_params_first):
+    (shape, dtype), (saved_shape, saved_dtype) = ours[path], theirs[path]
+    if shape != saved_shape:
+      return f"another shape: {path} is {saved_shape} in the checkpoint, {shape} in the model"
+    if saved_dtype is not None and dtype != saved_dtype:
+      return f"another dtype: {path} is {saved_dtype} in the checkpoint, {dtype} in the model"
+  return None
+
+
+def _saved_tree(folder: pathlib.Path) -> Any:
+  """The array metadata (paths, shapes, dtypes) of a saved item, read without its arrays;
+  None when it cannot be read (the restore then reports the damage)."""
+  try:
+    metadata = ocp.StandardCheckpointHandler().metadata(folder)
+  except Exception:  # a damaged checkpoint: its restore says why
+    return None
+  return getattr(metadata, "tree", metadata)
 
 
 def _quiet_closed_loop_reports() -> None:
@@ -127,6 +196,7 @@ class Checkpoints:
     damaged = []
     _quiet_closed_loop_reports()  # installed first: the reports can come before the error
     for step in sorted(self._latest.all_steps(), reverse=True):
+      self._refuse_other_model(self.workdir / "checkpoints" / str(step), "state", template)
       try:
         restored = self._latest.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
@@ -143,6 +213,17 @@ class Checkpoints:
                             + "; ".join(damaged) + f"); they were moved to "
                             f"{self.workdir / 'checkpoints_damaged'}. Rerun to start from the "
                             "beginning, or restore an intact copy")
+
+  @staticmethod
+  def _refuse_other_model(folder: pathlib.Path, item: str, template: Any) -> None:
+    """Raises CheckpointMismatch when the saved tree is not `template`'s (None: any tree)."""
+    saved = None if template is None else _saved_tree(folder / item)
+    difference = None if saved is None else tree_difference(template, saved)
+    if difference is not None:
+      raise CheckpointMismatch(
+          f"the checkpoint {folder} holds a tree of {difference}: the config, or the "
+          "model.checkpoint folder it names, describes another model than the run's. Nothing "
+          "was moved; rerun with the model the run started with, or use another --workdir")
 
   def _set_aside(self, step: int) -> pathlib.Path:
     """Moves a damaged step out of orbax's sight (process 0), so the run goes on without it."""
@@ -180,6 +261,7 @@ class Checkpoints:
     step = self._best.best_step()
     if step is None:
       raise FileNotFoundError("no best checkpoint yet")
+    self._refuse_other_model(self.workdir / "best" / str(step), "params", template)
     _quiet_closed_loop_reports()
     try:
       restored = self._best.restore(step, args=ocp.args.Composite(

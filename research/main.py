@@ -187,7 +187,8 @@ def main(argv: list[str]) -> None:
   except train.Interrupted as e:
     _fail(str(e), train.EXIT_INTERRUPTED)
   except (config_lib.ConfigError, DataError, CheckpointError, train.RunError,
-          writers.WorkdirError, checkpoints.DamagedCheckpoint, metrics.MetricError) as e:
+          writers.WorkdirError, checkpoints.DamagedCheckpoint, checkpoints.CheckpointMismatch,
+          metrics.MetricError) as e:
     if _DEBUG.value:
       raise
     _fail(str(e))

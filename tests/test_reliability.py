@@ -163,7 +163,7 @@ def test_divergence_stops_at_its_step_and_keeps_the_finite_checkpoints(exploding
       "training diverged at step 10: loss inf, gradient norm inf; nothing from that step on "
       "was saved (the last checkpoint (step 6) and the best (step 6) kept)")
   step, state = final_state(tmp_path)
-  assert step == 6 and checkpoints.problem_with(state, {}) is None  # finite
+  assert step == 6 and checkpoints.all_finite(state)
   assert _best(tmp_path, "pearson")[0] == 6
   assert not (tmp_path / "results.json").exists()
 
@@ -173,7 +173,7 @@ def test_skip_nonfinite_steps_skips_exactly_those_updates(exploding_regression, 
   summary = train.train_and_evaluate(
       _regression_config(folder, **{"train.skip_nonfinite_steps": True}), tmp_path)
   assert summary["skipped_steps"] == bad_steps
-  assert checkpoints.problem_with(final_state(tmp_path)[1], {}) is None
+  assert checkpoints.all_finite(final_state(tmp_path)[1])
   assert np.isfinite(summary["final"]["results"]["validation"]["pearson"])
   assert np.isfinite([r["loss"] for r in train_rows(tmp_path)]).all()
 
@@ -301,6 +301,59 @@ def test_no_intact_checkpoint_is_an_error_not_a_fresh_start(crashed_run, tmp_pat
                          "(step 12: it cannot be read")
   assert "step 10:" in line
   assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("change", ["another encoder", "another width"])
+def test_a_checkpoint_of_another_model_is_refused_and_kept(crashed_run, tmp_path, change):
+  """The model.checkpoint folder of a stopped run changed (its model_type bert -> roberta, its
+  hidden size): the run's intact checkpoints hold another model's tree. That is refused in one
+  line naming a differing leaf, and nothing is moved (they were once set aside as damaged, and
+  the next rerun started again from step 0)."""
+  shutil.copytree(crashed_run, tmp_path, dirs_exist_ok=True)
+  state = final_state(tmp_path)[1]
+  if change == "another encoder":
+    state["params"]["roberta"] = state["params"].pop("bert")
+    expect = ("another structure: 23 leaves only in the model, e.g. params/roberta/embeddings/"
+              "LayerNorm/bias; 23 only in the checkpoint, e.g. params/bert/embeddings/")
+  else:
+    state["params"]["bert"]["embeddings"]["word_embeddings"]["embedding"] = np.zeros(
+        (30522, 48), np.float32)
+    expect = ("another shape: params/bert/embeddings/word_embeddings/embedding is (30522, 32) "
+              "in the checkpoint, (30522, 48) in the model")
+  ckpts = checkpoints.Checkpoints(tmp_path, keep=2, best_metric="accuracy", best_mode="max")
+  try:
+    with pytest.raises(checkpoints.CheckpointMismatch) as latest:
+      ckpts.restore_state(state)
+    with pytest.raises(checkpoints.CheckpointMismatch) as best:
+      ckpts.restore_best(state["params"])
+  finally:
+    ckpts.close()
+  assert str(latest.value).startswith(
+      f"the checkpoint {tmp_path / 'checkpoints' / '12'} holds a tree of {expect}")
+  assert str(best.value).startswith(f"the checkpoint {tmp_path / 'best' / '12'} holds a tree of")
+  assert "Nothing was moved" in str(latest.value)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10", "12"]
+  assert not (tmp_path / "checkpoints_damaged").exists()
+
+
+def test_a_checkpoint_without_its_checksum_is_set_aside(crashed_run, tmp_path, caplog):
+  """Every checkpoint this code writes holds a checksum: one whose meta lost it cannot be
+  verified, and is damaged (it was once restored unverified)."""
+  shutil.copytree(crashed_run, tmp_path, dirs_exist_ok=True)
+  meta_file = tmp_path / "checkpoints" / "12" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  del meta["checksum"]
+  meta_file.write_text(json.dumps(meta))
+  ckpts = checkpoints.Checkpoints(tmp_path, keep=2, best_metric="accuracy", best_mode="max")
+  try:
+    with caplog.at_level("WARNING"):
+      state, restored_meta = ckpts.restore_state(None)
+  finally:
+    ckpts.close()
+  assert restored_meta["step"] == 10 and "checksum" in restored_meta
+  assert any("checkpoints/12 is damaged: its meta holds no checksum" in r.getMessage()
+             for r in caplog.records)
+  assert (tmp_path / "checkpoints_damaged" / "12").is_dir()
 
 
 def test_a_damaged_best_checkpoint_is_refused_by_predict_and_export(reference_run, tmp_path):
