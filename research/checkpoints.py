@@ -26,8 +26,11 @@ from the paths, shapes and dtypes its metadata lists, and nothing is moved.
 from __future__ import annotations
 
 import hashlib
+import contextlib
 import logging
+import os
 import pathlib
+import re
 import shutil
 import sys
 from typing import Any
@@ -36,6 +39,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from research import writers
 
 
 class DamagedCheckpoint(RuntimeError):
@@ -149,6 +154,21 @@ def _quiet_closed_loop_reports() -> None:
   sys.unraisablehook = hook
 
 
+class _QuietOrbaxErrors(logging.Filter):
+  """Drops orbax's own error reports (each with its traceback, from every thread that took
+  part): a save that fails raises in the run, which reports it in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR
+                and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
+def _quiet_orbax_errors() -> None:
+  logger = logging.getLogger("absl")  # orbax logs through absl.logging
+  if not any(isinstance(f, _QuietOrbaxErrors) for f in logger.filters):
+    logger.addFilter(_QuietOrbaxErrors())
+
+
 def _first_line(error: Exception) -> str:
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
@@ -159,6 +179,10 @@ class Checkpoints:
   def __init__(self, workdir: pathlib.Path, *, keep: int, best_metric: str, best_mode: str):
     self.best_metric, self.best_mode = best_metric, best_mode
     self.workdir = workdir
+    self._save_failed = False
+    self._save_bytes = 0  # the size of the largest tree saved, for a full disk's message
+    _quiet_closed_loop_reports()  # a failed save's reads and writes report into closed loops
+    _quiet_orbax_errors()
 
     def processes(name: str):  # the two managers save concurrently: their barriers need names
       return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
@@ -187,8 +211,9 @@ class Checkpoints:
     if step in self._latest.all_steps():
       return
     meta = dict(meta, checksum=tree_checksum(state))
-    self._latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(meta)))
+    with self._saving(state):
+      self._latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      meta=ocp.args.JsonSave(meta)))
 
   def restore_state(self, template: Any) -> tuple[Any, dict[str, Any]]:
     """The newest intact train state, with the structure and dtypes of `template` (None: as
@@ -250,9 +275,10 @@ class Checkpoints:
     if step in self._best.all_steps():  # saved before a kill, and recomputed identically since
       return
     meta = dict(meta, checksum=tree_checksum(params))
-    self._best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                  meta=ocp.args.JsonSave(meta)),
-                    metrics={self.best_metric: meta["metrics"][self.best_metric]})
+    with self._saving(params):
+      self._best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                    meta=ocp.args.JsonSave(meta)),
+                      metrics={self.best_metric: meta["metrics"][self.best_metric]})
 
   def best_step(self) -> int | None:
     return self._best.best_step()
@@ -274,8 +300,44 @@ class Checkpoints:
                               f"damaged: {problem}")
     return restored.params, restored.meta
 
+  @contextlib.contextmanager
+  def _saving(self, tree: Any = None):
+    """Turns a failed save into one WorkdirError. Saves run in the background: orbax raises a
+    save's error at the next save, or when `close` waits for it."""
+    if tree is not None:
+      self._save_bytes = max(self._save_bytes, sum(np.asarray(leaf).nbytes
+                                                   for leaf in jax.tree.leaves(tree)))
+    try:
+      yield
+    except Exception as e:  # orbax and tensorstore raise their own (ValueError, OSError, ...)
+      self._save_failed = True
+      text = " ".join(str(e).split())
+      folder = re.search(r'"([^"]*/(?:checkpoints|best)/\d+)\.orbax-checkpoint-tmp', text)
+      where = folder.group(1) if folder else str(self.workdir)
+      if "No space left on device" in text or "RESOURCE_EXHAUSTED" in text:
+        reason = (f"no space left on its device ({writers.free_bytes(self.workdir)}; a "
+                  f"checkpoint needs up to {self._save_bytes:,})")
+      else:
+        reason = _first_line(e)
+      latest = self._latest.latest_step()
+      raise writers.WorkdirError(
+          f"cannot save the checkpoint {where}: {reason}. The checkpoints saved before are "
+          "intact" + (f" (the newest: step {latest}); rerun to resume from it"
+                      if latest is not None else "") + " once there is room") from e
+
   def close(self) -> None:
-    self._latest.wait_until_finished()
-    self._best.wait_until_finished()
-    self._latest.close()
-    self._best.close()
+    """Waits for the saves under way (raising if one failed, unless that was raised before),
+    then closes."""
+    reported = self._save_failed
+    try:
+      with self._saving():
+        self._latest.wait_until_finished()
+        self._best.wait_until_finished()
+    except writers.WorkdirError:
+      if not reported:
+        raise
+    finally:
+      # After a failed save, orbax raises its error again on close: already reported.
+      with contextlib.suppress(Exception) if self._save_failed else contextlib.nullcontext():
+        self._latest.close()
+        self._best.close()

@@ -34,7 +34,7 @@ def load_best(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   saved = workdir / "config.json"
   if not saved.exists():
     raise RunError(f"{workdir} holds no run (no config.json)")
-  conflicts = [c for c in config_lib.resume_conflicts(json.loads(saved.read_text()), config)
+  conflicts = [c for c in config_lib.resume_conflicts(writers.read_json(saved), config)
                if c.startswith(_MODEL_FIELDS)]
   if conflicts:
     raise RunError(f"the config does not describe the model trained in {workdir}:\n  "
@@ -67,6 +67,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
              ) -> dict[str, dict[str, float]]:
   """Re-evaluates the best checkpoint on `data.eval_splits`; writes eval/<split>_best.json."""
   workdir = pathlib.Path(workdir)
+  writers.check_writable(workdir / "eval")  # before the work whose results it keeps
   setup, params, meta = load_best(config, workdir)
   tokenizer = setup.tokenizer
   dp, eval_step, placed = _placed_eval(config, setup, params)
@@ -169,6 +170,7 @@ def export(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   output_dir = pathlib.Path(output_dir)
   if output_dir.exists() and any(output_dir.iterdir()):
     raise RunError(f"--output {output_dir} is not empty; nothing is overwritten")
+  writers.check_writable(output_dir)
   setup, params, meta = load_best(config, workdir)
   task = config.task
   relation = task.kind == "relation_classification"
@@ -181,11 +183,14 @@ def export(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   if task.kind == "masked_lm" and setup.checkpoint_dir is not None:
     params = hf_io.with_source_pooler(params, setup.checkpoint_dir)
   if writers.is_writer():
-    hf_io.export(params, output_dir, base_config=setup.hf_config, architecture=architecture,
-                 label_names=tuple(task.label_names),
-                 num_labels=tasks.num_outputs(task.kind, tuple(task.label_names)),
-                 tokenizer_dir=setup.tokenizer_dir,
-                 tokenizer=setup.tokenizer if relation and task.entity_markers else None,
-                 extra_config=extra)
+    try:
+      hf_io.export(params, output_dir, base_config=setup.hf_config, architecture=architecture,
+                   label_names=tuple(task.label_names),
+                   num_labels=tasks.num_outputs(task.kind, tuple(task.label_names)),
+                   tokenizer_dir=setup.tokenizer_dir,
+                   tokenizer=setup.tokenizer if relation and task.entity_markers else None,
+                   extra_config=extra, source=str(pathlib.Path(workdir).absolute()))
+    except OSError as e:  # a full disk
+      raise writers.write_error(output_dir, e) from e
   logging.info("exported the best checkpoint (step %d) to %s", meta["step"], output_dir)
   return output_dir

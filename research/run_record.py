@@ -15,7 +15,6 @@ import dataclasses
 import datetime
 import hashlib
 import importlib.metadata
-import json
 import os
 import pathlib
 import platform
@@ -141,7 +140,7 @@ class RunRecord:
                     "packages": package_versions(), "devices": devices(dp),
                     "data": {"source": source, "splits": data}, "first_step": start_step,
                     "last_step": None, "throughput": None}
-    previous = (json.loads(self.path.read_text()).get("sessions", [])
+    previous = (writers.read_json(self.path).get("sessions", [])
                 if self.path.exists() else [])
     # A session that died without writing its end (kill -9) is kept as it was.
     self.sessions = previous + [self.session]

@@ -90,6 +90,8 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
   if tokenizer_dir is None:
     raise config_lib.ConfigError("config.model.tokenizer: a randomly initialised model needs a "
                                  "tokenizer ('embedded', a directory or a hub name)")
+  hf_io.require_tokenizer(tokenizer_dir, "config.model.tokenizer" if mcfg.tokenizer
+                         else "config.model.checkpoint")
   task = config.task
   tokenizer = input_pipeline.load_tokenizer(tokenizer_dir)
   markers = task.kind == "relation_classification" and tuple(task.entity_markers)
@@ -198,7 +200,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> N
   """Refuses a workdir that holds a run with another config (before anything is written)."""
   path = workdir / "config.json"
   if path.exists():
-    conflicts = config_lib.resume_conflicts(json.loads(path.read_text()), config)
+    conflicts = config_lib.resume_conflicts(writers.read_json(path), config)
     if conflicts:
       raise RunError(f"{workdir} holds a run with a different config; use another --workdir "
                      "(nothing was changed). Differences:\n  " + "\n  ".join(conflicts))
@@ -457,7 +459,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
   total_steps = (config.train.num_steps
                  or max(1, round(config.train.num_epochs * batches.steps_per_epoch)))
   if (workdir / "data.json").exists():
-    changes = input_pipeline.data_changes(json.loads((workdir / "data.json").read_text()),
+    changes = input_pipeline.data_changes(writers.read_json(workdir / "data.json"),
                                           data_record)
     if changes:
       raise RunError(f"{workdir} holds a run trained on other data; use another --workdir "
@@ -507,7 +509,16 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
       and (workdir / "results.json").exists()):
     logging.info("%s holds a finished run; its results.json stands", workdir)
     ckpts.close()
-    return json.loads((workdir / "results.json").read_text())
+    return writers.read_json(workdir / "results.json")
+  # W&B's start can fail (not logged in, refused): before the workdir is claimed, so that a
+  # failed start writes nothing.
+  try:
+    writer = writers.MetricWriter(workdir, resume_step=start_step,
+                                  wandb_project=config.log.wandb_project,
+                                  wandb_config=config.to_dict())
+  except BaseException:
+    ckpts.close()
+    raise
   # The config, data, model and checkpoint are valid: the workdir now belongs to this run.
   log.start()
   writers.write_text(workdir / "config.json", config_lib.to_json(config))
@@ -519,10 +530,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
   del state, params, frozen  # the device copy is the state from here on
   run = Run(config=config, workdir=workdir, dp=dp, eval_step=eval_step,
             materialize=dp.compile_replicated(steps.make_materialize(lora_scale)),
-            eval_splits=eval_splits, ckpts=ckpts,
-            writer=writers.MetricWriter(workdir, resume_step=start_step,
-                                        wandb_project=config.log.wandb_project,
-                                        wandb_config=config.to_dict()),
+            eval_splits=eval_splits, ckpts=ckpts, writer=writer,
             steps_per_epoch=batches.steps_per_epoch, throughput=run_record.Throughput())
 
   # ---- Loop --------------------------------------------------------------------------------

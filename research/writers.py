@@ -16,6 +16,7 @@ not sent the steps its server already holds. Progress (examples/s, ETA) goes to 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -24,6 +25,7 @@ import math
 import os
 import pathlib
 import secrets
+import shutil
 import socket
 import time
 from typing import Any
@@ -41,15 +43,69 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+def free_bytes(path: pathlib.Path) -> str:
+  """The space left on the filesystem of `path` (or of its nearest existing parent)."""
+  path = pathlib.Path(path).absolute()
+  while not path.exists() and path != path.parent:
+    path = path.parent
+  try:
+    return f"{shutil.disk_usage(path).free:,} bytes free"
+  except OSError:
+    return "free space unknown"
+
+
+def write_error(path: pathlib.Path, error: OSError, needed: int | None = None) -> WorkdirError:
+  """One line for a file that could not be written: which path, why, and on a full disk how
+  much space there is (and how much the write needed, when known)."""
+  reason = error.strerror or str(error)
+  if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    reason += f" ({free_bytes(path)}" + (f"; it needs about {needed:,}" if needed else "") + ")"
+  return WorkdirError(f"cannot write {path}: {reason}; nothing written before was changed")
+
+
+def check_writable(folder: pathlib.Path) -> None:
+  """Raises WorkdirError unless process 0 can create files in `folder` (or, while it does not
+  exist, in its nearest existing parent): before work whose result would be lost unwritten."""
+  if not is_writer():
+    return
+  existing = pathlib.Path(folder).absolute()
+  while not existing.exists() and existing != existing.parent:
+    existing = existing.parent
+  probe = existing / f".write-test-{os.getpid()}"
+  try:
+    probe.write_text("")
+  except OSError as e:
+    raise write_error(pathlib.Path(folder), e) from e
+  finally:
+    with contextlib.suppress(OSError):
+      probe.unlink()
+
+
 def write_text(path: pathlib.Path, text: str) -> None:
-  """Writes `path` on process 0 (a temporary file renamed over it); other processes skip."""
+  """Writes `path` on process 0 (a temporary file renamed over it); other processes skip.
+  A write that fails (a full disk, a read-only one) leaves the file as it was."""
   if not is_writer():
     return
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   temporary = path.with_name(f".{path.name}.tmp")
-  temporary.write_text(text)
-  os.replace(temporary, path)
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary.write_text(text)
+    os.replace(temporary, path)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      temporary.unlink()
+    raise write_error(path, e, len(text.encode())) from e
+
+
+def read_json(path: pathlib.Path) -> Any:
+  """A JSON file of the workdir (config.json, results.json, data.json, run.json); one that
+  is not JSON (damaged, cut short) is a WorkdirError naming it."""
+  try:
+    return json.loads(pathlib.Path(path).read_text())
+  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+    raise WorkdirError(f"{path} is damaged: it is not JSON ({e}); restore it from a copy, or "
+                       "move it away") from e
 
 
 def write_json(path: pathlib.Path, record: Any) -> None:
@@ -61,13 +117,15 @@ def workdir_lock(workdir: pathlib.Path):
   """Holds an exclusive OS lock on `<workdir>/.lock` (process 0) while the block runs.
 
   A second run on the workdir is refused with the holder's pid and host. The OS releases the
-  lock when the process ends, kill -9 included. A workdir that this call created is removed
-  again if the block leaves nothing else in it (a failed start leaves no trace).
+  lock when the process ends, kill -9 included. The empty folders the block made are removed
+  again, and so is a workdir that this call created and the block left empty (a failed start
+  leaves no trace).
   """
   if not is_writer():
     yield
     return
   created = not workdir.exists()
+  found = set(os.listdir(workdir)) if not created and workdir.is_dir() else set()
   path = workdir / ".lock"
   try:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -82,17 +140,30 @@ def workdir_lock(workdir: pathlib.Path):
     handle.close()
     raise WorkdirError(f"--workdir {workdir} is in use by another run ({holder}); wait for "
                        "it to end or use another --workdir") from None
-  handle.seek(0)
-  handle.truncate()
-  handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-  handle.flush()
+
+  def release() -> None:
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # a full disk fails the flush again; the fd still closes
+      handle.close()  # releases the lock
+    for entry in set(os.listdir(workdir)) - found:  # the empty folders a failed start made
+      with contextlib.suppress(OSError):  # (checkpoints/, best/): an rmdir of a full one fails
+        (workdir / entry).rmdir()
+    if created and not any(workdir.iterdir()):
+      workdir.rmdir()
+
+  try:
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+  except OSError as e:  # a full disk: even the lock's one line does not fit
+    release()
+    raise WorkdirError(f"cannot write to --workdir {workdir}: {e.strerror} "
+                       f"({free_bytes(workdir)})") from e
   try:
     yield
   finally:
-    path.unlink(missing_ok=True)
-    handle.close()  # releases the lock
-    if created and not any(workdir.iterdir()):
-      workdir.rmdir()
+    release()
 
 
 class RunLog(logging.handlers.MemoryHandler):
@@ -148,15 +219,15 @@ class MetricWriter:
     self._tb = self._wandb = None
     if not self.active:
       return
-    if self.path.exists():  # what a stopped run logged after its checkpoint is redone
-      kept = [line for line in self.path.read_text().splitlines()
-              if line and json.loads(line)["step"] <= resume_step]
-      write_text(self.path, "".join(line + "\n" for line in kept))
-    if wandb_project:  # before TensorBoard: a W&B run that cannot start leaves nothing open
+    if wandb_project:  # first: a W&B run that cannot start leaves nothing open or changed
       self._wandb = _start_wandb(workdir, wandb_project, wandb_config)
       # A resumed run is the same W&B run; its server refuses (with a warning per call) steps
       # below the one after its last: those were logged, with the same values, before the stop.
       self._wandb_first_step = self._wandb.starting_step
+    if self.path.exists():  # what a stopped run logged after its checkpoint is redone
+      kept = [line for line in self.path.read_text().splitlines()
+              if line and json.loads(line)["step"] <= resume_step]
+      write_text(self.path, "".join(line + "\n" for line in kept))
     self._tb = _TensorBoard(workdir / "tensorboard", purge_step=resume_step + 1)
 
   def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
@@ -164,8 +235,12 @@ class MetricWriter:
     if not self.active:
       return
     scalars = {k: _scalar(v) for k, v in metrics.items()}
-    with self.path.open("a") as f:
-      f.write(json.dumps({"step": step, "split": split, **scalars}) + "\n")
+    line = json.dumps({"step": step, "split": split, **scalars}) + "\n"
+    try:
+      with self.path.open("a") as f:
+        f.write(line)
+    except OSError as e:  # a full disk
+      raise write_error(self.path, e, len(line)) from e
     tagged = {f"{split}/{name}": value for name, value in scalars.items()}
     self._tb.write(step, tagged)
     if self._wandb is not None and step >= self._wandb_first_step:
@@ -220,13 +295,16 @@ def _start_wandb(workdir: pathlib.Path, project: str, config: dict | None):
     raise WorkdirError("log.wandb_project is set but wandb is not installed: pip install wandb"
                        ) from None
   id_path = workdir / "wandb_id.txt"
-  if not id_path.exists():
+  new_id = not id_path.exists()
+  if new_id:
     write_text(id_path, secrets.token_hex(6) + "\n")
   try:  # console="off": train.log already holds the log; W&B need not wrap stdout and stderr
     return wandb.init(project=project, dir=workdir, name=workdir.resolve().name,
                       id=id_path.read_text().strip(), resume="allow", config=config,
                       settings=wandb.Settings(console="off"))
   except wandb.Error as e:  # not logged in, or the server refused: one line, not a traceback
+    if new_id:  # a failed start writes nothing
+      id_path.unlink(missing_ok=True)
     raise WorkdirError(f"W&B could not start the run (log.wandb_project={project}): {e}") from e
 
 

@@ -100,8 +100,10 @@ def test_export_round_trip_through_transformers(tmp_path, num_labels):
   model, params = _classifier(config, num_labels)
   params = hf_io.params_from_state_dict(hf_io.read_state_dict(source), params)
   names = ("a", "b", "c") if num_labels == 3 else ()
+  assert raw["transformers_version"] != transformers.__version__  # the checkpoint's: 4.8.2
   hf_io.export(params, tmp_path, base_config=raw, architecture="BertForSequenceClassification",
-               label_names=names, num_labels=num_labels, tokenizer_dir=source)
+               label_names=names, num_labels=num_labels, tokenizer_dir=source,
+               source="/runs/sst2")
   reference = transformers.AutoModelForSequenceClassification.from_pretrained(
       str(tmp_path)).eval()
   ids, mask, types = _batch_with_padding(config.vocab_size)
@@ -114,6 +116,12 @@ def test_export_round_trip_through_transformers(tmp_path, num_labels):
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["problem_type"] == ("regression" if num_labels == 1
                                    else "single_label_classification")
+  # The versions and source of the export, not the source checkpoint's: transformers writes
+  # its own version when it saves the model it loaded.
+  reference.save_pretrained(tmp_path / "resaved")
+  resaved = json.loads((tmp_path / "resaved" / "config.json").read_text())
+  assert saved["transformers_version"] == resaved["transformers_version"]
+  assert saved["_name_or_path"] == "/runs/sst2"
   assert transformers.AutoTokenizer.from_pretrained(str(tmp_path))("hi")["input_ids"]
   # And back: importing the export with its head reproduces our params exactly.
   again = hf_io.params_from_state_dict(hf_io.read_state_dict(tmp_path), params, load_head=True)

@@ -35,6 +35,11 @@ CLASS_PREFIXES = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRober
                   "electra": "Electra"}
 
 
+# The files a tokenizer is read from: a folder with none of them holds no tokenizer (and
+# transformers would build a near-empty one, where every word is [UNK]).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model")
+
+
 class CheckpointError(ValueError):
   """A checkpoint that cannot be used: unreadable, missing weights, or wrong shapes."""
 
@@ -71,6 +76,14 @@ def resolve_checkpoint(name_or_path: str) -> pathlib.Path:
         f"model ({type(e).__name__}: {e})") from e
 
 
+def require_tokenizer(folder: pathlib.Path, setting: str) -> None:
+  """Raises CheckpointError when `folder` (named by config field `setting`) has no tokenizer."""
+  if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+    raise CheckpointError(
+        f"{setting}: {folder} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); set "
+        "config.model.tokenizer to the folder or hub name of the model's tokenizer")
+
+
 def load_config(checkpoint_dir: pathlib.Path) -> tuple[BertConfig, dict[str, Any]]:
   """The architecture of a checkpoint, and its raw config.json (kept for export)."""
   raw = json.loads((checkpoint_dir / "config.json").read_text())
@@ -94,8 +107,13 @@ def read_state_dict(checkpoint_dir: pathlib.Path) -> dict[str, np.ndarray]:
   tensors: dict[str, np.ndarray] = {}
   for p in paths:
     if p.suffix == ".safetensors":
+      from safetensors import SafetensorError
       from safetensors.numpy import load_file
-      tensors.update(load_file(p))
+      try:
+        tensors.update(load_file(p))
+      except (SafetensorError, OSError) as e:  # a malformed header, a file cut short
+        raise CheckpointError(f"cannot read {p}: {' '.join(str(e).split())[:200]}; it is not "
+                              "a complete safetensors file") from e
     else:  # a pickled PyTorch state dict: only torch can read it
       import pickle
       import torch
@@ -278,7 +296,7 @@ def architecture_name(model_type: str, suffix: str) -> str:
 def export(params: Any, out_dir: pathlib.Path, *, base_config: Mapping[str, Any],
            architecture: str, label_names: tuple[str, ...] | None, num_labels: int,
            tokenizer_dir: pathlib.Path, tokenizer: Any = None,
-           extra_config: Mapping[str, Any] | None = None) -> None:
+           extra_config: Mapping[str, Any] | None = None, source: str | None = None) -> None:
   """Writes a directory that `transformers.AutoModelFor*.from_pretrained` loads.
 
   `base_config` is the source checkpoint's config.json: fields we do not model are kept, and
@@ -286,10 +304,18 @@ def export(params: Any, out_dir: pathlib.Path, *, base_config: Mapping[str, Any]
   (`architecture_name`).
   `tokenizer` (one with added tokens) is saved as it is; otherwise the tokenizer files of
   `tokenizer_dir` are copied unchanged. `extra_config` goes into config.json (a head that
-  transformers has no class for describes itself there).
+  transformers has no class for describes itself there). config.json names the transformers
+  version installed (as transformers' own `save_pretrained` does) and `source` (the workdir
+  exported) as `_name_or_path`, not the source checkpoint's.
   """
+  import importlib.metadata
+
   from safetensors.numpy import save_file
   config = dict(base_config)
+  config["transformers_version"] = importlib.metadata.version("transformers")
+  config.pop("_name_or_path", None)
+  if source is not None:
+    config["_name_or_path"] = source
   config.setdefault("model_type", "bert")
   family = CLASS_PREFIXES[config["model_type"]]
   if not architecture.startswith((family + "For", family + "Model")):
