@@ -153,3 +153,22 @@ def test_a_run_with_log_wandb_project_logs_its_metrics_and_record(tmp_path):
   assert run["config"]["train"]["num_epochs"] == 1.0
   record = json.loads((workdir / "run.json").read_text())
   assert run["config"]["record"] == record  # commit, versions, data source, throughput
+
+
+def test_a_failed_wandb_start_writes_nothing(tmp_path, monkeypatch):
+  """Not logged in: the run stops at W&B's start with one line, and leaves no config.json,
+  run.json, checkpoints/ or wandb_id.txt behind (a failed start writes nothing)."""
+  from conftest import require_data
+  from helpers import tiny_config
+  from research import train
+  require_data("sst2")
+  monkeypatch.setenv("WANDB_MODE", "online")
+  monkeypatch.delenv("WANDB_API_KEY", raising=False)
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc, no W&B settings
+  monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home"))
+  (tmp_path / "run").mkdir()
+  with pytest.raises(writers.WorkdirError, match=r"^W&B could not start the run "
+                     r"\(log.wandb_project=research-test\): No API key configured"):
+    train.train_and_evaluate(tiny_config(**{"log.wandb_project": "research-test"}),
+                             tmp_path / "run")
+  assert list((tmp_path / "run").iterdir()) == []
