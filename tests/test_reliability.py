@@ -438,7 +438,7 @@ def _malicious_checkpoint(folder: pathlib.Path) -> pathlib.Path:
 @pytest.mark.parametrize("case", [
     "syntax error", "no get_config", "field typo in a config file", "workdir is a file", "read-only workdir",
     "row without its text", "non-UTF-8 data", "empty training file", "malicious pickle",
-    "non-UTF-8 predict input", "empty predict input"])
+    "non-UTF-8 predict input", "empty predict input", "damaged config.json, predict"])
 def test_each_mistake_is_one_line_and_exit_2(reference_run, tmp_path, case):
   reference_dir, _, _ = reference_run
   workdir, args, expect = tmp_path / "w", [], None
@@ -498,6 +498,15 @@ def test_each_mistake_is_one_line_and_exit_2(reference_run, tmp_path, case):
             f"--input={inputs}", f"--output={tmp_path / 'out.jsonl'}"]
     expect = (f"error: {inputs}:2: bytes that are not UTF-8 (b'\\xe9\\n'); save the file as UTF-8"
               if case.startswith("non") else f"error: {inputs} is empty")
+  elif case == "damaged config.json, predict":
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_dir, workdir)
+    (workdir / "config.json").write_text('{"model": ')
+    inputs = _write(tmp_path / "in.txt", "fine\n")
+    args = ["--config", "tests/helpers.py", "--workdir", str(workdir), "--mode=predict",
+            f"--input={inputs}", f"--output={tmp_path / 'out.jsonl'}"]
+    expect = (f"error: {workdir / 'config.json'} is damaged: it is not JSON (Expecting value: "
+              "line 1 column 11 (char 10)); restore it from a copy, or move it away")
   if data.exists():
     args = ["--config", "tests/helpers.py", "--workdir", str(workdir),
             f"--config.data.dataset={data}"]
