@@ -88,11 +88,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
 
 def read_inputs(path: pathlib.Path, text_fields: tuple[str, ...], token_task: bool):
   """A .jsonl file with the task's text fields, or a .txt file with one example per line
-  (the two sentences of a pair separated by a tab; the words of a token task by spaces)."""
+  (the two sentences of a pair separated by a tab; the words of a token task by spaces).
+  Lines end at \n (or \r\n) only: U+2028, U+0085 and the like are characters of a text."""
   import datasets
   if path.suffix == ".txt":
     rows = []
-    for number, line in enumerate(input_pipeline.check_utf8(path).splitlines(), 1):
+    lines = input_pipeline.check_utf8(path).split("\n")
+    if lines[-1] == "":  # the newline that ends the last line
+      lines.pop()
+    for number, line in enumerate((line.removesuffix("\r") for line in lines), 1):
       parts = line.split("\t")
       if len(parts) != len(text_fields):
         raise input_pipeline.DataError(
