@@ -272,6 +272,23 @@ class EncodedSplit:
         else getattr(self, f.name)[indices] for f in dataclasses.fields(self)})
 
 
+class SplitRows(str):
+  """How a split is named in messages, when its rows are not its file's rows from the first
+  on (`data.validation_from_train`): also the file row (0-based) of each of its rows, so that
+  an error names the row the user can find in the file."""
+
+  def __new__(cls, name: str, file_rows: np.ndarray):
+    named = super().__new__(cls, name)
+    named.file_rows = np.asarray(file_rows)
+    return named
+
+
+def row_number(where: str, index: int) -> int:
+  """The 1-based row of its file that row `index` of the split named `where` is."""
+  file_rows = getattr(where, "file_rows", None)
+  return index + 1 if file_rows is None else int(file_rows[index]) + 1
+
+
 def _check_fields(dataset: datasets.Dataset, fields: tuple[str, ...], where: str):
   missing = [f for f in fields if f not in dataset.column_names]
   if missing:
@@ -282,12 +299,13 @@ def _check_fields(dataset: datasets.Dataset, fields: tuple[str, ...], where: str
 def _check_texts(dataset: datasets.Dataset, fields: tuple[str, ...], words: bool, where: str):
   """Every row has each text field: a string (a list of strings for token tasks)."""
   for field in fields:
-    for row, value in enumerate(dataset[field], 1):
+    for index, value in enumerate(dataset[field]):
       ok = (isinstance(value, list) and all(isinstance(w, str) for w in value) if words
             else isinstance(value, str))
       if not ok:
         kind = "a list of words" if words else "a text"
-        raise DataError(f"{where}: row {row}: field {field!r} is {value!r}, not {kind}")
+        raise DataError(f"{where}: row {row_number(where, index)}: field {field!r} is "
+                        f"{value!r}, not {kind}")
 
 
 def _class_id(value, index: dict[str, int], count: int) -> int | None:
@@ -310,7 +328,8 @@ def _class_ids(values: list, label_names: tuple[str, ...], where: str,
   if None in ids:
     position = ids.index(None)
     bad = sum(i is None for i in ids)
-    at = f"row {row}, word {position + 1}" if row is not None else f"row {position + 1}"
+    at = (f"row {row}, word {position + 1}" if row is not None
+          else f"row {row_number(where, position)}")
     hint = " (a GLUE test split has no labels: -1)" if values[position] == -1 else ""
     raise DataError(f"{where}: {at}: label {values[position]!r} is neither one of "
                     f"task.label_names {list(label_names)} nor an id 0..{len(label_names) - 1}"
@@ -320,10 +339,10 @@ def _class_ids(values: list, label_names: tuple[str, ...], where: str,
 
 def _scores(values: list, where: str) -> np.ndarray:
   """Regression labels -> float32; a null, NaN or infinite one is an error naming its row."""
-  for row, value in enumerate(values, 1):
+  for index, value in enumerate(values):
     if (isinstance(value, bool) or not isinstance(value, (int, float, np.number))
         or not math.isfinite(value)):
-      raise DataError(f"{where}: row {row}: label {value!r} is not a finite number")
+      raise DataError(f"{where}: row {row_number(where, index)}: label {value!r} is not a finite number")
   return np.asarray(values, np.float32)
 
 
@@ -421,10 +440,10 @@ def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, wher
   sentences = dataset[fields[0]]
   for i in range(n):
     if not isinstance(raw_labels[i], list) or len(raw_labels[i]) != len(sentences[i]):
-      raise DataError(f"{where}: row {i + 1}: {task_cfg.label_field!r} is {raw_labels[i]!r}, "
-                      f"not one tag per word")
+      raise DataError(f"{where}: row {row_number(where, i)}: {task_cfg.label_field!r} is "
+                      f"{raw_labels[i]!r}, not one tag per word")
     word_labels[i] = tags = _class_ids(list(raw_labels[i]), tuple(task_cfg.label_names), where,
-                                       row=i + 1)
+                                       row=row_number(where, i))
     previous = -1
     for position, word in enumerate(word_ids[i]):
       if word >= 0 and word != previous:
@@ -832,7 +851,7 @@ def encode_relations(dataset: datasets.Dataset, tokenizer, task_cfg, max_length:
       else:
         text, spans = strip_entity_tags(text)
     except ValueError as e:
-      raise DataError(f"{where}: row {row + 1}: {e}") from None
+      raise DataError(f"{where}: row {row_number(where, row)}: {e}") from None
     texts.append(text)
     char_spans.append(spans)
   encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
@@ -847,7 +866,7 @@ def encode_relations(dataset: datasets.Dataset, tokenizer, task_cfg, max_length:
     ids, offsets = encoded["input_ids"][i], encoded["offset_mapping"][i]
     token_spans = [_token_span(offsets, *char_spans[i][k:k + 2]) for k in (0, 2)]
     if None in token_spans:
-      raise DataError(f"{where}: row {i + 1}: entity {token_spans.index(None) + 1} "
+      raise DataError(f"{where}: row {row_number(where, i)}: entity {token_spans.index(None) + 1} "
                       f"covers no token of {texts[i]!r}")
     # Insertions (token position, closing first at a tie, marker id), applied back to front.
     (a1, b1), (a2, b2) = token_spans
@@ -861,7 +880,7 @@ def encode_relations(dataset: datasets.Dataset, tokenizer, task_cfg, max_length:
     if len(ids) > budget:
       low, high = min(spans[0], spans[2]) - m, max(spans[1], spans[3]) + m
       if high - low > budget:
-        raise DataError(f"{where}: row {i + 1}: the entities and the text between them take "
+        raise DataError(f"{where}: row {row_number(where, i)}: the entities and the text between them take "
                         f"{high - low} tokens, more than data.max_length={max_length} holds")
       start = min(max(low - (budget - (high - low)) // 2, 0), len(ids) - budget)
       ids = ids[start:start + budget]
@@ -947,14 +966,14 @@ def encode_questions(dataset: datasets.Dataset, tokenizer, task_cfg, max_length:
   contexts = list(dataset[context_field])
   ids = (list(dataset["id"]) if "id" in dataset.column_names
          else [str(i) for i in range(len(dataset))])
-  golds = ([_gold_answers(a, c, where, i + 1) for i, (a, c) in
+  golds = ([_gold_answers(a, c, where, row_number(where, i)) for i, (a, c) in
             enumerate(zip(dataset[task_cfg.label_field], contexts))] if labelled
            else [([], [])] * len(dataset))
   room = max_length - task_cfg.doc_stride
   for i, question in enumerate(questions):
     if (len(tokenizer(question, add_special_tokens=False)["input_ids"])
         + tokenizer.num_special_tokens_to_add(pair=True) >= room):
-      raise DataError(f"{where}: row {i + 1}: the question takes too much of data.max_length="
+      raise DataError(f"{where}: row {row_number(where, i)}: the question takes too much of data.max_length="
                       f"{max_length} to leave windows of context with task.doc_stride="
                       f"{task_cfg.doc_stride}")
   encoded = tokenizer(questions, contexts, truncation="only_second", max_length=max_length,
@@ -1124,9 +1143,11 @@ def _read_split(data_cfg, task_cfg, source: str, split: str) -> tuple[datasets.D
   held = holdout_indices(rows[field], holdout_size(amount, len(rows)),
                          stratify=task_cfg.kind == "classification")
   if split == HOLDOUT_SPLIT:
-    return rows.select(held), f"{source} [{train_split}, the rows held out for {split}]"
+    return rows.select(held), SplitRows(f"{source} [{train_split}, the rows held out for "
+                                        f"{split}]", held)
   kept = np.setdiff1d(np.arange(len(rows)), held)
-  return rows.select(kept), f"{source} [{train_split}, without the rows held out]"
+  return rows.select(kept), SplitRows(f"{source} [{train_split}, without the rows held out]",
+                                      kept)
 
 
 def load_encoded(data_cfg, task_cfg, tokenizer, split: str, limit: int = 0) -> EncodedSplit:
