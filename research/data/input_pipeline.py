@@ -1150,6 +1150,22 @@ def _read_split(data_cfg, task_cfg, source: str, split: str) -> tuple[datasets.D
                                       kept)
 
 
+def _check_scorable(task_cfg, split: EncodedSplit, where: str) -> None:
+  """A SQuAD 1.1 evaluation (`task.version_2_with_negative=False`) scores every question
+  against its answers, as the official script does: a question without one would score 0
+  against nothing, so a split that holds such questions is refused."""
+  if task_cfg.kind != "question_answering" or task_cfg.version_2_with_negative:
+    return
+  unanswerable = [e["id"] for e in split.examples if not e["answers"]]
+  if unanswerable:
+    shown = ", ".join(repr(i) for i in unanswerable[:3]) + (", ..." if len(unanswerable) > 3
+                                                            else "")
+    raise DataError(f"{where}: {len(unanswerable)} of the {len(split.examples)} questions have "
+                    f"no answer (ids {shown}); task.version_2_with_negative=False (SQuAD 1.1) "
+                    "would score each 0: set task.version_2_with_negative=True "
+                    "(configs/squad_v2.py) to score them as unanswerable, or leave them out")
+
+
 def load_encoded(data_cfg, task_cfg, tokenizer, split: str, limit: int = 0) -> EncodedSplit:
   """Reads, optionally truncates to the first `limit` examples, and tokenises one split."""
   start = time.time()
@@ -1158,6 +1174,8 @@ def load_encoded(data_cfg, task_cfg, tokenizer, split: str, limit: int = 0) -> E
   if limit:
     dataset = dataset.select(range(min(limit, len(dataset))))
   encoded = encode(dataset, tokenizer, task_cfg, data_cfg.max_length, where)
+  if split != data_cfg.get("train_split", "train"):
+    _check_scorable(task_cfg, encoded, where)
   truncated = int(np.sum(encoded.lengths >= data_cfg.max_length))
   logging.info("%s: %d examples, mean %.1f tokens, %d at max_length %d (%.1fs)", where,
                len(encoded), encoded.lengths.mean(), truncated, data_cfg.max_length,
