@@ -34,6 +34,7 @@ def load_best(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   saved = workdir / "config.json"
   if not saved.exists():
     raise RunError(f"{workdir} holds no run (no config.json)")
+  tasks.adopt_saved_tags(config, json.loads(saved.read_text()))  # a token task's inferred tags
   conflicts = [c for c in config_lib.resume_conflicts(json.loads(saved.read_text()), config)
                if c.startswith(_MODEL_FIELDS)]
   if conflicts:
@@ -140,6 +141,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     answers, nbest, null_odds = evaluation.answers(task, split, outputs)
   else:
     predicted = evaluation.predictions(task.kind, split, outputs)
+  if token_task:
+    word_probabilities = evaluation.word_probabilities(split, outputs)
   lines = []
   for i, row in enumerate(dataset):
     record = {field: row[field] for field in task.text_fields}
@@ -157,8 +160,10 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                     probabilities=dict(zip(names, probabilities.round(6).tolist())))
     elif task.kind == "regression":
       record["score"] = float(predicted[i])
-    else:
-      record["tags"] = [names[t] for t in predicted[i]]
+    else:  # each word's tag and that tag's probability (None: a word cut off by max_length)
+      record.update(tags=[names[t] for t in predicted[i]],
+                    probabilities=[None if p is None else round(p, 6)
+                                   for p in word_probabilities[i]])
     lines.append(json.dumps(record, ensure_ascii=False) + "\n")
   writers.write_text(output_path, "".join(lines))
   logging.info("wrote %d predictions of the best checkpoint (step %d) to %s", len(dataset),

@@ -76,6 +76,15 @@ def hf_architecture(task_cfg, model_type: str = "bert") -> str:
   return hf_io.architecture_name(model_type, suffix)
 
 
+def adopt_saved_tags(config, saved: dict[str, Any]) -> None:
+  """A token task whose `task.label_names` is empty takes those of the run's saved config
+  (`saved`, its config.json: the tags of its training split, read when it trained), so that a
+  resume, eval, predict and export use the list the model was trained with."""
+  task = config.task
+  if task.kind == "token_classification" and not task.label_names:
+    task.label_names = tuple(saved.get("task", {}).get("label_names") or ())
+
+
 def num_outputs(kind: str, label_names: tuple[str, ...]) -> int:
   if kind == "question_answering":
     return 2  # start and end

@@ -198,6 +198,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> N
   """Refuses a workdir that holds a run with another config (before anything is written)."""
   path = workdir / "config.json"
   if path.exists():
+    tasks.adopt_saved_tags(config, json.loads(path.read_text()))
     conflicts = config_lib.resume_conflicts(json.loads(path.read_text()), config)
     if conflicts:
       raise RunError(f"{workdir} holds a run with a different config; use another --workdir "
@@ -434,6 +435,12 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
   source = input_pipeline.locate(config.data)  # before the model: a data mistake fails fast
   logging.info("data: %s; a registered task looks at data.dataset, $%s, the hub, then the "
                "repository's data/ slice", source.describe(), input_pipeline.DATA_DIR_ENV)
+
+  # A token task without task.label_names takes the tags of its training split; config.json
+  # keeps them for the resume, eval, predict and export.
+  if config.task.kind == "token_classification" and not config.task.label_names:
+    config.task.label_names = input_pipeline.training_tags(config.data, config.task)
+    logging.info("task.label_names from the training split: %s", list(config.task.label_names))
 
   # ---- Model -------------------------------------------------------------------------------
   setup = build_model(config)

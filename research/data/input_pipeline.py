@@ -52,7 +52,13 @@ from research import tasks
 
 DATA_DIR_ENV = "RESEARCH_DATA_DIR"
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv",
-            ".parquet": "parquet", ".txt": "text"}  # .txt: one row per line, field "text"
+            ".parquet": "parquet", ".txt": "text",  # .txt: one row per line, field "text"
+            ".conll": "conll"}  # a word and its tag a line (`read_conll`)
+# A token task reads these as CoNLL files too: its rows are lists of words, which no
+# one-row-a-line table holds.
+CONLL_SUFFIXES = (".conll", ".txt", ".tsv")
+# The fields a .conll file's rows have when no token task names them.
+CONLL_FIELDS = ("tokens", "ner_tags")
 Batch = dict[str, np.ndarray]
 
 
@@ -166,8 +172,10 @@ def resolve_source(data_cfg) -> str:
   return locate(data_cfg).location
 
 
-def load_split(source: str, subset: str, split: str) -> datasets.Dataset:
-  """One split of a local directory (`<split>.<ext>`) or of a hub dataset."""
+def load_split(source: str, subset: str, split: str,
+               conll_fields: tuple[str, str] | None = None) -> datasets.Dataset:
+  """One split of a local directory (`<split>.<ext>`) or of a hub dataset. `conll_fields`
+  (a token task's words and tags fields): .txt and .tsv files are CoNLL files too."""
   directory = pathlib.Path(os.path.expanduser(source))
   if directory.is_dir():
     files = sorted(p for p in directory.iterdir()
@@ -176,7 +184,7 @@ def load_split(source: str, subset: str, split: str) -> datasets.Dataset:
       available = sorted({p.stem for p in directory.iterdir() if p.suffix in _FORMATS})
       raise DataError(f"{directory} has no file for split {split!r} (looked for "
                       f"{split}{{{','.join(_FORMATS)}}}; splits there: {available})")
-    return read_file(files[0])
+    return read_file(files[0], conll_fields)
   if source.startswith((".", "/", "~")):
     raise DataError(f"data directory {source} does not exist")
   try:
@@ -197,13 +205,18 @@ def check_utf8(path: pathlib.Path) -> str:
                     "save the file as UTF-8") from None
 
 
-def read_file(path: pathlib.Path) -> datasets.Dataset:
-  """A .jsonl/.json/.csv/.tsv/.parquet/.txt file's rows; any problem is one error naming the
-  file. A .txt file is one row per line in the field "text" (blank lines kept as '')."""
+def read_file(path: pathlib.Path, conll_fields: tuple[str, str] | None = None
+              ) -> datasets.Dataset:
+  """A .jsonl/.json/.csv/.tsv/.parquet/.txt/.conll file's rows; any problem is one error naming
+  the file. A .txt file is one row per line in the field "text" (blank lines kept as ''). A
+  .conll file, and with `conll_fields` (a token task's) a .txt or .tsv file, is read by
+  `read_conll`."""
   if path.stat().st_size == 0:
     raise DataError(f"{path} is empty")
   if path.suffix != ".parquet":
     check_utf8(path)
+  if path.suffix == ".conll" or (conll_fields and path.suffix in CONLL_SUFFIXES):
+    return read_conll(path, *(conll_fields or CONLL_FIELDS))
   if path.suffix == ".json":  # SQuAD's nested layout is flattened into one row per question
     try:
       rows = squad_rows(json.loads(path.read_text(encoding="utf-8")))
@@ -222,6 +235,45 @@ def read_file(path: pathlib.Path) -> datasets.Dataset:
   if not len(dataset):
     raise DataError(f"{path} has no rows")
   return dataset
+
+
+_CONLL_COLUMNS = re.compile(r"[ \t]+")
+
+
+def read_conll(path: pathlib.Path, words_field: str, tags_field: str) -> datasets.Dataset:
+  """A CoNLL file: a word a line, its tag in the last column (CoNLL-2003's `word POS chunk NER`
+  reads as word and NER), columns separated by tabs and spaces (so a word holds neither); a
+  line that is empty or only whitespace ends a sentence, and `-DOCSTART-` lines (document breaks) are skipped. A row per
+  sentence: its words in `words_field`, their tags in `tags_field`. A line of one column, or
+  of another number of columns than the file's first, is one error naming the file and line."""
+  rows, words, tags = [], [], []
+  columns, first = 0, 0
+
+  def end_sentence():
+    if words:
+      rows.append({words_field: list(words), tags_field: list(tags)})
+      words.clear()
+      tags.clear()
+
+  for number, line in enumerate(check_utf8(path).split("\n"), 1):
+    parts = _CONLL_COLUMNS.split(line.strip()) if line.strip() else []
+    if not parts or parts[0] == "-DOCSTART-":
+      end_sentence()
+      continue
+    if len(parts) < 2:
+      raise DataError(f"{path}:{number}: {line.strip()!r} has one column; a CoNLL line is a "
+                      "word and its tag (the last column), separated by tabs or spaces")
+    if not columns:
+      columns, first = len(parts), number
+    if len(parts) != columns:
+      raise DataError(f"{path}:{number}: {len(parts)} columns ({line.strip()!r}), line {first} "
+                      f"has {columns}")
+    words.append(parts[0])
+    tags.append(parts[-1])
+  end_sentence()
+  if not rows:
+    raise DataError(f"{path} has no sentences (a CoNLL file: a word and its tag a line)")
+  return datasets.Dataset.from_list(rows)
 
 
 def split_file(source: str, split: str) -> str:
@@ -611,6 +663,8 @@ def load_stream(source: str, subset: str, split: str) -> datasets.IterableDatase
       path = pathlib.Path(split_file(source, split))
       if not path.is_file():
         load_split(source, subset, split)  # its one-line error: the files that are there
+      if path.suffix == ".conll":
+        raise DataError(f"{path}: a CoNLL file holds tagged words, not texts to stream")
       kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
       return datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train",
                                    streaming=True, **kwargs)
@@ -1129,14 +1183,22 @@ def holdout_indices(labels: list, size: int, stratify: bool) -> np.ndarray:
   return np.sort(np.concatenate([np.asarray(groups[k][:quota[k]], np.int64) for k in keys]))
 
 
+def _conll_fields(task_cfg) -> tuple[str, str] | None:
+  """The words and tags fields a token task reads a CoNLL file into; None for other tasks."""
+  if task_cfg.kind != "token_classification":
+    return None
+  return task_cfg.text_fields[0], task_cfg.label_field
+
+
 def _read_split(data_cfg, task_cfg, source: str, split: str) -> tuple[datasets.Dataset, str]:
   """The rows of `split` and how to name them in messages; with `data.validation_from_train`
   the train split loses the rows that make up the 'validation' split."""
   amount = data_cfg.get("validation_from_train", 0)
   train_split = data_cfg.get("train_split", "train")
+  conll = _conll_fields(task_cfg)
   if not amount or split not in (train_split, HOLDOUT_SPLIT):
-    return load_split(source, data_cfg.subset, split), f"{source} [{split}]"
-  rows = load_split(source, data_cfg.subset, train_split)
+    return load_split(source, data_cfg.subset, split, conll), f"{source} [{split}]"
+  rows = load_split(source, data_cfg.subset, train_split, conll)
   # Stratified by label for classification; for the other kinds only the number of rows counts.
   field = (task_cfg.text_fields[0] if task_cfg.kind == "masked_lm" else task_cfg.label_field)
   _check_fields(rows, (field,), f"{source} [{train_split}]")
@@ -1164,6 +1226,40 @@ def _check_scorable(task_cfg, split: EncodedSplit, where: str) -> None:
                     f"no answer (ids {shown}); task.version_2_with_negative=False (SQuAD 1.1) "
                     "would score each 0: set task.version_2_with_negative=True "
                     "(configs/squad_v2.py) to score them as unanswerable, or leave them out")
+
+
+def _tag_rows(dataset: datasets.Dataset, task_cfg, where: str) -> Iterator[tuple[int, list]]:
+  """(file row, tags) of each row of a token-task split whose tags are names."""
+  _check_fields(dataset, (task_cfg.label_field,), where)
+  for index, tags in enumerate(dataset[task_cfg.label_field]):
+    if not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+      raise DataError(f"{where}: row {row_number(where, index)}: {task_cfg.label_field!r} is "
+                      f"{tags!r}, not a tag name per word: task.label_names is empty, so the "
+                      "names are read from the training split (or list them there)")
+    yield row_number(where, index), tags
+
+
+def training_tags(data_cfg, task_cfg) -> tuple[str, ...]:
+  """A token task's tag names when `task.label_names` is empty: every tag of the training
+  split, sorted, "O" first. A tag of an evaluation split that the training split lacks is
+  an error naming it (the model could never predict it)."""
+  source = resolve_source(data_cfg)
+  train_split = data_cfg.get("train_split", "train")
+  dataset, where = _read_split(data_cfg, task_cfg, source, train_split)
+  found = {tag for _, tags in _tag_rows(dataset, task_cfg, where) for tag in tags}
+  names = tuple(sorted(found, key=lambda tag: (tag != "O", tag)))
+  if len(names) < 2:
+    raise DataError(f"{where}: the tags of the training split are {list(names)}: a token task "
+                    "needs at least two (task.label_names is empty, so they are read there)")
+  for split in data_cfg.get("eval_splits", ()):
+    dataset, where = _read_split(data_cfg, task_cfg, source, split)
+    for row, tags in _tag_rows(dataset, task_cfg, where):
+      unknown = [tag for tag in tags if tag not in found]
+      if unknown:
+        raise DataError(f"{where}: row {row}: tag {unknown[0]!r} is not a tag of the training "
+                        f"split {list(names)}, where the tags are read from (task.label_names "
+                        "is empty): list every tag in task.label_names to evaluate it")
+  return names
 
 
 def load_encoded(data_cfg, task_cfg, tokenizer, split: str, limit: int = 0) -> EncodedSplit:
