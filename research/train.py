@@ -261,6 +261,7 @@ class Run:
   writer: writers.MetricWriter
   steps_per_epoch: int
   throughput: run_record.Throughput  # this session's counts, for run.json
+  batches: Any  # the training batches: what a checkpoint keeps of them (`resume_record`)
 
 
 def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
@@ -353,7 +354,8 @@ def read_step_metrics(run: Run, state: RunState,
 def save_checkpoint(run: Run, state: RunState, device_state: steps.TrainState,
                     step: int) -> None:
   """The train state at `step` with the run state as its meta (every process takes part)."""
-  meta = dict(dataclasses.asdict(state), step=step, epoch=step / run.steps_per_epoch)
+  meta = dict(dataclasses.asdict(state), step=step, epoch=step / run.steps_per_epoch,
+              **run.batches.resume_record(step))
   run.ckpts.save_state(step, run.dp.get_replicated(device_state), meta)
 
 
@@ -515,6 +517,12 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
     logging.info("%s holds a finished run; its results.json stands", workdir)
     ckpts.close()
     return json.loads((workdir / "results.json").read_text())
+  if start_step:
+    try:
+      batches.check_resume(start_step, meta)  # a stream re-reads (and checks) what it trained on
+    except BaseException:
+      ckpts.close()
+      raise
   # The config, data, model and checkpoint are valid: the workdir now belongs to this run.
   log.start()
   writers.write_text(workdir / "config.json", config_lib.to_json(config))
@@ -530,7 +538,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
             writer=writers.MetricWriter(workdir, resume_step=start_step,
                                         wandb_project=config.log.wandb_project,
                                         wandb_config=config.to_dict()),
-            steps_per_epoch=batches.steps_per_epoch, throughput=run_record.Throughput())
+            steps_per_epoch=batches.steps_per_epoch, throughput=run_record.Throughput(),
+            batches=batches)
 
   # ---- Loop --------------------------------------------------------------------------------
   # Each step also sums every process's flags (stop requested, save requested) over all

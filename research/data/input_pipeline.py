@@ -695,7 +695,15 @@ class StreamedTrainBatches:
   by r, so that a row is treated the same on whichever device or process holds it.
   `steps_per_epoch` is the run's length (a stream's epoch length is unknown): progress and
   evaluation count the run as one epoch unless eval.every_steps says otherwise.
+
+  A stream cannot be hashed up front (a hub corpus, one larger than the disk), so a running
+  digest of the rows each step consumed is kept with every checkpoint (`resume_record`); a
+  resume recomputes it while it reads its way to the checkpoint's step (`check_resume`), so an
+  edit to any row the run had trained on is found before it trains on.
   """
+
+  DIGEST_KEY = "stream_rows_digest"  # the key of the digest in a checkpoint's meta
+  KEPT_DIGESTS = 64  # digests kept for the steps built last (a checkpoint asks for a recent one)
 
   def __init__(self, stream: datasets.IterableDataset, tokenizer, task_cfg, max_length: int, *,
                batch_size: int, accum_steps: int, seed: int, buckets: tuple[int, ...],
@@ -710,6 +718,8 @@ class StreamedTrainBatches:
     self.limit, self.chunk_texts, self.where = limit, chunk_texts, where
     self.steps_per_epoch = total_steps
     self._tokens: dict[int, int] = {}
+    self._digests: dict[int, str] = {}  # step -> digest of the rows of steps [0, step)
+    self._resumed: tuple[int, Iterator[EncodedSplit], Any] | None = None
 
   def _pass(self, index: int) -> Iterator[dict]:
     stream = self.stream
@@ -755,13 +765,44 @@ class StreamedTrainBatches:
         pending = [rows.select(np.arange(self.batch_size, len(rows)))]
         have = len(pending[0])
 
+  def _read_to(self, start_step: int) -> tuple[Iterator[EncodedSplit], Any]:
+    """The steps from `start_step` on, and the running digest of the rows of those before (read
+    from the stream's start; kept from `check_resume` when it read them)."""
+    if self._resumed is not None and self._resumed[0] == start_step:
+      _, steps, digest = self._resumed
+      self._resumed = None
+      return steps, digest
+    steps, digest = self._steps(), hashlib.sha256()
+    for _ in range(start_step):
+      digest.update(fingerprint(next(steps)).encode())
+    return steps, digest
+
+  def resume_record(self, step: int) -> dict[str, Any]:
+    """What a checkpoint at `step` keeps of the stream: the digest of the rows of its steps."""
+    return {self.DIGEST_KEY: self._digests[step]} if step in self._digests else {}
+
+  def check_resume(self, step: int, meta: dict[str, Any]) -> None:
+    """Reads the stream to `step` and refuses it if the rows differ from those the run had
+    consumed when its checkpoint (with `meta`) was saved: the corpus was edited since."""
+    saved = meta.get(self.DIGEST_KEY)
+    if saved is None:  # a checkpoint from before the digest was kept
+      return
+    steps, digest = self._read_to(step)
+    if digest.hexdigest() != saved:
+      raise DataError(f"{self.where}: the rows of the first {step} steps differ from those the "
+                      f"run trained on before its checkpoint at step {step}: the corpus was "
+                      "edited since; restore it, or train in another --workdir")
+    self._resumed = (step, steps, digest)
+
   def __call__(self, start_step: int, end_step: int, rows: slice = slice(None)
                ) -> Iterator[Batch]:
     if start_step >= end_step:
       return
-    for step, split in enumerate(self._steps()):
-      if step < start_step:
-        continue
+    steps, digest = self._read_to(start_step)
+    for step, split in enumerate(steps, start_step):
+      digest.update(fingerprint(split).encode())
+      self._digests[step + 1] = digest.hexdigest()
+      self._digests.pop(step + 1 - self.KEPT_DIGESTS, None)
       indices = np.arange(self.batch_size)
       self._tokens[step] = int(split.lengths.sum())
       local = indices.reshape(self.accum_steps, -1)[:, rows].reshape(-1)
@@ -1412,6 +1453,14 @@ class TrainBatches:
     batch = make_batch(self.split, local.reshape(-1), self.buckets, width,
                        mask_key=train_mask_key(self.seed, epoch))
     return {k: v.reshape((self.accum_steps, -1) + v.shape[1:]) for k, v in batch.items()}
+
+  def resume_record(self, step: int) -> dict[str, Any]:
+    """What a checkpoint at `step` keeps of the batches (nothing: they are a function of the
+    split, whose fingerprint data.json holds)."""
+    return {}
+
+  def check_resume(self, step: int, meta: dict[str, Any]) -> None:
+    """Nothing to check: data.json's fingerprint covers the whole split."""
 
   def tokens(self, start_step: int, end_step: int) -> int:
     """Real (unpadded) tokens in the batches of steps [start_step, end_step)."""
