@@ -1,7 +1,7 @@
 """Input pipeline: a file or hub dataset -> tokenised numpy matrices -> length-bucketed batches.
 
-* Sources: a local directory holding `<split>.jsonl|json|csv|tsv|parquet|txt`, or a Hugging Face hub
-  dataset. A registered task (`data.local_name`) is read from, in turn: an explicit
+* Sources: a local directory holding `<split>.jsonl|json|csv|tsv|parquet|txt|conll` (CoNLL
+  columns, `read_conll`), or a Hugging Face hub dataset. A registered task (`data.local_name`) is read from, in turn: an explicit
   `data.dataset` (anything but its own hub dataset), `$RESEARCH_DATA_DIR/<local_name>/` when
   that variable is set (CI and tests point it at ../shared/data), its hub dataset when the hub
   is reachable, or the slice shipped in the repository's `data/` when it holds what the config
@@ -1294,6 +1294,8 @@ def training_tags(data_cfg, task_cfg) -> tuple[str, ...]:
                     "needs at least two (task.label_names is empty, so they are read there)")
   for split in data_cfg.get("eval_splits", ()):
     dataset, where = _read_split(data_cfg, task_cfg, source, split)
+    if data_cfg.get("eval_examples", 0):
+      dataset = dataset.select(range(min(data_cfg.eval_examples, len(dataset))))
     for row, tags in _tag_rows(dataset, task_cfg, where):
       unknown = [tag for tag in tags if tag not in found]
       if unknown:
