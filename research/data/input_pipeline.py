@@ -1,12 +1,13 @@
 """Input pipeline: a file or hub dataset -> tokenised numpy matrices -> length-bucketed batches.
 
 * Sources: a local directory holding `<split>.jsonl|json|csv|tsv|parquet|txt|conll` (CoNLL
-  columns, `read_conll`), or a Hugging Face hub dataset. A registered task (`data.local_name`) is read from, in turn: an explicit
-  `data.dataset` (anything but its own hub dataset), `$RESEARCH_DATA_DIR/<local_name>/` when
-  that variable is set (CI and tests point it at ../shared/data), its hub dataset when the hub
-  is reachable, or the slice shipped in the repository's `data/` when it holds what the config
-  asks for (`locate`). `data.validation_from_train` carves a fixed, stratified validation split
-  out of train, for datasets with only train and test.
+  columns, `read_conll`), or a Hugging Face hub dataset. A registered task
+  (`data.local_name`) is read from, in turn: an explicit `data.dataset` (anything but its own
+  hub dataset), `$RESEARCH_DATA_DIR/<local_name>/` when that variable is set (CI and tests
+  point it at ../shared/data), its hub dataset when the hub is reachable, or the slice
+  shipped in the repository's `data/` when it holds what the config asks for (`locate`).
+  `data.validation_from_train` carves a fixed, stratified validation split out of train, for
+  datasets with only train and test.
 * Checks: every label is validated as a split is encoded (NaN, null, unknown or out of range is
   one error naming the file, the row and the value), and so is every text field. A run records
   each split's fingerprint (`data_record`), so a resumed run refuses other data.
@@ -243,9 +244,10 @@ _CONLL_COLUMNS = re.compile(r"[ \t]+")
 def read_conll(path: pathlib.Path, words_field: str, tags_field: str) -> datasets.Dataset:
   """A CoNLL file: a word a line, its tag in the last column (CoNLL-2003's `word POS chunk NER`
   reads as word and NER), columns separated by tabs and spaces (so a word holds neither); a
-  line that is empty or only whitespace ends a sentence, and `-DOCSTART-` lines (document breaks) are skipped. A row per
-  sentence: its words in `words_field`, their tags in `tags_field`. A line of one column, or
-  of another number of columns than the file's first, is one error naming the file and line."""
+  line that is empty or only whitespace ends a sentence, and `-DOCSTART-` lines (document
+  breaks) are skipped. A row per sentence: its words in `words_field`, their tags in
+  `tags_field`. A line of one column, or of another number of columns than the file's first,
+  is one error naming the file and line."""
   rows, words, tags = [], [], []
   columns, first = 0, 0
 
@@ -394,7 +396,8 @@ def _scores(values: list, where: str) -> np.ndarray:
   for index, value in enumerate(values):
     if (isinstance(value, bool) or not isinstance(value, (int, float, np.number))
         or not math.isfinite(value)):
-      raise DataError(f"{where}: row {row_number(where, index)}: label {value!r} is not a finite number")
+      raise DataError(f"{where}: row {row_number(where, index)}: label {value!r} is not a "
+                      "finite number")
   return np.asarray(values, np.float32)
 
 
@@ -975,8 +978,9 @@ def encode_relations(dataset: datasets.Dataset, tokenizer, task_cfg, max_length:
     if len(ids) > budget:
       low, high = min(spans[0], spans[2]) - m, max(spans[1], spans[3]) + m
       if high - low > budget:
-        raise DataError(f"{where}: row {row_number(where, i)}: the entities and the text between them take "
-                        f"{high - low} tokens, more than data.max_length={max_length} holds")
+        raise DataError(f"{where}: row {row_number(where, i)}: the entities and the text "
+                        f"between them take {high - low} tokens, more than "
+                        f"data.max_length={max_length} holds")
       start = min(max(low - (budget - (high - low)) // 2, 0), len(ids) - budget)
       ids = ids[start:start + budget]
       spans = [s - start for s in spans]
@@ -1068,9 +1072,9 @@ def encode_questions(dataset: datasets.Dataset, tokenizer, task_cfg, max_length:
   for i, question in enumerate(questions):
     if (len(tokenizer(question, add_special_tokens=False)["input_ids"])
         + tokenizer.num_special_tokens_to_add(pair=True) >= room):
-      raise DataError(f"{where}: row {row_number(where, i)}: the question takes too much of data.max_length="
-                      f"{max_length} to leave windows of context with task.doc_stride="
-                      f"{task_cfg.doc_stride}")
+      raise DataError(f"{where}: row {row_number(where, i)}: the question takes too much of "
+                      f"data.max_length={max_length} to leave windows of context with "
+                      f"task.doc_stride={task_cfg.doc_stride}")
   encoded = tokenizer(questions, contexts, truncation="only_second", max_length=max_length,
                       stride=task_cfg.doc_stride, return_overflowing_tokens=True,
                       return_offsets_mapping=True)
