@@ -31,10 +31,10 @@ def load_best(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   """The model and best params of a workdir's run (host arrays), and the best's meta."""
   workdir = pathlib.Path(workdir)
   config_lib.validate(config)
+  tasks.adopt_saved_tags(config, workdir / "config.json")  # a token task's inferred tags
   saved = workdir / "config.json"
   if not saved.exists():
     raise RunError(f"{workdir} holds no run (no config.json)")
-  tasks.adopt_saved_tags(config, json.loads(saved.read_text()))  # a token task's inferred tags
   conflicts = [c for c in config_lib.resume_conflicts(json.loads(saved.read_text()), config)
                if c.startswith(_MODEL_FIELDS)]
   if conflicts:

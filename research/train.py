@@ -198,7 +198,6 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> N
   """Refuses a workdir that holds a run with another config (before anything is written)."""
   path = workdir / "config.json"
   if path.exists():
-    tasks.adopt_saved_tags(config, json.loads(path.read_text()))
     conflicts = config_lib.resume_conflicts(json.loads(path.read_text()), config)
     if conflicts:
       raise RunError(f"{workdir} holds a run with a different config; use another --workdir "
@@ -427,6 +426,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   config = with_checkpoint_architecture(config)
   with (compiled_programs_released(), writers.workdir_lock(workdir),
         writers.RunLog.attached(workdir / "train.log") as log, StopSignals() as stop):
+    tasks.adopt_saved_tags(config, workdir / "config.json")  # a token task's inferred tags
     check_workdir(config, workdir)
     return _train(config, workdir, log, stop)
 
@@ -532,14 +532,13 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
   train_seconds_before = run_state.train_seconds
   device_state = dp.put_replicated(state)
   del state, params, frozen  # the device copy is the state from here on
-  run = Run(config=config, workdir=workdir, dp=dp, eval_step=eval_step,
+  run = Run(config=config, workdir=workdir, dp=dp, eval_step=eval_step, batches=batches,
             materialize=dp.compile_replicated(steps.make_materialize(lora_scale)),
             eval_splits=eval_splits, ckpts=ckpts,
             writer=writers.MetricWriter(workdir, resume_step=start_step,
                                         wandb_project=config.log.wandb_project,
                                         wandb_config=config.to_dict()),
-            steps_per_epoch=batches.steps_per_epoch, throughput=run_record.Throughput(),
-            batches=batches)
+            steps_per_epoch=batches.steps_per_epoch, throughput=run_record.Throughput())
 
   # ---- Loop --------------------------------------------------------------------------------
   # Each step also sums every process's flags (stop requested, save requested) over all
