@@ -511,18 +511,14 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
     state, meta = ckpts.restore_state(state)
     run_state = RunState.from_meta(meta)
     logging.info("resumed from %s at step %d", workdir / "checkpoints", int(state.step))
+    if int(state.step) < total_steps:  # a stream re-reads (and checks) the rows it trained on
+      batches.check_resume(int(state.step), meta)
   start_step = int(state.step)
   if ((start_step >= total_steps or run_state.stopped_early)
       and (workdir / "results.json").exists()):
     logging.info("%s holds a finished run; its results.json stands", workdir)
     ckpts.close()
     return json.loads((workdir / "results.json").read_text())
-  if start_step:
-    try:
-      batches.check_resume(start_step, meta)  # a stream re-reads (and checks) what it trained on
-    except BaseException:
-      ckpts.close()
-      raise
   # The config, data, model and checkpoint are valid: the workdir now belongs to this run.
   log.start()
   writers.write_text(workdir / "config.json", config_lib.to_json(config))
