@@ -94,6 +94,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
            "perplexity is lower-is-better: pick the best checkpoint by 'loss' (the same order)")
   elif task.kind == "regression":
     _check(not task.label_names, "task.label_names", "must be empty for regression")
+  elif task.kind == "token_classification":  # empty: the tags of the training split
+    _check(len(task.label_names) != 1, "task.label_names",
+           f"needs at least two tags (or none: those of the training split), got "
+           f"{tuple(task.label_names)}")
   else:
     _check(len(task.label_names) >= 2, "task.label_names",
            f"needs at least two labels for {task.kind}, got {tuple(task.label_names)}")

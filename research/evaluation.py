@@ -70,6 +70,22 @@ def word_predictions(split: input_pipeline.EncodedSplit, outputs: np.ndarray) ->
   return sentences
 
 
+def word_probabilities(split: input_pipeline.EncodedSplit, outputs: np.ndarray
+                       ) -> list[list[float | None]]:
+  """Token-task outputs -> each sentence's probability per word of its predicted tag (the
+  softmax at its first sub-word, where the tag is read); None for the words cut off by
+  max_length, whose tag was not predicted."""
+  logits = outputs - outputs.max(-1, keepdims=True)
+  chosen = 1.0 / np.exp(logits).sum(-1)  # the argmax's softmax: exp(0) over the sum
+  sentences = []
+  for i in range(len(split)):
+    words: list[float | None] = [None] * len(split.word_labels[i])
+    for position in np.flatnonzero(split.word_index[i] >= 0):
+      words[split.word_index[i, position]] = float(chosen[i, position])
+    sentences.append(words)
+  return sentences
+
+
 def answers(task_cfg, split: input_pipeline.EncodedSplit, outputs: np.ndarray):
   """Question answering: (answer per question id, n-best lists, null odds) from the windows'
   start and end logits (`squad.postprocess`)."""

@@ -31,6 +31,7 @@ def load_best(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   """The model and best params of a workdir's run (host arrays), and the best's meta."""
   workdir = pathlib.Path(workdir)
   config_lib.validate(config)
+  tasks.adopt_saved_tags(config, workdir / "config.json")  # a token task's inferred tags
   saved = workdir / "config.json"
   if not saved.exists():
     raise RunError(f"{workdir} holds no run (no config.json)")
@@ -89,11 +90,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
 
 def read_inputs(path: pathlib.Path, text_fields: tuple[str, ...], token_task: bool):
   """A .jsonl file with the task's text fields, or a .txt file with one example per line
-  (the two sentences of a pair separated by a tab; the words of a token task by spaces)."""
+  (the two sentences of a pair separated by a tab; the words of a token task by spaces).
+  Lines end at \n (or \r\n) only: U+2028, U+0085 and the like are characters of a text."""
   import datasets
   if path.suffix == ".txt":
     rows = []
-    for number, line in enumerate(input_pipeline.check_utf8(path).splitlines(), 1):
+    lines = input_pipeline.check_utf8(path).split("\n")
+    if lines[-1] == "":  # the newline that ends the last line
+      lines.pop()
+    for number, line in enumerate((line.removesuffix("\r") for line in lines), 1):
       parts = line.split("\t")
       if len(parts) != len(text_fields):
         raise input_pipeline.DataError(
@@ -137,6 +142,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     answers, nbest, null_odds = evaluation.answers(task, split, outputs)
   else:
     predicted = evaluation.predictions(task.kind, split, outputs)
+  if token_task:
+    word_probabilities = evaluation.word_probabilities(split, outputs)
   lines = []
   for i, row in enumerate(dataset):
     record = {field: row[field] for field in task.text_fields}
@@ -154,8 +161,10 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                     probabilities=dict(zip(names, probabilities.round(6).tolist())))
     elif task.kind == "regression":
       record["score"] = float(predicted[i])
-    else:
-      record["tags"] = [names[t] for t in predicted[i]]
+    else:  # each word's tag and that tag's probability (None: a word cut off by max_length)
+      record.update(tags=[names[t] for t in predicted[i]],
+                    probabilities=[None if p is None else round(p, 6)
+                                   for p in word_probabilities[i]])
     lines.append(json.dumps(record, ensure_ascii=False) + "\n")
   writers.write_text(output_path, "".join(lines))
   logging.info("wrote %d predictions of the best checkpoint (step %d) to %s", len(dataset),

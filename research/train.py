@@ -262,6 +262,7 @@ class Run:
   writer: writers.MetricWriter
   steps_per_epoch: int
   throughput: run_record.Throughput  # this session's counts, for run.json
+  batches: Any  # the training batches: what a checkpoint keeps of them (`resume_record`)
 
 
 def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
@@ -354,7 +355,8 @@ def read_step_metrics(run: Run, state: RunState,
 def save_checkpoint(run: Run, state: RunState, device_state: steps.TrainState,
                     step: int) -> None:
   """The train state at `step` with the run state as its meta (every process takes part)."""
-  meta = dict(dataclasses.asdict(state), step=step, epoch=step / run.steps_per_epoch)
+  meta = dict(dataclasses.asdict(state), step=step, epoch=step / run.steps_per_epoch,
+              **run.batches.resume_record(step))
   run.ckpts.save_state(step, run.dp.get_replicated(device_state), meta)
 
 
@@ -426,6 +428,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   config = with_checkpoint_architecture(config)
   with (compiled_programs_released(), writers.workdir_lock(workdir),
         writers.RunLog.attached(workdir / "train.log") as log, StopSignals() as stop):
+    tasks.adopt_saved_tags(config, workdir / "config.json")  # a token task's inferred tags
     check_workdir(config, workdir)
     return _train(config, workdir, log, stop)
 
@@ -436,6 +439,12 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
   source = input_pipeline.locate(config.data)  # before the model: a data mistake fails fast
   logging.info("data: %s; a registered task looks at data.dataset, $%s, the hub, then the "
                "repository's data/ slice", source.describe(), input_pipeline.DATA_DIR_ENV)
+
+  # A token task without task.label_names takes the tags of its training split; config.json
+  # keeps them for the resume, eval, predict and export.
+  if config.task.kind == "token_classification" and not config.task.label_names:
+    config.task.label_names = input_pipeline.training_tags(config.data, config.task)
+    logging.info("task.label_names from the training split: %s", list(config.task.label_names))
 
   # ---- Model -------------------------------------------------------------------------------
   setup = build_model(config)
@@ -504,6 +513,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
     state, meta = ckpts.restore_state(state)
     run_state = RunState.from_meta(meta)
     logging.info("resumed from %s at step %d", workdir / "checkpoints", int(state.step))
+    if int(state.step) < total_steps:  # a stream re-reads (and checks) the rows it trained on
+      batches.check_resume(int(state.step), meta)
   start_step = int(state.step)
   if ((start_step >= total_steps or run_state.stopped_early)
       and (workdir / "results.json").exists()):
@@ -528,7 +539,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
   train_seconds_before = run_state.train_seconds
   device_state = dp.put_replicated(state)
   del state, params, frozen  # the device copy is the state from here on
-  run = Run(config=config, workdir=workdir, dp=dp, eval_step=eval_step,
+  run = Run(config=config, workdir=workdir, dp=dp, eval_step=eval_step, batches=batches,
             materialize=dp.compile_replicated(steps.make_materialize(lora_scale)),
             eval_splits=eval_splits, ckpts=ckpts, writer=writer,
             steps_per_epoch=batches.steps_per_epoch, throughput=run_record.Throughput())

@@ -4,6 +4,7 @@ transformers' BertForMaskedLM, training, resume, export, and fine-tuning the res
 import json
 import logging
 import os
+import shutil
 import signal
 
 import datasets
@@ -403,6 +404,27 @@ def _interrupt_stream_at(monkeypatch, step):
   monkeypatch.setattr(ip, "make_batch", make_batch)
 
 
+def _resume_on_an_edited_corpus(config, corpus, workdir):
+  """Edits every text of train.txt but those of the first step (whose fingerprint data.json
+  holds): the resume is refused before it trains on, as it had trained on edited rows."""
+  path = corpus / "train.txt"
+  original = path.read_text()
+  batches = _stream_batches(config)
+  step_0 = next(batches._steps())
+  first = {tuple(r[:n]) for r, n in zip(step_0.input_ids, step_0.lengths)}
+  unseen = [t if tuple(batches.tokenizer(t, truncation=True, max_length=64)["input_ids"]) in first
+            else t + " too" for t in original.splitlines()]
+  try:
+    path.write_text("\n".join(unseen) + "\n")
+    assert _stream_batches(config).record(str(corpus), "train") == batches.record(str(corpus),
+                                                                                   "train")
+    with pytest.raises(ip.DataError, match=r"streamed\]: the rows of the first \d+ steps differ "
+                       "from those the run trained on before its checkpoint"):
+      train.train_and_evaluate(config, workdir)
+  finally:
+    path.write_text(original)
+
+
 def test_a_streamed_run_trains_and_resumes_bit_exactly(corpus, tmp_path, monkeypatch):
   config = _stream_config(corpus, **{"data.shuffle_buffer": 100})
   reference = train.train_and_evaluate(config, tmp_path / "reference")
@@ -415,6 +437,8 @@ def test_a_streamed_run_trains_and_resumes_bit_exactly(corpus, tmp_path, monkeyp
     with pytest.raises(train.Interrupted):
       train.train_and_evaluate(config, tmp_path / "run")
   assert 5 <= final_state(tmp_path / "run")[0] < 12
+  shutil.copytree(tmp_path / "run", tmp_path / "edited")
+  _resume_on_an_edited_corpus(config, corpus, tmp_path / "edited")
   summary = train.train_and_evaluate(config, tmp_path / "run")
   assert_same_params(final_state(tmp_path / "run")[1], final_state(tmp_path / "reference")[1])
   assert train_losses(tmp_path / "run") == losses

@@ -6,6 +6,7 @@ import shutil
 
 import datasets
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import torch
@@ -204,3 +205,20 @@ def test_predict_answers_question_context_pairs(small_run, tmp_path):
   for line, row in zip(lines, ({"context": "The Normans ruled."}, {"context": "In Normandy."})):
     assert set(line) == {"question", "context", "answer", "score", "probability", "null_odds"}
     assert line["answer"] in row["context"]  # '' or a span of the context
+
+
+def test_a_squad_v1_eval_split_with_unanswerable_questions_is_one_error(tmp_path, tokenizer):
+  """They were scored 0 against no answer (F1 0.056 reported, 0.075 on the answerable)."""
+  answered = {"text": ["def"], "answer_start": [4]}
+  none = {"text": [], "answer_start": []}
+  (tmp_path / "validation.jsonl").write_text("".join(
+      json.dumps({"id": f"q{i}", "question": "q?", "context": "abc def", "answers": a}) + "\n"
+      for i, a in enumerate([answered, none, answered, none])))
+  data = ml_collections.ConfigDict(dict(dataset=str(tmp_path), subset="", local_name="",
+                                        max_length=64, train_split="train"))
+  with pytest.raises(ip.DataError, match=r"\[validation\]: 2 of the 4 questions have no answer "
+                     r"\(ids 'q1', 'q3'\).*task.version_2_with_negative=True"):
+    ip.load_encoded(data, _task(version_2_with_negative=False, doc_stride=16), tokenizer,
+                    "validation")
+  split = ip.load_encoded(data, _task(doc_stride=16), tokenizer, "validation")
+  assert [e["answers"] for e in split.examples] == [["def"], [], ["def"], []]

@@ -1,12 +1,13 @@
 """Input pipeline: a file or hub dataset -> tokenised numpy matrices -> length-bucketed batches.
 
-* Sources: a local directory holding `<split>.jsonl|json|csv|tsv|parquet|txt`, or a Hugging Face hub
-  dataset. A registered task (`data.local_name`) is read from, in turn: an explicit
-  `data.dataset` (anything but its own hub dataset), `$RESEARCH_DATA_DIR/<local_name>/` when
-  that variable is set (CI and tests point it at ../shared/data), its hub dataset when the hub
-  is reachable, or the slice shipped in the repository's `data/` when it holds what the config
-  asks for (`locate`). `data.validation_from_train` carves a fixed, stratified validation split
-  out of train, for datasets with only train and test.
+* Sources: a local directory holding `<split>.jsonl|json|csv|tsv|parquet|txt|conll` (CoNLL
+  columns, `read_conll`), or a Hugging Face hub dataset. A registered task
+  (`data.local_name`) is read from, in turn: an explicit `data.dataset` (anything but its own
+  hub dataset), `$RESEARCH_DATA_DIR/<local_name>/` when that variable is set (CI and tests
+  point it at ../shared/data), its hub dataset when the hub is reachable, or the slice
+  shipped in the repository's `data/` when it holds what the config asks for (`locate`).
+  `data.validation_from_train` carves a fixed, stratified validation split out of train, for
+  datasets with only train and test.
 * Checks: every label is validated as a split is encoded (NaN, null, unknown or out of range is
   one error naming the file, the row and the value), and so is every text field. A run records
   each split's fingerprint (`data_record`), so a resumed run refuses other data.
@@ -52,7 +53,13 @@ from research import tasks
 
 DATA_DIR_ENV = "RESEARCH_DATA_DIR"
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv",
-            ".parquet": "parquet", ".txt": "text"}  # .txt: one row per line, field "text"
+            ".parquet": "parquet", ".txt": "text",  # .txt: one row per line, field "text"
+            ".conll": "conll"}  # a word and its tag a line (`read_conll`)
+# A token task reads these as CoNLL files too: its rows are lists of words, which no
+# one-row-a-line table holds.
+CONLL_SUFFIXES = (".conll", ".txt", ".tsv")
+# The fields a .conll file's rows have when no token task names them.
+CONLL_FIELDS = ("tokens", "ner_tags")
 Batch = dict[str, np.ndarray]
 
 
@@ -166,8 +173,10 @@ def resolve_source(data_cfg) -> str:
   return locate(data_cfg).location
 
 
-def load_split(source: str, subset: str, split: str) -> datasets.Dataset:
-  """One split of a local directory (`<split>.<ext>`) or of a hub dataset."""
+def load_split(source: str, subset: str, split: str,
+               conll_fields: tuple[str, str] | None = None) -> datasets.Dataset:
+  """One split of a local directory (`<split>.<ext>`) or of a hub dataset. `conll_fields`
+  (a token task's words and tags fields): .txt and .tsv files are CoNLL files too."""
   directory = pathlib.Path(os.path.expanduser(source))
   if directory.is_dir():
     files = sorted(p for p in directory.iterdir()
@@ -176,7 +185,7 @@ def load_split(source: str, subset: str, split: str) -> datasets.Dataset:
       available = sorted({p.stem for p in directory.iterdir() if p.suffix in _FORMATS})
       raise DataError(f"{directory} has no file for split {split!r} (looked for "
                       f"{split}{{{','.join(_FORMATS)}}}; splits there: {available})")
-    return read_file(files[0])
+    return read_file(files[0], conll_fields)
   if source.startswith((".", "/", "~")):
     raise DataError(f"data directory {source} does not exist")
   try:
@@ -197,13 +206,18 @@ def check_utf8(path: pathlib.Path) -> str:
                     "save the file as UTF-8") from None
 
 
-def read_file(path: pathlib.Path) -> datasets.Dataset:
-  """A .jsonl/.json/.csv/.tsv/.parquet/.txt file's rows; any problem is one error naming the
-  file. A .txt file is one row per line in the field "text" (blank lines kept as '')."""
+def read_file(path: pathlib.Path, conll_fields: tuple[str, str] | None = None
+              ) -> datasets.Dataset:
+  """A .jsonl/.json/.csv/.tsv/.parquet/.txt/.conll file's rows; any problem is one error naming
+  the file. A .txt file is one row per line in the field "text" (blank lines kept as ''). A
+  .conll file, and with `conll_fields` (a token task's) a .txt or .tsv file, is read by
+  `read_conll`."""
   if path.stat().st_size == 0:
     raise DataError(f"{path} is empty")
   if path.suffix != ".parquet":
     check_utf8(path)
+  if path.suffix == ".conll" or (conll_fields and path.suffix in CONLL_SUFFIXES):
+    return read_conll(path, *(conll_fields or CONLL_FIELDS))
   if path.suffix == ".json":  # SQuAD's nested layout is flattened into one row per question
     try:
       rows = squad_rows(json.loads(path.read_text(encoding="utf-8")))
@@ -222,6 +236,46 @@ def read_file(path: pathlib.Path) -> datasets.Dataset:
   if not len(dataset):
     raise DataError(f"{path} has no rows")
   return dataset
+
+
+_CONLL_COLUMNS = re.compile(r"[ \t]+")
+
+
+def read_conll(path: pathlib.Path, words_field: str, tags_field: str) -> datasets.Dataset:
+  """A CoNLL file: a word a line, its tag in the last column (CoNLL-2003's `word POS chunk NER`
+  reads as word and NER), columns separated by tabs and spaces (so a word holds neither); a
+  line that is empty or only whitespace ends a sentence, and `-DOCSTART-` lines (document
+  breaks) are skipped. A row per sentence: its words in `words_field`, their tags in
+  `tags_field`. A line of one column, or of another number of columns than the file's first,
+  is one error naming the file and line."""
+  rows, words, tags = [], [], []
+  columns, first = 0, 0
+
+  def end_sentence():
+    if words:
+      rows.append({words_field: list(words), tags_field: list(tags)})
+      words.clear()
+      tags.clear()
+
+  for number, line in enumerate(check_utf8(path).split("\n"), 1):
+    parts = _CONLL_COLUMNS.split(line.strip()) if line.strip() else []
+    if not parts or parts[0] == "-DOCSTART-":
+      end_sentence()
+      continue
+    if len(parts) < 2:
+      raise DataError(f"{path}:{number}: {line.strip()!r} has one column; a CoNLL line is a "
+                      "word and its tag (the last column), separated by tabs or spaces")
+    if not columns:
+      columns, first = len(parts), number
+    if len(parts) != columns:
+      raise DataError(f"{path}:{number}: {len(parts)} columns ({line.strip()!r}), line {first} "
+                      f"has {columns}")
+    words.append(parts[0])
+    tags.append(parts[-1])
+  end_sentence()
+  if not rows:
+    raise DataError(f"{path} has no sentences (a CoNLL file: a word and its tag a line)")
+  return datasets.Dataset.from_list(rows)
 
 
 def split_file(source: str, split: str) -> str:
@@ -272,6 +326,23 @@ class EncodedSplit:
         else getattr(self, f.name)[indices] for f in dataclasses.fields(self)})
 
 
+class SplitRows(str):
+  """How a split is named in messages, when its rows are not its file's rows from the first
+  on (`data.validation_from_train`): also the file row (0-based) of each of its rows, so that
+  an error names the row the user can find in the file."""
+
+  def __new__(cls, name: str, file_rows: np.ndarray):
+    named = super().__new__(cls, name)
+    named.file_rows = np.asarray(file_rows)
+    return named
+
+
+def row_number(where: str, index: int) -> int:
+  """The 1-based row of its file that row `index` of the split named `where` is."""
+  file_rows = getattr(where, "file_rows", None)
+  return index + 1 if file_rows is None else int(file_rows[index]) + 1
+
+
 def _check_fields(dataset: datasets.Dataset, fields: tuple[str, ...], where: str):
   missing = [f for f in fields if f not in dataset.column_names]
   if missing:
@@ -282,12 +353,13 @@ def _check_fields(dataset: datasets.Dataset, fields: tuple[str, ...], where: str
 def _check_texts(dataset: datasets.Dataset, fields: tuple[str, ...], words: bool, where: str):
   """Every row has each text field: a string (a list of strings for token tasks)."""
   for field in fields:
-    for row, value in enumerate(dataset[field], 1):
+    for index, value in enumerate(dataset[field]):
       ok = (isinstance(value, list) and all(isinstance(w, str) for w in value) if words
             else isinstance(value, str))
       if not ok:
         kind = "a list of words" if words else "a text"
-        raise DataError(f"{where}: row {row}: field {field!r} is {value!r}, not {kind}")
+        raise DataError(f"{where}: row {row_number(where, index)}: field {field!r} is "
+                        f"{value!r}, not {kind}")
 
 
 def _class_id(value, index: dict[str, int], count: int) -> int | None:
@@ -310,7 +382,8 @@ def _class_ids(values: list, label_names: tuple[str, ...], where: str,
   if None in ids:
     position = ids.index(None)
     bad = sum(i is None for i in ids)
-    at = f"row {row}, word {position + 1}" if row is not None else f"row {position + 1}"
+    at = (f"row {row}, word {position + 1}" if row is not None
+          else f"row {row_number(where, position)}")
     hint = " (a GLUE test split has no labels: -1)" if values[position] == -1 else ""
     raise DataError(f"{where}: {at}: label {values[position]!r} is neither one of "
                     f"task.label_names {list(label_names)} nor an id 0..{len(label_names) - 1}"
@@ -320,10 +393,11 @@ def _class_ids(values: list, label_names: tuple[str, ...], where: str,
 
 def _scores(values: list, where: str) -> np.ndarray:
   """Regression labels -> float32; a null, NaN or infinite one is an error naming its row."""
-  for row, value in enumerate(values, 1):
+  for index, value in enumerate(values):
     if (isinstance(value, bool) or not isinstance(value, (int, float, np.number))
         or not math.isfinite(value)):
-      raise DataError(f"{where}: row {row}: label {value!r} is not a finite number")
+      raise DataError(f"{where}: row {row_number(where, index)}: label {value!r} is not a "
+                      "finite number")
   return np.asarray(values, np.float32)
 
 
@@ -421,10 +495,10 @@ def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, wher
   sentences = dataset[fields[0]]
   for i in range(n):
     if not isinstance(raw_labels[i], list) or len(raw_labels[i]) != len(sentences[i]):
-      raise DataError(f"{where}: row {i + 1}: {task_cfg.label_field!r} is {raw_labels[i]!r}, "
-                      f"not one tag per word")
+      raise DataError(f"{where}: row {row_number(where, i)}: {task_cfg.label_field!r} is "
+                      f"{raw_labels[i]!r}, not one tag per word")
     word_labels[i] = tags = _class_ids(list(raw_labels[i]), tuple(task_cfg.label_names), where,
-                                       row=i + 1)
+                                       row=row_number(where, i))
     previous = -1
     for position, word in enumerate(word_ids[i]):
       if word >= 0 and word != previous:
@@ -592,6 +666,8 @@ def load_stream(source: str, subset: str, split: str) -> datasets.IterableDatase
       path = pathlib.Path(split_file(source, split))
       if not path.is_file():
         load_split(source, subset, split)  # its one-line error: the files that are there
+      if path.suffix == ".conll":
+        raise DataError(f"{path}: a CoNLL file holds tagged words, not texts to stream")
       kwargs = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
       return datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train",
                                    streaming=True, **kwargs)
@@ -622,7 +698,15 @@ class StreamedTrainBatches:
   by r, so that a row is treated the same on whichever device or process holds it.
   `steps_per_epoch` is the run's length (a stream's epoch length is unknown): progress and
   evaluation count the run as one epoch unless eval.every_steps says otherwise.
+
+  A stream cannot be hashed up front (a hub corpus, one larger than the disk), so a running
+  digest of the rows each step consumed is kept with every checkpoint (`resume_record`); a
+  resume recomputes it while it reads its way to the checkpoint's step (`check_resume`), so an
+  edit to any row the run had trained on is found before it trains on.
   """
+
+  DIGEST_KEY = "stream_rows_digest"  # the key of the digest in a checkpoint's meta
+  KEPT_DIGESTS = 64  # digests kept for the steps built last (a checkpoint asks for a recent one)
 
   def __init__(self, stream: datasets.IterableDataset, tokenizer, task_cfg, max_length: int, *,
                batch_size: int, accum_steps: int, seed: int, buckets: tuple[int, ...],
@@ -637,6 +721,8 @@ class StreamedTrainBatches:
     self.limit, self.chunk_texts, self.where = limit, chunk_texts, where
     self.steps_per_epoch = total_steps
     self._tokens: dict[int, int] = {}
+    self._digests: dict[int, str] = {}  # step -> digest of the rows of steps [0, step)
+    self._resumed: tuple[int, Iterator[EncodedSplit], Any] | None = None
 
   def _pass(self, index: int) -> Iterator[dict]:
     stream = self.stream
@@ -682,13 +768,44 @@ class StreamedTrainBatches:
         pending = [rows.select(np.arange(self.batch_size, len(rows)))]
         have = len(pending[0])
 
+  def _read_to(self, start_step: int) -> tuple[Iterator[EncodedSplit], Any]:
+    """The steps from `start_step` on, and the running digest of the rows of those before (read
+    from the stream's start; kept from `check_resume` when it read them)."""
+    if self._resumed is not None and self._resumed[0] == start_step:
+      _, steps, digest = self._resumed
+      self._resumed = None
+      return steps, digest
+    steps, digest = self._steps(), hashlib.sha256()
+    for _ in range(start_step):
+      digest.update(fingerprint(next(steps)).encode())
+    return steps, digest
+
+  def resume_record(self, step: int) -> dict[str, Any]:
+    """What a checkpoint at `step` keeps of the stream: the digest of the rows of its steps."""
+    return {self.DIGEST_KEY: self._digests[step]} if step in self._digests else {}
+
+  def check_resume(self, step: int, meta: dict[str, Any]) -> None:
+    """Reads the stream to `step` and refuses it if the rows differ from those the run had
+    consumed when its checkpoint (with `meta`) was saved: the corpus was edited since."""
+    saved = meta.get(self.DIGEST_KEY)
+    if saved is None:  # a checkpoint from before the digest was kept
+      return
+    steps, digest = self._read_to(step)
+    if digest.hexdigest() != saved:
+      raise DataError(f"{self.where}: the rows of the first {step} steps differ from those the "
+                      f"run trained on before its checkpoint at step {step}: the corpus was "
+                      "edited since; restore it, or train in another --workdir")
+    self._resumed = (step, steps, digest)
+
   def __call__(self, start_step: int, end_step: int, rows: slice = slice(None)
                ) -> Iterator[Batch]:
     if start_step >= end_step:
       return
-    for step, split in enumerate(self._steps()):
-      if step < start_step:
-        continue
+    steps, digest = self._read_to(start_step)
+    for step, split in enumerate(steps, start_step):
+      digest.update(fingerprint(split).encode())
+      self._digests[step + 1] = digest.hexdigest()
+      self._digests.pop(step + 1 - self.KEPT_DIGESTS, None)
       indices = np.arange(self.batch_size)
       self._tokens[step] = int(split.lengths.sum())
       local = indices.reshape(self.accum_steps, -1)[:, rows].reshape(-1)
@@ -832,7 +949,7 @@ def encode_relations(dataset: datasets.Dataset, tokenizer, task_cfg, max_length:
       else:
         text, spans = strip_entity_tags(text)
     except ValueError as e:
-      raise DataError(f"{where}: row {row + 1}: {e}") from None
+      raise DataError(f"{where}: row {row_number(where, row)}: {e}") from None
     texts.append(text)
     char_spans.append(spans)
   encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
@@ -847,7 +964,7 @@ def encode_relations(dataset: datasets.Dataset, tokenizer, task_cfg, max_length:
     ids, offsets = encoded["input_ids"][i], encoded["offset_mapping"][i]
     token_spans = [_token_span(offsets, *char_spans[i][k:k + 2]) for k in (0, 2)]
     if None in token_spans:
-      raise DataError(f"{where}: row {i + 1}: entity {token_spans.index(None) + 1} "
+      raise DataError(f"{where}: row {row_number(where, i)}: entity {token_spans.index(None) + 1} "
                       f"covers no token of {texts[i]!r}")
     # Insertions (token position, closing first at a tie, marker id), applied back to front.
     (a1, b1), (a2, b2) = token_spans
@@ -861,8 +978,9 @@ def encode_relations(dataset: datasets.Dataset, tokenizer, task_cfg, max_length:
     if len(ids) > budget:
       low, high = min(spans[0], spans[2]) - m, max(spans[1], spans[3]) + m
       if high - low > budget:
-        raise DataError(f"{where}: row {i + 1}: the entities and the text between them take "
-                        f"{high - low} tokens, more than data.max_length={max_length} holds")
+        raise DataError(f"{where}: row {row_number(where, i)}: the entities and the text "
+                        f"between them take {high - low} tokens, more than "
+                        f"data.max_length={max_length} holds")
       start = min(max(low - (budget - (high - low)) // 2, 0), len(ids) - budget)
       ids = ids[start:start + budget]
       spans = [s - start for s in spans]
@@ -947,16 +1065,16 @@ def encode_questions(dataset: datasets.Dataset, tokenizer, task_cfg, max_length:
   contexts = list(dataset[context_field])
   ids = (list(dataset["id"]) if "id" in dataset.column_names
          else [str(i) for i in range(len(dataset))])
-  golds = ([_gold_answers(a, c, where, i + 1) for i, (a, c) in
+  golds = ([_gold_answers(a, c, where, row_number(where, i)) for i, (a, c) in
             enumerate(zip(dataset[task_cfg.label_field], contexts))] if labelled
            else [([], [])] * len(dataset))
   room = max_length - task_cfg.doc_stride
   for i, question in enumerate(questions):
     if (len(tokenizer(question, add_special_tokens=False)["input_ids"])
         + tokenizer.num_special_tokens_to_add(pair=True) >= room):
-      raise DataError(f"{where}: row {i + 1}: the question takes too much of data.max_length="
-                      f"{max_length} to leave windows of context with task.doc_stride="
-                      f"{task_cfg.doc_stride}")
+      raise DataError(f"{where}: row {row_number(where, i)}: the question takes too much of "
+                      f"data.max_length={max_length} to leave windows of context with "
+                      f"task.doc_stride={task_cfg.doc_stride}")
   encoded = tokenizer(questions, contexts, truncation="only_second", max_length=max_length,
                       stride=task_cfg.doc_stride, return_overflowing_tokens=True,
                       return_offsets_mapping=True)
@@ -1110,23 +1228,85 @@ def holdout_indices(labels: list, size: int, stratify: bool) -> np.ndarray:
   return np.sort(np.concatenate([np.asarray(groups[k][:quota[k]], np.int64) for k in keys]))
 
 
+def _conll_fields(task_cfg) -> tuple[str, str] | None:
+  """The words and tags fields a token task reads a CoNLL file into; None for other tasks."""
+  if task_cfg.kind != "token_classification":
+    return None
+  return task_cfg.text_fields[0], task_cfg.label_field
+
+
 def _read_split(data_cfg, task_cfg, source: str, split: str) -> tuple[datasets.Dataset, str]:
   """The rows of `split` and how to name them in messages; with `data.validation_from_train`
   the train split loses the rows that make up the 'validation' split."""
   amount = data_cfg.get("validation_from_train", 0)
   train_split = data_cfg.get("train_split", "train")
+  conll = _conll_fields(task_cfg)
   if not amount or split not in (train_split, HOLDOUT_SPLIT):
-    return load_split(source, data_cfg.subset, split), f"{source} [{split}]"
-  rows = load_split(source, data_cfg.subset, train_split)
+    return load_split(source, data_cfg.subset, split, conll), f"{source} [{split}]"
+  rows = load_split(source, data_cfg.subset, train_split, conll)
   # Stratified by label for classification; for the other kinds only the number of rows counts.
   field = (task_cfg.text_fields[0] if task_cfg.kind == "masked_lm" else task_cfg.label_field)
   _check_fields(rows, (field,), f"{source} [{train_split}]")
   held = holdout_indices(rows[field], holdout_size(amount, len(rows)),
                          stratify=task_cfg.kind == "classification")
   if split == HOLDOUT_SPLIT:
-    return rows.select(held), f"{source} [{train_split}, the rows held out for {split}]"
+    return rows.select(held), SplitRows(f"{source} [{train_split}, the rows held out for "
+                                        f"{split}]", held)
   kept = np.setdiff1d(np.arange(len(rows)), held)
-  return rows.select(kept), f"{source} [{train_split}, without the rows held out]"
+  return rows.select(kept), SplitRows(f"{source} [{train_split}, without the rows held out]",
+                                      kept)
+
+
+def _check_scorable(task_cfg, split: EncodedSplit, where: str) -> None:
+  """A SQuAD 1.1 evaluation (`task.version_2_with_negative=False`) scores every question
+  against its answers, as the official script does: a question without one would score 0
+  against nothing, so a split that holds such questions is refused."""
+  if task_cfg.kind != "question_answering" or task_cfg.version_2_with_negative:
+    return
+  unanswerable = [e["id"] for e in split.examples if not e["answers"]]
+  if unanswerable:
+    shown = ", ".join(repr(i) for i in unanswerable[:3]) + (", ..." if len(unanswerable) > 3
+                                                            else "")
+    raise DataError(f"{where}: {len(unanswerable)} of the {len(split.examples)} questions have "
+                    f"no answer (ids {shown}); task.version_2_with_negative=False (SQuAD 1.1) "
+                    "would score each 0: set task.version_2_with_negative=True "
+                    "(configs/squad_v2.py) to score them as unanswerable, or leave them out")
+
+
+def _tag_rows(dataset: datasets.Dataset, task_cfg, where: str) -> Iterator[tuple[int, list]]:
+  """(file row, tags) of each row of a token-task split whose tags are names."""
+  _check_fields(dataset, (task_cfg.label_field,), where)
+  for index, tags in enumerate(dataset[task_cfg.label_field]):
+    if not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+      raise DataError(f"{where}: row {row_number(where, index)}: {task_cfg.label_field!r} is "
+                      f"{tags!r}, not a tag name per word: task.label_names is empty, so the "
+                      "names are read from the training split (or list them there)")
+    yield row_number(where, index), tags
+
+
+def training_tags(data_cfg, task_cfg) -> tuple[str, ...]:
+  """A token task's tag names when `task.label_names` is empty: every tag of the training
+  split, sorted, "O" first. A tag of an evaluation split that the training split lacks is
+  an error naming it (the model could never predict it)."""
+  source = resolve_source(data_cfg)
+  train_split = data_cfg.get("train_split", "train")
+  dataset, where = _read_split(data_cfg, task_cfg, source, train_split)
+  found = {tag for _, tags in _tag_rows(dataset, task_cfg, where) for tag in tags}
+  names = tuple(sorted(found, key=lambda tag: (tag != "O", tag)))
+  if len(names) < 2:
+    raise DataError(f"{where}: the tags of the training split are {list(names)}: a token task "
+                    "needs at least two (task.label_names is empty, so they are read there)")
+  for split in data_cfg.get("eval_splits", ()):
+    dataset, where = _read_split(data_cfg, task_cfg, source, split)
+    if data_cfg.get("eval_examples", 0):
+      dataset = dataset.select(range(min(data_cfg.eval_examples, len(dataset))))
+    for row, tags in _tag_rows(dataset, task_cfg, where):
+      unknown = [tag for tag in tags if tag not in found]
+      if unknown:
+        raise DataError(f"{where}: row {row}: tag {unknown[0]!r} is not a tag of the training "
+                        f"split {list(names)}, where the tags are read from (task.label_names "
+                        "is empty): list every tag in task.label_names to evaluate it")
+  return names
 
 
 def load_encoded(data_cfg, task_cfg, tokenizer, split: str, limit: int = 0) -> EncodedSplit:
@@ -1137,6 +1317,8 @@ def load_encoded(data_cfg, task_cfg, tokenizer, split: str, limit: int = 0) -> E
   if limit:
     dataset = dataset.select(range(min(limit, len(dataset))))
   encoded = encode(dataset, tokenizer, task_cfg, data_cfg.max_length, where)
+  if split != data_cfg.get("train_split", "train"):
+    _check_scorable(task_cfg, encoded, where)
   truncated = int(np.sum(encoded.lengths >= data_cfg.max_length))
   logging.info("%s: %d examples, mean %.1f tokens, %d at max_length %d (%.1fs)", where,
                len(encoded), encoded.lengths.mean(), truncated, data_cfg.max_length,
@@ -1277,6 +1459,14 @@ class TrainBatches:
     batch = make_batch(self.split, local.reshape(-1), self.buckets, width,
                        mask_key=train_mask_key(self.seed, epoch))
     return {k: v.reshape((self.accum_steps, -1) + v.shape[1:]) for k, v in batch.items()}
+
+  def resume_record(self, step: int) -> dict[str, Any]:
+    """What a checkpoint at `step` keeps of the batches (nothing: they are a function of the
+    split, whose fingerprint data.json holds)."""
+    return {}
+
+  def check_resume(self, step: int, meta: dict[str, Any]) -> None:
+    """Nothing to check: data.json's fingerprint covers the whole split."""
 
   def tokens(self, start_step: int, end_step: int) -> int:
     """Real (unpadded) tokens in the batches of steps [start_step, end_step)."""
