@@ -444,7 +444,7 @@ class BertModel(nn.Module):
                deterministic: bool = True, example_ids=None, output_hidden_states: bool = False,
                cls_only: bool = False):
     kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
-    if input_ids.shape[-1] > self.config.max_length:  # a gather past the table clamps silently
+    if input_ids.shape[-1] > self.config.max_length:  # a gather past the table gives NaN, silently
       raise ValueError(
           f"input of {input_ids.shape[-1]} tokens is longer than the {self.config.max_length} "
           f"the model's position embeddings hold (max_position_embeddings "
