@@ -9,9 +9,10 @@
       --output=exported/
 
 Any config field can be overridden with --config.<path>=<value> (given twice, the last wins); an
-unknown field or a value of the wrong type is an error (the config is locked). Errors in the config, the data, the
-checkpoint or the workdir print one line and exit with status 2. A run stopped by SIGTERM or
-Ctrl-C saves a checkpoint at a step boundary and exits with status 75 (rerun to resume).
+unknown field or a value of the wrong type is an error (the config is locked). Errors in the
+config, the data, the checkpoint or the workdir print one line and exit with status 2. A run
+stopped by SIGTERM or Ctrl-C saves a checkpoint at a step boundary and exits with status 75
+(rerun to resume).
 
 Several processes (one per GPU or host) run the same command; `jax.distributed` finds its
 peers under SLURM, Open MPI and on Cloud TPU pods, or from the flags:

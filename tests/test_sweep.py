@@ -39,7 +39,7 @@ def test_hyper_combinators():
     hyper.zipit([hyper.sweep("config.a", [1]), hyper.sweep("config.b", [3, 4])])
 
 
-def test_sweep_runs_resumes_and_reports(tmp_path):
+def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
   require_data("sst2")
   config_file = tmp_path / "tiny_sweep.py"
   config_file.write_text(TINY_SWEEP)
@@ -60,7 +60,14 @@ def test_sweep_runs_resumes_and_reports(tmp_path):
   assert sweep.main(args + ["--max-points", "1"]) == 0
   done_first = {n: (workdir / n / "results.json").stat().st_mtime for n in names[:3:2]}
   assert not (workdir / names[1]).exists() and not (workdir / names[3]).exists()
+  capsys.readouterr()
   assert sweep.main(args) == 0
+  progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+  progress = [line.split(" in ")[0] for line in progress]  # the next may start before one ends
+  for position, name in (("[1/2]", names[1]), ("[2/2]", names[3])):
+    starts, ends = f"{position} starting {name}", f"{position} {name}: done"
+    assert progress.index(starts) < progress.index(ends)
+  assert len(progress) == 4
   for name in names[:3:2]:  # not run again
     assert (workdir / name / "results.json").stat().st_mtime == done_first[name]
   assert (workdir / names[0] / "main.log").read_text().count("done:") == 1
@@ -93,6 +100,21 @@ def test_a_sweep_key_that_is_not_a_field_fails_before_anything_runs(tmp_path):
                           text=True, env=dict(os.environ))
   assert result.returncode != 0 and "learnign_rate" in result.stderr
   assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("values, what", [
+    (["a/b", "a_b"], "has two points whose values differ only in characters a folder name cannot "
+                     "hold: point 1 {'config.model.tokenizer': 'a/b'} and point 2 "
+                     "{'config.model.tokenizer': 'a_b'} would both run in model.tokenizer=a_b"),
+    (["x", "y", "x"], "repeats a point: point 1 {'config.model.tokenizer': 'x'} and point 3 "
+                      "{'config.model.tokenizer': 'x'} would both run in model.tokenizer=x")])
+def test_points_sharing_a_folder_are_named(tmp_path, values, what):
+  config_file = tmp_path / "clash_sweep.py"
+  config_file.write_text(f"def get_hyper(hyper):\n"
+                         f"  return hyper.sweep('config.model.tokenizer', {values!r})\n")
+  with pytest.raises(SystemExit) as error:
+    sweep.plan(str(config_file), tmp_path / "w")
+  assert str(error.value) == f"error: the sweep {what}"
 
 
 def test_report_statistics_by_hand(tmp_path):
