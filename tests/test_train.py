@@ -202,6 +202,9 @@ def test_config_validation_names_the_field():
   config = tiny_config(**{"eval.best_metric": "f1"})
   with pytest.raises(config_lib.ConfigError, match="eval.best_metric"):
     config_lib.validate(config)
+  config = tiny_config(**{"train.max_skipped_fraction": 1.5})
+  with pytest.raises(config_lib.ConfigError, match="train.max_skipped_fraction"):
+    config_lib.validate(config)
 
 
 # ---- stopping: signals, time-based checkpoints -------------------------------------------------
