@@ -6,6 +6,7 @@ import statistics
 import subprocess
 import sys
 
+import matplotlib.figure
 import numpy as np
 import pytest
 from scipy import stats
@@ -117,7 +118,7 @@ def test_points_sharing_a_folder_are_named(tmp_path, values, what):
   assert str(error.value) == f"error: the sweep {what}"
 
 
-def test_report_statistics_by_hand(tmp_path):
+def test_report_statistics_by_hand(tmp_path, monkeypatch):
   """Synthetic runs: two settings, three seeds each."""
   values = {"lr=1": [0.5, 0.6, 0.7], "lr=2": [0.8, 0.8, 0.9]}
   points = []
@@ -131,8 +132,11 @@ def test_report_statistics_by_hand(tmp_path):
       (run / "config.json").write_text(json.dumps({
           "data": {"eval_splits": ["validation"]},
           "task": {"metrics": ["accuracy"]}, "eval": {"best_metric": "accuracy"}}))
+      evaluated = {"validation": {"accuracy": acc}}
+      if setting == "lr=2":  # the test split, evaluated by one setting's runs
+        evaluated["test"] = {"accuracy": acc - 0.1}
       (run / "results.json").write_text(json.dumps({
-          "final": {"results": {"validation": {"accuracy": acc}}},
+          "final": {"results": evaluated},
           "best": {"step": 10 * (seed + 1), "value": acc + 0.01},
           "train": {"train_seconds": 60.0, "examples": 600},
           "params": {"trainable": 1000}}))
@@ -157,8 +161,24 @@ def test_report_statistics_by_hand(tmp_path):
   assert facts["anova"]["F"] == pytest.approx(between / seed_var)
   assert (facts["anova"]["df_between"], facts["anova"]["df_within"]) == (1, 4)
   assert 0 < facts["anova"]["p"] < 1
+  assert by_setting["lr=2"]["other_splits"]["test"]["accuracy"]["mean"] == pytest.approx(
+      2.5 / 3 - 0.1)
+  assert by_setting["lr=1"]["other_splits"]["test"]["accuracy"] is None
+  figures = []
+  savefig = matplotlib.figure.Figure.savefig
+  monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                      lambda fig, *a, **k: (figures.append(fig), savefig(fig, *a, **k)))
   report.write_report(tmp_path)
-  assert "lr=2 ★" in (tmp_path / "results.md").read_text()
+  table = [[cell.strip() for cell in line.split("|")]
+           for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("|")]
+  header, cells = table[0], {row[1]: row for row in table[2:]}
+  assert cells["lr=2 ★"][header.index("test accuracy")] == "73.33 ± 5.77"
+  assert cells["lr=1"][header.index("test accuracy")] == "—"
+  assert "test_accuracy_mean" in (tmp_path / "results.csv").read_text().splitlines()[0]
+  # Each run logged one training point: the train-loss panel draws it (a line alone is empty).
+  loss_panel = figures[-1].axes[0]
+  assert [len(line.get_xdata()) for line in loss_panel.lines] == [1, 1]
+  assert all(line.get_marker() not in (None, "None", "") for line in loss_panel.lines)
 
   # A folder of runs made by hand (no sweep.json): settings are the folder names without seed.
   (tmp_path / "sweep.json").unlink()
