@@ -26,6 +26,7 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -112,9 +113,17 @@ def status(point: dict[str, Any]) -> str:
   return "partial" if (workdir / "checkpoints").exists() else "new"
 
 
+_print_lock = threading.Lock()  # points run in threads: one progress line at a time
+
+
+def say(line: str) -> None:
+  with _print_lock:
+    print(line, flush=True)
+
+
 def run_point(point: dict[str, Any], position: str) -> tuple[dict[str, Any], int, float]:
   """Runs one point; `position` ('[3/12]') starts its progress lines."""
-  print(f"{position} starting {point['name']}", flush=True)
+  say(f"{position} starting {point['name']}")
   workdir = pathlib.Path(point["workdir"])
   workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
@@ -156,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     for position, (point, code, seconds) in zip(positions,
                                                 pool.map(run_point, todo, positions)):
       outcome = "done" if code == 0 else f"FAILED (exit {code}, see main.log)"
-      print(f"{position} {point['name']}: {outcome} in {seconds / 60:.1f} min", flush=True)
+      say(f"{position} {point['name']}: {outcome} in {seconds / 60:.1f} min")
       if code:
         failed.append(point["name"])
   if failed:
