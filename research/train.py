@@ -164,7 +164,15 @@ def init_params(setup: ModelSetup, rng: jax.Array) -> Any:
 
   With a checkpoint, only the leaves it does not overwrite are computed (`hf_io.
   initialised_leaves`): the same values as a whole init, whose encoder would cost seconds of
-  compilation to be thrown away."""
+  compilation to be thrown away. Logged before and after: compiling the init takes a while."""
+  logging.info("compiling and running the parameter init ...")
+  start = time.perf_counter()
+  params = _init_params(setup, rng)
+  logging.info("... parameters initialised in %.1f s", time.perf_counter() - start)
+  return params
+
+
+def _init_params(setup: ModelSetup, rng: jax.Array) -> Any:
   inputs = init_inputs(setup.model)
 
   def init(r):

@@ -177,7 +177,8 @@ def test_head_is_fresh_and_seeded():
              ("cls", "predictions", "transform", "LayerNorm", "scale")}),
 ])
 def test_init_computes_only_what_the_checkpoint_does_not_overwrite(small_checkpoint,
-                                                                   config_name, computed):
+                                                                   config_name, computed,
+                                                                   caplog):
   """The parameters of a run that starts from a checkpoint equal a whole init with the
   checkpoint loaded over it, bit for bit; only the leaves the checkpoint does not fill are
   computed."""
@@ -195,7 +196,11 @@ def test_init_computes_only_what_the_checkpoint_does_not_overwrite(small_checkpo
   state = hf_io.grow_vocabulary(hf_io.read_state_dict(small_checkpoint), whole)
   expected = hf_io.params_from_state_dict(state, whole)
   assert hf_io.initialised_leaves(hf_io.read_state_dict(small_checkpoint), whole) == computed
+  caplog.set_level("INFO")
   params = train.init_params(setup, rng)
+  lines = [r.getMessage() for r in caplog.records]
+  assert lines[0] == "compiling and running the parameter init ..."
+  assert lines[-1].startswith("... parameters initialised in ")
   assert jax.tree.structure(params) == jax.tree.structure(expected)
   for ours, reference in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
     assert isinstance(ours, np.ndarray) and ours.dtype == reference.dtype
