@@ -106,7 +106,7 @@ def _config_file(argv: list[str]) -> str:
 
 
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)(=.*)?$")
-_HELP_FLAGS = ("-?", "-h", "--help", "--helpshort", "--helpfull", "--helpxml")
+_HELP_FLAGS = ("-?", "--help", "--helpshort", "--helpfull", "--helpxml")
 
 
 def last_overrides(argv: list[str]) -> list[str]:
@@ -127,6 +127,7 @@ def last_overrides(argv: list[str]) -> list[str]:
 
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  argv = ["--help" if arg == "-h" else arg for arg in argv]  # absl knows only -? and --help
   try:
     return flag_values(last_overrides(argv))
   except SystemExit as e:  # absl prints the usage for --help, then exits with status 1

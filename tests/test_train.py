@@ -188,7 +188,7 @@ def test_a_repeated_override_keeps_its_last_value(tmp_path):
   assert config.value.seed == 2 and config.value.data.max_length == 64
 
 
-@pytest.mark.parametrize("help_flag", ["--help", "--helpfull"])
+@pytest.mark.parametrize("help_flag", ["--help", "-h", "--helpfull"])
 def test_cli_help_exits_0_with_the_usage(help_flag):
   result = _cli(help_flag)
   assert result.returncode == 0, result.stderr
