@@ -586,7 +586,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
       reading, unread = (unread, []) if act_now else (unread[:-1], unread[-1:])
       stop_signal, save_signal = read_step_metrics(run, run_state, reading)
       stop_agreed, save_agreed = stop_signal > 0, save_signal > 0
-      if log_now:
+      if log_now and run_state.since_log["steps"]:  # skipped steps alone: no row (loss 0)
         train_metrics = run_state.take_log()
         train_metrics.update(progress.report(step, train_metrics))
         run.writer.write(step, "train", train_metrics)

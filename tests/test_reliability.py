@@ -171,11 +171,15 @@ def test_divergence_stops_at_its_step_and_keeps_the_finite_checkpoints(exploding
 def test_skip_nonfinite_steps_skips_exactly_those_updates(exploding_regression, tmp_path):
   folder, bad_steps = exploding_regression
   summary = train.train_and_evaluate(
-      _regression_config(folder, **{"train.skip_nonfinite_steps": True}), tmp_path)
+      _regression_config(folder, **{"train.skip_nonfinite_steps": True, "log.every_steps": 1}),
+      tmp_path)
   assert summary["skipped_steps"] == bad_steps
   assert checkpoints.problem_with(final_state(tmp_path)[1], {}) is None
   assert np.isfinite(summary["final"]["results"]["validation"]["pearson"])
-  assert np.isfinite([r["loss"] for r in train_rows(tmp_path)]).all()
+  rows = train_rows(tmp_path)
+  assert np.isfinite([r["loss"] for r in rows]).all()
+  # A log step with only a skipped step since the last logged a loss of 0: no row instead.
+  assert [r["step"] for r in rows] == [s for s in range(1, 25) if s not in bad_steps]
 
 
 def test_skipped_updates_beyond_the_bound_stop_the_run():
