@@ -77,6 +77,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     outputs, loss = evaluation.run_model(eval_step, dp, placed, split,
                                          batch_size=config.eval.batch_size,
                                          buckets=tuple(config.data.length_buckets))
+    try:
+      metrics.check_finite(outputs, loss)  # a NaN model still scores an accuracy
+    except metrics.MetricError as e:
+      raise RunError(f"evaluation of {name} by the best checkpoint (step {meta['step']}): "
+                     f"{e}; its results were not written") from e
     scalars, report = evaluation.score(config.task, split, outputs, loss)
     results[name] = scalars
     evaluation.write_eval_file(workdir / "eval" / f"{name}_best.json", meta["step"], scalars, report)

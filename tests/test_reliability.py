@@ -224,8 +224,9 @@ def test_an_evaluation_with_nan_outputs_stops_the_run(tmp_path):
   ckpts.close()
 
 
-def test_predict_refuses_nan_outputs_naming_the_line(reference_run, tmp_path):
-  """A best checkpoint whose outputs overflow on one input wrote NaN probabilities."""
+def test_eval_and_predict_refuse_nan_outputs(reference_run, tmp_path):
+  """A best checkpoint whose outputs overflow on some inputs scored them and wrote NaN
+  probabilities; predict names the first such line."""
   reference_dir, config, _ = reference_run
   workdir = tmp_path / "run"
   shutil.copytree(reference_dir, workdir)
@@ -233,19 +234,23 @@ def test_predict_refuses_nan_outputs_naming_the_line(reference_run, tmp_path):
   step, (params, meta) = ckpts.best_step(), ckpts.restore_best(None)
   ckpts.close()
   tokenizer = input_pipeline.load_tokenizer(train.build_model(config).tokenizer_dir)
-  word = tokenizer.convert_tokens_to_ids("terrible")
+  word = tokenizer.convert_tokens_to_ids("the")
   params["bert"]["embeddings"]["word_embeddings"]["embedding"][word] = 3e38  # finite, overflows
   shutil.rmtree(workdir / "best")
   ckpts = checkpoints.Checkpoints(workdir, keep=5, best_metric="accuracy", best_mode="max")
   ckpts.save_best(step, params, {k: v for k, v in meta.items() if k != "checksum"})
   ckpts.close()
-  inputs = _write(tmp_path / "in.txt", "a fine film\nit was terrible\nfine\n")
+  inputs = _write(tmp_path / "in.txt", "a fine film\nthe plot is thin\nfine\n")
   with pytest.raises(train.RunError) as raised:
     inference.predict(config, workdir, inputs, tmp_path / "out.jsonl")
   assert str(raised.value) == (
       f"--input {inputs} line 2: the outputs of the best checkpoint (step {step}) are NaN or "
       "infinite (1 of 3); nothing was written")
   assert not (tmp_path / "out.jsonl").exists()
+  with pytest.raises(train.RunError, match=rf"^evaluation of validation by the best checkpoint "
+                                           rf"\(step {step}\): .*NaN or infinite for \d+ of 50"):
+    inference.evaluate(config, workdir)
+  assert not list((workdir / "eval").glob("*_best.json"))
 
 
 # ---- the data of a resumed run -----------------------------------------------------------------
