@@ -104,6 +104,9 @@ def get_config():
   # A step with a non-finite loss or gradient norm stops the run (nothing from it is saved);
   # True: the step's update is skipped instead, and the step listed in results.json.
   c.train.skip_nonfinite_steps = False
+  # With skip_nonfinite_steps: skipping more than this fraction of the run's steps stops it (a
+  # run that skips most of its updates has not trained); 1.0 never stops.
+  c.train.max_skipped_fraction = 0.1
 
   c.optimizer = Config()
   c.optimizer.learning_rate = 5e-5  # peak, after warm-up

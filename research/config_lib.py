@@ -23,7 +23,7 @@ KIND_METRICS = {
 }
 # Fields that do not change what a run computes: a resumed run may change them.
 RESUMABLE_CHANGES = ("log.every_steps", "checkpoint.keep", "checkpoint.every_seconds",
-                     "eval.batch_size", "log.wandb_project")
+                     "eval.batch_size", "log.wandb_project", "train.max_skipped_fraction")
 
 
 class ConfigError(ValueError):
@@ -151,6 +151,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "train.grad_accum_steps",
          f"{train.grad_accum_steps} must be >= 1 and divide train.batch_size {train.batch_size}")
   _check(train.num_epochs > 0, "train.num_epochs", "must be positive")
+  _check(0 <= train.max_skipped_fraction <= 1, "train.max_skipped_fraction",
+         "must be in [0, 1] (1: no bound)")
   for field in ("dtype", "param_dtype"):
     _check(config.model[field] != "float16", f"model.{field}",
            "float16 needs loss scaling, which this codebase does not do; use 'bfloat16' "

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from research import checkpoints, config_lib, evaluation, steps, tasks, writers
+from research import checkpoints, config_lib, evaluation, metrics, steps, tasks, writers
 from research.data import input_pipeline
 from research.models import hf_io
 from research.parallel import DataParallel, compiled_programs_released
@@ -79,6 +79,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     outputs, loss = evaluation.run_model(eval_step, dp, placed, split,
                                          batch_size=config.eval.batch_size,
                                          buckets=tuple(config.data.length_buckets))
+    try:
+      metrics.check_finite(outputs, loss)  # a NaN model still scores an accuracy
+    except metrics.MetricError as e:
+      raise RunError(f"evaluation of {name} by the best checkpoint (step {meta['step']}): "
+                     f"{e}; its results were not written") from e
     scalars, report = evaluation.score(config.task, split, outputs, loss)
     results[name] = scalars
     evaluation.write_eval_file(workdir / "eval" / f"{name}_best.json", meta["step"], scalars, report)
@@ -137,6 +142,13 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   outputs, _ = evaluation.run_model(eval_step, dp, placed, split,
                                     batch_size=config.eval.batch_size,
                                     buckets=tuple(config.data.length_buckets))
+  bad = metrics.nonfinite_rows(outputs)  # NaN probabilities are not predictions
+  if len(bad):
+    first = int(split.feature_example[bad[0]] if task.kind == "question_answering" else bad[0])
+    where = f"line {first + 1}" if input_path.suffix == ".txt" else f"example {first + 1}"
+    raise RunError(f"--input {input_path} {where}: the outputs of the best checkpoint (step "
+                   f"{meta['step']}) are NaN or infinite ({len(bad)} of {len(outputs)}); "
+                   "nothing was written")
   names = tuple(task.label_names)
   if task.kind == "question_answering":
     answers, nbest, null_odds = evaluation.answers(task, split, outputs)

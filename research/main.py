@@ -8,10 +8,11 @@
   python -m research.main --config configs/sst2.py --workdir runs/sst2 --mode=export \
       --output=exported/
 
-Any config field can be overridden with --config.<path>=<value>; an unknown field or a value of
-the wrong type is an error (the config is locked). Errors in the config, the data, the
-checkpoint or the workdir print one line and exit with status 2. A run stopped by SIGTERM or
-Ctrl-C saves a checkpoint at a step boundary and exits with status 75 (rerun to resume).
+Any config field can be overridden with --config.<path>=<value> (given twice, the last wins); an
+unknown field or a value of the wrong type is an error (the config is locked). Errors in the
+config, the data, the checkpoint or the workdir print one line and exit with status 2. A run
+stopped by SIGTERM or Ctrl-C saves a checkpoint at a step boundary and exits with status 75
+(rerun to resume).
 
 Several processes (one per GPU or host) run the same command; `jax.distributed` finds its
 peers under SLURM, Open MPI and on Cloud TPU pods, or from the flags:
@@ -104,9 +105,35 @@ def _config_file(argv: list[str]) -> str:
   return "--config"
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+_OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)(=.*)?$")
+_HELP_FLAGS = ("-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+
+
+def last_overrides(argv: list[str]) -> list[str]:
+  """`argv` with only the last of each repeated `--config.<field>` override, as every flag
+  library treats a repeated flag. config_flags itself concatenates repeated overrides of a tuple
+  field (`=(16,32)` then `=(48,64)` became `(16, 32, 48, 64)`; `text_fields=sentence` twice, a
+  sentence pair). A value given apart (`--config.seed 1`) stays with its flag."""
+  groups, i = [], 0  # (field or None, tokens)
+  while i < len(argv):
+    match = _OVERRIDE.match(argv[i]) if i else None
+    takes_next = (match and match.group(2) is None and i + 1 < len(argv)
+                  and not argv[i + 1].startswith("-"))
+    groups.append((match.group(1) if match else None, argv[i:i + 1 + bool(takes_next)]))
+    i += 1 + bool(takes_next)
+  last = {field: n for n, (field, _) in enumerate(groups) if field}
+  return [token for n, (field, tokens) in enumerate(groups)
+          if field is None or last[field] == n for token in tokens]
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  argv = ["--help" if arg == "-h" else arg for arg in argv]  # absl knows only -? and --help
   try:
-    return flags.FLAGS(argv)
+    return flag_values(last_overrides(argv))
+  except SystemExit as e:  # absl prints the usage for --help, then exits with status 1
+    if e.code == 1 and any(arg in _HELP_FLAGS for arg in argv[1:]):
+      sys.exit(0)
+    raise
   except flags.Error as e:
     message = str(e)
     if "Traceback" in message:  # config_flags wraps errors of the config file's get_config

@@ -55,6 +55,23 @@ class MetricError(ValueError):
   """A metric that cannot be computed from these labels and predictions (never reported as 0)."""
 
 
+def nonfinite_rows(outputs: np.ndarray) -> np.ndarray:
+  """The indices of the rows of `outputs` that hold a NaN or an infinity."""
+  return np.flatnonzero(~np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1))
+
+
+def check_finite(outputs: np.ndarray, loss: float) -> None:
+  """An evaluation's loss and model outputs are finite: a model whose outputs are NaN still
+  scores an accuracy (every argmax is 0), which would be reported, and could pick the best."""
+  rows = nonfinite_rows(outputs)
+  problems = [f"the loss is {loss}"] if not np.isfinite(loss) else []
+  if len(rows):
+    problems.append(f"the model's outputs are NaN or infinite for {len(rows)} of {len(outputs)} "
+                    f"examples (the first: row {rows[0] + 1})")
+  if problems:
+    raise MetricError(" and ".join(problems))
+
+
 def pearson(labels: np.ndarray, predictions: np.ndarray) -> float:
   """Pearson's r; an error where it is undefined (NaN values, or a constant side): a 0 there
   would rank a broken model, and pick a best checkpoint."""

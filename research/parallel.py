@@ -25,6 +25,8 @@ again.
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from typing import Any, Callable, Iterator
 
 import jax
@@ -49,8 +51,10 @@ def compiled_programs_released() -> Iterator[None]:
     yield
   finally:
     jax.clear_caches()
-_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # a compilation or a cache read
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"  # ... read from the persistent cache
 _compiles = 0
+_cache_hits = 0
 
 
 def _count_compile(event: str, *_, **__) -> None:
@@ -59,24 +63,45 @@ def _count_compile(event: str, *_, **__) -> None:
     _compiles += 1
 
 
+def _count_cache_hit(event: str, *_, **__) -> None:
+  global _cache_hits
+  if event == _CACHE_HIT_EVENT:
+    _cache_hits += 1
+
+
 jax.monitoring.register_event_duration_secs_listener(_count_compile)
+jax.monitoring.register_event_listener(_count_cache_hit)
 
 
 class CountingStep:
-  """A compiled step that counts the XLA compilations its calls trigger.
+  """A compiled step that counts the XLA compilations its calls trigger, and logs them.
 
   Compilation happens synchronously inside the call that needs it, so the compilations seen
-  during a call are that step's: one per new input shape (length bucket) is the target.
+  during a call are that step's: one per new input shape (length bucket) is the target. A call
+  with a new batch width logs a line before (a compilation can take minutes, with nothing
+  else to show) and one with its time after.
   """
 
-  def __init__(self, fn: Callable):
-    self._fn = fn
+  def __init__(self, fn: Callable, name: str):
+    self._fn, self.name = fn, name
     self.compiles = 0
+    self._widths: set[int] = set()
 
   def __call__(self, *args):
-    before = _compiles
+    width = args[1]["input_ids"].shape[-1]  # the batch's sequence length: one program each
+    new = width not in self._widths
+    if new:
+      logging.info("compiling the %s step for batch width %d ...", self.name, width)
+    before, hits_before, start = _compiles, _cache_hits, time.perf_counter()
     out = self._fn(*args)
-    self.compiles += _compiles - before
+    compiled = _compiles - before
+    self.compiles += compiled
+    if new or compiled:
+      self._widths.add(width)
+      from_cache = compiled and _cache_hits - hits_before >= compiled
+      logging.info("... the %s step for batch width %d %s in %.1f s", self.name, width,
+                   "read from the compilation cache" if from_cache else "compiled",
+                   time.perf_counter() - start)
     return out
 
 
@@ -130,17 +155,18 @@ class DataParallel:
   def compile_train_step(self, train_step: Callable) -> CountingStep:
     """`train_step(state, batch, signals)`: signals are one row of flags per device."""
     if self.backend == "pmap":
-      return CountingStep(jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,)))
+      return CountingStep(jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,)), "train")
     return CountingStep(jax.jit(jax.shard_map(
         train_step, mesh=self.mesh, in_specs=(P(), P(None, AXIS), P(AXIS)),
-        out_specs=(P(), P()), check_vma=False), donate_argnums=(0,)))
+        out_specs=(P(), P()), check_vma=False), donate_argnums=(0,)), "train")
 
   def compile_eval_step(self, eval_step: Callable) -> CountingStep:
     """`eval_step(params, batch)`, whose outputs are already gathered over devices."""
     if self.backend == "pmap":
-      return CountingStep(jax.pmap(eval_step, axis_name=AXIS))
+      return CountingStep(jax.pmap(eval_step, axis_name=AXIS), "eval")
     return CountingStep(jax.jit(jax.shard_map(
-        eval_step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False)))
+        eval_step, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False)),
+        "eval")
 
   def compile_replicated(self, fn: Callable) -> Callable:
     """A collective-free function of replicated inputs, in either layout."""

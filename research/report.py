@@ -9,7 +9,8 @@ writes into the sweep folder:
                              with a 95% t-interval, the best checkpoint's metric and step, the
                              training time; the best setting by `eval.best_metric` is marked ★;
                              below it, the pooled seed std against the std of the setting means
-                             and a one-way ANOVA (is the spread more than seed noise?)
+                             and a one-way ANOVA (is the spread more than seed noise?); then
+                             the task metrics of every other split the runs evaluated (test)
   metric_vs_<key>.png        the main metric against each swept value, ± one std
   learning_curves.png        train loss and dev metric against the step, mean over seeds
 
@@ -92,6 +93,9 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
   split = config["data"]["eval_splits"][0]
   metrics = list(config["task"]["metrics"])
   main = config["eval"]["best_metric"]
+  other_splits = [s for s in dict.fromkeys(s for run in runs
+                                           for s in run["results"]["final"]["results"])
+                  if s != split]
   groups: dict[str, list] = collections.defaultdict(list)
   for run in runs:
     groups[setting_of(run)].append(run)
@@ -101,6 +105,12 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
                                              if k != SEED}, "n": len(members)}
     for metric in dict.fromkeys(metrics + [main]):
       row[metric] = summarize([final_value(r, split, metric) for r in members])
+    row["other_splits"] = {}  # {split: {metric: summary, or None where no run evaluated it}}
+    for other in other_splits:
+      evaluated = [r for r in members if other in r["results"]["final"]["results"]]
+      row["other_splits"][other] = {
+          m: summarize([final_value(r, other, m) for r in evaluated]) if evaluated else None
+          for m in metrics}
     bests = [r["results"]["best"] for r in members if r["results"].get("best")]
     row["best_checkpoint"] = summarize([b["value"] for b in bests]) if bests else None
     row["best_step"] = statistics.fmean(b["step"] for b in bests) if bests else float("nan")
@@ -119,7 +129,8 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
   seeded = [[final_value(run, split, main) for run in r["runs"]] for r in rows if r["n"] > 1]
   within = [statistics.variance(values) for values in seeded]
   code_lines, code_warnings = provenance(runs)
-  facts = {"split": split, "metrics": metrics, "main": main, "best": best["setting"],
+  facts = {"split": split, "other_splits": other_splits, "metrics": metrics, "main": main,
+           "best": best["setting"],
            "code": code_lines, "warnings": code_warnings,
            "seed_std": math.sqrt(statistics.fmean(within)) if within else float("nan"),
            "setting_std": statistics.stdev([r[main]["mean"] for r in rows])
@@ -188,12 +199,14 @@ def _fmt(s: dict[str, float] | None, scale: float = 100.0) -> str:
 def write_tables(sweep_dir: pathlib.Path, rows, facts) -> str:
   metrics, main = facts["metrics"], facts["main"]
   scale = lambda m: 1.0 if m == "loss" else 100.0  # noqa: E731
+  others = [(split, m) for split in facts["other_splits"] for m in metrics]
   header = (["setting", "n"] + [f"{m} (mean ± std)" for m in metrics]
             + [f"{main} 95% CI", f"best-checkpoint {main}", "best step", "trainable params",
-               "train examples/s", "train min"])
+               "train examples/s", "train min"] + [f"{split} {m}" for split, m in others])
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   csv = ["setting,n," + ",".join(f"{m}_mean,{m}_std,{m}_ci_low,{m}_ci_high" for m in metrics)
-         + ",best_checkpoint_mean,best_step,trainable,examples_per_s,train_minutes"]
+         + ",best_checkpoint_mean,best_step,trainable,examples_per_s,train_minutes"
+         + "".join(f",{split}_{m}_mean,{split}_{m}_std" for split, m in others)]
   for row in sorted(rows, key=lambda r: r["setting"]):
     mark = " ★" if row["setting"] == facts["best"] else ""
     s = row[main]
@@ -204,15 +217,19 @@ def write_tables(sweep_dir: pathlib.Path, rows, facts) -> str:
            if s["n"] > 1 else "—",
            _fmt(row["best_checkpoint"], scale(main)), f"{row['best_step']:.0f}",
            f"{row['trainable']:,}" if row["trainable"] else "—",
-           f"{row['examples_per_s']:.1f}", f"{row['train_minutes']:.1f}"]) + " |")
+           f"{row['examples_per_s']:.1f}", f"{row['train_minutes']:.1f}"]
+        + [_fmt(row["other_splits"][split][m], scale(m)) for split, m in others]) + " |")
     csv.append(f"\"{row['setting']}\",{row['n']},"
                + ",".join(f"{row[m]['mean']},{row[m]['std']},{row[m]['ci_low']},"
                           f"{row[m]['ci_high']}" for m in metrics)
                + f",{row['best_checkpoint']['mean'] if row['best_checkpoint'] else ''},"
                  f"{row['best_step']},{row['trainable'] or ''},{row['examples_per_s']},"
-                 f"{row['train_minutes']}")
+                 f"{row['train_minutes']}"
+               + "".join(f",{s['mean']},{s['std']}" if s else ",,"
+                         for s in (row["other_splits"][split][m] for split, m in others)))
   text = "\n".join(lines) + "\n"
-  summary = (f"\nMetrics ×100 on `{facts['split']}` at the last step; ★ = best mean {main}. "
+  summary = (f"\nMetrics ×100 at the last step, on `{facts['split']}` unless a column names "
+             f"another split; ★ = best mean {main}. "
              f"Spread of {main}: seed std within a setting (pooled) "
              f"{_hundred(facts['seed_std'])}, std of the setting means "
              f"{_hundred(facts['setting_std'])}")
@@ -286,7 +303,8 @@ def write_plots(sweep_dir: pathlib.Path, rows, facts) -> list[pathlib.Path]:
             by_step[entry["step"]].append(entry[field])
       xs = sorted(by_step)
       ax.plot(xs, [statistics.fmean(by_step[x]) for x in xs], label=row["setting"],
-              marker="o" if split_name != "train" else None, markersize=3)
+              # a line alone draws nothing for a run that logged one point
+              marker="o" if split_name != "train" or len(xs) == 1 else None, markersize=3)
   loss_ax.set(xlabel="step", ylabel="train loss (mean over seeds)")
   metric_ax.set(xlabel="step", ylabel=f"{main} on {split} (mean over seeds)")
   metric_ax.legend(fontsize="x-small")

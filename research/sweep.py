@@ -9,7 +9,8 @@ Every point runs `python -m research.main` in its own sub-workdir named after it
 exists) and an interrupted one resumes from its checkpoint: rerunning the command completes
 what is missing. `--dry-run` only writes and prints one command per point (commands.txt), for a
 cluster scheduler: a SLURM array can run line $SLURM_ARRAY_TASK_ID of it. `--max-points N` runs
-at most N of the missing points and stops (to fit a job's time limit). When all points are
+at most N of the missing points and stops (to fit a job's time limit). Each point prints its
+place among those to run (`[3/12]`) as it starts and as it ends. When all points are
 done, the report is written (`python -m research.report <workdir>`).
 """
 
@@ -25,6 +26,7 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -86,8 +88,14 @@ def plan(config_spec: str, workdir: pathlib.Path) -> list[dict[str, Any]]:
   if not points:
     raise SystemExit(f"error: the sweep of {config_spec} is empty")
   names = [point_name(p) for p in points]
-  if len(set(names)) != len(names):
-    raise SystemExit("error: the sweep repeats a point")
+  first_with_name: dict[str, int] = {}
+  for i, name in enumerate(names):
+    j = first_with_name.setdefault(name, i)
+    if j != i:
+      what = ("repeats a point" if points[j] == points[i] else
+              "has two points whose values differ only in characters a folder name cannot hold")
+      raise SystemExit(f"error: the sweep {what}: point {j + 1} {points[j]} and point {i + 1} "
+                       f"{points[i]} would both run in {name}")
   out = []
   for point, name in zip(points, names):
     config = module.get_config(arg)
@@ -105,7 +113,17 @@ def status(point: dict[str, Any]) -> str:
   return "partial" if (workdir / "checkpoints").exists() else "new"
 
 
-def run_point(point: dict[str, Any]) -> tuple[dict[str, Any], int, float]:
+_print_lock = threading.Lock()  # points run in threads: one progress line at a time
+
+
+def say(line: str) -> None:
+  with _print_lock:
+    print(line, flush=True)
+
+
+def run_point(point: dict[str, Any], position: str) -> tuple[dict[str, Any], int, float]:
+  """Runs one point; `position` ('[3/12]') starts its progress lines."""
+  say(f"{position} starting {point['name']}")
   workdir = pathlib.Path(point["workdir"])
   workdir.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
@@ -143,10 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     todo = todo[:args.max_points]
   failed = []
   with concurrent.futures.ThreadPoolExecutor(max(1, args.workers)) as pool:
-    for i, (point, code, seconds) in enumerate(pool.map(run_point, todo), 1):
+    positions = [f"[{i}/{len(todo)}]" for i in range(1, len(todo) + 1)]
+    for position, (point, code, seconds) in zip(positions,
+                                                pool.map(run_point, todo, positions)):
       outcome = "done" if code == 0 else f"FAILED (exit {code}, see main.log)"
-      print(f"[{i}/{len(todo)}] {point['name']}: {outcome} in {seconds / 60:.1f} min",
-            flush=True)
+      say(f"{position} {point['name']}: {outcome} in {seconds / 60:.1f} min")
       if code:
         failed.append(point["name"])
   if failed:

@@ -166,7 +166,15 @@ def init_params(setup: ModelSetup, rng: jax.Array) -> Any:
 
   With a checkpoint, only the leaves it does not overwrite are computed (`hf_io.
   initialised_leaves`): the same values as a whole init, whose encoder would cost seconds of
-  compilation to be thrown away."""
+  compilation to be thrown away. Logged before and after: compiling the init takes a while."""
+  logging.info("compiling and running the parameter init ...")
+  start = time.perf_counter()
+  params = _init_params(setup, rng)
+  logging.info("... parameters initialised in %.1f s", time.perf_counter() - start)
+  return params
+
+
+def _init_params(setup: ModelSetup, rng: jax.Array) -> Any:
   inputs = init_inputs(setup.model)
 
   def init(r):
@@ -261,6 +269,7 @@ class Run:
   ckpts: checkpoints.Checkpoints
   writer: writers.MetricWriter
   steps_per_epoch: int
+  total_steps: int
   throughput: run_record.Throughput  # this session's counts, for run.json
   batches: Any  # the training batches: what a checkpoint keeps of them (`resume_record`)
 
@@ -287,9 +296,11 @@ def evaluate(run: Run, device_state: steps.TrainState, step: int
     run.throughput.eval_examples += len(split)
     run.throughput.eval_tokens += int(split.lengths.sum())
     try:
+      metrics.check_finite(outputs, loss)  # a NaN model still scores an accuracy
       scalars, report = evaluation.score(config.task, split, outputs, loss)
     except metrics.MetricError as e:
-      raise RunError(f"evaluation of {name} at step {step}: {e}") from e
+      raise RunError(f"evaluation of {name} at step {step}: {e}; no checkpoint of that step "
+                     "was saved") from e
     results[name] = scalars
     run.writer.write(step, name, scalars)
     evaluation.write_eval_file(run.workdir / "eval" / f"{name}_step{step}.json", step, scalars,
@@ -321,13 +332,21 @@ def track_best(run: Run, state: RunState, step: int, results: dict[str, dict[str
                  state.best["step"])
 
 
+def _kept(run: Run, state: RunState) -> str:
+  """What a run that stops now leaves behind."""
+  return " and ".join([f"the last checkpoint (step {run.ckpts.latest_step()})"
+                       if run.ckpts.latest_step() is not None else "no checkpoint yet",
+                       f"the best (step {state.best['step']})" if state.best else "no best yet"])
+
+
 def read_step_metrics(run: Run, state: RunState,
                       pending: list[tuple[int, dict[str, jax.Array]]]) -> np.ndarray:
   """Reads steps' metrics into the run state; returns the sum of their signals.
 
   A step whose loss or gradient norm is not finite stops the run here, before anything after
   it is saved (the last checkpoint and the best are earlier, finite states), unless
-  `train.skip_nonfinite_steps` (the step then changed nothing, and is counted and logged).
+  `train.skip_nonfinite_steps` (the step then changed nothing, and is counted and logged) and
+  the skipped steps are at most `train.max_skipped_fraction` of the run's.
   """
   signals = np.zeros(2, np.int64)
   for step, on_device in pending:
@@ -338,17 +357,23 @@ def read_step_metrics(run: Run, state: RunState,
       continue
     loss = float(values["loss_sum"]) / max(float(values["weight_sum"]), 1.0)
     what = f"loss {loss:.4g}, gradient norm {float(values['grad_norm']):.4g}"
-    if run.config.train.skip_nonfinite_steps:
-      state.skipped_steps.append(step)
-      logging.warning("step %d: %s: the update is skipped (train.skip_nonfinite_steps)", step,
-                      what)
-      continue
-    kept = [f"the last checkpoint (step {run.ckpts.latest_step()})"
-            if run.ckpts.latest_step() is not None else "no checkpoint yet",
-            f"the best (step {state.best['step']})" if state.best else "no best yet"]
-    raise RunError(f"training diverged at step {step}: {what}; nothing from that step on was "
-                   f"saved ({' and '.join(kept)} kept). Lower optimizer.learning_rate, or set "
-                   "train.skip_nonfinite_steps=True to skip such updates")
+    train_cfg = run.config.train
+    if not train_cfg.skip_nonfinite_steps:
+      raise RunError(f"training diverged at step {step}: {what}; nothing from that step on was "
+                     f"saved ({_kept(run, state)} kept). Lower optimizer.learning_rate, or set "
+                     "train.skip_nonfinite_steps=True to skip such updates")
+    state.skipped_steps.append(step)
+    skipped, bound = len(state.skipped_steps), train_cfg.max_skipped_fraction * run.total_steps
+    if skipped > bound:
+      listed = state.skipped_steps if skipped <= 10 else state.skipped_steps[:10] + ["..."]
+      raise RunError(
+          f"training skipped the updates of {skipped} of its {run.total_steps} steps "
+          f"({', '.join(map(str, listed))}), more than train.max_skipped_fraction="
+          f"{train_cfg.max_skipped_fraction} allows: their loss or gradient norm is not finite "
+          f"(step {step}: {what}); nothing from step {step} on was saved "
+          f"({_kept(run, state)} kept). Lower optimizer.learning_rate or check the data")
+    logging.warning("step %d: %s: the update is skipped (train.skip_nonfinite_steps; %d of at "
+                    "most %d)", step, what, skipped, int(bound))
   return signals
 
 
@@ -542,7 +567,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
   run = Run(config=config, workdir=workdir, dp=dp, eval_step=eval_step, batches=batches,
             materialize=dp.compile_replicated(steps.make_materialize(lora_scale)),
             eval_splits=eval_splits, ckpts=ckpts, writer=writer,
-            steps_per_epoch=batches.steps_per_epoch, throughput=run_record.Throughput())
+            steps_per_epoch=batches.steps_per_epoch, total_steps=total_steps,
+            throughput=run_record.Throughput())
 
   # ---- Loop --------------------------------------------------------------------------------
   # Each step also sums every process's flags (stop requested, save requested) over all
@@ -579,7 +605,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
       reading, unread = (unread, []) if act_now else (unread[:-1], unread[-1:])
       stop_signal, save_signal = read_step_metrics(run, run_state, reading)
       stop_agreed, save_agreed = stop_signal > 0, save_signal > 0
-      if log_now:
+      if log_now and run_state.since_log["steps"]:  # skipped steps alone: no row (loss 0)
         train_metrics = run_state.take_log()
         train_metrics.update(progress.report(step, train_metrics))
         run.writer.write(step, "train", train_metrics)

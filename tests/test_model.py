@@ -68,6 +68,23 @@ def test_random_small_bert_matches_pytorch(tmp_path):
       intermediate_size=96, max_position_embeddings=32, type_vocab_size=2)))
 
 
+@pytest.mark.parametrize("model_type, max_positions, longest", [("bert", 64, 64),
+                                                            ("roberta", 66, 64)])
+def test_an_input_longer_than_the_position_table_is_refused(model_type, max_positions, longest):
+  """jnp.take clamps an index past the table: without a check, 128 tokens on 64 positions
+  returned numbers (transformers raises). Shapes are static, so the check is at trace time."""
+  config = bert.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=32, model_type=model_type,
+                           max_position_embeddings=max_positions, pad_token_id=1)
+  model = bert.BertModel(config)
+  fits = jnp.ones((1, longest), jnp.int32)
+  jax.eval_shape(lambda: model.init(jax.random.key(0), fits, fits))
+  too_long = jnp.ones((1, longest + 1), jnp.int32)
+  with pytest.raises(ValueError, match=f"{longest + 1} tokens .* {longest} .*"
+                                       f"max_position_embeddings {max_positions}"):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), too_long, too_long))
+
+
 def test_pytorch_bin_checkpoint_loads_like_safetensors(tmp_path):
   torch.manual_seed(1)
   model = transformers.BertModel(transformers.BertConfig(
@@ -168,7 +185,8 @@ def test_head_is_fresh_and_seeded():
              ("cls", "predictions", "transform", "LayerNorm", "scale")}),
 ])
 def test_init_computes_only_what_the_checkpoint_does_not_overwrite(small_checkpoint,
-                                                                   config_name, computed):
+                                                                   config_name, computed,
+                                                                   caplog):
   """The parameters of a run that starts from a checkpoint equal a whole init with the
   checkpoint loaded over it, bit for bit; only the leaves the checkpoint does not fill are
   computed."""
@@ -186,7 +204,11 @@ def test_init_computes_only_what_the_checkpoint_does_not_overwrite(small_checkpo
   state = hf_io.grow_vocabulary(hf_io.read_state_dict(small_checkpoint), whole)
   expected = hf_io.params_from_state_dict(state, whole)
   assert hf_io.initialised_leaves(hf_io.read_state_dict(small_checkpoint), whole) == computed
+  caplog.set_level("INFO")
   params = train.init_params(setup, rng)
+  lines = [r.getMessage() for r in caplog.records]
+  assert lines[0] == "compiling and running the parameter init ..."
+  assert lines[-1].startswith("... parameters initialised in ")
   assert jax.tree.structure(params) == jax.tree.structure(expected)
   for ours, reference in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
     assert isinstance(ours, np.ndarray) and ours.dtype == reference.dtype

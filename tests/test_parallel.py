@@ -11,6 +11,8 @@ with are computed once per file (`_one_device`).
 
 import dataclasses
 import functools
+import logging
+import re
 
 import jax
 import jax.numpy as jnp
@@ -162,8 +164,10 @@ def test_dropout_draws_the_same_masks_however_the_batch_is_split(backend, device
 
 
 @pytest.mark.parametrize("backend", parallel.BACKENDS)
-def test_step_compiles_once_per_shape(backend):
-  """pmap compiles twice unless inputs are first placed with a NamedSharding: we place them."""
+def test_step_compiles_once_per_shape(backend, caplog):
+  """pmap compiles twice unless inputs are first placed with a NamedSharding: we place them.
+  Each compilation is logged as it starts and with its time as it ends."""
+  caplog.set_level(logging.INFO)
   _need_devices(2)
   model, tx, schedule, state, batch = _setup(seed=3)
   dp = parallel.DataParallel(backend, 2)
@@ -174,3 +178,12 @@ def test_step_compiles_once_per_shape(backend):
     placed, metrics = step(placed, dp.put_train_batch(micro), dp.put_signals(np.zeros(2)))
     jax.block_until_ready(metrics)
   assert step.compiles == 2
+  lines = [r.getMessage() for r in caplog.records if "the train step" in r.getMessage()]
+  done = r" (compiled|read from the compilation cache) in \d+\.\d s"  # a warm cache reads it
+  expected = []
+  for width in (LENGTH, 8):
+    expected += [re.escape(f"compiling the train step for batch width {width} ..."),
+                 re.escape(f"... the train step for batch width {width}") + done]
+  assert len(lines) == len(expected), lines
+  for line, pattern in zip(lines, expected):
+    assert re.fullmatch(pattern, line), line

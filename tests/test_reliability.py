@@ -171,11 +171,86 @@ def test_divergence_stops_at_its_step_and_keeps_the_finite_checkpoints(exploding
 def test_skip_nonfinite_steps_skips_exactly_those_updates(exploding_regression, tmp_path):
   folder, bad_steps = exploding_regression
   summary = train.train_and_evaluate(
-      _regression_config(folder, **{"train.skip_nonfinite_steps": True}), tmp_path)
+      _regression_config(folder, **{"train.skip_nonfinite_steps": True, "log.every_steps": 1}),
+      tmp_path)
   assert summary["skipped_steps"] == bad_steps
   assert checkpoints.all_finite(final_state(tmp_path)[1])
   assert np.isfinite(summary["final"]["results"]["validation"]["pearson"])
-  assert np.isfinite([r["loss"] for r in train_rows(tmp_path)]).all()
+  rows = train_rows(tmp_path)
+  assert np.isfinite([r["loss"] for r in rows]).all()
+  # A log step with only a skipped step since the last logged a loss of 0: no row instead.
+  assert [r["step"] for r in rows] == [s for s in range(1, 25) if s not in bad_steps]
+
+
+def test_skipped_updates_beyond_the_bound_stop_the_run():
+  """77 of 80 updates skipped ended with exit 0: more than train.max_skipped_fraction of the
+  run's steps skipped stops it, naming them, before anything of that step is saved."""
+  import types
+  config = tiny_config(**{"train.skip_nonfinite_steps": True, "train.max_skipped_fraction": 0.1})
+  run = types.SimpleNamespace(config=config, total_steps=24,
+                              dp=types.SimpleNamespace(get_metrics=lambda values: values),
+                              ckpts=types.SimpleNamespace(latest_step=lambda: 5))
+
+  def step(number, finite):
+    return number, {"signals": np.zeros(2, np.int32), "finite": finite,
+                    "loss_sum": np.float32(np.nan), "weight_sum": np.float32(16), "grad_norm": np.float32(np.nan),
+                    "learning_rate": np.float32(1e-3)}
+  state = train.RunState()
+  train.read_step_metrics(run, state, [step(3, False), step(4, True), step(7, False)])
+  assert state.skipped_steps == [3, 7]  # 2 of 24: within 10%
+  with pytest.raises(train.RunError) as raised:
+    train.read_step_metrics(run, state, [step(8, True), step(9, False), step(10, False)])
+  assert str(raised.value) == (
+      "training skipped the updates of 3 of its 24 steps (3, 7, 9), more than "
+      "train.max_skipped_fraction=0.1 allows: their loss or gradient norm is not finite (step 9: "
+      "loss nan, gradient norm nan); nothing from step 9 on was saved (the last checkpoint "
+      "(step 5) and no best yet kept). Lower optimizer.learning_rate or check the data")
+
+
+def test_an_evaluation_with_nan_outputs_stops_the_run(tmp_path):
+  """Updates skipped but the applied ones broke the model: its NaN outputs scored an accuracy
+  and a NaN loss, and were reported (exit 0) and kept as the best."""
+  config = tiny_config(**{"optimizer.learning_rate": 1e6, "train.skip_nonfinite_steps": True,
+                          "train.max_skipped_fraction": 1.0, "eval.every_steps": 6,
+                          "log.every_steps": 6})
+  with pytest.raises(train.RunError) as raised:
+    train.train_and_evaluate(config, tmp_path)
+  assert str(raised.value) == (
+      "evaluation of validation at step 6: the loss is nan and the model's outputs are NaN or "
+      "infinite for 50 of 50 examples (the first: row 1); no checkpoint of that step was saved")
+  assert not (tmp_path / "results.json").exists()
+  ckpts = checkpoints.Checkpoints(tmp_path, keep=5, best_metric="accuracy", best_mode="max")
+  assert (ckpts.latest_step(), ckpts.best_step()) == (5, None)  # no best of a NaN model
+  ckpts.close()
+
+
+def test_eval_and_predict_refuse_nan_outputs(reference_run, tmp_path):
+  """A best checkpoint whose outputs overflow on some inputs scored them and wrote NaN
+  probabilities; predict names the first such line."""
+  reference_dir, config, _ = reference_run
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_dir, workdir)
+  ckpts = checkpoints.Checkpoints(workdir, keep=5, best_metric="accuracy", best_mode="max")
+  step, (params, meta) = ckpts.best_step(), ckpts.restore_best(None)
+  ckpts.close()
+  tokenizer = input_pipeline.load_tokenizer(train.build_model(config).tokenizer_dir)
+  word = tokenizer.convert_tokens_to_ids("the")
+  params["bert"]["embeddings"]["word_embeddings"]["embedding"][word] = 3e38  # finite, overflows
+  shutil.rmtree(workdir / "best")
+  ckpts = checkpoints.Checkpoints(workdir, keep=5, best_metric="accuracy", best_mode="max")
+  ckpts.save_best(step, params, {k: v for k, v in meta.items() if k != "checksum"})
+  ckpts.close()
+  inputs = _write(tmp_path / "in.txt", "a fine film\nthe plot is thin\nfine\n")
+  with pytest.raises(train.RunError) as raised:
+    inference.predict(config, workdir, inputs, tmp_path / "out.jsonl")
+  assert str(raised.value) == (
+      f"--input {inputs} line 2: the outputs of the best checkpoint (step {step}) are NaN or "
+      "infinite (1 of 3); nothing was written")
+  assert not (tmp_path / "out.jsonl").exists()
+  with pytest.raises(train.RunError, match=rf"^evaluation of validation by the best checkpoint "
+                                           rf"\(step {step}\): .*NaN or infinite for \d+ of 50"):
+    inference.evaluate(config, workdir)
+  assert not list((workdir / "eval").glob("*_best.json"))
 
 
 # ---- the data of a resumed run -----------------------------------------------------------------

@@ -6,6 +6,7 @@ import statistics
 import subprocess
 import sys
 
+import matplotlib.figure
 import numpy as np
 import pytest
 from scipy import stats
@@ -39,7 +40,7 @@ def test_hyper_combinators():
     hyper.zipit([hyper.sweep("config.a", [1]), hyper.sweep("config.b", [3, 4])])
 
 
-def test_sweep_runs_resumes_and_reports(tmp_path):
+def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
   require_data("sst2")
   config_file = tmp_path / "tiny_sweep.py"
   config_file.write_text(TINY_SWEEP)
@@ -60,7 +61,14 @@ def test_sweep_runs_resumes_and_reports(tmp_path):
   assert sweep.main(args + ["--max-points", "1"]) == 0
   done_first = {n: (workdir / n / "results.json").stat().st_mtime for n in names[:3:2]}
   assert not (workdir / names[1]).exists() and not (workdir / names[3]).exists()
+  capsys.readouterr()
   assert sweep.main(args) == 0
+  progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+  progress = [line.split(" in ")[0] for line in progress]  # the next may start before one ends
+  for position, name in (("[1/2]", names[1]), ("[2/2]", names[3])):
+    starts, ends = f"{position} starting {name}", f"{position} {name}: done"
+    assert progress.index(starts) < progress.index(ends)
+  assert len(progress) == 4
   for name in names[:3:2]:  # not run again
     assert (workdir / name / "results.json").stat().st_mtime == done_first[name]
   assert (workdir / names[0] / "main.log").read_text().count("done:") == 1
@@ -95,7 +103,22 @@ def test_a_sweep_key_that_is_not_a_field_fails_before_anything_runs(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
-def test_report_statistics_by_hand(tmp_path):
+@pytest.mark.parametrize("values, what", [
+    (["a/b", "a_b"], "has two points whose values differ only in characters a folder name cannot "
+                     "hold: point 1 {'config.model.tokenizer': 'a/b'} and point 2 "
+                     "{'config.model.tokenizer': 'a_b'} would both run in model.tokenizer=a_b"),
+    (["x", "y", "x"], "repeats a point: point 1 {'config.model.tokenizer': 'x'} and point 3 "
+                      "{'config.model.tokenizer': 'x'} would both run in model.tokenizer=x")])
+def test_points_sharing_a_folder_are_named(tmp_path, values, what):
+  config_file = tmp_path / "clash_sweep.py"
+  config_file.write_text(f"def get_hyper(hyper):\n"
+                         f"  return hyper.sweep('config.model.tokenizer', {values!r})\n")
+  with pytest.raises(SystemExit) as error:
+    sweep.plan(str(config_file), tmp_path / "w")
+  assert str(error.value) == f"error: the sweep {what}"
+
+
+def test_report_statistics_by_hand(tmp_path, monkeypatch):
   """Synthetic runs: two settings, three seeds each."""
   values = {"lr=1": [0.5, 0.6, 0.7], "lr=2": [0.8, 0.8, 0.9]}
   points = []
@@ -109,8 +132,11 @@ def test_report_statistics_by_hand(tmp_path):
       (run / "config.json").write_text(json.dumps({
           "data": {"eval_splits": ["validation"]},
           "task": {"metrics": ["accuracy"]}, "eval": {"best_metric": "accuracy"}}))
+      evaluated = {"validation": {"accuracy": acc}}
+      if setting == "lr=2":  # the test split, evaluated by one setting's runs
+        evaluated["test"] = {"accuracy": acc - 0.1}
       (run / "results.json").write_text(json.dumps({
-          "final": {"results": {"validation": {"accuracy": acc}}},
+          "final": {"results": evaluated},
           "best": {"step": 10 * (seed + 1), "value": acc + 0.01},
           "train": {"train_seconds": 60.0, "examples": 600},
           "params": {"trainable": 1000}}))
@@ -135,8 +161,24 @@ def test_report_statistics_by_hand(tmp_path):
   assert facts["anova"]["F"] == pytest.approx(between / seed_var)
   assert (facts["anova"]["df_between"], facts["anova"]["df_within"]) == (1, 4)
   assert 0 < facts["anova"]["p"] < 1
+  assert by_setting["lr=2"]["other_splits"]["test"]["accuracy"]["mean"] == pytest.approx(
+      2.5 / 3 - 0.1)
+  assert by_setting["lr=1"]["other_splits"]["test"]["accuracy"] is None
+  figures = []
+  savefig = matplotlib.figure.Figure.savefig
+  monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                      lambda fig, *a, **k: (figures.append(fig), savefig(fig, *a, **k)))
   report.write_report(tmp_path)
-  assert "lr=2 ★" in (tmp_path / "results.md").read_text()
+  table = [[cell.strip() for cell in line.split("|")]
+           for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("|")]
+  header, cells = table[0], {row[1]: row for row in table[2:]}
+  assert cells["lr=2 ★"][header.index("test accuracy")] == "73.33 ± 5.77"
+  assert cells["lr=1"][header.index("test accuracy")] == "—"
+  assert "test_accuracy_mean" in (tmp_path / "results.csv").read_text().splitlines()[0]
+  # Each run logged one training point: the train-loss panel draws it (a line alone is empty).
+  loss_panel = figures[-1].axes[0]
+  assert [len(line.get_xdata()) for line in loss_panel.lines] == [1, 1]
+  assert all(line.get_marker() not in (None, "None", "") for line in loss_panel.lines)
 
   # A folder of runs made by hand (no sweep.json): settings are the folder names without seed.
   (tmp_path / "sweep.json").unlink()

@@ -169,12 +169,41 @@ def test_cli_inconsistent_config_is_one_clear_error(tmp_path):
                                    "must equal data.max_length 128")
 
 
+def test_a_repeated_override_keeps_its_last_value(tmp_path):
+  """config_flags concatenates a tuple field given twice; the last value must win, for every
+  field type and either spelling (`--config.x=v`, `--config.x v`)."""
+  from absl import flags
+  from ml_collections import config_flags
+  from research import main
+  argv = ["main", "--config", "configs/sst2.py", "--workdir", str(tmp_path),
+          "--config.data.length_buckets=(16,32)", "--config.data.length_buckets=(48,64)",
+          "--config.task.text_fields=sentence", "--config.task.text_fields=sentence",
+          "--config.seed", "1", "--config.seed=2", "--config.data.max_length=64"]
+  flag_values = flags.FlagValues()
+  config = config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
+  main.parse_flags(argv, flag_values)
+  assert config.value.data.length_buckets == (48, 64)
+  assert config.value.task.text_fields == ("sentence",)
+  assert config.value.seed == 2 and config.value.data.max_length == 64
+
+
+@pytest.mark.parametrize("help_flag", ["--help", "-h", "--helpfull"])
+def test_cli_help_exits_0_with_the_usage(help_flag):
+  result = _cli(help_flag)
+  assert result.returncode == 0, result.stderr
+  assert "--workdir" in result.stdout and "--config" in result.stdout
+
+
 def test_config_validation_names_the_field():
   config = tiny_config(**{"train.grad_accum_steps": 3})
   with pytest.raises(config_lib.ConfigError, match="train.grad_accum_steps"):
     config_lib.validate(config)
   config = tiny_config(**{"eval.best_metric": "f1"})
   with pytest.raises(config_lib.ConfigError, match="eval.best_metric"):
+    config_lib.validate(config)
+  config = tiny_config(**{"train.max_skipped_fraction": 1.5})
+  with pytest.raises(config_lib.ConfigError, match="train.max_skipped_fraction"):
     config_lib.validate(config)
 
 

@@ -444,6 +444,11 @@ class BertModel(nn.Module):
                deterministic: bool = True, example_ids=None, output_hidden_states: bool = False,
                cls_only: bool = False):
     kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
+    if input_ids.shape[-1] > self.config.max_length:  # a gather past the table gives NaN, silently
+      raise ValueError(
+          f"input of {input_ids.shape[-1]} tokens is longer than the {self.config.max_length} "
+          f"the model's position embeddings hold (max_position_embeddings "
+          f"{self.config.max_position_embeddings})")
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     x = BertEmbeddings(**kw, name="embeddings")(
