@@ -242,3 +242,130 @@ def test_an_incomplete_launch_is_one_clear_error(tmp_path):
       "error: a multi-process run needs --coordinator_address, --process_id as well (or a "
       "launcher JAX detects: SLURM, Open MPI, Cloud TPU)")
   assert not (tmp_path / "w").exists()
+
+
+def test_a_start_without_its_coordinator_says_what_it_waits_for_and_ends_in_bounded_time(
+    tmp_path):
+  """Process 1 of 2 with no process 0: JAX alone waits 5 minutes in silence, then aborts."""
+  port = _free_port()
+  started = time.monotonic()
+  result = subprocess.run(
+      [sys.executable, "-m", "research.main", "--config", "tests/helpers.py", "--workdir",
+       str(tmp_path / "w"), f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+       "--process_id=1", "--distributed_timeout=3"], cwd=REPO, capture_output=True, text=True,
+      timeout=90, env={k: v for k, v in os.environ.items() if not k.startswith("SLURM")})
+  assert time.monotonic() - started < 60
+  assert result.returncode == 2, result.stderr
+  assert f"waiting for the coordinator at 127.0.0.1:{port} (process 0) to answer" in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: process 1: the coordinator at 127.0.0.1:{port} did not answer within 3 s: start "
+      "process 0 there, or check the address and the network (a slow cluster may need more: "
+      "--distributed_timeout or RESEARCH_DISTRIBUTED_TIMEOUT)")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_process_0_refuses_a_coordinator_port_in_use(monkeypatch, reuse_port):
+  """Another program on the port, or another process 0 (JAX's coordinator binds with
+  SO_REUSEPORT, so a second one would share the port and wait for ever)."""
+  def must_not_start(*args, **kwargs):
+    raise AssertionError("jax.distributed.initialize was called")
+  monkeypatch.setattr(jax.distributed, "initialize", must_not_start)
+  with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as listener:
+    if reuse_port:
+      listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind(("::" if socket.has_ipv6 else "0.0.0.0", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    with pytest.raises(distributed.DistributedError) as raised:
+      distributed.initialize("auto", coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                             process_id=0)
+  assert str(raised.value) == (
+      f"port {port} of --coordinator_address=127.0.0.1:{port} is already in use on this host "
+      "(process 0 starts the coordinator there): another run or program listens on it, or "
+      "another process was started with --process_id=0 (each process needs its own id); "
+      "choose another port")
+
+
+def test_the_start_timeout_comes_from_the_flag_or_the_environment(monkeypatch):
+  monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+  assert distributed.start_timeout() == distributed.DEFAULT_TIMEOUT_SECONDS < 300
+  monkeypatch.setenv(distributed.TIMEOUT_ENV, "600")
+  assert distributed.start_timeout() == 600
+  assert distributed.start_timeout(30) == 30
+  monkeypatch.setenv(distributed.TIMEOUT_ENV, "10m")
+  with pytest.raises(distributed.DistributedError, match="RESEARCH_DISTRIBUTED_TIMEOUT='10m'"):
+    distributed.start_timeout()
+  with pytest.raises(distributed.DistributedError, match="--distributed_timeout=0"):
+    distributed.start_timeout(0)
+
+
+class _KeyValueStore:
+  """The coordination service's key-value store as `PeerWatch` uses it; `down` as when the
+  coordinator is gone."""
+
+  def __init__(self):
+    self.values, self.down = {}, False
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    if self.down:
+      raise RuntimeError("UNAVAILABLE: failed to connect to all addresses")
+    assert allow_overwrite or key not in self.values
+    self.values[key] = value
+
+  def key_value_dir_get(self, prefix):
+    if self.down:
+      raise RuntimeError("UNAVAILABLE: failed to connect to all addresses")
+    return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
+
+
+def test_a_process_that_stops_beating_is_named_as_lost():
+  """Three processes; process 2 never beats (killed -9): each watchdog names it once it has been
+  silent for the timeout, and not before; a coordinator that stops answering is named too."""
+  store = _KeyValueStore()
+  watches = [distributed.PeerWatch(store, i, 3, timeout=30) for i in (0, 1)]
+  for now in range(0, 31):  # PeerWatch starts counting when it is created (monotonic clock)
+    assert [w.check(w.last_change[2] + now) for w in watches] == [None, None]
+  assert [w.check(w.last_change[2] + 31) for w in watches] == [
+      "process 2 stopped responding for 30 s (killed?)"] * 2
+  store.down = True
+  assert watches[1].check(0) == "the coordinator (process 0) stopped answering (killed?)"
+
+
+def test_sigterm_stops_within_the_two_steps_the_message_says(tmp_path, caplog, monkeypatch):
+  """The signal comes after step 6 (a step that neither logs nor saves): step 7 carries it, and
+  its flags are read with step 8's, which logs: the run stops there, two steps on."""
+  import threading
+  marker = tmp_path / "paused"
+  monkeypatch.setenv(train.PAUSE_ENV, f"step:6:{marker}")
+
+  def signal_when_paused():
+    _wait_for([f"{marker}.0"], timeout=120)
+    os.kill(os.getpid(), signal.SIGTERM)
+  threading.Thread(target=signal_when_paused, daemon=True).start()
+  with caplog.at_level("WARNING"), pytest.raises(train.Interrupted, match="at step 8 of 24"):
+    train.train_and_evaluate(tiny_config(**{"log.every_steps": 4}), tmp_path / "run")
+  assert ("SIGTERM: stopping with a checkpoint within the next two steps (press Ctrl-C again "
+          "to abort without one)") in caplog.text
+  assert final_state(tmp_path / "run")[0] == 8
+
+
+def test_the_local_launcher_stops_the_other_processes_when_one_fails(tmp_path):
+  """Process 0 cannot start (its port is taken); process 1 would wait for it: the launcher stops
+  it and exits with process 0's code, naming it."""
+  with socket.socket() as listener:
+    listener.bind(("0.0.0.0", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    started = time.monotonic()
+    result = subprocess.run(
+        ["bash", "experiments/launch/local_processes.sh", "2", "--config", "tests/helpers.py",
+         "--workdir", str(tmp_path / "w"), "--distributed_timeout=300"], cwd=REPO,
+        capture_output=True, text=True, timeout=120,
+        env=dict({k: v for k, v in os.environ.items() if not k.startswith("SLURM")},
+                 PORT=str(port), GRACE="20"))
+  assert time.monotonic() - started < 60
+  assert result.returncode == 2, result.stdout + result.stderr
+  assert result.stderr.startswith(f"process 0 failed (exit code 2): error: port {port} of ")
+  assert "stopping the other processes" in result.stderr
+  assert result.stdout.startswith("exit codes: 2 143 ")
