@@ -104,7 +104,7 @@ def check_port_free(coordinator_address: str) -> None:
       sock.bind(address)
     except OSError as e:
       if e.errno != errno.EADDRINUSE:
-        raise DistributedError(f"process 0 cannot start the coordinator on port {port}: {e}")
+        return  # an address this check cannot use (no IPv6, ...): JAX's own bind will tell
       raise DistributedError(
           f"port {port} of --coordinator_address={coordinator_address} is already in use on "
           "this host (process 0 starts the coordinator there): another run or program listens "
@@ -124,8 +124,8 @@ def _answers(address: str) -> bool:
 
 class _StartWatch:
   """While `jax.distributed.initialize` waits for the others: says every PROGRESS_SECONDS (less
-  for a short timeout) what it waits for, and at `timeout` ends the process with one line (exit 2); JAX's own deadline,
-  later, would abort with a stack dump."""
+  for a short timeout) what it waits for, and at `timeout` ends the process with one line
+  (exit 2); JAX's own deadline, later, would abort with a stack dump."""
 
   def __init__(self, address: str | None, processes: int | None, process_id: int | None,
                timeout: int):

@@ -46,7 +46,9 @@ while true; do
     fi
   done
   [ "$running" -eq 0 ] && break
-  if [ -n "$stop_at" ] && [ "$SECONDS" -ge "$stop_at" ]; then kill -KILL "${pids[@]}" 2>/dev/null; fi
+  if [ -n "$stop_at" ] && [ "$SECONDS" -ge "$stop_at" ]; then
+    kill -KILL "${pids[@]}" 2>/dev/null
+  fi
   sleep 0.5
 done
 all=(); for ((i = 0; i < N; i++)); do all+=("${codes[$i]}"); done
