@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -369,3 +370,76 @@ def test_the_local_launcher_stops_the_other_processes_when_one_fails(tmp_path):
   assert result.stderr.startswith(f"process 0 failed (exit code 2): error: port {port} of ")
   assert "stopping the other processes" in result.stderr
   assert result.stdout.startswith("exit codes: 2 143 ")
+
+
+def test_an_error_in_the_main_thread_waits_for_the_verdict_on_its_peers(monkeypatch):
+  """A collective that failed because its peer died (gloo: 'Connection closed by peer') ends
+  with the watchdog's line, not a traceback; an error while every peer beats is printed as
+  usual."""
+  monkeypatch.setattr(distributed, "BEAT_SECONDS", 0.02)
+  ended = []
+
+  def exit_with(message, code):
+    ended.append((message, code))
+    raise SystemExit(code)
+  monkeypatch.setattr(distributed, "_exit_with", exit_with)
+  monkeypatch.setattr(distributed.atexit, "register", lambda f: None)
+  monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+  store, printed = _KeyValueStore(), []
+  alive = distributed.PeerWatch(store, 1, 2, timeout=0.5)
+  watch = distributed.PeerWatch(store, 0, 2, timeout=0.5)
+  watch._previous_hook = lambda *exc: printed.append(exc[1])
+  beating = threading.Event()
+
+  def beat():  # process 1's watchdog, beating
+    while not beating.wait(0.02):
+      alive.check(time.monotonic())
+  threading.Thread(target=beat, daemon=True).start()
+  watch._thread = threading.Thread(target=lambda: _swallow_exit(watch._run), daemon=True)
+  watch._thread.start()
+  watch._excepthook(ValueError, ValueError("a genuine error"), None)
+  assert [str(e) for e in printed] == ["a genuine error"] and not ended
+  beating.set()  # process 1 is killed -9
+  with pytest.raises(SystemExit):
+    watch._excepthook(ValueError, ValueError("Gloo AllReduce failed: Connection closed"), None)
+  assert ended[-1] == ("process 1 stopped responding for 0.5 s (killed?): the run stops; rerun "
+                       "the same command on all processes to resume from the last checkpoint",
+                       distributed.EXIT_PEER_LOST)
+  assert len(printed) == 1
+
+
+def _swallow_exit(run):
+  try:
+    run()
+  except SystemExit:
+    pass
+
+
+def test_the_slurm_scripts_give_a_node_its_gpus_and_run_a_sweep_point_as_a_job_step(tmp_path):
+  """With stand-ins for srun and scontrol: one task per node sees all the node's GPUs (JAX would
+  pin it to SLURM_LOCALID's one), and a sweep point runs as a job step, where
+  `--signal=TERM@120` (sent to the job's steps) reaches it; 75 requeues the array task."""
+  bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+  bin_dir.mkdir()
+  (bin_dir / "srun").write_text(
+      f'#!/bin/bash\necho "srun $* | devices=${{JAX_LOCAL_DEVICE_IDS:-}}" >> {log}\nexit 75\n')
+  (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "scontrol $*" >> {log}\n')
+  for tool in ("srun", "scontrol"):
+    (bin_dir / tool).chmod(0o755)
+  (tmp_path / "sweep").mkdir()
+  (tmp_path / "sweep" / "commands.txt").write_text("python -m research.main --config a.py\n")
+  env = dict({k: v for k, v in os.environ.items() if k != "JAX_LOCAL_DEVICE_IDS"},
+             PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="7",
+             SLURM_GPUS_ON_NODE="2", SLURM_ARRAY_JOB_ID="7", SLURM_ARRAY_TASK_ID="1")
+  launch = REPO / "experiments" / "launch"
+  for script, args in (("slurm_node.sbatch", []), ("sweep_array.sbatch", ["sweep"])):
+    result = subprocess.run(["bash", str(launch / script), *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 75, result.stderr
+  calls = log.read_text().splitlines()
+  assert calls[0].startswith("srun --kill-on-bad-exit=1 python -m research.main")
+  assert calls[0].endswith("| devices=0,1")
+  assert calls[1:] == [
+      "scontrol requeue 7",
+      "srun --ntasks=1 bash -c exec python -m research.main --config a.py | devices=",
+      "scontrol requeue 7_1"]
