@@ -22,9 +22,10 @@ ends the run with one line and `EXIT_PEER_LOST` when another process stops beati
 lost host), well before JAX's heartbeat timeout aborts it, and also when this process is stuck
 in a collective with the lost one.
 
-What stays JAX's: when process 0 (the coordinator) dies, or a second process registers with an
-id already taken (another host's), the others' coordination clients abort at once with JAX's
-fatal log. `get_distributed_runtime_client` takes a `missed_heartbeat_callback` to call instead,
+What stays JAX's: when process 0 (the coordinator) dies, the others' coordination clients abort
+at once with JAX's fatal log; when a process registers with an id already registered (a
+duplicate --process_id other than a second process 0 on one host), so does the first one with
+that id (the others then end at the start's deadline, with our line). `get_distributed_runtime_client` takes a `missed_heartbeat_callback` to call instead,
 but jaxlib 0.10 cannot pass its `absl::Status` to a Python callable: the conversion throws
 `std::bad_cast`, which ends the process just the same (with a worse message) from JAX's thread.
 """
