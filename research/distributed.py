@@ -46,6 +46,7 @@ TIMEOUT_ENV = "RESEARCH_DISTRIBUTED_TIMEOUT"
 DEFAULT_TIMEOUT_SECONDS = 120  # a start waits this long for every process (JAX waits 300)
 PROGRESS_SECONDS = 10  # how often a waiting start says what it waits for
 PEER_TIMEOUT_SECONDS = 30  # a process silent this long is lost (JAX's heartbeat: 100 s)
+PEER_TIMEOUT_ENV = "RESEARCH_DISTRIBUTED_PEER_TIMEOUT"
 BEAT_SECONDS = 1.0
 EXIT_PEER_LOST = 75  # = train.EXIT_INTERRUPTED: rerun the same command to resume
 _HEARTBEAT_KEY = "research/heartbeat/"
@@ -82,6 +83,20 @@ def start_timeout(seconds: int | None = None) -> int:
       raise DistributedError(f"{TIMEOUT_ENV}={value!r} is not a whole number of seconds")
   if seconds <= 0:
     raise DistributedError(f"--distributed_timeout={seconds}: give a positive number of seconds")
+  return seconds
+
+
+def peer_timeout() -> float:
+  """Seconds another process may stay silent: $RESEARCH_DISTRIBUTED_PEER_TIMEOUT or the
+  default (longer for hosts that stall, shorter in tests; JAX's own heartbeat timeout, after
+  which it aborts, is 100 s)."""
+  value = os.environ.get(PEER_TIMEOUT_ENV, str(PEER_TIMEOUT_SECONDS))
+  try:
+    seconds = float(value)
+  except ValueError:
+    seconds = 0
+  if not 0 < seconds < 100:
+    raise DistributedError(f"{PEER_TIMEOUT_ENV}={value!r}: give seconds between 0 and 100")
   return seconds
 
 
@@ -263,7 +278,7 @@ class PeerWatch:
     if silent:
       names = ", ".join(map(str, silent))
       return (f"process{'es' * (len(silent) > 1)} {names} stopped responding for "
-              f"{self.timeout:.0f} s (killed?)")
+              f"{self.timeout:g} s (killed?)")
     return None
 
   def _run(self) -> None:
@@ -315,7 +330,7 @@ def initialize(mode: str = "auto", *, coordinator_address: str | None = None,
   launch = detected_launch()
   if mode == "auto" and launch is None and explicit == (None, None, None):
     return None
-  timeout = start_timeout(timeout_seconds)
+  timeout, silence = start_timeout(timeout_seconds), peer_timeout()
   import jax
   from jax._src import distributed as jax_distributed
   if launch is None and None in explicit and mode == "auto":
@@ -337,7 +352,7 @@ def initialize(mode: str = "auto", *, coordinator_address: str | None = None,
     raise DistributedError(f"jax.distributed.initialize failed ({launch or 'explicit'}): "
                            f"{reason}") from e
   PeerWatch(jax_distributed.global_state.client, jax.process_index(), jax.process_count(),
-            PEER_TIMEOUT_SECONDS).start()
+            silence).start()
   line = (f"process {jax.process_index()} of {jax.process_count()} ({launch or 'explicit'}); "
           f"{jax.device_count()} devices in all, {jax.local_device_count()} here")
   logging.info("jax.distributed: %s", line)

@@ -58,15 +58,16 @@ class Launch:
   variables srun sets, with the coordinator on localhost)."""
 
   def __init__(self, workdir: pathlib.Path, backend: str, *, processes=2, devices=2,
-               how="flags", pause: str | None = None):
+               how="flags", pause: str | None = None, env: dict[str, str] | None = None):
     self.logs = [pathlib.Path(f"{workdir}.p{i}.log") for i in range(processes)]
     port = _free_port()
-    self.procs = []
+    self.procs, extra_env = [], env or {}
     for i in range(processes):
       env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
       env.pop(train.PAUSE_ENV, None)
       if pause:
         env[train.PAUSE_ENV] = pause
+      env.update(extra_env)
       args = [sys.executable, "-m", "research.main", "--config", "tests/helpers.py",
               "--workdir", str(workdir), *_cli_overrides(backend)]
       if processes > 1 and how == "flags":
@@ -173,8 +174,9 @@ def test_sigterm_during_evaluation_then_kill_9_then_restart_end_as_the_uninterru
     two_process_runs, tmp_path):
   """A preempted job, requeued, then killed: SIGTERM to one process while step 12 is evaluated
   (say, a maintenance event on one host) stops both after that evaluation, at its checkpoint,
-  with the documented exit code; the same command resumes, both processes are killed -9 at
-  step 18, and once restarted the run ends as the uninterrupted one, bit for bit."""
+  with the documented exit code; the same command resumes, process 1 is killed -9 at step 18
+  (process 0 notices its silence and stops with one line and 75), and once restarted the run
+  ends as the uninterrupted one, bit for bit."""
   reference = two_process_runs["pmap"][0]
   workdir, marker = tmp_path / "run", tmp_path / "paused"
   launch = Launch(workdir, "pmap", pause=f"eval:12:{marker}")
@@ -196,13 +198,21 @@ def test_sigterm_during_evaluation_then_kill_9_then_restart_end_as_the_uninterru
                            tmp_path / "in_one_process")
   assert _max_difference(final_state(tmp_path / "in_one_process")[1],
                          final_state(reference)[1]) < 1e-6
-  # Requeued: the same command resumes in two processes; both are killed -9 at step 18 and
-  # the run goes back to the checkpoint of step 15 (checkpoints every 5 steps).
+  # Requeued: the same command resumes in two processes; process 1 is killed -9 at step 18,
+  # process 0 stops once it has been silent for the peer timeout (JAX alone: an abort after
+  # 100 s), and the run goes back to the checkpoint of step 15 (checkpoints every 5 steps).
   killed = tmp_path / "killed"
-  launch = Launch(workdir, "pmap", pause=f"step:18:{killed}")
+  launch = Launch(workdir, "pmap", pause=f"step:18:{killed}",
+                  env={distributed.PEER_TIMEOUT_ENV: "5"})
   _wait_for([f"{killed}.0", f"{killed}.1"])
-  launch.signal(signal.SIGKILL)
-  assert launch.wait() == [-signal.SIGKILL] * 2
+  launch.signal(signal.SIGKILL, which=[1])
+  killed_at = time.monotonic()
+  assert launch.wait() == [distributed.EXIT_PEER_LOST, -signal.SIGKILL]
+  assert time.monotonic() - killed_at < 30
+  assert launch.output(0).strip().splitlines()[-1] == (
+      "error: process 1 stopped responding for 5 s (killed?): the run stops; rerun the same "
+      "command on all processes to resume from the last checkpoint")
+  assert "Traceback" not in launch.output(0)
   assert final_state(workdir)[0] == 15
   assert Launch(workdir, "pmap").wait() == [0, 0]
   assert _max_difference(final_state(workdir)[1], final_state(reference)[1]) == 0
@@ -288,7 +298,7 @@ def test_process_0_refuses_a_coordinator_port_in_use(monkeypatch, reuse_port):
       "choose another port")
 
 
-def test_the_start_timeout_comes_from_the_flag_or_the_environment(monkeypatch):
+def test_the_timeouts_come_from_the_flag_or_the_environment(monkeypatch):
   monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
   assert distributed.start_timeout() == distributed.DEFAULT_TIMEOUT_SECONDS < 300
   monkeypatch.setenv(distributed.TIMEOUT_ENV, "600")
@@ -299,6 +309,13 @@ def test_the_start_timeout_comes_from_the_flag_or_the_environment(monkeypatch):
     distributed.start_timeout()
   with pytest.raises(distributed.DistributedError, match="--distributed_timeout=0"):
     distributed.start_timeout(0)
+  monkeypatch.delenv(distributed.PEER_TIMEOUT_ENV, raising=False)
+  assert distributed.peer_timeout() == distributed.PEER_TIMEOUT_SECONDS < 100
+  monkeypatch.setenv(distributed.PEER_TIMEOUT_ENV, "2.5")
+  assert distributed.peer_timeout() == 2.5
+  monkeypatch.setenv(distributed.PEER_TIMEOUT_ENV, "300")  # JAX would abort first
+  with pytest.raises(distributed.DistributedError, match="between 0 and 100"):
+    distributed.peer_timeout()
 
 
 class _KeyValueStore:
