@@ -348,6 +348,7 @@ def test_a_process_that_stops_beating_is_named_as_lost():
       "process 2 stopped responding for 30 s (killed?)"] * 2
   store.down = True
   assert watches[1].check(0) == "the coordinator (process 0) stopped answering (killed?)"
+  assert distributed.EXIT_PEER_LOST == train.EXIT_INTERRUPTED  # a requeue resumes the run
 
 
 def test_sigterm_stops_within_the_two_steps_the_message_says(tmp_path, caplog, monkeypatch):
