@@ -48,6 +48,9 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 (or JAX_COORDINATOR_ADDRESS).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
+_DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout", None, "Seconds a multi-process start waits for every process "
+    "(default 120, or RESEARCH_DISTRIBUTED_TIMEOUT).")
 _DEBUG = flags.DEFINE_bool("debug", os.environ.get("RESEARCH_DEBUG") == "1",
                            "Errors end with their traceback (also RESEARCH_DEBUG=1).")
 
@@ -173,7 +176,8 @@ def main(argv: list[str]) -> None:
   from research import distributed
   try:
     distributed.initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
-                           num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+                           num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+                           timeout_seconds=_DISTRIBUTED_TIMEOUT.value)
   except distributed.DistributedError as e:
     _fail(str(e))
   if jax.process_count() > 1:

@@ -412,7 +412,8 @@ class StopSignals:
     if self.requested and number == signal.SIGINT:
       raise KeyboardInterrupt  # the second Ctrl-C
     self.requested = signal.Signals(number).name
-    logging.warning("%s: stopping at the end of this step with a checkpoint (press Ctrl-C "
+    # The next step to start carries the request; its flags are read with the step after it.
+    logging.warning("%s: stopping with a checkpoint within the next two steps (press Ctrl-C "
                     "again to abort without one)", self.requested)
 
 

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -57,15 +58,16 @@ class Launch:
   variables srun sets, with the coordinator on localhost)."""
 
   def __init__(self, workdir: pathlib.Path, backend: str, *, processes=2, devices=2,
-               how="flags", pause: str | None = None):
+               how="flags", pause: str | None = None, env: dict[str, str] | None = None):
     self.logs = [pathlib.Path(f"{workdir}.p{i}.log") for i in range(processes)]
     port = _free_port()
-    self.procs = []
+    self.procs, extra_env = [], env or {}
     for i in range(processes):
       env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
       env.pop(train.PAUSE_ENV, None)
       if pause:
         env[train.PAUSE_ENV] = pause
+      env.update(extra_env)
       args = [sys.executable, "-m", "research.main", "--config", "tests/helpers.py",
               "--workdir", str(workdir), *_cli_overrides(backend)]
       if processes > 1 and how == "flags":
@@ -172,8 +174,9 @@ def test_sigterm_during_evaluation_then_kill_9_then_restart_end_as_the_uninterru
     two_process_runs, tmp_path):
   """A preempted job, requeued, then killed: SIGTERM to one process while step 12 is evaluated
   (say, a maintenance event on one host) stops both after that evaluation, at its checkpoint,
-  with the documented exit code; the same command resumes, both processes are killed -9 at
-  step 18, and once restarted the run ends as the uninterrupted one, bit for bit."""
+  with the documented exit code; the same command resumes, process 1 is killed -9 at step 18
+  (process 0 notices its silence and stops with one line and 75), and once restarted the run
+  ends as the uninterrupted one, bit for bit."""
   reference = two_process_runs["pmap"][0]
   workdir, marker = tmp_path / "run", tmp_path / "paused"
   launch = Launch(workdir, "pmap", pause=f"eval:12:{marker}")
@@ -195,13 +198,21 @@ def test_sigterm_during_evaluation_then_kill_9_then_restart_end_as_the_uninterru
                            tmp_path / "in_one_process")
   assert _max_difference(final_state(tmp_path / "in_one_process")[1],
                          final_state(reference)[1]) < 1e-6
-  # Requeued: the same command resumes in two processes; both are killed -9 at step 18 and
-  # the run goes back to the checkpoint of step 15 (checkpoints every 5 steps).
+  # Requeued: the same command resumes in two processes; process 1 is killed -9 at step 18,
+  # process 0 stops once it has been silent for the peer timeout (JAX alone: an abort after
+  # 100 s), and the run goes back to the checkpoint of step 15 (checkpoints every 5 steps).
   killed = tmp_path / "killed"
-  launch = Launch(workdir, "pmap", pause=f"step:18:{killed}")
+  launch = Launch(workdir, "pmap", pause=f"step:18:{killed}",
+                  env={distributed.PEER_TIMEOUT_ENV: "5"})
   _wait_for([f"{killed}.0", f"{killed}.1"])
-  launch.signal(signal.SIGKILL)
-  assert launch.wait() == [-signal.SIGKILL] * 2
+  launch.signal(signal.SIGKILL, which=[1])
+  killed_at = time.monotonic()
+  assert launch.wait() == [distributed.EXIT_PEER_LOST, -signal.SIGKILL]
+  assert time.monotonic() - killed_at < 30
+  assert launch.output(0).strip().splitlines()[-1] == (
+      "error: process 1 stopped responding for 5 s (killed?): the run stops; rerun the same "
+      "command on all processes to resume from the last checkpoint")
+  assert "Traceback" not in launch.output(0)
   assert final_state(workdir)[0] == 15
   assert Launch(workdir, "pmap").wait() == [0, 0]
   assert _max_difference(final_state(workdir)[1], final_state(reference)[1]) == 0
@@ -242,3 +253,211 @@ def test_an_incomplete_launch_is_one_clear_error(tmp_path):
       "error: a multi-process run needs --coordinator_address, --process_id as well (or a "
       "launcher JAX detects: SLURM, Open MPI, Cloud TPU)")
   assert not (tmp_path / "w").exists()
+
+
+def test_a_start_without_its_coordinator_says_what_it_waits_for_and_ends_in_bounded_time(
+    tmp_path):
+  """Process 1 of 2 with no process 0: JAX alone waits 5 minutes in silence, then aborts."""
+  port = _free_port()
+  started = time.monotonic()
+  result = subprocess.run(
+      [sys.executable, "-m", "research.main", "--config", "tests/helpers.py", "--workdir",
+       str(tmp_path / "w"), f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+       "--process_id=1", "--distributed_timeout=3"], cwd=REPO, capture_output=True, text=True,
+      timeout=90, env={k: v for k, v in os.environ.items() if not k.startswith("SLURM")})
+  assert time.monotonic() - started < 60
+  assert result.returncode == 2, result.stderr
+  assert f"waiting for the coordinator at 127.0.0.1:{port} (process 0) to answer" in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: process 1: the coordinator at 127.0.0.1:{port} did not answer within 3 s: start "
+      "process 0 there, or check the address and the network (a slow cluster may need more: "
+      "--distributed_timeout or RESEARCH_DISTRIBUTED_TIMEOUT)")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_process_0_refuses_a_coordinator_port_in_use(monkeypatch, reuse_port):
+  """Another program on the port, or another process 0 (JAX's coordinator binds with
+  SO_REUSEPORT, so a second one would share the port and wait for ever)."""
+  def must_not_start(*args, **kwargs):
+    raise AssertionError("jax.distributed.initialize was called")
+  monkeypatch.setattr(jax.distributed, "initialize", must_not_start)
+  with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as listener:
+    if reuse_port:
+      listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind(("::" if socket.has_ipv6 else "0.0.0.0", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    with pytest.raises(distributed.DistributedError) as raised:
+      distributed.initialize("auto", coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                             process_id=0)
+  assert str(raised.value) == (
+      f"port {port} of --coordinator_address=127.0.0.1:{port} is already in use on this host "
+      "(process 0 starts the coordinator there): another run or program listens on it, or "
+      "another process was started with --process_id=0 (each process needs its own id); "
+      "choose another port")
+
+
+def test_the_timeouts_come_from_the_flag_or_the_environment(monkeypatch):
+  monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+  assert distributed.start_timeout() == distributed.DEFAULT_TIMEOUT_SECONDS < 300
+  monkeypatch.setenv(distributed.TIMEOUT_ENV, "600")
+  assert distributed.start_timeout() == 600
+  assert distributed.start_timeout(30) == 30
+  monkeypatch.setenv(distributed.TIMEOUT_ENV, "10m")
+  with pytest.raises(distributed.DistributedError, match="RESEARCH_DISTRIBUTED_TIMEOUT='10m'"):
+    distributed.start_timeout()
+  with pytest.raises(distributed.DistributedError, match="--distributed_timeout=0"):
+    distributed.start_timeout(0)
+  monkeypatch.delenv(distributed.PEER_TIMEOUT_ENV, raising=False)
+  assert distributed.peer_timeout() == distributed.PEER_TIMEOUT_SECONDS < 100
+  monkeypatch.setenv(distributed.PEER_TIMEOUT_ENV, "2.5")
+  assert distributed.peer_timeout() == 2.5
+  monkeypatch.setenv(distributed.PEER_TIMEOUT_ENV, "300")  # JAX would abort first
+  with pytest.raises(distributed.DistributedError, match="between 0 and 100"):
+    distributed.peer_timeout()
+
+
+class _KeyValueStore:
+  """The coordination service's key-value store as `PeerWatch` uses it; `down` as when the
+  coordinator is gone."""
+
+  def __init__(self):
+    self.values, self.down = {}, False
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    if self.down:
+      raise RuntimeError("UNAVAILABLE: failed to connect to all addresses")
+    assert allow_overwrite or key not in self.values
+    self.values[key] = value
+
+  def key_value_dir_get(self, prefix):
+    if self.down:
+      raise RuntimeError("UNAVAILABLE: failed to connect to all addresses")
+    return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
+
+
+def test_a_process_that_stops_beating_is_named_as_lost():
+  """Three processes; process 2 never beats (killed -9): each watchdog names it once it has been
+  silent for the timeout, and not before; a coordinator that stops answering is named too."""
+  store = _KeyValueStore()
+  watches = [distributed.PeerWatch(store, i, 3, timeout=30) for i in (0, 1)]
+  for now in range(0, 31):  # PeerWatch starts counting when it is created (monotonic clock)
+    assert [w.check(w.last_change[2] + now) for w in watches] == [None, None]
+  assert [w.check(w.last_change[2] + 31) for w in watches] == [
+      "process 2 stopped responding for 30 s (killed?)"] * 2
+  store.down = True
+  assert watches[1].check(0) == "the coordinator (process 0) stopped answering (killed?)"
+  assert distributed.EXIT_PEER_LOST == train.EXIT_INTERRUPTED  # a requeue resumes the run
+
+
+def test_sigterm_stops_within_the_two_steps_the_message_says(tmp_path, caplog, monkeypatch):
+  """The signal comes after step 6 (a step that neither logs nor saves): step 7 carries it, and
+  its flags are read with step 8's, which logs: the run stops there, two steps on."""
+  import threading
+  marker = tmp_path / "paused"
+  monkeypatch.setenv(train.PAUSE_ENV, f"step:6:{marker}")
+
+  def signal_when_paused():
+    _wait_for([f"{marker}.0"], timeout=120)
+    os.kill(os.getpid(), signal.SIGTERM)
+  threading.Thread(target=signal_when_paused, daemon=True).start()
+  with caplog.at_level("WARNING"), pytest.raises(train.Interrupted, match="at step 8 of 24"):
+    train.train_and_evaluate(tiny_config(**{"log.every_steps": 4}), tmp_path / "run")
+  assert ("SIGTERM: stopping with a checkpoint within the next two steps (press Ctrl-C again "
+          "to abort without one)") in caplog.text
+  assert final_state(tmp_path / "run")[0] == 8
+
+
+def test_the_local_launcher_stops_the_other_processes_when_one_fails(tmp_path):
+  """Process 0 cannot start (its port is taken); process 1 would wait for it: the launcher stops
+  it and exits with process 0's code, naming it."""
+  with socket.socket() as listener:
+    listener.bind(("0.0.0.0", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    started = time.monotonic()
+    result = subprocess.run(
+        ["bash", "experiments/launch/local_processes.sh", "2", "--config", "tests/helpers.py",
+         "--workdir", str(tmp_path / "w"), "--distributed_timeout=300"], cwd=REPO,
+        capture_output=True, text=True, timeout=120,
+        env=dict({k: v for k, v in os.environ.items() if not k.startswith("SLURM")},
+                 PORT=str(port), GRACE="20"))
+  assert time.monotonic() - started < 60
+  assert result.returncode == 2, result.stdout + result.stderr
+  assert result.stderr.startswith(f"process 0 failed (exit code 2): error: port {port} of ")
+  assert "stopping the other processes" in result.stderr
+  assert result.stdout.startswith("exit codes: 2 143 ")
+
+
+def test_an_error_in_the_main_thread_waits_for_the_verdict_on_its_peers(monkeypatch):
+  """A collective that failed because its peer died (gloo: 'Connection closed by peer') ends
+  with the watchdog's line, not a traceback; an error while every peer beats is printed as
+  usual."""
+  monkeypatch.setattr(distributed, "BEAT_SECONDS", 0.02)
+  ended = []
+
+  def exit_with(message, code):
+    ended.append((message, code))
+    raise SystemExit(code)
+  monkeypatch.setattr(distributed, "_exit_with", exit_with)
+  monkeypatch.setattr(distributed.atexit, "register", lambda f: None)
+  monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+  store, printed = _KeyValueStore(), []
+  alive = distributed.PeerWatch(store, 1, 2, timeout=0.5)
+  watch = distributed.PeerWatch(store, 0, 2, timeout=0.5)
+  watch._previous_hook = lambda *exc: printed.append(exc[1])
+  beating = threading.Event()
+
+  def beat():  # process 1's watchdog, beating
+    while not beating.wait(0.02):
+      alive.check(time.monotonic())
+  threading.Thread(target=beat, daemon=True).start()
+  watch._thread = threading.Thread(target=lambda: _swallow_exit(watch._run), daemon=True)
+  watch._thread.start()
+  watch._excepthook(ValueError, ValueError("a genuine error"), None)
+  assert [str(e) for e in printed] == ["a genuine error"] and not ended
+  beating.set()  # process 1 is killed -9
+  with pytest.raises(SystemExit):
+    watch._excepthook(ValueError, ValueError("Gloo AllReduce failed: Connection closed"), None)
+  assert ended[-1] == ("process 1 stopped responding for 0.5 s (killed?): the run stops; rerun "
+                       "the same command on all processes to resume from the last checkpoint",
+                       distributed.EXIT_PEER_LOST)
+  assert len(printed) == 1
+
+
+def _swallow_exit(run):
+  try:
+    run()
+  except SystemExit:
+    pass
+
+
+def test_the_slurm_scripts_give_a_node_its_gpus_and_run_a_sweep_point_as_a_job_step(tmp_path):
+  """With stand-ins for srun and scontrol: one task per node sees all the node's GPUs (JAX would
+  pin it to SLURM_LOCALID's one), and a sweep point runs as a job step, where
+  `--signal=TERM@120` (sent to the job's steps) reaches it; 75 requeues the array task."""
+  bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+  bin_dir.mkdir()
+  (bin_dir / "srun").write_text(
+      f'#!/bin/bash\necho "srun $* | devices=${{JAX_LOCAL_DEVICE_IDS:-}}" >> {log}\nexit 75\n')
+  (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "scontrol $*" >> {log}\n')
+  for tool in ("srun", "scontrol"):
+    (bin_dir / tool).chmod(0o755)
+  (tmp_path / "sweep").mkdir()
+  (tmp_path / "sweep" / "commands.txt").write_text("python -m research.main --config a.py\n")
+  env = dict({k: v for k, v in os.environ.items() if k != "JAX_LOCAL_DEVICE_IDS"},
+             PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="7",
+             SLURM_GPUS_ON_NODE="2", SLURM_ARRAY_JOB_ID="7", SLURM_ARRAY_TASK_ID="1")
+  launch = REPO / "experiments" / "launch"
+  for script, args in (("slurm_node.sbatch", []), ("sweep_array.sbatch", ["sweep"])):
+    result = subprocess.run(["bash", str(launch / script), *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 75, result.stderr
+  calls = log.read_text().splitlines()
+  assert calls[0].startswith("srun --kill-on-bad-exit=1 python -m research.main")
+  assert calls[0].endswith("| devices=0,1")
+  assert calls[1:] == [
+      "scontrol requeue 7",
+      "srun --ntasks=1 bash -c exec python -m research.main --config a.py | devices=",
+      "scontrol requeue 7_1"]
