@@ -192,6 +192,7 @@ def main(argv: list[str]) -> None:
   from research import checkpoints, config_lib, inference, metrics, train, writers
   from research.data.input_pipeline import DataError
   from research.models.hf_io import CheckpointError
+  from research.parallel import DeviceError
 
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
   if config is None:
@@ -219,7 +220,7 @@ def main(argv: list[str]) -> None:
     _fail(str(e), train.EXIT_INTERRUPTED)
   except (config_lib.ConfigError, DataError, CheckpointError, train.RunError,
           writers.WorkdirError, checkpoints.DamagedCheckpoint, checkpoints.CheckpointMismatch,
-          metrics.MetricError) as e:
+          metrics.MetricError, DeviceError) as e:
     if _DEBUG.value:
       raise
     _fail(str(e))

@@ -111,6 +111,11 @@ def _local_copy(x: jax.Array) -> np.ndarray:
   return np.asarray(x.addressable_shards[0].data)
 
 
+class DeviceError(ValueError):
+  """A device layout that this run cannot use (too many devices asked for, processes with
+  unequal devices); the message names the setting."""
+
+
 class DataParallel:
   """Places state and batches on the devices and runs the compiled steps.
 
@@ -126,22 +131,23 @@ class DataParallel:
     if self.process_count == 1:
       local = jax.local_devices()
       if num_devices > len(local):
-        raise ValueError(f"parallel.num_devices={num_devices} but only {len(local)} local "
-                         "devices exist (on CPU, XLA_FLAGS=--xla_force_host_platform_device"
-                         "_count=N makes N)")
+        raise DeviceError(f"config.parallel.num_devices={num_devices} but only {len(local)} "
+                          "local devices exist (on CPU, XLA_FLAGS=--xla_force_host_platform_"
+                          "device_count=N makes N)")
       devices = local[:num_devices or len(local)]
     else:
       devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
       if num_devices not in (0, len(devices)):
-        raise ValueError(f"parallel.num_devices={num_devices}: a run of {self.process_count} "
-                         f"processes uses all their {len(devices)} devices (set it to 0)")
+        raise DeviceError(f"config.parallel.num_devices={num_devices}: a run of "
+                          f"{self.process_count} processes uses all their {len(devices)} devices "
+                          "(set it to 0)")
     self.devices = devices  # global, process by process
     self.local_devices = [d for d in devices if d.process_index == self.process_index]
     self.num_devices, self.num_local_devices = len(devices), len(self.local_devices)
     if self.num_local_devices * self.process_count != self.num_devices:
       counts = {p: sum(d.process_index == p for d in devices) for p in range(self.process_count)}
-      raise ValueError(f"every process needs the same number of devices; devices per process: "
-                       f"{counts}")
+      raise DeviceError(f"every process needs the same number of devices; devices per "
+                        f"process: {counts}")
     self.mesh = Mesh(np.array(devices), (AXIS,))
     # pmap maps over this process's devices; its arrays are laid out on them alone.
     self._local_split = NamedSharding(Mesh(np.array(self.local_devices), (AXIS,)), P(AXIS))

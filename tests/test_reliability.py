@@ -513,7 +513,8 @@ def _malicious_checkpoint(folder: pathlib.Path) -> pathlib.Path:
 @pytest.mark.parametrize("case", [
     "syntax error", "no get_config", "field typo in a config file", "workdir is a file", "read-only workdir",
     "row without its text", "non-UTF-8 data", "empty training file", "malicious pickle",
-    "non-UTF-8 predict input", "empty predict input", "damaged config.json, predict"])
+    "non-UTF-8 predict input", "empty predict input", "damaged config.json, predict",
+    "more devices than exist"])
 def test_each_mistake_is_one_line_and_exit_2(reference_run, tmp_path, case):
   reference_dir, _, _ = reference_run
   workdir, args, expect = tmp_path / "w", [], None
@@ -582,6 +583,11 @@ def test_each_mistake_is_one_line_and_exit_2(reference_run, tmp_path, case):
             f"--input={inputs}", f"--output={tmp_path / 'out.jsonl'}"]
     expect = (f"error: {workdir / 'config.json'} is damaged: it is not JSON (Expecting value: "
               "line 1 column 11 (char 10)); restore it from a copy, or move it away")
+  elif case == "more devices than exist":  # the tests' processes have 4 (conftest.py)
+    args = ["--config", "tests/helpers.py", "--workdir", str(workdir),
+            "--config.parallel.num_devices=8"]
+    expect = ("error: config.parallel.num_devices=8 but only 4 local devices exist (on CPU, "
+              "XLA_FLAGS=--xla_force_host_platform_device_count=N makes N)")
   if data.exists():
     args = ["--config", "tests/helpers.py", "--workdir", str(workdir),
             f"--config.data.dataset={data}"]
