@@ -206,6 +206,28 @@ def _scalar(value: Any) -> float | int:
   return value if isinstance(value, int) else float(value)
 
 
+def logged_up_to(path: pathlib.Path, step: int) -> list[str]:
+  """The lines of metrics.jsonl at steps up to `step`. Its last line cut short (a kill while it
+  was appended, after the newest checkpoint: a row the resumed run writes again) is dropped;
+  any other line that is not a row is a WorkdirError naming it."""
+  lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+  kept = []
+  for number, line in enumerate(lines, 1):
+    try:
+      row = json.loads(line)
+      row_step = int(row["step"])
+    except (ValueError, KeyError, TypeError) as e:
+      if number == len(lines):
+        logging.warning("%s: its last line is cut short (a run stopped while writing it); it "
+                        "is dropped and written again", path)
+        continue
+      raise WorkdirError(f"{path}:{number} is damaged ({type(e).__name__}: {e}): not a row of "
+                         "metrics; restore the file from a copy, or move it away") from e
+    if row_step <= step:
+      kept.append(line)
+  return kept
+
+
 class MetricWriter:
   """metrics.jsonl, TensorBoard and, if `wandb_project` is set, a W&B run: process 0 only.
 
@@ -225,8 +247,7 @@ class MetricWriter:
       # below the one after its last: those were logged, with the same values, before the stop.
       self._wandb_first_step = self._wandb.starting_step
     if self.path.exists():  # what a stopped run logged after its checkpoint is redone
-      kept = [line for line in self.path.read_text().splitlines()
-              if line and json.loads(line)["step"] <= resume_step]
+      kept = logged_up_to(self.path, resume_step)
       write_text(self.path, "".join(line + "\n" for line in kept))
     self._tb = _TensorBoard(workdir / "tensorboard", purge_step=resume_step + 1)
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import REPO
@@ -56,3 +57,20 @@ def test_starting_a_run_imports_neither_torch_nor_wandb(tmp_path):
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_a_resume_drops_a_metrics_line_cut_short_and_names_a_damaged_one(tmp_path):
+  """A kill while a row was appended leaves its last line cut short: the resume drops it (its
+  step came after the checkpoint) instead of a JSONDecodeError traceback; a damaged line before
+  the last is one error naming the file and line."""
+  path = tmp_path / "metrics.jsonl"
+  rows = [f'{{"step": {step}, "split": "train", "loss": 0.{8 - step}}}' for step in (1, 2, 3)]
+  path.write_text("\n".join(rows) + '\n{"step": 4, "split": "tra')
+  writers.MetricWriter(tmp_path, resume_step=3).close()
+  assert path.read_text() == "\n".join(rows) + "\n"
+  writers.MetricWriter(tmp_path, resume_step=2).close()
+  assert path.read_text() == "\n".join(rows[:2]) + "\n"
+  path.write_text(rows[0] + "\n{not json\n" + rows[1] + "\n")
+  with pytest.raises(writers.WorkdirError, match=rf"{path}:2 is damaged"):
+    writers.MetricWriter(tmp_path, resume_step=2)
+  assert path.read_text() == rows[0] + "\n{not json\n" + rows[1] + "\n"  # nothing changed
