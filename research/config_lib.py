@@ -203,12 +203,16 @@ def resume_conflicts(saved: dict[str, Any], config: ml_collections.ConfigDict) -
   """Fields whose value differs from the run saved in the workdir, as 'field: old -> new'."""
   old = flatten(saved)
   new = flatten(json.loads(to_json(config)))
-  # With a checkpoint, model.architecture is read from it (runs written before it was are
-  # resumable); the checkpoint's name is compared.
+  # With a checkpoint, model.architecture is read from it (train.with_checkpoint_architecture),
+  # so a checkpoint folder whose config.json changed since (an activation, a size) differs.
+  # Runs written before it was read saved the default shapes: for them the name alone counts.
   # A field added to the code since the run started is no difference while it has its default.
   from configs import default
   defaults = flatten(json.loads(to_json(default.get_config())))
-  derived = "model.architecture." if config.model.checkpoint else None
+  derived = "model.architecture."
+  legacy = config.model.checkpoint and all(
+      old[k] == defaults.get(k) for k in old if k.startswith(derived))
+  derived = derived if legacy else None
   return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
           for k in sorted(set(old) | set(new))
           if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES

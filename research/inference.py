@@ -20,7 +20,8 @@ from research import checkpoints, config_lib, evaluation, metrics, steps, tasks,
 from research.data import input_pipeline
 from research.models import hf_io
 from research.parallel import DataParallel, compiled_programs_released
-from research.train import ModelSetup, RunError, build_model, init_inputs
+from research.train import (ModelSetup, RunError, build_model, init_inputs,
+                            with_checkpoint_architecture)
 
 # Fields that must match the run in the workdir for its checkpoint to mean the same thing.
 _MODEL_FIELDS = ("model.", "task.", "data.max_length", "data.length_buckets")
@@ -35,7 +36,8 @@ def load_best(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   saved = workdir / "config.json"
   if not saved.exists():
     raise RunError(f"{workdir} holds no run (no config.json)")
-  conflicts = [c for c in config_lib.resume_conflicts(writers.read_json(saved), config)
+  conflicts = [c for c in config_lib.resume_conflicts(writers.read_json(saved),
+                                                      with_checkpoint_architecture(config))
                if c.startswith(_MODEL_FIELDS)]
   if conflicts:
     raise RunError(f"the config does not describe the model trained in {workdir}:\n  "

@@ -119,6 +119,14 @@ def test_config_json_shows_the_checkpoints_architecture():
   resolved.log.every_steps = 7  # (resumable)
   resolved.train.batch_size = 16
   assert config_lib.resume_conflicts(saved, resolved) == ["train.batch_size: 32 -> 16"]
+  # A run that saved the checkpoint's architecture: a checkpoint folder whose config.json
+  # changed since (the same shapes, another activation) is another model, not a resume.
+  saved = json.loads(config_lib.to_json(train.with_checkpoint_architecture(config)))
+  assert config_lib.resume_conflicts(saved, train.with_checkpoint_architecture(config)) == []
+  changed = train.with_checkpoint_architecture(config)
+  changed.model.architecture.hidden_act = "relu"
+  assert config_lib.resume_conflicts(saved, changed) == [
+      "model.architecture.hidden_act: 'gelu' -> 'relu'"]
 
 
 def test_run_json_records_code_command_versions_devices_data_and_speed(reference_run):
