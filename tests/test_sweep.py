@@ -51,9 +51,16 @@ def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
   assert len(commands) == 4 and "--config.optimizer.learning_rate=0.001" in commands[0]
   names = [p["name"] for p in json.loads((workdir / "sweep.json").read_text())["points"]]
   assert names[0] == "optimizer.learning_rate=0.001,seed=0"
-  # Line 3 as task 3 of a SLURM array runs it (experiments/launch/sweep_array.sbatch).
+  # Line 3 as task 3 of a SLURM array runs it (experiments/launch/sweep_array.sbatch), as a job
+  # step: a stand-in srun runs its command here.
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\n'
+                                'exec "$@"\n')
+  (bin_dir / "srun").chmod(0o755)
   array_task = subprocess.run(["bash", "experiments/launch/sweep_array.sbatch", str(workdir)],
-                              cwd=REPO, env=dict(os.environ, SLURM_ARRAY_TASK_ID="3"),
+                              cwd=REPO, env=dict(os.environ, SLURM_ARRAY_TASK_ID="3",
+                                                 PATH=f"{bin_dir}:{os.environ['PATH']}"),
                               capture_output=True, text=True, timeout=600)
   assert array_task.returncode == 0, array_task.stderr[-2000:]
   assert (workdir / names[2] / "results.json").exists()
