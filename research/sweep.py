@@ -35,12 +35,17 @@ import ml_collections
 from research import config_lib, hyper
 
 
+class SweepError(ValueError):
+  """A sweep that cannot run (no get_hyper, an empty or clashing sweep, a key that is not a
+  config field); the message names it. `main` prints it in one line and exits with 2."""
+
+
 def load_config_file(spec: str):
   """'configs/glue.py:rte' -> (module, 'rte')."""
   path, _, arg = spec.partition(":")
   file = pathlib.Path(path)
   if not file.is_file():
-    raise SystemExit(f"error: --config {path} does not exist")
+    raise SweepError(f"--config {path} does not exist")
   module_spec = importlib.util.spec_from_file_location(f"sweep_config_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
@@ -61,7 +66,7 @@ def apply_overrides(config: ml_collections.ConfigDict, point: dict[str, Any]) ->
   """Sets `config.a.b=v` for each key; a key that is not a field is an error."""
   for key, value in point.items():
     if not key.startswith("config."):
-      raise SystemExit(f"error: sweep key {key!r} must start with 'config.'")
+      raise SweepError(f"sweep key {key!r} must start with 'config.'")
     *path, leaf = key.removeprefix("config.").split(".")
     node = config
     try:
@@ -71,7 +76,7 @@ def apply_overrides(config: ml_collections.ConfigDict, point: dict[str, Any]) ->
         raise KeyError(leaf)
       node[leaf] = value
     except (KeyError, AttributeError, TypeError) as e:
-      raise SystemExit(f"error: sweep key {key!r} does not fit the config: {e}") from e
+      raise SweepError(f"sweep key {key!r} does not fit the config: {e}") from e
 
 
 def command(config_spec: str, workdir: pathlib.Path, point: dict[str, Any]) -> list[str]:
@@ -83,10 +88,10 @@ def plan(config_spec: str, workdir: pathlib.Path) -> list[dict[str, Any]]:
   """The points of the sweep, each checked against the config before anything runs."""
   module, arg = load_config_file(config_spec)
   if not hasattr(module, "get_hyper"):
-    raise SystemExit(f"error: {config_spec} declares no sweep (def get_hyper(hyper): ...)")
+    raise SweepError(f"{config_spec} declares no sweep (def get_hyper(hyper): ...)")
   points = module.get_hyper(hyper)
   if not points:
-    raise SystemExit(f"error: the sweep of {config_spec} is empty")
+    raise SweepError(f"the sweep of {config_spec} is empty")
   names = [point_name(p) for p in points]
   first_with_name: dict[str, int] = {}
   for i, name in enumerate(names):
@@ -94,7 +99,7 @@ def plan(config_spec: str, workdir: pathlib.Path) -> list[dict[str, Any]]:
     if j != i:
       what = ("repeats a point" if points[j] == points[i] else
               "has two points whose values differ only in characters a folder name cannot hold")
-      raise SystemExit(f"error: the sweep {what}: point {j + 1} {points[j]} and point {i + 1} "
+      raise SweepError(f"the sweep {what}: point {j + 1} {points[j]} and point {i + 1} "
                        f"{points[i]} would both run in {name}")
   out = []
   for point, name in zip(points, names):
@@ -142,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     points = plan(args.config, args.workdir)
-  except config_lib.ConfigError as e:
-    raise SystemExit(f"error: {e}") from e
+  except (SweepError, config_lib.ConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   args.workdir.mkdir(parents=True, exist_ok=True)
   (args.workdir / "sweep.json").write_text(json.dumps(
       {"config": args.config, "points": [{k: p[k] for k in ("name", "overrides")}
