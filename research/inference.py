@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -206,14 +207,26 @@ def export(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   if task.kind == "masked_lm" and setup.checkpoint_dir is not None:
     params = hf_io.with_source_pooler(params, setup.checkpoint_dir)
   if writers.is_writer():
+    # Written beside --output and renamed to it when complete: an export that fails (a full
+    # disk) leaves no directory that looks like a model.
+    partial = output_dir.with_name(f".{output_dir.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
     try:
-      hf_io.export(params, output_dir, base_config=setup.hf_config, architecture=architecture,
+      hf_io.export(params, partial, base_config=setup.hf_config, architecture=architecture,
                    label_names=tuple(task.label_names),
                    num_labels=tasks.num_outputs(task.kind, tuple(task.label_names)),
                    tokenizer_dir=setup.tokenizer_dir,
                    tokenizer=setup.tokenizer if relation and task.entity_markers else None,
                    extra_config=extra, source=str(pathlib.Path(workdir).absolute()))
-    except OSError as e:  # a full disk
-      raise writers.write_error(output_dir, e) from e
+      if output_dir.exists():
+        output_dir.rmdir()  # empty (checked above)
+      partial.rename(output_dir)
+    except Exception as e:  # OSError; safetensors raises its own on a full disk
+      shutil.rmtree(partial, ignore_errors=True)
+      if isinstance(e, OSError):
+        raise writers.write_error(output_dir, e) from e
+      if "No space left" in str(e) or "os error 28" in str(e):
+        raise writers.write_error(output_dir, OSError(28, "No space left on device")) from e
+      raise
   logging.info("exported the best checkpoint (step %d) to %s", meta["step"], output_dir)
   return output_dir

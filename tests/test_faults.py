@@ -160,3 +160,15 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_line(tmp_path):
     step, state = final_state(workdir)
     assert step == 5 and checkpoints.all_finite(state)  # restored: its checksum verified
     assert json.loads((workdir / "run.json").read_text())["outcome"] == "failed: WorkdirError"
+
+
+def test_an_export_to_a_full_disk_leaves_no_partial_model(reference_run, tmp_path):
+  """The export is written beside --output and renamed when complete: a full disk leaves
+  neither a folder that looks like a model (config.json without its weights) nor debris."""
+  reference_dir, config, _ = reference_run
+  with small_filesystem(tmp_path / "disk", "1m") as disk:
+    with pytest.raises(writers.WorkdirError) as raised:
+      inference.export(config, reference_dir, disk / "exported")
+    assert list(disk.iterdir()) == []
+  assert str(raised.value).startswith(f"cannot write {disk / 'exported'}: No space left on "
+                                      "device (")
