@@ -140,7 +140,15 @@ def run(name: str, workdir: pathlib.Path) -> dict:
           "validation": dev, "bars": {m: f"{op} {bar}" for m, (op, bar) in check.bars.items()},
           "baseline": check.baseline,
           "wall_seconds": round(time.perf_counter() - start, 1) if trained else None,
-          "date": time.strftime("%Y-%m-%d")}
+          "date": time.strftime("%Y-%m-%d"), "code": code_of(workdir / name)}
+
+
+def code_of(run_dir: pathlib.Path) -> str:
+  """The commit a run was trained with (run.json), '+dirty' when the tree differed from it."""
+  code = json.loads((run_dir / "run.json").read_text())["code"]
+  if not code.get("commit"):
+    return "unknown"
+  return code["commit"][:7] + ("+dirty" if code.get("dirty") else "")
 
 
 def report() -> str:
@@ -148,7 +156,7 @@ def report() -> str:
            "`python experiments/learning/run.py`: one short epoch per task family on a slice "
            "of real data (run.py's docstring says which), final dev metrics against the bars.",
            "", "| check | steps | dev metrics | bars | trivial / reference | passed | wall s | "
-           "date |", "|---|---:|---|---|---|---|---:|---|"]
+           "date | commit |", "|---|---:|---|---|---|---|---:|---|---|"]
   for name in CHECKS:
     path = RESULTS / f"{name}.json"
     if not path.exists():
@@ -159,7 +167,7 @@ def report() -> str:
     lines.append(f"| {name} | {r['step']} | {metrics} | {bars} | {r['baseline']} | "
                  f"{'yes' if r['passed'] else 'NO: ' + '; '.join(r['failures'])} | "
                  f"{'–' if r['wall_seconds'] is None else round(r['wall_seconds'])} | "
-                 f"{r['date']} |")
+                 f"{r['date']} | {r.get('code', '–')} |")
   return "\n".join(lines) + "\n"
 
 
@@ -173,11 +181,17 @@ def main(argv: list[str] | None = None) -> int:
   for noisy in ("absl", "datasets", "jax._src.xla_bridge"):  # orbax's per-save chatter, ...
     logging.getLogger(noisy).setLevel(logging.WARNING)
   if not args.report:
-    RESULTS.mkdir(exist_ok=True)
+    # Written when every check has run: a results file written earlier would make the tree
+    # differ from its commit for the checks after it (run.json's `dirty`). A check that
+    # finished is read back by the next invocation, so nothing is lost to a crash.
+    results = {}
     for name in args.checks:
-      result = run(name, args.workdir)
+      results[name] = run(name, args.workdir)
+      logging.info("check %s: %s", name,
+                   "passed" if results[name]["passed"] else results[name]["failures"])
+    RESULTS.mkdir(exist_ok=True)
+    for name, result in results.items():
       (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-      logging.info("check %s: %s", name, "passed" if result["passed"] else result["failures"])
   table = report()
   (HERE / "results.md").write_text(table)
   print(table)
