@@ -170,7 +170,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       if task.version_2_with_negative:
         record["null_odds"] = null_odds[key]  # > null_score_diff_threshold: no answer
     elif task.kind in ("classification", "relation_classification"):
-      probabilities = np.exp(outputs[i] - outputs[i].max())
+      # In float64: a float32 rounded to 6 digits is written as 0.029416000470519066.
+      probabilities = np.exp(outputs[i].astype(np.float64) - outputs[i].max())
       probabilities /= probabilities.sum()
       record.update(label=names[predicted[i]],
                     probabilities=dict(zip(names, probabilities.round(6).tolist())))

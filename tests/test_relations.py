@@ -239,5 +239,6 @@ def test_predict_writes_relations_with_probabilities(small_runs, tmp_path):
   assert inference.predict(config, workdir, source, tmp_path / "out.jsonl") == 2
   lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
   assert [set(line) for line in lines] == [{"sentence", "label", "probabilities"}] * 2
+  assert all(round(p, 6) == p for line in lines for p in line["probabilities"].values())
   assert all(line["label"] in NAMES and abs(sum(line["probabilities"].values()) - 1) < 1e-4
              for line in lines)
