@@ -25,8 +25,8 @@ from the paths, shapes and dtypes its metadata lists, and nothing is moved.
 
 from __future__ import annotations
 
-import hashlib
 import contextlib
+import hashlib
 import logging
 import os
 import pathlib

@@ -25,8 +25,9 @@ in a collective with the lost one.
 What stays JAX's: when process 0 (the coordinator) dies, the others' coordination clients abort
 at once with JAX's fatal log; when a process registers with an id already registered (a
 duplicate --process_id other than a second process 0 on one host), so does the first one with
-that id (the others then end at the start's deadline, with our line). `get_distributed_runtime_client` takes a `missed_heartbeat_callback` to call instead,
-but jaxlib 0.10 cannot pass its `absl::Status` to a Python callable: the conversion throws
+that id (the others then end at the start's deadline, with our line).
+`get_distributed_runtime_client` takes a `missed_heartbeat_callback` to call instead, but
+jaxlib 0.10 cannot pass its `absl::Status` to a Python callable: the conversion throws
 `std::bad_cast`, which ends the process just the same (with a worse message) from JAX's thread.
 """
 

@@ -193,7 +193,8 @@ def test_skipped_updates_beyond_the_bound_stop_the_run():
 
   def step(number, finite):
     return number, {"signals": np.zeros(2, np.int32), "finite": finite,
-                    "loss_sum": np.float32(np.nan), "weight_sum": np.float32(16), "grad_norm": np.float32(np.nan),
+                    "loss_sum": np.float32(np.nan), "weight_sum": np.float32(16),
+                    "grad_norm": np.float32(np.nan),
                     "learning_rate": np.float32(1e-3)}
   state = train.RunState()
   train.read_step_metrics(run, state, [step(3, False), step(4, True), step(7, False)])
