@@ -210,13 +210,12 @@ def resume_conflicts(saved: dict[str, Any], config: ml_collections.ConfigDict) -
   from configs import default
   defaults = flatten(json.loads(to_json(default.get_config())))
   derived = "model.architecture."
-  legacy = config.model.checkpoint and all(
+  legacy = bool(config.model.checkpoint) and all(
       old[k] == defaults.get(k) for k in old if k.startswith(derived))
-  derived = derived if legacy else None
   return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
           for k in sorted(set(old) | set(new))
           if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
-          and not (derived and k.startswith(derived))
+          and not (legacy and k.startswith(derived))
           and not (k not in old and k in defaults and new.get(k) == defaults[k])]
 
 

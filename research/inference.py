@@ -33,12 +33,12 @@ def load_best(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   """The model and best params of a workdir's run (host arrays), and the best's meta."""
   workdir = pathlib.Path(workdir)
   config_lib.validate(config)
-  tasks.adopt_saved_tags(config, workdir / "config.json")  # a token task's inferred tags
-  saved = workdir / "config.json"
-  if not saved.exists():
+  path = workdir / "config.json"
+  if not path.exists():
     raise RunError(f"{workdir} holds no run (no config.json)")
-  conflicts = [c for c in config_lib.resume_conflicts(writers.read_json(saved),
-                                                      with_checkpoint_architecture(config))
+  saved = writers.read_json(path)
+  tasks.adopt_saved_tags(config, saved)  # a token task's inferred tags
+  conflicts = [c for c in config_lib.resume_conflicts(saved, with_checkpoint_architecture(config))
                if c.startswith(_MODEL_FIELDS)]
   if conflicts:
     raise RunError(f"the config does not describe the model trained in {workdir}:\n  "

@@ -23,8 +23,6 @@ official metrics of each task, and where its data lives.
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
 from typing import Any
 
 import jax.numpy as jnp
@@ -78,19 +76,13 @@ def hf_architecture(task_cfg, model_type: str = "bert") -> str:
   return hf_io.architecture_name(model_type, suffix)
 
 
-def adopt_saved_tags(config, saved_config: pathlib.Path) -> None:
-  """A token task whose `task.label_names` is empty takes those of the run's `config.json`
-  (`saved_config`: the tags of its training split, read when it trained), so that a resume,
-  eval, predict and export use the list the model was trained with. No file, or one that
-  cannot be read, changes nothing: the caller's own reading of it says what is wrong."""
+def adopt_saved_tags(config, saved: dict[str, Any]) -> None:
+  """A token task whose `task.label_names` is empty takes those of the run's saved config
+  (`saved`, its config.json: the tags of its training split, read when it trained), so that a
+  resume, eval, predict and export use the list the model was trained with."""
   task = config.task
-  if task.kind != "token_classification" or task.label_names:
-    return
-  try:
-    saved = json.loads(saved_config.read_text())
-    task.label_names = tuple(saved["task"]["label_names"])
-  except (OSError, ValueError, TypeError, KeyError):
-    pass
+  if task.kind == "token_classification" and not task.label_names:
+    task.label_names = tuple(saved.get("task", {}).get("label_names", ()))
 
 
 def num_outputs(kind: str, label_names: tuple[str, ...]) -> int:

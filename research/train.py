@@ -205,10 +205,13 @@ def _init_params(setup: ModelSetup, rng: jax.Array) -> Any:
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  """Refuses a workdir that holds a run with another config (before anything is written)."""
+  """Refuses a workdir that holds a run with another config (before anything is written); a
+  token task without tag names takes the run's (`tasks.adopt_saved_tags`)."""
   path = workdir / "config.json"
   if path.exists():
-    conflicts = config_lib.resume_conflicts(writers.read_json(path), config)
+    saved = writers.read_json(path)
+    tasks.adopt_saved_tags(config, saved)
+    conflicts = config_lib.resume_conflicts(saved, config)
     if conflicts:
       raise RunError(f"{workdir} holds a run with a different config; use another --workdir "
                      "(nothing was changed). Differences:\n  " + "\n  ".join(conflicts))
@@ -268,7 +271,6 @@ class Run:
   eval_splits: dict[str, input_pipeline.EncodedSplit]
   ckpts: checkpoints.Checkpoints
   writer: writers.MetricWriter
-  steps_per_epoch: int
   total_steps: int
   throughput: run_record.Throughput  # this session's counts, for run.json
   batches: Any  # the training batches: what a checkpoint keeps of them (`resume_record`)
@@ -380,7 +382,7 @@ def read_step_metrics(run: Run, state: RunState,
 def save_checkpoint(run: Run, state: RunState, device_state: steps.TrainState,
                     step: int) -> None:
   """The train state at `step` with the run state as its meta (every process takes part)."""
-  meta = dict(dataclasses.asdict(state), step=step, epoch=step / run.steps_per_epoch,
+  meta = dict(dataclasses.asdict(state), step=step, epoch=step / run.batches.steps_per_epoch,
               **run.batches.resume_record(step))
   run.ckpts.save_state(step, run.dp.get_replicated(device_state), meta)
 
@@ -454,7 +456,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   config = with_checkpoint_architecture(config)
   with (compiled_programs_released(), writers.workdir_lock(workdir),
         writers.RunLog.attached(workdir / "train.log") as log, StopSignals() as stop):
-    tasks.adopt_saved_tags(config, workdir / "config.json")  # a token task's inferred tags
     check_workdir(config, workdir)
     return _train(config, workdir, log, stop)
 
@@ -568,7 +569,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
   run = Run(config=config, workdir=workdir, dp=dp, eval_step=eval_step, batches=batches,
             materialize=dp.compile_replicated(steps.make_materialize(lora_scale)),
             eval_splits=eval_splits, ckpts=ckpts, writer=writer,
-            steps_per_epoch=batches.steps_per_epoch, total_steps=total_steps,
+            total_steps=total_steps,
             throughput=run_record.Throughput())
 
   # ---- Loop --------------------------------------------------------------------------------
