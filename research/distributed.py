@@ -22,13 +22,16 @@ ends the run with one line and `EXIT_PEER_LOST` when another process stops beati
 lost host), well before JAX's heartbeat timeout aborts it, and also when this process is stuck
 in a collective with the lost one.
 
-What stays JAX's: when process 0 (the coordinator) dies, the others' coordination clients abort
-at once with JAX's fatal log; when a process registers with an id already registered (a
-duplicate --process_id other than a second process 0 on one host), so does the first one with
-that id (the others then end at the start's deadline, with our line).
+What JAX does itself: when process 0 (the coordinator) dies, the others' coordination clients
+abort at once with JAX's fatal log; when a process registers with an id already registered (a
+duplicate --process_id other than a second process 0 on one host), so do process 0 and the
+first one with that id (the second then ends at the start's deadline, with our line).
 `get_distributed_runtime_client` takes a `missed_heartbeat_callback` to call instead, but
 jaxlib 0.10 cannot pass its `absl::Status` to a Python callable: the conversion throws
 `std::bad_cast`, which ends the process just the same (with a worse message) from JAX's thread.
+So `research.main` runs each process of a multi-process run under a small parent
+(`supervisor.py`) that replaces that abort's log with one line of ours and a status that says
+what to do.
 """
 
 from __future__ import annotations
@@ -313,6 +316,16 @@ class PeerWatch:
     self._previous_hook(kind, value, traceback)
 
 
+def wanted(mode: str, coordinator_address: str | None = None, num_processes: int | None = None,
+           process_id: int | None = None) -> bool:
+  """Whether `initialize` with these arguments would start the runtime (or fail trying)."""
+  if mode == "off":
+    return False
+  explicit = (coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"), num_processes,
+              process_id)
+  return mode != "auto" or detected_launch() is not None or explicit != (None, None, None)
+
+
 def initialize(mode: str = "auto", *, coordinator_address: str | None = None,
                num_processes: int | None = None, process_id: int | None = None,
                timeout_seconds: int | None = None) -> str | None:
@@ -324,13 +337,11 @@ def initialize(mode: str = "auto", *, coordinator_address: str | None = None,
   """
   if mode not in MODES:
     raise DistributedError(f"--distributed={mode!r} is not one of {MODES}")
-  if mode == "off":
+  if not wanted(mode, coordinator_address, num_processes, process_id):
     return None
   coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
   explicit = (coordinator_address, num_processes, process_id)
   launch = detected_launch()
-  if mode == "auto" and launch is None and explicit == (None, None, None):
-    return None
   timeout, silence = start_timeout(timeout_seconds), peer_timeout()
   import jax
   from jax._src import distributed as jax_distributed

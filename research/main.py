@@ -164,6 +164,13 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  from research import distributed, supervisor
+  if (distributed.wanted(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                         _PROCESS_ID.value) and not supervisor.supervised()):
+    # One of several processes: JAX may abort it (its coordinator lost) where Python cannot
+    # answer, so the same command runs as a child of this one, which answers for it.
+    sys.exit(supervisor.run([sys.executable, "-m", "research.main", *sys.argv[1:]],
+                            debug=_DEBUG.value))
   for noisy in ("absl", "datasets", "jax._src.xla_bridge"):  # orbax's per-save chatter, ...
     logging.getLogger(noisy).setLevel(logging.WARNING)
   from research import host_memory
@@ -173,7 +180,6 @@ def main(argv: list[str]) -> None:
     # Compiled steps are reused by later runs of the same shapes (sweeps, reruns).
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser("~/.cache/research/jax_compilation_cache"))
-  from research import distributed
   try:
     distributed.initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
                            num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,

@@ -175,8 +175,9 @@ def test_sigterm_during_evaluation_then_kill_9_then_restart_end_as_the_uninterru
   """A preempted job, requeued, then killed: SIGTERM to one process while step 12 is evaluated
   (say, a maintenance event on one host) stops both after that evaluation, at its checkpoint,
   with the documented exit code; the same command resumes, process 1 is killed -9 at step 18
-  (process 0 notices its silence and stops with one line and 75), and once restarted the run
-  ends as the uninterrupted one, bit for bit."""
+  (process 0 notices its silence and stops with one line and 75), then process 0 at step 16
+  (process 1 ends at once, with one line and 75), and once restarted the run ends as the
+  uninterrupted one, bit for bit."""
   reference = two_process_runs["pmap"][0]
   workdir, marker = tmp_path / "run", tmp_path / "paused"
   launch = Launch(workdir, "pmap", pause=f"eval:12:{marker}")
@@ -213,6 +214,22 @@ def test_sigterm_during_evaluation_then_kill_9_then_restart_end_as_the_uninterru
       "error: process 1 stopped responding for 5 s (killed?): the run stops; rerun the same "
       "command on all processes to resume from the last checkpoint")
   assert "Traceback" not in launch.output(0)
+  assert final_state(workdir)[0] == 15
+  # Resumed again, process 0 (the coordinator) is killed -9 at step 16: JAX's client aborts
+  # process 1 at once; its supervising parent says so in one line, with 75.
+  killed = tmp_path / "coordinator_killed"
+  launch = Launch(workdir, "pmap", pause=f"step:16:{killed}")
+  _wait_for([f"{killed}.0", f"{killed}.1"])
+  launch.signal(signal.SIGKILL, which=[0])
+  killed_at = time.monotonic()
+  assert launch.wait() == [-signal.SIGKILL, distributed.EXIT_PEER_LOST]
+  assert time.monotonic() - killed_at < 10
+  output = launch.output(1)
+  assert output.strip().splitlines()[-1] == (
+      "error: process 1: the coordinator (process 0) stopped answering (killed?) and JAX ended "
+      "this process: the run stops; rerun the same command on all processes to resume from the "
+      "last checkpoint")
+  assert "Traceback" not in output and "F1" not in output and "Fatal" not in output
   assert final_state(workdir)[0] == 15
   assert Launch(workdir, "pmap").wait() == [0, 0]
   assert _max_difference(final_state(workdir)[1], final_state(reference)[1]) == 0
@@ -461,3 +478,120 @@ def test_the_slurm_scripts_give_a_node_its_gpus_and_run_a_sweep_point_as_a_job_s
       "scontrol requeue 7",
       "srun --ntasks=1 bash -c exec python -m research.main --config a.py | devices=",
       "scontrol requeue 7_1"]
+
+
+# ---- the supervising parent --------------------------------------------------------------------
+
+_JAX_ABORT = r'''
+import os, sys
+w = sys.stderr.write
+w("I1207 01:02:11.2 140485 distributed.py:359] jax.distributed: process 1 of 2 (explicit)\n")
+w("E1207 01:02:30.1 2956 some_op.cc:12] a C++ error this process goes on after\n")
+w("training goes on\n")
+sys.stderr.flush()
+w("E1207 01:02:33.4 2956 coordination_service_agent.cc:289] Polled an error from coordination "
+  "service (this can be an error from this or another task).\n")
+w("F1207 01:02:33.4 2956 client.h:80] Terminating process because the JAX distributed service "
+  "detected fatal errors. absl::Status: %s. Check earlier logs\n*** Check failure stack trace: "
+  "***\n    @     0x7fc54fe40634  absl::log_internal::LogMessage::SendToLog()\n"
+  "Fatal Python error: Aborted\n" % sys.argv[1])
+sys.stderr.flush()
+os.abort()
+'''
+
+
+def _supervise(child: str, *args: str, debug=False, **kwargs) -> subprocess.CompletedProcess:
+  parent = ("import sys; from research import supervisor; "
+            f"sys.exit(supervisor.run([sys.executable, '-c', {child!r}, *sys.argv[1:]], "
+            f"debug={debug}))")
+  return subprocess.run([sys.executable, "-c", parent, *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=60, **kwargs)
+
+
+@pytest.mark.parametrize("status, line, code", [
+    ("UNAVAILABLE: Failed to send RPC to coordination service. Either the leader task was "
+     "preempted", "process 1: the coordinator (process 0) stopped answering (killed?) and JAX "
+     "ended this process: the run stops; rerun the same command on all processes to resume "
+     "from the last checkpoint", 75),
+    ("ABORTED: 1 unexpectedly tried to connect with a different incarnation. It has likely "
+     "restarted", "process 1: the JAX coordination service ended this process (ABORTED: 1 "
+     "unexpectedly tried to connect with a different incarnation): two processes were given "
+     "the same --process_id (each needs its own); start them again", 2),
+    ("INTERNAL: something else", "process 1: the JAX coordination service ended this process "
+     "(INTERNAL: something else)", 2)])
+def test_jax_aborting_a_process_ends_with_one_line_of_ours(status, line, code):
+  """What JAX's coordination client prints and does when its coordinator dies (a fatal log line,
+  a stack trace, Python's dump, SIGABRT) becomes one line and a status that says what to do; an
+  error line the process went on after is passed on; --debug keeps JAX's lines."""
+  result = _supervise(_JAX_ABORT, status)
+  assert result.returncode == code, result.stderr
+  assert result.stderr.splitlines() == [
+      "I1207 01:02:11.2 140485 distributed.py:359] jax.distributed: process 1 of 2 (explicit)",
+      "E1207 01:02:30.1 2956 some_op.cc:12] a C++ error this process goes on after",
+      "training goes on", f"error: {line}"]
+  debug = _supervise(_JAX_ABORT, status, debug=True)
+  assert debug.returncode == code
+  assert "Terminating process because" in debug.stderr and "Fatal Python error" in debug.stderr
+  assert debug.stderr.splitlines()[-1] == f"error: {line}"
+
+
+_WAITS_FOR_SIGNALS = r'''
+import os, signal, sys, time
+got = []
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+  signal.signal(s, lambda n, f: got.append(signal.Signals(n).name))
+print(os.getpid(), flush=True)
+deadline = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < deadline:
+  time.sleep(0.05)
+print(" ".join(got), flush=True)
+sys.stderr.write("a last line without its newline")
+sys.exit(int(sys.argv[2]))
+'''
+
+
+def test_the_parent_passes_on_each_signal_once_and_the_childs_ending():
+  """SIGTERM, SIGINT (a terminal's Ctrl-C reaches the parent only: the child has its own process
+  group) and SIGUSR1 reach the child once each; its status and output are the parent's."""
+  parent = subprocess.Popen(
+      [sys.executable, "-c", "import sys; from research import supervisor; sys.exit(supervisor"
+       f".run([sys.executable, '-c', {_WAITS_FOR_SIGNALS!r}, '3', '3']))"], cwd=REPO,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  child = int(parent.stdout.readline())
+  assert os.getpgid(child) == child != os.getpgid(parent.pid)
+  for number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    parent.send_signal(number)
+    time.sleep(0.2)
+  out, err = parent.communicate(timeout=30)
+  assert parent.returncode == 3
+  assert out == "SIGTERM SIGINT SIGUSR1\n" and err == "a last line without its newline"
+
+
+def test_a_killed_parent_takes_its_child_and_a_killed_child_its_parent():
+  parent = subprocess.Popen(
+      [sys.executable, "-c", "import sys; from research import supervisor; sys.exit(supervisor"
+       f".run([sys.executable, '-c', {_WAITS_FOR_SIGNALS!r}, '60', '0']))"], cwd=REPO,
+      stdout=subprocess.PIPE, text=True)
+  child = int(parent.stdout.readline())
+  parent.kill()
+  assert parent.wait(timeout=10) == -signal.SIGKILL
+  deadline = time.monotonic() + 10
+  while _alive(child):  # PR_SET_PDEATHSIG
+    assert time.monotonic() < deadline, "the child outlived its parent"
+    time.sleep(0.05)
+  parent = subprocess.Popen(
+      [sys.executable, "-c", "import sys; from research import supervisor; sys.exit(supervisor"
+       f".run([sys.executable, '-c', {_WAITS_FOR_SIGNALS!r}, '60', '0']))"], cwd=REPO,
+      stdout=subprocess.PIPE, text=True)
+  os.kill(int(parent.stdout.readline()), signal.SIGKILL)  # the OOM killer, say
+  assert parent.wait(timeout=10) == -signal.SIGKILL
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  # A zombie (killed, not yet reaped by init) counts as gone.
+  with open(f"/proc/{pid}/stat") as stat:
+    return stat.read().split(")")[-1].split()[0] != "Z"
