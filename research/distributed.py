@@ -20,7 +20,8 @@ SO_REUSEPORT, so a second process 0 on the host would share the port and wait fo
 running, each process beats in the coordination service's key-value store and a watchdog thread
 ends the run with one line and `EXIT_PEER_LOST` when another process stops beating (kill -9, a
 lost host), well before JAX's heartbeat timeout aborts it, and also when this process is stuck
-in a collective with the lost one.
+in a collective with the lost one. A process that ends with an error of its own puts it in its
+beat, and the others end at once with its line and status (`fail`).
 
 What JAX does itself: when process 0 (the coordinator) dies, the others' coordination clients
 abort at once with JAX's fatal log; when a process registers with an id already registered (a
@@ -54,6 +55,10 @@ PEER_TIMEOUT_ENV = "RESEARCH_DISTRIBUTED_PEER_TIMEOUT"
 BEAT_SECONDS = 1.0
 EXIT_PEER_LOST = 75  # = train.EXIT_INTERRUPTED: rerun the same command to resume
 _HEARTBEAT_KEY = "research/heartbeat/"
+_FAILED = "failed"  # a beat value "failed <status> <line>": that process ended with an error
+_LEFT = "left"  # a beat value: that process has read another's failure and ended
+LEAVE_SECONDS = 10  # how long a failing process 0 keeps its coordinator up for the others
+_watch: "PeerWatch | None" = None
 
 
 class DistributedError(RuntimeError):
@@ -239,13 +244,20 @@ class PeerWatch:
   thread: the main one may be stuck in a collective with the lost process). An exception that
   reaches the top level (a collective that failed because its peer died) waits for the verdict
   before it is printed. From the process's own exit on it only beats: the others may still be
-  finishing their part, and JAX's exit handler waits for them."""
+  finishing their part, and JAX's exit handler waits for them.
+
+  A process that ends with an error of its own (`fail`) says so in its beat instead: the others
+  would otherwise wait in their next collective until JAX gives up, and then call it lost (75, a
+  requeue that fails again). They end at once with its line and its status."""
 
   def __init__(self, client, process_id: int, processes: int, timeout: float):
     self.client, self.process_id, self.processes = client, process_id, processes
     self.timeout = timeout
     self.exiting = False
     self.lost: str | None = None
+    self.status = EXIT_PEER_LOST  # what `lost` ends this process with
+    self.failed = False  # this process has announced its own failure: no more beats
+    self._store = threading.Lock()  # a beat and the failure, never one over the other
     now = time.monotonic()
     self.last_change = {i: now for i in range(processes) if i != process_id}
     self.last_value: dict[int, str] = {}
@@ -267,8 +279,10 @@ class PeerWatch:
     """One beat: sets this process's counter, reads the others'; what was lost, or None."""
     self._beat += 1
     try:
-      self.client.key_value_set(f"{_HEARTBEAT_KEY}{self.process_id}", str(self._beat),
-                                allow_overwrite=True)
+      with self._store:
+        if not self.failed:
+          self.client.key_value_set(f"{_HEARTBEAT_KEY}{self.process_id}", str(self._beat),
+                                    allow_overwrite=True)
       beats = dict(self.client.key_value_dir_get(_HEARTBEAT_KEY))
     except Exception as e:  # pylint: disable=broad-except
       if self.process_id == 0:
@@ -276,6 +290,10 @@ class PeerWatch:
       return "the coordinator (process 0) stopped answering (killed?)"
     for peer in self.last_change:
       value = beats.get(f"{_HEARTBEAT_KEY}{peer}")
+      if value and value.startswith(_FAILED) and not self.failed:
+        _, status, line = value.split(" ", 2)
+        self.status = int(status)
+        return f"process {peer} failed: {line}"
       if value != self.last_value.get(peer):
         self.last_value[peer], self.last_change[peer] = value, now
     silent = [peer for peer, seen in self.last_change.items() if now - seen > self.timeout]
@@ -299,8 +317,41 @@ class PeerWatch:
       time.sleep(BEAT_SECONDS)
 
   def _stop_run(self) -> None:
-    _exit_with(f"{self.lost}: the run stops; rerun the same command on all processes to resume "
-               "from the last checkpoint", EXIT_PEER_LOST)
+    if self.status != EXIT_PEER_LOST:  # another process failed: its status, its line
+      try:
+        self.client.key_value_set(f"{_HEARTBEAT_KEY}{self.process_id}", _LEFT,
+                                  allow_overwrite=True)
+      except Exception:  # pylint: disable=broad-except
+        pass
+      _exit_with(f"{self.lost}; the run stops", self.status)
+    else:
+      _exit_with(f"{self.lost}: the run stops; rerun the same command on all processes to "
+                 "resume from the last checkpoint", EXIT_PEER_LOST)
+
+  def fail(self, message: str, status: int) -> None:
+    """This process ends with `message` (its error line) and `status`: tells the others, and as
+    process 0 (whose coordination service they read it from) waits until each has left or gone
+    silent, at most LEAVE_SECONDS."""
+    line = " ".join(message.split())
+    with self._store:
+      self.failed = True
+      try:
+        self.client.key_value_set(f"{_HEARTBEAT_KEY}{self.process_id}",
+                                  f"{_FAILED} {status} {line}", allow_overwrite=True)
+      except Exception:  # pylint: disable=broad-except
+        return  # no coordinator to tell
+    if self.process_id != 0:
+      return
+    deadline = time.monotonic() + LEAVE_SECONDS
+    while time.monotonic() < deadline:
+      try:
+        beats = dict(self.client.key_value_dir_get(_HEARTBEAT_KEY))
+      except Exception:  # pylint: disable=broad-except
+        return
+      values = [beats.get(f"{_HEARTBEAT_KEY}{peer}", "") for peer in self.last_change]
+      if all(v == _LEFT or v.startswith(_FAILED) for v in values):
+        return
+      time.sleep(BEAT_SECONDS / 4)
 
   def _excepthook(self, kind, value, traceback) -> None:
     """An error in the main thread may be a collective whose peer died: the verdict (lost, or
@@ -314,6 +365,10 @@ class PeerWatch:
       if self.lost:
         self._stop_run()
     self._previous_hook(kind, value, traceback)
+    if not issubclass(kind, KeyboardInterrupt):  # its traceback is printed: now the others
+      line = f"{kind.__name__}: {' '.join(str(value).split())[:300]}"
+      self.fail(line, 1)
+      _exit_with(line, 1)  # JAX's exit handler would wait at a barrier for the others
 
 
 def wanted(mode: str, coordinator_address: str | None = None, num_processes: int | None = None,
@@ -324,6 +379,20 @@ def wanted(mode: str, coordinator_address: str | None = None, num_processes: int
   explicit = (coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"), num_processes,
               process_id)
   return mode != "auto" or detected_launch() is not None or explicit != (None, None, None)
+
+
+def fail(message: str, status: int) -> None:
+  """Ends this process with `error: <message>` and `status`, first telling the other processes
+  of a multi-process run (`PeerWatch.fail`), so that they end at once with the same line rather
+  than wait for this one in a collective. Returns only in a single-process run."""
+  if _watch is None:
+    return
+  for handler in logging.getLogger().handlers:
+    handler.flush()
+  sys.stdout.flush()
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  _watch.fail(message, status)
+  os._exit(status)  # JAX's exit handler would wait at a barrier for the others
 
 
 def initialize(mode: str = "auto", *, coordinator_address: str | None = None,
@@ -363,8 +432,9 @@ def initialize(mode: str = "auto", *, coordinator_address: str | None = None,
     reason = " ".join(str(e).split())
     raise DistributedError(f"jax.distributed.initialize failed ({launch or 'explicit'}): "
                            f"{reason}") from e
-  PeerWatch(jax_distributed.global_state.client, jax.process_index(), jax.process_count(),
-            silence).start()
+  global _watch
+  _watch = PeerWatch(jax_distributed.global_state.client, jax.process_index(),
+                     jax.process_count(), silence).start()
   line = (f"process {jax.process_index()} of {jax.process_count()} ({launch or 'explicit'}); "
           f"{jax.device_count()} devices in all, {jax.local_device_count()} here")
   logging.info("jax.distributed: %s", line)

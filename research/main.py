@@ -31,6 +31,8 @@ import traceback
 from absl import app, flags
 from ml_collections import config_flags
 
+from research import distributed, supervisor
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with an argument: configs/sst2.py:quick",
     lock_config=True)
@@ -56,6 +58,8 @@ _DEBUG = flags.DEFINE_bool("debug", os.environ.get("RESEARCH_DEBUG") == "1",
 
 
 def _fail(message: str, code: int = 2) -> None:
+  if code != distributed.EXIT_PEER_LOST:  # (75) an interruption stops all processes anyway
+    distributed.fail(message, code)  # tells the other processes of a multi-process run
   print(f"error: {message}", file=sys.stderr)
   sys.exit(code)
 
@@ -164,7 +168,6 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  from research import distributed, supervisor
   if (distributed.wanted(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                          _PROCESS_ID.value) and not supervisor.supervised()):
     # One of several processes: JAX may abort it (its coordinator lost) where Python cannot

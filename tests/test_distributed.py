@@ -410,8 +410,9 @@ def test_the_local_launcher_stops_the_other_processes_when_one_fails(tmp_path):
 def test_an_error_in_the_main_thread_waits_for_the_verdict_on_its_peers(monkeypatch):
   """A collective that failed because its peer died (gloo: 'Connection closed by peer') ends
   with the watchdog's line, not a traceback; an error while every peer beats is printed as
-  usual."""
+  usual, and then told to the others (next test)."""
   monkeypatch.setattr(distributed, "BEAT_SECONDS", 0.02)
+  monkeypatch.setattr(distributed, "LEAVE_SECONDS", 0.5)
   ended = []
 
   def exit_with(message, code):
@@ -420,27 +421,72 @@ def test_an_error_in_the_main_thread_waits_for_the_verdict_on_its_peers(monkeypa
   monkeypatch.setattr(distributed, "_exit_with", exit_with)
   monkeypatch.setattr(distributed.atexit, "register", lambda f: None)
   monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-  store, printed = _KeyValueStore(), []
-  alive = distributed.PeerWatch(store, 1, 2, timeout=0.5)
-  watch = distributed.PeerWatch(store, 0, 2, timeout=0.5)
-  watch._previous_hook = lambda *exc: printed.append(exc[1])
-  beating = threading.Event()
+  for error, lost in ((ValueError("a genuine error"), False),
+                      (ValueError("Gloo AllReduce failed: Connection closed"), True)):
+    store, printed = _KeyValueStore(), []
+    alive = distributed.PeerWatch(store, 1, 2, timeout=0.5)
+    watch = distributed.PeerWatch(store, 0, 2, timeout=0.5)
+    watch._previous_hook = lambda *exc: printed.append(exc[1])
+    beating = threading.Event()
 
-  def beat():  # process 1's watchdog, beating
-    while not beating.wait(0.02):
-      alive.check(time.monotonic())
-  threading.Thread(target=beat, daemon=True).start()
-  watch._thread = threading.Thread(target=lambda: _swallow_exit(watch._run), daemon=True)
-  watch._thread.start()
-  watch._excepthook(ValueError, ValueError("a genuine error"), None)
-  assert [str(e) for e in printed] == ["a genuine error"] and not ended
-  beating.set()  # process 1 is killed -9
-  with pytest.raises(SystemExit):
-    watch._excepthook(ValueError, ValueError("Gloo AllReduce failed: Connection closed"), None)
-  assert ended[-1] == ("process 1 stopped responding for 0.5 s (killed?): the run stops; rerun "
-                       "the same command on all processes to resume from the last checkpoint",
-                       distributed.EXIT_PEER_LOST)
-  assert len(printed) == 1
+    def beat():  # process 1's watchdog, beating
+      while not beating.wait(0.02):
+        alive.check(time.monotonic())
+    threading.Thread(target=beat, daemon=True).start()
+    watch._thread = threading.Thread(target=lambda: _swallow_exit(watch._run), daemon=True)
+    watch._thread.start()
+    if lost:
+      beating.set()  # process 1 is killed -9
+    with pytest.raises(SystemExit):
+      watch._excepthook(ValueError, error, None)
+    beating.set()
+    if lost:
+      assert printed == [] and ended[-1] == (
+          "process 1 stopped responding for 0.5 s (killed?): the run stops; rerun the same "
+          "command on all processes to resume from the last checkpoint",
+          distributed.EXIT_PEER_LOST)
+    else:
+      assert printed == [error] and ended[-1] == ("ValueError: a genuine error", 1)
+      assert store.values["research/heartbeat/0"] == "failed 1 ValueError: a genuine error"
+
+
+def test_a_process_ending_with_an_error_ends_the_others_with_its_line_and_status(monkeypatch):
+  """Process 1 fails (say, its disk is full): process 0 would wait for it in its next collective
+  until JAX gives up, then call it lost (75: a requeue that fails again). It ends at once with
+  process 1's line and status; process 0 failing keeps its coordinator up until the others have
+  read it (they leave), within LEAVE_SECONDS."""
+  store = _KeyValueStore()
+  watches = [distributed.PeerWatch(store, i, 3, timeout=30) for i in range(3)]
+  assert [w.check(0) for w in watches] == [None] * 3
+  watches[1].fail("no space left on device: /runs/x needs 2.1 GB more", 2)
+  assert watches[1].check(1) is None  # its own failure, and no more beats
+  assert store.values["research/heartbeat/1"].startswith("failed 2 ")
+  for i in (0, 2):
+    assert watches[i].check(1) == "process 1 failed: no space left on device: /runs/x needs 2.1 " \
+                                  "GB more"
+    assert watches[i].status == 2
+  ended = []
+
+  def exit_with(message, code):
+    ended.append((message, code))
+  monkeypatch.setattr(distributed, "_exit_with", exit_with)
+  watches[2].lost = watches[2].check(2)
+  watches[2]._stop_run()
+  assert ended == [("process 1 failed: no space left on device: /runs/x needs 2.1 GB more; "
+                    "the run stops", 2)]
+  assert store.values["research/heartbeat/2"] == "left"
+  # Process 0 fails: it waits for the others to leave (or to have failed themselves).
+  store = _KeyValueStore()
+  watches = [distributed.PeerWatch(store, i, 2, timeout=30) for i in range(2)]
+  monkeypatch.setattr(distributed, "LEAVE_SECONDS", 5)
+  threading.Timer(0.5, lambda: store.values.update({"research/heartbeat/1": "left"})).start()
+  started = time.monotonic()
+  watches[0].fail("a config error", 2)
+  assert 0.4 < time.monotonic() - started < 3
+  monkeypatch.setattr(distributed, "LEAVE_SECONDS", 0.3)
+  started = time.monotonic()
+  watches[0].fail("a config error", 2)  # process 1 never leaves: bounded
+  assert time.monotonic() - started < 1
 
 
 def _swallow_exit(run):
@@ -595,3 +641,22 @@ def _alive(pid: int) -> bool:
   # A zombie (killed, not yet reaped by init) counts as gone.
   with open(f"/proc/{pid}/stat") as stat:
     return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_the_command_lines_error_is_told_to_the_other_processes(monkeypatch, capsys):
+  """research.main's one-line errors go through distributed.fail when a PeerWatch runs (an
+  interruption, 75, does not: every process stops at the same step by itself)."""
+  from research import main
+  told, exits = [], []
+
+  class Watch:
+    def fail(self, message, status):
+      told.append((message, status))
+  monkeypatch.setattr(distributed, "_watch", Watch())
+  monkeypatch.setattr(distributed.os, "_exit", lambda status: exits.append(status))
+  with pytest.raises(SystemExit):
+    main._fail("a damaged data copy", 2)
+  with pytest.raises(SystemExit):
+    main._fail("stopped by SIGTERM at step 5", 75)
+  assert told == [("a damaged data copy", 2)] and exits == [2]
+  assert capsys.readouterr().err.startswith("error: a damaged data copy\n")
