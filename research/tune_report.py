@@ -436,8 +436,8 @@ def trial_config(base: str, base_arg: str | None, overrides: dict[str, Any], *, 
   """The config of a trial: the base config file (with its argument) and the overrides. What
   best_config.py's get_config returns."""
   if arg is not None:
-    raise config_lib.ConfigError(f"{source} takes no argument (its base's is fixed: "
-                                 f"{base_arg!r}), got {arg!r}")
+    fixed = f" (the study fixed its base's: {base_arg!r})" if base_arg is not None else ""
+    raise config_lib.ConfigError(f"{source} takes no argument{fixed}, got {arg!r}")
   if not pathlib.Path(base).is_file():
     raise config_lib.ConfigError(f"{source}: its base config {base} is gone (moved or "
                                  "deleted): put it back, or set BASE to where it is now")
