@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
+import os
 import pathlib
 import sys
 from typing import Any
@@ -231,16 +233,17 @@ def write_tables(study: optuna.Study, folder: pathlib.Path, best, warnings: list
   fields = searched(space)
   metric = attrs.get("metric", "value")
   trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-  with (folder / "trials.csv").open("w", newline="") as file:
-    writer = csv.writer(file)
-    writer.writerow(["number", "state", "outcome", metric, "steps", *fields, "workdir",
-                     "seconds", "best"])
-    for t in trials:
-      writer.writerow([t.number, STATE_NAMES.get(t.state, t.state.name.lower()), outcome(t),
-                       _blank(score(t)), _blank(t.user_attrs.get("steps")),
-                       *(_blank(hyperparameter(t, f)) for f in fields),
-                       t.user_attrs.get("workdir", ""), _blank(seconds(t)),
-                       int(best is not None and t.number == best.number)])
+  rows = io.StringIO()
+  writer = csv.writer(rows, lineterminator="\n")
+  writer.writerow(["number", "state", "outcome", metric, "steps", *fields, "workdir", "seconds",
+                   "best"])
+  for t in trials:
+    writer.writerow([t.number, STATE_NAMES.get(t.state, t.state.name.lower()), outcome(t),
+                     _blank(score(t)), _blank(t.user_attrs.get("steps")),
+                     *(_blank(hyperparameter(t, f)) for f in fields),
+                     t.user_attrs.get("workdir", ""), _blank(seconds(t)),
+                     int(best is not None and t.number == best.number)])
+  _write_text(folder / "trials.csv", rows.getvalue())
   header = ["trial", "outcome", f"{metric}", "steps", *fields, "seconds", "workdir"]
   table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for t in trials:
@@ -274,7 +277,7 @@ def write_tables(study: optuna.Study, folder: pathlib.Path, best, warnings: list
   text += ["", *table, "", f"A pruned trial's {metric} is its last evaluation's, before "
            "its budget; seconds from its start to its end.", "",
            *(f"![{name}](plots/{name})" for name in plots)]
-  (folder / "trials.md").write_text("\n".join(text) + "\n")
+  _write_text(folder / "trials.md", "\n".join(text) + "\n")
 
 
 def _blank(value: Any) -> Any:
@@ -291,9 +294,10 @@ def _some_counts(total: int) -> list[int]:
 
 
 def write_plots(study: optuna.Study, folder: pathlib.Path, best) -> list[pathlib.Path]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  # Figures of their own, not pyplot's: no global state or backend switched under a tuner
+  # whose workers may write at once; savefig renders PNG with Agg.
+  from matplotlib.figure import Figure
+  from matplotlib.ticker import NullFormatter
   plots = folder / "plots"
   plots.mkdir(exist_ok=True)
   trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -304,7 +308,8 @@ def write_plots(study: optuna.Study, folder: pathlib.Path, best) -> list[pathlib
   pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED and score(t) is not None]
   written = []
 
-  fig, ax = plt.subplots(figsize=(7, 4))
+  fig = Figure(figsize=(7, 4))
+  ax = fig.subplots()
   ax.plot([t.number for t in completed], [t.value for t in completed], "o", color="C0",
           label="completed")
   ax.plot([t.number for t in pruned], [score(t) for t in pruned], "x", color="0.6",
@@ -324,7 +329,8 @@ def write_plots(study: optuna.Study, folder: pathlib.Path, best) -> list[pathlib
 
   for field in searched(space):
     spec, log = space[field], is_log(space[field])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     categorical = spec["kind"] == "choice"
     position = ((lambda v: _index(spec["values"], v)) if categorical else (lambda v: v))
     ax.plot([position(hyperparameter(t, field)) for t in pruned], [score(t) for t in pruned],
@@ -342,7 +348,7 @@ def write_plots(study: optuna.Study, folder: pathlib.Path, best) -> list[pathlib
       ax.set_xticks(range(len(spec["values"])), [format_number(v) for v in spec["values"]])
     elif log:
       ax.set_xscale("log")
-      ax.xaxis.set_minor_formatter(plt.NullFormatter())  # labels overlap
+      ax.xaxis.set_minor_formatter(NullFormatter())  # labels overlap
     ax.set(xlabel=field, ylabel=metric, title=f"{metric} against {field}")
     ax.legend(fontsize="small")
     written.append(_save(fig, plots / f"isolation_{field.replace('.', '_')}.png"))
@@ -351,7 +357,8 @@ def write_plots(study: optuna.Study, folder: pathlib.Path, best) -> list[pathlib
     values = [t.value for t in completed]
     counts = np.arange(1, len(values) + 1)
     mean, std = np.array([expected_best(values, n, direction) for n in counts]).T
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot(counts, mean, "o-", color="C0", markersize=3, label="expected best")
     ax.fill_between(counts, mean - std, mean + std, color="C0", alpha=0.2, label="± 1 std")
     ax.set(xlabel="trials (n)", ylabel=f"expected best {metric} ({direction})",
@@ -362,11 +369,19 @@ def write_plots(study: optuna.Study, folder: pathlib.Path, best) -> list[pathlib
 
 
 def _save(fig, path: pathlib.Path) -> pathlib.Path:
-  import matplotlib.pyplot as plt
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  part = path.with_name(f".{path.name}.{os.getpid()}")
+  fig.savefig(part, dpi=110, format="png")
+  os.replace(part, path)
   return path
+
+
+def _write_text(path: pathlib.Path, text: str) -> None:
+  """Whole or not at all: workers of one study may rewrite the outputs at once, and a reader
+  (research.main loading best_config.py) never sees half a file."""
+  part = path.with_name(f".{path.name}.{os.getpid()}")
+  part.write_text(text)
+  os.replace(part, path)
 
 
 def _index(values: list[Any], value: Any) -> int:
@@ -459,7 +474,7 @@ def write_best_config(study: optuna.Study, folder: pathlib.Path, best) -> pathli
   path = folder / "best_config.py"
   completed = sum(t.state == optuna.trial.TrialState.COMPLETE
                   for t in study.get_trials(deepcopy=False))
-  path.write_text(BEST_CONFIG.format(
+  _write_text(path, BEST_CONFIG.format(
       name=study.study_name, config=attrs.get("config", "?"), folder=folder.resolve(),
       number=best.number, metric=attrs.get("metric", "value"), value=f"{best.value:.4f}",
       direction=study.direction.name.lower(), completed=completed, base=attrs["config_path"],

@@ -162,6 +162,8 @@ def test_write_warns_about_the_best_trials_edge_values_only(tmp_path):
 def test_tables_hold_every_trial_and_mark_the_best(tmp_path):
   study = mixed_study()
   tune_report.write(study, tmp_path)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [  # no temporary file left
+      "best_config.py", "plots", "trials.csv", "trials.md"]
   trials = study.trials
   fields = ["optimizer.learning_rate", "train.batch_size", "model.hidden_dropout_prob"]
   with (tmp_path / "trials.csv").open() as file:
@@ -204,14 +206,15 @@ def test_tables_hold_every_trial_and_mark_the_best(tmp_path):
 
 
 def test_plots_one_per_hyperparameter_history_and_expected_best(tmp_path, monkeypatch):
-  figures = {}
-  savefig = matplotlib.figure.Figure.savefig
-  monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, *a, **k: (
-      figures.__setitem__(pathlib.Path(path).name, fig), savefig(fig, path, *a, **k)))
-  study = mixed_study()
-  tune_report.write(study, tmp_path)
   expected = {"history.png", "expected_best.png", "isolation_optimizer_learning_rate.png",
               "isolation_train_batch_size.png", "isolation_model_hidden_dropout_prob.png"}
+  figures = {}  # by the name of the file each is saved to (through a temporary name)
+  savefig = matplotlib.figure.Figure.savefig
+  monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, *a, **k: (
+      figures.__setitem__(next(n for n in expected if n in pathlib.Path(path).name), fig),
+      savefig(fig, path, *a, **k)))
+  study = mixed_study()
+  tune_report.write(study, tmp_path)
   assert {p.name for p in (tmp_path / "plots").iterdir()} == expected == set(figures)
   for name in expected:
     path = tmp_path / "plots" / name
