@@ -198,6 +198,7 @@ def edge_warning(field: str, spec: dict[str, Any], value: Any) -> str | None:
 
 
 def warnings_of(study: optuna.Study, best: optuna.trial.FrozenTrial | None) -> list[str]:
+  """The lines `write` returns: the best trial's edge values, failed trials, no best yet."""
   trials = study.get_trials(deepcopy=False)
   completed = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
   lines = []
@@ -212,8 +213,9 @@ def warnings_of(study: optuna.Study, best: optuna.trial.FrozenTrial | None) -> l
         lines.append(line)
   failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
   if failed:
-    lines.append(f"{len(failed)} of {len(trials)} trials failed (the first: trial "
-                 f"{failed[0].number}, {outcome(failed[0])}): see trials.md and its workdir")
+    first = failed[0]
+    lines.append(f"{len(failed)} of {len(trials)} trials failed (the first: trial {first.number}"
+                 f" in {first.user_attrs.get('workdir', '?')}, {outcome(first)}): see trials.md")
   return lines
 
 
@@ -252,7 +254,7 @@ def write_tables(study: optuna.Study, folder: pathlib.Path, best, warnings: list
     table.append("| " + " | ".join(
         [f"{t.number}{mark}", _cell(outcome(t)), "—" if value is None else f"{value:.4f}",
          "—" if steps is None else str(steps),
-         *(format_number(hyperparameter(t, f), is_log(space[f])) for f in fields),
+         *(_hyperparameter_cell(hyperparameter(t, f), space[f]) for f in fields),
          "—" if took is None else f"{took:.0f}", f"`{t.user_attrs.get('workdir', '')}`"])
          + " |")
   counts = {name: sum(STATE_NAMES.get(t.state) == name for t in trials)
@@ -278,6 +280,10 @@ def write_tables(study: optuna.Study, folder: pathlib.Path, best, warnings: list
            "its budget; seconds from its start to its end.", "",
            *(f"![{name}](plots/{name})" for name in plots)]
   _write_text(folder / "trials.md", "\n".join(text) + "\n")
+
+
+def _hyperparameter_cell(value: Any, spec: dict[str, Any]) -> str:
+  return "—" if value is None else format_number(value, is_log(spec))
 
 
 def _blank(value: Any) -> Any:
@@ -333,15 +339,18 @@ def write_plots(study: optuna.Study, folder: pathlib.Path, best) -> list[pathlib
     ax = fig.subplots()
     categorical = spec["kind"] == "choice"
     position = ((lambda v: _index(spec["values"], v)) if categorical else (lambda v: v))
-    ax.plot([position(hyperparameter(t, field)) for t in pruned], [score(t) for t in pruned],
-            "x", color="0.6", label="pruned (last evaluation)")
-    ax.plot([position(hyperparameter(t, field)) for t in completed],
-            [t.value for t in completed], "o", color="C0", alpha=0.6, label="completed")
-    winners = best_per_bin(completed, field, spec, direction)
+    # Trials without the field (a conditional one, such as a LoRA rank) are left out.
+    with_field = [t for t in pruned if hyperparameter(t, field) is not None]
+    ax.plot([position(hyperparameter(t, field)) for t in with_field],
+            [score(t) for t in with_field], "x", color="0.6", label="pruned (last evaluation)")
+    with_field = [t for t in completed if hyperparameter(t, field) is not None]
+    ax.plot([position(hyperparameter(t, field)) for t in with_field],
+            [t.value for t in with_field], "o", color="C0", alpha=0.6, label="completed")
+    winners = best_per_bin(with_field, field, spec, direction)
     ax.plot([position(hyperparameter(t, field)) for t in winners],
             [t.value for t in winners], "o-", color="C3", markersize=8,
             label="best per value" if categorical or _by_value(spec) else "best per bin")
-    if best is not None:
+    if best is not None and hyperparameter(best, field) is not None:
       ax.plot([position(hyperparameter(best, field))], [best.value], "*", color="gold",
               markeredgecolor="k", markersize=16, label=f"best trial ({best.number})")
     if categorical:
@@ -477,7 +486,8 @@ def write_best_config(study: optuna.Study, folder: pathlib.Path, best) -> pathli
   _write_text(path, BEST_CONFIG.format(
       name=study.study_name, config=attrs.get("config", "?"), folder=folder.resolve(),
       number=best.number, metric=attrs.get("metric", "value"), value=f"{best.value:.4f}",
-      direction=study.direction.name.lower(), completed=completed, base=attrs["config_path"],
+      direction=study.direction.name.lower(), completed=completed,
+      base=str(pathlib.Path(attrs["config_path"]).absolute()),
       with_arg=f" (argument {arg!r})" if arg else "", path=path.resolve(), arg=arg,
       overrides="".join(f"    {key!r}: {value!r},\n" for key, value in overrides.items())))
   return path
@@ -494,8 +504,11 @@ def write(study: optuna.Study, folder: pathlib.Path) -> list[str]:
   best = best_trial(study)
   warnings = warnings_of(study, best)
   write_plots(study, folder, best)
-  if best is not None:
+  if best is not None and "config_path" in study.user_attrs:
     write_best_config(study, folder, best)
+  elif best is not None:
+    warnings.append("the study records no config_path (not made by research.tune?): "
+                    "no best_config.py")
   write_tables(study, folder, best, warnings)
   return warnings
 

@@ -139,8 +139,8 @@ def test_write_warns_about_the_best_trials_edge_values_only(tmp_path):
   study = mixed_study()
   warnings = tune_report.warnings_of(study, study.best_trial)
   assert [w for w in warnings if "edge" in w] == []  # trial 2: in the middle of each range
-  assert warnings == ["1 of 7 trials failed (the first: trial 3, failed: the loss diverged at "
-                      "step 12 | lr too high): see trials.md and its workdir"]
+  assert warnings == ["1 of 7 trials failed (the first: trial 3 in trials/0003, failed: the loss "
+                      "diverged at step 12 | lr too high): see trials.md"]
   add_trial(study, TrialState.COMPLETE, 9.5e-4, 64, 0.15, 0.9, {20: 0.9}, 60.0)
   warnings = tune_report.write(study, tmp_path)
   assert [w for w in warnings if "edge" in w] == [
@@ -249,11 +249,20 @@ def test_a_minimizing_study_marks_the_lowest(tmp_path):
   study = new_study(direction="minimize")
   for lr, value in ((1e-4, 0.5), (3e-4, 0.3), (5e-5, 0.4)):
     add_trial(study, TrialState.COMPLETE, lr, 32, 0.1, value, {20: value}, 10.0)
+  # A trial without one of the fields (as a conditional field would be): a blank cell.
+  study.add_trial(create_trial(value=0.45, params={"optimizer.learning_rate": 2e-4},
+                               distributions={"optimizer.learning_rate":
+                                              DISTRIBUTIONS["optimizer.learning_rate"]},
+                               user_attrs={"overrides": {"optimizer.learning_rate": 2e-4}}))
   tune_report.write(study, tmp_path)
   with (tmp_path / "trials.csv").open() as file:
-    assert [r["best"] for r in csv.DictReader(file)] == ["0", "1", "0"]
-  mean, std = tune_report.expected_best([0.5, 0.3, 0.4], 2, "minimize")
-  assert mean < np.mean([0.5, 0.3, 0.4])
+    rows = list(csv.DictReader(file))
+  assert [r["best"] for r in rows] == ["0", "1", "0", "0"]
+  assert rows[3]["model.hidden_dropout_prob"] == "" and rows[3]["optimizer.learning_rate"] == (
+      "0.0002")
+  assert "| 3 | completed | 0.4500 | — | 2e-04 | — | — |" in (tmp_path / "trials.md").read_text()
+  mean, std = tune_report.expected_best([0.5, 0.3, 0.4, 0.45], 2, "minimize")
+  assert mean < np.mean([0.5, 0.3, 0.4, 0.45])
   assert f"2: {mean:.4f} ± {std:.4f}" in (tmp_path / "trials.md").read_text()
 
 
