@@ -35,7 +35,9 @@ import io
 import math
 import os
 import pathlib
+import re
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -267,8 +269,9 @@ def write_tables(study: optuna.Study, folder: pathlib.Path, best, warnings: list
           "Search space: " + ("; ".join(format_space(f, s) for f, s in space.items()) or "—")
           + "."]
   if best is not None:
+    reproduced = "; `best_config.py` reproduces it" if "config_path" in attrs else ""
     text += ["", f"Best: trial {best.number} ★, {metric} {best.value:.4f} "
-                 f"(`{best.user_attrs.get('workdir', '')}`; `best_config.py` reproduces it)."]
+                 f"(`{best.user_attrs.get('workdir', '')}`{reproduced})."]
     values = [t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     cells = [f"{n}: {m:.4f} ± {s:.4f}" for n in _some_counts(len(values))
              for m, s in [expected_best(values, n, study.direction.name.lower())]]
@@ -379,7 +382,7 @@ def write_plots(study: optuna.Study, folder: pathlib.Path, best) -> list[pathlib
 
 def _save(fig, path: pathlib.Path) -> pathlib.Path:
   fig.tight_layout()
-  part = path.with_name(f".{path.name}.{os.getpid()}")
+  part = _part(path)
   fig.savefig(part, dpi=110, format="png")
   os.replace(part, path)
   return path
@@ -388,9 +391,14 @@ def _save(fig, path: pathlib.Path) -> pathlib.Path:
 def _write_text(path: pathlib.Path, text: str) -> None:
   """Whole or not at all: workers of one study may rewrite the outputs at once, and a reader
   (research.main loading best_config.py) never sees half a file."""
-  part = path.with_name(f".{path.name}.{os.getpid()}")
+  part = _part(path)
   part.write_text(text)
   os.replace(part, path)
+
+
+def _part(path: pathlib.Path) -> pathlib.Path:
+  """Where a writer (process and thread) writes `path` before renaming it."""
+  return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
 
 
 def _index(values: list[Any], value: Any) -> int:
@@ -515,11 +523,13 @@ def write(study: optuna.Study, folder: pathlib.Path) -> list[str]:
 
 def open_study(folder: pathlib.Path, storage: str | None = None) -> optuna.Study:
   """The one study in `storage`, or in the folder's study.db (SQLite) or journal.log."""
+  where = re.sub(r"(://[^:/@]*:).*@", r"\1***@", storage or "")  # no password in messages
   if storage is None:
     if (folder / "study.db").is_file():
-      storage = f"sqlite:///{(folder / 'study.db').resolve()}"
+      storage = where = f"sqlite:///{(folder / 'study.db').resolve()}"
     elif (folder / "journal.log").is_file():
       from optuna.storages import journal
+      where = str(folder / "journal.log")
       storage = journal.JournalStorage(journal.JournalFileBackend(str(folder / "journal.log")))
     else:
       raise TuneReportError(f"{folder} holds no study.db or journal.log (not a study folder of "
@@ -527,10 +537,10 @@ def open_study(folder: pathlib.Path, storage: str | None = None) -> optuna.Study
   try:
     names = optuna.study.get_all_study_names(storage)
   except Exception as e:  # a URL that does not answer, a damaged file: say which
-    raise TuneReportError(f"cannot read the study storage {storage}: "
+    raise TuneReportError(f"cannot read the study storage {where}: "
                           f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
   if len(names) != 1:
-    raise TuneReportError(f"the storage {storage} holds {len(names)} studies ({names}); "
+    raise TuneReportError(f"the storage {where} holds {len(names)} studies ({names}); "
                           "research.tune keeps one per study folder")
   return optuna.load_study(study_name=names[0], storage=storage)
 
@@ -547,7 +557,13 @@ def main(argv: list[str] | None = None) -> int:
   except TuneReportError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  for line in write(study, args.folder):
+  try:
+    warnings = write(study, args.folder)
+  except OSError as e:  # a folder that cannot be written: full disk, no permission
+    print(f"error: cannot write the outputs of the study into {args.folder}: {e}",
+          file=sys.stderr)
+    return 2
+  for line in warnings:
     print(f"warning: {line}", file=sys.stderr)
   print(f"wrote {args.folder / 'trials.md'}")
   return 0

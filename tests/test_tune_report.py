@@ -369,3 +369,10 @@ def test_cli_refuses_a_folder_without_a_study_in_one_line(tmp_path, capsys):
   assert error == (f"error: {tmp_path} holds no study.db or journal.log (not a study folder of "
                    "research.tune?); give --storage URL for a study elsewhere")
   assert list(tmp_path.iterdir()) == []
+  # A storage that does not answer: one line, without the URL's password.
+  assert tune_report.main([str(tmp_path), "--storage",
+                           "postgresql://tuner:secret@127.0.0.1:1/studies"]) == 2
+  error = capsys.readouterr().err.strip()
+  assert len(error.splitlines()) == 1
+  assert error.startswith("error: cannot read the study storage "
+                          "postgresql://tuner:***@127.0.0.1:1/studies: ")
