@@ -358,9 +358,12 @@ def write_plots(study: optuna.Study, folder: pathlib.Path, best) -> list[pathlib
               markeredgecolor="k", markersize=16, label=f"best trial ({best.number})")
     if categorical:
       ax.set_xticks(range(len(spec["values"])), [format_number(v) for v in spec["values"]])
-    elif log:
-      ax.set_xscale("log")
-      ax.xaxis.set_minor_formatter(NullFormatter())  # labels overlap
+    else:  # the whole search range, its ends marked: how near the edges the best trials lie
+      if log:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labels overlap
+      for end in (spec["low"], spec["high"]):
+        ax.axvline(end, color="0.5", linestyle="--", linewidth=0.8)
     ax.set(xlabel=field, ylabel=metric, title=f"{metric} against {field}")
     ax.legend(fontsize="small")
     written.append(_save(fig, plots / f"isolation_{field.replace('.', '_')}.png"))

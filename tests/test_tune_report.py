@@ -234,6 +234,8 @@ def test_plots_one_per_hyperparameter_history_and_expected_best(tmp_path, monkey
   assert list(batch["best per value"].get_ydata()) == [0.75, 0.80, 0.65]
   assert list(batch["best per value"].get_xdata()) == [0, 1, 2]  # places of 16, 32, 64
   assert figures["isolation_optimizer_learning_rate.png"].axes[0].get_xscale() == "log"
+  low, high = figures["isolation_optimizer_learning_rate.png"].axes[0].get_xlim()
+  assert low <= 1e-5 and high >= 1e-3  # the whole search range is shown
   assert figures["isolation_model_hidden_dropout_prob.png"].axes[0].get_xscale() == "linear"
   # Four completed trials: two bins of the log range [1e-5, 1e-3], split at 1e-4.
   lr = lines("isolation_optimizer_learning_rate.png")
