@@ -715,7 +715,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.trials < 0 or args.workers < 1 or args.rerun_best < 0:
       raise TuneError("--trials and --rerun-best take a number >= 0, --workers >= 1")
     setup = load_setup(args.config, args.study)
-    if args.sampler.partition(":")[0] == "grid" and args.trials > grid_size(setup.space):
+    sampler = make_sampler(args.sampler, setup.space, args.seed)  # before anything is written
+    if isinstance(sampler, _GridSampler) and args.trials > grid_size(setup.space):
       raise TuneError(f"--trials {args.trials}: the grid of {args.config} has "
                       f"{grid_size(setup.space)} points")
     args.study.mkdir(parents=True, exist_ok=True)
