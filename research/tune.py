@@ -53,6 +53,7 @@ import traceback
 import warnings
 from typing import Any, Callable
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -103,33 +104,45 @@ def grid_size(space: dict[str, search_space.Dimension]) -> int:
   return math.prod(len(d.values) for d in space.values() if d.kind == "choice")
 
 
-def _grid(space: dict[str, search_space.Dimension], seed: int | None, **kwargs):
+def trial_seed(seed: int, number: int) -> int:
+  """The sampler's seed when it proposes trial `number`: a sampler is rebuilt for every trial,
+  so that a second worker, or the rerun of a killed tuner, does not repeat the first one's
+  draws, and one command still proposes the same trials each time it makes the study."""
+  return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+def _grid(space: dict[str, search_space.Dimension], seed: int, number: int, **kwargs):
   searched = {name: d for name, d in space.items() if d.kind != "fixed"}
   ranged = [name for name, d in searched.items() if d.kind != "choice"]
   if ranged:
     raise TuneError(f"--sampler grid searches choices only; {ranged[0]} is "
                     f"{space[ranged[0]].kind} (use space.choice, or another sampler)")
+  # The seed shuffles the grid: one order per study (a trial takes a point no other has).
   return _GridSampler({name: list(d.values) for name, d in searched.items()}, seed=seed,
                       **kwargs)
 
 
-def _cmaes(space, seed, **kwargs):
+def _cmaes(space, seed, number, **kwargs):
   try:
     import cmaes  # noqa: F401  (Optuna's CmaEsSampler needs it)
   except ImportError:
     raise TuneError("--sampler cmaes needs the cmaes package (pip install cmaes)") from None
-  return optuna.samplers.CmaEsSampler(seed=seed, **kwargs)
+  return optuna.samplers.CmaEsSampler(seed=trial_seed(seed, number), **kwargs)
 
 
 SAMPLERS: dict[str, Callable] = {
     "grid": _grid,
-    # Sobol points (scrambled): the tuning playbook's quasi-random search. Optuna samples the
-    # first trial at random, to learn the space.
-    "quasi-random": lambda space, seed, **kw: optuna.samplers.QMCSampler(
+    # Sobol points (scrambled): the tuning playbook's quasi-random search. One scrambling per
+    # study; the point's index is the study's count, kept by Optuna in the storage. Optuna
+    # samples the first trial at random, to learn the space.
+    "quasi-random": lambda space, seed, number, **kw: optuna.samplers.QMCSampler(
         **{"qmc_type": "sobol", "scramble": True, "seed": seed, **kw}),
-    "random": lambda space, seed, **kw: optuna.samplers.RandomSampler(seed=seed, **kw),
-    "tpe": lambda space, seed, **kw: optuna.samplers.TPESampler(seed=seed, **kw),
-    "gp": lambda space, seed, **kw: optuna.samplers.GPSampler(seed=seed, **kw),
+    "random": lambda space, seed, number, **kw: optuna.samplers.RandomSampler(
+        seed=trial_seed(seed, number), **kw),
+    "tpe": lambda space, seed, number, **kw: optuna.samplers.TPESampler(
+        seed=trial_seed(seed, number), **kw),
+    "gp": lambda space, seed, number, **kw: optuna.samplers.GPSampler(
+        seed=trial_seed(seed, number), **kw),
     "cmaes": _cmaes,
 }
 
@@ -155,8 +168,17 @@ def _build(text: str, table: dict[str, Callable], what: str, *args):
     raise TuneError(f"--{what} {text!r}: {e}") from e
 
 
-def make_sampler(text: str, space: dict[str, search_space.Dimension], seed: int | None):
-  return _build(text, SAMPLERS, "sampler", space, seed)
+def make_sampler(text: str, space: dict[str, search_space.Dimension], seed: int,
+                 number: int = 0):
+  """The sampler named by `text`, as it proposes the trial numbered `number`."""
+  return _build(text, SAMPLERS, "sampler", space, seed, number)
+
+
+def ask(study: optuna.Study, sampler: str, space: dict[str, search_space.Dimension],
+        seed: int) -> optuna.trial.Trial:
+  """The study's next trial, its parameters proposed by the command's sampler."""
+  study.sampler = make_sampler(sampler, space, seed, len(study.get_trials(deepcopy=False)))
+  return study.ask({name: d.distribution() for name, d in space.items() if d.kind != "fixed"})
 
 
 def make_pruner(text: str, eval_every: int | None, budget: int | None):
@@ -255,9 +277,6 @@ class Setup:
 
   def fixed(self) -> dict[str, Any]:
     return {name: d.value for name, d in self.space.items() if d.kind == "fixed"}
-
-  def distributions(self) -> dict[str, Any]:
-    return {name: d.distribution() for name, d in self.space.items() if d.kind != "fixed"}
 
 
 def load_setup(config_spec: str, folder: pathlib.Path) -> Setup:
@@ -394,7 +413,7 @@ class Tuner:
                        handle)
       if len(trials) >= self.target:
         return None
-      trial = self.study.ask(self.setup.distributions())
+      trial = ask(self.study, self.args.sampler, self.setup.space, self.args.seed)
       handle = try_lock(self.claim_path(trial.number))
       overrides = {**self.setup.fixed(), **trial.params}
       for key, value in {"workdir": self.workdir_name(trial.number), "overrides": overrides,
@@ -440,7 +459,9 @@ class Tuner:
       if code is None:
         return  # stopping before it started: it stays running, to be resumed
     seconds = time.perf_counter() - start
-    if code == EXIT_INTERRUPTED:
+    # After a signal it was passed, however it ended (a second Ctrl-C aborts it without a
+    # checkpoint), the trial stays running: the rerun resumes it from its last checkpoint.
+    if code == EXIT_INTERRUPTED or (code and self.signal_name):
       self.interrupted = True
       self.stop()
       say(f"[trial {claim.number}] stopped with a checkpoint after {seconds:.0f} s: rerun the "

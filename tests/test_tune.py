@@ -104,16 +104,17 @@ def test_space_declarations_refuse_what_cannot_be_searched():
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-def _proposals(sampler_name: str, space: dict, n: int) -> list[dict]:
-  """`n` trials asked from the study the tuner would build, each told a value."""
-  sampler = tune.make_sampler(sampler_name, space, seed=0)
-  study = optuna.create_study(sampler=sampler)
-  distributions = {k: d.distribution() for k, d in space.items() if d.kind != "fixed"}
+def _proposals(sampler_name: str, space: dict, n: int, workers: int = 1) -> list[dict]:
+  """`n` trials asked as the tuner asks them, each told a value, by `workers` tuners (each its
+  own sampler, with the same --seed) taking turns on one study."""
+  storage = optuna.storages.InMemoryStorage()
+  studies = [optuna.create_study(storage=storage, study_name="s", load_if_exists=True)
+             for _ in range(workers)]
   rng = np.random.default_rng(0)
   out = []
-  for _ in range(n):
-    trial = study.ask(distributions)
-    study.tell(trial, float(rng.random()))
+  for i in range(n):
+    trial = tune.ask(studies[i % workers], sampler_name, space, seed=0)
+    studies[i % workers].tell(trial, float(rng.random()))
     out.append(trial.params)
   return out
 
@@ -140,6 +141,9 @@ def test_samplers_propose_configs_within_the_declared_space(sampler_name):
     config = tiny_config()
     for name, value in p.items():
       search_space.set_field(config, name, value)
+  # Two workers (or a rerun after a kill) with one --seed do not propose the same points.
+  shared = _proposals(sampler_name, space, 6, workers=2)
+  assert len({p["optimizer.learning_rate"] for p in shared}) == 6
 
 
 def test_grid_sampler_visits_every_point_once_and_ranges_are_refused():
