@@ -405,12 +405,14 @@ class Tuner:
           continue
         handle = try_lock(self.claim_path(trial.number))
         if handle is not None:  # left running by a tuner that is gone: resume it here
-          overrides = trial.user_attrs.get("overrides") or {**self.setup.fixed(), **trial.params}
-          if "overrides" not in trial.user_attrs:
-            self.study._storage.set_trial_user_attr(trial._trial_id, "overrides", overrides)
-          self.study._storage.set_trial_user_attr(trial._trial_id, "worker", worker)
-          return Claim(trial.number, trial._trial_id, dict(trial.params), overrides, True,
-                       handle)
+          # (killed between Optuna's ask and our attributes, it has none yet)
+          attrs = {"workdir": self.workdir_name(trial.number),
+                   "overrides": {**self.setup.fixed(), **trial.params}, "steps": 0,
+                   **trial.user_attrs, "worker": worker}
+          for key, value in attrs.items():
+            self.study._storage.set_trial_user_attr(trial._trial_id, key, value)
+          return Claim(trial.number, trial._trial_id, dict(trial.params), attrs["overrides"],
+                       True, handle)
       if len(trials) >= self.target:
         return None
       trial = ask(self.study, self.args.sampler, self.setup.space, self.args.seed)
@@ -454,7 +456,8 @@ class Tuner:
         + (f" ({what} {self.workdir_name(claim.number)})" if what else ""))
     start = time.perf_counter()
     code = 0
-    if not (claim.resumed and (workdir / "results.json").exists()):  # else: told before a kill
+    # A run that finished just before its tuner was killed is not run again: only told.
+    if not (claim.resumed and (workdir / "results.json").exists()):
       code = self.run_child(claim, workdir)
       if code is None:
         return  # stopping before it started: it stays running, to be resumed
@@ -475,8 +478,8 @@ class Tuner:
       if results.get("pruned"):
         storage.set_trial_user_attr(claim.trial_id, "outcome", "pruned")
         self.study.tell(claim.number, state=TrialState.PRUNED)
-        last = self.study._storage.get_trial(claim.trial_id).last_step
-        value = self.study._storage.get_trial(claim.trial_id).intermediate_values.get(last)
+        told = storage.get_trial(claim.trial_id)
+        value = told.intermediate_values.get(told.last_step)
         say(f"[trial {claim.number}] pruned at step {results['pruned']['step']} "
             f"({self.setup.metric} {_value(value)}) in {seconds:.0f} s")
         return
@@ -748,7 +751,8 @@ def main(argv: list[str] | None = None) -> int:
       tuner = Tuner(setup, study, url, args)
       code = tuner.search(args.workers)
       say(summary(study, setup.metric))
-    write_outputs(study, args.study)
+    if study.get_trials(deepcopy=False):
+      write_outputs(study, args.study)
     if code == 0 and args.rerun_best:
       code = rerun_best(setup, study, args.rerun_best, args.workers)
     return code
