@@ -606,8 +606,10 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
   last_save, save_requested = time.monotonic(), False
   unread: list[tuple[int, dict[str, jax.Array]]] = []  # (step, device metrics) not yet read
   step = start_step
+  # A pruned run killed before its results.json was written trains no further on resume.
+  end_step = total_steps if run_state.pruned_at is None else start_step
   prefetched = input_pipeline.prefetch(
-      batches(start_step, total_steps, dp.process_rows(micro_batch)), dp.put_train_batch)
+      batches(start_step, end_step, dp.process_rows(micro_batch)), dp.put_train_batch)
   try:
     for batch in prefetched:
       save_due = (dp.process_index == 0 and config.checkpoint.every_seconds > 0

@@ -349,3 +349,29 @@ def test_postgresql_study_with_two_workers_then_the_best_rerun_with_new_seeds(tm
   assert std == pytest.approx(statistics.stdev(finals))
   assert (low, high) == (pytest.approx(mean - half), pytest.approx(mean + half))
   assert f"rerunning the best trial {best.number}" in out
+
+
+def test_on_evaluation_prunes_the_run_and_a_resumed_pruned_run_trains_no_further(tmp_path):
+  """train.py's hook alone: told each evaluation's selection metric, True stops the run after
+  that step's checkpoint; resumed before its results.json was written, it stays pruned."""
+  require_data("sst2")
+  config = tiny_config(**{"train.num_steps": 12, "eval.every_steps": 4,
+                          "checkpoint.every_steps": 4})
+  told = []
+
+  def prune_at_8(step, value):
+    told.append((step, value))
+    return step == 8
+
+  summary = train.train_and_evaluate(config, tmp_path, on_evaluation=prune_at_8)
+  assert told == sorted(_eval_values(tmp_path, "accuracy").items())
+  assert [step for step, _ in told] == [4, 8]
+  assert summary["pruned"] == {"step": 8} and summary["train"]["steps"] == 8
+  assert json.loads((tmp_path / "run.json").read_text())["outcome"] == "pruned at step 8"
+  (tmp_path / "results.json").unlink()  # as if killed just before it was written
+  again = train.train_and_evaluate(config, tmp_path)
+  assert again["pruned"] == {"step": 8} and again["train"]["steps"] == 8
+  assert again["final"] == summary["final"]
+  sessions = json.loads((tmp_path / "run.json").read_text())["sessions"]
+  assert [(s["outcome"], s["first_step"], s["last_step"]) for s in sessions] == [
+      ("pruned at step 8", 0, 8), ("pruned at step 8", 8, 8)]
