@@ -4,7 +4,7 @@ r"""Hyper-parameter search on Optuna: a study whose trials are ordinary runs in 
       --sampler tpe --pruner asha
   python -m research.tune ... --workers 2               # two trials at a time on this machine
   python -m research.tune ... --storage journal         # many workers on a shared filesystem
-  python -m research.tune ... --storage postgresql://user@host/db    # many hosts
+  python -m research.tune ... --storage postgresql+psycopg2://user@host/db    # many hosts
   python -m research.tune --config configs/glue.py:rte --study runs/rte_tpe --rerun-best 5
 
 The space is the config file's `get_space(space)` (`search_space.py`). Optuna keeps the study
@@ -222,7 +222,10 @@ def open_storage(url: str):
     return optuna.storages.RDBStorage(url, engine_kwargs=engine)
   except Exception as e:  # SQLAlchemy's errors: no such server, no such database, a bad URL
     first = " ".join(str(e).split("\n")[0].split())
-    raise TuneError(f"--storage {shown(url)} does not open: {type(e).__name__}: {first}") from e
+    hint = (" (the requirements install psycopg2: postgresql+psycopg2://...)"
+            if isinstance(e, ImportError) else "")
+    raise TuneError(f"--storage {shown(url)} does not open: {type(e).__name__}: {first}{hint}"
+                    ) from e
 
 
 # ---- The study -------------------------------------------------------------------------------
@@ -728,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
   parser.add_argument("--storage", default=None,
                       help="sqlite (default: <study>/study.db), journal (<study>/journal.log) "
-                      "or an SQLAlchemy URL (postgresql://user@host/db)")
+                      "or an SQLAlchemy URL (postgresql+psycopg2://user@host/db)")
   parser.add_argument("--study-name", default=None, help="default: the study folder's name")
   parser.add_argument("--workers", type=int, default=1, help="trials run at once here")
   parser.add_argument("--rerun-best", type=int, default=0, metavar="N",
