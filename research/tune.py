@@ -126,7 +126,8 @@ def _cmaes(space, seed, number, **kwargs):
   try:
     import cmaes  # noqa: F401  (Optuna's CmaEsSampler needs it)
   except ImportError:
-    raise TuneError("--sampler cmaes needs the cmaes package (pip install cmaes)") from None
+    raise ImportError("Optuna's CmaEsSampler needs the cmaes package (pip install cmaes)"
+                      ) from None
   return optuna.samplers.CmaEsSampler(seed=trial_seed(seed, number), **kwargs)
 
 
@@ -164,6 +165,8 @@ def _build(text: str, table: dict[str, Callable], what: str, *args):
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
       return factory(*args, **kwargs)
+  except TuneError:
+    raise
   except (TypeError, ValueError, ImportError) as e:
     raise TuneError(f"--{what} {text!r}: {e}") from e
 
@@ -285,13 +288,18 @@ class Setup:
 def load_setup(config_spec: str, folder: pathlib.Path) -> Setup:
   try:
     module, arg = sweep.load_config_file(config_spec)
+    if not hasattr(module, "get_space"):
+      raise TuneError(f"{config_spec} declares no search space (def get_space(space): ...; "
+                      "see research/search_space.py)")
+    config = module.get_config(arg)
+    declared = module.get_space(search_space)
   except sweep.SweepError as e:
     raise TuneError(str(e)) from e
-  if not hasattr(module, "get_space"):
-    raise TuneError(f"{config_spec} declares no search space (def get_space(space): ...; "
-                    "see research/search_space.py)")
-  config = module.get_config(arg)
-  space = search_space.checked(module.get_space(search_space), config, config_spec)
+  except TuneError:
+    raise
+  except Exception as e:  # the config file's own mistake: where it is, in one line
+    raise TuneError(f"--config {config_spec}: {type(e).__name__}: {e}") from e
+  space = search_space.checked(declared, config, config_spec)
   for name, dimension in space.items():
     if dimension.kind == "fixed":
       search_space.set_field(config, name, dimension.value)
@@ -304,12 +312,11 @@ def load_setup(config_spec: str, folder: pathlib.Path) -> Setup:
                eval_every=config.eval.every_steps or None, base_seed=config.seed)
 
 
-def open_study(setup: Setup, args: argparse.Namespace, url: str) -> optuna.Study:
+def open_study(setup: Setup, args: argparse.Namespace, url: str, sampler, pruner
+               ) -> optuna.Study:
   """Creates the study, or loads it and refuses a command that differs from the one that made
   it (the sampler and pruner are the command's: Optuna does not store them)."""
   storage = open_storage(url)
-  sampler = make_sampler(args.sampler, setup.space, args.seed)
-  pruner = make_pruner(args.pruner, setup.eval_every, setup.budget)
   name = args.study_name or setup.folder.absolute().name
   stored = {"config": setup.config_spec, "sampler": args.sampler, "pruner": args.pruner,
             "seed": args.seed, "space": search_space.record(setup.space),
@@ -680,6 +687,10 @@ def run_trial_process(spec: dict[str, Any]) -> int:
   except (sweep.SweepError, SpaceError, config_lib.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except Exception as e:  # the config file's own mistake
+    traceback.print_exc()
+    print(f"error: --config {spec['config']}: {type(e).__name__}: {e}", file=sys.stderr)
+    return 2
   from research import host_memory
   host_memory.keep_freed_memory()  # before JAX starts its threads
   import jax
@@ -742,13 +753,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.trials < 0 or args.workers < 1 or args.rerun_best < 0:
       raise TuneError("--trials and --rerun-best take a number >= 0, --workers >= 1")
     setup = load_setup(args.config, args.study)
-    sampler = make_sampler(args.sampler, setup.space, args.seed)  # before anything is written
+    # The sampler and pruner before anything is written: a mistake in them leaves no study.
+    sampler = make_sampler(args.sampler, setup.space, args.seed)
+    pruner = make_pruner(args.pruner, setup.eval_every, setup.budget)
     if isinstance(sampler, _GridSampler) and args.trials > grid_size(setup.space):
       raise TuneError(f"--trials {args.trials}: the grid of {args.config} has "
                       f"{grid_size(setup.space)} points")
     args.study.mkdir(parents=True, exist_ok=True)
     url = storage_url(args.storage, args.study)
-    study = open_study(setup, args, url)
+    study = open_study(setup, args, url, sampler, pruner)
     code = 0
     if args.trials:
       tuner = Tuner(setup, study, url, args)

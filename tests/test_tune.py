@@ -171,6 +171,12 @@ def test_bad_commands_are_one_line_and_a_rerun_must_match_the_study(tmp_path, ca
                                      "range, low 0.001 >= high 1e-05\n")
   assert not study.exists()
   config = _study_config(tmp_path, LEARNING_RATE)
+  assert tune.main(["--config", str(config), "--study", str(study), "--pruner",
+                    "median:n_warmup=2"]) == 2
+  assert capsys.readouterr().err == (
+      "error: --pruner 'median:n_warmup=2': MedianPruner.__init__() got an unexpected keyword "
+      "argument 'n_warmup'\n")
+  assert not study.exists()  # a mistake in the command leaves no study behind
   assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "tpe"]) == 0
   assert _load(study).user_attrs["sampler"] == "tpe"
   assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "random"]) == 2
