@@ -761,7 +761,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{grid_size(setup.space)} points")
     args.study.mkdir(parents=True, exist_ok=True)
     url = storage_url(args.storage, args.study)
-    study = open_study(setup, args, url, sampler, pruner)
+    # Under the workers' lock: tuners started at once agree on who made the study.
+    with file_lock(args.study / ".ask.lock", "another worker opening the study"):
+      study = open_study(setup, args, url, sampler, pruner)
     code = 0
     if args.trials:
       tuner = Tuner(setup, study, url, args)

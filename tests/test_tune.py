@@ -283,6 +283,7 @@ def test_kill_9_of_the_tuner_then_two_journal_workers_resume_without_duplicates(
   sessions = json.loads((folder / "trials/0000/run.json").read_text())["sessions"]
   assert [s["outcome"] for s in sessions] == [None, "finished"]  # killed, then resumed
   assert sessions[1]["first_step"] in (4, 8)  # from its own checkpoint
+  assert len(json.loads((folder / "trials/0001/run.json").read_text())["sessions"]) == 1
   assert "(resuming trials/0000)" in "".join(out for out, _ in outputs)
   for t in study.trials:
     assert t.value == json.loads((folder / f"trials/{t.number:04d}/results.json").read_text())[
