@@ -27,6 +27,9 @@ them), so a rerun with another sampler, pruner, seed, space or config is refused
 `--rerun-best N` trains the best trial's config with N new seeds in `<study>/best/seed=<s>/`
 and reports mean ± std with a t-interval on every split the config evaluates
 (`research.report`).
+
+Not yet: a trial that is itself a multi-process run (process 0 asking, the parameters broadcast
+to the others); a trial is one process, on all of its machine's devices.
 """
 
 from __future__ import annotations
@@ -236,16 +239,21 @@ def open_storage(url: str):
 
 @contextlib.contextmanager
 def file_lock(path: pathlib.Path, what: str, seconds: float = LOCK_WAIT_SECONDS):
-  """Holds an exclusive lock on `path`, waiting at most `seconds` for another holder."""
+  """Holds an exclusive lock on `path`, waiting at most `seconds` for another holder (and
+  saying so after the first two)."""
   path.parent.mkdir(parents=True, exist_ok=True)
   handle = path.open("a")
-  deadline = time.monotonic() + seconds
+  start = time.monotonic()
+  told = False
   while True:
     try:
       fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
       break
     except BlockingIOError:
-      if time.monotonic() > deadline:
+      if not told and time.monotonic() > start + 2:
+        say(f"waiting for {what} (at most {seconds:.0f} s; {path} is locked)")
+        told = True
+      if time.monotonic() > start + seconds:
         handle.close()
         raise TuneError(f"waited {seconds:.0f} s for {path} ({what}); is a worker hung?")
       time.sleep(0.05)
