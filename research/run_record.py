@@ -147,7 +147,8 @@ class RunRecord:
     self._write()
 
   def finish(self, step: int, throughput: Throughput, outcome: str) -> dict[str, Any]:
-    """Ends this session: 'finished', 'stopped by a signal' (to be resumed) or 'failed: ...'."""
+    """Ends this session: 'finished', 'pruned at step N' (by a tuner, `research.tune`),
+    'stopped by a signal' (to be resumed) or 'failed: ...'."""
     self.session.update(ended=now(), outcome=outcome, last_step=step,
                         throughput=throughput.as_record())
     return self._write()

@@ -24,7 +24,7 @@ import pathlib
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -233,6 +233,7 @@ class RunState:
   best: dict[str, Any] | None = None  # step, metric, value and results of the best evaluation
   evals_since_best: int = 0           # evaluations without a better best (early stopping)
   stopped_early: bool = False
+  pruned_at: int | None = None        # the step at which the caller's hook stopped the run
   skipped_steps: list[int] = dataclasses.field(default_factory=list)  # non-finite, not applied
   train_seconds: float = 0.0          # the training loop's time over all sessions
   last_results: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
@@ -274,6 +275,8 @@ class Run:
   total_steps: int
   throughput: run_record.Throughput  # this session's counts, for run.json
   batches: Any  # the training batches: what a checkpoint keeps of them (`resume_record`)
+  # (step, selection metric) -> whether to stop: a tuner's pruner (`research.tune`)
+  on_evaluation: Callable[[int, float], bool] | None = None
 
 
 def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
@@ -332,6 +335,20 @@ def track_best(run: Run, state: RunState, step: int, results: dict[str, dict[str
     logging.info("early stopping at step %d: no better %s for %d evaluations; the best "
                  "checkpoint (step %d) is the model", step, config.eval.best_metric, patience,
                  state.best["step"])
+
+
+def consult_on_evaluation(run: Run, state: RunState, step: int) -> None:
+  """Gives the caller's `on_evaluation` hook this evaluation's selection metric (the value
+  `track_best` ranks by); when it answers True the run is pruned: it stops after this step's
+  checkpoint, as early stopping does, and stays stopped on a rerun."""
+  if run.on_evaluation is None:
+    return
+  config = run.config
+  value = state.last_results[config.data.eval_splits[0]][config.eval.best_metric]
+  if run.on_evaluation(step, value):
+    state.pruned_at = step
+    logging.info("pruned at step %d: the tuner stops this run (%s %.4f)", step,
+                 config.eval.best_metric, value)
 
 
 def _kept(run: Run, state: RunState) -> str:
@@ -442,12 +459,15 @@ def _test_pause(point: str, step: int, stop: StopSignals) -> None:
 ################################################################################
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                       on_evaluation: Callable[[int, float], bool] | None = None
                        ) -> dict[str, Any]:
   """Fine-tunes, evaluates and checkpoints; resumes if `workdir` holds a checkpoint.
 
   Returns the summary also written to `<workdir>/results.json`; raises `Interrupted` after
-  saving a checkpoint if a signal stopped it.
+  saving a checkpoint if a signal stopped it. `on_evaluation(step, value)`, if given, is told
+  the selection metric after every periodic evaluation and may prune the run by returning True
+  (`consult_on_evaluation`).
   """
   workdir = pathlib.Path(workdir)
   config_lib.validate(config)
@@ -457,11 +477,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   with (compiled_programs_released(), writers.workdir_lock(workdir),
         writers.RunLog.attached(workdir / "train.log") as log, StopSignals() as stop):
     check_workdir(config, workdir)
-    return _train(config, workdir, log, stop)
+    return _train(config, workdir, log, stop, on_evaluation)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writers.RunLog,
-           stop: StopSignals) -> dict[str, Any]:
+           stop: StopSignals, on_evaluation: Callable[[int, float], bool] | None
+           ) -> dict[str, Any]:
   run_start = time.time()
   source = input_pipeline.locate(config.data)  # before the model: a data mistake fails fast
   logging.info("data: %s; a registered task looks at data.dataset, $%s, the hub, then the "
@@ -543,7 +564,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
     if int(state.step) < total_steps:  # a stream re-reads (and checks) the rows it trained on
       batches.check_resume(int(state.step), meta)
   start_step = int(state.step)
-  if ((start_step >= total_steps or run_state.stopped_early)
+  if ((start_step >= total_steps or run_state.stopped_early or run_state.pruned_at is not None)
       and (workdir / "results.json").exists()):
     logging.info("%s holds a finished run; its results.json stands", workdir)
     ckpts.close()
@@ -570,7 +591,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
             materialize=dp.compile_replicated(steps.make_materialize(lora_scale)),
             eval_splits=eval_splits, ckpts=ckpts, writer=writer,
             total_steps=total_steps,
-            throughput=run_record.Throughput())
+            throughput=run_record.Throughput(), on_evaluation=on_evaluation)
 
   # ---- Loop --------------------------------------------------------------------------------
   # Each step also sums every process's flags (stop requested, save requested) over all
@@ -585,8 +606,10 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
   last_save, save_requested = time.monotonic(), False
   unread: list[tuple[int, dict[str, jax.Array]]] = []  # (step, device metrics) not yet read
   step = start_step
+  # A pruned run killed before its results.json was written trains no further on resume.
+  end_step = total_steps if run_state.pruned_at is None else start_step
   prefetched = input_pipeline.prefetch(
-      batches(start_step, total_steps, dp.process_rows(micro_batch)), dp.put_train_batch)
+      batches(start_step, end_step, dp.process_rows(micro_batch)), dp.put_train_batch)
   try:
     for batch in prefetched:
       save_due = (dp.process_index == 0 and config.checkpoint.every_seconds > 0
@@ -617,6 +640,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
         run_state.last_results, model_params = evaluate(run, device_state, step)
         track_best(run, run_state, step, run_state.last_results, model_params)
         del model_params
+        consult_on_evaluation(run, run_state, step)
         _test_pause("best", step, stop)
         # A signal that came during the evaluation stops the run here, after it.
         stop_agreed = stop_agreed or dp.any_process(stop.requested is not None)
@@ -629,7 +653,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
         last_save, save_requested = time.monotonic(), False
       progress.pause(time.perf_counter() - paused)
       _test_pause("step", step, stop)
-      if run_state.stopped_early:
+      if run_state.stopped_early or run_state.pruned_at is not None:
         break
       if stop_agreed and step < total_steps:
         raise Interrupted(f"stopped by {stop.requested or 'a signal to another process'} at "
@@ -637,7 +661,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
                           "command to resume")
     if not run_state.last_results:  # resumed from a checkpoint saved before this code kept them
       run_state.last_results, _ = evaluate(run, device_state, step)
-    outcome = "finished"
+    outcome = ("finished" if run_state.pruned_at is None
+               else f"pruned at step {run_state.pruned_at}")
   except Interrupted:
     outcome = "stopped by a signal"
     raise
@@ -658,6 +683,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
   summary = {"final": {"step": step, "results": run_state.last_results}, "best": run_state.best,
              "early_stopping": ({"stopped_at": step, "restored": run_state.best["step"]}
                                 if run_state.stopped_early else None),
+             "pruned": None if run_state.pruned_at is None else {"step": run_state.pruned_at},
              "params": {"total": total, "trainable": trainable},
              "train": {"steps": step, "epochs": step / batches.steps_per_epoch,
                        "examples": step * config.train.batch_size,

@@ -1,0 +1,384 @@
+"""Hyper-parameter search (`research.tune`): spaces and samplers in-process, then a few tiny
+studies end to end (pruning, failure, kill -9 and resume, two workers on SQLite, journal and a
+real PostgreSQL server, the best trial rerun with new seeds)."""
+
+import csv
+import json
+import math
+import os
+import pathlib
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+from scipy import stats
+
+from conftest import REPO, require_data
+from helpers import tiny_config
+from research import search_space, train, tune
+from research.search_space import SpaceError
+
+# A study's config: 8 steps, an evaluation (reported to the trial) every 4.
+TINY_STUDY = f'''
+import sys
+sys.path.insert(0, {str(REPO / "tests")!r})
+from helpers import tiny_config
+
+def get_config(arg=None):
+  return tiny_config(**{{"train.num_steps": 8, "eval.every_steps": 4, "checkpoint.every_steps": 4,
+                        "log.every_steps": 4, "eval.best_metric": arg or "accuracy"}})
+
+def get_space(space):
+  return SPACE
+'''
+
+
+# Trials that differ in their seed only share one compiled train step (JAX's compilation cache).
+SEEDS = ('{"config.seed": space.integer(0, 1000), '
+         '"config.optimizer.learning_rate": space.fixed(1e-4)}')
+
+LEARNING_RATE = '{"config.optimizer.learning_rate": space.log_uniform(1e-5, 1e-3)}'
+
+
+def _study_config(tmp_path: pathlib.Path, space: str) -> pathlib.Path:
+  """A config file of the tiny run with `get_space` returning `space` (Python source)."""
+  path = tmp_path / "tiny_study.py"
+  path.write_text(TINY_STUDY.replace("  return SPACE", f"  return {space}"))
+  return path
+
+
+def _load(folder: pathlib.Path, storage: str | None = None) -> optuna.Study:
+  return optuna.load_study(study_name=folder.name,
+                           storage=storage or f"sqlite:///{folder / 'study.db'}")
+
+
+def _tune(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, "-m", "research.tune", *args], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, **(env or {})}, **kwargs)
+
+
+def _eval_values(workdir: pathlib.Path, metric: str) -> dict[int, float]:
+  """The run's own evaluation files: {step: metric on validation}."""
+  return {int(p.stem.rsplit("step", 1)[1]): json.loads(p.read_text())["metrics"][metric]
+          for p in (workdir / "eval").glob("validation_step*.json")}
+
+
+# ---- spaces and samplers, in-process ---------------------------------------------------------
+
+
+def test_space_declarations_refuse_what_cannot_be_searched():
+  config = tiny_config()
+  good = search_space.checked({
+      "config.optimizer.learning_rate": search_space.log_uniform(1e-5, 1e-3),
+      "config.train.batch_size": search_space.choice([16, 32]),
+      "config.seed": search_space.fixed(3)}, config, "c.py")
+  assert search_space.record(good) == {
+      "optimizer.learning_rate": {"kind": "log_uniform", "low": 1e-5, "high": 1e-3},
+      "train.batch_size": {"kind": "choice", "values": [16, 32]},
+      "seed": {"kind": "fixed", "value": 3}}
+  bad = [({"config.optimizer.learnin_rate": search_space.uniform(0.0, 1.0)},
+          "config.optimizer.learnin_rate' does not fit the config"),
+         ({"config.optimizer.learning_rate": search_space.uniform(1e-3, 1e-3)},
+          "config.optimizer.learning_rate: empty range, low 0.001 >= high 0.001"),
+         ({"config.optimizer.learning_rate": search_space.log_uniform(0.0, 1e-3)},
+          "config.optimizer.learning_rate: a log scale needs low > 0, not 0.0"),
+         ({"config.train.batch_size": search_space.choice([])},
+          "config.train.batch_size: choice of no values"),
+         ({"config.train.batch_size": search_space.uniform(8.0, 32.0)},
+          "config.train.batch_size' does not fit the config"),
+         ({"optimizer.learning_rate": search_space.uniform(0.0, 1.0)},
+          "must start with 'config.'"),
+         ({}, "must return a non-empty dict")]
+  for declared, message in bad:
+    with pytest.raises(SpaceError, match=None) as error:
+      search_space.checked(declared, config, "c.py")
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def _proposals(sampler_name: str, space: dict, n: int, workers: int = 1) -> list[dict]:
+  """`n` trials asked as the tuner asks them, each told a value, by `workers` tuners (each its
+  own sampler, with the same --seed) taking turns on one study."""
+  storage = optuna.storages.InMemoryStorage()
+  studies = [optuna.create_study(storage=storage, study_name="s", load_if_exists=True)
+             for _ in range(workers)]
+  rng = np.random.default_rng(0)
+  out = []
+  for i in range(n):
+    trial = tune.ask(studies[i % workers], sampler_name, space, seed=0)
+    studies[i % workers].tell(trial, float(rng.random()))
+    out.append(trial.params)
+  return out
+
+
+@pytest.mark.parametrize("sampler_name", ["quasi-random", "tpe"])
+def test_samplers_propose_configs_within_the_declared_space(sampler_name):
+  space = search_space.checked({
+      "config.optimizer.learning_rate": search_space.log_uniform(1e-5, 1e-3),
+      "config.optimizer.weight_decay": search_space.uniform(0.0, 0.1),
+      "config.train.batch_size": search_space.choice([16, 32]),
+      "config.train.grad_accum_steps": search_space.integer(1, 4)}, tiny_config(), "c.py")
+  proposals = _proposals(sampler_name, space, 16)
+  rates = np.array([p["optimizer.learning_rate"] for p in proposals])
+  assert ((1e-5 <= rates) & (rates <= 1e-3)).all()
+  assert all(0.0 <= p["optimizer.weight_decay"] <= 0.1 for p in proposals)
+  assert {p["train.batch_size"] for p in proposals} == {16, 32}
+  assert {p["train.grad_accum_steps"] for p in proposals} <= {1, 2, 3, 4}
+  # Log-uniform: each decade holds about half of the rates (a uniform draw would put 90% of
+  # them in the upper decade). Sobol points are balanced: 8 ± 1 (Optuna draws the first trial
+  # at random); TPE's first 10 are random draws, then it follows the told values.
+  low_decade = int((rates < 1e-4).sum())
+  assert (7 <= low_decade <= 9) if sampler_name == "quasi-random" else (3 <= low_decade <= 13)
+  for p in proposals:  # each proposal is a config the run accepts
+    config = tiny_config()
+    for name, value in p.items():
+      search_space.set_field(config, name, value)
+  # Two workers (or a rerun after a kill) with one --seed do not propose the same points.
+  shared = _proposals(sampler_name, space, 6, workers=2)
+  assert len({p["optimizer.learning_rate"] for p in shared}) == 6
+
+
+def test_grid_sampler_visits_every_point_once_and_ranges_are_refused():
+  space = search_space.checked({"config.train.batch_size": search_space.choice([16, 32]),
+                                "config.seed": search_space.choice([0, 1, 2])},
+                               tiny_config(), "c.py")
+  assert tune.grid_size(space) == 6
+  points = {tuple(p.values()) for p in _proposals("grid", space, 6)}
+  assert points == {(b, s) for b in (16, 32) for s in (0, 1, 2)}
+  ranged = search_space.checked({"config.seed": search_space.integer(0, 3)}, tiny_config(), "c")
+  with pytest.raises(tune.TuneError, match="--sampler grid searches choices only; seed is int"):
+    tune.make_sampler("grid", ranged, seed=0)
+  with pytest.raises(tune.TuneError, match="--sampler 'tpe:n_startup_trial=3': "):
+    tune.make_sampler("tpe:n_startup_trial=3", ranged, seed=0)
+  assert tune.make_pruner("asha", 4, 8)._min_resource == 4  # steps: the evaluation interval
+  assert (tune.failure_reason(-signal.SIGKILL, pathlib.Path("/nonexistent"))
+          == "killed by SIGKILL (out of memory?)")
+
+
+def test_bad_commands_are_one_line_and_a_rerun_must_match_the_study(tmp_path, capsys):
+  config = _study_config(tmp_path, LEARNING_RATE.replace("1e-5, 1e-3", "1e-3, 1e-5"))
+  study = tmp_path / "study"
+  assert tune.main(["--config", str(config), "--study", str(study), "--trials", "2"]) == 2
+  assert capsys.readouterr().err == ("error: search space config.optimizer.learning_rate: empty "
+                                     "range, low 0.001 >= high 1e-05\n")
+  assert not study.exists()
+  config = _study_config(tmp_path, LEARNING_RATE)
+  assert tune.main(["--config", str(config), "--study", str(study), "--pruner",
+                    "median:n_warmup=2"]) == 2
+  assert capsys.readouterr().err == (
+      "error: --pruner 'median:n_warmup=2': MedianPruner.__init__() got an unexpected keyword "
+      "argument 'n_warmup'\n")
+  assert not study.exists()  # a mistake in the command leaves no study behind
+  assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "tpe"]) == 0
+  assert _load(study).user_attrs["sampler"] == "tpe"
+  assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "random"]) == 2
+  assert capsys.readouterr().err == (
+      f"error: study 'study' in sqlite:///{study / 'study.db'} was made with --sampler \"tpe\"; "
+      "this command gives \"random\": rerun it as it was made, or use another --study / "
+      "--study-name\n")
+  assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "grid",
+                    "--trials", "3"]) == 2
+  assert "grid searches choices only" in capsys.readouterr().err
+  assert tune.main(["--config", str(config), "--study", str(study), "--storage",
+                    f"postgresql+psycopg2://nobody@/x?host={tmp_path}"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: --storage postgresql+psycopg2://nobody@/x?host=") and \
+      err.count("\n") == 1
+
+
+# ---- studies end to end ----------------------------------------------------------------------
+
+
+def test_study_prunes_records_failures_and_two_workers_split_it(tmp_path):
+  """Four grid trials on SQLite by two workers: loss is the metric, a threshold prunes the
+  trial whose learning rate blows the loss up, and grad_accum_steps 3 (not a divisor of the
+  batch) fails two trials with the run's one-line error; the study goes on."""
+  require_data("sst2")
+  config = _study_config(tmp_path, '{"config.optimizer.learning_rate": space.choice([1e-4, 1.0]), '
+                         '"config.train.grad_accum_steps": space.choice([1, 3])}')
+  folder = tmp_path / "grid"
+  process = _tune("--config", f"{config}:loss", "--study", str(folder), "--trials", "4",
+                  "--sampler", "grid", "--pruner", "threshold:upper=1.0", "--workers", "2")
+  out, err = process.communicate(timeout=600)
+  assert process.returncode == 0, err
+  study = _load(folder)
+  assert study.user_attrs == {
+      "config": f"{config}:loss", "config_path": str(config), "metric": "loss",
+      "direction": "minimize", "sampler": "grid", "pruner": "threshold:upper=1.0", "seed": 0,
+      "budget": 8, "space": {
+          "optimizer.learning_rate": {"kind": "choice", "values": [1e-4, 1.0]},
+          "train.grad_accum_steps": {"kind": "choice", "values": [1, 3]}}}
+  trials = {(t.params["optimizer.learning_rate"], t.params["train.grad_accum_steps"]): t
+            for t in study.trials}
+  assert len(trials) == len(study.trials) == 4
+  assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both workers took trials
+  for t in study.trials:
+    assert t.user_attrs["workdir"] == f"trials/{t.number:04d}"
+    assert t.user_attrs["overrides"] == t.params
+  completed, pruned = trials[1e-4, 1], trials[1.0, 1]
+  completed_dir, pruned_dir = (folder / t.user_attrs["workdir"] for t in (completed, pruned))
+  # The values Optuna holds are the runs' own evaluations.
+  assert completed.state == TrialState.COMPLETE and completed.user_attrs["outcome"] == "completed"
+  assert completed.intermediate_values == _eval_values(completed_dir, "loss")
+  assert completed.value == min(_eval_values(completed_dir, "loss").values())
+  results = json.loads((completed_dir / "results.json").read_text())
+  assert completed.value == results["best"]["value"]
+  assert completed.user_attrs["steps"] == 8
+  assert pruned.state == TrialState.PRUNED and pruned.user_attrs["outcome"] == "pruned"
+  assert pruned.intermediate_values == _eval_values(pruned_dir, "loss") and \
+      list(pruned.intermediate_values) == [4] and pruned.intermediate_values[4] > 1.0
+  assert pruned.user_attrs["steps"] == 4
+  assert json.loads((pruned_dir / "results.json").read_text())["pruned"] == {"step": 4}
+  assert json.loads((pruned_dir / "run.json").read_text())["outcome"] == "pruned at step 4"
+  for key in ((1e-4, 3), (1.0, 3)):
+    assert trials[key].state == TrialState.FAIL
+    assert trials[key].user_attrs["outcome"] == (
+        "failed: config.train.grad_accum_steps: 3 must be >= 1 and divide train.batch_size 16")
+  lines = out.splitlines()
+  assert f"[trial {pruned.number}] pruned at step 4 (loss {pruned.intermediate_values[4]:.4g})" \
+      in "\n".join(lines)
+  assert any(line.startswith(f"[trial {completed.number}, {completed.number + 1} of 4] "
+                             f"learning_rate=0.0001 grad_accum_steps=1") for line in lines)
+  assert lines[-1].startswith("4 trials: 1 completed, 1 pruned, 2 failed, 0 running or to "
+                              f"resume; best trial {completed.number}: loss")
+
+
+def test_kill_9_of_the_tuner_then_two_journal_workers_resume_without_duplicates(tmp_path):
+  require_data("sst2")
+  config = _study_config(tmp_path, SEEDS)
+  folder, marker = tmp_path / "journal", tmp_path / "paused"
+  command = ["--config", str(config), "--study", str(folder), "--trials", "2", "--sampler",
+             "quasi-random", "--storage", "journal"]
+  # The first trial is held after its step 8 (its step-4 checkpoint is complete by then: the
+  # step-8 save waits for it); kill -9 lands there and takes the trial with it.
+  process = _tune(*command, env={train.PAUSE_ENV: f"step:8:{marker}"})
+  deadline = time.monotonic() + 300
+  while not pathlib.Path(f"{marker}.0").exists():
+    assert time.monotonic() < deadline and process.poll() is None
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  assert process.wait() == -signal.SIGKILL
+  process.communicate()
+  storage = tune.open_storage(f"journal:{folder / 'journal.log'}")
+  assert [t.state for t in _load(folder, storage).trials] == [TrialState.RUNNING]
+  first_params = _load(folder, storage).trials[0].params
+  # Two tuners started on the same study: one resumes trial 0, the other runs trial 1.
+  workers = [_tune(*command) for _ in range(2)]
+  outputs = [w.communicate(timeout=600) for w in workers]
+  assert [w.returncode for w in workers] == [0, 0], outputs
+  study = _load(folder, tune.open_storage(f"journal:{folder / 'journal.log'}"))
+  assert [(t.number, t.state) for t in study.trials] == [(0, TrialState.COMPLETE),
+                                                         (1, TrialState.COMPLETE)]
+  assert study.trials[0].params == first_params
+  assert sorted(p.name for p in (folder / "trials").iterdir()) == ["0000", "0001"]
+  assert len({t.user_attrs["worker"].rsplit(":", 1)[0] for t in study.trials}) == 2
+  sessions = json.loads((folder / "trials/0000/run.json").read_text())["sessions"]
+  assert [s["outcome"] for s in sessions] == [None, "finished"]  # killed, then resumed
+  assert sessions[1]["first_step"] in (4, 8)  # from its own checkpoint
+  assert len(json.loads((folder / "trials/0001/run.json").read_text())["sessions"]) == 1
+  assert "(resuming trials/0000)" in "".join(out for out, _ in outputs)
+  for t in study.trials:
+    assert t.value == json.loads((folder / f"trials/{t.number:04d}/results.json").read_text())[
+        "best"]["value"]
+
+
+@pytest.fixture
+def postgres_url():
+  """A private PostgreSQL cluster on a unix socket in a temporary folder, and a database in
+  it; stopped and removed afterwards. As root, the server runs as the `postgres` user (it
+  refuses root)."""
+  initdb = sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+  found = shutil.which("initdb")
+  if not initdb and not found:
+    pytest.fail("the PostgreSQL server is not installed (initdb not found in "
+                "/usr/lib/postgresql/*/bin or on PATH): apt-get install postgresql (.ci/run does)")
+  bin_dir = initdb[-1].parent if initdb else pathlib.Path(found).parent
+  folder = pathlib.Path(tempfile.mkdtemp(prefix="pg", dir="/tmp"))  # a socket path is short
+  as_owner = []
+  if os.geteuid() == 0:
+    shutil.chown(folder, "postgres")
+    as_owner = ["runuser", "-u", "postgres", "--"]
+  data = folder / "data"
+
+  def run(*command):
+    subprocess.run(as_owner + [str(bin_dir / command[0]), *command[1:]], check=True,
+                   stdout=subprocess.DEVNULL, timeout=120)
+
+  try:
+    run("initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+    run("pg_ctl", "-D", str(data), "-l", str(folder / "server.log"), "-w", "-t", "60", "-o",
+        f"-c listen_addresses='' -k {folder} -c fsync=off", "start")
+    try:
+      run("createdb", "-h", str(folder), "-U", "postgres", "tune")
+      yield f"postgresql+psycopg2://postgres@/tune?host={folder}"
+    finally:
+      run("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
+  finally:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_postgresql_study_with_two_workers_then_the_best_rerun_with_new_seeds(tmp_path,
+                                                                              postgres_url):
+  require_data("sst2")
+  config = _study_config(tmp_path, SEEDS)
+  folder = tmp_path / "pg"
+  process = _tune("--config", str(config), "--study", str(folder), "--trials", "2", "--sampler",
+                  "random", "--storage", postgres_url, "--workers", "2", "--rerun-best", "2")
+  out, err = process.communicate(timeout=600)
+  assert process.returncode == 0, err
+  study = _load(folder, postgres_url)
+  assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+  assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+  assert not (folder / "study.db").exists()
+  # The best trial's config with the next two seeds, summarised as research.report does.
+  best = study.best_trial
+  assert best.user_attrs["overrides"] == {**best.params, "optimizer.learning_rate": 1e-4}
+  finals = []
+  for seed in (best.params["seed"] + 1, best.params["seed"] + 2):
+    run = folder / "best" / f"seed={seed}"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["seed"] == seed and saved["optimizer"]["learning_rate"] == 1e-4
+    finals.append(json.loads((run / "results.json").read_text())["final"]["results"][
+        "validation"]["accuracy"])
+  with (folder / "best" / "results.csv").open() as f:
+    (row,) = csv.DictReader(f)
+  mean, std, low, high = (float(row[f"accuracy_{k}"]) for k in ("mean", "std", "ci_low", "ci_high"))
+  half = stats.t.ppf(0.975, 1) * statistics.stdev(finals) / math.sqrt(2)
+  assert mean == pytest.approx(statistics.fmean(finals))
+  assert std == pytest.approx(statistics.stdev(finals))
+  assert (low, high) == (pytest.approx(mean - half), pytest.approx(mean + half))
+  assert f"rerunning the best trial {best.number}" in out
+
+
+def test_on_evaluation_prunes_the_run_and_a_resumed_pruned_run_trains_no_further(tmp_path):
+  """train.py's hook alone: told each evaluation's selection metric, True stops the run after
+  that step's checkpoint; resumed before its results.json was written, it stays pruned."""
+  require_data("sst2")
+  config = tiny_config(**{"train.num_steps": 12, "eval.every_steps": 4,
+                          "checkpoint.every_steps": 4})
+  told = []
+
+  def prune_at_8(step, value):
+    told.append((step, value))
+    return step == 8
+
+  summary = train.train_and_evaluate(config, tmp_path, on_evaluation=prune_at_8)
+  assert told == sorted(_eval_values(tmp_path, "accuracy").items())
+  assert [step for step, _ in told] == [4, 8]
+  assert summary["pruned"] == {"step": 8} and summary["train"]["steps"] == 8
+  assert json.loads((tmp_path / "run.json").read_text())["outcome"] == "pruned at step 8"
+  (tmp_path / "results.json").unlink()  # as if killed just before it was written
+  again = train.train_and_evaluate(config, tmp_path)
+  assert again["pruned"] == {"step": 8} and again["train"]["steps"] == 8
+  assert again["final"] == summary["final"]
+  sessions = json.loads((tmp_path / "run.json").read_text())["sessions"]
+  assert [(s["outcome"], s["first_step"], s["last_step"]) for s in sessions] == [
+      ("pruned at step 8", 0, 8), ("pruned at step 8", 8, 8)]
