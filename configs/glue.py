@@ -18,6 +18,13 @@ and embeddings, clipping at 1.0, sequences of up to 128 tokens.
 
 Results, ours next to transformers' Trainer on the same recipe and checkpoint:
 experiments/glue_minilm/results.md.
+
+`get_space` is what `research.tune` searches around that recipe (the ranges of the fine-tuning
+studies that followed BERT: learning rates over a decade, both batch sizes, warm-up and weight
+decay from none to twice the recipe's):
+
+  python -m research.tune --config configs/glue.py:rte --study runs/rte_tpe --trials 30 \
+      --sampler tpe --pruner asha
 """
 
 from configs import default
@@ -37,3 +44,12 @@ def get_config(arg=None):
     c.data.train_examples = 2000
     c.train.num_epochs = 1.0
   return c
+
+
+def get_space(space):
+  return {
+      "config.optimizer.learning_rate": space.log_uniform(1e-5, 1e-4),
+      "config.train.batch_size": space.choice([16, 32]),
+      "config.optimizer.warmup_ratio": space.uniform(0.0, 0.2),
+      "config.optimizer.weight_decay": space.uniform(0.0, 0.02),
+  }

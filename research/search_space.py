@@ -5,7 +5,7 @@ Next to `get_config` (and `get_hyper`, the grid of `research.sweep`), keys `conf
   def get_space(space):
     return {
         "config.optimizer.learning_rate": space.log_uniform(1e-5, 1e-3),
-        "config.optimizer.warmup_fraction": space.uniform(0.0, 0.2),
+        "config.optimizer.warmup_ratio": space.uniform(0.0, 0.2),
         "config.train.batch_size": space.choice([16, 32]),
         "config.peft.lora_rank": space.integer(4, 64, log=True),
         "config.train.num_steps": space.fixed(2000),   # the same in every trial

@@ -261,10 +261,12 @@ def write_tables(study: optuna.Study, folder: pathlib.Path, best, warnings: list
          + " |")
   counts = {name: sum(STATE_NAMES.get(t.state) == name for t in trials)
             for name in ("completed", "pruned", "failed", "running")}
+  budget = (f"{attrs['budget']} steps per trial" if attrs.get("budget")
+            else "each trial as long as its config's epochs")
   text = [f"# Study {study.study_name}", "",
           f"`--config {attrs.get('config', '?')}`; selection metric `{metric}` "
           f"({study.direction.name.lower()}); sampler {attrs.get('sampler', '?')}, pruner "
-          f"{attrs.get('pruner', '?')}, {attrs.get('budget', '?')} steps per trial.  ",
+          f"{attrs.get('pruner', '?')}, {budget}.  ",
           "Trials: " + ", ".join(f"{n} {name}" for name, n in counts.items()) + ".  ",
           "Search space: " + ("; ".join(format_space(f, s) for f, s in space.items()) or "—")
           + "."]
