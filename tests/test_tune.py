@@ -382,3 +382,11 @@ def test_on_evaluation_prunes_the_run_and_a_resumed_pruned_run_trains_no_further
   sessions = json.loads((tmp_path / "run.json").read_text())["sessions"]
   assert [(s["outcome"], s["first_step"], s["last_step"]) for s in sessions] == [
       ("pruned at step 8", 0, 8), ("pruned at step 8", 8, 8)]
+
+
+def test_the_glue_configs_space_is_searchable(tmp_path):
+  """The README's tuning command: configs/glue.py declares a space of real fields."""
+  setup = tune.load_setup("configs/glue.py:rte", tmp_path)
+  assert sorted(setup.space) == ["optimizer.learning_rate", "optimizer.warmup_ratio",
+                                 "optimizer.weight_decay", "train.batch_size"]
+  assert (setup.metric, setup.direction) == ("accuracy", "maximize")
