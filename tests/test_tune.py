@@ -146,6 +146,17 @@ def test_samplers_propose_configs_within_the_declared_space(sampler_name):
   assert len({p["optimizer.learning_rate"] for p in shared}) == 6
 
 
+@pytest.mark.parametrize("sampler_name", ["random", "gp", "cmaes"])
+def test_the_other_samplers_propose_distinct_points_within_the_space(sampler_name):
+  space = search_space.checked({
+      "config.optimizer.learning_rate": search_space.log_uniform(1e-5, 1e-3),
+      "config.optimizer.weight_decay": search_space.uniform(0.0, 0.1)}, tiny_config(), "c.py")
+  proposals = _proposals(sampler_name, space, 8)
+  assert all(1e-5 <= p["optimizer.learning_rate"] <= 1e-3 for p in proposals)
+  assert all(0.0 <= p["optimizer.weight_decay"] <= 0.1 for p in proposals)
+  assert len({p["optimizer.learning_rate"] for p in proposals}) == 8
+
+
 def test_grid_sampler_visits_every_point_once_and_ranges_are_refused():
   space = search_space.checked({"config.train.batch_size": search_space.choice([16, 32]),
                                 "config.seed": search_space.choice([0, 1, 2])},
