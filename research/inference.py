@@ -89,7 +89,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
                      f"{e}; its results were not written") from e
     scalars, report = evaluation.score(config.task, split, outputs, loss)
     results[name] = scalars
-    evaluation.write_eval_file(workdir / "eval" / f"{name}_best.json", meta["step"], scalars, report)
+    evaluation.write_eval_file(workdir / "eval" / f"{name}_best.json", meta["step"], scalars,
+                               report, evaluation.per_example(config.task, split, outputs, report))
     text = evaluation.report_text(report) or json.dumps(report.get("scores", report), indent=1)
     logging.info("best checkpoint (step %d) on %s: %s\n%s", meta["step"], name,
                  ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()), text)
