@@ -126,10 +126,9 @@ def load_evaluation(workdir: pathlib.Path, split: str, checkpoint: str) -> Evalu
                        f"{', '.join(evaluated)})")
   if checkpoint == "final":
     candidates = [f"{split}_step{results['final']['step']}"]
-  else:
+  else:  # the best checkpoint re-evaluated by --mode=eval, else its evaluation in training
     best = results.get("best") or {}
-    candidates = [f"{split}_step{best['step']}"] if "step" in best else []
-    candidates.append(f"{split}_best")
+    candidates = [f"{split}_best"] + ([f"{split}_step{best['step']}"] if "step" in best else [])
   for stem in candidates:
     path = workdir / "eval" / f"{stem}_per_example.json"
     if path.is_file():
@@ -141,7 +140,7 @@ def load_evaluation(workdir: pathlib.Path, split: str, checkpoint: str) -> Evalu
   advice = ("rerun `python -m research.main --config <its config> --workdir "
             f"{workdir} --mode=eval` and compare with --checkpoint best")
   raise CompareError(f"{workdir} has no per-example predictions of {split} "
-                     f"(eval/{candidates[0]}_per_example.json; a run made before they were "
+                     f"(eval/{candidates[-1]}_per_example.json; a run made before they were "
                      f"saved): {advice}")
 
 

@@ -3,15 +3,13 @@ predictions, Holm by hand, Welch and ASO against scipy and deepsig called direct
 of a resample against research.metrics, and its command line on real and synthetic runs.
 
 The runs' per-example files of each task kind are rescored in the tests that make those runs
-(test_train, test_data_formats, test_relations, test_qa, test_reference_training):
-`helpers.assert_rescored`.
+(test_train, test_data_formats, test_relations, test_qa, test_reference_training:
+`helpers.assert_rescored`), and the command is run on two real runs in test_train, beside the
+run it reuses.
 """
 
 import dataclasses
 import json
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -234,32 +232,3 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
   assert not (tmp_path / "compare.json").exists()
-
-
-def test_cli_on_two_real_runs(reference_run, tmp_path):
-  """`python -m research.compare` on the tiny SST-2 run and a copy of it whose per-example
-  predictions (and reported accuracy) are changed on 10 examples."""
-  workdir, _, summary = reference_run
-  step = summary["final"]["step"]
-  other = tmp_path / "other"
-  shutil.copytree(workdir, other, ignore=shutil.ignore_patterns("checkpoints", "best", ".lock"))
-  path = other / "eval" / f"validation_step{step}_per_example.json"
-  examples = json.loads(path.read_text())
-  examples["prediction"] = [1 - p if i < 10 else p for i, p in enumerate(examples["prediction"])]
-  path.write_text(json.dumps(examples))
-  record_path = other / "eval" / f"validation_step{step}.json"
-  record = json.loads(record_path.read_text())
-  record["metrics"]["accuracy"] = metrics.accuracy(np.asarray(examples["gold"]),
-                                                   np.asarray(examples["prediction"]))
-  record_path.write_text(json.dumps(record))
-  result = subprocess.run([sys.executable, "-m", "research.compare", str(workdir), str(other),
-                           str(workdir), "--samples", "2000", "--output", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr
-  saved = json.loads((tmp_path / "compare.json").read_text())
-  changed, same = (c["pairs"][0] for c in saved["comparisons"])
-  assert same["p"] == 1.0 and same["ci"] == [0.0, 0.0]
-  assert changed["difference"] == pytest.approx(record["metrics"]["accuracy"] - summary[
-      "final"]["results"]["validation"]["accuracy"])
-  assert changed["ci"][0] <= changed["difference"] <= changed["ci"][1]
-  assert "[2/2]" in result.stderr and "| accuracy |" in result.stdout
