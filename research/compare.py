@@ -125,6 +125,8 @@ def load_evaluation(workdir: pathlib.Path, split: str, checkpoint: str) -> Evalu
     raise CompareError(f"{workdir} did not evaluate the split {split!r} (it evaluated: "
                        f"{', '.join(evaluated)})")
   if checkpoint == "final":
+    if "step" not in results["final"]:
+      raise CompareError(f"{workdir}/results.json names no final step")
     candidates = [f"{split}_step{results['final']['step']}"]
   else:  # the best checkpoint re-evaluated by --mode=eval, else its evaluation in training
     best = results.get("best") or {}
@@ -135,7 +137,7 @@ def load_evaluation(workdir: pathlib.Path, split: str, checkpoint: str) -> Evalu
       record = _read_json(workdir / "eval" / f"{stem}.json")
       return Evaluation(workdir, int(config.get("seed", 0)), int(record["step"]),
                         config["task"], record["metrics"], _read_json(path))
-  if config["task"]["kind"] == "masked_lm":
+  if config["task"].get("kind") == "masked_lm":
     raise CompareError(f"{workdir} is a masked-LM run: it has no examples to compare")
   advice = ("rerun `python -m research.main --config <its config> --workdir "
             f"{workdir} --mode=eval` and compare with --checkpoint best")
@@ -332,8 +334,18 @@ def paired_tests(score: Scorer, n: int, *, samples: int, seed: int) -> dict[str,
           "ci": [float(low), float(high)], "p": float(permutation.pvalue)}
 
 
-def holm(p_values: list[float]) -> list[float]:
-  """Holm-Bonferroni adjusted p-values (the i-th smallest times m - i + 1, kept monotone)."""
+def holm(p_values: list[float | None]) -> list[float | None]:
+  """Holm-Bonferroni adjusted p-values (the i-th smallest times m - i + 1, kept monotone);
+  an undefined p (None) stays None and is not counted."""
+  defined = [i for i, p in enumerate(p_values) if p is not None]
+  adjusted = _holm([p_values[i] for i in defined])
+  out: list[float | None] = [None] * len(p_values)
+  for i, p in zip(defined, adjusted):
+    out[i] = p
+  return out
+
+
+def _holm(p_values: list[float]) -> list[float]:
   p = np.asarray(p_values, np.float64)
   order = np.argsort(p, kind="stable")
   adjusted = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
@@ -345,12 +357,17 @@ def holm(p_values: list[float]) -> list[float]:
 def seed_tests(system: list[float], baseline: list[float], *, seed: int,
                aso_iterations: int = 1000) -> dict[str, Any]:
   """Over seeds: Welch's t-test, and almost stochastic order's epsilon_min of 'the system is
-  better than the baseline' (deepsig; `aso_iterations` bootstrap iterations, its default)."""
+  better than the baseline' (deepsig; `aso_iterations` bootstrap iterations, its default; 0:
+  not computed)."""
   from scipy import stats
-  welch = stats.ttest_ind(system, baseline, equal_var=False)
   out = {"system": system, "baseline": baseline,
-         "difference": float(np.mean(system) - np.mean(baseline)),
-         "welch_t": float(welch.statistic), "welch_p": float(welch.pvalue)}
+         "difference": float(np.mean(system) - np.mean(baseline)), "welch_t": None,
+         "welch_p": None}  # None: undefined, both without spread over their seeds
+  if np.std(system) > 0 or np.std(baseline) > 0:
+    welch = stats.ttest_ind(system, baseline, equal_var=False)
+    out.update(welch_t=float(welch.statistic), welch_p=float(welch.pvalue))
+  if aso_iterations <= 0:
+    return out
   try:
     from deepsig import aso
   except Exception as e:  # noqa: BLE001  not installed, or its torch does not load
@@ -373,12 +390,19 @@ def _check_reported(evaluation: Evaluation, metric: str, value: float) -> None:
                        f"predictions is {value!r}, the run reported {reported!r}")
 
 
-def compare(paths: list[pathlib.Path], *, split: str | None = None,
-            metric: str | None = None, samples: int = 10_000, seed: int = 0,
-            checkpoint: str = "final", aso_iterations: int = 1000,
-            progress=print) -> dict[str, Any]:
-  """Every system of `paths` against the first; returns compare.json's record."""
-  systems = [s for path in paths for s in systems_of(pathlib.Path(path))]
+def compare(paths: list[pathlib.Path], **options) -> dict[str, Any]:
+  """Every system of `paths` (run workdirs, sweep folders) against the first; returns
+  compare.json's record (`compare_systems`)."""
+  return compare_systems([s for path in paths for s in systems_of(pathlib.Path(path))],
+                         **options)
+
+
+def compare_systems(systems: list[System], *, split: str | None = None,
+                    metric: str | None = None, samples: int = 10_000, seed: int = 0,
+                    checkpoint: str = "final", aso_iterations: int = 1000,
+                    progress=print) -> dict[str, Any]:
+  """Every system against the first on `split` (default: the first's first eval split), for
+  `metric` or every metric of the task; returns compare.json's record."""
   if len(systems) < 2:
     raise CompareError(f"{len(systems)} system given: a comparison needs at least two (two "
                        "runs, or a sweep of two settings)")
@@ -466,7 +490,9 @@ def _pct(value: float) -> str:
   return f"{100 * value:.2f}"
 
 
-def _p(value: float) -> str:
+def _p(value: float | None) -> str:
+  if value is None:
+    return "—"
   return f"{value:.3g}" if value >= 1e-3 else f"{value:.1e}"
 
 
@@ -499,7 +525,8 @@ def render(record: dict[str, Any]) -> str:
       lines.append(f"| {c['system']} | {c['metric']} | {len(s['system'])} vs "
                    f"{len(s['baseline'])} | {_pct(np.mean(s['system']))} | "
                    f"{_pct(np.mean(s['baseline']))} | {_pct(s['difference'])} | "
-                   f"{s['welch_t']:.2f} | {_p(s['welch_p'])} | {_p(s['welch_p_holm'])} | "
+                   f"{'—' if s['welch_t'] is None else format(s['welch_t'], '.2f')} | "
+                   f"{_p(s['welch_p'])} | {_p(s['welch_p_holm'])} | "
                    f"{aso} |")
   if record["notes"]:
     lines += [""] + [f"Note: {note}." for note in record["notes"]]

@@ -107,6 +107,7 @@ def test_holm_by_hand():
   assert compare.holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
   assert compare.holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])
   assert compare.holm([0.02]) == [0.02]
+  assert compare.holm([0.04, None, 0.01]) == pytest.approx([0.04, None, 0.02])  # m = 2
 
 
 def test_seed_tests_are_welch_and_deepsig_aso():
@@ -118,6 +119,9 @@ def test_seed_tests_are_welch_and_deepsig_aso():
   assert result["aso_epsilon_min"] == aso(system, baseline, seed=3, show_progress=False,
                                           num_bootstrap_iterations=100)
   assert result["aso_epsilon_min"] < 0.5
+  # Seeds without spread on both sides: no t statistic (scipy would warn and give NaN).
+  same = compare.seed_tests([0.5, 0.5], [0.5, 0.5], seed=3, aso_iterations=0)
+  assert same["welch_p"] is None and "aso_epsilon_min" not in same
 
 
 def test_resampled_metrics_equal_research_metrics():
