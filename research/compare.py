@@ -18,15 +18,16 @@ per-example predictions every evaluation saves (`eval/<split>_step<N>_per_exampl
   p Holm         Holm-Bonferroni over the k - 1 comparisons with the baseline (per metric,
                  seed pair and test); equal to p when two systems are compared
 
-Both tests are scipy.stats' (bootstrap, permutation_test) on example indices, vectorised: a
-resample's confusion matrices (or summed per-example counts) come from one bincount. A system
-with several seeds is compared seed by seed (its i-th seed, by seed value, with the baseline's
-i-th: the per-example tests never pool seeds), and over seeds with Welch's t-test and almost
-stochastic order (deepsig's `aso`: epsilon_min < 0.5 says the system is better). The
-evaluation compared is the run's last (`--checkpoint final`, the numbers research.report
-shows) or its best checkpoint's (`--checkpoint best`; for a run made before per-example
-predictions were saved, `--mode=eval` writes them). Prints a table; writes compare.md and
-compare.json into --output (default: the current directory).
+The bootstrap is scipy.stats.bootstrap on example indices; the permutation test follows
+scipy.stats.permutation_test's p-value, vectorised (both checked against scipy in the tests).
+A resample's confusion matrices come from one bincount, summed per-example counts from one
+gather. A system with several seeds is compared seed by seed (its i-th seed, by seed value,
+with the baseline's i-th: the per-example tests never pool seeds), and over seeds with Welch's
+t-test and almost stochastic order (deepsig's `aso`: epsilon_min < 0.5 says the system is
+better). The evaluation compared is the run's last (`--checkpoint final`, the numbers
+research.report shows) or its best checkpoint's (`--checkpoint best`; for a run made before
+per-example predictions were saved, `--mode=eval` writes them). Prints a table; writes
+compare.md and compare.json into --output (default: the current directory).
 """
 
 from __future__ import annotations
@@ -195,49 +196,77 @@ def _confusion_scorer(codes: np.ndarray, k: int,
 
 def _sum_scorer(table: np.ndarray, of_totals: Callable[[np.ndarray], np.ndarray]) -> Scorer:
   """A metric of per-example counts summed over the examples (`table`: [2n, columns])."""
+  chunk = max(1, _ROWS_PER_BATCH // (table.shape[0] * table.shape[1]))
+
   def score(rows):
     flat = _flat(rows)
-    offsets = np.arange(len(flat))[:, None] * len(table)
-    weights = np.bincount((offsets + flat).ravel(), minlength=len(flat) * len(table))
-    totals = weights.reshape(len(flat), len(table)).astype(np.float64) @ table
+    totals = np.concatenate([table[flat[i:i + chunk]].sum(-2)
+                             for i in range(0, len(flat), chunk)])
     return of_totals(totals).reshape(np.shape(rows)[:-1])
   return score
 
 
-def _each_scorer(gold: np.ndarray, predicted: np.ndarray,
-                 metric: Callable[[np.ndarray, np.ndarray], float]) -> Scorer:
-  """A metric called on each resample (correlations: ranks are not sums)."""
+def _rows_scorer(gold: np.ndarray, predicted: np.ndarray,
+                 of_rows: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Scorer:
+  """A metric of the resampled (gold, prediction) rows themselves (correlations: ranks are
+  not sums), in chunks of bounded memory."""
+  chunk = max(1, _ROWS_PER_BATCH // (2 * len(gold)))  # 2n: the most distinct values
+
   def score(rows):
     flat = _flat(rows)
-    return np.array([metric(gold[r], predicted[r]) for r in flat]).reshape(np.shape(rows)[:-1])
+    values = [of_rows(gold[flat[i:i + chunk]], predicted[flat[i:i + chunk]])
+              for i in range(0, len(flat), chunk)]
+    return np.concatenate(values).reshape(np.shape(rows)[:-1])
   return score
 
 
-def _classification(task, gold, predictions) -> dict[str, Scorer]:
+def _confusion_scorers(task, gold, predictions, of_confusion) -> dict[str, Scorer]:
   k = len(task["label_names"])
   codes = np.concatenate([np.asarray(gold) * k + np.asarray(p) for p in predictions])
-  return {name: _confusion_scorer(codes, k, of) for name, of in (
-      ("accuracy", metrics.accuracy_of_confusion), ("f1", metrics.f1_of_confusion),
-      ("matthews_corr", metrics.matthews_of_confusion),
-      ("macro_f1", metrics.macro_f1_of_confusion))}
+  return {name: _confusion_scorer(codes, k, of) for name, of in of_confusion.items()}
+
+
+def _classification(task, gold, predictions) -> dict[str, Scorer]:
+  return _confusion_scorers(task, gold, predictions, {
+      "accuracy": metrics.accuracy_of_confusion, "f1": metrics.f1_of_confusion,
+      "matthews_corr": metrics.matthews_of_confusion, "macro_f1": metrics.macro_f1_of_confusion})
 
 
 def _relations(task, gold, predictions) -> dict[str, Scorer]:
-  scorers = _classification(task, gold, predictions)
-  k = len(task["label_names"])
-  codes = np.concatenate([np.asarray(gold) * k + np.asarray(p) for p in predictions])
-  scorers["relation_f1"] = _confusion_scorer(codes, k, lambda c: metrics.relation_f1_of_confusion(
-      c, task["label_names"], task.get("no_relation_label", "Other")))
-  del scorers["f1"], scorers["matthews_corr"]
-  return scorers
+  def relation_f1(c):
+    return metrics.relation_f1_of_confusion(c, task["label_names"],
+                                            task.get("no_relation_label", "Other"))
+  return _confusion_scorers(task, gold, predictions, {
+      "relation_f1": relation_f1, "accuracy": metrics.accuracy_of_confusion,
+      "macro_f1": metrics.macro_f1_of_confusion})
 
 
 def _regression(task, gold, predictions) -> dict[str, Scorer]:
   del task
   gold = np.tile(np.asarray(gold, np.float64), len(predictions))
   predicted = np.concatenate([np.asarray(p, np.float64) for p in predictions])
-  return {name: _each_scorer(gold, predicted, metrics.METRICS[name])
-          for name in ("pearson", "spearman")}
+  # Spearman: a resample's ranks from the rank of each value among all (no sort per resample).
+  gold_rank, gold_values = _dense_ranks(gold)
+  predicted_rank, predicted_values = _dense_ranks(predicted)
+  return {"pearson": _rows_scorer(gold, predicted, metrics.pearson_of_rows),
+          "spearman": _rows_scorer(gold_rank, predicted_rank, lambda g, p: metrics.pearson_of_rows(
+              _resampled_ranks(g, gold_values), _resampled_ranks(p, predicted_values)))}
+
+
+def _dense_ranks(values: np.ndarray) -> tuple[np.ndarray, int]:
+  """Each value's index among the distinct values in ascending order, and their number."""
+  distinct, index = np.unique(values, return_inverse=True)
+  return index, len(distinct)
+
+
+def _resampled_ranks(dense: np.ndarray, distinct: int) -> np.ndarray:
+  """Average ranks (1..n, ties sharing their mean, as metrics.average_ranks) of each row of
+  dense value indices ([rows, n]): the values below, plus half the ties and one."""
+  counts = np.bincount((np.arange(len(dense))[:, None] * distinct + dense).ravel(),
+                       minlength=len(dense) * distinct).reshape(len(dense), distinct)
+  below = np.cumsum(counts, axis=1) - counts
+  return (np.take_along_axis(below, dense, 1)
+          + (np.take_along_axis(counts, dense, 1) + 1) / 2.0)
 
 
 def _entities(task, gold, predictions) -> dict[str, Scorer]:
@@ -293,7 +322,8 @@ UNITS = {"classification": "examples", "regression": "examples",
 # Metrics a split cannot resample: chosen on the split itself.
 UNSUPPORTED = {"best_exact": "its no-answer threshold is chosen on the evaluated split itself",
                "best_f1": "its no-answer threshold is chosen on the evaluated split itself",
-               "loss": "no per-example losses are saved", "mse": "not a task metric"}
+               "loss": "no per-example losses are saved",
+               "mse": "not a task metric: compare pearson or spearman"}
 
 
 def scorers(a: Evaluation, b: Evaluation) -> dict[str, Scorer]:
@@ -316,8 +346,8 @@ def scorers(a: Evaluation, b: Evaluation) -> dict[str, Scorer]:
 
 def paired_tests(score: Scorer, n: int, *, samples: int, seed: int) -> dict[str, Any]:
   """Difference (first minus second of the stacked systems), its paired bootstrap percentile
-  interval and the paired permutation test's two-sided p-value, by scipy.stats on example
-  indices with `samples` resamples each."""
+  interval (scipy.stats.bootstrap on example indices) and the paired permutation test's
+  two-sided p-value (`permutation_p`), `samples` resamples each."""
   from scipy import stats
   index = np.arange(n)
   first, second = float(score(index)), float(score(index + n))
@@ -326,12 +356,30 @@ def paired_tests(score: Scorer, n: int, *, samples: int, seed: int) -> dict[str,
   boot = stats.bootstrap((index,), lambda i, axis=-1: score(i) - score(i + n), vectorized=True,
                          n_resamples=samples, batch=batch, method="percentile",
                          confidence_level=CONFIDENCE, rng=rng)
-  permutation = stats.permutation_test(
-      (index, index + n), lambda x, y, axis=-1: score(x) - score(y), vectorized=True,
-      permutation_type="samples", n_resamples=samples, batch=batch, rng=rng)
   low, high = boot.confidence_interval
   return {"system": first, "baseline": second, "difference": first - second,
-          "ci": [float(low), float(high)], "p": float(permutation.pvalue)}
+          "ci": [float(low), float(high)],
+          "p": permutation_p(score, n, first - second, samples=samples, rng=rng)}
+
+
+def permutation_p(score: Scorer, n: int, observed: float, *, samples: int,
+                  rng: np.random.Generator) -> float:
+  """Approximate randomisation: each resample swaps each example's two predictions with
+  probability 1/2; the two-sided p-value as scipy.stats.permutation_test(permutation_type=
+  'samples') gives it for a randomised test (twice the smaller tail, each counting the
+  observed, with its tolerance for equal values). Its own loop: scipy's visits every example
+  in Python for each batch."""
+  index = np.arange(n)
+  batch = max(1, _ROWS_PER_BATCH // n)
+  null = []
+  for start in range(0, samples, batch):
+    swap = rng.random((min(batch, samples - start), n)) < 0.5
+    null.append(score(index + n * swap) - score(index + n * ~swap))
+  null = np.concatenate(null)
+  tolerance = abs(100 * np.finfo(np.float64).eps * observed)
+  less = (np.count_nonzero(null <= observed + tolerance) + 1) / (samples + 1)
+  greater = (np.count_nonzero(null >= observed - tolerance) + 1) / (samples + 1)
+  return float(min(1.0, 2 * min(less, greater)))
 
 
 def holm(p_values: list[float | None]) -> list[float | None]:

@@ -119,27 +119,43 @@ def pearson(labels: np.ndarray, predictions: np.ndarray) -> float:
   if not (np.isfinite(labels).all() and np.isfinite(predictions).all()):
     raise MetricError("the correlation cannot be computed: the labels or predictions hold NaN "
                       "or infinite values")
-  x, y = labels - labels.mean(), predictions - predictions.mean()
-  denom = np.sqrt(np.sum(x * x) * np.sum(y * y))
-  if denom == 0:
-    side = "labels" if not np.any(x) else "predictions"
+  r = pearson_of_rows(labels, predictions)
+  if np.isnan(r):
+    side = "labels" if np.all(labels == labels[0]) else "predictions"
     raise MetricError(f"the correlation is undefined: all {side} are equal")
-  return float(np.sum(x * y) / denom)
+  return float(r)
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-  """Ranks 1..n with ties sharing their mean rank (scipy.stats.rankdata's 'average')."""
-  order = np.argsort(x, kind="mergesort")
-  sorted_x = x[order]
-  starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-  ends = np.r_[starts[1:], len(x)]
-  ranks = np.empty(len(x), np.float64)
-  ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+def pearson_of_rows(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+  """Pearson's r of each row ([..., n] -> [...]); NaN where a side is constant."""
+  labels, predictions = np.asarray(labels, np.float64), np.asarray(predictions, np.float64)
+  x = labels - labels.mean(-1, keepdims=True)
+  y = predictions - predictions.mean(-1, keepdims=True)
+  denom = np.sqrt(np.sum(x * x, -1) * np.sum(y * y, -1))
+  return np.divide(np.sum(x * y, -1), denom, out=np.full(denom.shape, np.nan), where=denom > 0)
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+  """Ranks 1..n along the last axis, ties sharing their mean rank (scipy.stats.rankdata's
+  'average')."""
+  x = np.asarray(x)
+  order = np.argsort(x, axis=-1, kind="mergesort")
+  sorted_x = np.take_along_axis(x, order, -1)
+  n = x.shape[-1]
+  starts_group = np.ones(x.shape, bool)  # the first of its run of equal values
+  starts_group[..., 1:] = sorted_x[..., 1:] != sorted_x[..., :-1]
+  ends_group = np.ones(x.shape, bool)  # the last of its run
+  ends_group[..., :-1] = starts_group[..., 1:]
+  position = np.broadcast_to(np.arange(n), x.shape)
+  start = np.maximum.accumulate(np.where(starts_group, position, 0), axis=-1)
+  end = np.flip(np.minimum.accumulate(np.flip(np.where(ends_group, position, n), -1), -1), -1)
+  ranks = np.empty(x.shape, np.float64)
+  np.put_along_axis(ranks, order, (start + end + 2) / 2.0, -1)
   return ranks
 
 
 def spearman(labels: np.ndarray, predictions: np.ndarray) -> float:
-  return pearson(_average_ranks(np.asarray(labels)), _average_ranks(np.asarray(predictions)))
+  return pearson(average_ranks(np.asarray(labels)), average_ranks(np.asarray(predictions)))
 
 
 def classification_report(labels: np.ndarray, predictions: np.ndarray,

@@ -52,10 +52,11 @@ def fake_run(workdir, gold, predicted, *, seed=0, split="validation", step=10,
 
 
 def test_bootstrap_and_permutation_equal_scipy_on_the_raw_predictions():
-  """Our tests (scipy on example indices, resamples scored by bincount) against scipy on the
-  raw values: accuracy as the mean of per-example correctness (vectorised), F1 with the
-  project's metric per resample (vectorized=False); other random streams, so equal within
-  Monte-Carlo error: ~0.002 for these interval ends and p-values at 2000-4000 resamples."""
+  """Our bootstrap (scipy's, on example indices, resamples scored by bincount) and our
+  vectorised permutation test against scipy.stats on the raw values: accuracy as the mean of
+  per-example correctness (vectorised), F1 with the project's metric per resample
+  (vectorized=False); other random streams, so equal within Monte-Carlo error: ~0.003 for
+  these interval ends and p-values at 2000-4000 resamples."""
   rng = np.random.default_rng(1)
   n = 300
   gold = rng.integers(0, 2, n)
@@ -236,3 +237,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
   assert not (tmp_path / "compare.json").exists()
+
+
+def test_resampled_correlations_equal_research_metrics_and_scipy():
+  """Pearson and Spearman of each resample (ties included) as research.metrics and
+  scipy.stats compute them one at a time."""
+  rng = np.random.default_rng(6)
+  gold = rng.integers(0, 6, 80) / 5  # STS-B-like scores, many ties
+  a, b = gold + rng.normal(0, 0.5, 80), np.round(gold + rng.normal(0, 0.5, 80), 1)
+  scorers = compare.scorers(_evaluation(gold, a, "regression", ()),
+                            _evaluation(gold, b, "regression", ()))
+  rows = rng.integers(0, 160, (4, 80))
+  both = np.concatenate([a, b])
+  for row, pearson, spearman in zip(rows, scorers["pearson"](rows), scorers["spearman"](rows)):
+    g, p = np.tile(gold, 2)[row], both[row]
+    assert pearson == pytest.approx(metrics.pearson(g, p), abs=1e-12)
+    assert spearman == pytest.approx(metrics.spearman(g, p), abs=1e-12)
+    assert spearman == pytest.approx(stats.spearmanr(g, p).statistic, abs=1e-12)
+  np.testing.assert_array_equal(metrics.average_ranks(np.array([[3, 1, 3, 2], [0, 0, 0, 0]])),
+                                [[3.5, 1, 3.5, 2], [2.5, 2.5, 2.5, 2.5]])
