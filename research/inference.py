@@ -69,7 +69,8 @@ def _placed_eval(config, setup: ModelSetup, params: Any):
 @compiled_programs_released()
 def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
              ) -> dict[str, dict[str, float]]:
-  """Re-evaluates the best checkpoint on `data.eval_splits`; writes eval/<split>_best.json."""
+  """Re-evaluates the best checkpoint on `data.eval_splits`; writes eval/<split>_best.json and
+  its per-example predictions (`research.compare --checkpoint best` reads them)."""
   workdir = pathlib.Path(workdir)
   writers.check_writable(workdir / "eval")  # before the work whose results it keeps
   setup, params, meta = load_best(config, workdir)
