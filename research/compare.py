@@ -19,12 +19,12 @@ per-example predictions every evaluation saves (`eval/<split>_step<N>_per_exampl
                  seed pair and test); equal to p when two systems are compared
 
 The bootstrap is scipy.stats.bootstrap on example indices; the permutation test follows
-scipy.stats.permutation_test's p-value, vectorised (both checked against scipy in the tests).
-A resample's confusion matrices come from one bincount, summed per-example counts from one
-gather. A system with several seeds is compared seed by seed (its i-th seed, by seed value,
-with the baseline's i-th: the per-example tests never pool seeds), and over seeds with Welch's
-t-test and almost stochastic order (deepsig's `aso`: epsilon_min < 0.5 says the system is
-better). The evaluation compared is the run's last (`--checkpoint final`, the numbers
+scipy.stats.permutation_test's p-value, vectorised (both checked against scipy in the tests). A
+resample's confusion matrices, or its counts of each example (times per-example counts), come
+from one bincount. A system with several seeds is compared seed by seed (its i-th seed, by seed
+value, with the baseline's i-th: the per-example tests never pool seeds), and over seeds with
+Welch's t-test and almost stochastic order (deepsig's `aso`: epsilon_min < 0.5 says the system
+is better). The evaluation compared is the run's last (`--checkpoint final`, the numbers
 research.report shows) or its best checkpoint's (`--checkpoint best`; for a run made before
 per-example predictions were saved, `--mode=eval` writes them). Prints a table; writes
 compare.md and compare.json into --output (default: the current directory).
@@ -195,14 +195,20 @@ def _confusion_scorer(codes: np.ndarray, k: int,
 
 
 def _sum_scorer(table: np.ndarray, of_totals: Callable[[np.ndarray], np.ndarray]) -> Scorer:
-  """A metric of per-example counts summed over the examples (`table`: [2n, columns])."""
-  chunk = max(1, _ROWS_PER_BATCH // (table.shape[0] * table.shape[1]))
+  """A metric of per-example counts summed over the examples (`table`: [2n, columns]): each
+  index row's counts of every example (one bincount) times the table."""
+  chunk = max(1, _ROWS_PER_BATCH // len(table))
+
+  def totals(flat):
+    offsets = np.arange(len(flat))[:, None] * len(table)
+    counts = np.bincount((offsets + flat).ravel(), minlength=len(flat) * len(table))
+    return counts.reshape(len(flat), len(table)).astype(np.float64) @ table
 
   def score(rows):
     flat = _flat(rows)
-    totals = np.concatenate([table[flat[i:i + chunk]].sum(-2)
-                             for i in range(0, len(flat), chunk)])
-    return of_totals(totals).reshape(np.shape(rows)[:-1])
+    return of_totals(np.concatenate([totals(flat[i:i + chunk])
+                                     for i in range(0, len(flat), chunk)])
+                     ).reshape(np.shape(rows)[:-1])
   return score
 
 
