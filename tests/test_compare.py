@@ -10,6 +10,7 @@ run it reuses.
 
 import dataclasses
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -111,7 +112,7 @@ def test_holm_by_hand():
   assert compare.holm([0.04, None, 0.01]) == pytest.approx([0.04, None, 0.02])  # m = 2
 
 
-def test_seed_tests_are_welch_and_deepsig_aso():
+def test_seed_tests_are_welch_and_deepsig_aso(monkeypatch):
   from deepsig import aso
   system, baseline = [0.71, 0.74, 0.69, 0.75], [0.66, 0.70, 0.64]
   result = compare.seed_tests(system, baseline, seed=3, aso_iterations=100)
@@ -123,6 +124,11 @@ def test_seed_tests_are_welch_and_deepsig_aso():
   # Seeds without spread on both sides: no t statistic (scipy would warn and give NaN).
   same = compare.seed_tests([0.5, 0.5], [0.5, 0.5], seed=3, aso_iterations=0)
   assert same["welch_p"] is None and "aso_epsilon_min" not in same
+  # Without deepsig the comparison goes on and says why there is no ASO.
+  monkeypatch.setitem(sys.modules, "deepsig", None)
+  result = compare.seed_tests(system, baseline, seed=3)
+  assert result["welch_p"] == pytest.approx(welch.pvalue)
+  assert result["aso_error"].startswith("deepsig does not import (ModuleNotFoundError")
 
 
 def test_resampled_metrics_equal_research_metrics():
