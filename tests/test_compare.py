@@ -11,6 +11,7 @@ run it reuses.
 import dataclasses
 import json
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -124,6 +125,14 @@ def test_seed_tests_are_welch_and_deepsig_aso(monkeypatch):
   # Seeds without spread on both sides: no t statistic (scipy would warn and give NaN).
   same = compare.seed_tests([0.5, 0.5], [0.5, 0.5], seed=3, aso_iterations=0)
   assert same["welch_p"] is None and "aso_epsilon_min" not in same
+  # One side without spread: a valid test, which scipy warns about (and we do not).
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    one_side = compare.seed_tests([0.55, 0.55], [0.5, 0.6, 0.4], seed=3, aso_iterations=0)
+  assert not caught
+  with pytest.warns(RuntimeWarning, match="Precision loss"):
+    reference = stats.ttest_ind([0.55, 0.55], [0.5, 0.6, 0.4], equal_var=False)
+  assert one_side["welch_p"] == pytest.approx(reference.pvalue)
   # Without deepsig the comparison goes on and says why there is no ASO.
   monkeypatch.setitem(sys.modules, "deepsig", None)
   result = compare.seed_tests(system, baseline, seed=3)
