@@ -8,6 +8,7 @@ metrics, plus a per-class (or per-entity-type) precision/recall/F1 report.
 from __future__ import annotations
 
 import contextlib
+import json
 import pathlib
 from typing import Any, Callable
 
@@ -154,6 +155,30 @@ def score(task_cfg, split: input_pipeline.EncodedSplit, outputs: np.ndarray,
   return scalars, report
 
 
+def per_example(task_cfg, split: input_pipeline.EncodedSplit, outputs: np.ndarray,
+                report: dict[str, Any]) -> dict[str, Any] | None:
+  """Each example's gold and prediction, in split order, from which any of the task's metrics
+  can be recomputed on a resample of the examples (`research.compare`): label ids (relations
+  too), regression scores, each sentence's word tag ids (a token task; the tag names are the
+  config's), or each question's id, gold answers, answer ('' for none) and null odds. None for
+  masked LM, which has no examples to resample."""
+  kind = task_cfg.kind
+  if kind == "masked_lm":
+    return None
+  if kind == "question_answering":
+    ids = [e["id"] for e in split.examples]
+    record = {"kind": kind, "id": ids, "gold": [list(e["answers"]) for e in split.examples],
+              "prediction": [report["predictions"][i] for i in ids]}
+    if report["null_odds"]:
+      record["null_odds"] = [report["null_odds"][i] for i in ids]
+    return record
+  predicted = predictions(kind, split, outputs)
+  if kind == "token_classification":
+    return {"kind": kind, "gold": [tags.tolist() for tags in split.word_labels],
+            "prediction": [tags.tolist() for tags in predicted]}
+  return {"kind": kind, "gold": split.labels.tolist(), "prediction": predicted.tolist()}
+
+
 def report_text(report: dict[str, Any]) -> str | None:
   """The fixed-width table(s) of a per-class report (relations: per relation, then per
   label); None for the reports that are not tables (entities, question answering)."""
@@ -165,10 +190,14 @@ def report_text(report: dict[str, Any]) -> str | None:
 
 
 def write_eval_file(path: pathlib.Path, step: int, scalars: dict[str, float],
-                    report: dict[str, Any]) -> None:
+                    report: dict[str, Any], examples: dict[str, Any] | None = None) -> None:
   """`eval/<split>_step<N>.json`: the metrics and the per-class (or per-type) report. For
   question answering, beside it in the official formats: `..._predictions.json` ({id:
-  answer}), `..._nbest.json` and `..._null_odds.json` (the official v2 script's na_prob file)."""
+  answer}), `..._nbest.json` and `..._null_odds.json` (the official v2 script's na_prob file).
+  With `examples` (`per_example`), beside it `..._per_example.json`, in one compact line."""
+  if examples is not None:
+    writers.write_text(path.with_name(f"{path.stem}_per_example.json"),
+                       json.dumps(examples, separators=(",", ":"), ensure_ascii=False) + "\n")
   if "predictions" in report:
     for part in ("predictions", "nbest", "null_odds"):
       writers.write_json(path.with_name(f"{path.stem}_{part}.json"), report[part])

@@ -69,7 +69,8 @@ def _placed_eval(config, setup: ModelSetup, params: Any):
 @compiled_programs_released()
 def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
              ) -> dict[str, dict[str, float]]:
-  """Re-evaluates the best checkpoint on `data.eval_splits`; writes eval/<split>_best.json."""
+  """Re-evaluates the best checkpoint on `data.eval_splits`; writes eval/<split>_best.json and
+  its per-example predictions (`research.compare --checkpoint best` reads them)."""
   workdir = pathlib.Path(workdir)
   writers.check_writable(workdir / "eval")  # before the work whose results it keeps
   setup, params, meta = load_best(config, workdir)
@@ -89,7 +90,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
                      f"{e}; its results were not written") from e
     scalars, report = evaluation.score(config.task, split, outputs, loss)
     results[name] = scalars
-    evaluation.write_eval_file(workdir / "eval" / f"{name}_best.json", meta["step"], scalars, report)
+    evaluation.write_eval_file(workdir / "eval" / f"{name}_best.json", meta["step"], scalars,
+                               report, evaluation.per_example(config.task, split, outputs, report))
     text = evaluation.report_text(report) or json.dumps(report.get("scores", report), indent=1)
     logging.info("best checkpoint (step %d) on %s: %s\n%s", meta["step"], name,
                  ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()), text)

@@ -27,28 +27,68 @@ def _safe_div(num, den):
   return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-def _prf(tp, n_pred, n_true):
+def precision_recall_f1(tp, n_pred, n_true):
   precision, recall = _safe_div(tp, n_pred), _safe_div(tp, n_true)
   return precision, recall, _safe_div(2 * precision * recall, precision + recall)
 
 
 def f1_binary(labels: np.ndarray, predictions: np.ndarray, positive: int = 1) -> float:
   """F1 of the positive class (GLUE's MRPC and QQP F1)."""
-  tp = np.sum((predictions == positive) & (labels == positive))
-  _, _, f1 = _prf(tp, np.sum(predictions == positive), np.sum(labels == positive))
-  return float(f1)
+  classes = int(max(labels.max(initial=0), predictions.max(initial=0), positive)) + 1
+  return float(f1_of_confusion(confusion_matrix(labels, predictions, classes), positive))
 
 
 def matthews_corrcoef(labels: np.ndarray, predictions: np.ndarray) -> float:
   """Multi-class Matthews correlation (Gorodkin's R_K); 0 when undefined, as in sklearn."""
   classes = int(max(labels.max(initial=0), predictions.max(initial=0))) + 1
-  c = confusion_matrix(labels, predictions, classes).astype(np.float64)
-  t, p, n, correct = c.sum(1), c.sum(0), c.sum(), np.trace(c)
-  cov_ytyp = correct * n - t @ p
-  cov_ypyp = n * n - p @ p
-  cov_ytyt = n * n - t @ t
-  denom = np.sqrt(cov_ytyt * cov_ypyp)
-  return float(cov_ytyp / denom) if denom > 0 else 0.0
+  return float(matthews_of_confusion(confusion_matrix(labels, predictions, classes)))
+
+
+# ---- The same metrics from [..., true, predicted] confusion matrices: any leading axes are a
+# batch (research.compare scores thousands of resamples of a split at once).
+
+
+def accuracy_of_confusion(c: np.ndarray) -> np.ndarray:
+  return _safe_div(np.trace(c, axis1=-2, axis2=-1), c.sum((-2, -1)))
+
+
+def f1_of_confusion(c: np.ndarray, positive: int = 1) -> np.ndarray:
+  _, _, f1 = precision_recall_f1(c[..., positive, positive], c[..., :, positive].sum(-1),
+                  c[..., positive, :].sum(-1))
+  return f1
+
+
+def matthews_of_confusion(c: np.ndarray) -> np.ndarray:
+  c = np.asarray(c, np.float64)
+  t, p, n = c.sum(-1), c.sum(-2), c.sum((-2, -1))
+  correct = np.trace(c, axis1=-2, axis2=-1)
+  cov_ytyp = correct * n - (t * p).sum(-1)
+  cov_ypyp = n * n - (p * p).sum(-1)
+  cov_ytyt = n * n - (t * t).sum(-1)
+  return _safe_div(cov_ytyp, np.sqrt(cov_ytyt * cov_ypyp))
+
+
+def macro_f1_of_confusion(c: np.ndarray) -> np.ndarray:
+  """The mean F1 over every class (`classification_report`'s macro average)."""
+  _, _, f1 = precision_recall_f1(np.diagonal(c, axis1=-2, axis2=-1), c.sum(-2), c.sum(-1))
+  return f1.mean(-1)
+
+
+def relation_f1_of_confusion(c: np.ndarray, label_names: Sequence[str],
+                             no_relation: str = "Other") -> np.ndarray:
+  """The official SemEval-2010 Task 8 macro-F1 (`relation_scores`' "official" F1)."""
+  names = np.asarray([relation_name(n) for n in label_names], object)
+  relations = sorted(set(names) - {no_relation})
+  if not relations:
+    return np.zeros(c.shape[:-2])
+  diagonal = np.diagonal(c, axis1=-2, axis2=-1)
+  f1s = []
+  for relation in relations:
+    member = names == relation
+    _, _, f1 = precision_recall_f1(diagonal[..., member].sum(-1), c[..., :, member].sum((-2, -1)),
+                    c[..., member, :].sum((-2, -1)))
+    f1s.append(f1)
+  return np.mean(f1s, axis=0)
 
 
 class MetricError(ValueError):
@@ -79,27 +119,43 @@ def pearson(labels: np.ndarray, predictions: np.ndarray) -> float:
   if not (np.isfinite(labels).all() and np.isfinite(predictions).all()):
     raise MetricError("the correlation cannot be computed: the labels or predictions hold NaN "
                       "or infinite values")
-  x, y = labels - labels.mean(), predictions - predictions.mean()
-  denom = np.sqrt(np.sum(x * x) * np.sum(y * y))
-  if denom == 0:
-    side = "labels" if not np.any(x) else "predictions"
+  r = pearson_of_rows(labels, predictions)
+  if np.isnan(r):
+    side = "labels" if np.all(labels == labels[0]) else "predictions"
     raise MetricError(f"the correlation is undefined: all {side} are equal")
-  return float(np.sum(x * y) / denom)
+  return float(r)
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-  """Ranks 1..n with ties sharing their mean rank (scipy.stats.rankdata's 'average')."""
-  order = np.argsort(x, kind="mergesort")
-  sorted_x = x[order]
-  starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-  ends = np.r_[starts[1:], len(x)]
-  ranks = np.empty(len(x), np.float64)
-  ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+def pearson_of_rows(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+  """Pearson's r of each row ([..., n] -> [...]); NaN where a side is constant."""
+  labels, predictions = np.asarray(labels, np.float64), np.asarray(predictions, np.float64)
+  x = labels - labels.mean(-1, keepdims=True)
+  y = predictions - predictions.mean(-1, keepdims=True)
+  denom = np.sqrt(np.sum(x * x, -1) * np.sum(y * y, -1))
+  return np.divide(np.sum(x * y, -1), denom, out=np.full(denom.shape, np.nan), where=denom > 0)
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+  """Ranks 1..n along the last axis, ties sharing their mean rank (scipy.stats.rankdata's
+  'average')."""
+  x = np.asarray(x)
+  order = np.argsort(x, axis=-1, kind="mergesort")
+  sorted_x = np.take_along_axis(x, order, -1)
+  n = x.shape[-1]
+  starts_group = np.ones(x.shape, bool)  # the first of its run of equal values
+  starts_group[..., 1:] = sorted_x[..., 1:] != sorted_x[..., :-1]
+  ends_group = np.ones(x.shape, bool)  # the last of its run
+  ends_group[..., :-1] = starts_group[..., 1:]
+  position = np.broadcast_to(np.arange(n), x.shape)
+  start = np.maximum.accumulate(np.where(starts_group, position, 0), axis=-1)
+  end = np.flip(np.minimum.accumulate(np.flip(np.where(ends_group, position, n), -1), -1), -1)
+  ranks = np.empty(x.shape, np.float64)
+  np.put_along_axis(ranks, order, (start + end + 2) / 2.0, -1)
   return ranks
 
 
 def spearman(labels: np.ndarray, predictions: np.ndarray) -> float:
-  return pearson(_average_ranks(np.asarray(labels)), _average_ranks(np.asarray(predictions)))
+  return pearson(average_ranks(np.asarray(labels)), average_ranks(np.asarray(predictions)))
 
 
 def classification_report(labels: np.ndarray, predictions: np.ndarray,
@@ -112,11 +168,11 @@ def classification_report(labels: np.ndarray, predictions: np.ndarray,
   k = len(label_names)
   c = confusion_matrix(labels, predictions, k)
   tp, n_pred, n_true = np.diag(c), c.sum(0), c.sum(1)
-  precision, recall, f1 = _prf(tp, n_pred, n_true)
+  precision, recall, f1 = precision_recall_f1(tp, n_pred, n_true)
   report = {name: {"precision": float(precision[i]), "recall": float(recall[i]),
                    "f1-score": float(f1[i]), "support": int(n_true[i])}
             for i, name in enumerate(label_names)}
-  mp, mr, mf = _prf(tp.sum(), n_pred.sum(), n_true.sum())
+  mp, mr, mf = precision_recall_f1(tp.sum(), n_pred.sum(), n_true.sum())
   total = int(n_true.sum())
   report["micro avg"] = {"precision": float(mp), "recall": float(mr), "f1-score": float(mf),
                          "support": total}
@@ -172,7 +228,7 @@ def entity_scores(gold: Sequence[Sequence[str]],
     keep = (lambda e: True) if name == "overall" else (lambda e, t=name: e[1] == t)
     g = {e for e in gold_set if keep(e)}
     p = {e for e in pred_set if keep(e)}
-    precision, recall, f1 = _prf(len(g & p), len(p), len(g))
+    precision, recall, f1 = precision_recall_f1(len(g & p), len(p), len(g))
     scores[name] = {"precision": float(precision), "recall": float(recall),
                     "f1-score": float(f1), "support": len(g)}
   return scores
@@ -205,7 +261,7 @@ def relation_scores(labels: np.ndarray, predictions: np.ndarray, label_names: Se
   scores = {}
   for relation in sorted(set(names) - {no_relation}):
     gold = gold_relation == relation
-    precision, recall, f1 = _prf(np.sum(correct_label & gold),
+    precision, recall, f1 = precision_recall_f1(np.sum(correct_label & gold),
                                  np.sum(predicted_relation == relation), np.sum(gold))
     scores[relation] = {"precision": float(precision), "recall": float(recall),
                         "f1-score": float(f1), "support": int(gold.sum())}

@@ -10,7 +10,11 @@ writes into the sweep folder:
                              training time; the best setting by `eval.best_metric` is marked ★;
                              below it, the pooled seed std against the std of the setting means
                              and a one-way ANOVA (is the spread more than seed noise?); then
-                             the task metrics of every other split the runs evaluated (test)
+                             the task metrics of every other split the runs evaluated (test);
+                             then every setting against the best on the main metric, seed by
+                             seed, over the same examples (research.compare: the difference,
+                             its paired bootstrap interval, permutation and Welch p-values,
+                             Holm-corrected)
   metric_vs_<key>.png        the main metric against each swept value, ± one std
   learning_curves.png        train loss and dev metric against the step, mean over seeds
 
@@ -239,6 +243,7 @@ def write_tables(sweep_dir: pathlib.Path, rows, facts) -> str:
                 f"F({anova['df_between']}, {anova['df_within']}) = {anova['F']:.2f}, "
                 f"p = {anova['p']:.3g}")
   summary += ".\n"
+  summary += paired_text(facts.get("paired"), main)
   if facts["code"]:
     summary += "\n" + "\n".join(f"{line}  " for line in facts["code"]) + "\n"
   for warning in facts["warnings"]:
@@ -246,6 +251,54 @@ def write_tables(sweep_dir: pathlib.Path, rows, facts) -> str:
   (sweep_dir / "results.md").write_text("# Sweep results\n\n" + text + summary)
   (sweep_dir / "results.csv").write_text("\n".join(csv) + "\n")
   return text + summary
+
+
+PAIRED_SAMPLES = 2000  # resamples of the report's paired tests (research.compare: 10000)
+
+
+def paired_tests(sweep_dir: pathlib.Path, rows, facts) -> dict[str, Any] | str | None:
+  """research.compare's record of every setting against the best on the main metric of the
+  first eval split, or why it could not be made (runs without per-example predictions); None
+  for a single setting."""
+  from research import compare, metrics
+  if len(rows) < 2:
+    return None
+  best = next(r for r in rows if r["setting"] == facts["best"])
+  systems = [compare.System(r["setting"], [
+      sweep_dir / run["name"] for run in sorted(r["runs"],
+                                                key=lambda run: run["config"].get("seed", 0))])
+      for r in [best] + [r for r in rows if r is not best]]
+  try:
+    return compare.compare_systems(systems, split=facts["split"], metric=facts["main"],
+                                   samples=PAIRED_SAMPLES, aso_iterations=0,
+                                   progress=lambda line: None)
+  except (compare.CompareError, metrics.MetricError) as e:
+    return str(e)
+
+
+def paired_text(record: dict[str, Any] | str | None, main: str) -> str:
+  if record is None:
+    return ""
+  if isinstance(record, str):
+    return f"\nPaired tests against the best setting: not computed: {record}.\n"
+  lines = [f"\nPaired tests against the best setting ★ on `{record['split']}` ({main} ×100; "
+           f"per seed pair over the same {record['n']} {record['units']}: the difference, its "
+           f"95% paired bootstrap interval and permutation p, {record['samples']} resamples; "
+           "Welch's t-test over seeds; p Holm-corrected over the settings; "
+           "`python -m research.compare` for every metric and ASO):", "",
+           "| setting | seeds | difference | 95% CI | p | p Holm | Welch p | Welch p Holm |",
+           "|---|---|---|---|---|---|---|---|"]
+  for c in record["comparisons"]:
+    seeds = c["seeds"]
+    for i, row in enumerate(c["pairs"]):
+      welch = (" | ".join("—" if p is None else f"{p:.3g}"
+                          for p in (seeds["welch_p"], seeds["welch_p_holm"]))
+               if seeds and i == 0 else " | ")
+      lines.append(f"| {c['system']} | {row['system_seed']} vs {row['baseline_seed']} | "
+                   f"{100 * row['difference']:.2f} | [{100 * row['ci'][0]:.2f}, "
+                   f"{100 * row['ci'][1]:.2f}] | {row['p']:.3g} | {row['p_holm']:.3g} | "
+                   f"{welch} |")
+  return "\n".join(lines) + "\n"
 
 
 def _hundred(value: float) -> str:
@@ -320,6 +373,7 @@ def write_report(sweep_dir: pathlib.Path, out_dir: pathlib.Path | None = None) -
   out_dir = out_dir or sweep_dir
   out_dir.mkdir(parents=True, exist_ok=True)
   rows, facts = aggregate(_load_runs(sweep_dir))
+  facts["paired"] = paired_tests(sweep_dir, rows, facts)
   for warning in facts["warnings"]:
     print(f"warning: {warning}", file=sys.stderr)
   text = write_tables(out_dir, rows, facts)

@@ -74,6 +74,30 @@ def _best_threshold(predictions: Mapping[str, str], raw: Mapping[str, float],
   return best / len(qids), best_threshold
 
 
+def raw_scores(predictions: Mapping[str, str], gold_answers: Mapping[str, list[str]]
+               ) -> tuple[dict[str, bool], dict[str, float], dict[str, float]]:
+  """Per question of `gold_answers`: (answerable, exact match, F1) of its prediction, each its
+  best over the gold answers that do not normalise to '' (none left: the gold is '')."""
+  has_answer, exact, f1 = {}, {}, {}
+  for qid, answers in gold_answers.items():
+    has_answer[qid] = bool(answers)
+    golds = [a for a in answers if normalize_answer(a)] or [""]
+    exact[qid] = max(exact_score(predictions[qid], g) for g in golds)
+    f1[qid] = max(f1_score(predictions[qid], g) for g in golds)
+  return has_answer, exact, f1
+
+
+def thresholded(raw: Mapping[str, float], has_answer: Mapping[str, bool],
+                no_answer_probs: Mapping[str, float] | None, threshold: float
+                ) -> dict[str, float]:
+  """Per-question scores with a question whose no-answer probability exceeds `threshold`
+  counted as answered '' (the official script's `apply_no_ans_threshold`)."""
+  if no_answer_probs is None:
+    return dict(raw)
+  return {qid: float(not has_answer[qid]) if no_answer_probs[qid] > threshold else score
+          for qid, score in raw.items()}
+
+
 def squad_scores(predictions: dict[str, str], gold_answers: dict[str, list[str]],
                  no_answer_probs: dict[str, float] | None = None,
                  threshold: float = 1.0) -> dict[str, float]:
@@ -100,20 +124,9 @@ def squad_scores(predictions: dict[str, str], gold_answers: dict[str, list[str]]
     if missing:
       raise ValueError(f"{len(missing)} of {len(gold_answers)} questions have no no-answer "
                        f"probability, e.g. {missing[0]!r}")
-  has_answer, raw_exact, raw_f1 = {}, {}, {}
-  for qid, answers in gold_answers.items():
-    has_answer[qid] = bool(answers)
-    golds = [a for a in answers if normalize_answer(a)] or [""]
-    raw_exact[qid] = max(exact_score(predictions[qid], g) for g in golds)
-    raw_f1[qid] = max(f1_score(predictions[qid], g) for g in golds)
-
-  def thresholded(raw: dict[str, float]) -> dict[str, float]:
-    if no_answer_probs is None:
-      return raw
-    return {qid: float(not has_answer[qid]) if no_answer_probs[qid] > threshold else score
-            for qid, score in raw.items()}
-
-  exact, f1 = thresholded(raw_exact), thresholded(raw_f1)
+  has_answer, raw_exact, raw_f1 = raw_scores(predictions, gold_answers)
+  exact, f1 = (thresholded(raw, has_answer, no_answer_probs, threshold)
+               for raw in (raw_exact, raw_f1))
 
   def summary(qids: list[str], prefix: str = "") -> dict[str, float]:
     return {f"{prefix}exact": sum(exact[q] for q in qids) / len(qids),

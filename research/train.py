@@ -309,7 +309,7 @@ def evaluate(run: Run, device_state: steps.TrainState, step: int
     results[name] = scalars
     run.writer.write(step, name, scalars)
     evaluation.write_eval_file(run.workdir / "eval" / f"{name}_step{step}.json", step, scalars,
-                               report)
+                               report, evaluation.per_example(config.task, split, outputs, report))
     logging.info("eval %s at step %d: %s", name, step,
                  ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
   return results, model_params

@@ -51,6 +51,23 @@ def tiny_checkpoint(path: pathlib.Path) -> pathlib.Path:
   return path
 
 
+def assert_rescored(workdir: pathlib.Path, split: str = "validation",
+                    checkpoint: str = "final") -> list[str]:
+  """The per-example predictions a run saved for an evaluation rescore (research.compare's
+  scorers, the project's metric functions) to every metric it reported that can be
+  resampled; returns those metrics."""
+  from research import compare
+  evaluation = compare.load_evaluation(pathlib.Path(workdir), split, checkpoint)
+  scorers = compare.scorers(evaluation, evaluation)
+  everything = np.arange(len(evaluation.examples["gold"]))
+  checked = [name for name in evaluation.reported if name in scorers]
+  assert checked, evaluation.reported
+  for name in checked:
+    np.testing.assert_allclose(scorers[name](everything), evaluation.reported[name],
+                               rtol=1e-9, atol=1e-12, err_msg=name)
+  return checked
+
+
 def train_rows(workdir: pathlib.Path) -> list[dict]:
   """The training rows of a run's metrics.jsonl (step, loss, grad_norm, learning_rate, ...)."""
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

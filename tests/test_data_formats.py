@@ -6,7 +6,7 @@ import re
 import ml_collections
 import pytest
 
-from helpers import tiny_config
+from helpers import assert_rescored, tiny_config
 from research import inference, train
 from research.data import input_pipeline
 
@@ -134,6 +134,7 @@ def test_a_token_task_without_label_names_trains_on_the_training_tags_and_predic
   folder = _conll_folder(tmp_path / "data")
   train.train_and_evaluate(_token_config(folder), workdir)
   names = ["O", "B-LOC", "B-PER", "I-PER"]
+  assert assert_rescored(workdir) == ["entity_f1"]  # its per-sentence predictions
   assert json.loads((workdir / "config.json").read_text())["task"]["label_names"] == names
   again = train.train_and_evaluate(_token_config(folder), workdir)  # the rerun is no conflict
   assert again["final"]["step"] == 2

@@ -13,7 +13,7 @@ import torch
 import transformers
 
 from conftest import require_data
-from helpers import tiny_checkpoint
+from helpers import assert_rescored, tiny_checkpoint
 from configs import squad as squad_config
 from research import config_lib, inference, tasks, train
 from research.data import input_pipeline as ip
@@ -174,6 +174,7 @@ def test_eval_writes_the_official_files_and_scores(small_run):
   assert all(isinstance(v, str) for v in predictions.values())
   record = json.loads((workdir / "eval" / f"validation_step{step}.json").read_text())
   assert record["report"]["scores"]["total"] == 48
+  assert assert_rescored(workdir) == ["f1", "exact", "HasAns_f1", "NoAns_f1"]
 
 
 def test_export_loads_in_transformers_with_the_same_start_and_end_logits(small_run, tmp_path):

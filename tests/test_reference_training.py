@@ -19,7 +19,7 @@ import torch
 import transformers
 
 from conftest import require_data
-from helpers import glue_runner, tiny_checkpoint, train_rows
+from helpers import assert_rescored, glue_runner, tiny_checkpoint, train_rows
 from configs import glue
 from research import inference, train
 from research.data import input_pipeline
@@ -99,7 +99,7 @@ def _train_both(c, workdir):
   initial = train.init_params(model_setup, train.seed_keys(c.seed)[0])
   logs, losses, final = _train_reference(c, model_setup, initial, workdir / "reference",
                                          int(c.train.num_epochs))
-  return dict(ours=train_rows(workdir / "ours"),
+  return dict(ours=train_rows(workdir / "ours"), ours_workdir=workdir / "ours",
               ours_final=hf_io.read_state_dict(workdir / "ours_export"),
               reference_logs=logs, reference_losses=losses, reference_final=final,
               initial=hf_io.state_dict_from_params(initial))
@@ -180,6 +180,7 @@ def test_real_checkpoint_regression_step_by_step(stsb_runs):
   np.testing.assert_allclose([r["grad_norm"] for r in ours], [r["grad_norm"] for r in logs],
                              rtol=1e-3)
   losses = stsb_runs["reference_losses"]
+  assert assert_rescored(stsb_runs["ours_workdir"]) == ["pearson", "spearman"]
   assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5  # it trained
   ours_final, reference, initial = (stsb_runs[k] for k in ("ours_final", "reference_final",
                                                           "initial"))

@@ -10,6 +10,7 @@ import torch
 import transformers
 
 from conftest import require_data
+from helpers import assert_rescored
 from configs import semeval2010_task8
 from research import config_lib, inference, metrics, tasks, train
 from research.data import input_pipeline as ip
@@ -233,6 +234,7 @@ def test_export_loads_in_transformers_with_the_same_logits(small_runs, tmp_path,
 
 def test_predict_writes_relations_with_probabilities(small_runs, tmp_path):
   config, workdir = small_runs("entity_start")
+  assert assert_rescored(workdir, "test") == ["relation_f1", "accuracy"]
   source = tmp_path / "in.txt"
   source.write_text("The <e1>cat</e1> sat in the <e2>box</e2>.\n<e1>Smoke</e1> from a "
                     "<e2>fire</e2>\n")

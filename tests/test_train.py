@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, require_data
-from helpers import assert_same_params, final_state, tiny_config, train_losses, train_rows
-from research import checkpoints, config_lib, inference, train
+from helpers import (assert_rescored, assert_same_params, final_state, tiny_config, train_losses,
+                     train_rows)
+from research import checkpoints, config_lib, inference, metrics, train
 from research.data import input_pipeline
 
 
@@ -121,6 +123,10 @@ def test_a_workdir_with_another_config_is_refused(reference_run):
 def test_eval_predict_and_export_use_the_best_checkpoint(reference_run, tmp_path):
   workdir, config, summary = reference_run
   results = inference.evaluate(config, workdir)
+  assert assert_rescored(workdir) == ["accuracy", "macro_f1"]
+  # --mode=eval saves the best checkpoint's per-example predictions (an older run's too).
+  assert (workdir / "eval" / "validation_best_per_example.json").is_file()
+  assert assert_rescored(workdir, checkpoint="best") == ["accuracy", "macro_f1"]
   best = summary["best"]["results"]["validation"]
   assert results["validation"]["accuracy"] == pytest.approx(best["accuracy"])
   assert results["validation"]["loss"] == pytest.approx(best["loss"], rel=1e-5)
@@ -307,3 +313,33 @@ def test_bfloat16_training_follows_float32_on_the_embedded_model(tmp_path):
   assert {x.dtype for x in jax.tree.leaves(state16["params"])} == {np.dtype("float32")}
   assert {x.dtype for x in jax.tree.leaves(state16["opt_state"])
           if np.issubdtype(x.dtype, np.floating)} == {np.dtype("float32")}
+
+
+def test_cli_on_two_real_runs(reference_run, tmp_path):
+  """`python -m research.compare` on the tiny SST-2 run and a copy of it whose per-example
+  predictions (and reported accuracy) are changed on 10 examples; the run against itself gives
+  p = 1 and a zero interval."""
+  workdir, _, summary = reference_run
+  step = summary["final"]["step"]
+  other = tmp_path / "other"
+  shutil.copytree(workdir, other, ignore=shutil.ignore_patterns("checkpoints", "best", ".lock"))
+  path = other / "eval" / f"validation_step{step}_per_example.json"
+  examples = json.loads(path.read_text())
+  examples["prediction"] = [1 - p if i < 10 else p for i, p in enumerate(examples["prediction"])]
+  path.write_text(json.dumps(examples))
+  record_path = other / "eval" / f"validation_step{step}.json"
+  record = json.loads(record_path.read_text())
+  record["metrics"]["accuracy"] = metrics.accuracy(np.asarray(examples["gold"]),
+                                                   np.asarray(examples["prediction"]))
+  record_path.write_text(json.dumps(record))
+  result = subprocess.run([sys.executable, "-m", "research.compare", str(workdir), str(other),
+                           str(workdir), "--samples", "2000", "--output", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  saved = json.loads((tmp_path / "compare.json").read_text())
+  changed, same = (c["pairs"][0] for c in saved["comparisons"])
+  assert same["p"] == 1.0 and same["ci"] == [0.0, 0.0]
+  assert changed["difference"] == pytest.approx(record["metrics"]["accuracy"] - summary[
+      "final"]["results"]["validation"]["accuracy"])
+  assert changed["ci"][0] <= changed["difference"] <= changed["ci"][1]
+  assert "[2/2]" in result.stderr and "| accuracy |" in result.stdout

@@ -1,0 +1,632 @@
+r"""Is the difference between systems real? Paired tests over the examples of one split.
+
+  python -m research.compare runs/baseline runs/ablation [--split test] [--metric accuracy]
+  python -m research.compare runs/rte_lr      # a sweep folder: one system per setting
+
+A system is a run's workdir, or the runs of a sweep folder (research.sweep's) that differ only
+in their seed (grouped as research.report groups them); a sweep of several settings is one
+system per setting. The first system is the baseline: every other one is compared with it
+(k - 1 comparisons, not all pairs). For each metric of the task, on one split, from the
+per-example predictions every evaluation saves (`eval/<split>_step<N>_per_example.json`):
+
+  difference     system minus baseline, each recomputed from the predictions with the
+                 project's metric functions (checked equal to what the run reported)
+  confidence     paired bootstrap over the examples (sentences for entity F1, questions for
+                 QA): both systems scored on the same resample; the percentile interval
+  p              paired permutation test (approximate randomisation): each example's two
+                 predictions swapped at random; two-sided, as scipy.stats.permutation_test
+  p Holm         Holm-Bonferroni over the k - 1 comparisons with the baseline (per metric,
+                 seed pair and test); equal to p when two systems are compared
+
+The bootstrap is scipy.stats.bootstrap on example indices; the permutation test follows
+scipy.stats.permutation_test's p-value, vectorised (both checked against scipy in the tests). A
+resample's confusion matrices, or its counts of each example (times per-example counts), come
+from one bincount. A system with several seeds is compared seed by seed (its i-th seed, by seed
+value, with the baseline's i-th: the per-example tests never pool seeds), and over seeds with
+Welch's t-test and almost stochastic order (deepsig's `aso`: epsilon_min < 0.5 says the system
+is better). The evaluation compared is the run's last (`--checkpoint final`, the numbers
+research.report shows) or its best checkpoint's (`--checkpoint best`; for a run made before
+per-example predictions were saved, `--mode=eval` writes them). Prints a table; writes
+compare.md and compare.json into --output (default: the current directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import sys
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+from research import metrics, report, squad
+
+CONFIDENCE = 0.95
+_ROWS_PER_BATCH = 4_000_000  # resamples per batch x examples: bounds the memory of a batch
+
+
+class CompareError(ValueError):
+  """Input that cannot be compared (not a run, other examples, no predictions); `main` prints
+  it in one line and exits with 2."""
+
+
+################################################################################
+# Loading: systems, their runs, and each run's predictions on the split.       #
+################################################################################
+
+
+@dataclasses.dataclass
+class Evaluation:
+  """One run's evaluation of the split: its reported metrics and per-example predictions."""
+  workdir: pathlib.Path
+  seed: int
+  step: int
+  task: dict[str, Any]          # config.json's task
+  reported: dict[str, float]    # the metrics the run wrote for this evaluation
+  examples: dict[str, Any]      # evaluation.per_example's record
+
+
+@dataclasses.dataclass
+class System:
+  name: str
+  runs: list[pathlib.Path]      # finished run workdirs, by seed
+  evaluations: list[Evaluation] = dataclasses.field(default_factory=list)
+
+
+def _read_json(path: pathlib.Path) -> Any:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError, UnicodeDecodeError) as e:
+    raise CompareError(f"{path} cannot be read: {e}") from e
+
+
+def _seed(workdir: pathlib.Path) -> int:
+  return int(_read_json(workdir / "config.json").get("seed", 0))
+
+
+def systems_of(path: pathlib.Path) -> list[System]:
+  """A run workdir (config.json) is one system; a sweep folder is one per setting."""
+  if (path / "config.json").is_file():
+    if not (path / "results.json").is_file():
+      raise CompareError(f"{path} holds no finished run (no results.json): finish it first")
+    return [System(str(path), [path])]
+  if not path.is_dir():
+    raise CompareError(f"{path} does not exist" if not path.exists()
+                       else f"{path} is a file, not a run's workdir or a sweep folder")
+  if (path / "sweep.json").is_file():
+    points = _read_json(path / "sweep.json")["points"]
+  else:
+    points = [{"name": p.parent.name, "overrides": {}}
+              for p in sorted(path.glob("*/config.json"))]
+  finished = [p for p in points if (path / p["name"] / "results.json").is_file()]
+  if not finished:
+    raise CompareError(f"{path} is neither a run's workdir (no config.json) nor a sweep folder "
+                       "with a finished run (no */results.json)")
+  if len(finished) < len(points):
+    print(f"warning: {path}: {len(points) - len(finished)} of {len(points)} runs are not "
+          "finished (no results.json) and are left out", file=sys.stderr)
+  groups: dict[str, list[pathlib.Path]] = {}
+  for point in finished:
+    groups.setdefault(report.setting_of(point), []).append(path / point["name"])
+  return [System(str(path) if len(groups) == 1 else f"{path}:{setting}",
+                 sorted(runs, key=_seed)) for setting, runs in groups.items()]
+
+
+def load_evaluation(workdir: pathlib.Path, split: str, checkpoint: str) -> Evaluation:
+  """The run's evaluation of `split` at its last step ('final') or best checkpoint ('best';
+  also the re-evaluation `--mode=eval` writes, eval/<split>_best*.json)."""
+  config = _read_json(workdir / "config.json")
+  results = _read_json(workdir / "results.json")
+  evaluated = list(results["final"]["results"])
+  if split not in evaluated:
+    raise CompareError(f"{workdir} did not evaluate the split {split!r} (it evaluated: "
+                       f"{', '.join(evaluated)})")
+  if checkpoint == "final":
+    if "step" not in results["final"]:
+      raise CompareError(f"{workdir}/results.json names no final step")
+    candidates = [f"{split}_step{results['final']['step']}"]
+  else:  # the best checkpoint re-evaluated by --mode=eval, else its evaluation in training
+    best = results.get("best") or {}
+    candidates = [f"{split}_best"] + ([f"{split}_step{best['step']}"] if "step" in best else [])
+  for stem in candidates:
+    path = workdir / "eval" / f"{stem}_per_example.json"
+    if path.is_file():
+      record = _read_json(workdir / "eval" / f"{stem}.json")
+      return Evaluation(workdir, int(config.get("seed", 0)), int(record["step"]),
+                        config["task"], record["metrics"], _read_json(path))
+  if config["task"].get("kind") == "masked_lm":
+    raise CompareError(f"{workdir} is a masked-LM run: it has no examples to compare")
+  advice = ("rerun `python -m research.main --config <its config> --workdir "
+            f"{workdir} --mode=eval` and compare with --checkpoint best")
+  raise CompareError(f"{workdir} has no per-example predictions of {split} "
+                     f"(eval/{candidates[-1]}_per_example.json; a run made before they were "
+                     f"saved): {advice}")
+
+
+def check_same_examples(evaluations: list[Evaluation], split: str) -> None:
+  """Every evaluation scored the same task on the same examples (gold and ids agree)."""
+  first = evaluations[0]
+  for other in evaluations[1:]:
+    where = f"{first.workdir} and {other.workdir}"
+    if (other.task["kind"], list(other.task["label_names"])) != (
+        first.task["kind"], list(first.task["label_names"])):
+      raise CompareError(f"{where} are different tasks ({first.task['kind']} "
+                         f"{list(first.task['label_names'])} vs {other.task['kind']} "
+                         f"{list(other.task['label_names'])})")
+    a, b = first.examples["gold"], other.examples["gold"]
+    if len(a) != len(b):
+      raise CompareError(f"{where} evaluated different examples of {split}: {len(a)} vs "
+                         f"{len(b)} examples")
+    for key in ("id", "gold"):
+      if first.examples.get(key) != other.examples.get(key):
+        i = next(i for i, (x, y) in enumerate(zip(first.examples[key], other.examples[key]))
+                 if x != y)
+        raise CompareError(f"{where} evaluated different examples of {split}: example {i + 1}'s "
+                           f"{key} is {first.examples[key][i]!r} vs {other.examples[key][i]!r}")
+
+
+################################################################################
+# Scoring resamples: a metric of two stacked prediction sets, by index arrays.  #
+################################################################################
+
+# A scorer takes index arrays [..., n] into the stacked examples of two systems (rows 0..n-1
+# the first's, n..2n-1 the second's) and returns the metric of each index row [...].
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+def _flat(rows: np.ndarray) -> np.ndarray:
+  rows = np.asarray(rows)
+  return rows.reshape(-1, rows.shape[-1]).astype(np.intp)
+
+
+def _confusion_scorer(codes: np.ndarray, k: int,
+                      of_confusion: Callable[[np.ndarray], np.ndarray]) -> Scorer:
+  """A metric of the confusion matrix; `codes` holds each example's gold * k + prediction."""
+  def score(rows):
+    flat = _flat(rows)
+    offsets = np.arange(len(flat))[:, None] * (k * k)
+    counts = np.bincount((offsets + codes[flat]).ravel(), minlength=len(flat) * k * k)
+    return of_confusion(counts.reshape(len(flat), k, k)).reshape(np.shape(rows)[:-1])
+  return score
+
+
+def _sum_scorer(table: np.ndarray, of_totals: Callable[[np.ndarray], np.ndarray]) -> Scorer:
+  """A metric of per-example counts summed over the examples (`table`: [2n, columns]): each
+  index row's counts of every example (one bincount) times the table."""
+  chunk = max(1, _ROWS_PER_BATCH // len(table))
+
+  def totals(flat):
+    offsets = np.arange(len(flat))[:, None] * len(table)
+    counts = np.bincount((offsets + flat).ravel(), minlength=len(flat) * len(table))
+    return counts.reshape(len(flat), len(table)).astype(np.float64) @ table
+
+  def score(rows):
+    flat = _flat(rows)
+    return of_totals(np.concatenate([totals(flat[i:i + chunk])
+                                     for i in range(0, len(flat), chunk)])
+                     ).reshape(np.shape(rows)[:-1])
+  return score
+
+
+def _rows_scorer(gold: np.ndarray, predicted: np.ndarray,
+                 of_rows: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Scorer:
+  """A metric of the resampled (gold, prediction) rows themselves (correlations: ranks are
+  not sums), in chunks of bounded memory."""
+  chunk = max(1, _ROWS_PER_BATCH // (2 * len(gold)))  # 2n: the most distinct values
+
+  def score(rows):
+    flat = _flat(rows)
+    values = [of_rows(gold[flat[i:i + chunk]], predicted[flat[i:i + chunk]])
+              for i in range(0, len(flat), chunk)]
+    return np.concatenate(values).reshape(np.shape(rows)[:-1])
+  return score
+
+
+def _confusion_scorers(task, gold, predictions, of_confusion) -> dict[str, Scorer]:
+  k = len(task["label_names"])
+  codes = np.concatenate([np.asarray(gold) * k + np.asarray(p) for p in predictions])
+  return {name: _confusion_scorer(codes, k, of) for name, of in of_confusion.items()}
+
+
+def _classification(task, gold, predictions) -> dict[str, Scorer]:
+  return _confusion_scorers(task, gold, predictions, {
+      "accuracy": metrics.accuracy_of_confusion, "f1": metrics.f1_of_confusion,
+      "matthews_corr": metrics.matthews_of_confusion, "macro_f1": metrics.macro_f1_of_confusion})
+
+
+def _relations(task, gold, predictions) -> dict[str, Scorer]:
+  def relation_f1(c):
+    return metrics.relation_f1_of_confusion(c, task["label_names"],
+                                            task.get("no_relation_label", "Other"))
+  return _confusion_scorers(task, gold, predictions, {
+      "relation_f1": relation_f1, "accuracy": metrics.accuracy_of_confusion,
+      "macro_f1": metrics.macro_f1_of_confusion})
+
+
+def _regression(task, gold, predictions) -> dict[str, Scorer]:
+  del task
+  gold = np.tile(np.asarray(gold, np.float64), len(predictions))
+  predicted = np.concatenate([np.asarray(p, np.float64) for p in predictions])
+  # Spearman: a resample's ranks from the rank of each value among all (no sort per resample).
+  gold_rank, gold_values = _dense_ranks(gold)
+  predicted_rank, predicted_values = _dense_ranks(predicted)
+  return {"pearson": _rows_scorer(gold, predicted, metrics.pearson_of_rows),
+          "spearman": _rows_scorer(gold_rank, predicted_rank, lambda g, p: metrics.pearson_of_rows(
+              _resampled_ranks(g, gold_values), _resampled_ranks(p, predicted_values)))}
+
+
+def _dense_ranks(values: np.ndarray) -> tuple[np.ndarray, int]:
+  """Each value's index among the distinct values in ascending order, and their number."""
+  distinct, index = np.unique(values, return_inverse=True)
+  return index, len(distinct)
+
+
+def _resampled_ranks(dense: np.ndarray, distinct: int) -> np.ndarray:
+  """Average ranks (1..n, ties sharing their mean, as metrics.average_ranks) of each row of
+  dense value indices ([rows, n]): the values below, plus half the ties and one."""
+  counts = np.bincount((np.arange(len(dense))[:, None] * distinct + dense).ravel(),
+                       minlength=len(dense) * distinct).reshape(len(dense), distinct)
+  below = np.cumsum(counts, axis=1) - counts
+  return (np.take_along_axis(below, dense, 1)
+          + (np.take_along_axis(counts, dense, 1) + 1) / 2.0)
+
+
+def _entities(task, gold, predictions) -> dict[str, Scorer]:
+  """Per sentence: entities found, predicted and gold (metrics.entities), words right, words."""
+  names = task["label_names"]
+  rows = []
+  for predicted in predictions:
+    for g, p in zip(gold, predicted):
+      gold_set = metrics.entities([names[t] for t in g])
+      predicted_set = metrics.entities([names[t] for t in p])
+      rows.append([len(gold_set & predicted_set), len(predicted_set), len(gold_set),
+                   sum(a == b for a, b in zip(g, p)), len(g)])
+  table = np.asarray(rows, np.float64)
+
+  def part(i):
+    return lambda t: metrics.precision_recall_f1(t[:, 0], t[:, 1], t[:, 2])[i]
+  return {"entity_precision": _sum_scorer(table, part(0)),
+          "entity_recall": _sum_scorer(table, part(1)),
+          "entity_f1": _sum_scorer(table, part(2)),
+          "accuracy": _sum_scorer(table, lambda t: t[:, 3] / t[:, 4])}
+
+
+def _answers(task, gold, predictions, ids, null_odds) -> dict[str, Scorer]:
+  """Per question: its exact match and F1 as research.squad scores them (thresholded on the
+  null odds as the evaluation did), for all questions and the (un)answerable ones."""
+  gold_answers = dict(zip(ids, gold))
+  rows = []
+  for predicted, odds in zip(predictions, null_odds):
+    has_answer, raw_exact, raw_f1 = squad.raw_scores(dict(zip(ids, predicted)), gold_answers)
+    probs = dict(zip(ids, odds)) if odds is not None else None
+    threshold = task.get("null_score_diff_threshold", 0.0)
+    exact, f1 = (squad.thresholded(raw, has_answer, probs, threshold)
+                 for raw in (raw_exact, raw_f1))
+    for qid in ids:
+      has = float(has_answer[qid])
+      rows.append([exact[qid], f1[qid], 1.0, has * exact[qid], has * f1[qid], has,
+                   (1 - has) * exact[qid], (1 - has) * f1[qid], 1 - has])
+  table = np.asarray(rows, np.float64)
+
+  def mean(column, of):  # 0 for a resample without such questions
+    return lambda t: np.divide(t[:, column], t[:, of], out=np.zeros(len(t)), where=t[:, of] > 0)
+  return {"exact": _sum_scorer(table, mean(0, 2)), "f1": _sum_scorer(table, mean(1, 2)),
+          "HasAns_exact": _sum_scorer(table, mean(3, 5)),
+          "HasAns_f1": _sum_scorer(table, mean(4, 5)),
+          "NoAns_exact": _sum_scorer(table, mean(6, 8)),
+          "NoAns_f1": _sum_scorer(table, mean(7, 8))}
+
+
+# What each task kind's per-example predictions are resampled by, and its metrics' scorers.
+UNITS = {"classification": "examples", "regression": "examples",
+         "relation_classification": "examples", "token_classification": "sentences",
+         "question_answering": "questions"}
+# Metrics a split cannot resample: chosen on the split itself.
+UNSUPPORTED = {"best_exact": "its no-answer threshold is chosen on the evaluated split itself",
+               "best_f1": "its no-answer threshold is chosen on the evaluated split itself",
+               "loss": "no per-example losses are saved",
+               "mse": "not a task metric: compare pearson or spearman"}
+
+
+def scorers(a: Evaluation, b: Evaluation) -> dict[str, Scorer]:
+  """The scorers of every metric over the stacked predictions of `a` then `b`."""
+  kind, task = a.task["kind"], a.task
+  predictions = [e.examples["prediction"] for e in (a, b)]
+  gold = a.examples["gold"]
+  if kind == "question_answering":
+    return _answers(task, gold, predictions, a.examples["id"],
+                    [e.examples.get("null_odds") for e in (a, b)])
+  return {"classification": _classification, "relation_classification": _relations,
+          "regression": _regression, "token_classification": _entities}[kind](
+              task, gold, predictions)
+
+
+################################################################################
+# The tests.                                                                   #
+################################################################################
+
+
+def paired_tests(score: Scorer, n: int, *, samples: int, seed: int) -> dict[str, Any]:
+  """Difference (first minus second of the stacked systems), its paired bootstrap percentile
+  interval (scipy.stats.bootstrap on example indices) and the paired permutation test's
+  two-sided p-value (`permutation_p`), `samples` resamples each."""
+  from scipy import stats
+  index = np.arange(n)
+  first, second = float(score(index)), float(score(index + n))
+  batch = max(1, _ROWS_PER_BATCH // n)
+  rng = np.random.default_rng(seed)
+  boot = stats.bootstrap((index,), lambda i, axis=-1: score(i) - score(i + n), vectorized=True,
+                         n_resamples=samples, batch=batch, method="percentile",
+                         confidence_level=CONFIDENCE, rng=rng)
+  low, high = boot.confidence_interval
+  return {"system": first, "baseline": second, "difference": first - second,
+          "ci": [float(low), float(high)],
+          "p": permutation_p(score, n, first - second, samples=samples, rng=rng)}
+
+
+def permutation_p(score: Scorer, n: int, observed: float, *, samples: int,
+                  rng: np.random.Generator) -> float:
+  """Approximate randomisation: each resample swaps each example's two predictions with
+  probability 1/2; the two-sided p-value as scipy.stats.permutation_test(permutation_type=
+  'samples') gives it for a randomised test (twice the smaller tail, each counting the
+  observed, with its tolerance for equal values). Its own loop: scipy's visits every example
+  in Python for each batch."""
+  index = np.arange(n)
+  batch = max(1, _ROWS_PER_BATCH // n)
+  null = []
+  for start in range(0, samples, batch):
+    swap = rng.random((min(batch, samples - start), n)) < 0.5
+    null.append(score(index + n * swap) - score(index + n * ~swap))
+  null = np.concatenate(null)
+  tolerance = abs(100 * np.finfo(np.float64).eps * observed)
+  less = (np.count_nonzero(null <= observed + tolerance) + 1) / (samples + 1)
+  greater = (np.count_nonzero(null >= observed - tolerance) + 1) / (samples + 1)
+  return float(min(1.0, 2 * min(less, greater)))
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+  """Holm-Bonferroni adjusted p-values (the i-th smallest times m - i + 1, kept monotone);
+  an undefined p (None) stays None and is not counted."""
+  defined = [i for i, p in enumerate(p_values) if p is not None]
+  adjusted = _holm([p_values[i] for i in defined])
+  out: list[float | None] = [None] * len(p_values)
+  for i, p in zip(defined, adjusted):
+    out[i] = p
+  return out
+
+
+def _holm(p_values: list[float]) -> list[float]:
+  p = np.asarray(p_values, np.float64)
+  order = np.argsort(p, kind="stable")
+  adjusted = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
+  out = np.empty_like(p)
+  out[order] = adjusted
+  return out.tolist()
+
+
+def seed_tests(system: list[float], baseline: list[float], *, seed: int,
+               aso_iterations: int = 1000) -> dict[str, Any]:
+  """Over seeds: Welch's t-test, and almost stochastic order's epsilon_min of 'the system is
+  better than the baseline' (deepsig; `aso_iterations` bootstrap iterations, its default; 0:
+  not computed)."""
+  from scipy import stats
+  out = {"system": system, "baseline": baseline,
+         "difference": float(np.mean(system) - np.mean(baseline)), "welch_t": None,
+         "welch_p": None}  # None: undefined, both without spread over their seeds
+  if np.std(system) > 0 or np.std(baseline) > 0:
+    with warnings.catch_warnings():  # one side without spread: scipy warns, the test holds
+      warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+      welch = stats.ttest_ind(system, baseline, equal_var=False)
+    out.update(welch_t=float(welch.statistic), welch_p=float(welch.pvalue))
+  if aso_iterations <= 0:
+    return out
+  try:
+    from deepsig import aso
+  except Exception as e:  # noqa: BLE001  not installed, or its torch does not load
+    out["aso_error"] = f"deepsig does not import ({type(e).__name__}: {e})"
+    return out
+  out["aso_epsilon_min"] = float(aso(system, baseline, seed=seed, show_progress=False,
+                                     num_bootstrap_iterations=aso_iterations))
+  return out
+
+
+################################################################################
+# The comparison, its table and files.                                         #
+################################################################################
+
+
+def _check_reported(evaluation: Evaluation, metric: str, value: float) -> None:
+  reported = evaluation.reported[metric]
+  if not math.isclose(value, reported, rel_tol=1e-6, abs_tol=1e-9):
+    raise CompareError(f"{evaluation.workdir}: {metric} recomputed from its per-example "
+                       f"predictions is {value!r}, the run reported {reported!r}")
+
+
+def compare(paths: list[pathlib.Path], **options) -> dict[str, Any]:
+  """Every system of `paths` (run workdirs, sweep folders) against the first; returns
+  compare.json's record (`compare_systems`)."""
+  return compare_systems([s for path in paths for s in systems_of(pathlib.Path(path))],
+                         **options)
+
+
+def compare_systems(systems: list[System], *, split: str | None = None,
+                    metric: str | None = None, samples: int = 10_000, seed: int = 0,
+                    checkpoint: str = "final", aso_iterations: int = 1000,
+                    progress=print) -> dict[str, Any]:
+  """Every system against the first on `split` (default: the first's first eval split), for
+  `metric` or every metric of the task; returns compare.json's record."""
+  if len(systems) < 2:
+    raise CompareError(f"{len(systems)} system given: a comparison needs at least two (two "
+                       "runs, or a sweep of two settings)")
+  if samples < 1:
+    raise CompareError(f"--samples {samples}: at least 1")
+  first_run = systems[0].runs[0]
+  config = _read_json(first_run / "config.json")
+  split = split or config["data"]["eval_splits"][0]
+  for system in systems:
+    system.evaluations = [load_evaluation(w, split, checkpoint) for w in system.runs]
+  everything = [e for s in systems for e in s.evaluations]
+  check_same_examples(everything, split)
+  task = everything[0].task
+  if task["kind"] not in UNITS:
+    raise CompareError(f"{first_run}: runs of kind {task['kind']} cannot be compared")
+  notes = []
+  if metric:
+    names = [metric]
+  else:
+    names = [m for m in task["metrics"] if m not in UNSUPPORTED]
+    notes += [f"{m} is not compared: {UNSUPPORTED[m]}" for m in task["metrics"]
+              if m in UNSUPPORTED]
+  baseline = systems[0]
+  n = len(baseline.evaluations[0].examples["gold"])
+  available = scorers(baseline.evaluations[0], baseline.evaluations[0])
+  for name in names:
+    if name not in available:
+      why = UNSUPPORTED.get(name, f"not a metric of {task['kind']} runs (they have: "
+                            f"{', '.join(available)})")
+      raise CompareError(f"--metric {name}: cannot be compared: {why}")
+    missing = [e.workdir for e in everything if name not in e.reported]
+    if missing:
+      raise CompareError(f"{missing[0]} did not report {name} on {split} (it reports: "
+                         f"{', '.join(e for e in everything[0].reported if e != 'loss')})")
+  comparisons = []
+  total = (len(systems) - 1) * len(names)
+  done = 0
+  for system in systems[1:]:
+    pairs = list(zip(system.evaluations, baseline.evaluations))
+    if len(system.evaluations) != len(baseline.evaluations):
+      notes.append(f"{system.name} has {len(system.evaluations)} seeds, the baseline "
+                   f"{len(baseline.evaluations)}: the first {len(pairs)} of each are paired")
+    by_pair = [scorers(a, b) for a, b in pairs]
+    for name in names:
+      done += 1
+      progress(f"[{done}/{total}] {system.name} vs {baseline.name}: {name} on {split}, "
+               f"{len(pairs)} seed pair(s), {n} {UNITS[task['kind']]}, {samples} resamples")
+      rows = []
+      for (a, b), scores in zip(pairs, by_pair):
+        result = paired_tests(scores[name], n, samples=samples, seed=seed)
+        _check_reported(a, name, result["system"])
+        _check_reported(b, name, result["baseline"])
+        rows.append({"system_seed": a.seed, "baseline_seed": b.seed, **result})
+      over_seeds = None
+      if len(system.evaluations) > 1 and len(baseline.evaluations) > 1:
+        over_seeds = seed_tests([e.reported[name] for e in system.evaluations],
+                                [e.reported[name] for e in baseline.evaluations], seed=seed,
+                                aso_iterations=aso_iterations)
+      comparisons.append({"system": system.name, "baseline": baseline.name, "metric": name,
+                          "pairs": rows, "seeds": over_seeds})
+  # Holm over the comparisons with the baseline: per metric, seed pair and test.
+  for name in names:
+    group = [c for c in comparisons if c["metric"] == name]
+    for i in range(max(len(c["pairs"]) for c in group)):
+      tested = [c["pairs"][i] for c in group if i < len(c["pairs"])]
+      for row, adjusted in zip(tested, holm([r["p"] for r in tested])):
+        row["p_holm"] = adjusted
+    seeded = [c["seeds"] for c in group if c["seeds"]]
+    for row, adjusted in zip(seeded, holm([s["welch_p"] for s in seeded])):
+      row["welch_p_holm"] = adjusted
+  for c in comparisons:
+    if c["seeds"] and "aso_error" in c["seeds"]:
+      notes.append(f"almost stochastic order not computed: {c['seeds']['aso_error']}")
+      break
+  return {"split": split, "checkpoint": checkpoint, "units": UNITS[task["kind"]], "n": n,
+          "samples": samples, "seed": seed, "confidence": CONFIDENCE,
+          "baseline": baseline.name,
+          "systems": [{"name": s.name, "runs": [{"workdir": str(e.workdir), "seed": e.seed,
+                                                 "step": e.step} for e in s.evaluations]}
+                      for s in systems],
+          "comparisons": comparisons, "notes": notes}
+
+
+def _pct(value: float) -> str:
+  return f"{100 * value:.2f}"
+
+
+def _p(value: float | None) -> str:
+  if value is None:
+    return "—"
+  return f"{value:.3g}" if value >= 1e-3 else f"{value:.1e}"
+
+
+def render(record: dict[str, Any]) -> str:
+  """The markdown tables of a comparison (metrics x 100)."""
+  lines = [f"# Comparison on {record['split']} ({record['checkpoint']} evaluation)", "",
+           f"Baseline: {record['baseline']}. Metrics ×100; difference = system − baseline; "
+           f"{100 * record['confidence']:.0f}% paired bootstrap percentile interval and paired "
+           f"permutation p over {record['n']} {record['units']}, {record['samples']} resamples "
+           f"each, seed {record['seed']}; Holm over the {len(record['systems']) - 1} "
+           "comparison(s) with the baseline.", "",
+           "| system | metric | seeds | system | baseline | difference | 95% CI | p | p Holm |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for c in record["comparisons"]:
+    for row in c["pairs"]:
+      lines.append(f"| {c['system']} | {c['metric']} | {row['system_seed']} vs "
+                   f"{row['baseline_seed']} | {_pct(row['system'])} | {_pct(row['baseline'])} "
+                   f"| {_pct(row['difference'])} | [{_pct(row['ci'][0])}, {_pct(row['ci'][1])}]"
+                   f" | {_p(row['p'])} | {_p(row['p_holm'])} |")
+  seeded = [c for c in record["comparisons"] if c["seeds"]]
+  if seeded:
+    lines += ["", "Over seeds (each run's reported score): Welch's t-test; almost stochastic "
+              "order's ε_min of 'the system is better' (< 0.5: it is; deepsig).", "",
+              "| system | metric | seeds | system mean | baseline mean | difference | Welch t "
+              "| p | p Holm | ASO ε_min |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in seeded:
+      s = c["seeds"]
+      aso = f"{s['aso_epsilon_min']:.3f}" if "aso_epsilon_min" in s else "—"
+      lines.append(f"| {c['system']} | {c['metric']} | {len(s['system'])} vs "
+                   f"{len(s['baseline'])} | {_pct(np.mean(s['system']))} | "
+                   f"{_pct(np.mean(s['baseline']))} | {_pct(s['difference'])} | "
+                   f"{'—' if s['welch_t'] is None else format(s['welch_t'], '.2f')} | "
+                   f"{_p(s['welch_p'])} | {_p(s['welch_p_holm'])} | "
+                   f"{aso} |")
+  if record["notes"]:
+    lines += [""] + [f"Note: {note}." for note in record["notes"]]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("paths", nargs="+", type=pathlib.Path,
+                      help="run workdirs or sweep folders; the first system is the baseline")
+  parser.add_argument("--split", help="the split to compare on (default: the runs' first "
+                      "eval split)")
+  parser.add_argument("--metric", help="one metric (default: every metric of the task)")
+  parser.add_argument("--samples", type=int, default=10_000,
+                      help="bootstrap and permutation resamples (default 10000)")
+  parser.add_argument("--seed", type=int, default=0, help="seed of the resampling (and of ASO)")
+  parser.add_argument("--aso-iterations", type=int, default=1000,
+                      help="bootstrap iterations of almost stochastic order (deepsig's default)")
+  parser.add_argument("--checkpoint", choices=("final", "best"), default="final",
+                      help="the runs' last evaluation (default) or their best checkpoint's")
+  parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path("."),
+                      help="folder of compare.md and compare.json (default: here)")
+  parser.add_argument("--debug", action="store_true",
+                      default=os.environ.get("RESEARCH_DEBUG") == "1",
+                      help="errors end with their traceback (also RESEARCH_DEBUG=1)")
+  args = parser.parse_args(argv)
+  from research import writers
+  try:
+    record = compare(args.paths, split=args.split, metric=args.metric, samples=args.samples,
+                     seed=args.seed, checkpoint=args.checkpoint,
+                     aso_iterations=args.aso_iterations,
+                     progress=lambda line: print(line, file=sys.stderr, flush=True))
+    text = render(record)
+    writers.write_text(args.output / "compare.json", json.dumps(record, indent=1) + "\n")
+    writers.write_text(args.output / "compare.md", text)
+  except (CompareError, metrics.MetricError, writers.WorkdirError) as e:
+    if args.debug:
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(text)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
