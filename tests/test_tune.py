@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import signal
 import statistics
@@ -68,8 +69,9 @@ def _tune(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
 
 def _eval_values(workdir: pathlib.Path, metric: str) -> dict[int, float]:
   """The run's own evaluation files: {step: metric on validation}."""
-  return {int(p.stem.rsplit("step", 1)[1]): json.loads(p.read_text())["metrics"][metric]
-          for p in (workdir / "eval").glob("validation_step*.json")}
+  return {int(m.group(1)): json.loads(p.read_text())["metrics"][metric]
+          for p in (workdir / "eval").iterdir()
+          if (m := re.fullmatch(r"validation_step(\d+)\.json", p.name))}
 
 
 # ---- spaces and samplers, in-process ---------------------------------------------------------
