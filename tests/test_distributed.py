@@ -440,6 +440,7 @@ def test_an_error_in_the_main_thread_waits_for_the_verdict_on_its_peers(monkeypa
     with pytest.raises(SystemExit):
       watch._excepthook(ValueError, error, None)
     beating.set()
+    _end_thread(watch)  # else, left beating, it would end the test process once unpatched
     if lost:
       assert printed == [] and ended[-1] == (
           "process 1 stopped responding for 0.5 s (killed?): the run stops; rerun the same "
@@ -487,6 +488,14 @@ def test_a_process_ending_with_an_error_ends_the_others_with_its_line_and_status
   started = time.monotonic()
   watches[0].fail("a config error", 2)  # process 1 never leaves: bounded
   assert time.monotonic() - started < 1
+
+
+def _end_thread(watch):
+  def stop(now):
+    raise SystemExit
+  watch.check = stop
+  watch._thread.join(timeout=10)
+  assert not watch._thread.is_alive()
 
 
 def _swallow_exit(run):
