@@ -185,6 +185,19 @@ def best_mode(config: ml_collections.ConfigDict) -> str:
   return "min" if config.eval.best_metric == "loss" else "max"
 
 
+def set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
+  """Sets the field at the dotted `path` (`optimizer.learning_rate`) as an override does: a
+  path that is not a field raises KeyError, a value the field cannot hold TypeError (or
+  ValueError), for the caller to name in its own terms."""
+  *parents, leaf = path.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  if leaf not in node:
+    raise KeyError(leaf)
+  node[leaf] = value
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   out = {}
   for key, value in d.items():

@@ -25,6 +25,8 @@ from typing import Any
 
 import ml_collections
 
+from research import config_lib
+
 _CATEGORICAL = (type(None), bool, int, float, str)  # what an Optuna choice can hold
 
 
@@ -126,14 +128,8 @@ def field(key: str) -> str:
 def set_field(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
   """Sets `config.<key>` (with or without the `config.` prefix); a key that is not a field is a
   SpaceError."""
-  *path, leaf = field(key).split(".")
-  node = config
   try:
-    for part in path:
-      node = node[part]
-    if leaf not in node:
-      raise KeyError(leaf)
-    node[leaf] = value
+    config_lib.set_field(config, field(key), value)
   except (KeyError, AttributeError, TypeError, ValueError) as e:
     raise SpaceError(f"search space key {key!r} does not fit the config: {e}") from e
 

@@ -67,14 +67,8 @@ def apply_overrides(config: ml_collections.ConfigDict, point: dict[str, Any]) ->
   for key, value in point.items():
     if not key.startswith("config."):
       raise SweepError(f"sweep key {key!r} must start with 'config.'")
-    *path, leaf = key.removeprefix("config.").split(".")
-    node = config
     try:
-      for part in path:
-        node = node[part]
-      if leaf not in node:
-        raise KeyError(leaf)
-      node[leaf] = value
+      config_lib.set_field(config, key.removeprefix("config."), value)
     except (KeyError, AttributeError, TypeError) as e:
       raise SweepError(f"sweep key {key!r} does not fit the config: {e}") from e
 
