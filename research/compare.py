@@ -21,13 +21,14 @@ per-example predictions every evaluation saves (`eval/<split>_step<N>_per_exampl
 The bootstrap is scipy.stats.bootstrap on example indices; the permutation test follows
 scipy.stats.permutation_test's p-value, vectorised (both checked against scipy in the tests). A
 resample's confusion matrices, or its counts of each example (times per-example counts), come
-from one bincount. A system with several seeds is compared seed by seed (its i-th seed, by seed
-value, with the baseline's i-th: the per-example tests never pool seeds), and over seeds with
-Welch's t-test and almost stochastic order (deepsig's `aso`: epsilon_min < 0.5 says the system
-is better). The evaluation compared is the run's last (`--checkpoint final`, the numbers
-research.report shows) or its best checkpoint's (`--checkpoint best`; for a run made before
-per-example predictions were saved, `--mode=eval` writes them). Prints a table; writes
-compare.md and compare.json into --output (default: the current directory).
+from one bincount. A system with several seeds is compared seed by seed (each run with the
+baseline's run of the same seed, the others in seed order: the per-example tests never pool
+seeds), and over seeds with Welch's t-test and almost stochastic order (deepsig's `aso`:
+epsilon_min < 0.5 says the system is better). The evaluation compared is the run's last
+(`--checkpoint final`, the numbers research.report shows) or its best checkpoint's
+(`--checkpoint best`; for a run made before per-example predictions were saved, `--mode=eval`
+writes them). Prints a table; writes compare.md and compare.json into --output (default: the
+current directory).
 """
 
 from __future__ import annotations
@@ -440,6 +441,22 @@ def seed_tests(system: list[float], baseline: list[float], *, seed: int,
 ################################################################################
 
 
+def seed_pairs(system: list[Evaluation], baseline: list[Evaluation]
+               ) -> list[tuple[Evaluation, Evaluation]]:
+  """The runs compared example by example: those of equal seed value, then the others of each
+  side in seed order (seeds 0, 1, 2 vs 1, 2: 1 vs 1 and 2 vs 2; 0, 1 vs 2, 3: 0 vs 2, 1 vs 3)."""
+  unpaired_baseline = list(baseline)
+  pairs, unpaired = [], []
+  for evaluation in system:
+    same = next((b for b in unpaired_baseline if b.seed == evaluation.seed), None)
+    if same is None:
+      unpaired.append(evaluation)
+    else:
+      unpaired_baseline.remove(same)
+      pairs.append((evaluation, same))
+  return sorted(pairs + list(zip(unpaired, unpaired_baseline)), key=lambda pair: pair[0].seed)
+
+
 def _check_reported(evaluation: Evaluation, metric: str, value: float) -> None:
   reported = evaluation.reported[metric]
   if not math.isclose(value, reported, rel_tol=1e-6, abs_tol=1e-9):
@@ -498,10 +515,12 @@ def compare_systems(systems: list[System], *, split: str | None = None,
   total = (len(systems) - 1) * len(names)
   done = 0
   for system in systems[1:]:
-    pairs = list(zip(system.evaluations, baseline.evaluations))
-    if len(system.evaluations) != len(baseline.evaluations):
-      notes.append(f"{system.name} has {len(system.evaluations)} seeds, the baseline "
-                   f"{len(baseline.evaluations)}: the first {len(pairs)} of each are paired")
+    pairs = seed_pairs(system.evaluations, baseline.evaluations)
+    if len(pairs) < max(len(system.evaluations), len(baseline.evaluations)):
+      notes.append(f"{system.name} has seeds {', '.join(str(e.seed) for e in system.evaluations)}"
+                   f", the baseline {', '.join(str(e.seed) for e in baseline.evaluations)}: "
+                   f"{len(pairs)} pair(s) compared example by example "
+                   f"({', '.join(f'{a.seed} vs {b.seed}' for a, b in pairs)})")
     by_pair = [scorers(a, b) for a, b in pairs]
     for name in names:
       done += 1

@@ -271,3 +271,25 @@ def test_resampled_correlations_equal_research_metrics_and_scipy():
     assert spearman == pytest.approx(stats.spearmanr(g, p).statistic, abs=1e-12)
   np.testing.assert_array_equal(metrics.average_ranks(np.array([[3, 1, 3, 2], [0, 0, 0, 0]])),
                                 [[3.5, 1, 3.5, 2], [2.5, 2.5, 2.5, 2.5]])
+
+
+@pytest.mark.parametrize("system_seeds, baseline_seeds, pairs", [
+    ((1, 2), (0, 1, 2), [(1, 1), (2, 2)]),  # a setting that lost a seed: not 1 vs 0, 2 vs 1
+    ((0, 1), (2, 3), [(0, 2), (1, 3)]),     # no seed in common: in seed order
+    ((3, 0, 5), (6, 5, 3), [(0, 6), (3, 3), (5, 5)]),
+])
+def test_seeds_are_paired_by_value(tmp_path, system_seeds, baseline_seeds, pairs):
+  rng = np.random.default_rng(7)
+  gold = rng.integers(0, 2, 60)
+
+  def system(name, seeds):
+    return compare.System(name, [fake_run(tmp_path / f"{name}{s}", gold, _noisy(gold, 0.8, rng),
+                                          seed=s) for s in sorted(seeds)])
+  record = compare.compare_systems([system("b", baseline_seeds), system("s", system_seeds)],
+                                   samples=20, aso_iterations=0, progress=lambda line: None)
+  (comparison,) = record["comparisons"]
+  assert [(p["system_seed"], p["baseline_seed"]) for p in comparison["pairs"]] == pairs
+  for p in comparison["pairs"]:  # each row's scores are those of the runs it names
+    for side, name in (("system", "s"), ("baseline", "b")):
+      reported = json.loads((tmp_path / f"{name}{p[side + '_seed']}" / "results.json").read_text())
+      assert p[side] == reported["final"]["results"]["validation"]["accuracy"]
