@@ -120,26 +120,32 @@ def systems_of(path: pathlib.Path) -> list[System]:
 
 def load_evaluation(workdir: pathlib.Path, split: str, checkpoint: str) -> Evaluation:
   """The run's evaluation of `split` at its last step ('final') or best checkpoint ('best';
-  also the re-evaluation `--mode=eval` writes, eval/<split>_best*.json)."""
+  also the re-evaluation `--mode=eval` writes, eval/<split>_best*.json, when of the best
+  step results.json names)."""
   config = _read_json(workdir / "config.json")
   results = _read_json(workdir / "results.json")
-  evaluated = list(results["final"]["results"])
+  final = results.get("final") if isinstance(results, dict) else None
+  if not (isinstance(final, dict) and isinstance(final.get("results"), dict)):
+    raise CompareError(f"{workdir}/results.json is not a finished run's (no final results)")
+  evaluated = list(final["results"])
   if split not in evaluated:
     raise CompareError(f"{workdir} did not evaluate the split {split!r} (it evaluated: "
                        f"{', '.join(evaluated)})")
+  best = results.get("best") or {}
   if checkpoint == "final":
-    if "step" not in results["final"]:
+    if "step" not in final:
       raise CompareError(f"{workdir}/results.json names no final step")
-    candidates = [f"{split}_step{results['final']['step']}"]
+    candidates = [f"{split}_step{final['step']}"]
   else:  # the best checkpoint re-evaluated by --mode=eval, else its evaluation in training
-    best = results.get("best") or {}
     candidates = [f"{split}_best"] + ([f"{split}_step{best['step']}"] if "step" in best else [])
   for stem in candidates:
     path = workdir / "eval" / f"{stem}_per_example.json"
     if path.is_file():
       record = _read_json(workdir / "eval" / f"{stem}.json")
+      if stem == f"{split}_best" and record.get("step") != best.get("step", record.get("step")):
+        continue  # re-evaluated before training went on and saved a later best checkpoint
       return Evaluation(workdir, int(config.get("seed", 0)), int(record["step"]),
-                        config["task"], record["metrics"], _read_json(path))
+                        config["task"], record["metrics"], _per_example(path))
   if config["task"].get("kind") == "masked_lm":
     raise CompareError(f"{workdir} is a masked-LM run: it has no examples to compare")
   advice = ("rerun `python -m research.main --config <its config> --workdir "
@@ -147,6 +153,18 @@ def load_evaluation(workdir: pathlib.Path, split: str, checkpoint: str) -> Evalu
   raise CompareError(f"{workdir} has no per-example predictions of {split} "
                      f"(eval/{candidates[-1]}_per_example.json; a run made before they were "
                      f"saved): {advice}")
+
+
+def _per_example(path: pathlib.Path) -> dict[str, Any]:
+  """A per-example file, checked whole: a gold and a prediction for every example."""
+  record = _read_json(path)
+  lengths = [len(record[key]) if isinstance(record, dict) and isinstance(record.get(key), list)
+             else None for key in ("gold", "prediction")]
+  if None in lengths:
+    raise CompareError(f"{path} is damaged: no list of gold and of predicted labels")
+  if lengths[0] != lengths[1]:
+    raise CompareError(f"{path} is damaged: {lengths[0]} gold labels, {lengths[1]} predictions")
+  return record
 
 
 def check_same_examples(evaluations: list[Evaluation], split: str) -> None:

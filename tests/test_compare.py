@@ -227,6 +227,9 @@ def test_holm_corrects_the_comparisons_with_the_baseline(tmp_path):
     ("gold", "evaluated different examples of validation: example 1's gold is"),
     ("older_run", "rerun `python -m research.main --config <its config> --workdir"),
     ("one_system", "1 system given: a comparison needs at least two"),
+    ("no_final", "b/results.json is not a finished run's (no final results)"),
+    ("short_predictions", "_per_example.json is damaged: 100 gold labels, 99 predictions"),
+    ("no_gold", "_per_example.json is damaged: no list of gold and of predicted labels"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
   gold = np.arange(100) % 2
@@ -248,6 +251,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
     (b / "eval" / "validation_step10_per_example.json").unlink()
   elif case == "one_system":
     args = [str(a)]
+  elif case == "no_final":
+    (b / "results.json").write_text(json.dumps({"best": None}))
+  elif case in ("short_predictions", "no_gold"):
+    per_example = b / "eval" / "validation_step10_per_example.json"
+    record = json.loads(per_example.read_text())
+    record["prediction"].pop()
+    per_example.write_text(json.dumps(record if case == "short_predictions" else {}))
   assert compare.main(args + ["--samples", "10", "--output", str(tmp_path)]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
@@ -293,3 +303,21 @@ def test_seeds_are_paired_by_value(tmp_path, system_seeds, baseline_seeds, pairs
     for side, name in (("system", "s"), ("baseline", "b")):
       reported = json.loads((tmp_path / f"{name}{p[side + '_seed']}" / "results.json").read_text())
       assert p[side] == reported["final"]["results"]["validation"]["accuracy"]
+
+
+def test_best_reevaluation_of_an_older_best_checkpoint_is_not_compared(tmp_path):
+  """eval/<split>_best*.json written by --mode=eval before training went on and saved a later
+  best checkpoint: --checkpoint best compares the training's evaluation of the best step."""
+  rng = np.random.default_rng(8)
+  gold = rng.integers(0, 2, 80)
+  runs = [fake_run(tmp_path / name, gold, _noisy(gold, 0.8, rng)) for name in ("a", "b")]
+  stale = _noisy(gold, 0.5, rng)
+  (runs[1] / "eval" / "validation_best.json").write_text(json.dumps(
+      {"step": 4, "metrics": {"accuracy": metrics.accuracy(gold, stale)}}))
+  (runs[1] / "eval" / "validation_best_per_example.json").write_text(json.dumps(
+      {"kind": "classification", "gold": gold.tolist(), "prediction": stale.tolist()}))
+  record = compare.compare(runs, checkpoint="best", samples=20, progress=lambda line: None)
+  assert [r["step"] for r in record["systems"][1]["runs"]] == [10]
+  (pair,) = record["comparisons"][0]["pairs"]
+  reported = json.loads((runs[1] / "results.json").read_text())["final"]["results"]
+  assert pair["system"] == reported["validation"]["accuracy"]
