@@ -315,12 +315,13 @@ def _entities(task, gold, predictions) -> dict[str, Scorer]:
           "accuracy": _sum_scorer(table, lambda t: t[:, 3] / t[:, 4])}
 
 
-def _answers(task, gold, predictions, ids, null_odds) -> dict[str, Scorer]:
+def _answers(tasks, gold, predictions, ids, null_odds) -> dict[str, Scorer]:
   """Per question: its exact match and F1 as research.squad scores them (thresholded on the
-  null odds as the evaluation did), for all questions and the (un)answerable ones."""
+  null odds as each system's evaluation did, at its task's threshold), for all questions and
+  the (un)answerable ones."""
   gold_answers = dict(zip(ids, gold))
   rows = []
-  for predicted, odds in zip(predictions, null_odds):
+  for task, predicted, odds in zip(tasks, predictions, null_odds):
     has_answer, raw_exact, raw_f1 = squad.raw_scores(dict(zip(ids, predicted)), gold_answers)
     probs = dict(zip(ids, odds)) if odds is not None else None
     threshold = task.get("null_score_diff_threshold", 0.0)
@@ -358,7 +359,7 @@ def scorers(a: Evaluation, b: Evaluation) -> dict[str, Scorer]:
   predictions = [e.examples["prediction"] for e in (a, b)]
   gold = a.examples["gold"]
   if kind == "question_answering":
-    return _answers(task, gold, predictions, a.examples["id"],
+    return _answers([a.task, b.task], gold, predictions, a.examples["id"],
                     [e.examples.get("null_odds") for e in (a, b)])
   return {"classification": _classification, "relation_classification": _relations,
           "regression": _regression, "token_classification": _entities}[kind](

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from research import compare, metrics
+from research import compare, metrics, squad
 
 LABELS = ("negative", "positive")
 
@@ -321,3 +321,26 @@ def test_best_reevaluation_of_an_older_best_checkpoint_is_not_compared(tmp_path)
   (pair,) = record["comparisons"][0]["pairs"]
   reported = json.loads((runs[1] / "results.json").read_text())["final"]["results"]
   assert pair["system"] == reported["validation"]["accuracy"]
+
+
+def test_question_answering_systems_each_scored_at_their_own_null_threshold():
+  """Two SQuAD 2.0 systems evaluated at different null_score_diff_threshold (a tuned setting):
+  each scored as research.squad scores it at its own threshold, all questions and the
+  (un)answerable ones."""
+  rng = np.random.default_rng(9)
+  ids = [f"q{i}" for i in range(40)]
+  gold = [["the cat", "a cat"] if i % 3 else [] for i in range(40)]
+  choices = ["the cat", "cat", "a dog", ""]
+  predictions = [[choices[j] for j in rng.integers(0, 4, 40)] for _ in range(2)]
+  odds = [rng.normal(0, 2, 40).tolist() for _ in range(2)]
+  evaluations = [compare.Evaluation(None, 0, 0, {"kind": "question_answering", "label_names": [],
+                                                 "null_score_diff_threshold": threshold}, {},
+                                    {"id": ids, "gold": gold, "prediction": p, "null_odds": o})
+                 for threshold, p, o in ((0.0, predictions[0], odds[0]),
+                                         (1.5, predictions[1], odds[1]))]
+  scorers = compare.scorers(*evaluations)
+  for side, (p, o, threshold) in enumerate(zip(predictions, odds, (0.0, 1.5))):
+    expected = squad.squad_scores(dict(zip(ids, p)), dict(zip(ids, gold)), dict(zip(ids, o)),
+                                  threshold=threshold)
+    for name in ("exact", "f1", "HasAns_f1", "NoAns_exact"):
+      assert scorers[name](np.arange(40) + 40 * side) == pytest.approx(expected[name]), name
