@@ -535,7 +535,8 @@ def compare_systems(systems: list[System], *, split: str | None = None,
   done = 0
   for system in systems[1:]:
     pairs = seed_pairs(system.evaluations, baseline.evaluations)
-    if len(pairs) < max(len(system.evaluations), len(baseline.evaluations)):
+    if (len(pairs) < max(len(system.evaluations), len(baseline.evaluations))
+        or any(a.seed != b.seed for a, b in pairs)):
       notes.append(f"{system.name} has seeds {', '.join(str(e.seed) for e in system.evaluations)}"
                    f", the baseline {', '.join(str(e.seed) for e in baseline.evaluations)}: "
                    f"{len(pairs)} pair(s) compared example by example "

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from research import compare, metrics, squad
+from research import compare, metrics, report, squad
 
 LABELS = ("negative", "positive")
 
@@ -303,6 +303,10 @@ def test_seeds_are_paired_by_value(tmp_path, system_seeds, baseline_seeds, pairs
     for side, name in (("system", "s"), ("baseline", "b")):
       reported = json.loads((tmp_path / f"{name}{p[side + '_seed']}" / "results.json").read_text())
       assert p[side] == reported["final"]["results"]["validation"]["accuracy"]
+  # research.report's section says which seeds were paired, as compare.md does.
+  note = [n for n in record["notes"] if "pair(s) compared example by example" in n]
+  assert len(note) == (len(set(system_seeds) ^ set(baseline_seeds)) > 0)
+  assert all(f"Note: {n}." in report.paired_text(record, "accuracy") for n in note)
 
 
 def test_best_reevaluation_of_an_older_best_checkpoint_is_not_compared(tmp_path):
