@@ -70,6 +70,7 @@ class Evaluation:
   task: dict[str, Any]          # config.json's task
   reported: dict[str, float]    # the metrics the run wrote for this evaluation
   examples: dict[str, Any]      # evaluation.per_example's record
+  pruned_at: int | None = None  # the step a tuner's pruner stopped the run at
 
 
 @dataclasses.dataclass
@@ -145,7 +146,8 @@ def load_evaluation(workdir: pathlib.Path, split: str, checkpoint: str) -> Evalu
       if stem == f"{split}_best" and record.get("step") != best.get("step", record.get("step")):
         continue  # re-evaluated before training went on and saved a later best checkpoint
       return Evaluation(workdir, int(config.get("seed", 0)), int(record["step"]),
-                        config["task"], record["metrics"], _per_example(path))
+                        config["task"], record["metrics"], _per_example(path),
+                        (results.get("pruned") or {}).get("step"))
   if config["task"].get("kind") == "masked_lm":
     raise CompareError(f"{workdir} is a masked-LM run: it has no examples to compare")
   advice = ("rerun `python -m research.main --config <its config> --workdir "
@@ -511,7 +513,8 @@ def compare_systems(systems: list[System], *, split: str | None = None,
   task = everything[0].task
   if task["kind"] not in UNITS:
     raise CompareError(f"{first_run}: runs of kind {task['kind']} cannot be compared")
-  notes = []
+  notes = [f"{e.workdir} was pruned by its tuner at step {e.pruned_at}: its training did not "
+           "finish" for e in everything if e.pruned_at is not None]
   if metric:
     names = [metric]
   else:

@@ -348,3 +348,17 @@ def test_question_answering_systems_each_scored_at_their_own_null_threshold():
                                   threshold=threshold)
     for name in ("exact", "f1", "HasAns_f1", "NoAns_exact"):
       assert scorers[name](np.arange(40) + 40 * side) == pytest.approx(expected[name]), name
+
+
+def test_a_pruned_trial_is_compared_with_a_note(tmp_path):
+  """A research.tune trial its pruner stopped (results.json: pruned) is compared at the step
+  it reached, and the comparison says that its training did not finish."""
+  rng = np.random.default_rng(10)
+  gold = rng.integers(0, 2, 50)
+  runs = [fake_run(tmp_path / name, gold, _noisy(gold, 0.8, rng)) for name in ("a", "b")]
+  results = json.loads((runs[1] / "results.json").read_text())
+  (runs[1] / "results.json").write_text(json.dumps({**results, "pruned": {"step": 10}}))
+  record = compare.compare(runs, samples=20, aso_iterations=0, progress=lambda line: None)
+  assert record["notes"] == [f"{runs[1]} was pruned by its tuner at step 10: its training did "
+                             "not finish"]
+  assert f"Note: {record['notes'][0]}." in compare.render(record)
