@@ -71,6 +71,7 @@ class Evaluation:
   reported: dict[str, float]    # the metrics the run wrote for this evaluation
   examples: dict[str, Any]      # evaluation.per_example's record
   pruned_at: int | None = None  # the step a tuner's pruner stopped the run at
+  source: str | None = None     # the file the split was read from (data.json), where known
 
 
 @dataclasses.dataclass
@@ -147,7 +148,7 @@ def load_evaluation(workdir: pathlib.Path, split: str, checkpoint: str) -> Evalu
         continue  # re-evaluated before training went on and saved a later best checkpoint
       return Evaluation(workdir, int(config.get("seed", 0)), int(record["step"]),
                         config["task"], record["metrics"], _per_example(path),
-                        (results.get("pruned") or {}).get("step"))
+                        (results.get("pruned") or {}).get("step"), _source(workdir, split))
   if config["task"].get("kind") == "masked_lm":
     raise CompareError(f"{workdir} is a masked-LM run: it has no examples to compare")
   advice = ("rerun `python -m research.main --config <its config> --workdir "
@@ -155,6 +156,13 @@ def load_evaluation(workdir: pathlib.Path, split: str, checkpoint: str) -> Evalu
   raise CompareError(f"{workdir} has no per-example predictions of {split} "
                      f"(eval/{candidates[-1]}_per_example.json; a run made before they were "
                      f"saved): {advice}")
+
+
+def _source(workdir: pathlib.Path, split: str) -> str | None:
+  """Where the run read `split` from (its data.json; a run made before it: None)."""
+  path = workdir / "data.json"
+  record = _read_json(path) if path.is_file() else None
+  return ((record.get(split) or {}).get("file") if isinstance(record, dict) else None)
 
 
 def _per_example(path: pathlib.Path) -> dict[str, Any]:
@@ -170,7 +178,8 @@ def _per_example(path: pathlib.Path) -> dict[str, Any]:
 
 
 def check_same_examples(evaluations: list[Evaluation], split: str) -> None:
-  """Every evaluation scored the same task on the same examples (gold and ids agree)."""
+  """Every evaluation scored the same task on the same examples (gold and ids agree; the
+  files they were read from, which may be copies, are noted where they differ)."""
   first = evaluations[0]
   for other in evaluations[1:]:
     where = f"{first.workdir} and {other.workdir}"
@@ -515,6 +524,14 @@ def compare_systems(systems: list[System], *, split: str | None = None,
     raise CompareError(f"{first_run}: runs of kind {task['kind']} cannot be compared")
   notes = [f"{e.workdir} was pruned by its tuner at step {e.pruned_at}: its training did not "
            "finish" for e in everything if e.pruned_at is not None]
+  sources: dict[str, Evaluation] = {}  # each file, and the first run that read it
+  for e in everything:
+    if e.source is not None:
+      sources.setdefault(e.source, e)
+  if len(sources) > 1:  # copies of one file, or other texts with the same gold labels
+    notes.append(f"the runs read {split} from different files ("
+                 + "; ".join(f"{e.workdir}: {source}" for source, e in sources.items())
+                 + "): compared as the same examples, since their gold labels agree")
   if metric:
     names = [metric]
   else:

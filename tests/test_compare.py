@@ -362,3 +362,20 @@ def test_a_pruned_trial_is_compared_with_a_note(tmp_path):
   assert record["notes"] == [f"{runs[1]} was pruned by its tuner at step 10: its training did "
                              "not finish"]
   assert f"Note: {record['notes'][0]}." in compare.render(record)
+
+
+def test_runs_that_read_the_split_from_different_files_are_compared_with_a_note(tmp_path):
+  """Same gold labels, other texts (a contrast set beside the original test set) cannot be
+  told from the per-example files: the runs' data.json names the files, and the comparison
+  says they differ."""
+  rng = np.random.default_rng(11)
+  gold = rng.integers(0, 2, 50)
+  runs = [fake_run(tmp_path / name, gold, _noisy(gold, 0.8, rng)) for name in ("a", "b", "c")]
+  for run, file in zip(runs, ("/data/sst2/validation.tsv", "/data/sst2/validation.tsv",
+                              "/data/sst2_contrast/validation.tsv")):
+    (run / "data.json").write_text(json.dumps({"validation": {"file": file, "examples": 50}}))
+  note = (f"the runs read validation from different files ({runs[0]}: /data/sst2/validation.tsv"
+          f"; {runs[2]}: /data/sst2_contrast/validation.tsv): compared as the same examples, "
+          "since their gold labels agree")
+  assert compare.compare(runs, samples=20, progress=lambda line: None)["notes"] == [note]
+  assert compare.compare(runs[:2], samples=20, progress=lambda line: None)["notes"] == []
