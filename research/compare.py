@@ -102,7 +102,12 @@ def systems_of(path: pathlib.Path) -> list[System]:
     raise CompareError(f"{path} does not exist" if not path.exists()
                        else f"{path} is a file, not a run's workdir or a sweep folder")
   if (path / "sweep.json").is_file():
-    points = _read_json(path / "sweep.json")["points"]
+    sweep = _read_json(path / "sweep.json")
+    points = sweep.get("points") if isinstance(sweep, dict) else None
+    if not (isinstance(points, list) and all(isinstance(p, dict) and {"name", "overrides"} <= set(p)
+                                              for p in points)):
+      raise CompareError(f"{path / 'sweep.json'} is damaged: not a list of points, each with "
+                         "its name and overrides (research.sweep writes it)")
   else:
     points = [{"name": p.parent.name, "overrides": {}}
               for p in sorted(path.glob("*/config.json"))]

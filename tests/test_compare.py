@@ -230,6 +230,7 @@ def test_holm_corrects_the_comparisons_with_the_baseline(tmp_path):
     ("no_final", "b/results.json is not a finished run's (no final results)"),
     ("short_predictions", "_per_example.json is damaged: 100 gold labels, 99 predictions"),
     ("no_gold", "_per_example.json is damaged: no list of gold and of predicted labels"),
+    ("sweep_json", "sweep.json is damaged: not a list of points, each with its name and"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
   gold = np.arange(100) % 2
@@ -253,6 +254,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
     args = [str(a)]
   elif case == "no_final":
     (b / "results.json").write_text(json.dumps({"best": None}))
+  elif case == "sweep_json":
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps({"points": [{"nam": "x"}]}))
+    args = [str(a), str(tmp_path / "sweep")]
   elif case in ("short_predictions", "no_gold"):
     per_example = b / "eval" / "validation_step10_per_example.json"
     record = json.loads(per_example.read_text())
