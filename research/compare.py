@@ -183,8 +183,7 @@ def _per_example(path: pathlib.Path) -> dict[str, Any]:
 
 
 def check_same_examples(evaluations: list[Evaluation], split: str) -> None:
-  """Every evaluation scored the same task on the same examples (gold and ids agree; the
-  files they were read from, which may be copies, are noted where they differ)."""
+  """Every evaluation scored the same task on the same examples (gold and ids agree)."""
   first = evaluations[0]
   for other in evaluations[1:]:
     where = f"{first.workdir} and {other.workdir}"
