@@ -21,13 +21,14 @@ per-example predictions every evaluation saves (`eval/<split>_step<N>_per_exampl
 The bootstrap is scipy.stats.bootstrap on example indices; the permutation test follows
 scipy.stats.permutation_test's p-value, vectorised (both checked against scipy in the tests). A
 resample's confusion matrices, or its counts of each example (times per-example counts), come
-from one bincount. A system with several seeds is compared seed by seed (its i-th seed, by seed
-value, with the baseline's i-th: the per-example tests never pool seeds), and over seeds with
-Welch's t-test and almost stochastic order (deepsig's `aso`: epsilon_min < 0.5 says the system
-is better). The evaluation compared is the run's last (`--checkpoint final`, the numbers
-research.report shows) or its best checkpoint's (`--checkpoint best`; for a run made before
-per-example predictions were saved, `--mode=eval` writes them). Prints a table; writes
-compare.md and compare.json into --output (default: the current directory).
+from one bincount. A system with several seeds is compared seed by seed (each run with the
+baseline's run of the same seed, the others in seed order: the per-example tests never pool
+seeds), and over seeds with Welch's t-test and almost stochastic order (deepsig's `aso`:
+epsilon_min < 0.5 says the system is better). The evaluation compared is the run's last
+(`--checkpoint final`, the numbers research.report shows) or its best checkpoint's
+(`--checkpoint best`; for a run made before per-example predictions were saved, `--mode=eval`
+writes them). Prints a table; writes compare.md and compare.json into --output (default: the
+current directory).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class Evaluation:
   task: dict[str, Any]          # config.json's task
   reported: dict[str, float]    # the metrics the run wrote for this evaluation
   examples: dict[str, Any]      # evaluation.per_example's record
+  pruned_at: int | None = None  # the step a tuner's pruner stopped the run at
+  source: str | None = None     # the file the split was read from (data.json), where known
 
 
 @dataclasses.dataclass
@@ -99,7 +102,12 @@ def systems_of(path: pathlib.Path) -> list[System]:
     raise CompareError(f"{path} does not exist" if not path.exists()
                        else f"{path} is a file, not a run's workdir or a sweep folder")
   if (path / "sweep.json").is_file():
-    points = _read_json(path / "sweep.json")["points"]
+    sweep = _read_json(path / "sweep.json")
+    points = sweep.get("points") if isinstance(sweep, dict) else None
+    if not (isinstance(points, list) and all(isinstance(p, dict) and {"name", "overrides"} <= set(p)
+                                              for p in points)):
+      raise CompareError(f"{path / 'sweep.json'} is damaged: not a list of points, each with "
+                         "its name and overrides (research.sweep writes it)")
   else:
     points = [{"name": p.parent.name, "overrides": {}}
               for p in sorted(path.glob("*/config.json"))]
@@ -119,26 +127,33 @@ def systems_of(path: pathlib.Path) -> list[System]:
 
 def load_evaluation(workdir: pathlib.Path, split: str, checkpoint: str) -> Evaluation:
   """The run's evaluation of `split` at its last step ('final') or best checkpoint ('best';
-  also the re-evaluation `--mode=eval` writes, eval/<split>_best*.json)."""
+  also the re-evaluation `--mode=eval` writes, eval/<split>_best*.json, when of the best
+  step results.json names)."""
   config = _read_json(workdir / "config.json")
   results = _read_json(workdir / "results.json")
-  evaluated = list(results["final"]["results"])
+  final = results.get("final") if isinstance(results, dict) else None
+  if not (isinstance(final, dict) and isinstance(final.get("results"), dict)):
+    raise CompareError(f"{workdir}/results.json is not a finished run's (no final results)")
+  evaluated = list(final["results"])
   if split not in evaluated:
     raise CompareError(f"{workdir} did not evaluate the split {split!r} (it evaluated: "
                        f"{', '.join(evaluated)})")
+  best = results.get("best") or {}
   if checkpoint == "final":
-    if "step" not in results["final"]:
+    if "step" not in final:
       raise CompareError(f"{workdir}/results.json names no final step")
-    candidates = [f"{split}_step{results['final']['step']}"]
+    candidates = [f"{split}_step{final['step']}"]
   else:  # the best checkpoint re-evaluated by --mode=eval, else its evaluation in training
-    best = results.get("best") or {}
     candidates = [f"{split}_best"] + ([f"{split}_step{best['step']}"] if "step" in best else [])
   for stem in candidates:
     path = workdir / "eval" / f"{stem}_per_example.json"
     if path.is_file():
       record = _read_json(workdir / "eval" / f"{stem}.json")
+      if stem == f"{split}_best" and record.get("step") != best.get("step", record.get("step")):
+        continue  # re-evaluated before training went on and saved a later best checkpoint
       return Evaluation(workdir, int(config.get("seed", 0)), int(record["step"]),
-                        config["task"], record["metrics"], _read_json(path))
+                        config["task"], record["metrics"], _per_example(path),
+                        (results.get("pruned") or {}).get("step"), _source(workdir, split))
   if config["task"].get("kind") == "masked_lm":
     raise CompareError(f"{workdir} is a masked-LM run: it has no examples to compare")
   advice = ("rerun `python -m research.main --config <its config> --workdir "
@@ -146,6 +161,25 @@ def load_evaluation(workdir: pathlib.Path, split: str, checkpoint: str) -> Evalu
   raise CompareError(f"{workdir} has no per-example predictions of {split} "
                      f"(eval/{candidates[-1]}_per_example.json; a run made before they were "
                      f"saved): {advice}")
+
+
+def _source(workdir: pathlib.Path, split: str) -> str | None:
+  """Where the run read `split` from (its data.json; a run made before it: None)."""
+  path = workdir / "data.json"
+  record = _read_json(path) if path.is_file() else None
+  return ((record.get(split) or {}).get("file") if isinstance(record, dict) else None)
+
+
+def _per_example(path: pathlib.Path) -> dict[str, Any]:
+  """A per-example file, checked whole: a gold and a prediction for every example."""
+  record = _read_json(path)
+  lengths = [len(record[key]) if isinstance(record, dict) and isinstance(record.get(key), list)
+             else None for key in ("gold", "prediction")]
+  if None in lengths:
+    raise CompareError(f"{path} is damaged: no list of gold and of predicted labels")
+  if lengths[0] != lengths[1]:
+    raise CompareError(f"{path} is damaged: {lengths[0]} gold labels, {lengths[1]} predictions")
+  return record
 
 
 def check_same_examples(evaluations: list[Evaluation], split: str) -> None:
@@ -296,12 +330,13 @@ def _entities(task, gold, predictions) -> dict[str, Scorer]:
           "accuracy": _sum_scorer(table, lambda t: t[:, 3] / t[:, 4])}
 
 
-def _answers(task, gold, predictions, ids, null_odds) -> dict[str, Scorer]:
+def _answers(tasks, gold, predictions, ids, null_odds) -> dict[str, Scorer]:
   """Per question: its exact match and F1 as research.squad scores them (thresholded on the
-  null odds as the evaluation did), for all questions and the (un)answerable ones."""
+  null odds as each system's evaluation did, at its task's threshold), for all questions and
+  the (un)answerable ones."""
   gold_answers = dict(zip(ids, gold))
   rows = []
-  for predicted, odds in zip(predictions, null_odds):
+  for task, predicted, odds in zip(tasks, predictions, null_odds):
     has_answer, raw_exact, raw_f1 = squad.raw_scores(dict(zip(ids, predicted)), gold_answers)
     probs = dict(zip(ids, odds)) if odds is not None else None
     threshold = task.get("null_score_diff_threshold", 0.0)
@@ -339,7 +374,7 @@ def scorers(a: Evaluation, b: Evaluation) -> dict[str, Scorer]:
   predictions = [e.examples["prediction"] for e in (a, b)]
   gold = a.examples["gold"]
   if kind == "question_answering":
-    return _answers(task, gold, predictions, a.examples["id"],
+    return _answers([a.task, b.task], gold, predictions, a.examples["id"],
                     [e.examples.get("null_odds") for e in (a, b)])
   return {"classification": _classification, "relation_classification": _relations,
           "regression": _regression, "token_classification": _entities}[kind](
@@ -440,6 +475,22 @@ def seed_tests(system: list[float], baseline: list[float], *, seed: int,
 ################################################################################
 
 
+def seed_pairs(system: list[Evaluation], baseline: list[Evaluation]
+               ) -> list[tuple[Evaluation, Evaluation]]:
+  """The runs compared example by example: those of equal seed value, then the others of each
+  side in seed order (seeds 0, 1, 2 vs 1, 2: 1 vs 1 and 2 vs 2; 0, 1 vs 2, 3: 0 vs 2, 1 vs 3)."""
+  unpaired_baseline = list(baseline)
+  pairs, unpaired = [], []
+  for evaluation in system:
+    same = next((b for b in unpaired_baseline if b.seed == evaluation.seed), None)
+    if same is None:
+      unpaired.append(evaluation)
+    else:
+      unpaired_baseline.remove(same)
+      pairs.append((evaluation, same))
+  return sorted(pairs + list(zip(unpaired, unpaired_baseline)), key=lambda pair: pair[0].seed)
+
+
 def _check_reported(evaluation: Evaluation, metric: str, value: float) -> None:
   reported = evaluation.reported[metric]
   if not math.isclose(value, reported, rel_tol=1e-6, abs_tol=1e-9):
@@ -475,7 +526,16 @@ def compare_systems(systems: list[System], *, split: str | None = None,
   task = everything[0].task
   if task["kind"] not in UNITS:
     raise CompareError(f"{first_run}: runs of kind {task['kind']} cannot be compared")
-  notes = []
+  notes = [f"{e.workdir} was pruned by its tuner at step {e.pruned_at}: its training did not "
+           "finish" for e in everything if e.pruned_at is not None]
+  sources: dict[str, Evaluation] = {}  # each file, and the first run that read it
+  for e in everything:
+    if e.source is not None:
+      sources.setdefault(e.source, e)
+  if len(sources) > 1:  # copies of one file, or other texts with the same gold labels
+    notes.append(f"the runs read {split} from different files ("
+                 + "; ".join(f"{e.workdir}: {source}" for source, e in sources.items())
+                 + "): compared as the same examples, since their gold labels agree")
   if metric:
     names = [metric]
   else:
@@ -498,10 +558,13 @@ def compare_systems(systems: list[System], *, split: str | None = None,
   total = (len(systems) - 1) * len(names)
   done = 0
   for system in systems[1:]:
-    pairs = list(zip(system.evaluations, baseline.evaluations))
-    if len(system.evaluations) != len(baseline.evaluations):
-      notes.append(f"{system.name} has {len(system.evaluations)} seeds, the baseline "
-                   f"{len(baseline.evaluations)}: the first {len(pairs)} of each are paired")
+    pairs = seed_pairs(system.evaluations, baseline.evaluations)
+    if (len(pairs) < max(len(system.evaluations), len(baseline.evaluations))
+        or any(a.seed != b.seed for a, b in pairs)):
+      notes.append(f"{system.name} has seeds {', '.join(str(e.seed) for e in system.evaluations)}"
+                   f", the baseline {', '.join(str(e.seed) for e in baseline.evaluations)}: "
+                   f"{len(pairs)} pair(s) compared example by example "
+                   f"({', '.join(f'{a.seed} vs {b.seed}' for a, b in pairs)})")
     by_pair = [scorers(a, b) for a, b in pairs]
     for name in names:
       done += 1

@@ -298,6 +298,8 @@ def paired_text(record: dict[str, Any] | str | None, main: str) -> str:
                    f"{100 * row['difference']:.2f} | [{100 * row['ci'][0]:.2f}, "
                    f"{100 * row['ci'][1]:.2f}] | {row['p']:.3g} | {row['p_holm']:.3g} | "
                    f"{welch} |")
+  if record["notes"]:  # e.g. the seeds without a pair
+    lines += [""] + [f"Note: {note}." for note in record["notes"]]
   return "\n".join(lines) + "\n"
 
 

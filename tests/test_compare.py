@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from research import compare, metrics
+from research import compare, metrics, report, squad
 
 LABELS = ("negative", "positive")
 
@@ -227,6 +227,10 @@ def test_holm_corrects_the_comparisons_with_the_baseline(tmp_path):
     ("gold", "evaluated different examples of validation: example 1's gold is"),
     ("older_run", "rerun `python -m research.main --config <its config> --workdir"),
     ("one_system", "1 system given: a comparison needs at least two"),
+    ("no_final", "b/results.json is not a finished run's (no final results)"),
+    ("short_predictions", "_per_example.json is damaged: 100 gold labels, 99 predictions"),
+    ("no_gold", "_per_example.json is damaged: no list of gold and of predicted labels"),
+    ("sweep_json", "sweep.json is damaged: not a list of points, each with its name and"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
   gold = np.arange(100) % 2
@@ -248,6 +252,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
     (b / "eval" / "validation_step10_per_example.json").unlink()
   elif case == "one_system":
     args = [str(a)]
+  elif case == "no_final":
+    (b / "results.json").write_text(json.dumps({"best": None}))
+  elif case == "sweep_json":
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps({"points": [{"nam": "x"}]}))
+    args = [str(a), str(tmp_path / "sweep")]
+  elif case in ("short_predictions", "no_gold"):
+    per_example = b / "eval" / "validation_step10_per_example.json"
+    record = json.loads(per_example.read_text())
+    record["prediction"].pop()
+    per_example.write_text(json.dumps(record if case == "short_predictions" else {}))
   assert compare.main(args + ["--samples", "10", "--output", str(tmp_path)]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
@@ -271,3 +286,101 @@ def test_resampled_correlations_equal_research_metrics_and_scipy():
     assert spearman == pytest.approx(stats.spearmanr(g, p).statistic, abs=1e-12)
   np.testing.assert_array_equal(metrics.average_ranks(np.array([[3, 1, 3, 2], [0, 0, 0, 0]])),
                                 [[3.5, 1, 3.5, 2], [2.5, 2.5, 2.5, 2.5]])
+
+
+@pytest.mark.parametrize("system_seeds, baseline_seeds, pairs", [
+    ((1, 2), (0, 1, 2), [(1, 1), (2, 2)]),  # a setting that lost a seed: not 1 vs 0, 2 vs 1
+    ((0, 1), (2, 3), [(0, 2), (1, 3)]),     # no seed in common: in seed order
+    ((3, 0, 5), (6, 5, 3), [(0, 6), (3, 3), (5, 5)]),
+])
+def test_seeds_are_paired_by_value(tmp_path, system_seeds, baseline_seeds, pairs):
+  rng = np.random.default_rng(7)
+  gold = rng.integers(0, 2, 60)
+
+  def system(name, seeds):
+    return compare.System(name, [fake_run(tmp_path / f"{name}{s}", gold, _noisy(gold, 0.8, rng),
+                                          seed=s) for s in sorted(seeds)])
+  record = compare.compare_systems([system("b", baseline_seeds), system("s", system_seeds)],
+                                   samples=20, aso_iterations=0, progress=lambda line: None)
+  (comparison,) = record["comparisons"]
+  assert [(p["system_seed"], p["baseline_seed"]) for p in comparison["pairs"]] == pairs
+  for p in comparison["pairs"]:  # each row's scores are those of the runs it names
+    for side, name in (("system", "s"), ("baseline", "b")):
+      reported = json.loads((tmp_path / f"{name}{p[side + '_seed']}" / "results.json").read_text())
+      assert p[side] == reported["final"]["results"]["validation"]["accuracy"]
+  # research.report's section says which seeds were paired, as compare.md does.
+  note = [n for n in record["notes"] if "pair(s) compared example by example" in n]
+  assert len(note) == (len(set(system_seeds) ^ set(baseline_seeds)) > 0)
+  assert all(f"Note: {n}." in report.paired_text(record, "accuracy") for n in note)
+
+
+def test_best_reevaluation_of_an_older_best_checkpoint_is_not_compared(tmp_path):
+  """eval/<split>_best*.json written by --mode=eval before training went on and saved a later
+  best checkpoint: --checkpoint best compares the training's evaluation of the best step."""
+  rng = np.random.default_rng(8)
+  gold = rng.integers(0, 2, 80)
+  runs = [fake_run(tmp_path / name, gold, _noisy(gold, 0.8, rng)) for name in ("a", "b")]
+  stale = _noisy(gold, 0.5, rng)
+  (runs[1] / "eval" / "validation_best.json").write_text(json.dumps(
+      {"step": 4, "metrics": {"accuracy": metrics.accuracy(gold, stale)}}))
+  (runs[1] / "eval" / "validation_best_per_example.json").write_text(json.dumps(
+      {"kind": "classification", "gold": gold.tolist(), "prediction": stale.tolist()}))
+  record = compare.compare(runs, checkpoint="best", samples=20, progress=lambda line: None)
+  assert [r["step"] for r in record["systems"][1]["runs"]] == [10]
+  (pair,) = record["comparisons"][0]["pairs"]
+  reported = json.loads((runs[1] / "results.json").read_text())["final"]["results"]
+  assert pair["system"] == reported["validation"]["accuracy"]
+
+
+def test_question_answering_systems_each_scored_at_their_own_null_threshold():
+  """Two SQuAD 2.0 systems evaluated at different null_score_diff_threshold (a tuned setting):
+  each scored as research.squad scores it at its own threshold, all questions and the
+  (un)answerable ones."""
+  rng = np.random.default_rng(9)
+  ids = [f"q{i}" for i in range(40)]
+  gold = [["the cat", "a cat"] if i % 3 else [] for i in range(40)]
+  choices = ["the cat", "cat", "a dog", ""]
+  predictions = [[choices[j] for j in rng.integers(0, 4, 40)] for _ in range(2)]
+  odds = [rng.normal(0, 2, 40).tolist() for _ in range(2)]
+  evaluations = [compare.Evaluation(None, 0, 0, {"kind": "question_answering", "label_names": [],
+                                                 "null_score_diff_threshold": threshold}, {},
+                                    {"id": ids, "gold": gold, "prediction": p, "null_odds": o})
+                 for threshold, p, o in ((0.0, predictions[0], odds[0]),
+                                         (1.5, predictions[1], odds[1]))]
+  scorers = compare.scorers(*evaluations)
+  for side, (p, o, threshold) in enumerate(zip(predictions, odds, (0.0, 1.5))):
+    expected = squad.squad_scores(dict(zip(ids, p)), dict(zip(ids, gold)), dict(zip(ids, o)),
+                                  threshold=threshold)
+    for name in ("exact", "f1", "HasAns_f1", "NoAns_exact"):
+      assert scorers[name](np.arange(40) + 40 * side) == pytest.approx(expected[name]), name
+
+
+def test_a_pruned_trial_is_compared_with_a_note(tmp_path):
+  """A research.tune trial its pruner stopped (results.json: pruned) is compared at the step
+  it reached, and the comparison says that its training did not finish."""
+  rng = np.random.default_rng(10)
+  gold = rng.integers(0, 2, 50)
+  runs = [fake_run(tmp_path / name, gold, _noisy(gold, 0.8, rng)) for name in ("a", "b")]
+  results = json.loads((runs[1] / "results.json").read_text())
+  (runs[1] / "results.json").write_text(json.dumps({**results, "pruned": {"step": 10}}))
+  record = compare.compare(runs, samples=20, aso_iterations=0, progress=lambda line: None)
+  assert record["notes"] == [f"{runs[1]} was pruned by its tuner at step 10: its training did "
+                             "not finish"]
+  assert f"Note: {record['notes'][0]}." in compare.render(record)
+
+
+def test_runs_that_read_the_split_from_different_files_are_compared_with_a_note(tmp_path):
+  """Same gold labels, other texts (a contrast set beside the original test set) cannot be
+  told from the per-example files: the runs' data.json names the files, and the comparison
+  says they differ."""
+  rng = np.random.default_rng(11)
+  gold = rng.integers(0, 2, 50)
+  runs = [fake_run(tmp_path / name, gold, _noisy(gold, 0.8, rng)) for name in ("a", "b", "c")]
+  for run, file in zip(runs, ("/data/sst2/validation.tsv", "/data/sst2/validation.tsv",
+                              "/data/sst2_contrast/validation.tsv")):
+    (run / "data.json").write_text(json.dumps({"validation": {"file": file, "examples": 50}}))
+  note = (f"the runs read validation from different files ({runs[0]}: /data/sst2/validation.tsv"
+          f"; {runs[2]}: /data/sst2_contrast/validation.tsv): compared as the same examples, "
+          "since their gold labels agree")
+  assert compare.compare(runs, samples=20, progress=lambda line: None)["notes"] == [note]
+  assert compare.compare(runs[:2], samples=20, progress=lambda line: None)["notes"] == []
