@@ -285,7 +285,10 @@ def paired_text(record: dict[str, Any] | str | None, main: str) -> str:
            f"per seed pair over the same {record['n']} {record['units']}: the difference, its "
            f"95% paired bootstrap interval and permutation p, {record['samples']} resamples; "
            "Welch's t-test over seeds; p Holm-corrected over the settings; "
-           "`python -m research.compare` for every metric and ASO):", "",
+           "`python -m research.compare` for every metric and ASO). The best setting was "
+           "chosen on this same split, so these tests favour it (Holm corrects for the number "
+           "of comparisons, not for that choice): confirm a difference on a split the choice "
+           "did not see:", "",
            "| setting | seeds | difference | 95% CI | p | p Holm | Welch p | Welch p Holm |",
            "|---|---|---|---|---|---|---|---|"]
   for c in record["comparisons"]:
