@@ -524,19 +524,29 @@ class Tuner:
             "workdir": str(workdir.absolute()), "overrides": claim.overrides,
             "pruner": self.args.pruner, "eval_every": self.setup.eval_every,
             "budget": self.setup.budget}
-    with (workdir / "tune.log").open("a") as log, self.children_lock:
+    processes = self.args.processes
+    if processes > 1:  # one run of several processes: each given the same trial
+      spec["coordinator"] = f"127.0.0.1:{free_port()}"
+    children = []
+    with self.children_lock:
       if self.stopping.is_set():
         return None
-      # Its own process group: a terminal's Ctrl-C reaches it once, through `on_signal`.
-      child = subprocess.Popen(
-          [sys.executable, "-m", "research.tune", "--run-trial", json.dumps(spec)],
-          stdout=log, stderr=subprocess.STDOUT, process_group=0)
-      self.children.add(child)
+      for i in range(processes):
+        log_name = "tune.log" if i == 0 else f"tune.p{i}.log"
+        with (workdir / log_name).open("a") as log:
+          # Its own process group: a terminal's Ctrl-C reaches it once, through `on_signal`.
+          children.append(subprocess.Popen(
+              [sys.executable, "-m", "research.tune", "--run-trial",
+               json.dumps({**spec, "processes": processes, "process_id": i})],
+              stdout=log, stderr=subprocess.STDOUT, process_group=0))
+      self.children.update(children)
     try:
-      return child.wait()
+      codes = [child.wait() for child in children]
     finally:
       with self.children_lock:
-        self.children.discard(child)
+        self.children.difference_update(children)
+    # The first failure, else process 0's ending (75 when all stopped at a signal).
+    return next((c for c in codes if c not in (0, EXIT_INTERRUPTED)), codes[0])
 
   # ---- signals and the whole search
 
@@ -671,10 +681,21 @@ def write_outputs(study: optuna.Study, folder: pathlib.Path) -> None:
 # ---- One trial, in its own process -----------------------------------------------------------
 
 
+def free_port() -> int:
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
 def run_trial_process(spec: dict[str, Any]) -> int:
   """The child of a worker: the trial's config (the file's, with the trial's overrides) trained
   in its workdir, each periodic evaluation reported to the trial, stopped when the pruner says
-  so. Ends with the run's own one-line errors (exit 2) or 75 after a signal."""
+  so. Ends with the run's own one-line errors (exit 2) or 75 after a signal.
+
+  With `processes` > 1 it is process `process_id` of one run on `jax.distributed`: every
+  process was given the trial's parameters by the worker, which asked Optuna once (processes
+  that each ask would each train another config: transformers #18609); process 0 alone
+  reports to the trial, and its pruner's answer is broadcast, so that all stop at one step."""
   # Killed with its worker, as a kill -9 of the tuner would otherwise leave it training. Set
   # here rather than between fork and exec, which is unsafe in a process with threads.
   from research import supervisor
@@ -707,15 +728,31 @@ def run_trial_process(spec: dict[str, Any]) -> int:
                       os.path.expanduser("~/.cache/research/jax_compilation_cache"))
   import datasets
   datasets.disable_progress_bars()
-  from research import train
+  from research import distributed, train
+  processes = spec.get("processes", 1)
+  if processes > 1:
+    try:
+      distributed.initialize("on", coordinator_address=spec["coordinator"],
+                             num_processes=processes, process_id=spec["process_id"])
+    except distributed.DistributedError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+  logging.info("trial %d's overrides: %s", spec["trial_id"],
+               json.dumps(spec["overrides"], sort_keys=True))
   study = optuna.load_study(study_name=spec["study_name"], storage=open_storage(spec["storage"]),
                             sampler=optuna.samplers.RandomSampler(),
                             pruner=make_pruner(spec["pruner"], spec["eval_every"], spec["budget"]))
   trial = optuna.trial.Trial(study, spec["trial_id"])
 
   def on_evaluation(step: int, value: float) -> bool:
-    trial.report(value, step)
-    return trial.should_prune()
+    prune = False
+    if jax.process_index() == 0:
+      trial.report(value, step)
+      prune = trial.should_prune()
+    if jax.process_count() > 1:  # every process evaluates at this step: one answer for all
+      from jax.experimental import multihost_utils
+      prune = bool(multihost_utils.broadcast_one_to_all(np.array(prune)))
+    return prune
 
   try:
     train.train_and_evaluate(config, spec["workdir"], on_evaluation=on_evaluation)
@@ -725,6 +762,7 @@ def run_trial_process(spec: dict[str, Any]) -> int:
   except Exception as e:  # the log keeps the traceback; the worker shows the last line
     traceback.print_exc()
     message = " ".join(str(e).split("\n")[0].split())
+    distributed.fail(message or type(e).__name__, 2)  # ends the others at once too
     print(f"error: {message if message else type(e).__name__}", file=sys.stderr)
     return 2
   return 0
@@ -753,13 +791,17 @@ def main(argv: list[str] | None = None) -> int:
                       "or an SQLAlchemy URL (postgresql+psycopg2://user@host/db)")
   parser.add_argument("--study-name", default=None, help="default: the study folder's name")
   parser.add_argument("--workers", type=int, default=1, help="trials run at once here")
+  parser.add_argument("--processes", type=int, default=1,
+                      help="each trial one run of this many processes on this machine "
+                      "(jax.distributed; the trial's parameters asked once)")
   parser.add_argument("--rerun-best", type=int, default=0, metavar="N",
                       help="retrain the best trial's config with N new seeds")
   args = parser.parse_args(argv)
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   try:
-    if args.trials < 0 or args.workers < 1 or args.rerun_best < 0:
-      raise TuneError("--trials and --rerun-best take a number >= 0, --workers >= 1")
+    if args.trials < 0 or args.workers < 1 or args.rerun_best < 0 or args.processes < 1:
+      raise TuneError("--trials and --rerun-best take a number >= 0, --workers and "
+                      "--processes >= 1")
     setup = load_setup(args.config, args.study)
     # The sampler and pruner before anything is written: a mistake in them leaves no study.
     sampler = make_sampler(args.sampler, setup.space, args.seed)

@@ -403,3 +403,29 @@ def test_the_glue_configs_space_is_searchable(tmp_path):
   assert sorted(setup.space) == ["optimizer.learning_rate", "optimizer.warmup_ratio",
                                  "optimizer.weight_decay", "train.batch_size"]
   assert (setup.metric, setup.direction) == ("accuracy", "maximize")
+
+
+def test_a_trial_of_two_processes_is_given_one_config_and_pruned_at_one_step(tmp_path):
+  """--processes 2: each trial is one run of two processes (jax.distributed). The worker asks
+  Optuna once and gives both processes the trial's parameters (where each process asking
+  would train another config: transformers #18609); process 0 reports to the trial and the
+  pruner's answer reaches both, so that both stop at the same step."""
+  require_data("sst2")
+  config = _study_config(tmp_path, '{"config.optimizer.learning_rate": space.choice([1.0]), '
+                         '"config.parallel.num_devices": space.fixed(0)}')
+  folder = tmp_path / "two"
+  process = _tune("--config", f"{config}:loss", "--study", str(folder), "--trials", "1",
+                  "--sampler", "grid", "--pruner", "threshold:upper=1.0", "--processes", "2")
+  out, err = process.communicate(timeout=600)
+  assert process.returncode == 0, err + out
+  [trial] = _load(folder).trials
+  workdir = folder / trial.user_attrs["workdir"]
+  logs = [(workdir / name).read_text() for name in ("tune.log", "tune.p1.log")]
+  assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [4]
+  assert json.loads((workdir / "results.json").read_text())["pruned"] == {"step": 4}
+  told = [re.findall(r"trial \d+'s overrides: (.*)", log) for log in logs]
+  assert told[0] == told[1] == ['{"optimizer.learning_rate": 1.0, "parallel.num_devices": 0}']
+  for log in logs:
+    assert "jax.distributed: process" in log and "pruned at step 4" in log
+    assert "error" not in log.lower()
+  assert json.loads((workdir / "results.json").read_text())["processes"] == 2
