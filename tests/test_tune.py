@@ -97,6 +97,14 @@ def test_space_declarations_refuse_what_cannot_be_searched():
           "config.train.batch_size: choice of no values"),
          ({"config.train.batch_size": search_space.uniform(8.0, 32.0)},
           "config.train.batch_size' does not fit the config"),
+         # a uniform range samples floats, whatever its bounds: not for an integer field
+         ({"config.train.batch_size": search_space.uniform(8, 32)},
+          "config.train.batch_size' does not fit the config"),
+         # equal values Optuna could not tell apart (it keeps a choice by list.index)
+         ({"config.train.batch_size": search_space.choice([16, True, 1])},
+          "config.train.batch_size: choice [16, True, 1] repeats a value (1 equals True)"),
+         ({"config.optimizer.learning_rate": search_space.choice([1e-4, 3e-4, 0.0001])},
+          "repeats a value (0.0001 equals 0.0001)"),
          ({"optimizer.learning_rate": search_space.uniform(0.0, 1.0)},
           "must start with 'config.'"),
          ({}, "must return a non-empty dict")]
