@@ -204,6 +204,12 @@ def storage_url(given: str | None, folder: pathlib.Path) -> str:
   return given
 
 
+def own_file(url: str, folder: pathlib.Path) -> str | None:
+  """'study.db' or 'journal.log' when `url` is the folder's own storage, else None."""
+  return next((file for given, file in (("sqlite", "study.db"), ("journal", "journal.log"))
+               if storage_url(given, folder) == url), None)
+
+
 def shown(url: str) -> str:
   """The URL without its password, for messages."""
   if url.startswith("journal:"):
@@ -324,8 +330,18 @@ def open_study(setup: Setup, args: argparse.Namespace, url: str, sampler, pruner
                ) -> optuna.Study:
   """Creates the study, or loads it and refuses a command that differs from the one that made
   it (the sampler and pruner are the command's: Optuna does not store them)."""
-  storage = open_storage(url)
   name = args.study_name or setup.folder.absolute().name
+  own = own_file(url, setup.folder)
+  if own and not (setup.folder / own).exists():  # before the storage makes its file there
+    refuse_used_folder(setup.folder, url, name, [])
+  storage = open_storage(url)
+  try:
+    names = optuna.study.get_all_study_names(storage)
+  except Exception as e:  # a damaged file, a server that went away
+    raise TuneError(f"--storage {shown(url)} cannot be read: {type(e).__name__}: "
+                    f"{' '.join(str(e).split())[:300]}") from e
+  if name not in names:
+    refuse_used_folder(setup.folder, url, name, names)
   stored = {"config": setup.config_spec, "sampler": args.sampler, "pruner": args.pruner,
             "seed": args.seed, "space": search_space.record(setup.space),
             "budget": setup.budget, "metric": setup.metric}
@@ -348,6 +364,24 @@ def open_study(setup: Setup, args: argparse.Namespace, url: str, sampler, pruner
                       f"{json.dumps(saved.get(key))}; this command gives {json.dumps(stored[key])}"
                       ": rerun it as it was made, or use another --study / --study-name")
   return study
+
+
+def refuse_used_folder(folder: pathlib.Path, url: str, name: str, studies: list[str]) -> None:
+  """A new study needs a folder of its own: one that holds another study's trials (made with
+  another --storage or --study-name: its trial 0 would take trials/0000), a run's workdir or
+  anything else is refused, as is the folder's own study.db or journal.log holding another
+  study. `studies`: those the storage holds now."""
+  own = own_file(url, folder)
+  held = sorted(p.name for p in folder.iterdir() if p.name not in {".ask.lock", own})
+  if held:
+    raise TuneError(f"--study {folder} holds {', '.join(held[:3])}"
+                    f"{', ...' if len(held) > 3 else ''} but no study {name!r} in "
+                    f"{shown(url)}: a new study needs an empty or new folder (was the study "
+                    "there made with another --storage or --study-name?)")
+  if own and studies:
+    raise TuneError(f"--study {folder}: {shown(url)} holds the study {studies[0]!r}, not "
+                    f"{name!r}: one study per folder (rerun it with --study-name "
+                    f"{studies[0]}, or use another --study)")
 
 
 # ---- Running trials --------------------------------------------------------------------------
@@ -767,7 +801,11 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(sampler, _GridSampler) and args.trials > grid_size(setup.space):
       raise TuneError(f"--trials {args.trials}: the grid of {args.config} has "
                       f"{grid_size(setup.space)} points")
-    args.study.mkdir(parents=True, exist_ok=True)
+    try:
+      args.study.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise TuneError(f"--study {args.study}: cannot make the study folder: "
+                      f"{e.strerror or e}") from e
     url = storage_url(args.storage, args.study)
     # Under the workers' lock: tuners started at once agree on who made the study.
     with file_lock(args.study / ".ask.lock", "another worker opening the study"):

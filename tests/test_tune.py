@@ -215,6 +215,37 @@ def test_bad_commands_are_one_line_and_a_rerun_must_match_the_study(tmp_path, ca
       err.count("\n") == 1
 
 
+def test_a_new_study_needs_a_folder_of_its_own(tmp_path, capsys):
+  """A study in a file, in a run's workdir, or beside another study of the folder (another
+  --storage or --study-name: both would train trial 0 in trials/0000) is refused, in one line,
+  and nothing is written there."""
+  config = str(_study_config(tmp_path, LEARNING_RATE))
+  (tmp_path / "a_file").write_text("notes\n")
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text("{}\n")
+  study = tmp_path / "study"
+  assert tune.main(["--config", config, "--study", str(study)]) == 0
+  cases = [
+      (["--study", str(tmp_path / "a_file")],
+       f"--study {tmp_path / 'a_file'}: cannot make the study folder: File exists"),
+      (["--study", str(workdir)],
+       f"--study {workdir} holds config.json but no study 'run' in sqlite:///"
+       f"{workdir / 'study.db'}: a new study needs an empty or new folder"),
+      (["--study", str(study), "--storage", "journal"],
+       f"--study {study} holds study.db but no study 'study' in journal:{study / 'journal.log'}"),
+      (["--study", str(study), "--study-name", "other"],
+       f"--study {study}: sqlite:///{study / 'study.db'} holds the study 'study', not 'other': "
+       "one study per folder")]
+  for command, message in cases:
+    assert tune.main(["--config", config, *command]) == 2, command
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+  assert sorted(p.name for p in workdir.iterdir()) == [".ask.lock", "config.json"]
+  assert sorted(p.name for p in study.iterdir()) == [".ask.lock", "study.db"]
+  assert optuna.study.get_all_study_names(f"sqlite:///{study / 'study.db'}") == ["study"]
+
+
 # ---- studies end to end ----------------------------------------------------------------------
 
 
