@@ -294,6 +294,8 @@ class Setup:
   budget: int | None      # steps per trial (None: the config trains for epochs)
   eval_every: int | None  # steps between the evaluations a trial reports (None: each epoch)
   base_seed: int
+  base: dict[str, Any]    # the config's other fields ({path: value}, as JSON): what each trial
+                          # shares, so that a rerun after the file changed is refused
 
   def fixed(self) -> dict[str, Any]:
     return {name: d.value for name, d in self.space.items() if d.kind == "fixed"}
@@ -323,7 +325,10 @@ def load_setup(config_spec: str, folder: pathlib.Path) -> Setup:
                folder=folder, space=space, metric=config.eval.best_metric,
                direction="minimize" if config_lib.best_mode(config) == "min" else "maximize",
                budget=config.train.num_steps or None,
-               eval_every=config.eval.every_steps or None, base_seed=config.seed)
+               eval_every=config.eval.every_steps or None, base_seed=config.seed,
+               base=json.loads(json.dumps(
+                   {path: value for path, value in config_lib.flatten(config.to_dict()).items()
+                    if path not in space or space[path].kind == "fixed"}, default=str)))
 
 
 def open_study(setup: Setup, args: argparse.Namespace, url: str, sampler, pruner
@@ -344,7 +349,7 @@ def open_study(setup: Setup, args: argparse.Namespace, url: str, sampler, pruner
     refuse_used_folder(setup.folder, url, name, names)
   stored = {"config": setup.config_spec, "sampler": args.sampler, "pruner": args.pruner,
             "seed": args.seed, "space": search_space.record(setup.space),
-            "budget": setup.budget, "metric": setup.metric}
+            "budget": setup.budget, "metric": setup.metric, "base": setup.base}
   try:
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
                                 pruner=pruner, direction=setup.direction, load_if_exists=True)
@@ -356,6 +361,15 @@ def open_study(setup: Setup, args: argparse.Namespace, url: str, sampler, pruner
       study.set_user_attr(key, value)
     return study
   saved = study.user_attrs
+  if "base" in saved and saved["base"] != setup.base:
+    changed = sorted(k for k in {*saved["base"], *setup.base}
+                     if saved["base"].get(k, "(none)") != setup.base.get(k, "(none)"))
+    raise TuneError(
+        f"study {name!r} in {shown(url)} was made from another {setup.config_spec}: "
+        + ", ".join(f"{k} {json.dumps(saved['base'].get(k, '(none)'))} there, "
+                    f"{json.dumps(setup.base.get(k, '(none)'))} now" for k in changed[:3])
+        + (f" (and {len(changed) - 3} more)" if len(changed) > 3 else "")
+        + ": put the file back as it was, or use another --study / --study-name")
   for key in _STORED:
     if json.dumps(saved.get(key), sort_keys=True) != json.dumps(stored[key], sort_keys=True):
       what = {"config": "--config", "sampler": "--sampler", "pruner": "--pruner",

@@ -205,6 +205,19 @@ def test_bad_commands_are_one_line_and_a_rerun_must_match_the_study(tmp_path, ca
       f"error: study 'study' in sqlite:///{study / 'study.db'} was made with --sampler \"tpe\"; "
       "this command gives \"random\": rerun it as it was made, or use another --study / "
       "--study-name\n")
+  # The config file edited after the study was made (its trials would not be comparable):
+  # refused, naming what changed; the base value of a searched field does not count.
+  source = config.read_text()
+  config.write_text(source.replace('"log.every_steps": 4', '"log.every_steps": 2'))
+  assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "tpe"]) == 2
+  assert capsys.readouterr().err == (
+      f"error: study 'study' in sqlite:///{study / 'study.db'} was made from another {config}: "
+      "log.every_steps 4 there, 2 now: put the file back as it was, or use another --study / "
+      "--study-name\n")
+  config.write_text(source.replace('"log.every_steps": 4,',
+                                   '"log.every_steps": 4, "optimizer.learning_rate": 0.5,'))
+  assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "tpe"]) == 0
+  config.write_text(source)
   assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "grid",
                     "--trials", "3"]) == 2
   assert "grid searches choices only" in capsys.readouterr().err
