@@ -526,8 +526,10 @@ def write(study: optuna.Study, folder: pathlib.Path) -> list[str]:
   return warnings
 
 
-def open_study(folder: pathlib.Path, storage: str | None = None) -> optuna.Study:
-  """The one study in `storage`, or in the folder's study.db (SQLite) or journal.log."""
+def open_study(folder: pathlib.Path, storage: str | None = None,
+               name: str | None = None) -> optuna.Study:
+  """The study `name` (by default the folder's name, as the tuner names it) in `storage`, or
+  in the folder's study.db (SQLite) or journal.log; the one study there when it holds one."""
   where = re.sub(r"(://[^:/@]*:).*@", r"\1***@", storage or "")  # no password in messages
   if storage is None:
     if (folder / "study.db").is_file():
@@ -544,10 +546,13 @@ def open_study(folder: pathlib.Path, storage: str | None = None) -> optuna.Study
   except Exception as e:  # a URL that does not answer, a damaged file: say which
     raise TuneReportError(f"cannot read the study storage {where}: "
                           f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
-  if len(names) != 1:
-    raise TuneReportError(f"the storage {where} holds {len(names)} studies ({names}); "
-                          "research.tune keeps one per study folder")
-  return optuna.load_study(study_name=names[0], storage=storage)
+  # A shared database (PostgreSQL) holds the studies of many folders.
+  name = name or (folder.absolute().name if len(names) != 1 else names[0])
+  if name not in names:
+    raise TuneReportError(f"the storage {where} holds no study {name!r} (it holds "
+                          f"{', '.join(map(repr, names[:5])) or 'none'}"
+                          f"{', ...' if len(names) > 5 else ''}): give --study-name")
+  return optuna.load_study(study_name=name, storage=storage)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -555,10 +560,13 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("folder", type=pathlib.Path, help="the study folder (--study of the tuner)")
   parser.add_argument("--storage", default=None,
                       help="the study's storage URL when it is not in the folder (PostgreSQL)")
+  parser.add_argument("--study-name", default=None,
+                      help="the study in a storage that holds several (default: the folder's "
+                      "name, as research.tune names it)")
   args = parser.parse_args(argv)
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   try:
-    study = open_study(args.folder, args.storage)
+    study = open_study(args.folder, args.storage, args.study_name)
   except TuneReportError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -378,3 +378,22 @@ def test_cli_refuses_a_folder_without_a_study_in_one_line(tmp_path, capsys):
   assert len(error.splitlines()) == 1
   assert error.startswith("error: cannot read the study storage "
                           "postgresql://tuner:***@127.0.0.1:1/studies: ")
+
+
+def test_cli_picks_the_folders_study_from_a_storage_that_holds_several(tmp_path, capsys):
+  """A shared database (PostgreSQL, here one SQLite file) holds the studies of many folders:
+  the tuner names each after its folder, and so does the report (or --study-name)."""
+  storage = f"sqlite:///{tmp_path / 'shared.db'}"
+  for name, value in (("rte_tpe", 0.70), ("rte_random", 0.60)):
+    add_trial(new_study(storage=storage, name=name), TrialState.COMPLETE, 1e-4, 32, 0.1, value,
+              {20: value}, 61.5)
+  for folder, name, value in ((tmp_path / "rte_random", None, "0.6"),
+                              (tmp_path / "other", "rte_tpe", "0.7")):
+    command = [str(folder), "--storage", storage] + (["--study-name", name] if name else [])
+    assert tune_report.main(command) == 0
+    with (folder / "trials.csv").open() as file:
+      assert [r["accuracy"] for r in csv.DictReader(file)] == [value]
+  assert tune_report.main([str(tmp_path / "rte"), "--storage", storage]) == 2
+  assert capsys.readouterr().err == (
+      f"error: the storage {storage} holds no study 'rte' (it holds 'rte_tpe', 'rte_random'): "
+      "give --study-name\n")
