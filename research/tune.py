@@ -377,6 +377,14 @@ def open_study(setup: Setup, args: argparse.Namespace, url: str, sampler, pruner
       raise TuneError(f"study {name!r} in {shown(url)} was made with {what} "
                       f"{json.dumps(saved.get(key))}; this command gives {json.dumps(stored[key])}"
                       ": rerun it as it was made, or use another --study / --study-name")
+  # A shared database holds the studies of many folders, named after them by default: the
+  # same name from another folder would resume that folder's running trials here.
+  finished = [t for t in study.get_trials(deepcopy=False)
+              if t.state.is_finished() and "workdir" in t.user_attrs]
+  if finished and not any((setup.folder / t.user_attrs["workdir"]).is_dir() for t in finished):
+    raise TuneError(f"study {name!r} in {shown(url)} has {len(finished)} finished trial(s), "
+                    f"none of them in {setup.folder} (the study of another folder of that "
+                    "name?): give another --study-name, or the folder the study trains in")
   return study
 
 

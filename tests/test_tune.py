@@ -257,6 +257,23 @@ def test_a_new_study_needs_a_folder_of_its_own(tmp_path, capsys):
   assert sorted(p.name for p in workdir.iterdir()) == [".ask.lock", "config.json"]
   assert sorted(p.name for p in study.iterdir()) == [".ask.lock", "study.db"]
   assert optuna.study.get_all_study_names(f"sqlite:///{study / 'study.db'}") == ["study"]
+  # A shared database (PostgreSQL; here an SQLite file outside the folders): the study of
+  # another folder of the same name is refused, before it resumes that folder's trials here.
+  shared = f"sqlite:///{tmp_path / 'shared.db'}"
+  mine, theirs = tmp_path / "mine" / "study", tmp_path / "theirs" / "study"
+  assert tune.main(["--config", config, "--study", str(mine), "--storage", shared]) == 0
+  made = optuna.load_study(study_name="study", storage=shared)
+  trial = made.ask({"optimizer.learning_rate": optuna.distributions.FloatDistribution(
+      1e-5, 1e-3, log=True)})
+  trial.set_user_attr("workdir", "trials/0000")
+  made.tell(trial, 0.5)
+  (mine / "trials" / "0000").mkdir(parents=True)
+  assert tune.main(["--config", config, "--study", str(mine), "--storage", shared]) == 0
+  assert tune.main(["--config", config, "--study", str(theirs), "--storage", shared]) == 2
+  assert capsys.readouterr().err == (
+      f"error: study 'study' in {shared} has 1 finished trial(s), none of them in {theirs} (the "
+      "study of another folder of that name?): give another --study-name, or the folder the "
+      "study trains in\n")
 
 
 # ---- studies end to end ----------------------------------------------------------------------
