@@ -820,6 +820,11 @@ def main(argv: list[str] | None = None) -> int:
     # The sampler and pruner before anything is written: a mistake in them leaves no study.
     sampler = make_sampler(args.sampler, setup.space, args.seed)
     pruner = make_pruner(args.pruner, setup.eval_every, setup.budget)
+    if (not isinstance(pruner, optuna.pruners.NopPruner) and setup.budget
+        and setup.eval_every and setup.eval_every >= setup.budget):
+      print(f"warning: --pruner {args.pruner} stops no trial: a trial evaluates at its last step "
+            f"only (eval.every_steps {setup.eval_every}, train.num_steps {setup.budget})",
+            file=sys.stderr)
     if isinstance(sampler, _GridSampler) and args.trials > grid_size(setup.space):
       raise TuneError(f"--trials {args.trials}: the grid of {args.config} has "
                       f"{grid_size(setup.space)} points")

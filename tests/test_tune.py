@@ -276,6 +276,20 @@ def test_a_new_study_needs_a_folder_of_its_own(tmp_path, capsys):
       "study trains in\n")
 
 
+def test_a_pruner_that_cannot_prune_is_told(tmp_path, capsys):
+  """A trial reports its evaluations only: one that evaluates at its end alone is never
+  pruned, which the command says instead of pruning nothing silently."""
+  config = _study_config(tmp_path, LEARNING_RATE)
+  config.write_text(config.read_text().replace('"eval.every_steps": 4', '"eval.every_steps": 8'))
+  assert tune.main(["--config", str(config), "--study", str(tmp_path / "s"), "--pruner",
+                    "median"]) == 0
+  assert capsys.readouterr().err == (
+      "warning: --pruner median stops no trial: a trial evaluates at its last step only "
+      "(eval.every_steps 8, train.num_steps 8)\n")
+  assert tune.main(["--config", str(config), "--study", str(tmp_path / "s2")]) == 0
+  assert capsys.readouterr().err == ""
+
+
 # ---- studies end to end ----------------------------------------------------------------------
 
 
