@@ -523,6 +523,12 @@ class Tuner:
       self.stop()
 
   def run_trial(self, claim: Claim) -> None:
+    self.train_and_tell(claim)
+    # As each trial ends: a researcher follows a long search in trials.md and the plots.
+    if self.study._storage.get_trial(claim.trial_id).state.is_finished():
+      write_outputs(self.study, self.setup.folder, warn=False)
+
+  def train_and_tell(self, claim: Claim) -> None:
     workdir = self.setup.folder / self.workdir_name(claim.number)
     what = "resuming" if claim.resumed else ""
     say(f"[trial {claim.number}, {claim.number + 1} of {self.target}] "
@@ -712,16 +718,26 @@ def rerun_best(setup: Setup, study: optuna.Study, seeds: int, workers: int) -> i
   return 0
 
 
-def write_outputs(study: optuna.Study, folder: pathlib.Path) -> None:
-  """The trials table, plots and best_config.py (`research.tune_report`, where it exists)."""
+def write_outputs(study: optuna.Study, folder: pathlib.Path, warn: bool = True) -> None:
+  """The trials table, plots and best_config.py (`research.tune_report`, where it exists); its
+  warnings on stderr when `warn`. A folder that cannot take them is a warning: the study goes
+  on."""
   try:
     module = importlib.import_module("research.tune_report")
   except ModuleNotFoundError as e:
     if e.name != "research.tune_report":
       raise
     return
-  for warning in module.write(study, folder):
+  with _outputs_lock:  # workers' threads end trials at once; one writer at a time
+    try:
+      warnings = module.write(study, folder)
+    except OSError as e:
+      warnings, warn = [f"cannot write the study's tables and plots into {folder}: {e}"], True
+  for warning in warnings if warn else []:
     print(f"warning: {warning}", file=sys.stderr)
+
+
+_outputs_lock = threading.Lock()
 
 
 # ---- One trial, in its own process -----------------------------------------------------------

@@ -2,6 +2,7 @@
 studies end to end (pruning, failure, kill -9 and resume, two workers on SQLite, journal and a
 real PostgreSQL server, the best trial rerun with new seeds)."""
 
+import argparse
 import csv
 import json
 import math
@@ -288,6 +289,32 @@ def test_a_pruner_that_cannot_prune_is_told(tmp_path, capsys):
       "(eval.every_steps 8, train.num_steps 8)\n")
   assert tune.main(["--config", str(config), "--study", str(tmp_path / "s2")]) == 0
   assert capsys.readouterr().err == ""
+
+
+def test_a_trial_that_ended_is_told_and_the_outputs_follow_at_once(tmp_path):
+  """A trial whose run finished before its tuner was killed is told its results.json (its best
+  evaluation's value), not trained again; trials.csv is rewritten as each trial ends, not only
+  when the command ends."""
+  config = _study_config(tmp_path, LEARNING_RATE)
+  folder = tmp_path / "study"
+  assert tune.main(["--config", str(config), "--study", str(folder), "--sampler", "random"]) == 0
+  study = _load(folder)
+  trial = study.ask({"optimizer.learning_rate": optuna.distributions.FloatDistribution(
+      1e-5, 1e-3, log=True)})
+  workdir = folder / "trials" / "0000"
+  workdir.mkdir(parents=True)
+  (workdir / "results.json").write_text(json.dumps({
+      "train": {"steps": 8}, "pruned": None, "best": {"step": 4, "value": 0.75},
+      "final": {"step": 8, "results": {"validation": {"accuracy": 0.5}}}}))
+  args = argparse.Namespace(
+      trials=1, sampler="random", pruner="none", seed=0, study_name=None)
+  setup = tune.load_setup(str(config), folder)
+  tuner = tune.Tuner(setup, study, tune.storage_url(None, folder), args)
+  assert tuner.search(1) == 0
+  assert study.trials[0].state == TrialState.COMPLETE and study.trials[0].value == 0.75
+  with (folder / "trials.csv").open() as file:
+    assert [(r["number"], r["accuracy"], r["steps"]) for r in csv.DictReader(file)] == [
+        ("0", "0.75", "8")]
 
 
 # ---- studies end to end ----------------------------------------------------------------------
