@@ -36,6 +36,7 @@ import math
 import os
 import pathlib
 import re
+import shlex
 import sys
 import threading
 from typing import Any
@@ -501,7 +502,8 @@ def write_best_config(study: optuna.Study, folder: pathlib.Path, best) -> pathli
       number=best.number, metric=attrs.get("metric", "value"), value=f"{best.value:.4f}",
       direction=study.direction.name.lower(), completed=completed,
       base=str(pathlib.Path(attrs["config_path"]).absolute()),
-      with_arg=f" (argument {arg!r})" if arg else "", path=path.resolve(), arg=arg,
+      with_arg=f" (argument {arg!r})" if arg else "", path=shlex.quote(str(path.resolve())),
+      arg=arg,
       overrides="".join(f"    {key!r}: {value!r},\n" for key, value in overrides.items())))
   return path
 

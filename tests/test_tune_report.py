@@ -307,7 +307,7 @@ def test_best_config_is_the_base_config_with_the_best_overrides(tmp_path):
           "data.max_length": 64}
   study.add_trial(create_trial(value=0.95, user_attrs={"overrides": best,
                                                        "workdir": "trials/0007"}))
-  folder = tmp_path / "elsewhere" / "study"  # outside the repository
+  folder = tmp_path / "else where" / "study"  # outside the repository; a path with a space
   tune_report.write(study, folder)
   loaded = load_like_main(folder / "best_config.py", tmp_path / "run")
   expected = glue.get_config("rte")
@@ -321,6 +321,8 @@ def test_best_config_is_the_base_config_with_the_best_overrides(tmp_path):
   text = (folder / "best_config.py").read_text()
   assert "study rte_tpe (`--config configs/glue.py:rte`" in text
   assert "trial 7, accuracy 0.9500 (maximize)" in text
+  # the command in its docstring runs as pasted into a shell
+  assert f"python -m research.main --config '{folder.resolve()}/best_config.py' " in text
 
 
 def test_best_config_refuses_in_one_line_when_its_base_is_gone(tmp_path, capsys):
