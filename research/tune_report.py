@@ -534,6 +534,10 @@ def open_study(folder: pathlib.Path, storage: str | None = None,
   in the folder's study.db (SQLite) or journal.log; the one study there when it holds one."""
   where = re.sub(r"(://[^:/@]*:).*@", r"\1***@", storage or "")  # no password in messages
   if storage is None:
+    if (folder / "study.db").is_file() and (folder / "journal.log").is_file():
+      raise TuneReportError(f"{folder} holds both study.db and journal.log: two studies of "
+                            "one folder (rerun with another --storage); move one away, or give "
+                            "--storage")
     if (folder / "study.db").is_file():
       storage = where = f"sqlite:///{(folder / 'study.db').resolve()}"
     elif (folder / "journal.log").is_file():

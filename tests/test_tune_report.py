@@ -373,6 +373,14 @@ def test_cli_refuses_a_folder_without_a_study_in_one_line(tmp_path, capsys):
   assert error == (f"error: {tmp_path} holds no study.db or journal.log (not a study folder of "
                    "research.tune?); give --storage URL for a study elsewhere")
   assert list(tmp_path.iterdir()) == []
+  # Two studies in one folder (made before research.tune refused a second): neither is picked.
+  (tmp_path / "study.db").touch()
+  (tmp_path / "journal.log").touch()
+  assert tune_report.main([str(tmp_path)]) == 2
+  assert capsys.readouterr().err.startswith(
+      f"error: {tmp_path} holds both study.db and journal.log: two studies of one folder")
+  for name in ("study.db", "journal.log"):
+    (tmp_path / name).unlink()
   # A storage that does not answer: one line, without the URL's password.
   assert tune_report.main([str(tmp_path), "--storage",
                            "postgresql://tuner:secret@127.0.0.1:1/studies"]) == 2
