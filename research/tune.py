@@ -428,13 +428,18 @@ def short_params(params: dict[str, Any]) -> str:
   return " ".join(f"{name}={_value(value)}" for name, value in zip(names, params.values()))
 
 
-def failure_reason(code: int, log: pathlib.Path) -> str:
-  """One line for a trial process that ended with `code`: its last `error: ...` line, the
-  signal that killed it, or its exit status."""
+def failure_reason(code: int, log: pathlib.Path, start: int = 0) -> str:
+  """One line for a trial process that ended with `code`: its last `error: ...` line (in its
+  log from byte `start` on: the log keeps the sessions before a resume), the signal that killed
+  it, or its exit status."""
   if code < 0:
     name = signal.Signals(-code).name
     return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
-  lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+  lines = []
+  if log.exists():
+    with log.open("rb") as file:
+      file.seek(start)
+      lines = file.read().decode(errors="replace").splitlines()
   errors = [line for line in lines if line.startswith("error: ")]
   if errors:
     return errors[-1].removeprefix("error: ")[:300]
@@ -536,6 +541,8 @@ class Tuner:
         + (f" ({what} {self.workdir_name(claim.number)})" if what else ""))
     start = time.perf_counter()
     code = 0
+    log = workdir / "tune.log"
+    log_start = log.stat().st_size if log.exists() else 0  # this session's lines follow
     # A run that finished just before its tuner was killed is not run again: only told.
     if not (claim.resumed and (workdir / "results.json").exists()):
       code = self.run_child(claim, workdir)
@@ -568,7 +575,7 @@ class Tuner:
       self.study.tell(claim.number, value)
       say(f"[trial {claim.number}] {self.setup.metric} {_value(value)} in {seconds:.0f} s")
       return
-    reason = failure_reason(code, workdir / "tune.log")
+    reason = failure_reason(code, log, log_start)
     storage.set_trial_user_attr(claim.trial_id, "steps", trained_steps(workdir))
     storage.set_trial_user_attr(claim.trial_id, "outcome", f"failed: {reason}")
     self.study.tell(claim.number, state=TrialState.FAIL)

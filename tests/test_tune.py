@@ -185,6 +185,20 @@ def test_grid_sampler_visits_every_point_once_and_ranges_are_refused():
           == "killed by SIGKILL (out of memory?)")
 
 
+
+def test_a_failed_resumed_trials_reason_is_its_own_sessions(tmp_path):
+  """A resumed trial appends to its tune.log: the error line of the session it resumed (a
+  signal that stopped it) is not the reason the resumed one failed."""
+  log = tmp_path / "tune.log"
+  log.write_text("error: stopped by SIGTERM at step 4 of 8, with a checkpoint: rerun ...\n")
+  start = log.stat().st_size
+  with log.open("a") as file:
+    file.write("Fatal Python error: Segmentation fault\n\n")
+  assert (tune.failure_reason(1, log, start)
+          == "exit status 1: Fatal Python error: Segmentation fault")
+  assert tune.failure_reason(2, log, 0).startswith("stopped by SIGTERM at step 4")
+
+
 def test_bad_commands_are_one_line_and_a_rerun_must_match_the_study(tmp_path, capsys):
   config = _study_config(tmp_path, LEARNING_RATE.replace("1e-5, 1e-3", "1e-3, 1e-5"))
   study = tmp_path / "study"
