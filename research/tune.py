@@ -22,7 +22,9 @@ be on a filesystem all workers share): a trial left running by a killed tuner ha
 and the next worker resumes it from its own checkpoint. Rerun the same command after kill -9,
 SIGTERM or Ctrl-C (the trials save a checkpoint; exit 75): finished trials are kept and none
 runs twice. The sampler and pruner are rebuilt from the command each time (Optuna does not store
-them), so a rerun with another sampler, pruner, seed, space or config is refused.
+them), so a rerun with another sampler, pruner, seed, space or config (the file's fields, not
+only its name) is refused. A study folder holds one study: a new study in a folder that holds
+anything (another study's trials, a run's workdir) is refused.
 
 `--rerun-best N` trains the best trial's config with N new seeds in `<study>/best/seed=<s>/`
 and reports mean ± std with a t-interval on every split the config evaluates

@@ -347,7 +347,10 @@ def test_study_prunes_records_failures_and_two_workers_split_it(tmp_path):
   out, err = process.communicate(timeout=600)
   assert process.returncode == 0, err
   study = _load(folder)
-  assert study.user_attrs == {
+  base = study.user_attrs["base"]  # the config's fields but the searched ones
+  assert base["train.num_steps"] == 8 and base["eval.best_metric"] == "loss"
+  assert "optimizer.learning_rate" not in base and "train.grad_accum_steps" not in base
+  assert {k: v for k, v in study.user_attrs.items() if k != "base"} == {
       "config": f"{config}:loss", "config_path": str(config), "metric": "loss",
       "direction": "minimize", "sampler": "grid", "pruner": "threshold:upper=1.0", "seed": 0,
       "budget": 8, "space": {
