@@ -90,6 +90,8 @@ def parse_named(text: str, table: dict[str, Callable], what: str) -> tuple[Calla
     key, equals, value = item.partition("=")
     if not equals:
       raise TuneError(f"--{what} {text!r}: {item!r} is not key=value")
+    if key.strip() == "seed":
+      raise TuneError(f"--{what} {text!r}: the sampler's seed is --seed")
     try:
       kwargs[key.strip()] = ast.literal_eval(value.strip())
     except (ValueError, SyntaxError):
@@ -228,8 +230,11 @@ def open_storage(url: str):
     from optuna.storages import journal
     path = url.removeprefix("journal:")
     # An open(O_EXCL) lock file works on NFS, where the default symlink lock may not.
-    return journal.JournalStorage(journal.JournalFileBackend(
-        path, lock_obj=journal.JournalFileOpenLock(path)))
+    try:
+      return journal.JournalStorage(journal.JournalFileBackend(
+          path, lock_obj=journal.JournalFileOpenLock(path)))
+    except OSError as e:
+      raise TuneError(f"--storage {url} does not open: {e.strerror or e}") from e
   # SQLite: writers of several workers wait for one another instead of failing at once.
   engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite:") else None
   try:

@@ -236,6 +236,14 @@ def test_bad_commands_are_one_line_and_a_rerun_must_match_the_study(tmp_path, ca
   assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "grid",
                     "--trials", "3"]) == 2
   assert "grid searches choices only" in capsys.readouterr().err
+  assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "tpe:seed=5"]
+                   ) == 2
+  assert capsys.readouterr().err == "error: --sampler 'tpe:seed=5': the sampler's seed is --seed\n"
+  assert tune.main(["--config", str(config), "--study", str(tmp_path / "other"), "--storage",
+                    f"journal:{tmp_path / 'no_such_folder' / 'journal.log'}"]) == 2
+  assert capsys.readouterr().err == (
+      f"error: --storage journal:{tmp_path / 'no_such_folder' / 'journal.log'} does not open: "
+      "No such file or directory\n")
   assert tune.main(["--config", str(config), "--study", str(study), "--storage",
                     f"postgresql+psycopg2://nobody@/x?host={tmp_path}"]) == 2
   err = capsys.readouterr().err
