@@ -298,7 +298,8 @@ class Setup:
   space: dict[str, search_space.Dimension]
   metric: str
   direction: str
-  budget: int | None      # steps per trial (None: the config trains for epochs)
+  budget: int | None      # steps per trial (None: the config trains for epochs, or the steps
+                          # are searched)
   eval_every: int | None  # steps between the evaluations a trial reports (None: each epoch)
   base_seed: int
   base: dict[str, Any]    # the config's other fields ({path: value}, as JSON): what each trial
@@ -327,11 +328,14 @@ def load_setup(config_spec: str, folder: pathlib.Path) -> Setup:
     if dimension.kind == "fixed":
       search_space.set_field(config, name, dimension.value)
   config_lib.validate(config)
+  searched = [name for name, dimension in space.items() if dimension.kind != "fixed"]
   return Setup(config_spec=config_spec,
                config_path=pathlib.Path(config_spec.partition(":")[0]).absolute(),
                folder=folder, space=space, metric=config.eval.best_metric,
                direction="minimize" if config_lib.best_mode(config) == "min" else "maximize",
-               budget=config.train.num_steps or None,
+               # A searched num_steps is no one budget (Hyperband's maximum is then Optuna's).
+               budget=(config.train.num_steps or None) if "train.num_steps" not in searched
+               else None,
                eval_every=config.eval.every_steps or None, base_seed=config.seed,
                base=json.loads(json.dumps(
                    {path: value for path, value in config_lib.flatten(config.to_dict()).items()

@@ -263,6 +263,7 @@ def write_tables(study: optuna.Study, folder: pathlib.Path, best, warnings: list
   counts = {name: sum(STATE_NAMES.get(t.state) == name for t in trials)
             for name in ("completed", "pruned", "failed", "running")}
   budget = (f"{attrs['budget']} steps per trial" if attrs.get("budget")
+            else "steps per trial searched" if "train.num_steps" in fields
             else "each trial as long as its config's epochs")
   text = [f"# Study {study.study_name}", "",
           f"`--config {attrs.get('config', '?')}`; selection metric `{metric}` "

@@ -299,6 +299,17 @@ def test_a_new_study_needs_a_folder_of_its_own(tmp_path, capsys):
       "study trains in\n")
 
 
+def test_a_searched_step_count_is_no_budget(tmp_path):
+  """train.num_steps searched: no trial's budget is the base config's, which Hyperband would
+  take for every trial's maximum (and the tables for the steps of every trial)."""
+  config = _study_config(tmp_path, '{"config.train.num_steps": space.choice([8, 16])}')
+  setup = tune.load_setup(str(config), tmp_path / "s")
+  assert setup.budget is None and setup.eval_every == 4
+  assert tune.make_pruner("hyperband", setup.eval_every, setup.budget)._max_resource == "auto"
+  config = _study_config(tmp_path, '{"config.train.num_steps": space.fixed(12)}')
+  assert tune.load_setup(str(config), tmp_path / "s").budget == 12
+
+
 def test_a_pruner_that_cannot_prune_is_told(tmp_path, capsys):
   """A trial reports its evaluations only: one that evaluates at its end alone is never
   pruned, which the command says instead of pruning nothing silently."""

@@ -407,3 +407,15 @@ def test_cli_picks_the_folders_study_from_a_storage_that_holds_several(tmp_path,
   assert capsys.readouterr().err == (
       f"error: the storage {storage} holds no study 'rte' (it holds 'rte_tpe', 'rte_random'): "
       "give --study-name\n")
+
+
+def test_the_header_says_when_the_steps_per_trial_are_searched(tmp_path):
+  study = new_study()
+  study.set_user_attr("budget", None)
+  study.set_user_attr("space", {**SPACE, "train.num_steps": {"kind": "choice",
+                                                              "values": [100, 200]}})
+  tune_report.write_tables(study, tmp_path, None, [])
+  assert ", steps per trial searched.  " in (tmp_path / "trials.md").read_text()
+  study.set_user_attr("space", SPACE)
+  tune_report.write_tables(study, tmp_path, None, [])
+  assert ", each trial as long as its config's epochs.  " in (tmp_path / "trials.md").read_text()
