@@ -70,6 +70,7 @@ LOCK_WAIT_SECONDS = 300  # the longest a worker waits for another to finish aski
 RUN_LOCK_WAIT_SECONDS = 60  # ... for a killed tuner's trial to release its workdir
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _STORED = ("config", "sampler", "pruner", "seed", "space", "budget", "metric")
+_PROPOSING = ("sampler", "pruner", "seed")
 
 
 class TuneError(ValueError):
@@ -381,7 +382,9 @@ def open_study(setup: Setup, args: argparse.Namespace, url: str, sampler, pruner
                     f"{json.dumps(setup.base.get(k, '(none)'))} now" for k in changed[:3])
         + (f" (and {len(changed) - 3} more)" if len(changed) > 3 else "")
         + ": put the file back as it was, or use another --study / --study-name")
-  for key in _STORED:
+  # The sampler, pruner and seed only propose and stop trials: a command that runs none (the
+  # report, --rerun-best) need not repeat them.
+  for key in _STORED if args.trials else [k for k in _STORED if k not in _PROPOSING]:
     if json.dumps(saved.get(key), sort_keys=True) != json.dumps(stored[key], sort_keys=True):
       what = {"config": "--config", "sampler": "--sampler", "pruner": "--pruner",
               "seed": "--seed"}.get(key, f"the {key}")

@@ -215,7 +215,10 @@ def test_bad_commands_are_one_line_and_a_rerun_must_match_the_study(tmp_path, ca
   assert not study.exists()  # a mistake in the command leaves no study behind
   assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "tpe"]) == 0
   assert _load(study).user_attrs["sampler"] == "tpe"
-  assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "random"]) == 2
+  # A command that runs no trial (the report, --rerun-best) need not repeat the sampler.
+  assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "random"]) == 0
+  assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "random",
+                    "--trials", "1"]) == 2
   assert capsys.readouterr().err == (
       f"error: study 'study' in sqlite:///{study / 'study.db'} was made with --sampler \"tpe\"; "
       "this command gives \"random\": rerun it as it was made, or use another --study / "
