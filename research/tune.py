@@ -405,10 +405,11 @@ def open_study(setup: Setup, args: argparse.Namespace, url: str, sampler, pruner
 def refuse_used_folder(folder: pathlib.Path, url: str, name: str, studies: list[str]) -> None:
   """A new study needs a folder of its own: one that holds another study's trials (made with
   another --storage or --study-name: its trial 0 would take trials/0000), a run's workdir or
-  anything else is refused, as is the folder's own study.db or journal.log holding another
+  any other file but hidden ones is refused, as is the folder's own study.db or journal.log holding another
   study. `studies`: those the storage holds now."""
   own = own_file(url, folder)
-  held = sorted(p.name for p in folder.iterdir() if p.name not in {".ask.lock", own})
+  held = sorted(p.name for p in folder.iterdir()  # not hidden ones: .ask.lock, .DS_Store
+                if not p.name.startswith(".") and p.name != own)
   if held:
     raise TuneError(f"--study {folder} holds {', '.join(held[:3])}"
                     f"{', ...' if len(held) > 3 else ''} but no study {name!r} in "
