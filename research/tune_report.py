@@ -366,7 +366,11 @@ def write_plots(study: optuna.Study, folder: pathlib.Path, best) -> list[pathlib
       if log:
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # labels overlap
-      for end in (spec["low"], spec["high"]):
+      low, high = spec["low"], spec["high"]
+      pad = (high / low) ** 0.05 if log else 0.05 * (high - low)
+      # The axis first: with no point yet, one line alone would make an empty range.
+      ax.set_xlim(*((low / pad, high * pad) if log else (low - pad, high + pad)))
+      for end in (low, high):
         ax.axvline(end, color="0.5", linestyle="--", linewidth=0.8)
     ax.set(xlabel=field, ylabel=metric, title=f"{metric} against {field}")
     ax.legend(fontsize="small")

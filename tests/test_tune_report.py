@@ -6,6 +6,7 @@ import csv
 import datetime
 import itertools
 import pathlib
+import warnings
 
 import matplotlib.figure
 import matplotlib.image
@@ -281,6 +282,18 @@ def test_a_study_without_a_completed_trial_writes_its_tables(tmp_path):
   assert "no completed trial yet" in (tmp_path / "trials.md").read_text()
   assert not (tmp_path / "plots" / "expected_best.png").exists()
   assert (tmp_path / "plots" / "history.png").exists()
+
+
+def test_plots_of_a_study_with_no_score_yet_warn_nothing(tmp_path):
+  """The tuner rewrites the plots as each trial ends: a first trial that failed leaves no point
+  on an isolation plot, whose range is then the search range alone (no matplotlib warning of
+  an empty axis in the tuner's output)."""
+  study = new_study()
+  add_trial(study, TrialState.FAIL, 1e-3, 64, 0.3, None, {}, 12.0, outcome="failed: OOM")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    tune_report.write_plots(study, tmp_path, None)
+  assert (tmp_path / "plots" / "isolation_optimizer_learning_rate.png").exists()
 
 
 # ---- best_config.py ---------------------------------------------------------------------------
