@@ -64,8 +64,12 @@ class Dimension:
       if odd:
         raise SpaceError(f"search space {key}: a choice holds numbers, strings, booleans or "
                          f"None, not {odd[0]!r} (use space.fixed for one such value)")
-      if len(set(map(repr, self.values))) < len(self.values):
-        raise SpaceError(f"search space {key}: choice {list(self.values)} repeats a value")
+      # Optuna keeps a choice by its index in the list (`list.index`): of 1, 1.0 and True,
+      # all equal, only the first could ever be told or shown.
+      for i, value in enumerate(self.values):
+        if value in self.values[:i]:
+          raise SpaceError(f"search space {key}: choice {list(self.values)} repeats a value "
+                           f"({value!r} equals {self.values[self.values.index(value)]!r})")
       return
     if self.kind == "fixed":
       return
@@ -81,7 +85,10 @@ class Dimension:
       raise SpaceError(f"search space {key}: a log scale needs low > 0, not {self.low!r}")
 
   def probe_values(self) -> tuple[Any, ...]:
-    """Values that show whether the field can hold what the dimension samples."""
+    """Values that show whether the field can hold what the dimension samples (a uniform range
+    samples floats, whatever its bounds are)."""
+    if self.kind in ("uniform", "log_uniform"):
+      return (float(self.low), float(self.high))
     return {"choice": self.values, "fixed": (self.value,)}.get(self.kind, (self.low, self.high))
 
   def distribution(self):

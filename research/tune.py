@@ -22,7 +22,9 @@ be on a filesystem all workers share): a trial left running by a killed tuner ha
 and the next worker resumes it from its own checkpoint. Rerun the same command after kill -9,
 SIGTERM or Ctrl-C (the trials save a checkpoint; exit 75): finished trials are kept and none
 runs twice. The sampler and pruner are rebuilt from the command each time (Optuna does not store
-them), so a rerun with another sampler, pruner, seed, space or config is refused.
+them), so a rerun with another sampler, pruner, seed, space or config (the file's fields, not
+only its name) is refused. A study folder holds one study: a new study in a folder that holds
+anything (another study's trials, a run's workdir) is refused.
 
 `--rerun-best N` trains the best trial's config with N new seeds in `<study>/best/seed=<s>/`
 and reports mean ± std with a t-interval on every split the config evaluates
@@ -68,6 +70,7 @@ LOCK_WAIT_SECONDS = 300  # the longest a worker waits for another to finish aski
 RUN_LOCK_WAIT_SECONDS = 60  # ... for a killed tuner's trial to release its workdir
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _STORED = ("config", "sampler", "pruner", "seed", "space", "budget", "metric")
+_PROPOSING = ("sampler", "pruner", "seed")
 
 
 class TuneError(ValueError):
@@ -88,6 +91,8 @@ def parse_named(text: str, table: dict[str, Callable], what: str) -> tuple[Calla
     key, equals, value = item.partition("=")
     if not equals:
       raise TuneError(f"--{what} {text!r}: {item!r} is not key=value")
+    if key.strip() == "seed":
+      raise TuneError(f"--{what} {text!r}: the sampler's seed is --seed")
     try:
       kwargs[key.strip()] = ast.literal_eval(value.strip())
     except (ValueError, SyntaxError):
@@ -204,6 +209,12 @@ def storage_url(given: str | None, folder: pathlib.Path) -> str:
   return given
 
 
+def own_file(url: str, folder: pathlib.Path) -> str | None:
+  """'study.db' or 'journal.log' when `url` is the folder's own storage, else None."""
+  return next((file for given, file in (("sqlite", "study.db"), ("journal", "journal.log"))
+               if storage_url(given, folder) == url), None)
+
+
 def shown(url: str) -> str:
   """The URL without its password, for messages."""
   if url.startswith("journal:"):
@@ -220,8 +231,11 @@ def open_storage(url: str):
     from optuna.storages import journal
     path = url.removeprefix("journal:")
     # An open(O_EXCL) lock file works on NFS, where the default symlink lock may not.
-    return journal.JournalStorage(journal.JournalFileBackend(
-        path, lock_obj=journal.JournalFileOpenLock(path)))
+    try:
+      return journal.JournalStorage(journal.JournalFileBackend(
+          path, lock_obj=journal.JournalFileOpenLock(path)))
+    except OSError as e:
+      raise TuneError(f"--storage {url} does not open: {e.strerror or e}") from e
   # SQLite: writers of several workers wait for one another instead of failing at once.
   engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite:") else None
   try:
@@ -285,9 +299,12 @@ class Setup:
   space: dict[str, search_space.Dimension]
   metric: str
   direction: str
-  budget: int | None      # steps per trial (None: the config trains for epochs)
+  budget: int | None      # steps per trial (None: the config trains for epochs, or the steps
+                          # are searched)
   eval_every: int | None  # steps between the evaluations a trial reports (None: each epoch)
   base_seed: int
+  base: dict[str, Any]    # the config's other fields ({path: value}, as JSON): what each trial
+                          # shares, so that a rerun after the file changed is refused
 
   def fixed(self) -> dict[str, Any]:
     return {name: d.value for name, d in self.space.items() if d.kind == "fixed"}
@@ -312,23 +329,39 @@ def load_setup(config_spec: str, folder: pathlib.Path) -> Setup:
     if dimension.kind == "fixed":
       search_space.set_field(config, name, dimension.value)
   config_lib.validate(config)
+  searched = [name for name, dimension in space.items() if dimension.kind != "fixed"]
   return Setup(config_spec=config_spec,
                config_path=pathlib.Path(config_spec.partition(":")[0]).absolute(),
                folder=folder, space=space, metric=config.eval.best_metric,
                direction="minimize" if config_lib.best_mode(config) == "min" else "maximize",
-               budget=config.train.num_steps or None,
-               eval_every=config.eval.every_steps or None, base_seed=config.seed)
+               # A searched num_steps is no one budget (Hyperband's maximum is then Optuna's).
+               budget=(config.train.num_steps or None) if "train.num_steps" not in searched
+               else None,
+               eval_every=config.eval.every_steps or None, base_seed=config.seed,
+               base=json.loads(json.dumps(
+                   {path: value for path, value in config_lib.flatten(config.to_dict()).items()
+                    if path not in space or space[path].kind == "fixed"}, default=str)))
 
 
 def open_study(setup: Setup, args: argparse.Namespace, url: str, sampler, pruner
                ) -> optuna.Study:
   """Creates the study, or loads it and refuses a command that differs from the one that made
   it (the sampler and pruner are the command's: Optuna does not store them)."""
-  storage = open_storage(url)
   name = args.study_name or setup.folder.absolute().name
+  own = own_file(url, setup.folder)
+  if own and not (setup.folder / own).exists():  # before the storage makes its file there
+    refuse_used_folder(setup.folder, url, name, [])
+  storage = open_storage(url)
+  try:
+    names = optuna.study.get_all_study_names(storage)
+  except Exception as e:  # a damaged file, a server that went away
+    raise TuneError(f"--storage {shown(url)} cannot be read: {type(e).__name__}: "
+                    f"{' '.join(str(e).split())[:300]}") from e
+  if name not in names:
+    refuse_used_folder(setup.folder, url, name, names)
   stored = {"config": setup.config_spec, "sampler": args.sampler, "pruner": args.pruner,
             "seed": args.seed, "space": search_space.record(setup.space),
-            "budget": setup.budget, "metric": setup.metric}
+            "budget": setup.budget, "metric": setup.metric, "base": setup.base}
   try:
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
                                 pruner=pruner, direction=setup.direction, load_if_exists=True)
@@ -340,14 +373,52 @@ def open_study(setup: Setup, args: argparse.Namespace, url: str, sampler, pruner
       study.set_user_attr(key, value)
     return study
   saved = study.user_attrs
-  for key in _STORED:
+  if "base" in saved and saved["base"] != setup.base:
+    changed = sorted(k for k in {*saved["base"], *setup.base}
+                     if saved["base"].get(k, "(none)") != setup.base.get(k, "(none)"))
+    raise TuneError(
+        f"study {name!r} in {shown(url)} was made from another {setup.config_spec}: "
+        + ", ".join(f"{k} {json.dumps(saved['base'].get(k, '(none)'))} there, "
+                    f"{json.dumps(setup.base.get(k, '(none)'))} now" for k in changed[:3])
+        + (f" (and {len(changed) - 3} more)" if len(changed) > 3 else "")
+        + ": put the file back as it was, or use another --study / --study-name")
+  # The sampler, pruner and seed only propose and stop trials: a command that runs none (the
+  # report, --rerun-best) need not repeat them.
+  for key in _STORED if args.trials else [k for k in _STORED if k not in _PROPOSING]:
     if json.dumps(saved.get(key), sort_keys=True) != json.dumps(stored[key], sort_keys=True):
       what = {"config": "--config", "sampler": "--sampler", "pruner": "--pruner",
               "seed": "--seed"}.get(key, f"the {key}")
       raise TuneError(f"study {name!r} in {shown(url)} was made with {what} "
                       f"{json.dumps(saved.get(key))}; this command gives {json.dumps(stored[key])}"
                       ": rerun it as it was made, or use another --study / --study-name")
+  # A shared database holds the studies of many folders, named after them by default: the
+  # same name from another folder would resume that folder's running trials here.
+  finished = [t for t in study.get_trials(deepcopy=False)
+              if t.state.is_finished() and "workdir" in t.user_attrs]
+  if finished and not any((setup.folder / t.user_attrs["workdir"]).is_dir() for t in finished):
+    raise TuneError(f"study {name!r} in {shown(url)} has {len(finished)} finished trial(s), "
+                    f"none of them in {setup.folder} (the study of another folder of that "
+                    "name?): give another --study-name, or the folder the study trains in")
   return study
+
+
+def refuse_used_folder(folder: pathlib.Path, url: str, name: str, studies: list[str]) -> None:
+  """A new study needs a folder of its own: one that holds another study's trials (made with
+  another --storage or --study-name: its trial 0 would take trials/0000), a run's workdir or
+  any other file but hidden ones is refused, as is the folder's own study.db or journal.log holding another
+  study. `studies`: those the storage holds now."""
+  own = own_file(url, folder)
+  held = sorted(p.name for p in folder.iterdir()  # not hidden ones: .ask.lock, .DS_Store
+                if not p.name.startswith(".") and p.name != own)
+  if held:
+    raise TuneError(f"--study {folder} holds {', '.join(held[:3])}"
+                    f"{', ...' if len(held) > 3 else ''} but no study {name!r} in "
+                    f"{shown(url)}: a new study needs an empty or new folder (was the study "
+                    "there made with another --storage or --study-name?)")
+  if own and studies:
+    raise TuneError(f"--study {folder}: {shown(url)} holds the study {studies[0]!r}, not "
+                    f"{name!r}: one study per folder (rerun it with --study-name "
+                    f"{studies[0]}, or use another --study)")
 
 
 # ---- Running trials --------------------------------------------------------------------------
@@ -372,13 +443,18 @@ def short_params(params: dict[str, Any]) -> str:
   return " ".join(f"{name}={_value(value)}" for name, value in zip(names, params.values()))
 
 
-def failure_reason(code: int, log: pathlib.Path) -> str:
-  """One line for a trial process that ended with `code`: its last `error: ...` line, the
-  signal that killed it, or its exit status."""
+def failure_reason(code: int, log: pathlib.Path, start: int = 0) -> str:
+  """One line for a trial process that ended with `code`: its last `error: ...` line (in its
+  log from byte `start` on: the log keeps the sessions before a resume), the signal that killed
+  it, or its exit status."""
   if code < 0:
     name = signal.Signals(-code).name
     return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
-  lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+  lines = []
+  if log.exists():
+    with log.open("rb") as file:
+      file.seek(start)
+      lines = file.read().decode(errors="replace").splitlines()
   errors = [line for line in lines if line.startswith("error: ")]
   if errors:
     return errors[-1].removeprefix("error: ")[:300]
@@ -467,6 +543,12 @@ class Tuner:
       self.stop()
 
   def run_trial(self, claim: Claim) -> None:
+    self.train_and_tell(claim)
+    # As each trial ends: a researcher follows a long search in trials.md and the plots.
+    if self.study._storage.get_trial(claim.trial_id).state.is_finished():
+      write_outputs(self.study, self.setup.folder, warn=False)
+
+  def train_and_tell(self, claim: Claim) -> None:
     workdir = self.setup.folder / self.workdir_name(claim.number)
     what = "resuming" if claim.resumed else ""
     say(f"[trial {claim.number}, {claim.number + 1} of {self.target}] "
@@ -474,6 +556,8 @@ class Tuner:
         + (f" ({what} {self.workdir_name(claim.number)})" if what else ""))
     start = time.perf_counter()
     code = 0
+    log = workdir / "tune.log"
+    log_start = log.stat().st_size if log.exists() else 0  # this session's lines follow
     # A run that finished just before its tuner was killed is not run again: only told.
     if not (claim.resumed and (workdir / "results.json").exists()):
       code = self.run_child(claim, workdir)
@@ -506,7 +590,7 @@ class Tuner:
       self.study.tell(claim.number, value)
       say(f"[trial {claim.number}] {self.setup.metric} {_value(value)} in {seconds:.0f} s")
       return
-    reason = failure_reason(code, workdir / "tune.log")
+    reason = failure_reason(code, log, log_start)
     storage.set_trial_user_attr(claim.trial_id, "steps", trained_steps(workdir))
     storage.set_trial_user_attr(claim.trial_id, "outcome", f"failed: {reason}")
     self.study.tell(claim.number, state=TrialState.FAIL)
@@ -666,16 +750,26 @@ def rerun_best(setup: Setup, study: optuna.Study, seeds: int, workers: int) -> i
   return 0
 
 
-def write_outputs(study: optuna.Study, folder: pathlib.Path) -> None:
-  """The trials table, plots and best_config.py (`research.tune_report`, where it exists)."""
+def write_outputs(study: optuna.Study, folder: pathlib.Path, warn: bool = True) -> None:
+  """The trials table, plots and best_config.py (`research.tune_report`, where it exists); its
+  warnings on stderr when `warn`. A folder that cannot take them is a warning: the study goes
+  on."""
   try:
     module = importlib.import_module("research.tune_report")
   except ModuleNotFoundError as e:
     if e.name != "research.tune_report":
       raise
     return
-  for warning in module.write(study, folder):
+  with _outputs_lock:  # workers' threads end trials at once; one writer at a time
+    try:
+      warnings = module.write(study, folder)
+    except OSError as e:
+      warnings, warn = [f"cannot write the study's tables and plots into {folder}: {e}"], True
+  for warning in warnings if warn else []:
     print(f"warning: {warning}", file=sys.stderr)
+
+
+_outputs_lock = threading.Lock()
 
 
 # ---- One trial, in its own process -----------------------------------------------------------
@@ -806,10 +900,19 @@ def main(argv: list[str] | None = None) -> int:
     # The sampler and pruner before anything is written: a mistake in them leaves no study.
     sampler = make_sampler(args.sampler, setup.space, args.seed)
     pruner = make_pruner(args.pruner, setup.eval_every, setup.budget)
+    if (not isinstance(pruner, optuna.pruners.NopPruner) and setup.budget
+        and setup.eval_every and setup.eval_every >= setup.budget):
+      print(f"warning: --pruner {args.pruner} stops no trial: a trial evaluates at its last step "
+            f"only (eval.every_steps {setup.eval_every}, train.num_steps {setup.budget})",
+            file=sys.stderr)
     if isinstance(sampler, _GridSampler) and args.trials > grid_size(setup.space):
       raise TuneError(f"--trials {args.trials}: the grid of {args.config} has "
                       f"{grid_size(setup.space)} points")
-    args.study.mkdir(parents=True, exist_ok=True)
+    try:
+      args.study.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise TuneError(f"--study {args.study}: cannot make the study folder: "
+                      f"{e.strerror or e}") from e
     url = storage_url(args.storage, args.study)
     # Under the workers' lock: tuners started at once agree on who made the study.
     with file_lock(args.study / ".ask.lock", "another worker opening the study"):

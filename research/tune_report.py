@@ -36,6 +36,7 @@ import math
 import os
 import pathlib
 import re
+import shlex
 import sys
 import threading
 from typing import Any
@@ -262,6 +263,7 @@ def write_tables(study: optuna.Study, folder: pathlib.Path, best, warnings: list
   counts = {name: sum(STATE_NAMES.get(t.state) == name for t in trials)
             for name in ("completed", "pruned", "failed", "running")}
   budget = (f"{attrs['budget']} steps per trial" if attrs.get("budget")
+            else "steps per trial searched" if "train.num_steps" in fields
             else "each trial as long as its config's epochs")
   text = [f"# Study {study.study_name}", "",
           f"`--config {attrs.get('config', '?')}`; selection metric `{metric}` "
@@ -364,7 +366,11 @@ def write_plots(study: optuna.Study, folder: pathlib.Path, best) -> list[pathlib
       if log:
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # labels overlap
-      for end in (spec["low"], spec["high"]):
+      low, high = spec["low"], spec["high"]
+      pad = (high / low) ** 0.05 if log else 0.05 * (high - low)
+      # The axis first: with no point yet, one line alone would make an empty range.
+      ax.set_xlim(*((low / pad, high * pad) if log else (low - pad, high + pad)))
+      for end in (low, high):
         ax.axvline(end, color="0.5", linestyle="--", linewidth=0.8)
     ax.set(xlabel=field, ylabel=metric, title=f"{metric} against {field}")
     ax.legend(fontsize="small")
@@ -501,7 +507,8 @@ def write_best_config(study: optuna.Study, folder: pathlib.Path, best) -> pathli
       number=best.number, metric=attrs.get("metric", "value"), value=f"{best.value:.4f}",
       direction=study.direction.name.lower(), completed=completed,
       base=str(pathlib.Path(attrs["config_path"]).absolute()),
-      with_arg=f" (argument {arg!r})" if arg else "", path=path.resolve(), arg=arg,
+      with_arg=f" (argument {arg!r})" if arg else "", path=shlex.quote(str(path.resolve())),
+      arg=arg,
       overrides="".join(f"    {key!r}: {value!r},\n" for key, value in overrides.items())))
   return path
 
@@ -526,10 +533,16 @@ def write(study: optuna.Study, folder: pathlib.Path) -> list[str]:
   return warnings
 
 
-def open_study(folder: pathlib.Path, storage: str | None = None) -> optuna.Study:
-  """The one study in `storage`, or in the folder's study.db (SQLite) or journal.log."""
+def open_study(folder: pathlib.Path, storage: str | None = None,
+               name: str | None = None) -> optuna.Study:
+  """The study `name` (by default the folder's name, as the tuner names it) in `storage`, or
+  in the folder's study.db (SQLite) or journal.log; the one study there when it holds one."""
   where = re.sub(r"(://[^:/@]*:).*@", r"\1***@", storage or "")  # no password in messages
   if storage is None:
+    if (folder / "study.db").is_file() and (folder / "journal.log").is_file():
+      raise TuneReportError(f"{folder} holds both study.db and journal.log: two studies of "
+                            "one folder (rerun with another --storage); move one away, or give "
+                            "--storage")
     if (folder / "study.db").is_file():
       storage = where = f"sqlite:///{(folder / 'study.db').resolve()}"
     elif (folder / "journal.log").is_file():
@@ -544,10 +557,13 @@ def open_study(folder: pathlib.Path, storage: str | None = None) -> optuna.Study
   except Exception as e:  # a URL that does not answer, a damaged file: say which
     raise TuneReportError(f"cannot read the study storage {where}: "
                           f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
-  if len(names) != 1:
-    raise TuneReportError(f"the storage {where} holds {len(names)} studies ({names}); "
-                          "research.tune keeps one per study folder")
-  return optuna.load_study(study_name=names[0], storage=storage)
+  # A shared database (PostgreSQL) holds the studies of many folders.
+  name = name or (folder.absolute().name if len(names) != 1 else names[0])
+  if name not in names:
+    raise TuneReportError(f"the storage {where} holds no study {name!r} (it holds "
+                          f"{', '.join(map(repr, names[:5])) or 'none'}"
+                          f"{', ...' if len(names) > 5 else ''}): give --study-name")
+  return optuna.load_study(study_name=name, storage=storage)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -555,10 +571,13 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("folder", type=pathlib.Path, help="the study folder (--study of the tuner)")
   parser.add_argument("--storage", default=None,
                       help="the study's storage URL when it is not in the folder (PostgreSQL)")
+  parser.add_argument("--study-name", default=None,
+                      help="the study in a storage that holds several (default: the folder's "
+                      "name, as research.tune names it)")
   args = parser.parse_args(argv)
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   try:
-    study = open_study(args.folder, args.storage)
+    study = open_study(args.folder, args.storage, args.study_name)
   except TuneReportError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

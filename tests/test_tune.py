@@ -2,6 +2,7 @@
 studies end to end (pruning, failure, kill -9 and resume, two workers on SQLite, journal and a
 real PostgreSQL server, the best trial rerun with new seeds)."""
 
+import argparse
 import csv
 import json
 import math
@@ -97,6 +98,14 @@ def test_space_declarations_refuse_what_cannot_be_searched():
           "config.train.batch_size: choice of no values"),
          ({"config.train.batch_size": search_space.uniform(8.0, 32.0)},
           "config.train.batch_size' does not fit the config"),
+         # a uniform range samples floats, whatever its bounds: not for an integer field
+         ({"config.train.batch_size": search_space.uniform(8, 32)},
+          "config.train.batch_size' does not fit the config"),
+         # equal values Optuna could not tell apart (it keeps a choice by list.index)
+         ({"config.train.batch_size": search_space.choice([16, True, 1])},
+          "config.train.batch_size: choice [16, True, 1] repeats a value (1 equals True)"),
+         ({"config.optimizer.learning_rate": search_space.choice([1e-4, 3e-4, 0.0001])},
+          "repeats a value (0.0001 equals 0.0001)"),
          ({"optimizer.learning_rate": search_space.uniform(0.0, 1.0)},
           "must start with 'config.'"),
          ({}, "must return a non-empty dict")]
@@ -176,6 +185,20 @@ def test_grid_sampler_visits_every_point_once_and_ranges_are_refused():
           == "killed by SIGKILL (out of memory?)")
 
 
+
+def test_a_failed_resumed_trials_reason_is_its_own_sessions(tmp_path):
+  """A resumed trial appends to its tune.log: the error line of the session it resumed (a
+  signal that stopped it) is not the reason the resumed one failed."""
+  log = tmp_path / "tune.log"
+  log.write_text("error: stopped by SIGTERM at step 4 of 8, with a checkpoint: rerun ...\n")
+  start = log.stat().st_size
+  with log.open("a") as file:
+    file.write("Fatal Python error: Segmentation fault\n\n")
+  assert (tune.failure_reason(1, log, start)
+          == "exit status 1: Fatal Python error: Segmentation fault")
+  assert tune.failure_reason(2, log, 0).startswith("stopped by SIGTERM at step 4")
+
+
 def test_bad_commands_are_one_line_and_a_rerun_must_match_the_study(tmp_path, capsys):
   config = _study_config(tmp_path, LEARNING_RATE.replace("1e-5, 1e-3", "1e-3, 1e-5"))
   study = tmp_path / "study"
@@ -192,19 +215,142 @@ def test_bad_commands_are_one_line_and_a_rerun_must_match_the_study(tmp_path, ca
   assert not study.exists()  # a mistake in the command leaves no study behind
   assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "tpe"]) == 0
   assert _load(study).user_attrs["sampler"] == "tpe"
-  assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "random"]) == 2
+  # A command that runs no trial (the report, --rerun-best) need not repeat the sampler.
+  assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "random"]) == 0
+  assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "random",
+                    "--trials", "1"]) == 2
   assert capsys.readouterr().err == (
       f"error: study 'study' in sqlite:///{study / 'study.db'} was made with --sampler \"tpe\"; "
       "this command gives \"random\": rerun it as it was made, or use another --study / "
       "--study-name\n")
+  # The config file edited after the study was made (its trials would not be comparable):
+  # refused, naming what changed; the base value of a searched field does not count.
+  source = config.read_text()
+  config.write_text(source.replace('"log.every_steps": 4', '"log.every_steps": 2'))
+  assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "tpe"]) == 2
+  assert capsys.readouterr().err == (
+      f"error: study 'study' in sqlite:///{study / 'study.db'} was made from another {config}: "
+      "log.every_steps 4 there, 2 now: put the file back as it was, or use another --study / "
+      "--study-name\n")
+  config.write_text(source.replace('"log.every_steps": 4,',
+                                   '"log.every_steps": 4, "optimizer.learning_rate": 0.5,'))
+  assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "tpe"]) == 0
+  config.write_text(source)
   assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "grid",
                     "--trials", "3"]) == 2
   assert "grid searches choices only" in capsys.readouterr().err
+  assert tune.main(["--config", str(config), "--study", str(study), "--sampler", "tpe:seed=5"]
+                   ) == 2
+  assert capsys.readouterr().err == "error: --sampler 'tpe:seed=5': the sampler's seed is --seed\n"
+  assert tune.main(["--config", str(config), "--study", str(tmp_path / "other"), "--storage",
+                    f"journal:{tmp_path / 'no_such_folder' / 'journal.log'}"]) == 2
+  assert capsys.readouterr().err == (
+      f"error: --storage journal:{tmp_path / 'no_such_folder' / 'journal.log'} does not open: "
+      "No such file or directory\n")
   assert tune.main(["--config", str(config), "--study", str(study), "--storage",
                     f"postgresql+psycopg2://nobody@/x?host={tmp_path}"]) == 2
   err = capsys.readouterr().err
   assert err.startswith("error: --storage postgresql+psycopg2://nobody@/x?host=") and \
       err.count("\n") == 1
+
+
+def test_a_new_study_needs_a_folder_of_its_own(tmp_path, capsys):
+  """A study in a file, in a run's workdir, or beside another study of the folder (another
+  --storage or --study-name: both would train trial 0 in trials/0000) is refused, in one line,
+  and nothing is written there."""
+  config = str(_study_config(tmp_path, LEARNING_RATE))
+  (tmp_path / "a_file").write_text("notes\n")
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text("{}\n")
+  study = tmp_path / "study"
+  assert tune.main(["--config", config, "--study", str(study)]) == 0
+  cases = [
+      (["--study", str(tmp_path / "a_file")],
+       f"--study {tmp_path / 'a_file'}: cannot make the study folder: File exists"),
+      (["--study", str(workdir)],
+       f"--study {workdir} holds config.json but no study 'run' in sqlite:///"
+       f"{workdir / 'study.db'}: a new study needs an empty or new folder"),
+      (["--study", str(study), "--storage", "journal"],
+       f"--study {study} holds study.db but no study 'study' in journal:{study / 'journal.log'}"),
+      (["--study", str(study), "--study-name", "other"],
+       f"--study {study}: sqlite:///{study / 'study.db'} holds the study 'study', not 'other': "
+       "one study per folder")]
+  for command, message in cases:
+    assert tune.main(["--config", config, *command]) == 2, command
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+  assert sorted(p.name for p in workdir.iterdir()) == [".ask.lock", "config.json"]
+  assert sorted(p.name for p in study.iterdir()) == [".ask.lock", "study.db"]
+  assert optuna.study.get_all_study_names(f"sqlite:///{study / 'study.db'}") == ["study"]
+  # A shared database (PostgreSQL; here an SQLite file outside the folders): the study of
+  # another folder of the same name is refused, before it resumes that folder's trials here.
+  shared = f"sqlite:///{tmp_path / 'shared.db'}"
+  mine, theirs = tmp_path / "mine" / "study", tmp_path / "theirs" / "study"
+  assert tune.main(["--config", config, "--study", str(mine), "--storage", shared]) == 0
+  made = optuna.load_study(study_name="study", storage=shared)
+  trial = made.ask({"optimizer.learning_rate": optuna.distributions.FloatDistribution(
+      1e-5, 1e-3, log=True)})
+  trial.set_user_attr("workdir", "trials/0000")
+  made.tell(trial, 0.5)
+  (mine / "trials" / "0000").mkdir(parents=True)
+  assert tune.main(["--config", config, "--study", str(mine), "--storage", shared]) == 0
+  assert tune.main(["--config", config, "--study", str(theirs), "--storage", shared]) == 2
+  assert capsys.readouterr().err == (
+      f"error: study 'study' in {shared} has 1 finished trial(s), none of them in {theirs} (the "
+      "study of another folder of that name?): give another --study-name, or the folder the "
+      "study trains in\n")
+
+
+def test_a_searched_step_count_is_no_budget(tmp_path):
+  """train.num_steps searched: no trial's budget is the base config's, which Hyperband would
+  take for every trial's maximum (and the tables for the steps of every trial)."""
+  config = _study_config(tmp_path, '{"config.train.num_steps": space.choice([8, 16])}')
+  setup = tune.load_setup(str(config), tmp_path / "s")
+  assert setup.budget is None and setup.eval_every == 4
+  assert tune.make_pruner("hyperband", setup.eval_every, setup.budget)._max_resource == "auto"
+  config = _study_config(tmp_path, '{"config.train.num_steps": space.fixed(12)}')
+  assert tune.load_setup(str(config), tmp_path / "s").budget == 12
+
+
+def test_a_pruner_that_cannot_prune_is_told(tmp_path, capsys):
+  """A trial reports its evaluations only: one that evaluates at its end alone is never
+  pruned, which the command says instead of pruning nothing silently."""
+  config = _study_config(tmp_path, LEARNING_RATE)
+  config.write_text(config.read_text().replace('"eval.every_steps": 4', '"eval.every_steps": 8'))
+  assert tune.main(["--config", str(config), "--study", str(tmp_path / "s"), "--pruner",
+                    "median"]) == 0
+  assert capsys.readouterr().err == (
+      "warning: --pruner median stops no trial: a trial evaluates at its last step only "
+      "(eval.every_steps 8, train.num_steps 8)\n")
+  assert tune.main(["--config", str(config), "--study", str(tmp_path / "s2")]) == 0
+  assert capsys.readouterr().err == ""
+
+
+def test_a_trial_that_ended_is_told_and_the_outputs_follow_at_once(tmp_path):
+  """A trial whose run finished before its tuner was killed is told its results.json (its best
+  evaluation's value), not trained again; trials.csv is rewritten as each trial ends, not only
+  when the command ends."""
+  config = _study_config(tmp_path, LEARNING_RATE)
+  folder = tmp_path / "study"
+  assert tune.main(["--config", str(config), "--study", str(folder), "--sampler", "random"]) == 0
+  study = _load(folder)
+  trial = study.ask({"optimizer.learning_rate": optuna.distributions.FloatDistribution(
+      1e-5, 1e-3, log=True)})
+  workdir = folder / "trials" / "0000"
+  workdir.mkdir(parents=True)
+  (workdir / "results.json").write_text(json.dumps({
+      "train": {"steps": 8}, "pruned": None, "best": {"step": 4, "value": 0.75},
+      "final": {"step": 8, "results": {"validation": {"accuracy": 0.5}}}}))
+  args = argparse.Namespace(
+      trials=1, sampler="random", pruner="none", seed=0, study_name=None)
+  setup = tune.load_setup(str(config), folder)
+  tuner = tune.Tuner(setup, study, tune.storage_url(None, folder), args)
+  assert tuner.search(1) == 0
+  assert study.trials[0].state == TrialState.COMPLETE and study.trials[0].value == 0.75
+  with (folder / "trials.csv").open() as file:
+    assert [(r["number"], r["accuracy"], r["steps"]) for r in csv.DictReader(file)] == [
+        ("0", "0.75", "8")]
 
 
 # ---- studies end to end ----------------------------------------------------------------------
@@ -223,7 +369,10 @@ def test_study_prunes_records_failures_and_two_workers_split_it(tmp_path):
   out, err = process.communicate(timeout=600)
   assert process.returncode == 0, err
   study = _load(folder)
-  assert study.user_attrs == {
+  base = study.user_attrs["base"]  # the config's fields but the searched ones
+  assert base["train.num_steps"] == 8 and base["eval.best_metric"] == "loss"
+  assert "optimizer.learning_rate" not in base and "train.grad_accum_steps" not in base
+  assert {k: v for k, v in study.user_attrs.items() if k != "base"} == {
       "config": f"{config}:loss", "config_path": str(config), "metric": "loss",
       "direction": "minimize", "sampler": "grid", "pruner": "threshold:upper=1.0", "seed": 0,
       "budget": 8, "space": {

@@ -6,6 +6,7 @@ import csv
 import datetime
 import itertools
 import pathlib
+import warnings
 
 import matplotlib.figure
 import matplotlib.image
@@ -283,6 +284,18 @@ def test_a_study_without_a_completed_trial_writes_its_tables(tmp_path):
   assert (tmp_path / "plots" / "history.png").exists()
 
 
+def test_plots_of_a_study_with_no_score_yet_warn_nothing(tmp_path):
+  """The tuner rewrites the plots as each trial ends: a first trial that failed leaves no point
+  on an isolation plot, whose range is then the search range alone (no matplotlib warning of
+  an empty axis in the tuner's output)."""
+  study = new_study()
+  add_trial(study, TrialState.FAIL, 1e-3, 64, 0.3, None, {}, 12.0, outcome="failed: OOM")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    tune_report.write_plots(study, tmp_path, None)
+  assert (tmp_path / "plots" / "isolation_optimizer_learning_rate.png").exists()
+
+
 # ---- best_config.py ---------------------------------------------------------------------------
 
 
@@ -307,7 +320,7 @@ def test_best_config_is_the_base_config_with_the_best_overrides(tmp_path):
           "data.max_length": 64}
   study.add_trial(create_trial(value=0.95, user_attrs={"overrides": best,
                                                        "workdir": "trials/0007"}))
-  folder = tmp_path / "elsewhere" / "study"  # outside the repository
+  folder = tmp_path / "else where" / "study"  # outside the repository; a path with a space
   tune_report.write(study, folder)
   loaded = load_like_main(folder / "best_config.py", tmp_path / "run")
   expected = glue.get_config("rte")
@@ -321,6 +334,8 @@ def test_best_config_is_the_base_config_with_the_best_overrides(tmp_path):
   text = (folder / "best_config.py").read_text()
   assert "study rte_tpe (`--config configs/glue.py:rte`" in text
   assert "trial 7, accuracy 0.9500 (maximize)" in text
+  # the command in its docstring runs as pasted into a shell
+  assert f"python -m research.main --config '{folder.resolve()}/best_config.py' " in text
 
 
 def test_best_config_refuses_in_one_line_when_its_base_is_gone(tmp_path, capsys):
@@ -371,6 +386,14 @@ def test_cli_refuses_a_folder_without_a_study_in_one_line(tmp_path, capsys):
   assert error == (f"error: {tmp_path} holds no study.db or journal.log (not a study folder of "
                    "research.tune?); give --storage URL for a study elsewhere")
   assert list(tmp_path.iterdir()) == []
+  # Two studies in one folder (made before research.tune refused a second): neither is picked.
+  (tmp_path / "study.db").touch()
+  (tmp_path / "journal.log").touch()
+  assert tune_report.main([str(tmp_path)]) == 2
+  assert capsys.readouterr().err.startswith(
+      f"error: {tmp_path} holds both study.db and journal.log: two studies of one folder")
+  for name in ("study.db", "journal.log"):
+    (tmp_path / name).unlink()
   # A storage that does not answer: one line, without the URL's password.
   assert tune_report.main([str(tmp_path), "--storage",
                            "postgresql://tuner:secret@127.0.0.1:1/studies"]) == 2
@@ -378,3 +401,31 @@ def test_cli_refuses_a_folder_without_a_study_in_one_line(tmp_path, capsys):
   assert len(error.splitlines()) == 1
   assert error.startswith("error: cannot read the study storage "
                           "postgresql://tuner:***@127.0.0.1:1/studies: ")
+
+
+def test_cli_picks_the_folders_study_from_a_storage_that_holds_several(tmp_path, capsys):
+  """A shared database (PostgreSQL, here one SQLite file) holds the studies of many folders:
+  the tuner names each after its folder, and so does the report (or --study-name)."""
+  storage = f"sqlite:///{tmp_path / 'shared.db'}"
+  for name, value in (("rte_tpe", 0.70), ("rte_random", 0.60)):
+    add_trial(new_study(storage=storage, name=name), TrialState.COMPLETE, 1e-4, 32, 0.1, value,
+              {20: value}, 61.5)
+  for folder, name, value in ((tmp_path / "rte_random", None, 0.6),
+                              (tmp_path / "other", "rte_tpe", 0.7)):
+    assert tune_report.open_study(folder, storage, name).best_value == value
+  assert tune_report.main([str(tmp_path / "rte"), "--storage", storage]) == 2
+  assert capsys.readouterr().err == (
+      f"error: the storage {storage} holds no study 'rte' (it holds 'rte_tpe', 'rte_random'): "
+      "give --study-name\n")
+
+
+def test_the_header_says_when_the_steps_per_trial_are_searched(tmp_path):
+  study = new_study()
+  study.set_user_attr("budget", None)
+  study.set_user_attr("space", {**SPACE, "train.num_steps": {"kind": "choice",
+                                                              "values": [100, 200]}})
+  tune_report.write_tables(study, tmp_path, None, [])
+  assert ", steps per trial searched.  " in (tmp_path / "trials.md").read_text()
+  study.set_user_attr("space", SPACE)
+  tune_report.write_tables(study, tmp_path, None, [])
+  assert ", each trial as long as its config's epochs.  " in (tmp_path / "trials.md").read_text()
