@@ -30,8 +30,11 @@ anything (another study's trials, a run's workdir) is refused.
 and reports mean ± std with a t-interval on every split the config evaluates
 (`research.report`).
 
-Not yet: a trial that is itself a multi-process run (process 0 asking, the parameters broadcast
-to the others); a trial is one process, on all of its machine's devices.
+`--processes N` makes each trial one run of N processes on this machine (`jax.distributed`):
+the worker asks Optuna once and gives every process the trial's parameters, process 0 alone
+reports, and the pruner's answer is broadcast so that all stop at one step. Not yet: a trial
+across hosts (each trial a job step of its own); a trial is otherwise one process, on all of its
+machine's devices.
 """
 
 from __future__ import annotations
