@@ -340,10 +340,23 @@ def load_setup(config_spec: str, folder: pathlib.Path) -> Setup:
                # A searched num_steps is no one budget (Hyperband's maximum is then Optuna's).
                budget=(config.train.num_steps or None) if "train.num_steps" not in searched
                else None,
-               eval_every=config.eval.every_steps or None, base_seed=config.seed,
+               eval_every=_smallest(space.get("eval.every_steps"), config.eval.every_steps),
+               base_seed=config.seed,
                base=json.loads(json.dumps(
                    {path: value for path, value in config_lib.flatten(config.to_dict()).items()
                     if path not in space or space[path].kind == "fixed"}, default=str)))
+
+
+def _smallest(dimension: search_space.Dimension | None, base: int) -> int | None:
+  """The fewest steps between evaluations any trial may have (the pruners' minimum resource):
+  the base config's, or the least a searched eval.every_steps takes."""
+  if dimension is None or dimension.kind == "fixed":
+    value = base if dimension is None else dimension.value
+  elif dimension.kind == "choice":
+    value = min(dimension.values)
+  else:
+    value = dimension.low
+  return int(value) or None
 
 
 def open_study(setup: Setup, args: argparse.Namespace, url: str, sampler, pruner
@@ -408,8 +421,8 @@ def open_study(setup: Setup, args: argparse.Namespace, url: str, sampler, pruner
 def refuse_used_folder(folder: pathlib.Path, url: str, name: str, studies: list[str]) -> None:
   """A new study needs a folder of its own: one that holds another study's trials (made with
   another --storage or --study-name: its trial 0 would take trials/0000), a run's workdir or
-  any other file but hidden ones is refused, as is the folder's own study.db or journal.log holding another
-  study. `studies`: those the storage holds now."""
+  any other file but hidden ones is refused, as is the folder's own study.db or journal.log
+  holding another study. `studies`: those the storage holds now."""
   own = own_file(url, folder)
   held = sorted(p.name for p in folder.iterdir()  # not hidden ones: .ask.lock, .DS_Store
                 if not p.name.startswith(".") and p.name != own)
@@ -554,7 +567,7 @@ class Tuner:
   def train_and_tell(self, claim: Claim) -> None:
     workdir = self.setup.folder / self.workdir_name(claim.number)
     what = "resuming" if claim.resumed else ""
-    say(f"[trial {claim.number}, {claim.number + 1} of {self.target}] "
+    say(f"[trial {claim.number}, {claim.number + 1} of {max(self.target, claim.number + 1)}] "
         f"{short_params(claim.params) or '(no searched parameter)'}"
         + (f" ({what} {self.workdir_name(claim.number)})" if what else ""))
     start = time.perf_counter()

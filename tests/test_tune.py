@@ -578,3 +578,16 @@ def test_a_trial_of_two_processes_is_given_one_config_and_pruned_at_one_step(tmp
     assert "jax.distributed: process" in log and "pruned at step 4" in log
     assert "error" not in log.lower()
   assert json.loads((workdir / "results.json").read_text())["processes"] == 2
+
+
+def test_a_searched_evaluation_interval_gives_the_pruners_its_smallest_value(tmp_path):
+  """ASHA's and Hyperband's minimum resource is the fewest steps between a trial's evaluations:
+  with eval.every_steps searched, the least it takes (the base value would be too late for the
+  trials that evaluate more often)."""
+  for declared, expected in (('space.choice([2, 4])', 2), ('space.integer(3, 8)', 3),
+                             ('space.fixed(6)', 6)):
+    config = _study_config(tmp_path, '{"config.eval.every_steps": ' + declared + '}')
+    setup = tune.load_setup(str(config), tmp_path / "study")
+    assert setup.eval_every == expected
+    assert tune.make_pruner("asha", setup.eval_every, setup.budget)._min_resource == expected
+  assert tune.load_setup(str(_study_config(tmp_path, SEEDS)), tmp_path / "s").eval_every == 4
