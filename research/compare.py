@@ -48,6 +48,7 @@ import numpy as np
 from research import metrics, report, squad
 
 CONFIDENCE = 0.95
+MIN_SAMPLES = 100  # resamples: fewer leave the interval's tails to one or two draws
 _ROWS_PER_BATCH = 4_000_000  # resamples per batch x examples: bounds the memory of a batch
 
 
@@ -514,8 +515,9 @@ def compare_systems(systems: list[System], *, split: str | None = None,
   if len(systems) < 2:
     raise CompareError(f"{len(systems)} system given: a comparison needs at least two (two "
                        "runs, or a sweep of two settings)")
-  if samples < 1:
-    raise CompareError(f"--samples {samples}: at least 1")
+  if samples < MIN_SAMPLES:
+    raise CompareError(f"--samples {samples}: at least {MIN_SAMPLES} (a 95% interval's 2.5% "
+                       "tails need 40; a permutation p is never below 2/(samples + 1))")
   first_run = systems[0].runs[0]
   config = _read_json(first_run / "config.json")
   split = split or config["data"]["eval_splits"][0]

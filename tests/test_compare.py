@@ -231,6 +231,7 @@ def test_holm_corrects_the_comparisons_with_the_baseline(tmp_path):
     ("short_predictions", "_per_example.json is damaged: 100 gold labels, 99 predictions"),
     ("no_gold", "_per_example.json is damaged: no list of gold and of predicted labels"),
     ("sweep_json", "sweep.json is damaged: not a list of points, each with its name and"),
+    ("few_samples", "--samples 39: at least 100 (a 95% interval's 2.5% tails need 40"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
   gold = np.arange(100) % 2
@@ -263,7 +264,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, message):
     record = json.loads(per_example.read_text())
     record["prediction"].pop()
     per_example.write_text(json.dumps(record if case == "short_predictions" else {}))
-  assert compare.main(args + ["--samples", "10", "--output", str(tmp_path)]) == 2
+  samples = "39" if case == "few_samples" else "100"
+  assert compare.main(args + ["--samples", samples, "--output", str(tmp_path)]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
   assert not (tmp_path / "compare.json").exists()
@@ -301,7 +303,7 @@ def test_seeds_are_paired_by_value(tmp_path, system_seeds, baseline_seeds, pairs
     return compare.System(name, [fake_run(tmp_path / f"{name}{s}", gold, _noisy(gold, 0.8, rng),
                                           seed=s) for s in sorted(seeds)])
   record = compare.compare_systems([system("b", baseline_seeds), system("s", system_seeds)],
-                                   samples=20, aso_iterations=0, progress=lambda line: None)
+                                   samples=100, aso_iterations=0, progress=lambda line: None)
   (comparison,) = record["comparisons"]
   assert [(p["system_seed"], p["baseline_seed"]) for p in comparison["pairs"]] == pairs
   for p in comparison["pairs"]:  # each row's scores are those of the runs it names
@@ -325,7 +327,7 @@ def test_best_reevaluation_of_an_older_best_checkpoint_is_not_compared(tmp_path)
       {"step": 4, "metrics": {"accuracy": metrics.accuracy(gold, stale)}}))
   (runs[1] / "eval" / "validation_best_per_example.json").write_text(json.dumps(
       {"kind": "classification", "gold": gold.tolist(), "prediction": stale.tolist()}))
-  record = compare.compare(runs, checkpoint="best", samples=20, progress=lambda line: None)
+  record = compare.compare(runs, checkpoint="best", samples=100, progress=lambda line: None)
   assert [r["step"] for r in record["systems"][1]["runs"]] == [10]
   (pair,) = record["comparisons"][0]["pairs"]
   reported = json.loads((runs[1] / "results.json").read_text())["final"]["results"]
@@ -363,7 +365,7 @@ def test_a_pruned_trial_is_compared_with_a_note(tmp_path):
   runs = [fake_run(tmp_path / name, gold, _noisy(gold, 0.8, rng)) for name in ("a", "b")]
   results = json.loads((runs[1] / "results.json").read_text())
   (runs[1] / "results.json").write_text(json.dumps({**results, "pruned": {"step": 10}}))
-  record = compare.compare(runs, samples=20, aso_iterations=0, progress=lambda line: None)
+  record = compare.compare(runs, samples=100, aso_iterations=0, progress=lambda line: None)
   assert record["notes"] == [f"{runs[1]} was pruned by its tuner at step 10: its training did "
                              "not finish"]
   assert f"Note: {record['notes'][0]}." in compare.render(record)
@@ -382,5 +384,5 @@ def test_runs_that_read_the_split_from_different_files_are_compared_with_a_note(
   note = (f"the runs read validation from different files ({runs[0]}: /data/sst2/validation.tsv"
           f"; {runs[2]}: /data/sst2_contrast/validation.tsv): compared as the same examples, "
           "since their gold labels agree")
-  assert compare.compare(runs, samples=20, progress=lambda line: None)["notes"] == [note]
-  assert compare.compare(runs[:2], samples=20, progress=lambda line: None)["notes"] == []
+  assert compare.compare(runs, samples=100, progress=lambda line: None)["notes"] == [note]
+  assert compare.compare(runs[:2], samples=100, progress=lambda line: None)["notes"] == []

@@ -263,7 +263,8 @@ def test_a_minimizing_study_marks_the_lowest(tmp_path):
   assert [r["best"] for r in rows] == ["0", "1", "0", "0"]
   assert rows[3]["model.hidden_dropout_prob"] == "" and rows[3]["optimizer.learning_rate"] == (
       "0.0002")
-  assert "| 3 | completed | 0.4500 | — | 2e-04 | — | — |" in (tmp_path / "trials.md").read_text()
+  assert ("| 3 | completed | 0.4500 | — | 2e-04 | — | — |"
+          in (tmp_path / "trials.md").read_text())
   mean, std = tune_report.expected_best([0.5, 0.3, 0.4, 0.45], 2, "minimize")
   assert mean < np.mean([0.5, 0.3, 0.4, 0.45])
   assert f"2: {mean:.4f} ± {std:.4f}" in (tmp_path / "trials.md").read_text()
