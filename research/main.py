@@ -174,30 +174,16 @@ def main(argv: list[str]) -> None:
     # answer, so the same command runs as a child of this one, which answers for it.
     sys.exit(supervisor.run([sys.executable, "-m", "research.main", *sys.argv[1:]],
                             debug=_DEBUG.value))
-  for noisy in ("absl", "datasets", "jax._src.xla_bridge"):  # orbax's per-save chatter, ...
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-  from research import host_memory
-  host_memory.keep_freed_memory()  # before JAX starts its threads
-  import jax
-  if not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR wins if set
-    # Compiled steps are reused by later runs of the same shapes (sweeps, reruns).
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.expanduser("~/.cache/research/jax_compilation_cache"))
+  from research import runtime
   try:
-    distributed.initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
-                           num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
-                           timeout_seconds=_DISTRIBUTED_TIMEOUT.value)
+    runtime.start(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+                  num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+                  timeout_seconds=_DISTRIBUTED_TIMEOUT.value)
   except distributed.DistributedError as e:
     _fail(str(e))
-  if jax.process_count() > 1:
-    # Executables compiled by a multi-process client must not be loaded by a single-process
-    # one (the cache key ignores the difference; loading them has crashed): a cache of their own.
-    jax.config.update("jax_compilation_cache_dir", os.path.join(
-        jax.config.jax_compilation_cache_dir, f"{jax.process_count()}_processes"))
+  import jax
   if jax.process_index() > 0:  # process 0 reports progress; the others only what goes wrong
     logging.getLogger().setLevel(logging.WARNING)
-  import datasets
-  datasets.disable_progress_bars()  # the pipeline logs one line per split instead
   from research import checkpoints, config_lib, inference, metrics, train, writers
   from research.data.input_pipeline import DataError
   from research.models.hf_io import CheckpointError

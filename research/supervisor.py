@@ -44,7 +44,7 @@ def supervised() -> bool:
   return ENV in os.environ
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
   """In the child, before it runs: SIGKILL when the parent dies (Linux), as kill -9 of the
   parent would otherwise leave the run going without it."""
   try:
@@ -133,7 +133,7 @@ def run(command: list[str], *, debug: bool = False) -> int:
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
   child = subprocess.Popen(command, env=env,
                            stderr=subprocess.PIPE, process_group=0,
-                           preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                           preexec_fn=die_with_parent if sys.platform == "linux" else None)
 
   def forward(number, frame) -> None:
     try:

@@ -809,13 +809,11 @@ def run_trial_process(spec: dict[str, Any]) -> int:
   # Killed with its worker, as a kill -9 of the tuner would otherwise leave it training. Set
   # here rather than between fork and exec, which is unsafe in a process with threads.
   from research import supervisor
-  supervisor._die_with_parent()
+  supervisor.die_with_parent()
   if os.getppid() != spec["parent"]:  # the worker died before that took effect
     return EXIT_INTERRUPTED
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                       stream=sys.stderr)
-  for noisy in ("absl", "datasets", "jax._src.xla_bridge"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   try:
     module, arg = sweep.load_config_file(spec["config"])
@@ -830,23 +828,15 @@ def run_trial_process(spec: dict[str, Any]) -> int:
     traceback.print_exc()
     print(f"error: --config {spec['config']}: {type(e).__name__}: {e}", file=sys.stderr)
     return 2
-  from research import host_memory
-  host_memory.keep_freed_memory()  # before JAX starts its threads
-  import jax
-  if not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.expanduser("~/.cache/research/jax_compilation_cache"))
-  import datasets
-  datasets.disable_progress_bars()
-  from research import distributed, train
+  from research import distributed, runtime, train
   processes = spec.get("processes", 1)
-  if processes > 1:
-    try:
-      distributed.initialize("on", coordinator_address=spec["coordinator"],
-                             num_processes=processes, process_id=spec["process_id"])
-    except distributed.DistributedError as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 2
+  try:  # several processes: one run on jax.distributed
+    runtime.start("on" if processes > 1 else "off", coordinator_address=spec.get("coordinator"),
+                  num_processes=processes, process_id=spec.get("process_id"))
+  except distributed.DistributedError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  import jax
   logging.info("trial %d's overrides: %s", spec["trial_id"],
                json.dumps(spec["overrides"], sort_keys=True))
   study = optuna.load_study(study_name=spec["study_name"], storage=open_storage(spec["storage"]),
