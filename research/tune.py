@@ -28,7 +28,8 @@ anything (another study's trials, a run's workdir) is refused.
 
 `--rerun-best N` trains the best trial's config with N new seeds in `<study>/best/seed=<s>/`
 and reports mean ± std with a t-interval on every split the config evaluates
-(`research.report`).
+(`research.report`). `--keep-checkpoints none` deletes each trial's and rerun's weights once it
+has ended (its records stay): a long search of a large model otherwise fills the disk.
 
 `--processes N` makes each trial one run of N processes on this machine (`jax.distributed`):
 the worker asks Optuna once and gives every process the trial's parameters, process 0 alone
@@ -51,6 +52,7 @@ import logging
 import math
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -562,6 +564,8 @@ class Tuner:
     self.train_and_tell(claim)
     # As each trial ends: a researcher follows a long search in trials.md and the plots.
     if self.study._storage.get_trial(claim.trial_id).state.is_finished():
+      if self.args.keep_checkpoints == "none":
+        drop_checkpoints(self.setup.folder / self.workdir_name(claim.number))
       write_outputs(self.study, self.setup.folder, warn=False)
 
   def train_and_tell(self, claim: Claim) -> None:
@@ -690,6 +694,14 @@ class Tuner:
     return 0
 
 
+def drop_checkpoints(workdir: pathlib.Path) -> None:
+  """Deletes a finished run's saved weights (`checkpoints/`, `best/`), keeping its records: a
+  study of many trials of a large model would otherwise fill the disk with weights no one
+  reads once the trial is told (a running trial keeps them, to resume)."""
+  for name in ("checkpoints", "best"):
+    shutil.rmtree(workdir / name, ignore_errors=True)
+
+
 def selection_value(results: dict[str, Any], metric: str) -> float:
   """The value a completed trial is ranked by: its best evaluation's selection metric (as the
   run's best checkpoint), else its final one."""
@@ -723,7 +735,8 @@ def summary(study: optuna.Study, metric: str) -> str:
 # ---- The best trial, retrained with new seeds -----------------------------------------------
 
 
-def rerun_best(setup: Setup, study: optuna.Study, seeds: int, workers: int) -> int:
+def rerun_best(setup: Setup, study: optuna.Study, seeds: int, workers: int,
+               keep_checkpoints: str = "all") -> int:
   """The best trial's overrides with `seeds` new seeds in `<study>/best/seed=<s>/`, run and
   reported as `research.sweep` runs its points; returns the exit status."""
   if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
@@ -755,6 +768,8 @@ def rerun_best(setup: Setup, study: optuna.Study, seeds: int, workers: int) -> i
                                                 pool.map(sweep.run_point, todo, positions)):
       say(f"{position} {point['name']}: "
           f"{'done' if code == 0 else f'FAILED (exit {code}, see main.log)'} in {seconds:.0f} s")
+      if code == 0 and keep_checkpoints == "none":
+        drop_checkpoints(pathlib.Path(point["workdir"]))
       if code:
         failed.append(point["name"])
   if failed:
@@ -896,6 +911,9 @@ def main(argv: list[str] | None = None) -> int:
                       "(jax.distributed; the trial's parameters asked once)")
   parser.add_argument("--rerun-best", type=int, default=0, metavar="N",
                       help="retrain the best trial's config with N new seeds")
+  parser.add_argument("--keep-checkpoints", choices=("all", "none"), default="all",
+                      help="none: delete a trial's (and a rerun's) weights once it has ended, "
+                      "keeping its records")
   args = parser.parse_args(argv)
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   try:
@@ -931,7 +949,8 @@ def main(argv: list[str] | None = None) -> int:
     if study.get_trials(deepcopy=False):
       write_outputs(study, args.study)
     if code == 0 and args.rerun_best:
-      code = rerun_best(setup, study, args.rerun_best, args.workers)
+      code = rerun_best(setup, study, args.rerun_best, args.workers,
+                        args.keep_checkpoints)
     return code
   except (TuneError, SpaceError, config_lib.ConfigError) as e:
     if os.environ.get("RESEARCH_DEBUG") == "1":

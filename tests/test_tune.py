@@ -343,7 +343,7 @@ def test_a_trial_that_ended_is_told_and_the_outputs_follow_at_once(tmp_path):
       "train": {"steps": 8}, "pruned": None, "best": {"step": 4, "value": 0.75},
       "final": {"step": 8, "results": {"validation": {"accuracy": 0.5}}}}))
   args = argparse.Namespace(
-      trials=1, sampler="random", pruner="none", seed=0, study_name=None)
+      trials=1, sampler="random", pruner="none", seed=0, study_name=None, keep_checkpoints="all")
   setup = tune.load_setup(str(config), folder)
   tuner = tune.Tuner(setup, study, tune.storage_url(None, folder), args)
   assert tuner.search(1) == 0
@@ -394,6 +394,7 @@ def test_study_prunes_records_failures_and_two_workers_split_it(tmp_path):
   results = json.loads((completed_dir / "results.json").read_text())
   assert completed.value == results["best"]["value"]
   assert completed.user_attrs["steps"] == 8
+  assert any((completed_dir / "checkpoints").iterdir())  # kept by default
   assert pruned.state == TrialState.PRUNED and pruned.user_attrs["outcome"] == "pruned"
   assert pruned.intermediate_values == _eval_values(pruned_dir, "loss") and \
       list(pruned.intermediate_values) == [4] and pruned.intermediate_values[4] > 1.0
@@ -493,11 +494,19 @@ def test_postgresql_study_with_two_workers_then_the_best_rerun_with_new_seeds(tm
   config = _study_config(tmp_path, SEEDS)
   folder = tmp_path / "pg"
   process = _tune("--config", str(config), "--study", str(folder), "--trials", "2", "--sampler",
-                  "random", "--storage", postgres_url, "--workers", "2", "--rerun-best", "2")
+                  "random", "--storage", postgres_url, "--workers", "2", "--rerun-best", "2",
+                  "--keep-checkpoints", "none")
   out, err = process.communicate(timeout=600)
   assert process.returncode == 0, err
   study = _load(folder, postgres_url)
   assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+  # --keep-checkpoints none: every ended run keeps its records, not its weights.
+  runs = [folder / t.user_attrs["workdir"] for t in study.trials] + sorted(
+      (folder / "best").glob("seed=*"))
+  assert len(runs) == 4
+  for run in runs:
+    assert (run / "results.json").is_file() and (run / "metrics.jsonl").is_file()
+    assert not (run / "checkpoints").exists() and not (run / "best").exists(), run
   assert len({t.user_attrs["worker"] for t in study.trials}) == 2
   assert not (folder / "study.db").exists()
   # The best trial's config with the next two seeds, summarised as research.report does.
