@@ -33,9 +33,12 @@ has ended (its records stay): a long search of a large model otherwise fills the
 
 `--processes N` makes each trial one run of N processes on this machine (`jax.distributed`):
 the worker asks Optuna once and gives every process the trial's parameters, process 0 alone
-reports, and the pruner's answer is broadcast so that all stop at one step. Not yet: a trial
-across hosts (each trial a job step of its own); a trial is otherwise one process, on all of its
-machine's devices.
+reports, and the pruner's answer is broadcast so that all stop at one step. `--launcher CMD`
+starts each trial's processes with CMD instead, wherever it puts them: in a SLURM job of
+several nodes, `--launcher 'srun --nodes=2 --ntasks=2 --kill-on-bad-exit=1'` makes every trial
+one job step across two hosts (experiments/launch/tune_multinode.sbatch); each process learns
+its place from the launcher's variables, as `research.main` does. A trial is otherwise one
+process, on all of its machine's devices.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import logging
 import math
 import os
 import pathlib
+import shlex
 import shutil
 import signal
 import socket
@@ -70,6 +74,7 @@ from optuna.trial import TrialState
 from research import config_lib, search_space, sweep
 from research.search_space import SpaceError
 
+TRIAL_PORTS = (41000, 49000)  # coordinator ports of launched trials, by trial number
 EXIT_INTERRUPTED = 75  # = train.EXIT_INTERRUPTED: rerun the same command to resume
 LOCK_WAIT_SECONDS = 300  # the longest a worker waits for another to finish asking for a trial
 RUN_LOCK_WAIT_SECONDS = 60  # ... for a killed tuner's trial to release its workdir
@@ -628,21 +633,29 @@ class Tuner:
             "workdir": str(workdir.absolute()), "overrides": claim.overrides,
             "pruner": self.args.pruner, "eval_every": self.setup.eval_every,
             "budget": self.setup.budget}
-    processes = self.args.processes
-    if processes > 1:  # one run of several processes: each given the same trial
-      spec["coordinator"] = f"127.0.0.1:{free_port()}"
+    processes, launcher = self.args.processes, self.args.launcher
+    if launcher:  # one launch: the launcher starts the run's processes, wherever it puts them
+      commands = [[*shlex.split(launcher), sys.executable, "-m", "research.tune", "--run-trial",
+                   json.dumps({**spec, "launched": True})]]
+    else:  # one run of `processes` processes here, each given the same trial
+      if processes > 1:
+        spec["coordinator"] = f"127.0.0.1:{free_port()}"
+      commands = [[sys.executable, "-m", "research.tune", "--run-trial",
+                   json.dumps({**spec, "processes": processes, "process_id": i})]
+                  for i in range(processes)]
+    # Trials running at once under one launcher need coordinators on distinct ports: the
+    # launcher's first host is unknown here, so the port follows the trial's number.
+    env = {**os.environ, "JAX_COORDINATOR_PORT": str(trial_port(claim.number))}
     children = []
     with self.children_lock:
       if self.stopping.is_set():
         return None
-      for i in range(processes):
+      for i, command in enumerate(commands):
         log_name = "tune.log" if i == 0 else f"tune.p{i}.log"
         with (workdir / log_name).open("a") as log:
           # Its own process group: a terminal's Ctrl-C reaches it once, through `on_signal`.
-          children.append(subprocess.Popen(
-              [sys.executable, "-m", "research.tune", "--run-trial",
-               json.dumps({**spec, "processes": processes, "process_id": i})],
-              stdout=log, stderr=subprocess.STDOUT, process_group=0))
+          children.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                           process_group=0, env=env if launcher else None))
       self.children.update(children)
     try:
       codes = [child.wait() for child in children]
@@ -663,9 +676,11 @@ class Tuner:
     self.stop()
     with self.children_lock:
       children = list(self.children)
-    for child in children:  # each trial saves a checkpoint and exits 75
+    # Each trial saves a checkpoint and exits 75. A launcher is sent SIGTERM, whatever the
+    # signal: srun passes that one to its tasks (a first SIGINT only makes it print status).
+    for child in children:
       with contextlib.suppress(ProcessLookupError):
-        child.send_signal(number)
+        child.send_signal(signal.SIGTERM if self.args.launcher else number)
     if first:
       say(f"{self.signal_name}: the running trials save a checkpoint and stop; rerun the same "
           "command to resume")
@@ -806,6 +821,11 @@ _outputs_lock = threading.Lock()
 # ---- One trial, in its own process -----------------------------------------------------------
 
 
+def trial_port(number: int) -> int:
+  """The coordinator port of trial `number` when a launcher starts its processes."""
+  return TRIAL_PORTS[0] + number % (TRIAL_PORTS[1] - TRIAL_PORTS[0])
+
+
 def free_port() -> int:
   with socket.socket() as sock:
     sock.bind(("127.0.0.1", 0))
@@ -824,8 +844,9 @@ def run_trial_process(spec: dict[str, Any]) -> int:
   # Killed with its worker, as a kill -9 of the tuner would otherwise leave it training. Set
   # here rather than between fork and exec, which is unsafe in a process with threads.
   from research import supervisor
+  launched = spec.get("launched", False)  # started by --launcher's command, not the worker
   supervisor.die_with_parent()
-  if os.getppid() != spec["parent"]:  # the worker died before that took effect
+  if not launched and os.getppid() != spec["parent"]:  # the worker died before that took effect
     return EXIT_INTERRUPTED
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                       stream=sys.stderr)
@@ -845,9 +866,12 @@ def run_trial_process(spec: dict[str, Any]) -> int:
     return 2
   from research import distributed, runtime, train
   processes = spec.get("processes", 1)
-  try:  # several processes: one run on jax.distributed
-    runtime.start("on" if processes > 1 else "off", coordinator_address=spec.get("coordinator"),
-                  num_processes=processes, process_id=spec.get("process_id"))
+  try:  # several processes: one run on jax.distributed (a launcher's: as its variables say)
+    if launched:
+      runtime.start("auto")
+    else:
+      runtime.start("on" if processes > 1 else "off", coordinator_address=spec.get("coordinator"),
+                    num_processes=processes, process_id=spec.get("process_id"))
   except distributed.DistributedError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -914,12 +938,26 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--keep-checkpoints", choices=("all", "none"), default="all",
                       help="none: delete a trial's (and a rerun's) weights once it has ended, "
                       "keeping its records")
+  parser.add_argument("--launcher", default="",
+                      help="a command that starts each trial's processes, e.g. 'srun --nodes=2 "
+                      "--ntasks=2 --kill-on-bad-exit=1' in a SLURM job: a trial across hosts, "
+                      "one job step each")
   args = parser.parse_args(argv)
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   try:
     if args.trials < 0 or args.workers < 1 or args.rerun_best < 0 or args.processes < 1:
       raise TuneError("--trials and --rerun-best take a number >= 0, --workers and "
                       "--processes >= 1")
+    if args.launcher and args.processes > 1:
+      raise TuneError("--launcher and --processes: the launcher's own options say how many "
+                      "processes a trial has (srun --ntasks=N)")
+    try:
+      launcher = shlex.split(args.launcher)
+    except ValueError as e:  # an unclosed quote
+      raise TuneError(f"--launcher {args.launcher!r}: {e}") from e
+    if launcher and not shutil.which(launcher[0]):
+      raise TuneError(f"--launcher {args.launcher!r}: no command {launcher[0]!r} here")
+    args.launcher = args.launcher if launcher else ""
     setup = load_setup(args.config, args.study)
     # The sampler and pruner before anything is written: a mistake in them leaves no study.
     sampler = make_sampler(args.sampler, setup.space, args.seed)

@@ -563,30 +563,57 @@ def test_the_glue_configs_space_is_searchable(tmp_path):
   assert (setup.metric, setup.direction) == ("accuracy", "maximize")
 
 
-def test_a_trial_of_two_processes_is_given_one_config_and_pruned_at_one_step(tmp_path):
-  """--processes 2: each trial is one run of two processes (jax.distributed). The worker asks
-  Optuna once and gives both processes the trial's parameters (where each process asking
-  would train another config: transformers #18609); process 0 reports to the trial and the
-  pruner's answer reaches both, so that both stop at the same step."""
+@pytest.mark.parametrize("how", ["processes", "launcher"])
+def test_a_trial_of_two_processes_is_given_one_config_and_pruned_at_one_step(tmp_path, how):
+  """Each trial is one run of two processes (jax.distributed), started here (--processes 2) or
+  by a launcher (--launcher: a stand-in for srun that starts two tasks with SLURM's
+  variables). The worker asks Optuna once and gives both processes the trial's parameters
+  (where each process asking would train another config: transformers #18609); process 0
+  reports to the trial and the pruner's answer reaches both, so that both stop at one step."""
   require_data("sst2")
   config = _study_config(tmp_path, '{"config.optimizer.learning_rate": space.choice([1.0]), '
                          '"config.parallel.num_devices": space.fixed(0)}')
   folder = tmp_path / "two"
+  launch = (["--processes", "2"] if how == "processes" else
+            ["--launcher", f"{sys.executable} {REPO / 'tests' / 'stand_in_srun.py'} --ntasks=2"])
   process = _tune("--config", f"{config}:loss", "--study", str(folder), "--trials", "1",
-                  "--sampler", "grid", "--pruner", "threshold:upper=1.0", "--processes", "2")
+                  "--sampler", "grid", "--pruner", "threshold:upper=1.0", *launch)
   out, err = process.communicate(timeout=600)
   assert process.returncode == 0, err + out
   [trial] = _load(folder).trials
   workdir = folder / trial.user_attrs["workdir"]
-  logs = [(workdir / name).read_text() for name in ("tune.log", "tune.p1.log")]
   assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [4]
   assert json.loads((workdir / "results.json").read_text())["pruned"] == {"step": 4}
-  told = [re.findall(r"trial \d+'s overrides: (.*)", log) for log in logs]
-  assert told[0] == told[1] == ['{"optimizer.learning_rate": 1.0, "parallel.num_devices": 0}']
-  for log in logs:
-    assert "jax.distributed: process" in log and "pruned at step 4" in log
-    assert "error" not in log.lower()
   assert json.loads((workdir / "results.json").read_text())["processes"] == 2
+  told = '{"optimizer.learning_rate": 1.0, "parallel.num_devices": 0}'
+  if how == "processes":  # a log per process
+    logs = [(workdir / name).read_text() for name in ("tune.log", "tune.p1.log")]
+    for log in logs:
+      assert re.findall(r"trial \d+'s overrides: (.*)", log) == [told]
+      assert "jax.distributed: process" in log and "pruned at step 4" in log
+  else:  # the launcher's one output: both tasks', each started by SLURM's variables
+    logs = [(workdir / "tune.log").read_text()]
+    assert re.findall(r"trial \d+'s overrides: (.*)", logs[0]) == [told, told]
+    assert sorted(re.findall(r"jax.distributed: process (\d) of 2 \((SLURM \(2 tasks\))",
+                             logs[0])) == [("0", "SLURM (2 tasks)"), ("1", "SLURM (2 tasks)")]
+    assert logs[0].count("pruned at step 4") == 2
+    assert not (workdir / "tune.p1.log").exists()
+  for log in logs:
+    assert "error" not in log.lower()
+
+
+def test_a_launcher_is_checked_before_the_study_starts(tmp_path, capsys):
+  config = _study_config(tmp_path, LEARNING_RATE)
+  for launcher, extra, message in (
+      ("no-such-srun --ntasks=2", [], "--launcher 'no-such-srun --ntasks=2': no command "
+       "'no-such-srun' here"),
+      ("srun 'unclosed", [], "--launcher \"srun 'unclosed\": No closing quotation"),
+      ("true", ["--processes", "2"], "--launcher and --processes: the launcher's own options "
+       "say how many processes a trial has (srun --ntasks=N)")):
+    assert tune.main(["--config", str(config), "--study", str(tmp_path / "s"), "--trials", "1",
+                      "--launcher", launcher, *extra]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+  assert not (tmp_path / "s").exists()
 
 
 def test_a_searched_evaluation_interval_gives_the_pruners_its_smallest_value(tmp_path):
