@@ -108,6 +108,17 @@ def _max_difference(a, b):
   return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))
 
 
+# The splits sum the same float32 terms in another order, so they agree to rounding, not bit
+# for bit. Measured on a 2-core AMD EPYC (AVX2), two steps: parameters within 1.05e-6 (masked
+# LM, whose tied vocabulary sums the most terms; 1.2e-7 to 5e-7 for the others), optimizer
+# state within 1.1e-8, loss and gradient norm within 1.1e-7 relative. The tolerances are ~3-10x
+# those: a real error in how a batch is split (a row dropped or counted twice, a mean of means)
+# moves them by 1e-3 and more.
+PARAMS_TOLERANCE = 3e-6
+OPT_STATE_TOLERANCE = 1e-7
+RELATIVE_TOLERANCE = 1e-6
+
+
 def _need_devices(n):
   if jax.local_device_count() < n:
     pytest.skip(f"needs {n} devices; run with XLA_FLAGS=--xla_force_host_platform_device_count"
@@ -124,9 +135,10 @@ def test_four_devices_equal_one_device(backend, kind):
   single, single_metrics = _one_device(kind)
   multi, multi_metrics = _run(setup, backend, 4, 1, kind, num_steps=2)
   assert int(multi.step) == 2
-  assert _max_difference(multi.params, single.params) < 1e-5
-  assert _max_difference(multi.opt_state, single.opt_state) < 1e-5
-  np.testing.assert_allclose(multi_metrics["loss_sum"], single_metrics["loss_sum"], rtol=1e-5)
+  assert _max_difference(multi.params, single.params) < PARAMS_TOLERANCE
+  assert _max_difference(multi.opt_state, single.opt_state) < OPT_STATE_TOLERANCE
+  np.testing.assert_allclose(multi_metrics["loss_sum"], single_metrics["loss_sum"],
+                             rtol=RELATIVE_TOLERANCE)
   assert multi_metrics["weight_sum"] == single_metrics["weight_sum"]
   # The step moved the params: equality is not two no-ops agreeing.
   assert _max_difference(single.params, setup[3].params) > 1e-4
@@ -137,9 +149,9 @@ def test_accumulating_four_micro_batches_equals_one_big_batch(kind):
   setup = _setup(kind, seed=1)
   big, big_metrics = _one_device(kind, seed=1)
   accumulated, metrics = _run(setup, "pmap", 1, 4, kind, num_steps=2)
-  assert _max_difference(accumulated.params, big.params) < 1e-5
-  np.testing.assert_allclose(metrics["loss_sum"], big_metrics["loss_sum"], rtol=1e-5)
-  np.testing.assert_allclose(metrics["grad_norm"], big_metrics["grad_norm"], rtol=1e-5)
+  assert _max_difference(accumulated.params, big.params) < PARAMS_TOLERANCE
+  for name in ("loss_sum", "grad_norm"):
+    np.testing.assert_allclose(metrics[name], big_metrics[name], rtol=RELATIVE_TOLERANCE)
 
 
 def test_accumulation_across_devices_with_shard_map():
@@ -147,7 +159,7 @@ def test_accumulation_across_devices_with_shard_map():
   setup = _setup(seed=2)
   reference, _ = _run(setup, "pmap", 1, 1)
   combined, _ = _run(setup, "shard_map", 2, 2)
-  assert _max_difference(combined.params, reference.params) < 1e-5
+  assert _max_difference(combined.params, reference.params) < PARAMS_TOLERANCE
 
 
 @pytest.mark.parametrize("backend,devices,accum", [
@@ -157,8 +169,9 @@ def test_dropout_draws_the_same_masks_however_the_batch_is_split(backend, device
   setup = _setup(seed=4, config=DROPOUT_CONFIG)
   single, single_metrics = _one_device(seed=4, config=DROPOUT_CONFIG)
   split, split_metrics = _run(setup, backend, devices, accum, num_steps=2)
-  assert _max_difference(split.params, single.params) < 1e-5
-  np.testing.assert_allclose(split_metrics["loss_sum"], single_metrics["loss_sum"], rtol=1e-5)
+  assert _max_difference(split.params, single.params) < PARAMS_TOLERANCE
+  np.testing.assert_allclose(split_metrics["loss_sum"], single_metrics["loss_sum"],
+                             rtol=RELATIVE_TOLERANCE)
   without_dropout, _ = _one_device(seed=4)
   assert _max_difference(single.params, without_dropout.params) > 1e-4  # dropout is on
 
