@@ -11,7 +11,7 @@ GB peak resident instead of 2.7 GB, for 58 s instead of 77 s). `RESEARCH_DEFAULT
 leaves glibc's defaults alone, for a machine where memory is tighter than time.
 
 `keep_freed_memory()` must run before JAX (or torch) starts its threads; the entry points
-(`research.main`, `research.bench`) call it first thing. It does nothing where libc is not glibc,
+(`research.main`, `benchmarks.bench`) call it first thing. It does nothing where libc is not glibc,
 nor where JAX will run on an accelerator (`JAX_PLATFORMS` names one, or a GPU/TPU plugin is
 installed): there XLA:CPU's buffers are not the step's, and host memory is better left alone.
 """

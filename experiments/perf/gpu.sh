@@ -40,7 +40,7 @@ case "${1:-}" in
     export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 RESEARCH_DATA_DIR=.gpu/data \
         HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-    python3 -m research.bench --dtype bfloat16 --tokenizer .gpu/tokenizer --out "$OUT" \
+    python3 -m benchmarks.bench --dtype bfloat16 --tokenizer .gpu/tokenizer --out "$OUT" \
         2>&1 | tee "$OUT/bench.log"
     python3 -m research.main --config configs/sst2.py --workdir /tmp/sst2_epoch \
         --config.model.checkpoint= --config.model.tokenizer=.gpu/tokenizer \

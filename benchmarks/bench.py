@@ -1,10 +1,10 @@
 """Speed, measured side by side in one process: our train/eval steps vs the PyTorch peer.
 
-  python -m research.bench --out bench_out/          # the default table (~5 min on 2 cores)
-  python -m research.bench --quick --out /tmp/b      # tiny shapes, seconds (used in tests)
-  python -m research.bench --e2e --out bench_out/    # + one SST-2 epoch, ours vs PyTorch loop
-  python -m research.bench --dtype bfloat16 --out b/  # bf16 compute (on a GPU: BERT-base/large)
-  python -m research.bench --mlm --out bench_out/    # masked-LM steps: ours vs BertForMaskedLM
+  python -m benchmarks.bench --out bench_out/          # the default table (~5 min on 2 cores)
+  python -m benchmarks.bench --quick --out /tmp/b      # tiny shapes, seconds (used in tests)
+  python -m benchmarks.bench --e2e --out bench_out/    # + one SST-2 epoch, ours vs PyTorch loop
+  python -m benchmarks.bench --dtype bfloat16 --out b/  # bf16 compute (on a GPU: BERT-base/large)
+  python -m benchmarks.bench --mlm --out bench_out/    # masked-LM steps: ours vs BertForMaskedLM
 
 Every figure that matters is a ratio measured in this run, because the machine is noisy:
 * ours vs peer: examples/s of our compiled train step (and eval forward) against transformers'

@@ -1,0 +1,1 @@
+"""Benchmarks against PyTorch: outside research/, so that the library never imports torch."""
