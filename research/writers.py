@@ -292,6 +292,14 @@ class _TensorBoard:
     from tensorboard.compat.proto import event_pb2, summary_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
     self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+    # TensorBoard reads a folder's files in name order, and a name is events.out.tfevents.
+    # <second>.<host>.<pid>.<counter>: two files of one process in one second may sort in the
+    # wrong order (counter 10 before 9), and the earlier file's steps would win over the
+    # resumed ones. A new file starts in a later second than the folder's newest.
+    seconds = [int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*")
+               if p.name.split(".")[3].isdigit()]
+    if seconds and max(seconds) >= int(time.time()):
+      time.sleep(max(seconds) + 1 - time.time())
     self._file = EventFileWriter(str(folder))
     self._file.add_event(self._event(
         wall_time=time.time(), step=purge_step,

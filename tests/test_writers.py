@@ -28,6 +28,12 @@ def tensorboard_history(folder) -> dict[int, dict]:
 
 
 def test_tensorboard_shows_what_metrics_jsonl_holds_after_a_resume(tmp_path):
+  # The two writers' files get event_file_writer's counters 9 and 10 (or 99 and 100, ...):
+  # within one second their names sort 10 before 9, which once showed the first run's steps.
+  from tensorboard.summary.writer import event_file_writer
+  counter = event_file_writer._global_uid  # the next file's is counter._value
+  while len(str(counter._value)) == len(str(counter._value + 1)):
+    counter.get()
   writer = writers.MetricWriter(tmp_path)
   write_steps(writer, range(1, 6))
   writer.close()
@@ -47,8 +53,8 @@ def test_starting_a_run_imports_neither_torch_nor_wandb(tmp_path):
   """The tokenizer (transformers' AutoTokenizer imports torch) and the metric writer
   (tensorboardX imports torch; wandb only with log.wandb_project), in a fresh process."""
   script = ("import pathlib, sys; sys.path.insert(0, 'tests'); from helpers import tiny_config; "
-            "from research import train, writers; "
-            "train.build_model(tiny_config()); "
+            "from research import writers; from research.models import builder; "
+            "builder.build_model(tiny_config()); "
             "w = writers.MetricWriter(pathlib.Path(sys.argv[1])); "
             "w.write(1, 'train', {'loss': 1.0}); w.record({}); w.close(); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
