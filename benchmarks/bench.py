@@ -176,9 +176,9 @@ def ours_from_reference(reference, config: bert.BertConfig, dtype: str = "float3
 
 def reference_params(model, reference) -> Any:
   """`model`'s parameters set to the PyTorch `reference`'s weights, its head included."""
-  from research import train
+  from research.models import builder
   template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                               *train.init_inputs(model)))["params"]
+                                               *builder.init_inputs(model)))["params"]
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
   state = {k: v.detach().cpu().numpy() for k, v in reference.state_dict().items()}
   return hf_io.params_from_state_dict(state, template, load_head=True)

@@ -216,7 +216,7 @@ def resume_conflicts(saved: dict[str, Any], config: ml_collections.ConfigDict) -
   """Fields whose value differs from the run saved in the workdir, as 'field: old -> new'."""
   old = flatten(saved)
   new = flatten(json.loads(to_json(config)))
-  # With a checkpoint, model.architecture is read from it (train.with_checkpoint_architecture),
+  # With a checkpoint, model.architecture is read from it (research.models.builder.with_checkpoint_architecture),
   # so a checkpoint folder whose config.json changed since (an activation, a size) differs.
   # Runs written before it was read saved the default shapes: for them the name alone counts.
   # A field added to the code since the run started is no difference while it has its default.

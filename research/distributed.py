@@ -53,7 +53,7 @@ PROGRESS_SECONDS = 10  # how often a waiting start says what it waits for
 PEER_TIMEOUT_SECONDS = 30  # a process silent this long is lost (JAX's heartbeat: 100 s)
 PEER_TIMEOUT_ENV = "RESEARCH_DISTRIBUTED_PEER_TIMEOUT"
 BEAT_SECONDS = 1.0
-EXIT_PEER_LOST = 75  # = train.EXIT_INTERRUPTED: rerun the same command to resume
+EXIT_PEER_LOST = 75  # = errors.EXIT_INTERRUPTED: rerun the same command to resume
 _HEARTBEAT_KEY = "research/heartbeat/"
 _FAILED = "failed"  # a beat value "failed <status> <line>": that process ended with an error
 _LEFT = "left"  # a beat value: that process has read another's failure and ended

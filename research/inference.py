@@ -21,8 +21,9 @@ from research import checkpoints, config_lib, evaluation, metrics, steps, tasks,
 from research.data import input_pipeline
 from research.models import hf_io
 from research.parallel import DataParallel, compiled_programs_released
-from research.train import (ModelSetup, RunError, build_model, init_inputs,
-                            with_checkpoint_architecture)
+from research.errors import RunError
+from research.models.builder import (ModelSetup, build_model, init_inputs,
+                                     with_checkpoint_architecture)
 
 # Fields that must match the run in the workdir for its checkpoint to mean the same thing.
 _MODEL_FIELDS = ("model.", "task.", "data.max_length", "data.length_buckets")

@@ -32,7 +32,7 @@ import sys
 
 ENV = "RESEARCH_SUPERVISOR_PID"  # set in the child: it is supervised (the parent's pid)
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-EXIT_COORDINATOR_LOST = 75  # = train.EXIT_INTERRUPTED: rerun the same command to resume
+EXIT_COORDINATOR_LOST = 75  # = errors.EXIT_INTERRUPTED: rerun the same command to resume
 EXIT_FATAL = 2
 _GLOG = re.compile(rb"^([EF])\d{4} \d\d:\d\d:\d\d")
 _PROCESS = re.compile(rb"jax\.distributed: process (\d+) of (\d+)")

@@ -1,10 +1,12 @@
 """Fine-tuning a BERT encoder from one config: `train_and_evaluate(config, workdir)`.
 
-Read it top to bottom: model, input, optimizer, parallel steps, checkpoint, then the loop, whose
-periodic actions (log, evaluate, keep the best, checkpoint) are the module-level functions of
-the `Run` (fixed) and its `RunState` (what changes). The same command runs as one process or as
-one of several (`distributed.py`): every process runs this loop in lockstep on its block of each
-batch, and process 0 alone writes files (`writers.py`).
+Read `_train` top to bottom: `prepare` (data, model, optimizer, compiled steps, the checkpoint
+to resume from), `train_loop` (a step, then `after_step`'s periodic actions: log, evaluate,
+keep the best, checkpoint), `end_session` and `finish`. They work with the `Run` (fixed once
+training starts) and the `Loop` (what changes: the device state, the `RunState` a checkpoint
+keeps, the loop's position). The model itself is built by `models/builder.py`. The same
+command runs as one process or as one of several (`distributed.py`): every process runs this
+loop in lockstep on its block of each batch, and process 0 alone writes files (`writers.py`).
 
 Stopping: SIGTERM (a cluster's preemption) or SIGINT (Ctrl-C) lets the current step finish;
 every process then stops at the same step boundary, saves a checkpoint there and raises
@@ -27,99 +29,17 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import traverse_util
 
 from research import (checkpoints, config_lib, evaluation, metrics, optim, peft, run_record,
                       steps, tasks, writers)
 from research.data import input_pipeline
-from research.models import bert, hf_io
+from research.errors import Interrupted, RunError
+from research.models import builder
 from research.parallel import CountingStep, DataParallel, compiled_programs_released
 
-EXIT_INTERRUPTED = 75  # stopped by a signal after saving a checkpoint: rerun to resume
 PAUSE_ENV = "RESEARCH_TEST_PAUSE"  # tests: '<point>:<step>:<file>' pauses there (see _test_pause)
-
-
-class RunError(RuntimeError):
-  """A run that cannot go on (workdir conflict, divergence); the message says why."""
-
-
-class Interrupted(RunError):
-  """Stopped by a signal at a step boundary, with a checkpoint there to resume from."""
-
-
-################################################################################
-# Model: architecture, tokenizer and initial parameters.                       #
-################################################################################
-
-
-@dataclasses.dataclass
-class ModelSetup:
-  model: Any                        # a Flax module from tasks.build_model
-  bert_config: bert.BertConfig
-  hf_config: dict[str, Any]         # the source config.json, kept for export
-  checkpoint_dir: pathlib.Path | None
-  tokenizer_dir: pathlib.Path
-  tokenizer: Any                    # the fast tokenizer, with entity markers if the task has them
-
-
-def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
-  """The model of `config.model`: a Hugging Face checkpoint, or random init when it is ''."""
-  mcfg = config.model
-  if mcfg.checkpoint:
-    checkpoint_dir = hf_io.resolve_checkpoint(mcfg.checkpoint)
-    bert_config, hf_config = hf_io.load_config(checkpoint_dir)
-  else:
-    checkpoint_dir = None
-    bert_config = bert.BertConfig(**mcfg.architecture.to_dict())
-    hf_config = {"model_type": "bert", **bert_config.to_dict()}
-  overrides = {k: mcfg[k] for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")
-               if mcfg[k] is not None}
-  bert_config = dataclasses.replace(bert_config, **overrides, dropout_impl=mcfg.dropout_impl,
-                                    remat=mcfg.remat)
-  hf_config.update(overrides)
-  if config.data.max_length > bert_config.max_length:
-    raise config_lib.ConfigError(
-        f"config.data.max_length: {config.data.max_length} exceeds the {bert_config.max_length} "
-        f"tokens that the model's max_position_embeddings "
-        f"{bert_config.max_position_embeddings} hold")
-  tokenizer_dir = (hf_io.resolve_checkpoint(mcfg.tokenizer) if mcfg.tokenizer
-                   else checkpoint_dir)
-  if tokenizer_dir is None:
-    raise config_lib.ConfigError("config.model.tokenizer: a randomly initialised model needs a "
-                                 "tokenizer ('embedded', a directory or a hub name)")
-  hf_io.require_tokenizer(tokenizer_dir, "config.model.tokenizer" if mcfg.tokenizer
-                         else "config.model.checkpoint")
-  task = config.task
-  tokenizer = input_pipeline.load_tokenizer(tokenizer_dir)
-  markers = task.kind == "relation_classification" and tuple(task.entity_markers)
-  if markers:  # new tokens: the embedding matrix grows to hold them (hf_io.grow_vocabulary)
-    ids = input_pipeline.add_entity_markers(tokenizer, markers)
-    bert_config = dataclasses.replace(
-        bert_config, vocab_size=max(bert_config.vocab_size, max(ids) + 1))
-    hf_config["vocab_size"] = bert_config.vocab_size
-  model = tasks.build_model(task.kind, bert_config,
-                            tasks.num_outputs(task.kind, tuple(task.label_names)),
-                            dtype=jnp.dtype(mcfg.dtype), param_dtype=jnp.dtype(mcfg.param_dtype),
-                            classifier_dropout=mcfg.classifier_dropout,
-                            representation=task.get("representation", "cls"),
-                            start_offset=1 if markers else 0)
-  return ModelSetup(model, bert_config, hf_config, checkpoint_dir, tokenizer_dir, tokenizer)
-
-
-def with_checkpoint_architecture(config: ml_collections.ConfigDict
-                                 ) -> ml_collections.ConfigDict:
-  """A copy of `config` whose `model.architecture` is the checkpoint's (read from its
-  config.json), so that the run's config.json shows the model that was trained rather than
-  the unused default shapes; random init keeps its own."""
-  if not config.model.checkpoint:
-    return config
-  bert_config, _ = hf_io.load_config(hf_io.resolve_checkpoint(config.model.checkpoint))
-  config = config.copy_and_resolve_references()
-  config.model.architecture = type(config.model.architecture)(bert_config.to_dict())
-  return config
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -148,55 +68,6 @@ def streamed_train_batches(config: ml_collections.ConfigDict, tokenizer, source:
       buckets=tuple(data.length_buckets), total_steps=config.train.num_steps,
       shuffle_buffer=data.shuffle_buffer, limit=data.train_examples,
       where=f"{source} [{data.train_split}, streamed]")
-
-
-def init_inputs(model) -> tuple[jax.Array, ...]:
-  """A one-row batch of `model`'s positional inputs, to initialise it (shapes only)."""
-  dummy = jnp.ones((1, 8), jnp.int32)
-  inputs = (dummy, dummy, jnp.zeros_like(dummy))
-  if isinstance(model, bert.BertForRelationClassification):
-    inputs += (jnp.asarray([[1, 2, 4, 5]], jnp.int32),)
-  if isinstance(model, bert.BertForMaskedLM):
-    inputs += (jnp.asarray([[1, 2]], jnp.int32),)
-  return inputs
-
-
-def init_params(setup: ModelSetup, rng: jax.Array) -> Any:
-  """Fresh parameters from `rng`, then the checkpoint's encoder weights over them (host numpy).
-
-  With a checkpoint, only the leaves it does not overwrite are computed (`hf_io.
-  initialised_leaves`): the same values as a whole init, whose encoder would cost seconds of
-  compilation to be thrown away. Logged before and after: compiling the init takes a while."""
-  logging.info("compiling and running the parameter init ...")
-  start = time.perf_counter()
-  params = _init_params(setup, rng)
-  logging.info("... parameters initialised in %.1f s", time.perf_counter() - start)
-  return params
-
-
-def _init_params(setup: ModelSetup, rng: jax.Array) -> Any:
-  inputs = init_inputs(setup.model)
-
-  def init(r):
-    return setup.model.init(r, *inputs)["params"]
-
-  if setup.checkpoint_dir is None:
-    return jax.tree.map(np.asarray, jax.jit(init)(rng))
-  state = hf_io.read_state_dict(setup.checkpoint_dir)
-  # A masked LM continues the checkpoint's own LM head when it has one (BertForMaskedLM,
-  # BertForPreTraining); a task head always starts fresh.
-  lm_head = isinstance(setup.model, bert.BertForMaskedLM) and hf_io.has_lm_head(state)
-  if isinstance(setup.model, bert.BertForMaskedLM) and not lm_head:
-    logging.info("the checkpoint has no masked-LM head (cls.predictions.*): it starts "
-                 "freshly initialised")
-  shapes = jax.eval_shape(init, rng)
-  used = sorted(hf_io.initialised_leaves(state, shapes, load_head=lm_head))
-  shapes = traverse_util.flatten_dict(shapes)
-  values = jax.jit(lambda r: [traverse_util.flatten_dict(init(r))[path] for path in used])(rng)
-  params = traverse_util.unflatten_dict({**shapes, **{
-      path: np.asarray(value) for path, value in zip(used, values)}})
-  state = hf_io.grow_vocabulary(state, params)
-  return hf_io.params_from_state_dict(state, params, load_head=lm_head)
 
 
 ################################################################################
@@ -267,6 +138,7 @@ class Run:
   config: ml_collections.ConfigDict
   workdir: pathlib.Path
   dp: DataParallel
+  train_step: CountingStep
   eval_step: CountingStep
   materialize: Any                     # (trainable, frozen) params -> the plain model's params
   eval_splits: dict[str, input_pipeline.EncodedSplit]
@@ -275,8 +147,48 @@ class Run:
   total_steps: int
   throughput: run_record.Throughput  # this session's counts, for run.json
   batches: Any  # the training batches: what a checkpoint keeps of them (`resume_record`)
+  record: run_record.RunRecord       # run.json
+  start_step: int                    # where this session starts (a resume: its checkpoint's)
+  run_start: float                   # this session's start (time.time())
+  param_counts: dict[str, int]       # total and trainable
   # (step, selection metric) -> whether to stop: a tuner's pruner (`research.tune`)
   on_evaluation: Callable[[int, float], bool] | None = None
+
+  @property
+  def eval_every(self) -> int:
+    return self.config.eval.every_steps or self.batches.steps_per_epoch
+
+
+@dataclasses.dataclass
+class Loop:
+  """The mutable state of this session's loop: the train state on the devices, the run state
+  a checkpoint keeps, where the loop is, and what it has yet to read or save."""
+
+  device_state: steps.TrainState
+  run_state: RunState
+  step: int
+  progress: writers.Progress
+  loop_start: float                  # time.perf_counter() as the loop started
+  train_seconds_before: float        # the training time of the sessions before this one
+  last_save: float                   # time.monotonic() of the last checkpoint
+  save_requested: bool = False       # checkpoint.every_seconds is due, not yet agreed on
+  stop_agreed: bool = False          # every process has seen a stop signal
+  # (step, device metrics) not yet read: the host reads a step's metrics one step late.
+  unread: list[tuple[int, dict[str, jax.Array]]] = dataclasses.field(default_factory=list)
+  run_summary: dict[str, Any] | None = None  # run.json's record of this session, at its end
+
+  @classmethod
+  def start(cls, run: Run, device_state: steps.TrainState, run_state: RunState) -> "Loop":
+    progress = writers.Progress(total_steps=run.total_steps, start_step=run.start_step,
+                                steps_per_epoch=run.batches.steps_per_epoch,
+                                examples_per_step=run.config.train.batch_size)
+    return cls(device_state=device_state, run_state=run_state, step=run.start_step,
+               progress=progress, loop_start=time.perf_counter(),
+               train_seconds_before=run_state.train_seconds, last_save=time.monotonic())
+
+  def train_seconds(self) -> float:
+    """The run's training time over all sessions, up to now."""
+    return self.train_seconds_before + time.perf_counter() - self.loop_start
 
 
 def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
@@ -473,7 +385,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   config_lib.validate(config)
   if workdir.exists() and not workdir.is_dir():
     raise RunError(f"--workdir {workdir} is a file, not a directory")
-  config = with_checkpoint_architecture(config)
+  config = builder.with_checkpoint_architecture(config)
   with (compiled_programs_released(), writers.workdir_lock(workdir),
         writers.RunLog.attached(workdir / "train.log") as log, StopSignals() as stop):
     check_workdir(config, workdir)
@@ -483,6 +395,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writers.RunLog,
            stop: StopSignals, on_evaluation: Callable[[int, float], bool] | None
            ) -> dict[str, Any]:
+  prepared = prepare(config, workdir, log, on_evaluation)
+  if isinstance(prepared, dict):  # the workdir holds a finished run: its results
+    return prepared
+  run, loop = prepared
+  try:
+    outcome = train_loop(run, loop, stop)
+  except Interrupted:
+    outcome = "stopped by a signal"
+    raise
+  except BaseException as e:
+    outcome = f"failed: {type(e).__name__}"
+    raise
+  finally:
+    end_session(run, loop, outcome)
+  return finish(run, loop, stop)
+
+
+# ---- Prepare: data, model, optimizer, steps, checkpoint -----------------------------------------
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writers.RunLog,
+            on_evaluation: Callable[[int, float], bool] | None
+            ) -> tuple[Run, Loop] | dict[str, Any]:
+  """What the loop works with, and the loop's state at its start (the train state resumed from
+  the workdir's checkpoint if it holds one); or the results of a finished run there. Writes
+  nothing until all of it is valid: then the workdir belongs to this run (config.json,
+  data.json, the run log)."""
   run_start = time.time()
   source = input_pipeline.locate(config.data)  # before the model: a data mistake fails fast
   logging.info("data: %s; a registered task looks at data.dataset, $%s, the hub, then the "
@@ -493,26 +432,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
   if config.task.kind == "token_classification" and not config.task.label_names:
     config.task.label_names = input_pipeline.training_tags(config.data, config.task)
     logging.info("task.label_names from the training split: %s", list(config.task.label_names))
-
-  # ---- Model -------------------------------------------------------------------------------
-  setup = build_model(config)
-  tokenizer = setup.tokenizer
+  setup = builder.build_model(config)
   init_rng, dropout_rng = seed_keys(config.seed)
-
-  # ---- Input -------------------------------------------------------------------------------
-  data = config.data
-  if data.streaming:  # a masked-LM corpus read as it is consumed
-    batches = streamed_train_batches(config, tokenizer, source.location)
-    train_record = {data.train_split: batches.record(source.location, data.train_split)}
-  else:
-    train_split = input_pipeline.load_encoded(data, config.task, tokenizer, data.train_split,
-                                              data.train_examples)
-    batches = train_batches(config, train_split)
-    train_record = input_pipeline.data_record(data, {data.train_split: train_split})
-  eval_splits = {name: input_pipeline.load_encoded(data, config.task, tokenizer, name,
-                                                   data.eval_examples)
-                 for name in data.eval_splits}
-  data_record = {**train_record, **input_pipeline.data_record(data, eval_splits)}
+  batches, eval_splits, data_record = load_data(config, setup.tokenizer, source.location)
   total_steps = (config.train.num_steps
                  or max(1, round(config.train.num_epochs * batches.steps_per_epoch)))
   if (workdir / "data.json").exists():
@@ -521,48 +443,11 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
     if changes:
       raise RunError(f"{workdir} holds a run trained on other data; use another --workdir "
                      "(nothing was changed). Differences:\n  " + "\n  ".join(changes))
+  state, tx, schedule, counts = initial_state(config, setup, init_rng, dropout_rng, total_steps,
+                                              batches.steps_per_epoch)
+  dp, train_step, eval_step = compile_steps(config, setup.model, tx, schedule)
 
-  # ---- Optimizer and train state ------------------------------------------------------------
-  # Trainable and frozen parameters live apart (peft.py); full fine-tuning freezes nothing.
-  params, frozen = peft.split(config.peft, init_params(setup, init_rng),
-                              jax.random.fold_in(init_rng, 1))
-  lora_scale = peft.lora_scale(config.peft)
-  tx, schedule = optim.make_optimizer(config.optimizer, params, total_steps,
-                                      setup.bert_config.num_hidden_layers)
-  state = steps.TrainState(step=np.int32(0), params=params, frozen=frozen,
-                           opt_state=tx.init(params), rng=np.asarray(dropout_rng))
-  state = jax.tree.map(np.asarray, state)
-  trainable, total = peft.count(params), peft.count(params) + peft.count(frozen)
-  logging.info("model: %s parameters, %s trainable (%.2f%%, peft.method=%s); %d steps (%d per "
-               "epoch) of %d examples", f"{total:,}", f"{trainable:,}", 100 * trainable / total,
-               config.peft.method, total_steps, batches.steps_per_epoch,
-               config.train.batch_size)
-
-  # ---- Parallel steps ----------------------------------------------------------------------
-  dp = DataParallel(config.parallel.backend, config.parallel.num_devices)
-  micro_batch = config.train.batch_size // config.train.grad_accum_steps
-  if micro_batch % dp.num_devices or config.eval.batch_size % dp.num_devices:
-    raise config_lib.ConfigError(
-        f"config.train.batch_size / grad_accum_steps ({micro_batch}) and config.eval.batch_size "
-        f"({config.eval.batch_size}) must be multiples of the {dp.num_devices} devices")
-  train_step = dp.compile_train_step(
-      steps.make_train_step(setup.model, tx, schedule, config.task.kind, lora_scale,
-                            skip_nonfinite=config.train.skip_nonfinite_steps))
-  eval_step = dp.compile_eval_step(steps.make_eval_step(setup.model, config.task.kind))
-  logging.info("%s over %d %s device(s) in %d process(es)", dp.backend, dp.num_devices,
-               jax.default_backend(), dp.process_count)
-
-  # ---- Checkpoint: resume or start ---------------------------------------------------------
-  ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep,
-                                  best_metric=config.eval.best_metric,
-                                  best_mode=config_lib.best_mode(config))
-  run_state = RunState()
-  if ckpts.latest_step() is not None:
-    state, meta = ckpts.restore_state(state)
-    run_state = RunState.from_meta(meta)
-    logging.info("resumed from %s at step %d", workdir / "checkpoints", int(state.step))
-    if int(state.step) < total_steps:  # a stream re-reads (and checks) the rows it trained on
-      batches.check_resume(int(state.step), meta)
+  ckpts, state, run_state = restore(config, workdir, state, batches, total_steps)
   start_step = int(state.step)
   if ((start_step >= total_steps or run_state.stopped_early or run_state.pruned_at is not None)
       and (workdir / "results.json").exists()):
@@ -582,119 +467,209 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
   log.start()
   writers.write_text(workdir / "config.json", config_lib.to_json(config))
   writers.write_json(workdir / "data.json", data_record)
-  record = run_record.RunRecord(workdir, dp=dp, data_source=source, data=data_record,
-                                start_step=start_step)
-  train_seconds_before = run_state.train_seconds
-  device_state = dp.put_replicated(state)
-  del state, params, frozen  # the device copy is the state from here on
-  run = Run(config=config, workdir=workdir, dp=dp, eval_step=eval_step, batches=batches,
-            materialize=dp.compile_replicated(steps.make_materialize(lora_scale)),
-            eval_splits=eval_splits, ckpts=ckpts, writer=writer,
-            total_steps=total_steps,
-            throughput=run_record.Throughput(), on_evaluation=on_evaluation)
+  run = Run(config=config, workdir=workdir, dp=dp, train_step=train_step, eval_step=eval_step,
+             batches=batches,
+             materialize=dp.compile_replicated(steps.make_materialize(
+                 peft.lora_scale(config.peft))),
+             eval_splits=eval_splits, ckpts=ckpts, writer=writer, total_steps=total_steps,
+             throughput=run_record.Throughput(), on_evaluation=on_evaluation,
+             record=run_record.RunRecord(workdir, dp=dp, data_source=source, data=data_record,
+                                         start_step=start_step),
+             start_step=start_step, run_start=run_start, param_counts=counts)
+  # The device copy is the train state from here on.
+  return run, Loop.start(run, dp.put_replicated(state), run_state)
 
-  # ---- Loop --------------------------------------------------------------------------------
-  # Each step also sums every process's flags (stop requested, save requested) over all
-  # devices. The host reads a step's metrics one step late, while the next step runs, so the
-  # loop never waits on the device; every process reads the same flags for the same step and
-  # acts at the same step boundary.
-  eval_every = config.eval.every_steps or batches.steps_per_epoch
-  progress = writers.Progress(total_steps=total_steps, start_step=start_step,
-                              steps_per_epoch=batches.steps_per_epoch,
-                              examples_per_step=config.train.batch_size)
-  loop_start = time.perf_counter()
-  last_save, save_requested = time.monotonic(), False
-  unread: list[tuple[int, dict[str, jax.Array]]] = []  # (step, device metrics) not yet read
-  step = start_step
+
+def restore(config: ml_collections.ConfigDict, workdir: pathlib.Path, state: steps.TrainState,
+            batches: Any, total_steps: int
+            ) -> tuple[checkpoints.Checkpoints, steps.TrainState, RunState]:
+  """The workdir's checkpoints, and the train and run state of its latest checkpoint (`state`
+  and a new run state when it has none)."""
+  ckpts = checkpoints.Checkpoints(workdir, keep=config.checkpoint.keep,
+                                  best_metric=config.eval.best_metric,
+                                  best_mode=config_lib.best_mode(config))
+  if ckpts.latest_step() is None:
+    return ckpts, state, RunState()
+  state, meta = ckpts.restore_state(state)
+  logging.info("resumed from %s at step %d", workdir / "checkpoints", int(state.step))
+  if int(state.step) < total_steps:  # a stream re-reads (and checks) the rows it trained on
+    batches.check_resume(int(state.step), meta)
+  return ckpts, state, RunState.from_meta(meta)
+
+
+def load_data(config: ml_collections.ConfigDict, tokenizer, source: str
+              ) -> tuple[Any, dict[str, input_pipeline.EncodedSplit], dict[str, Any]]:
+  """(the training batches, the encoded eval splits, the record of both for data.json)."""
+  data = config.data
+  if data.streaming:  # a masked-LM corpus read as it is consumed
+    batches = streamed_train_batches(config, tokenizer, source)
+    train_record = {data.train_split: batches.record(source, data.train_split)}
+  else:
+    train_split = input_pipeline.load_encoded(data, config.task, tokenizer, data.train_split,
+                                              data.train_examples)
+    batches = train_batches(config, train_split)
+    train_record = input_pipeline.data_record(data, {data.train_split: train_split})
+  eval_splits = {name: input_pipeline.load_encoded(data, config.task, tokenizer, name,
+                                                   data.eval_examples)
+                 for name in data.eval_splits}
+  return batches, eval_splits, {**train_record, **input_pipeline.data_record(data, eval_splits)}
+
+
+def initial_state(config: ml_collections.ConfigDict, setup: builder.ModelSetup,
+                  init_rng: jax.Array, dropout_rng: jax.Array, total_steps: int,
+                  steps_per_epoch: int) -> tuple[steps.TrainState, Any, Any, dict[str, int]]:
+  """(the train state at step 0 on the host, the optimizer, its schedule, the parameter
+  counts). Trainable and frozen parameters live apart (peft.py); full fine-tuning freezes
+  nothing."""
+  params, frozen = peft.split(config.peft, builder.init_params(setup, init_rng),
+                              jax.random.fold_in(init_rng, 1))
+  tx, schedule = optim.make_optimizer(config.optimizer, params, total_steps,
+                                      setup.bert_config.num_hidden_layers)
+  state = steps.TrainState(step=np.int32(0), params=params, frozen=frozen,
+                           opt_state=tx.init(params), rng=np.asarray(dropout_rng))
+  state = jax.tree.map(np.asarray, state)
+  trainable, total = peft.count(params), peft.count(params) + peft.count(frozen)
+  logging.info("model: %s parameters, %s trainable (%.2f%%, peft.method=%s); %d steps (%d per "
+               "epoch) of %d examples", f"{total:,}", f"{trainable:,}", 100 * trainable / total,
+               config.peft.method, total_steps, steps_per_epoch, config.train.batch_size)
+  return state, tx, schedule, {"total": total, "trainable": trainable}
+
+
+def compile_steps(config: ml_collections.ConfigDict, model: Any, tx: Any, schedule: Any
+                  ) -> tuple[DataParallel, CountingStep, CountingStep]:
+  """The devices, and the train and eval steps compiled over them (`steps.py`)."""
+  dp = DataParallel(config.parallel.backend, config.parallel.num_devices)
+  micro_batch = config.train.batch_size // config.train.grad_accum_steps
+  if micro_batch % dp.num_devices or config.eval.batch_size % dp.num_devices:
+    raise config_lib.ConfigError(
+        f"config.train.batch_size / grad_accum_steps ({micro_batch}) and config.eval.batch_size "
+        f"({config.eval.batch_size}) must be multiples of the {dp.num_devices} devices")
+  train_step = dp.compile_train_step(
+      steps.make_train_step(model, tx, schedule, config.task.kind, peft.lora_scale(config.peft),
+                            skip_nonfinite=config.train.skip_nonfinite_steps))
+  eval_step = dp.compile_eval_step(steps.make_eval_step(model, config.task.kind))
+  logging.info("%s over %d %s device(s) in %d process(es)", dp.backend, dp.num_devices,
+               jax.default_backend(), dp.process_count)
+  return dp, train_step, eval_step
+
+
+# ---- The loop --------------------------------------------------------------------------------
+
+
+def train_loop(run: Run, loop: Loop, stop: StopSignals) -> str:
+  """Trains from `loop.step` to the run's last step (or until early stopping, pruning or a
+  signal), with the periodic actions after each step; returns the outcome for run.json.
+
+  Each step also sums every process's flags (stop requested, save requested) over all
+  devices. The host reads a step's metrics one step late, while the next step runs, so the
+  loop never waits on the device; every process reads the same flags for the same step and
+  acts at the same step boundary."""
+  config, dp, state = run.config, run.dp, loop.run_state
   # A pruned run killed before its results.json was written trains no further on resume.
-  end_step = total_steps if run_state.pruned_at is None else start_step
+  end_step = run.total_steps if state.pruned_at is None else run.start_step
+  micro_batch = config.train.batch_size // config.train.grad_accum_steps
   prefetched = input_pipeline.prefetch(
-      batches(start_step, end_step, dp.process_rows(micro_batch)), dp.put_train_batch)
+      run.batches(run.start_step, end_step, dp.process_rows(micro_batch)), dp.put_train_batch)
   try:
     for batch in prefetched:
       save_due = (dp.process_index == 0 and config.checkpoint.every_seconds > 0
-                  and not save_requested
-                  and time.monotonic() - last_save >= config.checkpoint.every_seconds)
-      save_requested = save_requested or save_due
+                  and not loop.save_requested
+                  and time.monotonic() - loop.last_save >= config.checkpoint.every_seconds)
+      loop.save_requested = loop.save_requested or save_due
       flags = dp.put_signals(np.array([stop.requested is not None, save_due]))
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        device_state, step_metrics = train_step(device_state, batch, flags)
-      step += 1
+      with jax.profiler.StepTraceAnnotation("train", step_num=loop.step):
+        loop.device_state, step_metrics = run.train_step(loop.device_state, batch, flags)
+      loop.step += 1
       if dp.sync_each_step:
         jax.block_until_ready(step_metrics)
-      unread.append((step, step_metrics))
-      log_now = itstime(step, config.log.every_steps, total_steps)
-      evaluated = itstime(step, eval_every, total_steps)
-      # Before any action, every step up to this one is read (and checked finite).
-      act_now = log_now or evaluated or itstime(step, config.checkpoint.every_steps, total_steps)
-      reading, unread = (unread, []) if act_now else (unread[:-1], unread[-1:])
-      stop_signal, save_signal = read_step_metrics(run, run_state, reading)
-      stop_agreed, save_agreed = stop_signal > 0, save_signal > 0
-      if log_now and run_state.since_log["steps"]:  # skipped steps alone: no row (loss 0)
-        train_metrics = run_state.take_log()
-        train_metrics.update(progress.report(step, train_metrics))
-        run.writer.write(step, "train", train_metrics)
-      paused = time.perf_counter()
-      if evaluated:
-        _test_pause("eval", step, stop)
-        run_state.last_results, model_params = evaluate(run, device_state, step)
-        track_best(run, run_state, step, run_state.last_results, model_params)
-        del model_params
-        consult_on_evaluation(run, run_state, step)
-        _test_pause("best", step, stop)
-        # A signal that came during the evaluation stops the run here, after it.
-        stop_agreed = stop_agreed or dp.any_process(stop.requested is not None)
-      if (evaluated or save_agreed or stop_agreed
-          or itstime(step, config.checkpoint.every_steps, total_steps)):
-        read_step_metrics(run, run_state, unread)  # this step's belong to the checkpoint
-        unread = []
-        run_state.train_seconds = train_seconds_before + time.perf_counter() - loop_start
-        save_checkpoint(run, run_state, device_state, step)
-        last_save, save_requested = time.monotonic(), False
-      progress.pause(time.perf_counter() - paused)
-      _test_pause("step", step, stop)
-      if run_state.stopped_early or run_state.pruned_at is not None:
+      loop.unread.append((loop.step, step_metrics))
+      after_step(run, loop, stop)
+      if state.stopped_early or state.pruned_at is not None:
         break
-      if stop_agreed and step < total_steps:
+      if loop.stop_agreed and loop.step < run.total_steps:
         raise Interrupted(f"stopped by {stop.requested or 'a signal to another process'} at "
-                          f"step {step} of {total_steps}, with a checkpoint: rerun the same "
-                          "command to resume")
-    if not run_state.last_results:  # resumed from a checkpoint saved before this code kept them
-      run_state.last_results, _ = evaluate(run, device_state, step)
-    outcome = ("finished" if run_state.pruned_at is None
-               else f"pruned at step {run_state.pruned_at}")
-  except Interrupted:
-    outcome = "stopped by a signal"
-    raise
-  except BaseException as e:
-    outcome = f"failed: {type(e).__name__}"
-    raise
+                          f"step {loop.step} of {run.total_steps}, with a checkpoint: rerun "
+                          "the same command to resume")
+    if not state.last_results:  # resumed from a checkpoint saved before this code kept them
+      state.last_results, _ = evaluate(run, loop.device_state, loop.step)
   finally:
     prefetched.close()
-    ckpts.close()
-    throughput = run.throughput
-    throughput.train_seconds = progress.training_seconds()
-    throughput.train_examples = (step - start_step) * config.train.batch_size
-    throughput.train_tokens = batches.tokens(start_step, step)
-    run_summary = record.finish(step, throughput, outcome)
-    run.writer.record(run_summary)
-    run.writer.close()
-  train_seconds = train_seconds_before + time.perf_counter() - loop_start
-  summary = {"final": {"step": step, "results": run_state.last_results}, "best": run_state.best,
-             "early_stopping": ({"stopped_at": step, "restored": run_state.best["step"]}
-                                if run_state.stopped_early else None),
-             "pruned": None if run_state.pruned_at is None else {"step": run_state.pruned_at},
-             "params": {"total": total, "trainable": trainable},
+  return "finished" if state.pruned_at is None else f"pruned at step {state.pruned_at}"
+
+
+def after_step(run: Run, loop: Loop, stop: StopSignals) -> None:
+  """The periodic actions after a step: read its metrics (one step late unless an action is
+  due), log, evaluate and keep the best, checkpoint. Sets `loop.stop_agreed`."""
+  config, dp, state, step = run.config, run.dp, loop.run_state, loop.step
+  log_now = itstime(step, config.log.every_steps, run.total_steps)
+  evaluated = itstime(step, run.eval_every, run.total_steps)
+  # Before any action, every step up to this one is read (and checked finite).
+  act_now = (log_now or evaluated
+             or itstime(step, config.checkpoint.every_steps, run.total_steps))
+  reading, loop.unread = (loop.unread, []) if act_now else (loop.unread[:-1], loop.unread[-1:])
+  stop_signal, save_signal = read_step_metrics(run, state, reading)
+  loop.stop_agreed, save_agreed = stop_signal > 0, save_signal > 0
+  if log_now and state.since_log["steps"]:  # skipped steps alone: no row (loss 0)
+    train_metrics = state.take_log()
+    train_metrics.update(loop.progress.report(step, train_metrics))
+    run.writer.write(step, "train", train_metrics)
+  paused = time.perf_counter()
+  if evaluated:
+    _test_pause("eval", step, stop)
+    state.last_results, model_params = evaluate(run, loop.device_state, step)
+    track_best(run, state, step, state.last_results, model_params)
+    del model_params
+    consult_on_evaluation(run, state, step)
+    _test_pause("best", step, stop)
+    # A signal that came during the evaluation stops the run here, after it.
+    loop.stop_agreed = loop.stop_agreed or dp.any_process(stop.requested is not None)
+  if (evaluated or save_agreed or loop.stop_agreed
+      or itstime(step, config.checkpoint.every_steps, run.total_steps)):
+    read_step_metrics(run, state, loop.unread)  # this step's belong to the checkpoint
+    loop.unread = []
+    state.train_seconds = loop.train_seconds()
+    save_checkpoint(run, state, loop.device_state, step)
+    loop.last_save, loop.save_requested = time.monotonic(), False
+  loop.progress.pause(time.perf_counter() - paused)
+  _test_pause("step", step, stop)
+
+
+# ---- Finish ----------------------------------------------------------------------------------
+
+
+def end_session(run: Run, loop: Loop, outcome: str) -> None:
+  """However the loop ended: the checkpoints closed, this session's throughput and outcome in
+  run.json and the metric writer closed."""
+  run.ckpts.close()
+  throughput = run.throughput
+  throughput.train_seconds = loop.progress.training_seconds()
+  throughput.train_examples = (loop.step - run.start_step) * run.config.train.batch_size
+  throughput.train_tokens = run.batches.tokens(run.start_step, loop.step)
+  loop.run_summary = run.record.finish(loop.step, throughput, outcome)
+  run.writer.record(loop.run_summary)
+  run.writer.close()
+
+
+def finish(run: Run, loop: Loop, stop: StopSignals) -> dict[str, Any]:
+  """results.json of a run that trained to its end (or stopped early, or was pruned)."""
+  config, state, step = run.config, loop.run_state, loop.step
+  batches = run.batches
+  summary = {"final": {"step": step, "results": state.last_results}, "best": state.best,
+             "early_stopping": ({"stopped_at": step, "restored": state.best["step"]}
+                                if state.stopped_early else None),
+             "pruned": None if state.pruned_at is None else {"step": state.pruned_at},
+             "params": run.param_counts,
              "train": {"steps": step, "epochs": step / batches.steps_per_epoch,
                        "examples": step * config.train.batch_size,
-                       "train_seconds": train_seconds,
-                       "wall_seconds_this_session": time.time() - run_start},
-             "throughput": run_summary["throughput"],
-             "processes": dp.process_count, "devices": dp.num_devices,
-             "skipped_steps": run_state.skipped_steps,
+                       "train_seconds": loop.train_seconds(),
+                       "wall_seconds_this_session": time.time() - run.run_start},
+             "throughput": loop.run_summary["throughput"],
+             "processes": run.dp.process_count, "devices": run.dp.num_devices,
+             "skipped_steps": state.skipped_steps,
              # XLA compilations in this session: one per length bucket used is the target.
-             "compiles": {"train_step": train_step.compiles, "eval_step": eval_step.compiles}}
+             "compiles": {"train_step": run.train_step.compiles,
+                          "eval_step": run.eval_step.compiles}}
   _test_pause("results", step, stop)
-  writers.write_json(workdir / "results.json", summary)
+  writers.write_json(run.workdir / "results.json", summary)
   logging.info("done: %s", json.dumps(summary["final"]))
   return summary

@@ -75,7 +75,7 @@ from research import config_lib, search_space, sweep
 from research.search_space import SpaceError
 
 TRIAL_PORTS = (41000, 49000)  # coordinator ports of launched trials, by trial number
-EXIT_INTERRUPTED = 75  # = train.EXIT_INTERRUPTED: rerun the same command to resume
+EXIT_INTERRUPTED = 75  # = errors.EXIT_INTERRUPTED: rerun the same command to resume
 LOCK_WAIT_SECONDS = 300  # the longest a worker waits for another to finish asking for a trial
 RUN_LOCK_WAIT_SECONDS = 60  # ... for a killed tuner's trial to release its workdir
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -864,7 +864,7 @@ def run_trial_process(spec: dict[str, Any]) -> int:
     traceback.print_exc()
     print(f"error: --config {spec['config']}: {type(e).__name__}: {e}", file=sys.stderr)
     return 2
-  from research import distributed, runtime, train
+  from research import distributed, errors, runtime, train
   processes = spec.get("processes", 1)
   try:  # several processes: one run on jax.distributed (a launcher's: as its variables say)
     if launched:
@@ -895,7 +895,7 @@ def run_trial_process(spec: dict[str, Any]) -> int:
 
   try:
     train.train_and_evaluate(config, spec["workdir"], on_evaluation=on_evaluation)
-  except train.Interrupted as e:
+  except errors.Interrupted as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_INTERRUPTED
   except Exception as e:  # the log keeps the traceback; the worker shows the last line

@@ -30,7 +30,8 @@ import pytest
 
 from conftest import REPO, require_data
 from helpers import final_state, tiny_config, train_losses
-from research import distributed, train
+from research import distributed, errors, train
+from research.models import builder
 
 OVERRIDES = {"data.eval_examples": 51, "data.max_length": 64, "data.length_buckets": (64,),
              "parallel.num_devices": 0}
@@ -149,7 +150,7 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(two_proce
   assert step_two == step_one == 24
   assert _max_difference(state_two, state_one) < 1e-6
   assert _max_difference(state_one, jax.device_get(
-      {"params": train.init_params(train.build_model(tiny_config()),
+      {"params": builder.init_params(builder.build_model(tiny_config()),
                                    train.seed_keys(0)[0])})) > 1e-4  # the runs did train
   losses_two, losses_one = train_losses(two), train_losses(one)
   assert sorted(losses_two) == list(range(1, 25))
@@ -184,7 +185,7 @@ def test_sigterm_during_evaluation_then_kill_9_then_restart_end_as_the_uninterru
   _wait_for([f"{marker}.0", f"{marker}.1"])
   launch.signal(signal.SIGTERM, which=[1])
   pathlib.Path(f"{marker}.release").touch()
-  assert launch.wait() == [train.EXIT_INTERRUPTED] * 2
+  assert launch.wait() == [errors.EXIT_INTERRUPTED] * 2
   for i in (0, 1):
     last = launch.output(i).strip().splitlines()[-1]
     assert last.startswith("error: stopped by") and "at step 12 of 24" in last, last
@@ -365,7 +366,7 @@ def test_a_process_that_stops_beating_is_named_as_lost():
       "process 2 stopped responding for 30 s (killed?)"] * 2
   store.down = True
   assert watches[1].check(0) == "the coordinator (process 0) stopped answering (killed?)"
-  assert distributed.EXIT_PEER_LOST == train.EXIT_INTERRUPTED  # a requeue resumes the run
+  assert distributed.EXIT_PEER_LOST == errors.EXIT_INTERRUPTED  # a requeue resumes the run
 
 
 def test_sigterm_stops_within_the_two_steps_the_message_says(tmp_path, caplog, monkeypatch):
@@ -379,7 +380,7 @@ def test_sigterm_stops_within_the_two_steps_the_message_says(tmp_path, caplog, m
     _wait_for([f"{marker}.0"], timeout=120)
     os.kill(os.getpid(), signal.SIGTERM)
   threading.Thread(target=signal_when_paused, daemon=True).start()
-  with caplog.at_level("WARNING"), pytest.raises(train.Interrupted, match="at step 8 of 24"):
+  with caplog.at_level("WARNING"), pytest.raises(errors.Interrupted, match="at step 8 of 24"):
     train.train_and_evaluate(tiny_config(**{"log.every_steps": 4}), tmp_path / "run")
   assert ("SIGTERM: stopping with a checkpoint within the next two steps (press Ctrl-C again "
           "to abort without one)") in caplog.text

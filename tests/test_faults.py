@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO, require_data
 from helpers import final_state, tiny_config
 from research import checkpoints, evaluation, inference, train, writers
-from research.models import hf_io
+from research.models import builder, hf_io
 
 
 @contextlib.contextmanager
@@ -67,13 +67,13 @@ def test_a_checkpoint_folder_without_a_tokenizer_is_refused(tmp_path):
   shutil.copy(hf_io.embedded_checkpoint_dir() / "config.json", tmp_path / "config.json")
   config = tiny_config(**{"model.checkpoint": str(tmp_path), "model.tokenizer": ""})
   with pytest.raises(hf_io.CheckpointError) as raised:
-    train.build_model(config)
+    builder.build_model(config)
   assert str(raised.value) == (
       f"config.model.checkpoint: {tmp_path} holds no tokenizer (none of tokenizer.json, "
       "vocab.txt, vocab.json, sentencepiece.bpe.model); set config.model.tokenizer to the "
       "folder or hub name of the model's tokenizer")
   config.model.tokenizer = "embedded"  # pointed elsewhere, the folder's weights are usable
-  assert train.build_model(config).tokenizer_dir == hf_io.embedded_checkpoint_dir()
+  assert builder.build_model(config).tokenizer_dir == hf_io.embedded_checkpoint_dir()
 
 
 # ---- damaged files of a workdir ----------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO
 from configs import default, sst2
 from research import config_lib, report, run_record, train
+from research.models import builder
 from research.data import input_pipeline
 
 
@@ -107,7 +108,7 @@ def test_a_config_file_is_locked_and_takes_a_string_for_a_tuple():
 
 def test_config_json_shows_the_checkpoints_architecture():
   config = sst2.get_config("quick")
-  resolved = train.with_checkpoint_architecture(config)
+  resolved = builder.with_checkpoint_architecture(config)
   assert (resolved.model.architecture.hidden_size,
           resolved.model.architecture.num_hidden_layers) == (384, 6)  # all-MiniLM-L6-v2
   assert config.model.architecture.hidden_size == 768  # the caller's config is left alone
@@ -121,9 +122,9 @@ def test_config_json_shows_the_checkpoints_architecture():
   assert config_lib.resume_conflicts(saved, resolved) == ["train.batch_size: 32 -> 16"]
   # A run that saved the checkpoint's architecture: a checkpoint folder whose config.json
   # changed since (the same shapes, another activation) is another model, not a resume.
-  saved = json.loads(config_lib.to_json(train.with_checkpoint_architecture(config)))
-  assert config_lib.resume_conflicts(saved, train.with_checkpoint_architecture(config)) == []
-  changed = train.with_checkpoint_architecture(config)
+  saved = json.loads(config_lib.to_json(builder.with_checkpoint_architecture(config)))
+  assert config_lib.resume_conflicts(saved, builder.with_checkpoint_architecture(config)) == []
+  changed = builder.with_checkpoint_architecture(config)
   changed.model.architecture.hidden_act = "relu"
   assert config_lib.resume_conflicts(saved, changed) == [
       "model.architecture.hidden_act: 'gelu' -> 'relu'"]

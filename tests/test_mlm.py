@@ -16,9 +16,9 @@ import transformers
 
 from conftest import REPO
 from helpers import assert_same_params, final_state, tiny_checkpoint, tiny_config, train_losses
-from research import config_lib, inference, tasks, train
+from research import config_lib, errors, inference, tasks, train
 from research.data import input_pipeline as ip
-from research.models import bert, hf_io
+from research.models import bert, builder, hf_io
 
 SLICE = REPO / "data" / "sst2"  # real sentences that ship with the repository
 
@@ -205,8 +205,8 @@ def test_a_masked_lm_imports_the_checkpoints_head_or_starts_one(tmp_path, caplog
   config = mlm_config(**{"model.checkpoint": str(checkpoint), "model.tokenizer": ""})
   transformers.AutoTokenizer.from_pretrained(hf_io.embedded_checkpoint_dir()).save_pretrained(
       checkpoint)
-  setup = train.build_model(config)
-  params = train.init_params(setup, jax.random.key(0))
+  setup = builder.build_model(config)
+  params = builder.init_params(setup, jax.random.key(0))
   np.testing.assert_array_equal(params["cls"]["predictions"]["bias"],
                                 reference.cls.predictions.bias.detach().numpy())
   np.testing.assert_array_equal(
@@ -215,7 +215,7 @@ def test_a_masked_lm_imports_the_checkpoints_head_or_starts_one(tmp_path, caplog
   # A BertModel checkpoint (like the embedded one) has no head: a fresh one, and the log says.
   config.model.checkpoint = str(tiny_checkpoint(tmp_path / "no_head"))
   with caplog.at_level(logging.INFO):
-    params = train.init_params(train.build_model(config), jax.random.key(0))
+    params = builder.init_params(builder.build_model(config), jax.random.key(0))
   assert "no masked-LM head" in caplog.text
   assert not np.any(params["cls"]["predictions"]["bias"])
 
@@ -225,8 +225,8 @@ def test_one_step_lowers_the_loss_of_its_batch():
   on it (the tiny random model; the loss starts at about ln(vocab) = 10.3)."""
   from research import optim, parallel, steps
   config = mlm_config(**{"optimizer.warmup_ratio": 0.0})
-  setup = train.build_model(config)
-  params = train.init_params(setup, jax.random.key(0))
+  setup = builder.build_model(config)
+  params = builder.init_params(setup, jax.random.key(0))
   split = ip.load_encoded(config.data, config.task, setup.tokenizer, "train", 32)
   batch = ip.make_batch(split, np.arange(32), (64,), mask_key=ip.train_mask_key(0, 0))
   tx, schedule = optim.make_optimizer(config.optimizer, params, 1)
@@ -279,7 +279,7 @@ def test_masked_lm_training_learns_and_resumes_bit_exactly(mlm_run, tmp_path, mo
   workdir = tmp_path / "run"
   with monkeypatch.context() as patch:
     _interrupt_at(patch, 9)
-    with pytest.raises(train.Interrupted):
+    with pytest.raises(errors.Interrupted):
       train.train_and_evaluate(config, workdir)
   step, _ = final_state(workdir)
   assert 5 <= step < 12
@@ -307,12 +307,12 @@ def test_export_loads_in_transformers_and_fine_tunes_as_a_checkpoint(mlm_run, tm
   # The continued encoder is a checkpoint for any task: its weights, a fresh classifier.
   classify = tiny_config(**{"model.checkpoint": str(tmp_path / "export"), "model.tokenizer": "",
                             "train.num_epochs": 0.1})
-  start = train.init_params(train.build_model(classify), jax.random.key(0))
+  start = builder.init_params(builder.build_model(classify), jax.random.key(0))
   for ours_leaf, exported in zip(jax.tree.leaves(start["bert"]["encoder"]),
                                  jax.tree.leaves(params["bert"]["encoder"])):
     np.testing.assert_array_equal(ours_leaf, exported)
   # ... and the pooler of the checkpoint it continued, which masked-LM training leaves alone.
-  direct = train.init_params(train.build_model(tiny_config(**{
+  direct = builder.init_params(builder.build_model(tiny_config(**{
       "model.checkpoint": config.model.checkpoint, "model.tokenizer": ""})), jax.random.key(1))
   for continued, source in zip(jax.tree.leaves(start["bert"]["pooler"]),
                                jax.tree.leaves(direct["bert"]["pooler"])):
@@ -434,7 +434,7 @@ def test_a_streamed_run_trains_and_resumes_bit_exactly(corpus, tmp_path, monkeyp
   assert data["train"]["examples"] == "streamed"
   with monkeypatch.context() as patch:
     _interrupt_stream_at(patch, 7)
-    with pytest.raises(train.Interrupted):
+    with pytest.raises(errors.Interrupted):
       train.train_and_evaluate(config, tmp_path / "run")
   assert 5 <= final_state(tmp_path / "run")[0] < 12
   shutil.copytree(tmp_path / "run", tmp_path / "edited")

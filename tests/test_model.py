@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from research import tasks
-from research.models import bert, hf_io
+from research.models import bert, builder, hf_io
 
 TOLERANCE = 1e-4  # max abs difference in float32
 
@@ -192,20 +192,19 @@ def test_init_computes_only_what_the_checkpoint_does_not_overwrite(small_checkpo
   computed."""
   import importlib
 
-  from research import train
   config = importlib.import_module(f"configs.{config_name}").get_config()
   config.model.checkpoint = str(small_checkpoint)
   config.model.tokenizer = ""
-  setup = train.build_model(config)
+  setup = builder.build_model(config)
   rng = jax.random.key(3)
-  inputs = train.init_inputs(setup.model)
+  inputs = builder.init_inputs(setup.model)
   whole = jax.jit(lambda r: setup.model.init(r, *inputs)["params"])(rng)  # as init_params was
   whole = jax.tree.map(np.asarray, whole)
   state = hf_io.grow_vocabulary(hf_io.read_state_dict(small_checkpoint), whole)
   expected = hf_io.params_from_state_dict(state, whole)
   assert hf_io.initialised_leaves(hf_io.read_state_dict(small_checkpoint), whole) == computed
   caplog.set_level("INFO")
-  params = train.init_params(setup, rng)
+  params = builder.init_params(setup, rng)
   lines = [r.getMessage() for r in caplog.records]
   assert lines[0] == "compiling and running the parameter init ..."
   assert lines[-1].startswith("... parameters initialised in ")

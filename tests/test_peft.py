@@ -15,7 +15,7 @@ from flax import traverse_util
 from conftest import require_data
 from helpers import tiny_config
 from research import evaluation, inference, optim, peft, tasks, train
-from research.models import hf_io
+from research.models import builder, hf_io
 
 
 def _peft(**kw):
@@ -119,8 +119,8 @@ def test_frozen_parameters_are_bit_identical_after_training(tmp_path, method, kw
                           "optimizer.learning_rate": 1e-3,
                           **{f"peft.{k}": v for k, v in kw.items()}})
   train.train_and_evaluate(config, tmp_path)
-  setup = train.build_model(config)
-  initial = train.init_params(setup, train.seed_keys(config.seed)[0])
+  setup = builder.build_model(config)
+  initial = builder.init_params(setup, train.seed_keys(config.seed)[0])
   trained, _ = inference.load_best(config, tmp_path)[1:]
   before, after = traverse_util.flatten_dict(initial), traverse_util.flatten_dict(trained)
   cfg = config.peft

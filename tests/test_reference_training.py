@@ -23,7 +23,7 @@ from helpers import assert_rescored, glue_runner, tiny_checkpoint, train_rows
 from configs import glue
 from research import inference, train
 from research.data import input_pipeline
-from research.models import hf_io
+from research.models import builder, hf_io
 
 WORDS = ("the cat dog sat ran on under a big small red blue house tree river saw "
          "quickly slowly and not every some ate bird fish").split()
@@ -95,8 +95,8 @@ def _train_both(c, workdir):
   train.train_and_evaluate(c, workdir / "ours")
   inference.export(c, workdir / "ours", workdir / "ours_export")
   # The initial parameters our run started from (its init key), for the reference's head.
-  model_setup = train.build_model(c)
-  initial = train.init_params(model_setup, train.seed_keys(c.seed)[0])
+  model_setup = builder.build_model(c)
+  initial = builder.init_params(model_setup, train.seed_keys(c.seed)[0])
   logs, losses, final = _train_reference(c, model_setup, initial, workdir / "reference",
                                          int(c.train.num_epochs))
   return dict(ours=train_rows(workdir / "ours"), ours_workdir=workdir / "ours",

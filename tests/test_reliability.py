@@ -21,7 +21,8 @@ import pytest
 
 from conftest import REPO, require_data
 from helpers import assert_same_params, final_state, tiny_config, train_rows
-from research import checkpoints, inference, sweep, train, writers
+from research import checkpoints, errors, inference, sweep, train, writers
+from research.models import builder
 from research.data import input_pipeline
 
 
@@ -81,7 +82,7 @@ def test_ctrl_c_during_an_evaluation_keeps_that_evaluation(reference_run, tmp_pa
 
   with monkeypatch.context() as patch:
     patch.setattr(train, "evaluate", interrupted_evaluate)
-    with pytest.raises(train.Interrupted, match="at step 12 of 24"):
+    with pytest.raises(errors.Interrupted, match="at step 12 of 24"):
       train.train_and_evaluate(tiny_config(), tmp_path)
   assert final_state(tmp_path)[0] == 12
   assert _best(tmp_path)[0] == 12
@@ -134,7 +135,7 @@ def exploding_regression(tmp_path_factory):
                     "score": 1e30 if split == "train" and i == BAD_ROW else float(r["label"])})
         + "\n" for i, r in enumerate(rows)))
   config = _regression_config(folder)
-  tokenizer = input_pipeline.load_tokenizer(train.build_model(config).tokenizer_dir)
+  tokenizer = input_pipeline.load_tokenizer(builder.build_model(config).tokenizer_dir)
   split = input_pipeline.load_encoded(config.data, config.task, tokenizer, "train", 192)
   batches = train.train_batches(config, split)
   steps = [epoch * batches.steps_per_epoch + int(np.argwhere(batches.epoch_order(epoch)
@@ -157,7 +158,7 @@ def test_divergence_stops_at_its_step_and_keeps_the_finite_checkpoints(exploding
                                                                        tmp_path):
   folder, (first, _) = exploding_regression
   assert first == 10  # between checkpoints (5, 6) and log steps (24): the case that went wrong
-  with pytest.raises(train.RunError) as raised:
+  with pytest.raises(errors.RunError) as raised:
     train.train_and_evaluate(_regression_config(folder), tmp_path)
   assert str(raised.value).startswith(
       "training diverged at step 10: loss inf, gradient norm inf; nothing from that step on "
@@ -199,7 +200,7 @@ def test_skipped_updates_beyond_the_bound_stop_the_run():
   state = train.RunState()
   train.read_step_metrics(run, state, [step(3, False), step(4, True), step(7, False)])
   assert state.skipped_steps == [3, 7]  # 2 of 24: within 10%
-  with pytest.raises(train.RunError) as raised:
+  with pytest.raises(errors.RunError) as raised:
     train.read_step_metrics(run, state, [step(8, True), step(9, False), step(10, False)])
   assert str(raised.value) == (
       "training skipped the updates of 3 of its 24 steps (3, 7, 9), more than "
@@ -214,7 +215,7 @@ def test_an_evaluation_with_nan_outputs_stops_the_run(tmp_path):
   config = tiny_config(**{"optimizer.learning_rate": 1e6, "train.skip_nonfinite_steps": True,
                           "train.max_skipped_fraction": 1.0, "eval.every_steps": 6,
                           "log.every_steps": 6})
-  with pytest.raises(train.RunError) as raised:
+  with pytest.raises(errors.RunError) as raised:
     train.train_and_evaluate(config, tmp_path)
   assert str(raised.value) == (
       "evaluation of validation at step 6: the loss is nan and the model's outputs are NaN or "
@@ -234,7 +235,7 @@ def test_eval_and_predict_refuse_nan_outputs(reference_run, tmp_path):
   ckpts = checkpoints.Checkpoints(workdir, keep=5, best_metric="accuracy", best_mode="max")
   step, (params, meta) = ckpts.best_step(), ckpts.restore_best(None)
   ckpts.close()
-  tokenizer = input_pipeline.load_tokenizer(train.build_model(config).tokenizer_dir)
+  tokenizer = input_pipeline.load_tokenizer(builder.build_model(config).tokenizer_dir)
   word = tokenizer.convert_tokens_to_ids("the")
   params["bert"]["embeddings"]["word_embeddings"]["embedding"][word] = 3e38  # finite, overflows
   shutil.rmtree(workdir / "best")
@@ -242,13 +243,13 @@ def test_eval_and_predict_refuse_nan_outputs(reference_run, tmp_path):
   ckpts.save_best(step, params, {k: v for k, v in meta.items() if k != "checksum"})
   ckpts.close()
   inputs = _write(tmp_path / "in.txt", "a fine film\nthe plot is thin\nfine\n")
-  with pytest.raises(train.RunError) as raised:
+  with pytest.raises(errors.RunError) as raised:
     inference.predict(config, workdir, inputs, tmp_path / "out.jsonl")
   assert str(raised.value) == (
       f"--input {inputs} line 2: the outputs of the best checkpoint (step {step}) are NaN or "
       "infinite (1 of 3); nothing was written")
   assert not (tmp_path / "out.jsonl").exists()
-  with pytest.raises(train.RunError, match=rf"^evaluation of validation by the best checkpoint "
+  with pytest.raises(errors.RunError, match=rf"^evaluation of validation by the best checkpoint "
                                            rf"\(step {step}\): .*NaN or infinite for \d+ of 50"):
     inference.evaluate(config, workdir)
   assert not list((workdir / "eval").glob("*_best.json"))
@@ -272,13 +273,13 @@ def test_resuming_on_other_data_is_refused(reference_run, tmp_path, monkeypatch)
   (changed / "train.jsonl").write_text("".join(lines))
   before = sorted(p.name for p in workdir.iterdir())
   monkeypatch.setenv("RESEARCH_DATA_DIR", str(tmp_path / "changed"))
-  with pytest.raises(train.RunError) as raised:
+  with pytest.raises(errors.RunError) as raised:
     train.train_and_evaluate(config, workdir)
   assert "holds a run trained on other data" in str(raised.value)
   assert "train fingerprint:" in str(raised.value)
   # The same rows somewhere else are another source (RESEARCH_DATA_DIR changed): refused too.
   monkeypatch.setenv("RESEARCH_DATA_DIR", str(tmp_path / "same"))
-  with pytest.raises(train.RunError, match=r"train file: .*/sst2/train.jsonl -> "):
+  with pytest.raises(errors.RunError, match=r"train file: .*/sst2/train.jsonl -> "):
     train.train_and_evaluate(config, workdir)
   assert sorted(p.name for p in workdir.iterdir()) == before
 

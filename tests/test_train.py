@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, require_data
 from helpers import (assert_rescored, assert_same_params, final_state, tiny_config, train_losses,
                      train_rows)
-from research import checkpoints, config_lib, inference, metrics, train
+from research import checkpoints, config_lib, errors, inference, metrics, train
 from research.data import input_pipeline
 
 
@@ -84,8 +84,8 @@ def _crash():
 
 @pytest.mark.parametrize("stop_step,action,error", [
     # Ctrl-C: the run finishes its step, saves a checkpoint there and stops.
-    (7, lambda: os.kill(os.getpid(), signal.SIGINT), train.Interrupted),
-    (7, lambda: os.kill(os.getpid(), signal.SIGTERM), train.Interrupted),  # a preemption
+    (7, lambda: os.kill(os.getpid(), signal.SIGINT), errors.Interrupted),
+    (7, lambda: os.kill(os.getpid(), signal.SIGTERM), errors.Interrupted),  # a preemption
     (13, _crash, RuntimeError),          # a crash: resumes from the step-12 eval checkpoint
 ])
 def test_resumed_run_ends_where_an_uninterrupted_one_does(reference_run, tmp_path, monkeypatch,
@@ -97,7 +97,7 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(reference_run, tmp_pat
     with pytest.raises(error) as raised:
       train.train_and_evaluate(tiny_config(), workdir)
   step, _ = final_state(workdir)
-  if error is train.Interrupted:  # stopped at the step boundary the message names
+  if error is errors.Interrupted:  # stopped at the step boundary the message names
     assert f"at step {step} of 24" in str(raised.value)
     assert 5 <= step < 12  # the batch is built up to 2 steps ahead; before the epoch's eval
   else:
@@ -115,7 +115,7 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(reference_run, tmp_pat
 def test_a_workdir_with_another_config_is_refused(reference_run):
   workdir, _, _ = reference_run
   before = (workdir / "config.json").read_text()
-  with pytest.raises(train.RunError, match=r"optimizer.learning_rate: 5e-05 -> 0.001"):
+  with pytest.raises(errors.RunError, match=r"optimizer.learning_rate: 5e-05 -> 0.001"):
     train.train_and_evaluate(tiny_config(**{"optimizer.learning_rate": 1e-3}), workdir)
   assert (workdir / "config.json").read_text() == before
 
@@ -137,7 +137,7 @@ def test_eval_predict_and_export_use_the_best_checkpoint(reference_run, tmp_path
   assert rows[0]["sentence"] == "a gorgeous , witty film"
   assert rows[0]["label"] in ("negative", "positive")
   assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-  with pytest.raises(train.RunError, match="exists"):
+  with pytest.raises(errors.RunError, match="exists"):
     inference.predict(config, workdir, inputs, tmp_path / "out.jsonl")
   exported = inference.export(config, workdir, tmp_path / "hf")
   assert (exported / "model.safetensors").is_file() and (exported / "vocab.txt").is_file()
@@ -228,7 +228,7 @@ def test_sigterm_stops_the_cli_at_a_step_boundary_with_exit_75(reference_run, tm
     time.sleep(0.05)
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=120)
-  assert process.returncode == train.EXIT_INTERRUPTED == 75
+  assert process.returncode == errors.EXIT_INTERRUPTED == 75
   assert "Traceback" not in stderr
   last = stderr.strip().splitlines()[-1]
   step, _ = final_state(workdir)

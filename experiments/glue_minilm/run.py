@@ -124,7 +124,8 @@ def our_train_order(config, epochs: int):
   import numpy as np
   from research import train
   from research.data import input_pipeline as ip
-  tokenizer = train.build_model(config).tokenizer
+  from research.models import builder
+  tokenizer = builder.build_model(config).tokenizer
   split = ip.load_encoded(config.data, config.task, tokenizer, config.data.train_split,
                           config.data.train_examples)
   batches = train.train_batches(config, split)

@@ -106,12 +106,12 @@ def run_reference(setting: str, seed: int) -> dict:
   import numpy as np
   import torch
   import transformers
-  from research import evaluation, squad, train
+  from research import evaluation, squad
   from research.data import input_pipeline as ip
-  from research.models import hf_io
+  from research.models import builder, hf_io
   from experiments.glue_minilm import run as glue  # its Trainer pieces
   config = experiment_config(setting, seed)
-  setup = train.build_model(config)
+  setup = builder.build_model(config)
   epochs = int(config.train.num_epochs)
 
   def windows(split, order=None):

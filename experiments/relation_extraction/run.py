@@ -68,15 +68,15 @@ def run_reference(setting: str, seed: int) -> dict:
   import torch
   import transformers
   from configs import semeval2010_task8
-  from research import metrics, train
+  from research import metrics
   from research.data import input_pipeline as ip
-  from research.models import hf_io
+  from research.models import builder, hf_io
   from experiments.glue_minilm import run as glue  # its Trainer pieces
   config = semeval2010_task8.get_config(SETTINGS[setting][0])
   config.seed = seed
   task = config.task
   assert task.representation == "entity_start" and task.entity_markers, setting
-  setup = train.build_model(config)
+  setup = builder.build_model(config)
   epochs = int(config.train.num_epochs)
 
   def rows(split, order=None):

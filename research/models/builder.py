@@ -1,0 +1,139 @@
+"""A task's model from a config: architecture, tokenizer and initial parameters.
+
+Training (`train.py`) and inference (`inference.py`: eval, predict, export) both build the
+model of a config here, so that inference needs nothing of the training loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+from research import config_lib, tasks
+from research.data import input_pipeline
+from research.models import bert, hf_io
+
+
+@dataclasses.dataclass
+class ModelSetup:
+  model: Any                        # a Flax module from tasks.build_model
+  bert_config: bert.BertConfig
+  hf_config: dict[str, Any]         # the source config.json, kept for export
+  checkpoint_dir: pathlib.Path | None
+  tokenizer_dir: pathlib.Path
+  tokenizer: Any                    # the fast tokenizer, with entity markers if the task has them
+
+
+def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
+  """The model of `config.model`: a Hugging Face checkpoint, or random init when it is ''."""
+  mcfg = config.model
+  if mcfg.checkpoint:
+    checkpoint_dir = hf_io.resolve_checkpoint(mcfg.checkpoint)
+    bert_config, hf_config = hf_io.load_config(checkpoint_dir)
+  else:
+    checkpoint_dir = None
+    bert_config = bert.BertConfig(**mcfg.architecture.to_dict())
+    hf_config = {"model_type": "bert", **bert_config.to_dict()}
+  overrides = {k: mcfg[k] for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")
+               if mcfg[k] is not None}
+  bert_config = dataclasses.replace(bert_config, **overrides, dropout_impl=mcfg.dropout_impl,
+                                    remat=mcfg.remat)
+  hf_config.update(overrides)
+  if config.data.max_length > bert_config.max_length:
+    raise config_lib.ConfigError(
+        f"config.data.max_length: {config.data.max_length} exceeds the {bert_config.max_length} "
+        f"tokens that the model's max_position_embeddings "
+        f"{bert_config.max_position_embeddings} hold")
+  tokenizer_dir = (hf_io.resolve_checkpoint(mcfg.tokenizer) if mcfg.tokenizer
+                   else checkpoint_dir)
+  if tokenizer_dir is None:
+    raise config_lib.ConfigError("config.model.tokenizer: a randomly initialised model needs a "
+                                 "tokenizer ('embedded', a directory or a hub name)")
+  hf_io.require_tokenizer(tokenizer_dir, "config.model.tokenizer" if mcfg.tokenizer
+                         else "config.model.checkpoint")
+  task = config.task
+  tokenizer = input_pipeline.load_tokenizer(tokenizer_dir)
+  markers = task.kind == "relation_classification" and tuple(task.entity_markers)
+  if markers:  # new tokens: the embedding matrix grows to hold them (hf_io.grow_vocabulary)
+    ids = input_pipeline.add_entity_markers(tokenizer, markers)
+    bert_config = dataclasses.replace(
+        bert_config, vocab_size=max(bert_config.vocab_size, max(ids) + 1))
+    hf_config["vocab_size"] = bert_config.vocab_size
+  model = tasks.build_model(task.kind, bert_config,
+                            tasks.num_outputs(task.kind, tuple(task.label_names)),
+                            dtype=jnp.dtype(mcfg.dtype), param_dtype=jnp.dtype(mcfg.param_dtype),
+                            classifier_dropout=mcfg.classifier_dropout,
+                            representation=task.get("representation", "cls"),
+                            start_offset=1 if markers else 0)
+  return ModelSetup(model, bert_config, hf_config, checkpoint_dir, tokenizer_dir, tokenizer)
+
+
+def with_checkpoint_architecture(config: ml_collections.ConfigDict
+                                 ) -> ml_collections.ConfigDict:
+  """A copy of `config` whose `model.architecture` is the checkpoint's (read from its
+  config.json), so that the run's config.json shows the model that was trained rather than
+  the unused default shapes; random init keeps its own."""
+  if not config.model.checkpoint:
+    return config
+  bert_config, _ = hf_io.load_config(hf_io.resolve_checkpoint(config.model.checkpoint))
+  config = config.copy_and_resolve_references()
+  config.model.architecture = type(config.model.architecture)(bert_config.to_dict())
+  return config
+
+
+def init_inputs(model) -> tuple[jax.Array, ...]:
+  """A one-row batch of `model`'s positional inputs, to initialise it (shapes only)."""
+  dummy = jnp.ones((1, 8), jnp.int32)
+  inputs = (dummy, dummy, jnp.zeros_like(dummy))
+  if isinstance(model, bert.BertForRelationClassification):
+    inputs += (jnp.asarray([[1, 2, 4, 5]], jnp.int32),)
+  if isinstance(model, bert.BertForMaskedLM):
+    inputs += (jnp.asarray([[1, 2]], jnp.int32),)
+  return inputs
+
+
+def init_params(setup: ModelSetup, rng: jax.Array) -> Any:
+  """Fresh parameters from `rng`, then the checkpoint's encoder weights over them (host numpy).
+
+  With a checkpoint, only the leaves it does not overwrite are computed (`hf_io.
+  initialised_leaves`): the same values as a whole init, whose encoder would cost seconds of
+  compilation to be thrown away. Logged before and after: compiling the init takes a while."""
+  logging.info("compiling and running the parameter init ...")
+  start = time.perf_counter()
+  params = _init_params(setup, rng)
+  logging.info("... parameters initialised in %.1f s", time.perf_counter() - start)
+  return params
+
+
+def _init_params(setup: ModelSetup, rng: jax.Array) -> Any:
+  inputs = init_inputs(setup.model)
+
+  def init(r):
+    return setup.model.init(r, *inputs)["params"]
+
+  if setup.checkpoint_dir is None:
+    return jax.tree.map(np.asarray, jax.jit(init)(rng))
+  state = hf_io.read_state_dict(setup.checkpoint_dir)
+  # A masked LM continues the checkpoint's own LM head when it has one (BertForMaskedLM,
+  # BertForPreTraining); a task head always starts fresh.
+  lm_head = isinstance(setup.model, bert.BertForMaskedLM) and hf_io.has_lm_head(state)
+  if isinstance(setup.model, bert.BertForMaskedLM) and not lm_head:
+    logging.info("the checkpoint has no masked-LM head (cls.predictions.*): it starts "
+                 "freshly initialised")
+  shapes = jax.eval_shape(init, rng)
+  used = sorted(hf_io.initialised_leaves(state, shapes, load_head=lm_head))
+  shapes = traverse_util.flatten_dict(shapes)
+  values = jax.jit(lambda r: [traverse_util.flatten_dict(init(r))[path] for path in used])(rng)
+  params = traverse_util.unflatten_dict({**shapes, **{
+      path: np.asarray(value) for path, value in zip(used, values)}})
+  state = hf_io.grow_vocabulary(state, params)
+  return hf_io.params_from_state_dict(state, params, load_head=lm_head)
