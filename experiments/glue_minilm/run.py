@@ -38,6 +38,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
+from experiments import seed_stats  # noqa: E402
+from research import report as report_lib  # noqa: E402
+
 RESULTS = HERE / "results"
 RUNS = REPO / "runs" / "glue_minilm"
 # ours; the Trainer fed our batches in our order (the like-for-like reference, the code path
@@ -64,6 +67,22 @@ PLAN = {
 # checkpoint (distilled from a UniLMv2 teacher), given as context only.
 PUBLISHED = {"sst2": "91.5", "cola": "47.5", "mrpc": "88.9", "rte": "68.8"}
 
+
+# Which of these runs could be compared example by example (results.md says it).
+PAIRED_TESTS = (
+    "Only our runs (ours and the diagnostics) train through `research.train`, which now writes "
+    "every evaluation's per-example predictions into the run's workdir "
+    "(`runs/glue_minilm/<task>/<system>_seed<k>/eval/<split>_step<N>_per_example.json`, next "
+    "to the config.json and results.json research.compare reads; workdirs are kept, not "
+    "committed). The Trainer reference computes its metrics from its predictions and keeps "
+    "none, so ours and the Trainer are compared over seeds only (the table). A finished run is "
+    "skipped (its results/*.json) and a finished workdir read back, so remove both and rerun: "
+    "`rm experiments/glue_minilm/results/rte__ours__seed0.json; rm -r "
+    "runs/glue_minilm/rte/ours_seed0; python experiments/glue_minilm/run.py --tasks rte "
+    "--systems ours --seeds 0` (and the same for a diagnostic); then `python -m "
+    "research.compare runs/glue_minilm/rte/ours_seed0 runs/glue_minilm/rte/"
+    "ours_trainer_order_seed0 --split validation` tests the diagnostic against ours on the "
+    "same examples.")
 
 SMOKE_EXAMPLES = 0  # --smoke: this many examples, one epoch (a check of the code paths)
 
@@ -382,7 +401,8 @@ def run_one(task: str, system: str, seed: int) -> None:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-  return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+  summary = report_lib.summarize(values)
+  return summary["mean"], summary["std"]
 
 
 def _score(cell) -> str:
@@ -397,29 +417,32 @@ def _minutes(cell) -> str:
   return f"{cell[3]:.1f}" if cell else "—"
 
 
+def _interval(values: dict, system: str) -> str:
+  return seed_stats.interval(values[system]) if system in values else "—"
+
+
 def _compare(values: dict, cells: dict, ours: str, reference: str, n_planned: int):
-  """(gap, Welch p, within target) of `ours` against `reference`, each '—' when undecidable."""
-  import scipy.stats
+  """(gap, Welch p, ASO epsilon_min, within target) of `ours` against `reference`, each '—'
+  when undecidable."""
   a, b = cells.get(ours), cells.get(reference)
   if not (a and b):
-    return "—", "—", "—"
-  gap, p_value = f"{a[0] - b[0]:+.2f}", "—"
-  if a[2] > 1 and b[2] > 1:  # could seed noise alone give a gap this large?
-    test = scipy.stats.ttest_ind(values[ours], values[reference], equal_var=False)
-    p_value = f"{test.pvalue:.2f}"
+    return "—", "—", "—", "—"
+  gap = f"{a[0] - b[0]:+.2f}"
+  # Could seed noise alone give a gap this large?
+  p_value, epsilon = seed_stats.p_and_epsilon(values[ours], values[reference])
   # The target needs the reference's seed spread; one seed of each decides nothing.
   if b[2] < 2 and n_planned > 1:
-    return gap, p_value, "n/a (1 ref seed)"
-  return gap, p_value, "yes" if abs(a[0] - b[0]) <= max(b[1], 0.5) else "**no**"
+    return gap, p_value, epsilon, "n/a (1 ref seed)"
+  return gap, p_value, epsilon, "yes" if abs(a[0] - b[0]) <= max(b[1], 0.5) else "**no**"
 
 
 def report() -> str:
   from research import tasks
   records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-  lines = ["| task | metric | ours | Trainer, our batches | gap | p | **within target** | "
-           "Trainer, own sampler | gap | p | within | train minutes: ours / our batches / "
-           "own sampler | published MiniLM |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| task | metric | ours | ours 95% CI | Trainer, our batches | 95% CI | gap | p | "
+           "ASO ε | **within target** | Trainer, own sampler | 95% CI | gap | p | ASO ε | "
+           "within | train minutes: ours / our batches / own sampler | published MiniLM |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   csv = ["task,metric,split,system,n,mean,std,train_minutes"]
   for task in PLAN:
     spec = tasks.TASKS[task]
@@ -442,9 +465,11 @@ def report() -> str:
       minutes = " / ".join(_minutes(cells.get(s)) for s in SYSTEMS)
       published = PUBLISHED.get(task, "—") if metric == spec.metrics[0] else ""
       lines.append(f"| {task} ({split}) | {metric} | {_score(cells.get('ours'))} | "
-                   f"{_score(cells.get('reference_our_order'))} | {' | '.join(like)} | "
-                   f"{_score(cells.get('reference'))} | {' | '.join(own)} | {minutes} | "
-                   f"{published} |")
+                   f"{_interval(values, 'ours')} | "
+                   f"{_score(cells.get('reference_our_order'))} | "
+                   f"{_interval(values, 'reference_our_order')} | {' | '.join(like)} | "
+                   f"{_score(cells.get('reference'))} | {_interval(values, 'reference')} | "
+                   f"{' | '.join(own)} | {minutes} | {published} |")
   table = "\n".join(lines) + "\n" + training_table(records)
   if SMOKE_EXAMPLES:
     return table
@@ -459,23 +484,27 @@ def report() -> str:
       "README.md shows it changes results). 'within target': |gap| ≤ max(reference std, 0.5); "
       "p: Welch's t-test of the two systems' seeds. Train minutes are indicative only: runs "
       "shared the 2 cores with up to three others, differently for each (README.md, Times)."
-      "\n\n" + table)
+      "\n\n" + seed_stats.NOTE + " The system is ours, each Trainer its baseline; in the "
+      "diagnostics' table, each diagnostic against each main system."
+      "\n\n" + seed_stats.paired_tests_note(PAIRED_TESTS) + "\n\n" + table)
   return table
 
 
 def training_table(records: list[dict]) -> str:
-  """Every system, diagnostics included, on the first metric (a diagnostic with Welch's p
-  against each main system) and the training loss late in training (the mean of the 50 steps
-  up to the last step every run of the task logged), which varies far less from seed to seed."""
-  import scipy.stats
+  """Every system, diagnostics included, on the first metric (its 95% interval; a diagnostic
+  with Welch's p and ASO's epsilon_min against each main system) and the training loss late in
+  training (the mean of the 50 steps up to the last step every run of the task logged), which
+  varies far less from seed to seed."""
   from research import tasks
   systems = [s for s in DIAGNOSTICS if any(r["system"] == s for r in records)]
   lines = ["", "Training loss late in training, and the diagnostics, each changing one random "
            "stream of ours (see README.md):", "",
            *[f"- *{name}*: {DIAGNOSTICS[name]}" for name in systems], "",
-           "| task | system | metric: mean ± std (n) | p vs ours | p vs Trainer, our batches | "
-           "p vs Trainer, own sampler | train loss at step: mean ± std |",
-           "|---|---|---|---|---|---|---|"]
+           "| task | system | metric: mean ± std (n) | 95% CI | p vs ours | "
+           "p vs Trainer, our batches | p vs Trainer, own sampler | ASO ε vs ours | "
+           "ε vs Trainer, our batches | ε vs Trainer, own sampler | train loss at step: "
+           "mean ± std |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for task in PLAN:
     if not any(r["task"] == task for r in records):
       continue
@@ -489,9 +518,9 @@ def training_table(records: list[dict]) -> str:
     for system, seen in values.items():
       if not seen:
         continue
-      p_values = [f"{scipy.stats.ttest_ind(seen, values[base], equal_var=False).pvalue:.2f}"
-                  if system in DIAGNOSTICS and len(seen) > 1 and len(values[base]) > 1
-                  else "" for base in SYSTEMS]
+      tested = [seed_stats.p_and_epsilon(seen, values[base]) if system in DIAGNOSTICS
+                and values[base] else ("", "") for base in SYSTEMS]
+      p_values, epsilons = [p for p, _ in tested], [epsilon for _, epsilon in tested]
       mean, std = _mean_std(seen)
       loss = "—"
       if step is not None:
@@ -499,7 +528,8 @@ def training_table(records: list[dict]) -> str:
         loss_mean, loss_std = _mean_std(losses)
         loss = f"{step}: {loss_mean:.3f}" + (f" ± {loss_std:.3f}" if len(losses) > 1 else "")
       lines.append(f"| {task} ({split}) | {system} | {metric}: "
-                   f"{_score((mean, std, len(seen), 0))} | {' | '.join(p_values)} | {loss} |")
+                   f"{_score((mean, std, len(seen), 0))} | {seed_stats.interval(seen)} | "
+                   f"{' | '.join(p_values)} | {' | '.join(epsilons)} | {loss} |")
   return "\n".join(lines) + "\n"
 
 

@@ -34,7 +34,20 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
+from experiments import seed_stats  # noqa: E402
+
 RESULTS = HERE / "results"
+# Which of these runs could be compared example by example (results.md says it).
+PAIRED_TESTS = (
+    "Each check is one run of one seed against fixed bars (1 seed: no interval, no test over "
+    "seeds). Every check trains through `research.train`, which now writes every evaluation's "
+    "per-example predictions into the run's workdir (`runs/learning/<check>/eval/"
+    "validation_step<N>_per_example.json`; workdirs are kept, not committed). A finished "
+    "workdir is read back, not retrained, so rerun into a new folder: `python "
+    "experiments/learning/run.py --checks sst2 --workdir runs/learning_new`; two runs made so "
+    "(say, before and after a change to training code) are then compared on the same examples "
+    "by `python -m research.compare runs/learning_old/sst2 runs/learning_new/sst2 --split "
+    "validation`.")
 
 
 def _slice(config, train_examples: int, eval_examples: int = 0, lr: float | None = None,
@@ -155,7 +168,8 @@ def report() -> str:
   lines = ["# Learning checks on the embedded all-MiniLM-L6-v2", "",
            "`python experiments/learning/run.py`: one short epoch per task family on a slice "
            "of real data (run.py's docstring says which), final dev metrics against the bars.",
-           "", "| check | steps | dev metrics | bars | trivial / reference | passed | wall s | "
+           "", seed_stats.paired_tests_note(PAIRED_TESTS), "",
+           "| check | steps | dev metrics | bars | trivial / reference | passed | wall s | "
            "date | commit |", "|---|---:|---|---|---|---|---:|---|---|"]
   for name in CHECKS:
     path = RESULTS / f"{name}.json"

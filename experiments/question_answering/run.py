@@ -34,6 +34,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
+from experiments import seed_stats  # noqa: E402
+
 RESULTS = HERE / "results"
 RUNS = REPO / "runs" / "question_answering"
 TRAIN_TITLES = ("Normans", "Computational_complexity_theory", "Southern_California")
@@ -45,6 +47,20 @@ SETTINGS = {
                                 "10 epochs"),
 }
 SEEDS = (0,)
+# Which of these runs could be compared example by example (results.md says it).
+PAIRED_TESTS = (
+    "Only ours trains through `research.train`, which now writes every evaluation's "
+    "per-example predictions into the run's workdir (`runs/question_answering/"
+    "ours__<setting>__seed<k>/eval/validation_step<N>_per_example.json`, each question's "
+    "answer; workdirs are kept, not committed). The reference scores its answers with the same "
+    "code but keeps none, so ours and the reference are compared over seeds only. A finished "
+    "run is skipped (its results/*.json) and a finished workdir read back, so remove both and "
+    "rerun: `rm experiments/question_answering/results/ours__answerable__seed0.json; rm -r "
+    "runs/question_answering/ours__answerable__seed0; python "
+    "experiments/question_answering/run.py --systems ours --settings answerable --seeds 0`; "
+    "then `python -m research.compare <ours workdir> <another run's> --split validation` "
+    "applies between two of our runs on these questions (a changed recipe against this "
+    "one), resampling questions.")
 SMOKE_EXAMPLES = 0  # --smoke: this many questions per split, one epoch (a check of the code)
 METRICS = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_exact",
            "best_f1", "best_f1_thresh")
@@ -164,21 +180,26 @@ def run_reference(setting: str, seed: int) -> dict:
 
 
 def _seed_summary(done: list[dict]) -> list[str]:
-  """Each system's EM and F1 over its seeds (mean ± std), and whether the systems differ by
-  more than the seeds do (Welch's t-test), once both have two seeds or more."""
-  import scipy.stats
+  """Each system's EM and F1 over its seeds (mean ± std, the 95% interval), and whether ours
+  differs from the reference by more than the seeds do (Welch's t-test, almost stochastic
+  order), once both have two seeds or more."""
   scores = {system: {m: [100 * r["scores"][m] for r in done if r["system"] == system]
                      for m in ("exact", "f1")} for system in SYSTEMS}
-  if min(len(v["f1"]) for v in scores.values()) < 2:
-    return []
+  seeds = {system: len(v["f1"]) for system, v in scores.items()}
+  if min(seeds.values()) < 2:
+    return ["", "Over seeds: " + ", ".join(f"{system} {n} seed{'s' * (n != 1)}"
+                                           for system, n in seeds.items())
+            + f" ({seed_stats.NO_INTERVAL}, no test)."]
   lines = ["", "Over seeds (mean ± std):", "", "| metric | " + " | ".join(SYSTEMS)
-           + " | gap | Welch p |", "|---|" + "---:|" * (len(SYSTEMS) + 2)]
+           + " | gap | Welch p | " + " | ".join(f"{system} 95% CI" for system in SYSTEMS)
+           + " | ASO ε |", "|---|" + "---:|" * (2 * len(SYSTEMS) + 3)]
   for m in ("exact", "f1"):
     a, b = (scores[system][m] for system in SYSTEMS)
     cells = [f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} ({len(v)})" for v in (a, b)]
-    p_value = scipy.stats.ttest_ind(a, b, equal_var=False).pvalue
+    p_value, epsilon = seed_stats.p_and_epsilon(a, b)
     lines.append(f"| {m} | " + " | ".join(cells)
-                 + f" | {statistics.mean(a) - statistics.mean(b):+.2f} | {p_value:.2f} |")
+                 + f" | {statistics.mean(a) - statistics.mean(b):+.2f} | {p_value} | "
+                 + f"{seed_stats.interval(a)} | {seed_stats.interval(b)} | {epsilon} |")
   return lines
 
 
@@ -189,7 +210,9 @@ def report() -> str:
            "Official SQuAD scores in percent on the questions of the two held-out articles, "
            "after the last step. For the 2.0 setting: `HasAns_` / `NoAns_` over the answerable "
            "/ unanswerable ones, and `best_f1` with the best null-odds threshold on this split "
-           "(`best_f1_thresh`, in logit units), as the official v2 script reports it."]
+           "(`best_f1_thresh`, in logit units), as the official v2 script reports it.", "",
+           seed_stats.NOTE + " The system is ours, the reference its baseline.", "",
+           seed_stats.paired_tests_note(PAIRED_TESTS)]
   for setting, (v2, _, what) in SETTINGS.items():
     done = sorted((r for r in rows if r["setting"] == setting), key=order)
     if not done:

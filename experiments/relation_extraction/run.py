@@ -29,6 +29,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
+from experiments import seed_stats  # noqa: E402
+
 RESULTS = HERE / "results"
 RUNS = REPO / "runs" / "relation_extraction"
 # setting -> (config argument, what it is)
@@ -39,6 +41,23 @@ SETTINGS = {
     "entity_mean": ("representation=entity_mean", "entity mean, with markers"),
 }
 SEEDS = (0, 1, 2)
+BASELINE = "cls_no_markers"  # the plain sentence classifier every other setting is tested against
+BASELINE_NAME = SETTINGS[BASELINE][1]
+# Which of these runs could be compared example by example (results.md says it).
+PAIRED_TESTS = (
+    "Every setting trains through `research.train`, which now writes every evaluation's "
+    "per-example predictions into the run's workdir (`runs/relation_extraction/"
+    "<setting>__seed<k>/eval/test_step<N>_per_example.json` for each evaluated step; "
+    "workdirs are kept, not committed); the Trainer reference keeps none, so ours and the "
+    "Trainer are compared over seeds only. A finished run is skipped (its results/*.json) and "
+    "a finished workdir read back, so remove both and rerun: `rm "
+    "experiments/relation_extraction/results/entity_start__seed0.json; rm -r "
+    "runs/relation_extraction/entity_start__seed0; python experiments/relation_extraction/"
+    "run.py --settings entity_start --seeds 0` (and the same for the baseline); then `python "
+    "-m research.compare runs/relation_extraction/cls_no_markers__seed0 "
+    "runs/relation_extraction/entity_start__seed0 --split test --checkpoint best` tests a "
+    "setting against the baseline on the same test sentences at the checkpoint this table "
+    "reports.")
 
 
 def run(setting: str, seed: int) -> dict:
@@ -141,6 +160,29 @@ def _mean_std(values: list[float]) -> str:
   return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
+def _against_baseline(test: list[float], baseline: list[float], setting: str) -> list[str]:
+  """The cells of a setting's test F1 (×100 per seed) against the baseline setting's: its
+  interval, the difference of the means, Welch's p and ASO's epsilon_min."""
+  if setting == BASELINE or not baseline:
+    return [seed_stats.interval(test), "(baseline)" if baseline else "—", "—", "—"]
+  return [seed_stats.interval(test), f"{statistics.mean(test) - statistics.mean(baseline):+.2f}",
+          *seed_stats.p_and_epsilon(test, baseline)]
+
+
+def _like_for_like_over_seeds(rows: list[dict], references: list[dict]) -> str:
+  """Ours minus the Trainer on test official F1 after the last step, over their seeds."""
+  ours = [100 * r["final_test"]["relation_f1"] for r in rows
+          if f"reference_{r['setting']}" in {ref["setting"] for ref in references}]
+  trainer = [100 * r["final_test"]["relation_f1"] for r in references]
+  sides = "; ".join(f"{name} {len(v)} seed{'s' * (len(v) != 1)}, 95% CI {seed_stats.interval(v)}"
+                    if len(v) > 1 else f"{name} {seed_stats.NO_INTERVAL}"
+                    for name, v in (("ours", ours), ("the Trainer", trainer)))
+  p_value, epsilon = seed_stats.p_and_epsilon(ours, trainer)
+  return (f"Over seeds, test official F1 after the last step, the mean of ours minus the "
+          f"Trainer's: {statistics.mean(ours) - statistics.mean(trainer):+.2f} ({sides}; Welch "
+          f"p {p_value}, ASO ε {epsilon}).")
+
+
 def report() -> str:
   every = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
   rows = [r for r in every if not r["setting"].startswith("reference_")]
@@ -149,9 +191,12 @@ def report() -> str:
            "Official measure: macro-F1 over the nine relations with directionality, `Other` "
            "excluded, in percent; test scored at the checkpoint best on the 800 held-out "
            "training rows. Mean ± standard deviation over seeds (each seed listed).", "",
+           seed_stats.NOTE + f" On test official F1: each setting against {BASELINE_NAME} "
+           "(its baseline).", "", seed_stats.paired_tests_note(PAIRED_TESTS), "",
            "| setting | seeds | test official F1 | test accuracy | held-out official F1 | "
-           "test F1 per seed |",
-           "|---|---:|---:|---:|---:|---|"]
+           "test F1 per seed | test F1 95% CI | difference to baseline | Welch p | ASO ε |",
+           "|---|---:|---:|---:|---:|---|---|---:|---:|---:|"]
+  baseline = [100 * r["test"]["relation_f1"] for r in rows if r["setting"] == BASELINE]
   for setting, (_, name) in SETTINGS.items():
     runs = sorted((r for r in rows if r["setting"] == setting), key=lambda r: r["seed"])
     if not runs:
@@ -161,7 +206,8 @@ def report() -> str:
         f"| {name} | {len(runs)} | {_mean_std(test)} | "
         f"{_mean_std([r['test']['accuracy'] for r in runs])} | "
         f"{_mean_std([r['validation']['relation_f1'] for r in runs])} | "
-        + ", ".join(f"{100 * v:.2f}" for v in test) + " |")
+        + ", ".join(f"{100 * v:.2f}" for v in test) + " | "
+        + " | ".join(_against_baseline([100 * v for v in test], baseline, setting)) + " |")
   epochs = max((len(r["validation_curve"]) for r in rows), default=0)
   lines += ["", "Held-out official F1 after each epoch (seed 0):", "",
             "| setting | " + " | ".join(f"epoch {i + 1}" for i in range(epochs)) + " |",
@@ -185,6 +231,7 @@ def report() -> str:
         if r:
           lines.append(f"| {name} | {r['seed']} | {100 * r['final_test']['relation_f1']:.2f} | "
                        f"{100 * r['final_test']['accuracy']:.2f} | {r['train_seconds']:.0f} |")
+    lines += ["", _like_for_like_over_seeds(rows, references)]
   return "\n".join(lines) + "\n"
 
 
