@@ -390,7 +390,10 @@ def record(out: pathlib.Path, only: list[str], keep: pathlib.Path | None) -> int
     print(f"(the runs are kept in {root})", file=sys.stderr)
     raise
   if keep is None:
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+      shutil.rmtree(root)
+    except OSError as e:
+      print(f"warning: the runs' temporary folder {root} not removed: {e}", file=sys.stderr)
   result = dict(header, seconds=round(time.perf_counter() - start, 1), cases=cases)
   partial = out.with_name(out.name + ".partial")
   partial.write_text(json.dumps(result, indent=2) + "\n")
