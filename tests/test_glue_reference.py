@@ -11,11 +11,13 @@ one random stream of ours.
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import sklearn.metrics
 
 from conftest import REPO, require_data
 from helpers import glue_runner, tiny_config, train_losses
@@ -31,7 +33,16 @@ def test_reference_run_scores_predictions_in_dataset_order(tmp_path):
       cwd=REPO, capture_output=True, text=True, env=dict(os.environ), timeout=600)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   record = json.loads((tmp_path / "results" / "rte__reference__seed0.json").read_text())
-  assert 0.0 <= record["metrics"]["validation"]["accuracy"] <= 1.0
+  # The reported accuracy is scikit-learn's on the predictions, in the order of the dataset's
+  # labels. (The trivial baseline on these 64 examples, 32 of each class, is 0.5: the score a
+  # constant prediction gets, and roughly what the order bug gave.)
+  labels = [json.loads(line)["label"] for line in
+            (pathlib.Path(os.environ["RESEARCH_DATA_DIR"]) / "rte" / "validation.jsonl")
+            .read_text().splitlines()[:64]]
+  predicted = record["predictions"]["validation"]
+  assert len(predicted) == 64 and set(predicted) <= {0, 1}
+  assert record["metrics"]["validation"]["accuracy"] == sklearn.metrics.accuracy_score(
+      labels, predicted)
   # Training time is kept in the run folder, so a resumed run counts the time before it.
   kept = json.loads((tmp_path / "runs" / "rte" / "reference_seed0" / "train_seconds.json")
                     .read_text())

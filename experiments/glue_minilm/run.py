@@ -347,7 +347,7 @@ def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path,
   # would not come back in dataset order: evaluate with the default (sequential) eval sampler.
   trainer.args.dataloader_drop_last = False
   trainer.args.train_sampling_strategy = "random"
-  metrics = {}
+  metrics, predictions = {}, {}
   for split in config.data.eval_splits:
     rows = ip.load_split(source, config.data.subset, split)
     if SMOKE_EXAMPLES:
@@ -361,7 +361,11 @@ def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path,
       assert np.allclose(np.atleast_1d(returned)[:len(sent)], sent), split
     metrics[split] = {k: float(v) for k, v in
                       _reference_metrics(spec, rows, np.asarray(logits), words).items()}
-  return {"metrics": metrics, "train_seconds": train_seconds}
+    if spec.kind in ("classification", "regression"):  # each example's, in dataset order
+      logits = np.asarray(logits)
+      predictions[split] = (logits.argmax(-1) if spec.kind == "classification"
+                            else logits[:, 0]).tolist()
+  return {"metrics": metrics, "predictions": predictions, "train_seconds": train_seconds}
 
 
 # ---- the table ---------------------------------------------------------------------------------
