@@ -7,7 +7,7 @@ from typing import Any
 
 import ml_collections
 
-from research import peft, tasks
+from research import named_tasks, peft, tasks
 from research.models import bert
 from research.parallel import BACKENDS
 
@@ -233,7 +233,7 @@ def resume_conflicts(saved: dict[str, Any], config: ml_collections.ConfigDict) -
 
 
 
-def set_task(config: ml_collections.ConfigDict, spec: tasks.TaskSpec) -> None:
+def set_task(config: ml_collections.ConfigDict, spec: named_tasks.TaskSpec) -> None:
   """Points `config.task`, `config.data` and `config.eval` at a registered task."""
   config.task.kind = spec.kind
   config.task.text_fields = spec.text_fields

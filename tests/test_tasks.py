@@ -9,14 +9,14 @@ import pytest
 from conftest import require_data
 from helpers import experiment_script
 from configs import chnsenticorp, conll2003, glue, mlm, semeval2010_task8, squad, squad_v2
-from research import config_lib, tasks
+from research import config_lib, named_tasks
 
 
 def test_every_registered_task_has_a_valid_config():
-  for name in tasks.GLUE:
+  for name in named_tasks.GLUE:
     config = glue.get_config(name)
     config_lib.validate(config)
-    assert config.task.metrics == tasks.GLUE[name].metrics
+    assert config.task.metrics == named_tasks.GLUE[name].metrics
   for config in (conll2003.get_config(), chnsenticorp.get_config(),
                  semeval2010_task8.get_config(), semeval2010_task8.get_config("markers=0"),
                  semeval2010_task8.get_config("representation=cls"), squad.get_config(),

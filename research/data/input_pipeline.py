@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator
 import datasets
 import numpy as np
 
-from research import tasks
+from research import named_tasks, tasks
 
 DATA_DIR_ENV = "RESEARCH_DATA_DIR"
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv",
@@ -109,7 +109,7 @@ def hub_reachable() -> bool:
 def _explicit_dataset(data_cfg) -> bool:
   """Whether `data.dataset` names a folder or dataset the user chose, rather than the hub
   dataset of the registered task `data.local_name` stands for (or nothing)."""
-  registered = {spec.local_name: spec.hub_dataset for spec in tasks.TASKS.values()}
+  registered = {spec.local_name: spec.hub_dataset for spec in named_tasks.TASKS.values()}
   stands_for = registered.get(data_cfg.local_name, data_cfg.dataset)
   return data_cfg.dataset not in ("", stands_for)
 
