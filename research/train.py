@@ -57,7 +57,7 @@ class Interrupted(RunError):
 
 @dataclasses.dataclass
 class ModelSetup:
-  model: Any                        # a Flax module from tasks.build_model
+  model: Any                        # a Flax module from TaskKind.build_model
   bert_config: bert.BertConfig
   hf_config: dict[str, Any]         # the source config.json, kept for export
   checkpoint_dir: pathlib.Path | None
@@ -93,19 +93,19 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
   hf_io.require_tokenizer(tokenizer_dir, "config.model.tokenizer" if mcfg.tokenizer
                          else "config.model.checkpoint")
   task = config.task
+  kind = tasks.kind_of(task)
   tokenizer = input_pipeline.load_tokenizer(tokenizer_dir)
-  markers = task.kind == "relation_classification" and tuple(task.entity_markers)
+  markers = kind.entity_markers(task)
   if markers:  # new tokens: the embedding matrix grows to hold them (hf_io.grow_vocabulary)
     ids = input_pipeline.add_entity_markers(tokenizer, markers)
     bert_config = dataclasses.replace(
         bert_config, vocab_size=max(bert_config.vocab_size, max(ids) + 1))
     hf_config["vocab_size"] = bert_config.vocab_size
-  model = tasks.build_model(task.kind, bert_config,
-                            tasks.num_outputs(task.kind, tuple(task.label_names)),
-                            dtype=jnp.dtype(mcfg.dtype), param_dtype=jnp.dtype(mcfg.param_dtype),
-                            classifier_dropout=mcfg.classifier_dropout,
-                            representation=task.get("representation", "cls"),
-                            start_offset=1 if markers else 0)
+  model = kind.build_model(bert_config, kind.num_outputs(tuple(task.label_names)),
+                           dtype=jnp.dtype(mcfg.dtype), param_dtype=jnp.dtype(mcfg.param_dtype),
+                           classifier_dropout=mcfg.classifier_dropout,
+                           representation=task.get("representation", "cls"),
+                           start_offset=1 if markers else 0)
   return ModelSetup(model, bert_config, hf_config, checkpoint_dir, tokenizer_dir, tokenizer)
 
 
@@ -206,11 +206,11 @@ def _init_params(setup: ModelSetup, rng: jax.Array) -> Any:
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   """Refuses a workdir that holds a run with another config (before anything is written); a
-  token task without tag names takes the run's (`tasks.adopt_saved_tags`)."""
+  token task without tag names takes the run's (`TaskKind.adopt_saved_tags`)."""
   path = workdir / "config.json"
   if path.exists():
     saved = writers.read_json(path)
-    tasks.adopt_saved_tags(config, saved)
+    tasks.kind_of(config.task).adopt_saved_tags(config.task, saved)
     conflicts = config_lib.resume_conflicts(saved, config)
     if conflicts:
       raise RunError(f"{workdir} holds a run with a different config; use another --workdir "
@@ -490,8 +490,10 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
 
   # A token task without task.label_names takes the tags of its training split; config.json
   # keeps them for the resume, eval, predict and export.
-  if config.task.kind == "token_classification" and not config.task.label_names:
-    config.task.label_names = input_pipeline.training_tags(config.data, config.task)
+  kind = tasks.kind_of(config.task)
+  names = kind.label_names_from_data(config.data, config.task)
+  if names is not None:
+    config.task.label_names = names
     logging.info("task.label_names from the training split: %s", list(config.task.label_names))
 
   # ---- Model -------------------------------------------------------------------------------
@@ -546,9 +548,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: writer
         f"config.train.batch_size / grad_accum_steps ({micro_batch}) and config.eval.batch_size "
         f"({config.eval.batch_size}) must be multiples of the {dp.num_devices} devices")
   train_step = dp.compile_train_step(
-      steps.make_train_step(setup.model, tx, schedule, config.task.kind, lora_scale,
+      steps.make_train_step(setup.model, tx, schedule, kind, lora_scale,
                             skip_nonfinite=config.train.skip_nonfinite_steps))
-  eval_step = dp.compile_eval_step(steps.make_eval_step(setup.model, config.task.kind))
+  eval_step = dp.compile_eval_step(steps.make_eval_step(setup.model, kind))
   logging.info("%s over %d %s device(s) in %d process(es)", dp.backend, dp.num_devices,
                jax.default_backend(), dp.process_count)
 
