@@ -40,6 +40,27 @@ def test_every_kind_resolves_to_its_object_and_an_unknown_one_is_one_config_erro
       "'token_classification', 'relation_classification', 'question_answering', 'masked_lm')")
 
 
+def test_a_registered_kind_is_one_that_configs_can_name(monkeypatch):
+  """A new kind is a TaskKind subclass and one `register` line: validation accepts its name
+  and checks its metrics, and the core finds its object."""
+  monkeypatch.setattr(tasks, "_REGISTRY", dict(tasks._REGISTRY))  # undone after the test
+  monkeypatch.setattr(tasks, "KINDS", tasks.KINDS)
+
+  class Pairs(sequence.Classification):
+    name = "pairs"
+    metrics = ("accuracy",)
+
+  pairs = tasks.register(Pairs())
+  assert tasks.KINDS[-1] == "pairs"
+  config = glue.get_config("rte")
+  config.task.kind = "pairs"
+  config_lib.validate(config)
+  assert tasks.kind_of(config.task) is pairs
+  config.task.metrics = ("f1",)
+  with pytest.raises(config_lib.ConfigError, match=r"'f1' is not one of \('accuracy',\) for pairs"):
+    config_lib.validate(config)
+
+
 def test_no_module_outside_research_tasks_branches_on_the_task_kind():
   """What differs between kinds lives in research/tasks/ (tune.py's and search_space.py's
   `kind` is a search-space dimension's, not a task's)."""
