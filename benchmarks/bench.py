@@ -169,8 +169,9 @@ def reference_model(source: str | bert.BertConfig):
 def ours_from_reference(reference, config: bert.BertConfig, dtype: str = "float32"):
   """Our classifier with exactly the reference's weights (head included); `dtype` computes,
   the parameters stay float32."""
-  model = tasks.build_model("classification", config, 2, dtype=jnp.dtype(dtype),
-                            param_dtype=jnp.float32, classifier_dropout=None)
+  model = tasks.get("classification").build_model(config, 2, dtype=jnp.dtype(dtype),
+                                                  param_dtype=jnp.float32,
+                                                  classifier_dropout=None)
   return model, reference_params(model, reference)
 
 
@@ -192,8 +193,9 @@ def time_ours(model, params, batch: dict[str, np.ndarray], steps_timed: int,
                            opt_state=tx.init(params),
                            rng=np.asarray(jax.random.PRNGKey(0)))
   dp = parallel.DataParallel("pmap", 1)
-  train_step = dp.compile_train_step(steps.make_train_step(model, tx, schedule, kind))
-  eval_step = dp.compile_eval_step(steps.make_eval_step(model, kind))
+  train_step = dp.compile_train_step(steps.make_train_step(model, tx, schedule,
+                                                          tasks.get(kind)))
+  eval_step = dp.compile_eval_step(steps.make_eval_step(model, tasks.get(kind)))
   placed = [dp.put_replicated(jax.device_get(state))]
   batch = dict(batch, example_index=np.arange(len(batch["input_ids"]), dtype=np.int32))
   train_batch = dp.put_train_batch({k: v[None] for k, v in batch.items()})

@@ -7,7 +7,7 @@ r"""Any GLUE task on the embedded all-MiniLM-L6-v2: `configs/glue.py:<task>`.
   python -m research.main --config configs/glue.py:rte --workdir runs/rte_electra \
       --config.model.checkpoint=google/electra-base-discriminator
 
-Tasks: cola sst2 mrpc stsb qqp mnli qnli rte wnli; `research/tasks.py` holds their text
+Tasks: cola sst2 mrpc stsb qqp mnli qnli rte wnli; `research/named_tasks.py` holds their text
 fields, label names and official metrics (the first one picks the best checkpoint). SST-2,
 CoLA, MRPC, RTE and STS-B are read from $RESEARCH_DATA_DIR/<task>/ when it is set, the others
 (and all of them without it) from the hub's nyu-mll/glue.
@@ -28,16 +28,16 @@ decay from none to twice the recipe's):
 """
 
 from configs import default
-from research import config_lib, tasks
+from research import config_lib, named_tasks
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, task="", quick=False)
-  if arg.task not in tasks.GLUE:
+  if arg.task not in named_tasks.GLUE:
     raise config_lib.ConfigError(f"configs/glue.py needs a task: glue.py:<task> with <task> "
-                                 f"one of {sorted(tasks.GLUE)} (got {arg.task!r})")
+                                 f"one of {sorted(named_tasks.GLUE)} (got {arg.task!r})")
   c = default.get_config()
-  config_lib.set_task(c, tasks.GLUE[arg.task])
+  config_lib.set_task(c, named_tasks.GLUE[arg.task])
   if arg.task == "sst2":  # most SST-2 training phrases are a few words long
     c.data.length_buckets = (8, 16, 24, 32, 48, 64, 96, 128)
   if arg.quick:  # a slice, for a first look in minutes

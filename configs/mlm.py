@@ -12,7 +12,7 @@ Gururangan et al., 2020): on a task's own training text (TAPT) or on any corpus 
       --config.model.checkpoint=runs/tapt_rte/export
 
 Arguments:
-  task=NAME        a registered task (research/tasks.py): its training texts (both sentences
+  task=NAME        a registered task (research/named_tasks.py): its training texts (both sentences
                    of a pair, as fine-tuning sees them; labels unused), its validation texts
                    for the held-out loss
   dataset=PATH     instead, a folder of train.{txt,jsonl,csv,parquet} (a .txt file is one text
@@ -33,7 +33,7 @@ initialised (the log says so) and is exported with the encoder as BertForMaskedL
 """
 
 from configs import default
-from research import config_lib, tasks
+from research import config_lib, named_tasks
 
 
 def get_config(arg=None):
@@ -45,10 +45,10 @@ def get_config(arg=None):
     c.data.dataset = arg.dataset
     c.data.validation_from_train = 0.05
   else:
-    if arg.task not in tasks.TASKS:
+    if arg.task not in named_tasks.TASKS:
       raise config_lib.ConfigError(f"configs/mlm.py: task={arg.task!r} is not a registered task "
-                                   f"({sorted(tasks.TASKS)}); or give dataset=PATH")
-    config_lib.set_task(c, tasks.TASKS[arg.task])
+                                   f"({sorted(named_tasks.TASKS)}); or give dataset=PATH")
+    config_lib.set_task(c, named_tasks.TASKS[arg.task])
     c.data.eval_splits = c.data.eval_splits[:1]
   c.task.kind = "masked_lm"
   c.task.label_names = ()

@@ -41,15 +41,15 @@ import os
 import pathlib
 import sys
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from research import metrics, report, squad
+from research import metrics, report, tasks
+from research.resampling import ROWS_PER_BATCH, Scorer
 
 CONFIDENCE = 0.95
 MIN_SAMPLES = 100  # resamples: fewer leave the interval's tails to one or two draws
-_ROWS_PER_BATCH = 4_000_000  # resamples per batch x examples: bounds the memory of a batch
 
 
 class CompareError(ValueError):
@@ -155,13 +155,19 @@ def load_evaluation(workdir: pathlib.Path, split: str, checkpoint: str) -> Evalu
       return Evaluation(workdir, int(config.get("seed", 0)), int(record["step"]),
                         config["task"], record["metrics"], _per_example(path),
                         (results.get("pruned") or {}).get("step"), _source(workdir, split))
-  if config["task"].get("kind") == "masked_lm":
-    raise CompareError(f"{workdir} is a masked-LM run: it has no examples to compare")
+  kind = _kind(config["task"])
+  if kind is not None and kind.compare_refusal:
+    raise CompareError(f"{workdir} {kind.compare_refusal}")
   advice = ("rerun `python -m research.main --config <its config> --workdir "
             f"{workdir} --mode=eval` and compare with --checkpoint best")
   raise CompareError(f"{workdir} has no per-example predictions of {split} "
                      f"(eval/{candidates[-1]}_per_example.json; a run made before they were "
                      f"saved): {advice}")
+
+
+def _kind(task: dict[str, Any]) -> tasks.TaskKind | None:
+  """The kind of a run's saved task; None for a kind this code does not know."""
+  return tasks.get(task["kind"]) if task.get("kind") in tasks.KINDS else None
 
 
 def _source(workdir: pathlib.Path, split: str) -> str | None:
@@ -206,162 +212,9 @@ def check_same_examples(evaluations: list[Evaluation], split: str) -> None:
 
 
 ################################################################################
-# Scoring resamples: a metric of two stacked prediction sets, by index arrays.  #
+# Scoring resamples: each kind's scorers (research/resampling.py).             #
 ################################################################################
 
-# A scorer takes index arrays [..., n] into the stacked examples of two systems (rows 0..n-1
-# the first's, n..2n-1 the second's) and returns the metric of each index row [...].
-Scorer = Callable[[np.ndarray], np.ndarray]
-
-
-def _flat(rows: np.ndarray) -> np.ndarray:
-  rows = np.asarray(rows)
-  return rows.reshape(-1, rows.shape[-1]).astype(np.intp)
-
-
-def _confusion_scorer(codes: np.ndarray, k: int,
-                      of_confusion: Callable[[np.ndarray], np.ndarray]) -> Scorer:
-  """A metric of the confusion matrix; `codes` holds each example's gold * k + prediction."""
-  def score(rows):
-    flat = _flat(rows)
-    offsets = np.arange(len(flat))[:, None] * (k * k)
-    counts = np.bincount((offsets + codes[flat]).ravel(), minlength=len(flat) * k * k)
-    return of_confusion(counts.reshape(len(flat), k, k)).reshape(np.shape(rows)[:-1])
-  return score
-
-
-def _sum_scorer(table: np.ndarray, of_totals: Callable[[np.ndarray], np.ndarray]) -> Scorer:
-  """A metric of per-example counts summed over the examples (`table`: [2n, columns]): each
-  index row's counts of every example (one bincount) times the table."""
-  chunk = max(1, _ROWS_PER_BATCH // len(table))
-
-  def totals(flat):
-    offsets = np.arange(len(flat))[:, None] * len(table)
-    counts = np.bincount((offsets + flat).ravel(), minlength=len(flat) * len(table))
-    return counts.reshape(len(flat), len(table)).astype(np.float64) @ table
-
-  def score(rows):
-    flat = _flat(rows)
-    return of_totals(np.concatenate([totals(flat[i:i + chunk])
-                                     for i in range(0, len(flat), chunk)])
-                     ).reshape(np.shape(rows)[:-1])
-  return score
-
-
-def _rows_scorer(gold: np.ndarray, predicted: np.ndarray,
-                 of_rows: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Scorer:
-  """A metric of the resampled (gold, prediction) rows themselves (correlations: ranks are
-  not sums), in chunks of bounded memory."""
-  chunk = max(1, _ROWS_PER_BATCH // (2 * len(gold)))  # 2n: the most distinct values
-
-  def score(rows):
-    flat = _flat(rows)
-    values = [of_rows(gold[flat[i:i + chunk]], predicted[flat[i:i + chunk]])
-              for i in range(0, len(flat), chunk)]
-    return np.concatenate(values).reshape(np.shape(rows)[:-1])
-  return score
-
-
-def _confusion_scorers(task, gold, predictions, of_confusion) -> dict[str, Scorer]:
-  k = len(task["label_names"])
-  codes = np.concatenate([np.asarray(gold) * k + np.asarray(p) for p in predictions])
-  return {name: _confusion_scorer(codes, k, of) for name, of in of_confusion.items()}
-
-
-def _classification(task, gold, predictions) -> dict[str, Scorer]:
-  return _confusion_scorers(task, gold, predictions, {
-      "accuracy": metrics.accuracy_of_confusion, "f1": metrics.f1_of_confusion,
-      "matthews_corr": metrics.matthews_of_confusion, "macro_f1": metrics.macro_f1_of_confusion})
-
-
-def _relations(task, gold, predictions) -> dict[str, Scorer]:
-  def relation_f1(c):
-    return metrics.relation_f1_of_confusion(c, task["label_names"],
-                                            task.get("no_relation_label", "Other"))
-  return _confusion_scorers(task, gold, predictions, {
-      "relation_f1": relation_f1, "accuracy": metrics.accuracy_of_confusion,
-      "macro_f1": metrics.macro_f1_of_confusion})
-
-
-def _regression(task, gold, predictions) -> dict[str, Scorer]:
-  del task
-  gold = np.tile(np.asarray(gold, np.float64), len(predictions))
-  predicted = np.concatenate([np.asarray(p, np.float64) for p in predictions])
-  # Spearman: a resample's ranks from the rank of each value among all (no sort per resample).
-  gold_rank, gold_values = _dense_ranks(gold)
-  predicted_rank, predicted_values = _dense_ranks(predicted)
-  return {"pearson": _rows_scorer(gold, predicted, metrics.pearson_of_rows),
-          "spearman": _rows_scorer(gold_rank, predicted_rank, lambda g, p: metrics.pearson_of_rows(
-              _resampled_ranks(g, gold_values), _resampled_ranks(p, predicted_values)))}
-
-
-def _dense_ranks(values: np.ndarray) -> tuple[np.ndarray, int]:
-  """Each value's index among the distinct values in ascending order, and their number."""
-  distinct, index = np.unique(values, return_inverse=True)
-  return index, len(distinct)
-
-
-def _resampled_ranks(dense: np.ndarray, distinct: int) -> np.ndarray:
-  """Average ranks (1..n, ties sharing their mean, as metrics.average_ranks) of each row of
-  dense value indices ([rows, n]): the values below, plus half the ties and one."""
-  counts = np.bincount((np.arange(len(dense))[:, None] * distinct + dense).ravel(),
-                       minlength=len(dense) * distinct).reshape(len(dense), distinct)
-  below = np.cumsum(counts, axis=1) - counts
-  return (np.take_along_axis(below, dense, 1)
-          + (np.take_along_axis(counts, dense, 1) + 1) / 2.0)
-
-
-def _entities(task, gold, predictions) -> dict[str, Scorer]:
-  """Per sentence: entities found, predicted and gold (metrics.entities), words right, words."""
-  names = task["label_names"]
-  rows = []
-  for predicted in predictions:
-    for g, p in zip(gold, predicted):
-      gold_set = metrics.entities([names[t] for t in g])
-      predicted_set = metrics.entities([names[t] for t in p])
-      rows.append([len(gold_set & predicted_set), len(predicted_set), len(gold_set),
-                   sum(a == b for a, b in zip(g, p)), len(g)])
-  table = np.asarray(rows, np.float64)
-
-  def part(i):
-    return lambda t: metrics.precision_recall_f1(t[:, 0], t[:, 1], t[:, 2])[i]
-  return {"entity_precision": _sum_scorer(table, part(0)),
-          "entity_recall": _sum_scorer(table, part(1)),
-          "entity_f1": _sum_scorer(table, part(2)),
-          "accuracy": _sum_scorer(table, lambda t: t[:, 3] / t[:, 4])}
-
-
-def _answers(tasks, gold, predictions, ids, null_odds) -> dict[str, Scorer]:
-  """Per question: its exact match and F1 as research.squad scores them (thresholded on the
-  null odds as each system's evaluation did, at its task's threshold), for all questions and
-  the (un)answerable ones."""
-  gold_answers = dict(zip(ids, gold))
-  rows = []
-  for task, predicted, odds in zip(tasks, predictions, null_odds):
-    has_answer, raw_exact, raw_f1 = squad.raw_scores(dict(zip(ids, predicted)), gold_answers)
-    probs = dict(zip(ids, odds)) if odds is not None else None
-    threshold = task.get("null_score_diff_threshold", 0.0)
-    exact, f1 = (squad.thresholded(raw, has_answer, probs, threshold)
-                 for raw in (raw_exact, raw_f1))
-    for qid in ids:
-      has = float(has_answer[qid])
-      rows.append([exact[qid], f1[qid], 1.0, has * exact[qid], has * f1[qid], has,
-                   (1 - has) * exact[qid], (1 - has) * f1[qid], 1 - has])
-  table = np.asarray(rows, np.float64)
-
-  def mean(column, of):  # 0 for a resample without such questions
-    return lambda t: np.divide(t[:, column], t[:, of], out=np.zeros(len(t)), where=t[:, of] > 0)
-  return {"exact": _sum_scorer(table, mean(0, 2)), "f1": _sum_scorer(table, mean(1, 2)),
-          "HasAns_exact": _sum_scorer(table, mean(3, 5)),
-          "HasAns_f1": _sum_scorer(table, mean(4, 5)),
-          "NoAns_exact": _sum_scorer(table, mean(6, 8)),
-          "NoAns_f1": _sum_scorer(table, mean(7, 8))}
-
-
-# What each task kind's per-example predictions are resampled by, and its metrics' scorers.
-UNITS = {"classification": "examples", "regression": "examples",
-         "relation_classification": "examples", "token_classification": "sentences",
-         "question_answering": "questions"}
 # Metrics a split cannot resample: chosen on the split itself.
 UNSUPPORTED = {"best_exact": "its no-answer threshold is chosen on the evaluated split itself",
                "best_f1": "its no-answer threshold is chosen on the evaluated split itself",
@@ -370,16 +223,11 @@ UNSUPPORTED = {"best_exact": "its no-answer threshold is chosen on the evaluated
 
 
 def scorers(a: Evaluation, b: Evaluation) -> dict[str, Scorer]:
-  """The scorers of every metric over the stacked predictions of `a` then `b`."""
-  kind, task = a.task["kind"], a.task
+  """The scorers of every metric over the stacked predictions of `a` then `b` (their task
+  kind's, `TaskKind.scorers`)."""
   predictions = [e.examples["prediction"] for e in (a, b)]
-  gold = a.examples["gold"]
-  if kind == "question_answering":
-    return _answers([a.task, b.task], gold, predictions, a.examples["id"],
-                    [e.examples.get("null_odds") for e in (a, b)])
-  return {"classification": _classification, "relation_classification": _relations,
-          "regression": _regression, "token_classification": _entities}[kind](
-              task, gold, predictions)
+  return tasks.kind_of(a.task).scorers([a.task, b.task], a.examples["gold"], predictions,
+                                       [a.examples, b.examples])
 
 
 ################################################################################
@@ -394,7 +242,7 @@ def paired_tests(score: Scorer, n: int, *, samples: int, seed: int) -> dict[str,
   from scipy import stats
   index = np.arange(n)
   first, second = float(score(index)), float(score(index + n))
-  batch = max(1, _ROWS_PER_BATCH // n)
+  batch = max(1, ROWS_PER_BATCH // n)
   rng = np.random.default_rng(seed)
   boot = stats.bootstrap((index,), lambda i, axis=-1: score(i) - score(i + n), vectorized=True,
                          n_resamples=samples, batch=batch, method="percentile",
@@ -413,7 +261,7 @@ def permutation_p(score: Scorer, n: int, observed: float, *, samples: int,
   observed, with its tolerance for equal values). Its own loop: scipy's visits every example
   in Python for each batch."""
   index = np.arange(n)
-  batch = max(1, _ROWS_PER_BATCH // n)
+  batch = max(1, ROWS_PER_BATCH // n)
   null = []
   for start in range(0, samples, batch):
     swap = rng.random((min(batch, samples - start), n)) < 0.5
@@ -526,8 +374,10 @@ def compare_systems(systems: list[System], *, split: str | None = None,
   everything = [e for s in systems for e in s.evaluations]
   check_same_examples(everything, split)
   task = everything[0].task
-  if task["kind"] not in UNITS:
+  kind = _kind(task)
+  if kind is None or kind.compare_units is None:
     raise CompareError(f"{first_run}: runs of kind {task['kind']} cannot be compared")
+  units = kind.compare_units
   notes = [f"{e.workdir} was pruned by its tuner at step {e.pruned_at}: its training did not "
            "finish" for e in everything if e.pruned_at is not None]
   sources: dict[str, Evaluation] = {}  # each file, and the first run that read it
@@ -571,7 +421,7 @@ def compare_systems(systems: list[System], *, split: str | None = None,
     for name in names:
       done += 1
       progress(f"[{done}/{total}] {system.name} vs {baseline.name}: {name} on {split}, "
-               f"{len(pairs)} seed pair(s), {n} {UNITS[task['kind']]}, {samples} resamples")
+               f"{len(pairs)} seed pair(s), {n} {units}, {samples} resamples")
       rows = []
       for (a, b), scores in zip(pairs, by_pair):
         result = paired_tests(scores[name], n, samples=samples, seed=seed)
@@ -599,7 +449,7 @@ def compare_systems(systems: list[System], *, split: str | None = None,
     if c["seeds"] and "aso_error" in c["seeds"]:
       notes.append(f"almost stochastic order not computed: {c['seeds']['aso_error']}")
       break
-  return {"split": split, "checkpoint": checkpoint, "units": UNITS[task["kind"]], "n": n,
+  return {"split": split, "checkpoint": checkpoint, "units": units, "n": n,
           "samples": samples, "seed": seed, "confidence": CONFIDENCE,
           "baseline": baseline.name,
           "systems": [{"name": s.name, "runs": [{"workdir": str(e.workdir), "seed": e.seed,

@@ -7,20 +7,11 @@ from typing import Any
 
 import ml_collections
 
-from research import peft, tasks
+from research import named_tasks, peft, tasks
 from research.models import bert
 from research.parallel import BACKENDS
 
 DTYPES = ("float32", "bfloat16")
-# Metrics each task kind can report; the task lists the ones it wants.
-KIND_METRICS = {
-    "classification": ("accuracy", "f1", "matthews_corr"),
-    "regression": ("pearson", "spearman"),
-    "token_classification": ("entity_f1", "entity_precision", "entity_recall", "accuracy"),
-    "relation_classification": ("relation_f1", "accuracy", "macro_f1"),
-    "question_answering": ("f1", "exact", "best_f1", "best_exact", "HasAns_f1", "NoAns_f1"),
-    "masked_lm": ("accuracy", "perplexity"),  # of the masked tokens' predictions
-}
 # Fields that do not change what a run computes: a resumed run may change them.
 RESUMABLE_CHANGES = ("log.every_steps", "checkpoint.keep", "checkpoint.every_seconds",
                      "eval.batch_size", "log.wandb_project", "train.max_skipped_fraction")
@@ -74,50 +65,16 @@ def _check(condition: bool, field: str, message: str):
 def validate(config: ml_collections.ConfigDict) -> None:
   """Catches the inconsistent configs that would otherwise fail deep inside a run."""
   task = config.task
-  _check(task.kind in tasks.KINDS, "task.kind", f"{task.kind!r} is not one of {tasks.KINDS}")
+  try:
+    kind = tasks.kind_of(task)
+  except tasks.UnknownKind as e:
+    raise ConfigError(str(e)) from None
   _check(len(task.text_fields) in (1, 2), "task.text_fields",
          f"needs one field or two (a pair), got {tuple(task.text_fields)}")
-  if task.kind == "question_answering":
-    _check(len(task.text_fields) == 2, "task.text_fields",
-           f"needs the question and the context fields, got {tuple(task.text_fields)}")
-    _check(0 < task.doc_stride < config.data.max_length // 2, "task.doc_stride",
-           f"{task.doc_stride} must be positive and below half of data.max_length "
-           f"{config.data.max_length}")
-    _check(task.max_answer_length > 0 and task.n_best > 0, "task.max_answer_length",
-           "max_answer_length and n_best must be positive")
-  elif task.kind == "masked_lm":
-    _check(0 < task.mlm_probability < 1, "task.mlm_probability",
-           f"{task.mlm_probability} must be in (0, 1)")
-    _check(task.line_by_line or len(task.text_fields) == 1, "task.line_by_line",
-           "False concatenates the texts of one field; pairs need line_by_line=True")
-    _check(config.eval.best_metric != "perplexity", "eval.best_metric",
-           "perplexity is lower-is-better: pick the best checkpoint by 'loss' (the same order)")
-  elif task.kind == "regression":
-    _check(not task.label_names, "task.label_names", "must be empty for regression")
-  elif task.kind == "token_classification":  # empty: the tags of the training split
-    _check(len(task.label_names) != 1, "task.label_names",
-           f"needs at least two tags (or none: those of the training split), got "
-           f"{tuple(task.label_names)}")
-  else:
-    _check(len(task.label_names) >= 2, "task.label_names",
-           f"needs at least two labels for {task.kind}, got {tuple(task.label_names)}")
-  if task.kind == "relation_classification":
-    _check(len(task.text_fields) == 1, "task.text_fields",
-           f"a relation task reads one text, got {tuple(task.text_fields)}")
-    _check(task.representation in tasks.REPRESENTATIONS, "task.representation",
-           f"{task.representation!r} is not one of {tasks.REPRESENTATIONS}")
-    _check(len(task.entity_markers) in (0, 4) and len(set(task.entity_markers))
-           == len(task.entity_markers), "task.entity_markers",
-           f"needs four distinct strings or none, got {tuple(task.entity_markers)}")
-    _check(len(task.entity_spans) in (0, 4), "task.entity_spans",
-           f"needs the four fields of the entities' character offsets or none (inline tags), "
-           f"got {tuple(task.entity_spans)}")
-    _check(not task.no_relation_label or task.no_relation_label in task.label_names,
-           "task.no_relation_label",
-           f"{task.no_relation_label!r} is not one of task.label_names ('' = none)")
-  allowed = KIND_METRICS[task.kind]
+  kind.validate(task, config, _check)
+  allowed = kind.metrics
   for name in task.metrics:
-    _check(name in allowed, "task.metrics", f"{name!r} is not one of {allowed} for {task.kind}")
+    _check(name in allowed, "task.metrics", f"{name!r} is not one of {allowed} for {kind.name}")
   _check(config.eval.best_metric in tuple(task.metrics) + ("loss",), "eval.best_metric",
          f"{config.eval.best_metric!r} is neither 'loss' nor one of task.metrics "
          f"{tuple(task.metrics)}")
@@ -139,8 +96,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   train = config.train
   _check(train.num_steps >= 0, "train.num_steps", "must be >= 0 (0: train.num_epochs decides)")
   if data.streaming:
-    _check(task.kind == "masked_lm", "data.streaming",
-           f"streams a masked-LM corpus; task.kind {task.kind!r} reads its splits whole")
+    _check(kind.streams, "data.streaming",
+           f"streams a masked-LM corpus; task.kind {kind.name!r} reads its splits whole")
     _check(train.num_steps > 0, "train.num_steps",
            "a streamed corpus has no known epoch length: give the run's length in steps")
     _check(not data.validation_from_train, "data.validation_from_train",
@@ -233,7 +190,7 @@ def resume_conflicts(saved: dict[str, Any], config: ml_collections.ConfigDict) -
 
 
 
-def set_task(config: ml_collections.ConfigDict, spec: tasks.TaskSpec) -> None:
+def set_task(config: ml_collections.ConfigDict, spec: named_tasks.TaskSpec) -> None:
   """Points `config.task`, `config.data` and `config.eval` at a registered task."""
   config.task.kind = spec.kind
   config.task.text_fields = spec.text_fields

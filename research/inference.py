@@ -38,7 +38,7 @@ def load_best(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   if not path.exists():
     raise RunError(f"{workdir} holds no run (no config.json)")
   saved = writers.read_json(path)
-  tasks.adopt_saved_tags(config, saved)  # a token task's inferred tags
+  tasks.kind_of(config.task).adopt_saved_tags(config.task, saved)  # a token task's tags
   conflicts = [c for c in config_lib.resume_conflicts(saved, with_checkpoint_architecture(config))
                if c.startswith(_MODEL_FIELDS)]
   if conflicts:
@@ -63,7 +63,8 @@ def load_best(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
 
 def _placed_eval(config, setup: ModelSetup, params: Any):
   dp = DataParallel(config.parallel.backend, config.parallel.num_devices)
-  eval_step = dp.compile_eval_step(steps.make_eval_step(setup.model, config.task.kind))
+  eval_step = dp.compile_eval_step(steps.make_eval_step(setup.model,
+                                                        tasks.kind_of(config.task)))
   return dp, eval_step, dp.put_replicated(params)
 
 
@@ -129,19 +130,17 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
             input_path: str | pathlib.Path, output_path: str | pathlib.Path) -> int:
   """Writes one JSON line of predictions per input example; returns how many."""
   input_path, output_path = pathlib.Path(input_path), pathlib.Path(output_path)
-  if config.task.kind == "masked_lm":
-    raise RunError("--mode=predict is for task heads; a masked-LM run is continued "
-                   "pretraining: --mode=export writes its BertForMaskedLM, whose directory is "
-                   "then the model.checkpoint of a fine-tuning config")
+  task = config.task
+  kind = tasks.kind_of(task)
+  if kind.predict_refusal:
+    raise RunError(kind.predict_refusal)
   if not input_path.is_file():
     raise input_pipeline.DataError(f"--input {input_path} does not exist")
   if output_path.exists():
     raise RunError(f"--output {output_path} exists; it is not overwritten")
-  task = config.task
-  token_task = task.kind == "token_classification"
   setup, params, meta = load_best(config, workdir)
   tokenizer = setup.tokenizer
-  dataset = read_inputs(input_path, tuple(task.text_fields), token_task)
+  dataset = read_inputs(input_path, tuple(task.text_fields), kind.reads_words)
   split = input_pipeline.encode(dataset, tokenizer, task, config.data.max_length,
                                 str(input_path), labelled=False)
   dp, eval_step, placed = _placed_eval(config, setup, params)
@@ -150,40 +149,16 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                                     buckets=tuple(config.data.length_buckets))
   bad = metrics.nonfinite_rows(outputs)  # NaN probabilities are not predictions
   if len(bad):
-    first = int(split.feature_example[bad[0]] if task.kind == "question_answering" else bad[0])
+    first = int(kind.example_of_output(split, bad[0]))
     where = f"line {first + 1}" if input_path.suffix == ".txt" else f"example {first + 1}"
     raise RunError(f"--input {input_path} {where}: the outputs of the best checkpoint (step "
                    f"{meta['step']}) are NaN or infinite ({len(bad)} of {len(outputs)}); "
                    "nothing was written")
-  names = tuple(task.label_names)
-  if task.kind == "question_answering":
-    answers, nbest, null_odds = evaluation.answers(task, split, outputs)
-  else:
-    predicted = evaluation.predictions(task.kind, split, outputs)
-  if token_task:
-    word_probabilities = evaluation.word_probabilities(split, outputs)
   lines = []
-  for i, row in enumerate(dataset):
+  for row, predicted in zip(dataset, kind.prediction_records(task, split, outputs,
+                                                              len(dataset))):
     record = {field: row[field] for field in task.text_fields}
-    if task.kind == "question_answering":
-      key = split.examples[i]["id"]
-      best = next((c for c in nbest[key] if c["text"]), None)
-      record.update(answer=answers[key], score=best["score"] if best else None,
-                    probability=best["probability"] if best else None)
-      if task.version_2_with_negative:
-        record["null_odds"] = null_odds[key]  # > null_score_diff_threshold: no answer
-    elif task.kind in ("classification", "relation_classification"):
-      # In float64: a float32 rounded to 6 digits is written as 0.029416000470519066.
-      probabilities = np.exp(outputs[i].astype(np.float64) - outputs[i].max())
-      probabilities /= probabilities.sum()
-      record.update(label=names[predicted[i]],
-                    probabilities=dict(zip(names, probabilities.round(6).tolist())))
-    elif task.kind == "regression":
-      record["score"] = float(predicted[i])
-    else:  # each word's tag and that tag's probability (None: a word cut off by max_length)
-      record.update(tags=[names[t] for t in predicted[i]],
-                    probabilities=[None if p is None else round(p, 6)
-                                   for p in word_probabilities[i]])
+    record.update(predicted)
     lines.append(json.dumps(record, ensure_ascii=False) + "\n")
   writers.write_text(output_path, "".join(lines))
   logging.info("wrote %d predictions of the best checkpoint (step %d) to %s", len(dataset),
@@ -201,15 +176,10 @@ def export(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   writers.check_writable(output_dir)
   setup, params, meta = load_best(config, workdir)
   task = config.task
-  relation = task.kind == "relation_classification"
-  architecture = tasks.hf_architecture(task, setup.bert_config.model_type)
-  extra = None
-  if architecture.endswith("Model"):  # a relation head that reads the entities
-    extra = {"relation_head": {"representation": task.representation,
-                               "entity_markers": list(task.entity_markers),
-                               "weights": "classifier.weight, classifier.bias"}}
-  if task.kind == "masked_lm" and setup.checkpoint_dir is not None:
-    params = hf_io.with_source_pooler(params, setup.checkpoint_dir)
+  kind = tasks.kind_of(task)
+  architecture = kind.hf_architecture(task, setup.bert_config.model_type)
+  extra = kind.export_extra(task)  # a head transformers has no class of
+  params = kind.export_params(params, setup.checkpoint_dir)
   if writers.is_writer():
     # Written beside --output and renamed to it when complete: an export that fails (a full
     # disk) leaves no directory that looks like a model.
@@ -218,9 +188,9 @@ def export(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     try:
       hf_io.export(params, partial, base_config=setup.hf_config, architecture=architecture,
                    label_names=tuple(task.label_names),
-                   num_labels=tasks.num_outputs(task.kind, tuple(task.label_names)),
+                   num_labels=kind.num_outputs(tuple(task.label_names)),
                    tokenizer_dir=setup.tokenizer_dir,
-                   tokenizer=setup.tokenizer if relation and task.entity_markers else None,
+                   tokenizer=setup.tokenizer if kind.entity_markers(task) else None,
                    extra_config=extra, source=str(pathlib.Path(workdir).absolute()))
       if output_dir.exists():
         output_dir.rmdir()  # empty (checked above)

@@ -184,7 +184,7 @@ def main(argv: list[str]) -> None:
   import jax
   if jax.process_index() > 0:  # process 0 reports progress; the others only what goes wrong
     logging.getLogger().setLevel(logging.WARNING)
-  from research import checkpoints, config_lib, errors, inference, metrics, train, writers
+  from research import checkpoints, config_lib, errors, inference, metrics, tasks, train, writers
   from research.data.input_pipeline import DataError
   from research.models.hf_io import CheckpointError
   from research.parallel import DeviceError
@@ -215,7 +215,7 @@ def main(argv: list[str]) -> None:
     _fail(str(e), errors.EXIT_INTERRUPTED)
   except (config_lib.ConfigError, DataError, CheckpointError, errors.RunError,
           writers.WorkdirError, checkpoints.DamagedCheckpoint, checkpoints.CheckpointMismatch,
-          metrics.MetricError, DeviceError) as e:
+          metrics.MetricError, DeviceError, tasks.UnknownKind) as e:
     if _DEBUG.value:
       raise
     _fail(str(e))

@@ -56,7 +56,7 @@ def _first_row(x: jax.Array) -> jax.Array:
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    kind: str, lora_scale: float = 0.0, skip_nonfinite: bool = False
+                    kind: tasks.TaskKind, lora_scale: float = 0.0, skip_nonfinite: bool = False
                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
   """Gradients flow to `state.params` only: frozen weights get no gradient computation.
 
@@ -71,8 +71,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     logits = model.apply({"params": peft.materialize(params, frozen, lora_scale)},
                          *model_inputs(micro_batch), deterministic=False,
                          example_ids=micro_batch["example_index"], rngs={"dropout": rng})
-    return tasks.loss_sum(kind, logits, micro_batch["labels"], micro_batch["example_mask"],
-                          micro_batch["attention_mask"])
+    return kind.loss_sum(logits, micro_batch["labels"], micro_batch["example_mask"],
+                         micro_batch["attention_mask"])
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -109,19 +109,17 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
   return train_step
 
 
-def make_eval_step(model, kind: str) -> Callable[[Any, Batch], dict]:
-  """The logits and example indices of every row of the global batch, gathered from all
-  devices (padding rows included, index -1: the host drops them), and the summed loss. A
-  masked-LM row's "logits" are its (correct predictions, targets): [B, 2]."""
+def make_eval_step(model, kind: tasks.TaskKind) -> Callable[[Any, Batch], dict]:
+  """The outputs and example indices of every row of the global batch, gathered from all
+  devices (padding rows included, index -1: the host drops them), and the summed loss. A row's
+  outputs are its logits, or what its task kind keeps of them (`TaskKind.eval_outputs`: a
+  masked-LM row's (correct predictions, targets), [B, 2])."""
 
   def eval_step(params, batch: Batch):
     logits = model.apply({"params": params}, *model_inputs(batch), deterministic=True)
-    loss, weight = tasks.loss_sum(kind, logits, batch["labels"], batch["example_mask"],
-                                  batch["attention_mask"])
-    if kind == "masked_lm":  # the vocabulary's logits stay here: per row, (hits, targets)
-      targets = batch["labels"] != tasks.IGNORE
-      hits = jnp.sum((logits.argmax(-1) == batch["labels"]) & targets, -1)
-      logits = jnp.stack([hits, targets.sum(-1)], -1).astype(jnp.float32)
+    loss, weight = kind.loss_sum(logits, batch["labels"], batch["example_mask"],
+                                 batch["attention_mask"])
+    logits = kind.eval_outputs(logits, batch)
     gathered = lax.all_gather({"logits": logits, "example_index": batch["example_index"]}, AXIS,
                               tiled=True)
     return {**gathered, **lax.psum({"loss_sum": loss, "weight_sum": weight}, AXIS)}

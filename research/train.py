@@ -77,11 +77,11 @@ def streamed_train_batches(config: ml_collections.ConfigDict, tokenizer, source:
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   """Refuses a workdir that holds a run with another config (before anything is written); a
-  token task without tag names takes the run's (`tasks.adopt_saved_tags`)."""
+  token task without tag names takes the run's (`TaskKind.adopt_saved_tags`)."""
   path = workdir / "config.json"
   if path.exists():
     saved = writers.read_json(path)
-    tasks.adopt_saved_tags(config, saved)
+    tasks.kind_of(config.task).adopt_saved_tags(config.task, saved)
     conflicts = config_lib.resume_conflicts(saved, config)
     if conflicts:
       raise RunError(f"{workdir} holds a run with a different config; use another --workdir "
@@ -429,8 +429,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: write
 
   # A token task without task.label_names takes the tags of its training split; config.json
   # keeps them for the resume, eval, predict and export.
-  if config.task.kind == "token_classification" and not config.task.label_names:
-    config.task.label_names = input_pipeline.training_tags(config.data, config.task)
+  kind = tasks.kind_of(config.task)
+  names = kind.label_names_from_data(config.data, config.task)
+  if names is not None:
+    config.task.label_names = names
     logging.info("task.label_names from the training split: %s", list(config.task.label_names))
   setup = builder.build_model(config)
   init_rng, dropout_rng = seed_keys(config.seed)
@@ -544,10 +546,11 @@ def compile_steps(config: ml_collections.ConfigDict, model: Any, tx: Any, schedu
     raise config_lib.ConfigError(
         f"config.train.batch_size / grad_accum_steps ({micro_batch}) and config.eval.batch_size "
         f"({config.eval.batch_size}) must be multiples of the {dp.num_devices} devices")
+  kind = tasks.kind_of(config.task)
   train_step = dp.compile_train_step(
-      steps.make_train_step(model, tx, schedule, config.task.kind, peft.lora_scale(config.peft),
+      steps.make_train_step(model, tx, schedule, kind, peft.lora_scale(config.peft),
                             skip_nonfinite=config.train.skip_nonfinite_steps))
-  eval_step = dp.compile_eval_step(steps.make_eval_step(model, config.task.kind))
+  eval_step = dp.compile_eval_step(steps.make_eval_step(model, kind))
   logging.info("%s over %d %s device(s) in %d process(es)", dp.backend, dp.num_devices,
                jax.default_backend(), dp.process_count)
   return dp, train_step, eval_step

@@ -31,8 +31,8 @@ def test_model_flops_by_hand():
 def test_executed_flops_match_xla_cost_analysis():
   config = bert.BertConfig(vocab_size=2000, hidden_size=256, num_hidden_layers=3,
                            num_attention_heads=4, intermediate_size=1024)
-  model = tasks.build_model("classification", config, 2, dtype=jnp.float32,
-                            param_dtype=jnp.float32, classifier_dropout=None)
+  model = tasks.get("classification").build_model(config, 2, dtype=jnp.float32,
+                                                  param_dtype=jnp.float32, classifier_dropout=None)
   batch, length = 8, 64
   ids = jnp.ones((batch, length), jnp.int32)
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids))["params"]
@@ -44,8 +44,8 @@ def test_executed_flops_match_xla_cost_analysis():
 
   def loss(p):
     logits = model.apply({"params": p}, ids, ids)
-    return tasks.loss_sum("classification", logits, jnp.zeros(batch, jnp.int32),
-                          jnp.ones(batch))[0]
+    return tasks.get("classification").loss_sum(logits, jnp.zeros(batch, jnp.int32),
+                                                jnp.ones(batch))[0]
   counted = bench.xla_flops(jax.jit(jax.grad(loss)).lower(params).compile())
   assert counted == pytest.approx(bench.executed_flops(config, batch, length, 2), rel=0.10)
 

@@ -163,8 +163,8 @@ def test_task_heads_match_transformers_and_export_round_trips(checkpoints, famil
     num_labels = {"question_answering": 2, "regression": 1}.get(kind, NUM_LABELS)
     torch.manual_seed(1)
     reference = auto.from_pretrained(str(source), num_labels=num_labels).eval()
-    model = tasks.build_model(kind, config, num_labels, dtype=jnp.float32,
-                              param_dtype=jnp.float32, classifier_dropout=None)
+    model = tasks.get(kind).build_model(config, num_labels, dtype=jnp.float32,
+                                        param_dtype=jnp.float32, classifier_dropout=None)
     inputs = (ids, mask, types) + ((positions,) if kind == "masked_lm" else ())
     params, ours = _ours(model, _state(reference), inputs)
     ours = np.asarray(ours)
@@ -173,11 +173,11 @@ def test_task_heads_match_transformers_and_export_round_trips(checkpoints, famil
     _record(family, kind, ours[real], theirs[real])
 
     task = ml_collections.ConfigDict(dict(kind=kind, representation="cls"))
-    architecture = tasks.hf_architecture(task, config.model_type)
+    architecture = tasks.kind_of(task).hf_architecture(task, config.model_type)
     out = tmp_path / kind
     names = ("a", "b", "c") if num_labels == NUM_LABELS else ()
     hf_io.export(params, out, base_config=raw, architecture=architecture, label_names=names,
-                 num_labels=tasks.num_outputs(kind, names), tokenizer_dir=source)
+                 num_labels=tasks.get(kind).num_outputs(names), tokenizer_dir=source)
     saved = json.loads((out / "config.json").read_text())
     assert saved["model_type"] == family and saved["architectures"] == [architecture]
     again = hf_io.params_from_state_dict(hf_io.read_state_dict(out), params, load_head=True)
@@ -331,8 +331,8 @@ def test_training_steps_match_transformers_and_torch_adamw(checkpoints, family):
   rows = [np.arange(3 * i, 3 * i + 3) for i in (0, 1, 2, 0)]
   width = max(input_pipeline.batch_width(split, r, (16, 32, 64)) for r in rows)  # one program
   batches = [input_pipeline.make_batch(split, r, (), width) for r in rows]
-  model = tasks.build_model("classification", config, NUM_LABELS, dtype=jnp.float32,
-                            param_dtype=jnp.float32, classifier_dropout=None)
+  model = tasks.get("classification").build_model(config, NUM_LABELS, dtype=jnp.float32,
+                                                  param_dtype=jnp.float32, classifier_dropout=None)
   # The head's initialisation, which ours takes over: wide (std 0.3), so that its logits and the
   # gradients it sends into the encoder are far from zero.
   torch.manual_seed(2)
@@ -351,7 +351,7 @@ def test_training_steps_match_transformers_and_torch_adamw(checkpoints, family):
               grad_clip_norm=0.5, eps=1e-6)
   tx, schedule = optim.make_optimizer(ocfg, params, total_steps=len(batches))
   # Optimisation level 0 halves the compile time, which is most of this test's.
-  step = jax.jit(jax.vmap(steps.make_train_step(model, tx, schedule, "classification"),
+  step = jax.jit(jax.vmap(steps.make_train_step(model, tx, schedule, tasks.get("classification")),
                           axis_name=steps.AXIS),
                  compiler_options={"xla_backend_optimization_level": 0})
   state = jax.tree.map(lambda x: x[None], steps.TrainState(
@@ -403,8 +403,8 @@ def test_lora_weight_decay_and_freezing_see_the_family_names(checkpoints, family
   parameters; ELECTRA's embeddings projection sits with the embeddings (frozen with them, and
   at their depth for layer-wise learning rates)."""
   config, _ = hf_io.load_config(checkpoints[family])
-  model = tasks.build_model("classification", config, NUM_LABELS, dtype=jnp.float32,
-                            param_dtype=jnp.float32, classifier_dropout=None)
+  model = tasks.get("classification").build_model(config, NUM_LABELS, dtype=jnp.float32,
+                                                  param_dtype=jnp.float32, classifier_dropout=None)
   ids = np.ones((1, 4), np.int32)
   params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
                         jax.eval_shape(lambda: model.init(jax.random.key(0), ids, ids))["params"])

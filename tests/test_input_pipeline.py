@@ -11,6 +11,7 @@ import pytest
 
 from conftest import require_data
 from research import evaluation, steps, tasks
+from research.tasks import tokens
 from research.data import input_pipeline as ip
 from research.models import bert, hf_io
 from research.parallel import DataParallel
@@ -206,7 +207,7 @@ def test_token_labels_sit_on_first_sub_words(tmp_path, tokenizer):
   assert (labels == tasks.IGNORE).sum() > 2  # the date splits into several sub-words
   # Round trip: logits that pick each first sub-word's gold tag give back the word tags.
   one_hot = np.eye(len(names))[np.where(split.labels == tasks.IGNORE, 0, split.labels)]
-  assert evaluation.word_predictions(split, one_hot)[0].tolist() == [1, 2, 0, 0]
+  assert tokens.word_predictions(split, one_hot)[0].tolist() == [1, 2, 0, 0]
 
 
 def test_words_beyond_max_length_are_predicted_as_the_first_tag(tmp_path, tokenizer):
@@ -219,7 +220,7 @@ def test_words_beyond_max_length_are_predicted_as_the_first_tag(tmp_path, tokeni
   split = ip.load_encoded(_data(tmp_path, max_length=16), task, tokenizer, "train")
   assert len(split.word_labels[0]) == 30  # gold keeps every word
   one_hot = np.eye(2)[np.where(split.labels == tasks.IGNORE, 0, split.labels)]
-  predicted = evaluation.word_predictions(split, one_hot)[0]
+  predicted = tokens.word_predictions(split, one_hot)[0]
   covered = (split.word_index[0] >= 0).sum()
   assert 0 < covered < 30
   assert predicted[:covered].tolist() == [1] * covered
@@ -271,12 +272,12 @@ def test_eval_sees_every_example_once_and_matches_a_plain_loop(tokenizer):
   split = _sst2(tokenizer, n=37)  # 37 = 4 batches of 10 with 3 padding rows
   config = bert.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
                            num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-  model = tasks.build_model("classification", config, 2, dtype=jnp.float32,
-                            param_dtype=jnp.float32, classifier_dropout=None)
+  model = tasks.get("classification").build_model(config, 2, dtype=jnp.float32,
+                                                  param_dtype=jnp.float32, classifier_dropout=None)
   ids = jnp.ones((1, 4), jnp.int32)
   params = jax.jit(model.init)(jax.random.key(0), ids, ids)["params"]
   dp = DataParallel("pmap", 2)
-  eval_step = dp.compile_eval_step(steps.make_eval_step(model, "classification"))
+  eval_step = dp.compile_eval_step(steps.make_eval_step(model, tasks.get("classification")))
   outputs, loss = evaluation.run_model(eval_step, dp, dp.put_replicated(params), split,
                                        batch_size=10, buckets=(16, 32, 64))
   expected, losses = [], []

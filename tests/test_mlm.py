@@ -231,8 +231,9 @@ def test_one_step_lowers_the_loss_of_its_batch():
   batch = ip.make_batch(split, np.arange(32), (64,), mask_key=ip.train_mask_key(0, 0))
   tx, schedule = optim.make_optimizer(config.optimizer, params, 1)
   dp = parallel.DataParallel("pmap", 1)
-  step = dp.compile_train_step(steps.make_train_step(setup.model, tx, schedule, "masked_lm"))
-  evaluate = dp.compile_eval_step(steps.make_eval_step(setup.model, "masked_lm"))
+  kind = tasks.get("masked_lm")
+  step = dp.compile_train_step(steps.make_train_step(setup.model, tx, schedule, kind))
+  evaluate = dp.compile_eval_step(steps.make_eval_step(setup.model, kind))
   state = steps.TrainState(step=np.int32(0), params=params, frozen={},
                            opt_state=tx.init(params), rng=np.asarray(jax.random.PRNGKey(0)))
 

@@ -102,8 +102,8 @@ def test_pytorch_bin_checkpoint_loads_like_safetensors(tmp_path):
 
 
 def _classifier(config, num_labels):
-  model = tasks.build_model("classification", config, num_labels, dtype=jnp.float32,
-                            param_dtype=jnp.float32, classifier_dropout=None)
+  model = tasks.get("classification").build_model(config, num_labels, dtype=jnp.float32,
+                                                  param_dtype=jnp.float32, classifier_dropout=None)
   ids = jnp.ones((1, 4), jnp.int32)
   params = jax.jit(lambda r: model.init(r, ids, ids)["params"])(jax.random.key(3))
   return model, jax.tree.map(np.asarray, params)
@@ -357,8 +357,8 @@ def _grads_and_residual_bytes(remat: bool, length: int = 256):
   import jax.ad_checkpoint
   config = bert.BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=3,
                            num_attention_heads=4, intermediate_size=256, remat=remat)
-  model = tasks.build_model("classification", config, 2, dtype=jnp.float32,
-                            param_dtype=jnp.float32, classifier_dropout=None)
+  model = tasks.get("classification").build_model(config, 2, dtype=jnp.float32,
+                                                  param_dtype=jnp.float32, classifier_dropout=None)
   ids = jax.random.randint(jax.random.key(0), (4, length), 1, 64)
   mask = jnp.ones_like(ids)
   params = jax.jit(model.init)(jax.random.key(1), ids[:1, :8], mask[:1, :8])["params"]

@@ -14,8 +14,8 @@ from research.models import bert
 def _params():
   config = bert.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2,
                            num_attention_heads=2, intermediate_size=16)
-  model = tasks.build_model("classification", config, 2, dtype=jnp.float32,
-                            param_dtype=jnp.float32, classifier_dropout=None)
+  model = tasks.get("classification").build_model(config, 2, dtype=jnp.float32,
+                                                  param_dtype=jnp.float32, classifier_dropout=None)
   ids = jnp.ones((1, 4), jnp.int32)
   return jax.jit(model.init)(jax.random.key(0), ids, ids)["params"]
 

@@ -73,9 +73,9 @@ def _built_setup(kind, seed, config):
     batch["masked_positions"] = (rng.integers(0, LENGTH, (BATCH, 3)) % lengths[:, None]
                                  ).astype(np.int32)
     extra = (batch["token_type_ids"][:1], batch["masked_positions"][:1])
-  model = tasks.build_model(kind, config, 3, dtype=jnp.float32, param_dtype=jnp.float32,
-                            classifier_dropout=None, representation="entity_start",
-                            start_offset=1)
+  model = tasks.get(kind).build_model(config, 3, dtype=jnp.float32, param_dtype=jnp.float32,
+                                      classifier_dropout=None, representation="entity_start",
+                                      start_offset=1)
   # Jitted: op by op, initialising compiles a hundred small programs (most of a test's time).
   params = jax.jit(lambda r: model.init(r, ids[:1], mask[:1], *extra)["params"])(
       jax.random.key(0))
@@ -89,7 +89,7 @@ def _built_setup(kind, seed, config):
 def _run(setup, backend, devices, accum, kind="classification", num_steps=1):
   model, tx, schedule, state, batch = setup
   dp = parallel.DataParallel(backend, devices)
-  step = dp.compile_train_step(steps.make_train_step(model, tx, schedule, kind))
+  step = dp.compile_train_step(steps.make_train_step(model, tx, schedule, tasks.get(kind)))
   placed = dp.put_replicated(state)
   micro = {k: v.reshape((accum, BATCH // accum) + v.shape[1:]) for k, v in batch.items()}
   for _ in range(num_steps):
@@ -184,7 +184,8 @@ def test_step_compiles_once_per_shape(backend, caplog):
   _need_devices(2)
   model, tx, schedule, state, batch = _setup(seed=3)
   dp = parallel.DataParallel(backend, 2)
-  step = dp.compile_train_step(steps.make_train_step(model, tx, schedule, "classification"))
+  step = dp.compile_train_step(steps.make_train_step(model, tx, schedule,
+                                                     tasks.get("classification")))
   placed = dp.put_replicated(state)
   for width in (LENGTH, LENGTH, 8, LENGTH, 8, 8):  # two shapes
     micro = {k: (v[:, :width] if v.ndim == 2 else v)[None] for k, v in batch.items()}

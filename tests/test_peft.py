@@ -29,8 +29,8 @@ def _peft(**kw):
 def minilm():
   source = hf_io.embedded_checkpoint_dir()
   config, raw = hf_io.load_config(source)
-  model = tasks.build_model("classification", config, 2, dtype=jnp.float32,
-                            param_dtype=jnp.float32, classifier_dropout=None)
+  model = tasks.get("classification").build_model(config, 2, dtype=jnp.float32,
+                                                  param_dtype=jnp.float32, classifier_dropout=None)
   ids = jnp.ones((1, 4), jnp.int32)
   params = jax.tree.map(np.asarray, jax.jit(model.init)(jax.random.key(0), ids, ids)["params"])
   params = hf_io.params_from_state_dict(hf_io.read_state_dict(source), params)

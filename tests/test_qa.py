@@ -90,9 +90,9 @@ def test_the_loss_ignores_padding():
   logits = jnp.asarray(rng.normal(size=(2, 6, 2)), jnp.float32)
   labels = jnp.asarray([[1, 2], [0, 0]])
   mask = jnp.asarray([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]])
-  loss, weight = tasks.loss_sum("question_answering", logits, labels, jnp.ones(2), mask)
+  loss, weight = tasks.get("question_answering").loss_sum(logits, labels, jnp.ones(2), mask)
   padded = jnp.where(mask[..., None] > 0, logits, 100.0)  # garbage where the padding is
-  again, _ = tasks.loss_sum("question_answering", padded, labels, jnp.ones(2), mask)
+  again, _ = tasks.get("question_answering").loss_sum(padded, labels, jnp.ones(2), mask)
   assert float(loss) == pytest.approx(float(again)) and float(weight) == 2
   # By hand, row 0: (-log softmax(l[:4, 0])[1] - log softmax(l[:4, 1])[2]) / 2.
   row = np.asarray(logits[0, :4])
@@ -103,8 +103,8 @@ def test_the_loss_ignores_padding():
                + row[0, 1] - np.log(np.exp(row[:, 1]).sum())) / 2
   assert float(loss) == pytest.approx(by_hand, rel=1e-5)
   # An eval batch's padding row (example_mask 0, one real token) whose label points past it.
-  loss_with_padding_row, weight = tasks.loss_sum(
-      "question_answering", jnp.concatenate([logits, logits[:1]]),
+  loss_with_padding_row, weight = tasks.get("question_answering").loss_sum(
+      jnp.concatenate([logits, logits[:1]]),
       jnp.concatenate([labels, jnp.asarray([[3, 4]])]), jnp.asarray([1.0, 1.0, 0.0]),
       jnp.concatenate([mask, jnp.asarray([[1, 0, 0, 0, 0, 0]])]))
   assert float(loss_with_padding_row) == pytest.approx(float(loss)) and float(weight) == 2

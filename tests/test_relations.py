@@ -12,11 +12,11 @@ import transformers
 from conftest import require_data
 from helpers import assert_rescored
 from configs import semeval2010_task8
-from research import config_lib, inference, metrics, tasks, train
+from research import config_lib, inference, metrics, named_tasks, train
 from research.data import input_pipeline as ip
 from research.models import hf_io
 
-NAMES = tasks.SEMEVAL2010_RELATIONS
+NAMES = named_tasks.SEMEVAL2010_RELATIONS
 
 
 def _ids(labels):

@@ -1,22 +1,83 @@
-"""The configs of every registered task and of the learning checks, and Chinese tokenisation.
+"""The task kinds' registry, the configs of every registered task and of the learning checks,
+and Chinese tokenisation.
 
 Whether each task family learns from real data (STS-B, CoNLL-2003, SemEval, SST-2 on the
 embedded MiniLM) is experiments/learning/run.py: minutes per family, outside the suite.
 """
 
+import pathlib
+import re
+
+import ml_collections
 import pytest
 
 from conftest import require_data
 from helpers import experiment_script
 from configs import chnsenticorp, conll2003, glue, mlm, semeval2010_task8, squad, squad_v2
-from research import config_lib, tasks
+from research import config_lib, named_tasks, tasks
+from research.tasks import masked_lm, question_answering, relations, sequence, tokens
+
+RESEARCH = pathlib.Path(__file__).resolve().parents[1] / "research"
+
+
+def test_every_kind_resolves_to_its_object_and_an_unknown_one_is_one_config_error():
+  expected = {"classification": sequence.Classification, "regression": sequence.Regression,
+              "token_classification": tokens.TokenClassification,
+              "relation_classification": relations.RelationClassification,
+              "question_answering": question_answering.QuestionAnswering,
+              "masked_lm": masked_lm.MaskedLM}
+  assert tasks.KINDS == tuple(expected)
+  for name, kind_class in expected.items():
+    kind = tasks.kind_of(ml_collections.ConfigDict({"kind": name}))
+    assert type(kind) is kind_class and kind.name == name
+    assert tasks.kind_of({"kind": name}) is kind  # a saved config.json's task (compare)
+  config = glue.get_config("rte")
+  config.task.kind = "multiple_choice"
+  with pytest.raises(config_lib.ConfigError) as raised:
+    config_lib.validate(config)
+  assert str(raised.value) == (
+      "config.task.kind: 'multiple_choice' is not one of ('classification', 'regression', "
+      "'token_classification', 'relation_classification', 'question_answering', 'masked_lm')")
+
+
+def test_a_registered_kind_is_one_that_configs_can_name(monkeypatch):
+  """A new kind is a TaskKind subclass and one `register` line: validation accepts its name
+  and checks its metrics, and the core finds its object."""
+  monkeypatch.setattr(tasks, "_REGISTRY", dict(tasks._REGISTRY))  # undone after the test
+  monkeypatch.setattr(tasks, "KINDS", tasks.KINDS)
+
+  class Pairs(sequence.Classification):
+    name = "pairs"
+    metrics = ("accuracy",)
+
+  pairs = tasks.register(Pairs())
+  assert tasks.KINDS[-1] == "pairs"
+  config = glue.get_config("rte")
+  config.task.kind = "pairs"
+  config_lib.validate(config)
+  assert tasks.kind_of(config.task) is pairs
+  config.task.metrics = ("f1",)
+  with pytest.raises(config_lib.ConfigError, match=r"'f1' is not one of \('accuracy',\) for pairs"):
+    config_lib.validate(config)
+
+
+def test_no_module_outside_research_tasks_branches_on_the_task_kind():
+  """What differs between kinds lives in research/tasks/ (tune.py's and search_space.py's
+  `kind` is a search-space dimension's, not a task's)."""
+  branches = [f"{path.relative_to(RESEARCH.parent)}:{number}: {line.strip()}"
+              for path in sorted(RESEARCH.rglob("*.py"))
+              if path.relative_to(RESEARCH).parts[0] != "tasks"
+              and path.name not in ("tune.py", "search_space.py")
+              for number, line in enumerate(path.read_text().splitlines(), 1)
+              if re.search(r"kind ==|kind !=|kind in \(", line)]
+  assert branches == []
 
 
 def test_every_registered_task_has_a_valid_config():
-  for name in tasks.GLUE:
+  for name in named_tasks.GLUE:
     config = glue.get_config(name)
     config_lib.validate(config)
-    assert config.task.metrics == tasks.GLUE[name].metrics
+    assert config.task.metrics == named_tasks.GLUE[name].metrics
   for config in (conll2003.get_config(), chnsenticorp.get_config(),
                  semeval2010_task8.get_config(), semeval2010_task8.get_config("markers=0"),
                  semeval2010_task8.get_config("representation=cls"), squad.get_config(),

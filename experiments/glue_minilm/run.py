@@ -312,11 +312,11 @@ def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path,
   import datasets
   import numpy as np
   import transformers
-  from research import tasks
+  from research import named_tasks
   from research.data import input_pipeline as ip
   from research.models import hf_io
   config = task_config(task, seed, epochs)
-  spec = tasks.TASKS[task]
+  spec = named_tasks.TASKS[task]
   checkpoint = str(hf_io.embedded_checkpoint_dir())
   tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
   source = ip.resolve_source(config.data)
@@ -441,7 +441,7 @@ def _compare(values: dict, cells: dict, ours: str, reference: str, n_planned: in
 
 
 def report() -> str:
-  from research import tasks
+  from research import named_tasks
   records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
   lines = ["| task | metric | ours | ours 95% CI | Trainer, our batches | 95% CI | gap | p | "
            "ASO ε | **within target** | Trainer, own sampler | 95% CI | gap | p | ASO ε | "
@@ -449,7 +449,7 @@ def report() -> str:
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   csv = ["task,metric,split,system,n,mean,std,train_minutes"]
   for task in PLAN:
-    spec = tasks.TASKS[task]
+    spec = named_tasks.TASKS[task]
     for split, metric in [(split, metric) for split in spec.eval_splits
                           for metric in spec.metrics[:2]]:
       cells, values = {}, {}
@@ -499,7 +499,7 @@ def training_table(records: list[dict]) -> str:
   with Welch's p and ASO's epsilon_min against each main system) and the training loss late in
   training (the mean of the 50 steps up to the last step every run of the task logged), which
   varies far less from seed to seed."""
-  from research import tasks
+  from research import named_tasks
   systems = [s for s in DIAGNOSTICS if any(r["system"] == s for r in records)]
   lines = ["", "Training loss late in training, and the diagnostics, each changing one random "
            "stream of ours (see README.md):", "",
@@ -512,7 +512,7 @@ def training_table(records: list[dict]) -> str:
   for task in PLAN:
     if not any(r["task"] == task for r in records):
       continue
-    spec = tasks.TASKS[task]
+    spec = named_tasks.TASKS[task]
     split, metric = spec.eval_splits[0], spec.metrics[0]
     runs = {s: [r for r in records if r["task"] == task and r["system"] == s]
             for s in (*SYSTEMS, *systems)}

@@ -122,7 +122,8 @@ def run_reference(setting: str, seed: int) -> dict:
   import numpy as np
   import torch
   import transformers
-  from research import evaluation, squad
+  from research import squad
+  from research.tasks import question_answering
   from research.data import input_pipeline as ip
   from research.models import builder, hf_io
   from experiments.glue_minilm import run as glue  # its Trainer pieces
@@ -169,7 +170,7 @@ def run_reference(setting: str, seed: int) -> dict:
       output.predictions[..., 0], output.predictions[..., 1])
   logits = np.full(encoded.input_ids.shape + (2,), -1e4, np.float32)  # padded to max_length
   logits[:, :start.shape[1], 0], logits[:, :end.shape[1], 1] = start, end
-  predicted, _, null_odds = evaluation.answers(config.task, encoded, logits)
+  predicted, _, null_odds = question_answering.answers(config.task, encoded, logits)
   gold = {e["id"]: e["answers"] for e in encoded.examples}
   scores = squad.squad_scores(predicted, gold, null_odds or None,
                               threshold=config.task.null_score_diff_threshold)

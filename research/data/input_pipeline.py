@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator
 import datasets
 import numpy as np
 
-from research import tasks
+from research import named_tasks, tasks
 
 DATA_DIR_ENV = "RESEARCH_DATA_DIR"
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv",
@@ -109,7 +109,7 @@ def hub_reachable() -> bool:
 def _explicit_dataset(data_cfg) -> bool:
   """Whether `data.dataset` names a folder or dataset the user chose, rather than the hub
   dataset of the registered task `data.local_name` stands for (or nothing)."""
-  registered = {spec.local_name: spec.hub_dataset for spec in tasks.TASKS.values()}
+  registered = {spec.local_name: spec.hub_dataset for spec in named_tasks.TASKS.values()}
   stands_for = registered.get(data_cfg.local_name, data_cfg.dataset)
   return data_cfg.dataset not in ("", stands_for)
 
@@ -430,21 +430,22 @@ def _map_fingerprint(dataset: datasets.Dataset, tokenizer, *arguments) -> str:
 
 def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, where: str,
            labelled: bool = True) -> EncodedSplit:
-  """Tokenises a split with a batched `map` and packs it into matrices.
+  """Tokenises a split with a batched `map` and packs it into matrices: the encoder of the
+  task's kind (`TaskKind.encode`).
 
   Unlabelled data (`labelled=False`, for prediction) gets placeholder labels: class 0, score
   0, or tag 0 on every word.
   """
-  kind = task_cfg.kind
-  if kind == "masked_lm":
-    return encode_texts(dataset, tokenizer, task_cfg, max_length, where)
-  if kind == "relation_classification":
-    return encode_relations(dataset, tokenizer, task_cfg, max_length, where, labelled)
-  if kind == "question_answering":
-    return encode_questions(dataset, tokenizer, task_cfg, max_length, where, labelled)
+  return tasks.kind_of(task_cfg).encode(dataset, tokenizer, task_cfg, max_length, where,
+                                        labelled)
+
+
+def _encode_sequences(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int,
+                      where: str, labelled: bool, token_task: bool):
+  """The tokenising that classification, regression and token tasks share: (input_ids, token
+  types, lengths, each row's raw label, the tokenised rows, the rows)."""
   fields = tuple(task_cfg.text_fields)
   _check_fields(dataset, fields + ((task_cfg.label_field,) if labelled else ()), where)
-  token_task = kind == "token_classification"
   _check_texts(dataset, fields, token_task, where)
   if token_task:
     tokenizer = words_tokenizer(tokenizer)
@@ -480,13 +481,33 @@ def encode(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, wher
     input_ids[i, :lengths[i]] = ids[i]
     token_types[i, :lengths[i]] = types[i]
   raw_labels = list(encoded[task_cfg.label_field])
-  if kind == "classification":
-    return EncodedSplit(input_ids, token_types, lengths,
-                        _class_ids(raw_labels, tuple(task_cfg.label_names), where))
-  if kind == "regression":
-    return EncodedSplit(input_ids, token_types, lengths, _scores(raw_labels, where))
-  if kind != "token_classification":
-    raise DataError(f"task.kind {kind!r} is not one of {tasks.KINDS}")
+  return input_ids, token_types, lengths, raw_labels, encoded, dataset
+
+
+def encode_classes(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, where: str,
+                   labelled: bool = True) -> EncodedSplit:
+  """Classification: one text or a pair per row, its label a name or an id."""
+  input_ids, token_types, lengths, raw_labels, _, _ = _encode_sequences(
+      dataset, tokenizer, task_cfg, max_length, where, labelled, token_task=False)
+  return EncodedSplit(input_ids, token_types, lengths,
+                      _class_ids(raw_labels, tuple(task_cfg.label_names), where))
+
+
+def encode_scores(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, where: str,
+                  labelled: bool = True) -> EncodedSplit:
+  """Regression: one text or a pair per row, its label a finite number."""
+  input_ids, token_types, lengths, raw_labels, _, _ = _encode_sequences(
+      dataset, tokenizer, task_cfg, max_length, where, labelled, token_task=False)
+  return EncodedSplit(input_ids, token_types, lengths, _scores(raw_labels, where))
+
+
+def encode_tags(dataset: datasets.Dataset, tokenizer, task_cfg, max_length: int, where: str,
+                labelled: bool = True) -> EncodedSplit:
+  """Token classification: a list of words per row and a tag per word."""
+  input_ids, token_types, lengths, raw_labels, encoded, dataset = _encode_sequences(
+      dataset, tokenizer, task_cfg, max_length, where, labelled, token_task=True)
+  fields = tuple(task_cfg.text_fields)
+  n = len(input_ids)
   # Each word's tag sits on its first sub-word; every other position is IGNORE.
   labels = np.full((n, max_length), tasks.IGNORE, np.int32)
   word_index = np.full((n, max_length), -1, np.int32)
@@ -1228,49 +1249,27 @@ def holdout_indices(labels: list, size: int, stratify: bool) -> np.ndarray:
   return np.sort(np.concatenate([np.asarray(groups[k][:quota[k]], np.int64) for k in keys]))
 
 
-def _conll_fields(task_cfg) -> tuple[str, str] | None:
-  """The words and tags fields a token task reads a CoNLL file into; None for other tasks."""
-  if task_cfg.kind != "token_classification":
-    return None
-  return task_cfg.text_fields[0], task_cfg.label_field
-
-
 def _read_split(data_cfg, task_cfg, source: str, split: str) -> tuple[datasets.Dataset, str]:
   """The rows of `split` and how to name them in messages; with `data.validation_from_train`
   the train split loses the rows that make up the 'validation' split."""
   amount = data_cfg.get("validation_from_train", 0)
   train_split = data_cfg.get("train_split", "train")
-  conll = _conll_fields(task_cfg)
+  kind = tasks.kind_of(task_cfg)
+  conll = kind.conll_fields(task_cfg)
   if not amount or split not in (train_split, HOLDOUT_SPLIT):
     return load_split(source, data_cfg.subset, split, conll), f"{source} [{split}]"
   rows = load_split(source, data_cfg.subset, train_split, conll)
   # Stratified by label for classification; for the other kinds only the number of rows counts.
-  field = (task_cfg.text_fields[0] if task_cfg.kind == "masked_lm" else task_cfg.label_field)
+  field = kind.holdout_field(task_cfg)
   _check_fields(rows, (field,), f"{source} [{train_split}]")
   held = holdout_indices(rows[field], holdout_size(amount, len(rows)),
-                         stratify=task_cfg.kind == "classification")
+                         stratify=kind.stratify_holdout)
   if split == HOLDOUT_SPLIT:
     return rows.select(held), SplitRows(f"{source} [{train_split}, the rows held out for "
                                         f"{split}]", held)
   kept = np.setdiff1d(np.arange(len(rows)), held)
   return rows.select(kept), SplitRows(f"{source} [{train_split}, without the rows held out]",
                                       kept)
-
-
-def _check_scorable(task_cfg, split: EncodedSplit, where: str) -> None:
-  """A SQuAD 1.1 evaluation (`task.version_2_with_negative=False`) scores every question
-  against its answers, as the official script does: a question without one would score 0
-  against nothing, so a split that holds such questions is refused."""
-  if task_cfg.kind != "question_answering" or task_cfg.version_2_with_negative:
-    return
-  unanswerable = [e["id"] for e in split.examples if not e["answers"]]
-  if unanswerable:
-    shown = ", ".join(repr(i) for i in unanswerable[:3]) + (", ..." if len(unanswerable) > 3
-                                                            else "")
-    raise DataError(f"{where}: {len(unanswerable)} of the {len(split.examples)} questions have "
-                    f"no answer (ids {shown}); task.version_2_with_negative=False (SQuAD 1.1) "
-                    "would score each 0: set task.version_2_with_negative=True "
-                    "(configs/squad_v2.py) to score them as unanswerable, or leave them out")
 
 
 def _tag_rows(dataset: datasets.Dataset, task_cfg, where: str) -> Iterator[tuple[int, list]]:
@@ -1318,7 +1317,7 @@ def load_encoded(data_cfg, task_cfg, tokenizer, split: str, limit: int = 0) -> E
     dataset = dataset.select(range(min(limit, len(dataset))))
   encoded = encode(dataset, tokenizer, task_cfg, data_cfg.max_length, where)
   if split != data_cfg.get("train_split", "train"):
-    _check_scorable(task_cfg, encoded, where)
+    tasks.kind_of(task_cfg).check_scorable(task_cfg, encoded, where)
   truncated = int(np.sum(encoded.lengths >= data_cfg.max_length))
   logging.info("%s: %d examples, mean %.1f tokens, %d at max_length %d (%.1fs)", where,
                len(encoded), encoded.lengths.mean(), truncated, data_cfg.max_length,

@@ -25,7 +25,7 @@ from research.models import bert, hf_io
 
 @dataclasses.dataclass
 class ModelSetup:
-  model: Any                        # a Flax module from tasks.build_model
+  model: Any                        # a Flax module from TaskKind.build_model
   bert_config: bert.BertConfig
   hf_config: dict[str, Any]         # the source config.json, kept for export
   checkpoint_dir: pathlib.Path | None
@@ -61,19 +61,19 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
   hf_io.require_tokenizer(tokenizer_dir, "config.model.tokenizer" if mcfg.tokenizer
                          else "config.model.checkpoint")
   task = config.task
+  kind = tasks.kind_of(task)
   tokenizer = input_pipeline.load_tokenizer(tokenizer_dir)
-  markers = task.kind == "relation_classification" and tuple(task.entity_markers)
+  markers = kind.entity_markers(task)
   if markers:  # new tokens: the embedding matrix grows to hold them (hf_io.grow_vocabulary)
     ids = input_pipeline.add_entity_markers(tokenizer, markers)
     bert_config = dataclasses.replace(
         bert_config, vocab_size=max(bert_config.vocab_size, max(ids) + 1))
     hf_config["vocab_size"] = bert_config.vocab_size
-  model = tasks.build_model(task.kind, bert_config,
-                            tasks.num_outputs(task.kind, tuple(task.label_names)),
-                            dtype=jnp.dtype(mcfg.dtype), param_dtype=jnp.dtype(mcfg.param_dtype),
-                            classifier_dropout=mcfg.classifier_dropout,
-                            representation=task.get("representation", "cls"),
-                            start_offset=1 if markers else 0)
+  model = kind.build_model(bert_config, kind.num_outputs(tuple(task.label_names)),
+                           dtype=jnp.dtype(mcfg.dtype), param_dtype=jnp.dtype(mcfg.param_dtype),
+                           classifier_dropout=mcfg.classifier_dropout,
+                           representation=task.get("representation", "cls"),
+                           start_offset=1 if markers else 0)
   return ModelSetup(model, bert_config, hf_config, checkpoint_dir, tokenizer_dir, tokenizer)
 
 
