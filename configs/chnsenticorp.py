@@ -15,13 +15,13 @@ Results: experiments/glue_minilm/results.md.
 """
 
 from configs import default
-from research import config_lib, named_tasks
+from research import config_base, named_tasks
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, quick=False)
+  arg = config_base.parse_arg(arg, quick=False)
   c = default.get_config()
-  config_lib.set_task(c, named_tasks.TASKS["chnsenticorp"])
+  config_base.set_task(c, named_tasks.TASKS["chnsenticorp"])
   c.data.max_length = 256  # reviews are long: 30% exceed 126 characters, 5% exceed 254
   c.data.length_buckets = (32, 64, 96, 128, 192, 256)
   if arg.quick:

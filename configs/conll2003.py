@@ -13,13 +13,13 @@ Results: experiments/glue_minilm/results.md.
 """
 
 from configs import default
-from research import config_lib, named_tasks
+from research import config_base, named_tasks
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, quick=False)
+  arg = config_base.parse_arg(arg, quick=False)
   c = default.get_config()
-  config_lib.set_task(c, named_tasks.TASKS["conll2003"])
+  config_base.set_task(c, named_tasks.TASKS["conll2003"])
   c.data.length_buckets = (16, 24, 32, 48, 64, 96, 128)
   if arg.quick:
     c.data.train_examples = 2000

@@ -8,8 +8,7 @@ not exist (a typo) raises at once, naming the nearest existing field. A config f
 
 from ml_collections import config_dict
 
-from research.config_lib import Config
-from research.models.bert import BertConfig
+from research.config_base import Config
 
 
 def get_config():
@@ -23,7 +22,14 @@ def get_config():
   # xlm-roberta-base, google/electra-base-discriminator.
   c.model.checkpoint = "embedded"
   c.model.tokenizer = ""  # '' = the checkpoint's own; needed for random init
-  c.model.architecture = Config(BertConfig().to_dict())  # BERT-base shapes
+  # BERT-base shapes (= research.models.bert.BertConfig's defaults; a test checks): the model of
+  # random init, else read from the checkpoint.
+  c.model.architecture = Config({
+      "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
+      "num_attention_heads": 12, "intermediate_size": 3072, "hidden_act": "gelu",
+      "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+      "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+      "pad_token_id": 0, "initializer_range": 0.02, "model_type": "bert"})
   c.model.hidden_dropout_prob = config_dict.placeholder(float)  # None: the checkpoint's
   c.model.attention_probs_dropout_prob = config_dict.placeholder(float)  # None: the checkpoint's
   c.model.classifier_dropout = config_dict.placeholder(float)  # None: hidden_dropout_prob

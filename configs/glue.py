@@ -28,16 +28,16 @@ decay from none to twice the recipe's):
 """
 
 from configs import default
-from research import config_lib, named_tasks
+from research import config_base, named_tasks
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, task="", quick=False)
+  arg = config_base.parse_arg(arg, task="", quick=False)
   if arg.task not in named_tasks.GLUE:
-    raise config_lib.ConfigError(f"configs/glue.py needs a task: glue.py:<task> with <task> "
+    raise config_base.ConfigError(f"configs/glue.py needs a task: glue.py:<task> with <task> "
                                  f"one of {sorted(named_tasks.GLUE)} (got {arg.task!r})")
   c = default.get_config()
-  config_lib.set_task(c, named_tasks.GLUE[arg.task])
+  config_base.set_task(c, named_tasks.GLUE[arg.task])
   if arg.task == "sst2":  # most SST-2 training phrases are a few words long
     c.data.length_buckets = (8, 16, 24, 32, 48, 64, 96, 128)
   if arg.quick:  # a slice, for a first look in minutes

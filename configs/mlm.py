@@ -33,11 +33,11 @@ initialised (the log says so) and is exported with the encoder as BertForMaskedL
 """
 
 from configs import default
-from research import config_lib, named_tasks
+from research import config_base, named_tasks
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, task="sst2", dataset="", text_field="text", whole_word=False,
+  arg = config_base.parse_arg(arg, task="sst2", dataset="", text_field="text", whole_word=False,
                              group=False, stream=False, steps=0, quick=False)
   c = default.get_config()
   if arg.dataset:
@@ -46,9 +46,9 @@ def get_config(arg=None):
     c.data.validation_from_train = 0.05
   else:
     if arg.task not in named_tasks.TASKS:
-      raise config_lib.ConfigError(f"configs/mlm.py: task={arg.task!r} is not a registered task "
+      raise config_base.ConfigError(f"configs/mlm.py: task={arg.task!r} is not a registered task "
                                    f"({sorted(named_tasks.TASKS)}); or give dataset=PATH")
-    config_lib.set_task(c, named_tasks.TASKS[arg.task])
+    config_base.set_task(c, named_tasks.TASKS[arg.task])
     c.data.eval_splits = c.data.eval_splits[:1]
   c.task.kind = "masked_lm"
   c.task.label_names = ()

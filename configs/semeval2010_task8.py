@@ -21,13 +21,13 @@ Results: experiments/relation_extraction/results.md.
 """
 
 from configs import default
-from research import config_lib, named_tasks
+from research import config_base, named_tasks
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, representation="entity_start", markers=True, quick=False)
+  arg = config_base.parse_arg(arg, representation="entity_start", markers=True, quick=False)
   c = default.get_config()
-  config_lib.set_task(c, named_tasks.TASKS["semeval2010_task8"])
+  config_base.set_task(c, named_tasks.TASKS["semeval2010_task8"])
   c.task.representation = arg.representation
   if not arg.markers:
     c.task.entity_markers = ()

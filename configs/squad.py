@@ -13,13 +13,13 @@ and null-odds files are written beside each eval/<split>_step<N>.json.
 """
 
 from configs import default
-from research import config_lib, named_tasks
+from research import config_base, named_tasks
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, v2=False, quick=False)
+  arg = config_base.parse_arg(arg, v2=False, quick=False)
   c = default.get_config()
-  config_lib.set_task(c, named_tasks.TASKS["squad_v2" if arg.v2 else "squad"])
+  config_base.set_task(c, named_tasks.TASKS["squad_v2" if arg.v2 else "squad"])
   c.task.version_2_with_negative = arg.v2
   c.data.max_length = 384
   c.data.length_buckets = (128, 192, 256, 384)

@@ -11,11 +11,11 @@ Dev accuracy and wall time of both: README.md, Results (measured, with the machi
 """
 
 from configs import glue
-from research import config_lib
+from research import config_base
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, quick=False)
+  arg = config_base.parse_arg(arg, quick=False)
   c = glue.get_config("sst2")
   if arg.quick:  # a slice: minutes on 2 CPU cores
     c.data.train_examples = 8000

@@ -1,4 +1,4 @@
-"""Config helpers: big_vision-style config arguments, validation, and the resume check."""
+"""Config validation and the resume check (what config files build with: `config_base`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 
 import ml_collections
 
-from research import named_tasks, peft, tasks
+from configs import default as default_config
+from research import peft, tasks
+from research.config_base import ConfigError
 from research.models import bert
 from research.parallel import BACKENDS
 
@@ -15,46 +17,6 @@ DTYPES = ("float32", "bfloat16")
 # Fields that do not change what a run computes: a resumed run may change them.
 RESUMABLE_CHANGES = ("log.every_steps", "checkpoint.keep", "checkpoint.every_seconds",
                      "eval.batch_size", "log.wandb_project", "train.max_skipped_fraction")
-
-
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the field."""
-
-
-class Config(ml_collections.ConfigDict):
-  """The ConfigDict of configs/default.py: a string given for a tuple of strings (say
-  `task.text_fields = "question"`) is that one-element tuple, where ml_collections' type check
-  would refuse it with "cannot be casted to type tuple"."""
-
-  def __setitem__(self, key, value):
-    current = self._fields.get(key) if isinstance(key, str) else None
-    if (isinstance(value, str) and isinstance(current, tuple)
-        and all(isinstance(item, str) for item in current)):
-      value = (value,)
-    super().__setitem__(key, value)
-
-
-def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
-  """'mrpc,quick,seeds=3' -> {task: 'mrpc', quick: True, seeds: 3}, typed like `defaults`
-  (big_vision's `parse_arg`). A bare name sets a bool; the first item may also be the value of
-  the first argument (`glue.py:mrpc`); unknown names are an error."""
-  values = dict(defaults)
-  first = next(iter(defaults), None)
-  for position, item in enumerate(filter(None, (arg or "").split(","))):
-    name, _, raw = item.partition("=")
-    if (position == 0 and not raw and name not in defaults
-        and isinstance(defaults.get(first), str)):
-      name, raw = first, item
-    if name not in defaults:
-      raise ConfigError(f"unknown config argument {name!r}; known: {sorted(defaults)}")
-    default = defaults[name]
-    if isinstance(default, bool):
-      values[name] = raw.lower() not in ("0", "false", "no") if raw else True
-    elif not raw:
-      raise ConfigError(f"config argument {name!r} needs a value ({name}=...)")
-    else:
-      values[name] = type(default)(raw) if default is not None else raw
-  return ml_collections.ConfigDict(values)
 
 
 def _check(condition: bool, field: str, message: str):
@@ -173,12 +135,11 @@ def resume_conflicts(saved: dict[str, Any], config: ml_collections.ConfigDict) -
   """Fields whose value differs from the run saved in the workdir, as 'field: old -> new'."""
   old = flatten(saved)
   new = flatten(json.loads(to_json(config)))
-  # With a checkpoint, model.architecture is read from it (research.models.builder.with_checkpoint_architecture),
+  # With a checkpoint, model.architecture is read from it (builder.with_checkpoint_architecture),
   # so a checkpoint folder whose config.json changed since (an activation, a size) differs.
   # Runs written before it was read saved the default shapes: for them the name alone counts.
   # A field added to the code since the run started is no difference while it has its default.
-  from configs import default
-  defaults = flatten(json.loads(to_json(default.get_config())))
+  defaults = flatten(json.loads(to_json(default_config.get_config())))
   derived = "model.architecture."
   legacy = bool(config.model.checkpoint) and all(
       old[k] == defaults.get(k) for k in old if k.startswith(derived))
@@ -187,18 +148,3 @@ def resume_conflicts(saved: dict[str, Any], config: ml_collections.ConfigDict) -
           if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
           and not (legacy and k.startswith(derived))
           and not (k not in old and k in defaults and new.get(k) == defaults[k])]
-
-
-
-def set_task(config: ml_collections.ConfigDict, spec: named_tasks.TaskSpec) -> None:
-  """Points `config.task`, `config.data` and `config.eval` at a registered task."""
-  config.task.kind = spec.kind
-  config.task.text_fields = spec.text_fields
-  config.task.label_field = spec.label_field
-  config.task.label_names = spec.label_names
-  config.task.metrics = spec.metrics
-  config.data.dataset = spec.hub_dataset
-  config.data.subset = spec.hub_subset or ""
-  config.data.local_name = spec.local_name or ""
-  config.data.eval_splits = spec.eval_splits
-  config.eval.best_metric = spec.metrics[0]

@@ -14,11 +14,11 @@ experiments/peft/README.md.
 """
 
 from configs import glue
-from research import config_lib
+from research import config_base
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, task="sst2")
+  arg = config_base.parse_arg(arg, task="sst2")
   c = glue.get_config(arg.task)
   if arg.task == "sst2":
     c.data.train_examples = 8000
