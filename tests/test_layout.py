@@ -7,6 +7,14 @@ import sys
 from conftest import REPO
 
 
+def _fresh_python(code: str) -> str:
+  """What `code` prints in a new interpreter at the repository's root."""
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result.stdout.strip()
+
+
 def test_the_library_never_imports_torch():
   """torch is the reference of the tests and the benchmark (benchmarks/), not the library's:
   importing every module of research/ loads neither torch nor transformers, and no module
@@ -18,11 +26,8 @@ def test_the_library_never_imports_torch():
           "for name in names:\n"
           "  importlib.import_module(name)\n"
           "print(len(names), sorted({'torch', 'transformers'} & set(sys.modules)))\n")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
-  count, loaded = result.stdout.split(" ", 1)
-  assert int(count) > 20 and loaded.strip() == "[]"
+  count, loaded = _fresh_python(code).split(" ", 1)
+  assert int(count) > 20 and loaded == "[]"
   importers = []
   for path in sorted((REPO / "research").rglob("*.py")):
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -44,10 +49,7 @@ def test_config_files_load_without_jax():
           "[default.get_config()] + [m.get_config(a) for m, a in ((glue, 'rte'), (mlm, None),"
           " (squad, 'v2'), (semeval2010_task8, None))]\n"
           "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'flax', 'optax'}))\n")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert result.stdout.strip() == "[]"
+  assert _fresh_python(code) == "[]"
   from configs import default
   from research.models import bert
   assert default.get_config().model.architecture.to_dict() == bert.BertConfig().to_dict()
