@@ -17,10 +17,11 @@ import sklearn.metrics
 import torch
 import transformers
 
-from conftest import require_data
+from conftest import REPO, require_data
 from helpers import assert_rescored, tiny_config
 from research import config_lib, inference, tasks, train
 from research.data import input_pipeline
+from research.models import hf_io
 from research.tasks.sequence import Classification
 
 
@@ -139,3 +140,26 @@ def test_a_kind_defined_in_one_class_trains_evaluates_predicts_and_exports(half_
     assert row["sentence"] == text
     assert row["label"] == HalfOrder.labels[probabilities.argmax()]
     np.testing.assert_allclose(list(row["probabilities"].values()), probabilities, atol=2e-6)
+
+
+def test_the_readme_shows_this_kind(half_order):
+  """README.md's trimmed copy of the kind runs, and encodes as the one above."""
+  readme = (REPO / "README.md").read_text().split("### A new task kind is one module")[1]
+  code = readme.split("```python\n")[1].split("```")[0]
+  registered = []
+  namespace = {"Classification": Classification, "datasets": datasets, "halve": halve,
+               "register": registered.append}
+  exec(code, namespace)  # pylint: disable=exec-used
+  assert [type(kind).__name__ for kind in registered] == ["HalfOrder"]
+  config = tiny_config(**{"task.kind": "half_order", "task.label_names": HalfOrder.labels})
+  tokenizer = transformers.AutoTokenizer.from_pretrained(hf_io.embedded_checkpoint_dir())
+  rows = datasets.Dataset.from_dict({"sentence": ["a gorgeous , witty film", "so bad", "yes"]})
+  for labelled in (True, False):
+    ours, theirs = (kind.encode(rows, tokenizer, config.task, 16, "three texts", labelled)
+                    for kind in (half_order, registered[0]))
+    for field in ("input_ids", "token_type_ids", "lengths", "labels"):
+      np.testing.assert_array_equal(getattr(ours, field), getattr(theirs, field))
+  assert registered[0].holdout_field(config.task) == "sentence"
+  checks = []
+  registered[0].validate(config.task, config, lambda *args: checks.append(args))
+  assert checks == [(True, "task.label_names", "must be ('in_order', 'swapped')")]
