@@ -114,6 +114,9 @@ def test_a_kind_defined_in_one_class_trains_evaluates_predicts_and_exports(half_
   assert final["f1"] == pytest.approx(sklearn.metrics.f1_score(split.labels, predicted))
   assert final["matthews_corr"] == pytest.approx(
       sklearn.metrics.matthews_corrcoef(split.labels, predicted))
+  evaluated = json.loads((workdir / "eval" / "validation_step2.json").read_text())
+  assert evaluated["metrics"] == final
+  assert evaluated["report"]["swapped"]["support"] == 25  # the kind's labels, per class
   saved = json.loads((workdir / "eval" / "validation_step2_per_example.json").read_text())
   assert saved["gold"] == split.labels.tolist() and saved["prediction"] == predicted.tolist()
   assert assert_rescored(workdir) == ["accuracy", "f1", "matthews_corr", "macro_f1"]
