@@ -133,11 +133,6 @@ def experiment_script(relative_path: str):
   return sys.modules[name]
 
 
-def glue_runner():
-  """experiments/glue_minilm/run.py as a module."""
-  return experiment_script("experiments/glue_minilm/run.py")
-
-
 def get_config(arg=None):
   """`--config tests/helpers.py`: the tiny config on the command line (multi-process tests)."""
   del arg

@@ -120,3 +120,45 @@ def test_question_answering_over_two_seeds(tmp_path, monkeypatch):
   ours, reference = ([100 * v for v in values] for values in f1.values())
   assert header[4:8] == ["Welch p", "ours 95% CI", "reference_our_order 95% CI", "ASO ε"]
   assert row[4:7] == [_welch_p(ours, reference), _interval(ours), _interval(reference)]
+
+
+def test_result_files_carry_the_code_and_reports_name_its_commit(tmp_path, monkeypatch):
+  """A result file written by experiments/scaffold.py carries its run's code block: run.json's
+  (commit, dirty, versions) for a run of ours, run_record's for this process (the Trainer's);
+  the report names each commit with its runs, and says when a file has none."""
+  from experiments import scaffold
+  from research import run_record
+  relations = experiment_script("experiments/relation_extraction/run.py")
+  results, workdir = tmp_path / "results", tmp_path / "run"
+  monkeypatch.setattr(relations, "RESULTS", results)
+  workdir.mkdir()
+  code = {"commit": "a1b2c3d" + "0" * 33, "dirty": True, "diff_sha256": "ff00"}
+  resumed = {"commit": "e4f5a6b" + "0" * 33, "dirty": False}
+  versions = {"python": "3.x", "jax": "0.x"}
+  (workdir / "run.json").write_text(json.dumps(
+      {"code": code, "packages": versions,
+       "sessions": [{"code": code}, {"code": resumed}]}))
+  scores = {"relation_f1": 0.84, "accuracy": 0.8}
+  for seed in (0, 1):
+    written = scaffold.write_result(
+        results / f"entity_start__seed{seed}.json",
+        {"setting": "entity_start", "seed": seed, "test": scores, "final_test": scores,
+         "validation": scores, "validation_curve": [], "train_seconds": 1.0}, workdir)
+  assert json.loads((results / "entity_start__seed1.json").read_text()) == written
+  assert written["code"] == {**code, "versions": versions, "source": "run.json",
+                             "session_commits": [code["commit"], resumed["commit"]]}
+  trainer = scaffold.write_result(results / "reference_entity_start__seed0.json",
+                                  {"setting": "reference_entity_start", "seed": 0,
+                                   "train_seconds": 1.0, "final_test": scores})["code"]
+  here = run_record.code_version()
+  assert trainer == {"commit": here["commit"], "dirty": here["dirty"],
+                     "diff_sha256": here["diff_sha256"],
+                     "versions": run_record.package_versions(), "source": "this process"}
+  _write(results, "cls_no_markers__seed0.json",  # a file from before the code block
+         {"setting": "cls_no_markers", "seed": 0, "test": scores, "final_test": scores,
+          "validation": scores, "validation_curve": [], "train_seconds": 1.0})
+  trainer_commit = here["commit"][:7] + ("+dirty" if here["dirty"] else "")
+  assert ("\nCode: runs at a1b2c3d+dirty (entity_start__seed0-1); "
+          f"{trainer_commit} (reference_entity_start__seed0). Commit not recorded".lower()
+          in relations.report().lower())
+  assert "not yet committed: cls_no_markers__seed0." in relations.report()

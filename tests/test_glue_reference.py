@@ -20,7 +20,8 @@ import pytest
 import sklearn.metrics
 
 from conftest import REPO, require_data
-from helpers import glue_runner, tiny_config, train_losses
+from experiments import reference
+from helpers import tiny_config, train_losses
 from research import train
 from research.data import input_pipeline
 
@@ -63,7 +64,7 @@ def half_epoch_losses(tmp_path_factory):
 def test_diagnostic_options_change_training(half_epoch_losses, tmp_path, option):
   """The runner's diagnostics are config options (threefry dropout masks; the Trainer's batch
   order, registered by the runner), never patches of the library: each changes every step."""
-  glue_runner().register_trainer_order()
+  reference.register_trainer_order()
   train.train_and_evaluate(tiny_config(**{"train.num_epochs": 0.5}, **option),
                            tmp_path / "diagnostic")
   ours, diagnostic = half_epoch_losses, train_losses(tmp_path / "diagnostic")
@@ -83,7 +84,7 @@ def test_trainer_order_walks_each_mega_batch_from_longest_to_shortest():
   batches = input_pipeline.TrainBatches(Lengths(lengths), batch_size=8, accum_steps=1, seed=0,
                                         buckets=(128,), group_by_length=50)
   shuffled = batches.epoch_order(0).copy()
-  glue_runner().register_trainer_order()
+  reference.register_trainer_order()
   order = input_pipeline.TrainBatches(Lengths(lengths), batch_size=8, accum_steps=1, seed=0,
                                       buckets=(128,), group_by_length=50,
                                       order="hf_trainer").epoch_order(0)

@@ -3,7 +3,7 @@
 test_model.py shows the forward passes agree. This covers the rest of training: the loss and its
 mean, the backward pass, clipping, AdamW with its weight-decay mask, the warm-up and decay of the
 learning rate, and the number of steps an epoch count gives. The Trainer gets the arguments the
-glue_minilm reference uses (experiments/glue_minilm/run.py), our batches in our order, and our
+glue_minilm reference uses (experiments/reference.py), our batches in our order, and our
 initial head; both then train a tiny BERT for two epochs and must end with the same weights,
 and the embedded MiniLM for 20 steps of real STS-B (regression) with the same losses.
 With dropout on they differ by their random streams: dropout masks, and the order of batches,
@@ -19,8 +19,9 @@ import torch
 import transformers
 
 from conftest import require_data
-from helpers import assert_rescored, glue_runner, tiny_checkpoint, train_rows
+from helpers import assert_rescored, tiny_checkpoint, train_rows
 from configs import glue
+from experiments import reference
 from research import inference, train
 from research.data import input_pipeline
 from research.models import builder, hf_io
@@ -61,26 +62,25 @@ def _train_reference(c, model_setup, initial, workdir, epochs):
   """The Trainer on our `epochs` epochs of batches, in our order, as one epoch of its own (as
   the runner's reference_our_order system), from our initial head. Returns its per-step logs
   and losses and its final state dict."""
-  runner = glue_runner()
   tokenizer = input_pipeline.load_tokenizer(model_setup.tokenizer_dir)
-  order = runner.our_train_order(c, epochs)
+  order = reference.our_train_order(c, epochs)
   rows = input_pipeline.load_split(input_pipeline.resolve_source(c.data), c.data.subset,
                                    c.data.train_split).select(order.tolist())
-  encoded, _ = runner.trainer_inputs(c.task, tokenizer, c.data.max_length, rows)
-  model = runner.reference_model(c.task, str(model_setup.checkpoint_dir),
+  encoded, _ = reference.trainer_inputs(c.task, tokenizer, c.data.max_length, rows)
+  model = reference.reference_model(c.task, str(model_setup.checkpoint_dir),
                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
   with torch.no_grad():  # our head's initialisation
     model.classifier.weight.copy_(torch.tensor(np.array(initial["classifier"]["kernel"]).T))
     model.classifier.bias.copy_(torch.tensor(np.array(initial["classifier"]["bias"])))
   losses = []
 
-  class InOrder(runner.in_order_trainer()):
+  class InOrder(reference.in_order_trainer()):
     def compute_loss(self, model, inputs, *args, **kwargs):
       loss = super().compute_loss(model, inputs, *args, **kwargs)
       losses.append(float((loss[0] if isinstance(loss, tuple) else loss).detach()))
       return loss
 
-  args = runner.reference_training_args(c, c.seed, 1.0, workdir, logging_steps=1,
+  args = reference.reference_training_args(c, c.seed, 1.0, workdir, logging_steps=1,
                                         save_strategy="no")
   trainer = InOrder(model=model, args=args, train_dataset=datasets.Dataset.from_dict(
       dict(encoded)), data_collator=transformers.DataCollatorWithPadding(tokenizer),

@@ -38,7 +38,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments import seed_stats  # noqa: E402
+from experiments import reference, scaffold, seed_stats  # noqa: E402
 from research import report as report_lib  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -113,198 +113,14 @@ def run_ours(task: str, seed: int, epochs: float, workdir: pathlib.Path,
   if diagnostic == "ours_flax_dropout":
     config.model.dropout_impl = "threefry"
   elif diagnostic == "ours_trainer_order":
-    register_trainer_order()
+    reference.register_trainer_order()
     config.data.batch_order = "hf_trainer"
   summary = train.train_and_evaluate(config, workdir)
   return {"metrics": summary["final"]["results"],
           "train_seconds": summary["train"]["train_seconds"]}
 
 
-def register_trainer_order():
-  """`data.batch_order = "hf_trainer"`: each epoch's examples in the order the Trainer's
-  length-grouped sampler would visit them (`get_length_grouped_indices`: mega-batches of up to
-  50 batches, each sorted from longest to shortest, the longest example first), its torch
-  generator seeded from the epoch's generator; the library drops the last incomplete batch."""
-  import numpy as np
-  import torch
-  from transformers.trainer_pt_utils import get_length_grouped_indices
-  from research.data import input_pipeline as ip
-
-  def hf_trainer_order(lengths, batch_size, rng):
-    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    return np.asarray(get_length_grouped_indices(lengths.tolist(), batch_size,
-                                                 generator=generator))
-
-  ip.register_batch_order("hf_trainer", hf_trainer_order)
-
-
-def our_train_order(config, epochs: int):
-  """The training example indices ours visits, batch after batch, over `epochs` epochs."""
-  import numpy as np
-  from research import train
-  from research.data import input_pipeline as ip
-  from research.models import builder
-  tokenizer = builder.build_model(config).tokenizer
-  split = ip.load_encoded(config.data, config.task, tokenizer, config.data.train_split,
-                          config.data.train_examples)
-  batches = train.train_batches(config, split)
-  return np.concatenate([batches.epoch_order(e).reshape(-1) for e in range(epochs)])
-
-
-def in_order_trainer():
-  """A Trainer class that takes its training rows in the dataset's order: given the rows of
-  `our_train_order` as one epoch, it sees our batches in our order."""
-  import torch
-  import transformers
-
-  class InOrderTrainer(transformers.Trainer):
-
-    def _get_train_sampler(self, train_dataset=None):
-      return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
-
-  return InOrderTrainer
-
-
 # ---- the reference: transformers' Trainer ---------------------------------------------------
-
-
-def _label_id(names: list[str], value) -> int:
-  """A label as the data holds it (its name, or already an id) as an id."""
-  return names.index(value) if isinstance(value, str) else int(value)
-
-
-def _reference_metrics(spec, rows, logits, word_index) -> dict[str, float]:
-  """Official metrics by scikit-learn / scipy / seqeval on the reference's outputs."""
-  import numpy as np
-  import scipy.stats
-  import sklearn.metrics
-  if spec.kind == "regression":
-    gold = np.asarray(rows[spec.label_field], np.float64)
-    predicted = logits[:, 0]
-    return {"pearson": scipy.stats.pearsonr(gold, predicted)[0],
-            "spearman": scipy.stats.spearmanr(gold, predicted)[0]}
-  names = list(spec.label_names)
-  if spec.kind == "token_classification":
-    import seqeval.metrics
-    gold, guess = [], []
-    for i, tags in enumerate(rows[spec.label_field]):
-      words = ["O"] * len(tags)  # words past max_length are predicted O
-      for position, word in enumerate(word_index[i]):
-        if word is not None and position < logits.shape[1]:
-          words[word] = names[int(logits[i, position].argmax())]
-      gold.append([names[_label_id(names, t)] for t in tags])
-      guess.append(words)
-    return {"entity_f1": seqeval.metrics.f1_score(gold, guess),
-            "entity_precision": seqeval.metrics.precision_score(gold, guess),
-            "entity_recall": seqeval.metrics.recall_score(gold, guess),
-            "accuracy": seqeval.metrics.accuracy_score(gold, guess)}
-  gold = np.array([_label_id(names, v) for v in rows[spec.label_field]])
-  predicted = logits.argmax(-1)
-  out = {"accuracy": sklearn.metrics.accuracy_score(gold, predicted)}
-  if "f1" in spec.metrics:
-    out["f1"] = sklearn.metrics.f1_score(gold, predicted)
-  if "matthews_corr" in spec.metrics:
-    out["matthews_corr"] = sklearn.metrics.matthews_corrcoef(gold, predicted)
-  return out
-
-
-def train_in_our_order(model, config, seed: int, workdir: pathlib.Path, train_set, collate):
-  """The Trainer on `train_set`, rows already in our batch order for every epoch (one Trainer
-  epoch), with `collate`; returns (trainer, clock) after training, the trainer set to predict
-  every row in dataset order (the runners of relation_extraction and question_answering)."""
-  args = reference_training_args(config, seed, 1.0, workdir, save_steps=10_000,
-                                 remove_unused_columns=False)
-  clock = _train_clock(workdir / "train_seconds.json")
-  trainer = in_order_trainer()(model=model, args=args, train_dataset=train_set,
-                               data_collator=collate, callbacks=[clock])
-  trainer.train()
-  trainer.args.dataloader_drop_last = False
-  trainer.args.train_sampling_strategy = "random"
-  return trainer, clock
-
-
-def _train_clock(path: pathlib.Path):
-  """A Trainer callback that counts training seconds across interruptions, as ours does: the
-  time so far is saved next to every checkpoint and a resumed run adds to it."""
-  import transformers
-
-  class TrainClock(transformers.TrainerCallback):
-
-    def __init__(self):
-      self.before = json.loads(path.read_text()) if path.exists() else 0.0
-      self.start = time.perf_counter()
-
-    def seconds(self) -> float:
-      return self.before + time.perf_counter() - self.start
-
-    def on_train_begin(self, args, state, control, **kwargs):
-      self.start = time.perf_counter()
-
-    def on_save(self, args, state, control, **kwargs):
-      path.write_text(json.dumps(self.seconds()))
-
-  return TrainClock()
-
-
-def reference_training_args(config, seed: int, epochs: float, workdir: pathlib.Path,
-                            **overrides):
-  """The Trainer's arguments for the recipe of `config` (tests/test_reference_training.py
-  checks that ours trains step for step like a Trainer given these)."""
-  import transformers
-  opt = config.optimizer
-  args = dict(
-      output_dir=str(workdir), per_device_train_batch_size=config.train.batch_size,
-      per_device_eval_batch_size=config.eval.batch_size, learning_rate=opt.learning_rate,
-      num_train_epochs=epochs, warmup_steps=opt.warmup_ratio, weight_decay=opt.weight_decay,
-      adam_beta1=opt.b1, adam_beta2=opt.b2, adam_epsilon=opt.eps,
-      max_grad_norm=opt.grad_clip_norm, lr_scheduler_type="linear", optim="adamw_torch",
-      seed=seed, data_seed=seed, train_sampling_strategy="group_by_length",
-      dataloader_drop_last=True, save_strategy="steps",
-      save_steps=config.checkpoint.every_steps, save_total_limit=1,
-      eval_strategy="no", logging_steps=50, report_to="none", use_cpu=True,
-      disable_tqdm=True)
-  return transformers.TrainingArguments(**{**args, **overrides})
-
-
-def trainer_inputs(spec, tokenizer, max_length: int, rows):
-  """`rows` of a task (`spec`: a TaskSpec or a config's `task`) as the Trainer's inputs, labels
-  as ids. Returns them and, for token tasks, each token's word where it is the word's first
-  sub-word (None elsewhere), to map predictions back to words."""
-  token_task = spec.kind == "token_classification"
-  names = list(spec.label_names)
-  enc = tokenizer(*[list(rows[f]) for f in spec.text_fields], truncation=True,
-                  max_length=max_length, is_split_into_words=token_task)
-  if token_task:  # the first sub-word of each word carries its tag, the rest -100
-    labels, words = [], []
-    for i, tags in enumerate(rows[spec.label_field]):
-      ids, seen, row = enc.word_ids(i), set(), []
-      for word in ids:
-        tag = tags[word] if word is not None and word not in seen else None
-        row.append(-100 if tag is None else _label_id(names, tag))
-        if word is not None:
-          seen.add(word)
-      labels.append(row)
-      words.append([w if w is not None and ids.index(w) == p else None
-                    for p, w in enumerate(ids)])
-    enc["labels"] = labels
-    return enc, words
-  values = list(rows[spec.label_field])
-  enc["labels"] = ([float(v) for v in values] if spec.kind == "regression"
-                   else [_label_id(names, v) for v in values])
-  return enc, None
-
-
-def reference_model(spec, checkpoint: str, **overrides):
-  """transformers' model for the task from `checkpoint`, with a new head; `overrides` go to
-  its config (e.g. dropout)."""
-  import transformers
-  if spec.kind == "token_classification":
-    return transformers.AutoModelForTokenClassification.from_pretrained(
-        checkpoint, num_labels=len(spec.label_names), **overrides)
-  regression = spec.kind == "regression"
-  return transformers.AutoModelForSequenceClassification.from_pretrained(
-      checkpoint, num_labels=1 if regression else len(spec.label_names),
-      problem_type="regression" if regression else "single_label_classification", **overrides)
 
 
 def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path,
@@ -321,22 +137,23 @@ def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path,
   tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
   source = ip.resolve_source(config.data)
   token_task = spec.kind == "token_classification"
-  encode = lambda rows: trainer_inputs(spec, tokenizer, config.data.max_length, rows)  # noqa: E731
+  max_length = config.data.max_length
+  encode = lambda rows: reference.trainer_inputs(spec, tokenizer, max_length, rows)  # noqa: E731
   train_rows = ip.load_split(source, config.data.subset, config.data.train_split)
   if SMOKE_EXAMPLES:
     train_rows = train_rows.select(range(SMOKE_EXAMPLES))
   trainer_class, trainer_epochs = transformers.Trainer, epochs
   if our_order:  # all our epochs' batches, in order, as one epoch of the Trainer's
-    train_rows = train_rows.select(our_train_order(config, int(epochs)).tolist())
-    trainer_class, trainer_epochs = in_order_trainer(), 1.0
+    train_rows = train_rows.select(reference.our_train_order(config, int(epochs)).tolist())
+    trainer_class, trainer_epochs = reference.in_order_trainer(), 1.0
   train_enc, _ = encode(train_rows)
   train_set = datasets.Dataset.from_dict(dict(train_enc))
   transformers.set_seed(seed)  # the new head's initialisation, as run_glue.py seeds it
-  model = reference_model(spec, checkpoint)
+  model = reference.reference_model(spec, checkpoint)
   collator = (transformers.DataCollatorForTokenClassification(tokenizer) if token_task
               else transformers.DataCollatorWithPadding(tokenizer))
-  args = reference_training_args(config, seed, trainer_epochs, workdir)
-  clock = _train_clock(workdir / "train_seconds.json")
+  args = reference.reference_training_args(config, seed, trainer_epochs, workdir)
+  clock = reference.train_clock(workdir / "train_seconds.json")
   trainer = trainer_class(model=model, args=args, train_dataset=train_set,
                           data_collator=collator, processing_class=tokenizer, callbacks=[clock])
   resume = any(workdir.glob("checkpoint-*"))
@@ -360,7 +177,7 @@ def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path,
       sent = np.atleast_1d(sent)
       assert np.allclose(np.atleast_1d(returned)[:len(sent)], sent), split
     metrics[split] = {k: float(v) for k, v in
-                      _reference_metrics(spec, rows, np.asarray(logits), words).items()}
+                      reference.reference_metrics(spec, rows, np.asarray(logits), words).items()}
     if spec.kind in ("classification", "regression"):  # each example's, in dataset order
       logits = np.asarray(logits)
       predictions[split] = (logits.argmax(-1) if spec.kind == "classification"
@@ -400,8 +217,9 @@ def run_one(task: str, system: str, seed: int) -> None:
   record = {"task": task, "system": system, "seed": seed, "epochs": epochs,
             "wall_seconds": time.perf_counter() - start, **out,
             "train_loss": train_loss_curve(workdir)}
-  RESULTS.mkdir(exist_ok=True)
-  result_path(task, system, seed).write_text(json.dumps(record, indent=2) + "\n")
+  # ours has its workdir's run.json; the Trainer's code block is this process's.
+  scaffold.write_result(result_path(task, system, seed), record,
+                        workdir if system.startswith("ours") else None)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -442,7 +260,7 @@ def _compare(values: dict, cells: dict, ours: str, reference: str, n_planned: in
 
 def report() -> str:
   from research import named_tasks
-  records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+  records = scaffold.read_results(RESULTS)
   lines = ["| task | metric | ours | ours 95% CI | Trainer, our batches | 95% CI | gap | p | "
            "ASO ε | **within target** | Trainer, own sampler | 95% CI | gap | p | ASO ε | "
            "within | train minutes: ours / our batches / own sampler | published MiniLM |",
@@ -488,7 +306,8 @@ def report() -> str:
       "README.md shows it changes results). 'within target': |gap| ≤ max(reference std, 0.5); "
       "p: Welch's t-test of the two systems' seeds. Train minutes are indicative only: runs "
       "shared the 2 cores with up to three others, differently for each (README.md, Times)."
-      "\n\n" + seed_stats.NOTE + " The system is ours, each Trainer its baseline; in the "
+      "\n\n" + scaffold.commit_line(sorted(RESULTS.glob("*.json")), RESULTS) + "\n\n"
+      + seed_stats.NOTE + " The system is ours, each Trainer its baseline; in the "
       "diagnostics' table, each diagnostic against each main system."
       "\n\n" + seed_stats.paired_tests_note(PAIRED_TESTS) + "\n\n" + table)
   return table
@@ -539,12 +358,10 @@ def training_table(records: list[dict]) -> str:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--report", action="store_true", help="only rebuild the table")
+  scaffold.add_run_arguments(parser, None, "these seeds instead of the plan's (may go beyond it)")
   parser.add_argument("--tasks", nargs="*", default=list(PLAN))
   parser.add_argument("--systems", nargs="*", default=list(SYSTEMS),
                       choices=[*SYSTEMS, *DIAGNOSTICS])
-  parser.add_argument("--seeds", nargs="*", type=int, default=None,
-                      help="these seeds instead of the plan's (may go beyond it)")
   parser.add_argument("--smoke", type=pathlib.Path, default=None,
                       help="check the code paths: 64 examples, one epoch, results and runs in "
                            "this folder")

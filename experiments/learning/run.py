@@ -34,7 +34,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments import seed_stats  # noqa: E402
+from experiments import scaffold, seed_stats  # noqa: E402
 
 RESULTS = HERE / "results"
 # Which of these runs could be compared example by example (results.md says it).
@@ -153,22 +153,16 @@ def run(name: str, workdir: pathlib.Path) -> dict:
           "validation": dev, "bars": {m: f"{op} {bar}" for m, (op, bar) in check.bars.items()},
           "baseline": check.baseline,
           "wall_seconds": round(time.perf_counter() - start, 1) if trained else None,
-          "date": time.strftime("%Y-%m-%d"), "code": code_of(workdir / name)}
-
-
-def code_of(run_dir: pathlib.Path) -> str:
-  """The commit a run was trained with (run.json), '+dirty' when the tree differed from it."""
-  code = json.loads((run_dir / "run.json").read_text())["code"]
-  if not code.get("commit"):
-    return "unknown"
-  return code["commit"][:7] + ("+dirty" if code.get("dirty") else "")
+          "date": time.strftime("%Y-%m-%d")}
 
 
 def report() -> str:
   lines = ["# Learning checks on the embedded all-MiniLM-L6-v2", "",
            "`python experiments/learning/run.py`: one short epoch per task family on a slice "
            "of real data (run.py's docstring says which), final dev metrics against the bars.",
-           "", seed_stats.paired_tests_note(PAIRED_TESTS), "",
+           "", scaffold.commit_line([RESULTS / f"{name}.json" for name in CHECKS
+                                     if (RESULTS / f"{name}.json").exists()], RESULTS), "",
+           seed_stats.paired_tests_note(PAIRED_TESTS), "",
            "| check | steps | dev metrics | bars | trivial / reference | passed | wall s | "
            "date | commit |", "|---|---:|---|---|---|---|---:|---|---|"]
   for name in CHECKS:
@@ -181,7 +175,7 @@ def report() -> str:
     lines.append(f"| {name} | {r['step']} | {metrics} | {bars} | {r['baseline']} | "
                  f"{'yes' if r['passed'] else 'NO: ' + '; '.join(r['failures'])} | "
                  f"{'–' if r['wall_seconds'] is None else round(r['wall_seconds'])} | "
-                 f"{r['date']} | {r.get('code', '–')} |")
+                 f"{r['date']} | {scaffold.short_commit(r['code']) if 'code' in r else '–'} |")
   return "\n".join(lines) + "\n"
 
 
@@ -205,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                    "passed" if results[name]["passed"] else results[name]["failures"])
     RESULTS.mkdir(exist_ok=True)
     for name, result in results.items():
-      (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+      scaffold.write_result(RESULTS / f"{name}.json", result, args.workdir / name)
   table = report()
   (HERE / "results.md").write_text(table)
   print(table)

@@ -34,7 +34,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments import seed_stats  # noqa: E402
+from experiments import reference, scaffold, seed_stats  # noqa: E402
 
 RESULTS = HERE / "results"
 RUNS = REPO / "runs" / "question_answering"
@@ -101,10 +101,14 @@ def experiment_config(setting: str, seed: int):
   return config
 
 
+def ours_workdir(setting: str, seed: int) -> pathlib.Path:
+  return RUNS / f"ours__{setting}__seed{seed}"
+
+
 def run_ours(setting: str, seed: int) -> dict:
   from research import train
   config = experiment_config(setting, seed)
-  workdir = RUNS / f"ours__{setting}__seed{seed}"
+  workdir = ours_workdir(setting, seed)
   summary = train.train_and_evaluate(config, workdir)
   scores = json.loads((workdir / "eval" /
                        f"validation_step{summary['final']['step']}.json").read_text())
@@ -126,7 +130,6 @@ def run_reference(setting: str, seed: int) -> dict:
   from research.tasks import question_answering
   from research.data import input_pipeline as ip
   from research.models import builder, hf_io
-  from experiments.glue_minilm import run as glue  # its Trainer pieces
   config = experiment_config(setting, seed)
   setup = builder.build_model(config)
   epochs = int(config.train.num_epochs)
@@ -143,7 +146,7 @@ def run_reference(setting: str, seed: int) -> dict:
         "start_positions": encoded.labels[rows, 0].tolist(),
         "end_positions": encoded.labels[rows, 1].tolist()}), encoded
 
-  train_set, _ = windows(config.data.train_split, glue.our_train_order(config, epochs))
+  train_set, _ = windows(config.data.train_split, reference.our_train_order(config, epochs))
 
   def collate(batch):
     width = max(len(row["input_ids"]) for row in batch)
@@ -162,7 +165,7 @@ def run_reference(setting: str, seed: int) -> dict:
   transformers.set_seed(seed)
   model = transformers.AutoModelForQuestionAnswering.from_pretrained(
       str(hf_io.embedded_checkpoint_dir()))
-  trainer, clock = glue.train_in_our_order(model, config, seed, workdir, train_set, collate)
+  trainer, clock = reference.train_in_our_order(model, config, seed, workdir, train_set, collate)
   eval_set, encoded = windows("validation")
   output = trainer.predict(eval_set)
   train_loss = {r["step"]: r["loss"] for r in trainer.state.log_history if "loss" in r}
@@ -205,13 +208,14 @@ def _seed_summary(done: list[dict]) -> list[str]:
 
 
 def report() -> str:
-  rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+  rows = scaffold.read_results(RESULTS)
   order = lambda r: (list(SETTINGS).index(r["setting"]), SYSTEMS.index(r["system"]), r["seed"])
   lines = ["# SQuAD questions (dev5: 3 articles train, 2 evaluate) on the embedded MiniLM", "",
            "Official SQuAD scores in percent on the questions of the two held-out articles, "
            "after the last step. For the 2.0 setting: `HasAns_` / `NoAns_` over the answerable "
            "/ unanswerable ones, and `best_f1` with the best null-odds threshold on this split "
            "(`best_f1_thresh`, in logit units), as the official v2 script reports it.", "",
+           scaffold.commit_line(sorted(RESULTS.glob("*.json")), RESULTS), "",
            seed_stats.NOTE + " The system is ours, the reference its baseline.", "",
            seed_stats.paired_tests_note(PAIRED_TESTS)]
   for setting, (v2, _, what) in SETTINGS.items():
@@ -247,8 +251,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=list(SYSTEMS))
   parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
-  parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
-  parser.add_argument("--report", action="store_true", help="only rebuild results.md")
+  scaffold.add_run_arguments(parser, list(SEEDS))
   parser.add_argument("--smoke", type=pathlib.Path, default=None,
                       help="a check of the code paths: 64 questions, results under this folder")
   args = parser.parse_args()
@@ -264,9 +267,10 @@ def main():
           out = RESULTS / f"{system}__{setting}__seed{seed}.json"
           if out.exists():
             continue
-          run = run_ours if system == "ours" else run_reference
-          result = run(setting, seed)
-          out.write_text(json.dumps(result, indent=1) + "\n")
+          if system == "ours":
+            scaffold.write_result(out, run_ours(setting, seed), ours_workdir(setting, seed))
+          else:  # the Trainer: no run.json, the code block is this process's
+            scaffold.write_result(out, run_reference(setting, seed))
           (RESULTS.parent / "results.md").write_text(report())
   (RESULTS.parent / "results.md").write_text(report())
   print(report())

@@ -29,7 +29,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments import seed_stats  # noqa: E402
+from experiments import reference, scaffold, seed_stats  # noqa: E402
 
 RESULTS = HERE / "results"
 RUNS = REPO / "runs" / "relation_extraction"
@@ -60,14 +60,18 @@ PAIRED_TESTS = (
     "reports.")
 
 
+def run_workdir(setting: str, seed: int) -> pathlib.Path:
+  return RUNS / f"{setting}__seed{seed}"
+
+
 def run(setting: str, seed: int) -> dict:
   from configs import semeval2010_task8
   from research import train
   config = semeval2010_task8.get_config(SETTINGS[setting][0])
   config.seed = seed
-  workdir = RUNS / f"{setting}__seed{seed}"
-  summary = train.train_and_evaluate(config, workdir)
-  curve = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  summary = train.train_and_evaluate(config, run_workdir(setting, seed))
+  curve = [json.loads(line) for line in
+           (run_workdir(setting, seed) / "metrics.jsonl").read_text().splitlines()]
   curve = [{"step": r["step"], "relation_f1": r["relation_f1"]} for r in curve
            if r.get("split") == "validation"]
   best = summary["best"]
@@ -90,7 +94,6 @@ def run_reference(setting: str, seed: int) -> dict:
   from research import metrics
   from research.data import input_pipeline as ip
   from research.models import builder, hf_io
-  from experiments.glue_minilm import run as glue  # its Trainer pieces
   config = semeval2010_task8.get_config(SETTINGS[setting][0])
   config.seed = seed
   task = config.task
@@ -106,7 +109,7 @@ def run_reference(setting: str, seed: int) -> dict:
         "entity_spans": encoded.entity_spans[indices].tolist(),
         "labels": encoded.labels[indices].tolist()}), encoded
 
-  train_set, _ = rows(config.data.train_split, glue.our_train_order(config, epochs))
+  train_set, _ = rows(config.data.train_split, reference.our_train_order(config, epochs))
 
   class EntityStartClassifier(torch.nn.Module):
     """BERT -> hidden states at [E1] and [E2], concatenated -> dropout -> linear."""
@@ -142,7 +145,7 @@ def run_reference(setting: str, seed: int) -> dict:
   workdir = RUNS / f"reference_{setting}__seed{seed}"
   transformers.set_seed(seed)
   model = EntityStartClassifier()
-  trainer, clock = glue.train_in_our_order(model, config, seed, workdir, train_set, collate)
+  trainer, clock = reference.train_in_our_order(model, config, seed, workdir, train_set, collate)
   test_set, test = rows("test")
   logits = trainer.predict(test_set).predictions
   predicted = np.asarray(logits).argmax(-1)
@@ -184,13 +187,14 @@ def _like_for_like_over_seeds(rows: list[dict], references: list[dict]) -> str:
 
 
 def report() -> str:
-  every = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+  every = scaffold.read_results(RESULTS)
   rows = [r for r in every if not r["setting"].startswith("reference_")]
   references = [r for r in every if r["setting"].startswith("reference_")]
   lines = ["# SemEval-2010 Task 8 on the embedded all-MiniLM-L6-v2", "",
            "Official measure: macro-F1 over the nine relations with directionality, `Other` "
            "excluded, in percent; test scored at the checkpoint best on the 800 held-out "
            "training rows. Mean ± standard deviation over seeds (each seed listed).", "",
+           scaffold.commit_line(sorted(RESULTS.glob("*.json")), RESULTS), "",
            seed_stats.NOTE + f" On test official F1: each setting against {BASELINE_NAME} "
            "(its baseline).", "", seed_stats.paired_tests_note(PAIRED_TESTS), "",
            "| setting | seeds | test official F1 | test accuracy | held-out official F1 | "
@@ -238,8 +242,7 @@ def report() -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
-  parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
-  parser.add_argument("--report", action="store_true", help="only rebuild results.md")
+  scaffold.add_run_arguments(parser, list(SEEDS))
   parser.add_argument("--reference", action="store_true",
                       help="also run transformers' Trainer on the entity-start recipe")
   args = parser.parse_args()
@@ -251,12 +254,12 @@ def main():
         out = RESULTS / f"{setting}__seed{seed}.json"
         if out.exists():
           continue
-        out.write_text(json.dumps(run(setting, seed), indent=1) + "\n")
+        scaffold.write_result(out, run(setting, seed), run_workdir(setting, seed))
         (HERE / "results.md").write_text(report())
     for seed in args.seeds if args.reference else ():
       out = RESULTS / f"reference_entity_start__seed{seed}.json"
       if not out.exists():
-        out.write_text(json.dumps(run_reference("entity_start", seed), indent=1) + "\n")
+        scaffold.write_result(out, run_reference("entity_start", seed))  # no run.json
   (HERE / "results.md").write_text(report())
   print(report())
 

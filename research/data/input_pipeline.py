@@ -1389,7 +1389,7 @@ BATCH_ORDERS: dict[str, BatchOrder] = {}
 
 def register_batch_order(name: str, order: BatchOrder) -> None:
   """Makes `order` selectable as `config.data.batch_order = name` (e.g. an experiment that
-  feeds another trainer's batch order; experiments/glue_minilm/run.py)."""
+  feeds another trainer's batch order; experiments/reference.py)."""
   BATCH_ORDERS[name] = order
 
 
