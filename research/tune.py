@@ -72,10 +72,10 @@ import optuna
 from optuna.trial import TrialState
 
 from research import config_lib, search_space, sweep
+from research.errors import EXIT_INTERRUPTED
 from research.search_space import SpaceError
 
 TRIAL_PORTS = (41000, 49000)  # coordinator ports of launched trials, by trial number
-EXIT_INTERRUPTED = 75  # = errors.EXIT_INTERRUPTED: rerun the same command to resume
 LOCK_WAIT_SECONDS = 300  # the longest a worker waits for another to finish asking for a trial
 RUN_LOCK_WAIT_SECONDS = 60  # ... for a killed tuner's trial to release its workdir
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -633,19 +633,19 @@ class Tuner:
             "workdir": str(workdir.absolute()), "overrides": claim.overrides,
             "pruner": self.args.pruner, "eval_every": self.setup.eval_every,
             "budget": self.setup.budget}
-    processes, launcher = self.args.processes, self.args.launcher
+    processes, launcher, env = self.args.processes, self.args.launcher, None
     if launcher:  # one launch: the launcher starts the run's processes, wherever it puts them
       commands = [[*shlex.split(launcher), sys.executable, "-m", "research.tune", "--run-trial",
                    json.dumps({**spec, "launched": True})]]
+      # Trials running at once under one launcher need coordinators on distinct ports: the
+      # launcher's first host is unknown here, so the port follows the trial's number.
+      env = {**os.environ, "JAX_COORDINATOR_PORT": str(trial_port(claim.number))}
     else:  # one run of `processes` processes here, each given the same trial
       if processes > 1:
         spec["coordinator"] = f"127.0.0.1:{free_port()}"
       commands = [[sys.executable, "-m", "research.tune", "--run-trial",
                    json.dumps({**spec, "processes": processes, "process_id": i})]
                   for i in range(processes)]
-    # Trials running at once under one launcher need coordinators on distinct ports: the
-    # launcher's first host is unknown here, so the port follows the trial's number.
-    env = {**os.environ, "JAX_COORDINATOR_PORT": str(trial_port(claim.number))}
     children = []
     with self.children_lock:
       if self.stopping.is_set():
@@ -655,7 +655,7 @@ class Tuner:
         with (workdir / log_name).open("a") as log:
           # Its own process group: a terminal's Ctrl-C reaches it once, through `on_signal`.
           children.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                           process_group=0, env=env if launcher else None))
+                                           process_group=0, env=env))
       self.children.update(children)
     try:
       codes = [child.wait() for child in children]
