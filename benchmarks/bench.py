@@ -270,18 +270,20 @@ def input_pipeline_rates(examples: int, batch_size: int, tokenizer_dir: str) -> 
   """Tokenisation + batching of SST-2 train (examples/s), and padding with and without
   buckets and length grouping, against batches padded to their own longest sequence."""
   from configs import sst2
-  from research.data import input_pipeline as ip
+  from research.data import splits, tokenization
+  from research.data.batches import TrainBatches
   config = sst2.get_config()
-  tokenizer = ip.load_tokenizer(tokenizer_dir)
+  tokenizer = tokenization.load_tokenizer(tokenizer_dir)
   start = time.perf_counter()
-  split = ip.load_encoded(config.data, config.task, tokenizer, "train", examples)
+  split = splits.load_encoded(config.data, config.task, tasks.kind_of(config.task), tokenizer,
+                              "train", examples)
   tokenise_s = time.perf_counter() - start
   buckets = tuple(config.data.length_buckets)
   out = {"examples": len(split), "tokenise_examples_per_s": len(split) / tokenise_s}
   real = None
   for group in (0, config.data.group_by_length):
-    batches = ip.TrainBatches(split, batch_size=batch_size, accum_steps=1, seed=0,
-                              buckets=buckets, group_by_length=group)
+    batches = TrainBatches(split, batch_size=batch_size, accum_steps=1, seed=0,
+                           buckets=buckets, group_by_length=group)
     start = time.perf_counter()
     padded = real_tokens = own_longest = 0
     for batch in batches(0, batches.steps_per_epoch):
@@ -405,7 +407,8 @@ def run_mlm(quick: bool, steps_timed: int) -> dict[str, Any]:
   with AdamW as in `time_reference`; same weights, shapes and masked positions."""
   import torch
   import transformers
-  from research.data import input_pipeline
+  from research.data import masking
+  from research.data.encoded import IGNORE
   shapes = QUICK_MLM_SHAPES if quick else MLM_SHAPES
   result: dict[str, Any] = {"machine": {"jax_backend": jax.devices()[0].platform,
                                         "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
@@ -421,7 +424,7 @@ def run_mlm(quick: bool, steps_timed: int) -> dict[str, Any]:
       config = source
       reference = transformers.BertForMaskedLM(transformers.BertConfig(**config.to_dict()))
     model = bert.BertForMaskedLM(config)
-    slots = input_pipeline.Masking(103, config.vocab_size).slots(length)
+    slots = masking.Masking(103, config.vocab_size).slots(length)
     rng = np.random.default_rng(0)
     batch = _synthetic_batch(batch_size, length, config.vocab_size)
     positions = np.sort(np.stack([rng.choice(np.arange(1, length - 1), slots, replace=False)
@@ -431,7 +434,7 @@ def run_mlm(quick: bool, steps_timed: int) -> dict[str, Any]:
     ours = time_ours(model, params, dict(batch, masked_positions=positions, labels=targets),
                      steps_timed, "masked_lm")
     every = np.broadcast_to(np.arange(length, dtype=np.int32), (batch_size, length))
-    dense_labels = np.full((batch_size, length), tasks.IGNORE, np.int32)
+    dense_labels = np.full((batch_size, length), IGNORE, np.int32)
     np.put_along_axis(dense_labels, positions, targets, axis=1)
     all_positions = time_ours(model, params, dict(batch, masked_positions=every,
                                                   labels=dense_labels), steps_timed,
@@ -554,15 +557,15 @@ def reference_sst2_epoch(config) -> dict[str, float]:
   longest sentence (DataCollatorWithPadding), then accuracy on the dev set."""
   import torch
   import transformers
-  from research.data import input_pipeline as ip
+  from research.data import sources, tokenization
   torch.manual_seed(config.seed)
   source = str(hf_io.embedded_checkpoint_dir())
-  tokenizer = ip.load_tokenizer(source)
+  tokenizer = tokenization.load_tokenizer(source)
   start = time.perf_counter()
-  train_rows = ip.load_split(ip.resolve_source(config.data), "", "train")
+  train_rows = sources.load_split(sources.resolve_source(config.data), "", "train")
   if config.data.train_examples:
     train_rows = train_rows.select(range(config.data.train_examples))
-  dev_rows = ip.load_split(ip.resolve_source(config.data), "", "validation")
+  dev_rows = sources.load_split(sources.resolve_source(config.data), "", "validation")
   if config.data.eval_examples:
     dev_rows = dev_rows.select(range(config.data.eval_examples))
   model = reference_model(source)

@@ -95,7 +95,8 @@ def get_config():
   # >0: batches of similar lengths (sorted within runs of this many batches, then shuffled),
   # as the HF Trainer's group_by_length; 0: plain random batches (more padding).
   c.data.group_by_length = 50
-  c.data.batch_order = ""  # '' = the above; or a name given to input_pipeline.register_batch_order
+  # '' = the above; or a name given to research.data.batches.register_batch_order
+  c.data.batch_order = ""
   # Masked LM: read the training split as a `datasets` stream (a corpus larger than memory),
   # through a shuffle buffer of this many texts, new for each pass; needs train.num_steps.
   c.data.streaming = False

@@ -22,25 +22,25 @@ def register_trainer_order():
   import numpy as np
   import torch
   from transformers.trainer_pt_utils import get_length_grouped_indices
-  from research.data import input_pipeline as ip
+  from research.data.batches import register_batch_order
 
   def hf_trainer_order(lengths, batch_size, rng):
     generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
     return np.asarray(get_length_grouped_indices(lengths.tolist(), batch_size,
                                                  generator=generator))
 
-  ip.register_batch_order("hf_trainer", hf_trainer_order)
+  register_batch_order("hf_trainer", hf_trainer_order)
 
 
 def our_train_order(config, epochs: int):
   """The training example indices ours visits, batch after batch, over `epochs` epochs."""
   import numpy as np
-  from research import train
-  from research.data import input_pipeline as ip
+  from research import tasks, train
+  from research.data import splits
   from research.models import builder
   tokenizer = builder.build_model(config).tokenizer
-  split = ip.load_encoded(config.data, config.task, tokenizer, config.data.train_split,
-                          config.data.train_examples)
+  split = splits.load_encoded(config.data, config.task, tasks.kind_of(config.task), tokenizer,
+                              config.data.train_split, config.data.train_examples)
   batches = train.train_batches(config, split)
   return np.concatenate([batches.epoch_order(e).reshape(-1) for e in range(epochs)])
 

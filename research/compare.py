@@ -215,13 +215,6 @@ def check_same_examples(evaluations: list[Evaluation], split: str) -> None:
 # Scoring resamples: each kind's scorers (research/resampling.py).             #
 ################################################################################
 
-# Metrics a split cannot resample: chosen on the split itself.
-UNSUPPORTED = {"best_exact": "its no-answer threshold is chosen on the evaluated split itself",
-               "best_f1": "its no-answer threshold is chosen on the evaluated split itself",
-               "loss": "no per-example losses are saved",
-               "mse": "not a task metric: compare pearson or spearman"}
-
-
 def scorers(a: Evaluation, b: Evaluation) -> dict[str, Scorer]:
   """The scorers of every metric over the stacked predictions of `a` then `b` (their task
   kind's, `TaskKind.scorers`)."""
@@ -391,15 +384,15 @@ def compare_systems(systems: list[System], *, split: str | None = None,
   if metric:
     names = [metric]
   else:
-    names = [m for m in task["metrics"] if m not in UNSUPPORTED]
-    notes += [f"{m} is not compared: {UNSUPPORTED[m]}" for m in task["metrics"]
-              if m in UNSUPPORTED]
+    names = [m for m in task["metrics"] if m not in kind.uncomparable]
+    notes += [f"{m} is not compared: {kind.uncomparable[m]}" for m in task["metrics"]
+              if m in kind.uncomparable]
   baseline = systems[0]
   n = len(baseline.evaluations[0].examples["gold"])
   available = scorers(baseline.evaluations[0], baseline.evaluations[0])
   for name in names:
     if name not in available:
-      why = UNSUPPORTED.get(name, f"not a metric of {task['kind']} runs (they have: "
+      why = kind.uncomparable.get(name, f"not a metric of {task['kind']} runs (they have: "
                             f"{', '.join(available)})")
       raise CompareError(f"--metric {name}: cannot be compared: {why}")
     missing = [e.workdir for e in everything if name not in e.reported]

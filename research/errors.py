@@ -1,6 +1,10 @@
 """The errors of a run (training or inference) that `research.main` reports in one line."""
 
 
+class DataError(ValueError):
+  """Data that cannot be used as configured: missing files, fields or labels."""
+
+
 class RunError(RuntimeError):
   """A run that cannot go on (workdir conflict, divergence); the message says why."""
 

@@ -16,12 +16,13 @@ import jax
 import numpy as np
 
 from research import metrics, tasks, writers
-from research.data import input_pipeline
+from research.data.batches import eval_batches, prefetch
+from research.data.encoded import EncodedSplit
 from research.parallel import DataParallel
 
 
 def run_model(eval_step: Callable, dp: DataParallel, params: Any,
-              split: input_pipeline.EncodedSplit, *, batch_size: int,
+              split: EncodedSplit, *, batch_size: int,
               buckets: tuple[int, ...]) -> tuple[np.ndarray, float]:
   """Outputs for every example ([N, labels] or [N, max_length, labels]) and the mean loss.
 
@@ -29,8 +30,8 @@ def run_model(eval_step: Callable, dp: DataParallel, params: Any,
   and index from all devices, so every process ends with all outputs.
   """
   pending = []
-  batches = input_pipeline.prefetch(
-      input_pipeline.eval_batches(split, batch_size, buckets, dp.process_rows(batch_size)),
+  batches = prefetch(
+      eval_batches(split, batch_size, buckets, dp.process_rows(batch_size)),
       dp.put_eval_batch)
   with contextlib.closing(batches):
     for batch in batches:
@@ -55,14 +56,14 @@ def run_model(eval_step: Callable, dp: DataParallel, params: Any,
   return outputs, loss_sum / max(weight_sum, 1.0)
 
 
-def score(task_cfg, split: input_pipeline.EncodedSplit, outputs: np.ndarray,
+def score(task_cfg, split: EncodedSplit, outputs: np.ndarray,
           loss: float) -> tuple[dict[str, float], dict[str, Any]]:
   """(scalar metrics incl. loss, report) for a split's outputs: its task kind's
   (`TaskKind.score`)."""
   return tasks.kind_of(task_cfg).score(task_cfg, split, outputs, loss)
 
 
-def per_example(task_cfg, split: input_pipeline.EncodedSplit, outputs: np.ndarray,
+def per_example(task_cfg, split: EncodedSplit, outputs: np.ndarray,
                 report: dict[str, Any]) -> dict[str, Any] | None:
   """Each example's gold and prediction, in split order, from which any of the task's metrics
   can be recomputed on a resample of the examples (`research.compare`): label ids (relations

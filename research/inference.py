@@ -18,10 +18,10 @@ import ml_collections
 import numpy as np
 
 from research import checkpoints, config_lib, evaluation, metrics, steps, tasks, writers
-from research.data import input_pipeline
+from research.data import sources, splits
+from research.errors import DataError, RunError
 from research.models import hf_io
 from research.parallel import DataParallel, compiled_programs_released
-from research.errors import RunError
 from research.models.builder import (ModelSetup, build_model, init_inputs,
                                      with_checkpoint_architecture)
 
@@ -80,8 +80,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
   dp, eval_step, placed = _placed_eval(config, setup, params)
   results = {}
   for name in config.data.eval_splits:
-    split = input_pipeline.load_encoded(config.data, config.task, tokenizer, name,
-                                        config.data.eval_examples)
+    split = splits.load_encoded(config.data, config.task, tasks.kind_of(config.task), tokenizer,
+                                name, config.data.eval_examples)
     outputs, loss = evaluation.run_model(eval_step, dp, placed, split,
                                          batch_size=config.eval.batch_size,
                                          buckets=tuple(config.data.length_buckets))
@@ -107,22 +107,22 @@ def read_inputs(path: pathlib.Path, text_fields: tuple[str, ...], token_task: bo
   import datasets
   if path.suffix == ".txt":
     rows = []
-    lines = input_pipeline.check_utf8(path).split("\n")
+    lines = sources.check_utf8(path).split("\n")
     if lines[-1] == "":  # the newline that ends the last line
       lines.pop()
     for number, line in enumerate((line.removesuffix("\r") for line in lines), 1):
       parts = line.split("\t")
       if len(parts) != len(text_fields):
-        raise input_pipeline.DataError(
+        raise DataError(
             f"{path}:{number}: {len(parts)} tab-separated texts, the task needs "
             f"{len(text_fields)}")
       rows.append({f: (p.split() if token_task else p) for f, p in zip(text_fields, parts)})
     if not rows:
-      raise input_pipeline.DataError(f"{path} has no lines to predict")
+      raise DataError(f"{path} has no lines to predict")
     return datasets.Dataset.from_list(rows)
   if path.suffix in (".jsonl", ".json"):
-    return input_pipeline.read_file(path)
-  raise input_pipeline.DataError(f"{path}: --input must be a .txt or .jsonl file")
+    return sources.read_file(path)
+  raise DataError(f"{path}: --input must be a .txt or .jsonl file")
 
 
 @compiled_programs_released()
@@ -135,14 +135,14 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   if kind.predict_refusal:
     raise RunError(kind.predict_refusal)
   if not input_path.is_file():
-    raise input_pipeline.DataError(f"--input {input_path} does not exist")
+    raise DataError(f"--input {input_path} does not exist")
   if output_path.exists():
     raise RunError(f"--output {output_path} exists; it is not overwritten")
   setup, params, meta = load_best(config, workdir)
   tokenizer = setup.tokenizer
   dataset = read_inputs(input_path, tuple(task.text_fields), kind.reads_words)
-  split = input_pipeline.encode(dataset, tokenizer, task, config.data.max_length,
-                                str(input_path), labelled=False)
+  split = kind.encode(dataset, tokenizer, task, config.data.max_length, str(input_path),
+                      labelled=False)
   dp, eval_step, placed = _placed_eval(config, setup, params)
   outputs, _ = evaluation.run_model(eval_step, dp, placed, split,
                                     batch_size=config.eval.batch_size,

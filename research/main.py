@@ -185,7 +185,6 @@ def main(argv: list[str]) -> None:
   if jax.process_index() > 0:  # process 0 reports progress; the others only what goes wrong
     logging.getLogger().setLevel(logging.WARNING)
   from research import checkpoints, config_lib, errors, inference, metrics, tasks, train, writers
-  from research.data.input_pipeline import DataError
   from research.models.hf_io import CheckpointError
   from research.parallel import DeviceError
 
@@ -213,7 +212,7 @@ def main(argv: list[str]) -> None:
       inference.export(config, workdir, _OUTPUT.value)
   except errors.Interrupted as e:
     _fail(str(e), errors.EXIT_INTERRUPTED)
-  except (config_lib.ConfigError, DataError, CheckpointError, errors.RunError,
+  except (config_lib.ConfigError, errors.DataError, CheckpointError, errors.RunError,
           writers.WorkdirError, checkpoints.DamagedCheckpoint, checkpoints.CheckpointMismatch,
           metrics.MetricError, DeviceError, tasks.UnknownKind) as e:
     if _DEBUG.value:

@@ -34,7 +34,10 @@ import numpy as np
 
 from research import (checkpoints, config_lib, evaluation, metrics, optim, peft, run_record,
                       steps, tasks, writers)
-from research.data import input_pipeline
+from research.data import sources, splits
+from research.data.batches import TrainBatches, prefetch
+from research.data.encoded import EncodedSplit
+from research.data.streaming import StreamedTrainBatches
 from research.errors import Interrupted, RunError
 from research.models import builder
 from research.parallel import CountingStep, DataParallel, compiled_programs_released
@@ -49,21 +52,27 @@ def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 
 def train_batches(config: ml_collections.ConfigDict,
-                  split: input_pipeline.EncodedSplit) -> input_pipeline.TrainBatches:
+                  split: EncodedSplit) -> TrainBatches:
   """The training batches of a run: their order is a function of `config.seed` alone."""
-  return input_pipeline.TrainBatches(
+  return TrainBatches(
       split, batch_size=config.train.batch_size, accum_steps=config.train.grad_accum_steps,
       seed=config.seed, buckets=tuple(config.data.length_buckets),
       group_by_length=config.data.group_by_length, order=config.data.batch_order)
 
 
 def streamed_train_batches(config: ml_collections.ConfigDict, tokenizer, source: str
-                           ) -> input_pipeline.StreamedTrainBatches:
-  """The training batches of a streamed masked-LM corpus (`data.streaming`)."""
+                           ) -> StreamedTrainBatches:
+  """The training batches of a streamed masked-LM corpus (`data.streaming`), each chunk of
+  texts encoded by the task's kind (`TaskKind.encode_chunk`)."""
   data = config.data
-  return input_pipeline.StreamedTrainBatches(
-      input_pipeline.load_stream(source, data.subset, data.train_split), tokenizer, config.task,
-      data.max_length, batch_size=config.train.batch_size,
+  kind = tasks.kind_of(config.task)
+
+  def encode(chunk, where: str) -> EncodedSplit:
+    return kind.encode_chunk(chunk, tokenizer, config.task, data.max_length, where)
+
+  return StreamedTrainBatches(
+      sources.load_stream(source, data.subset, data.train_split), encode,
+      batch_size=config.train.batch_size,
       accum_steps=config.train.grad_accum_steps, seed=config.seed,
       buckets=tuple(data.length_buckets), total_steps=config.train.num_steps,
       shuffle_buffer=data.shuffle_buffer, limit=data.train_examples,
@@ -141,7 +150,7 @@ class Run:
   train_step: CountingStep
   eval_step: CountingStep
   materialize: Any                     # (trainable, frozen) params -> the plain model's params
-  eval_splits: dict[str, input_pipeline.EncodedSplit]
+  eval_splits: dict[str, EncodedSplit]
   ckpts: checkpoints.Checkpoints
   writer: writers.MetricWriter
   total_steps: int
@@ -423,9 +432,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: write
   nothing until all of it is valid: then the workdir belongs to this run (config.json,
   data.json, the run log)."""
   run_start = time.time()
-  source = input_pipeline.locate(config.data)  # before the model: a data mistake fails fast
+  source = sources.locate(config.data)  # before the model: a data mistake fails fast
   logging.info("data: %s; a registered task looks at data.dataset, $%s, the hub, then the "
-               "repository's data/ slice", source.describe(), input_pipeline.DATA_DIR_ENV)
+               "repository's data/ slice", source.describe(), sources.DATA_DIR_ENV)
 
   # A token task without task.label_names takes the tags of its training split; config.json
   # keeps them for the resume, eval, predict and export.
@@ -440,8 +449,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: write
   total_steps = (config.train.num_steps
                  or max(1, round(config.train.num_epochs * batches.steps_per_epoch)))
   if (workdir / "data.json").exists():
-    changes = input_pipeline.data_changes(writers.read_json(workdir / "data.json"),
-                                          data_record)
+    changes = splits.data_changes(writers.read_json(workdir / "data.json"),
+                                  data_record)
     if changes:
       raise RunError(f"{workdir} holds a run trained on other data; use another --workdir "
                      "(nothing was changed). Differences:\n  " + "\n  ".join(changes))
@@ -500,21 +509,21 @@ def restore(config: ml_collections.ConfigDict, workdir: pathlib.Path, state: ste
 
 
 def load_data(config: ml_collections.ConfigDict, tokenizer, source: str
-              ) -> tuple[Any, dict[str, input_pipeline.EncodedSplit], dict[str, Any]]:
+              ) -> tuple[Any, dict[str, EncodedSplit], dict[str, Any]]:
   """(the training batches, the encoded eval splits, the record of both for data.json)."""
-  data = config.data
+  data, kind = config.data, tasks.kind_of(config.task)
   if data.streaming:  # a masked-LM corpus read as it is consumed
     batches = streamed_train_batches(config, tokenizer, source)
     train_record = {data.train_split: batches.record(source, data.train_split)}
   else:
-    train_split = input_pipeline.load_encoded(data, config.task, tokenizer, data.train_split,
-                                              data.train_examples)
+    train_split = splits.load_encoded(data, config.task, kind, tokenizer, data.train_split,
+                                      data.train_examples)
     batches = train_batches(config, train_split)
-    train_record = input_pipeline.data_record(data, {data.train_split: train_split})
-  eval_splits = {name: input_pipeline.load_encoded(data, config.task, tokenizer, name,
-                                                   data.eval_examples)
+    train_record = splits.data_record(data, {data.train_split: train_split})
+  eval_splits = {name: splits.load_encoded(data, config.task, kind, tokenizer, name,
+                                           data.eval_examples)
                  for name in data.eval_splits}
-  return batches, eval_splits, {**train_record, **input_pipeline.data_record(data, eval_splits)}
+  return batches, eval_splits, {**train_record, **splits.data_record(data, eval_splits)}
 
 
 def initial_state(config: ml_collections.ConfigDict, setup: builder.ModelSetup,
@@ -571,7 +580,7 @@ def train_loop(run: Run, loop: Loop, stop: StopSignals) -> str:
   # A pruned run killed before its results.json was written trains no further on resume.
   end_step = run.total_steps if state.pruned_at is None else run.start_step
   micro_batch = config.train.batch_size // config.train.grad_accum_steps
-  prefetched = input_pipeline.prefetch(
+  prefetched = prefetch(
       run.batches(run.start_step, end_step, dp.process_rows(micro_batch)), dp.put_train_batch)
   try:
     for batch in prefetched:

@@ -10,6 +10,13 @@ import numpy as np
 from configs import sst2
 
 
+def load_encoded(data_cfg, task_cfg, tokenizer, split: str, limit: int = 0):
+  """A split read and encoded as a run of `task_cfg`'s kind does (research.data.splits)."""
+  from research import tasks
+  from research.data import splits
+  return splits.load_encoded(data_cfg, task_cfg, tasks.kind_of(task_cfg), tokenizer, split, limit)
+
+
 def tiny_config(**updates):
   """SST-2 with a 1-layer, 32-wide random BERT on a slice: seconds per run on 2 cores (one
   layer, as tracing and compiling the steps dominate and grow with every layer)."""

@@ -6,9 +6,11 @@ import re
 import ml_collections
 import pytest
 
-from helpers import assert_rescored, tiny_config
-from research import inference, train
-from research.data import input_pipeline
+from helpers import assert_rescored, load_encoded, tiny_config
+from research import inference, tasks, train
+from research.data import sources, splits, tokenization
+from research.errors import DataError
+from research.tasks import tokens
 
 
 def test_a_txt_input_is_one_example_per_newline(tmp_path):
@@ -39,10 +41,10 @@ _GOOD = {"relation_classification": ('{"sentence": "a <e1>b</e1> c <e2>d</e2>", 
 def test_row_errors_name_the_row_of_the_file_with_validation_from_train(tmp_path, kind):
   """Row 5 of train.jsonl was once 'row 2' of the held-out split (or of the rows left)."""
   from research.models import hf_io
-  tokenizer = input_pipeline.load_tokenizer(hf_io.embedded_checkpoint_dir())
+  tokenizer = tokenization.load_tokenizer(hf_io.embedded_checkpoint_dir())
   good, bad, says = _GOOD[kind]
   rows = 10
-  held = input_pipeline.holdout_indices(["r"] * rows, 3, stratify=False)
+  held = splits.holdout_indices(["r"] * rows, 3, stratify=False)
   task = ml_collections.ConfigDict(dict(
       kind=kind, label_field="label", label_names=("q0", "r"), entity_spans=(),
       entity_markers=(), doc_stride=8, metrics=("accuracy",),
@@ -53,8 +55,8 @@ def test_row_errors_name_the_row_of_the_file_with_validation_from_train(tmp_path
   for split, row in (("validation", held[1]), ("train", sorted(set(range(rows)) - set(held))[2])):
     lines = [bad if i == row else good for i in range(rows)]
     (tmp_path / "train.jsonl").write_text("".join(line + "\n" for line in lines))
-    with pytest.raises(input_pipeline.DataError, match=f": row {row + 1}(,|:).*{says}"):
-      input_pipeline.load_encoded(data, task, tokenizer, split)
+    with pytest.raises(DataError, match=f": row {row + 1}(,|:).*{says}"):
+      load_encoded(data, task, tokenizer, split)
 
 
 # ---- CoNLL files ---------------------------------------------------------------------------
@@ -76,7 +78,7 @@ CONLL = ("-DOCSTART- -X- -X- O\n"
 @pytest.mark.parametrize("suffix", [".conll", ".txt", ".tsv"])
 def test_conll_files_read_a_sentence_per_row_with_the_last_column_as_tag(tmp_path, suffix):
   (tmp_path / f"train{suffix}").write_text(CONLL)
-  rows = input_pipeline.load_split(str(tmp_path), "", "train", ("words", "tags")).to_list()
+  rows = sources.load_split(str(tmp_path), "", "train", ("words", "tags")).to_list()
   assert rows == [{"words": ["EU", "rejects", "German"], "tags": ["B-ORG", "O", "B-MISC"]},
                   {"words": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"]},
                   {"words": ["BRUSSELS"], "tags": ["B-LOC"]}]
@@ -89,8 +91,8 @@ def test_conll_files_read_a_sentence_per_row_with_the_last_column_as_tag(tmp_pat
 ])
 def test_a_bad_conll_line_is_one_error_naming_file_and_line(tmp_path, text, says):
   (tmp_path / "train.conll").write_text(text)
-  with pytest.raises(input_pipeline.DataError, match=re.escape(says)):
-    input_pipeline.load_split(str(tmp_path), "", "train")
+  with pytest.raises(DataError, match=re.escape(says)):
+    sources.load_split(str(tmp_path), "", "train")
 
 
 # ---- a token task's tags read from its training split ----------------------------------------
@@ -122,9 +124,9 @@ def _token_config(folder):
 
 def test_a_validation_tag_missing_from_training_is_one_error_naming_it(tmp_path):
   config = _token_config(_conll_folder(tmp_path / "data", eval_tag="B-CITY"))
-  with pytest.raises(input_pipeline.DataError, match=r"validation\]: row 1: tag 'B-CITY' is not "
+  with pytest.raises(DataError, match=r"validation\]: row 1: tag 'B-CITY' is not "
                      r"a tag of the training split \['O', 'B-LOC', 'B-PER', 'I-PER'\]"):
-    input_pipeline.training_tags(config.data, config.task)
+    tokens.training_tags(config.data, config.task, tasks.kind_of(config.task))
 
 
 def test_a_token_task_without_label_names_trains_on_the_training_tags_and_predicts_them(tmp_path):

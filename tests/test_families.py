@@ -25,7 +25,9 @@ from flax import traverse_util
 from configs import default, squad
 from helpers import FAMILY_TEXT, family_checkpoint
 from research import optim, peft, steps, tasks
-from research.data import input_pipeline
+from research.data import tokenization
+from research.data.batches import batch_width, make_batch
+from research.data.encoded import IGNORE
 from research.models import bert, hf_io
 
 FAMILIES = ("roberta", "xlm-roberta", "electra")
@@ -214,9 +216,9 @@ def test_tokenizers_load_as_auto_tokenizer_loads_them(checkpoints, tmp_path):
   """`load_tokenizer` names a family's class itself (AutoTokenizer imports torch): the class
   transformers registers for the family, and the tokenizer AutoTokenizer loads."""
   registered = transformers.models.auto.tokenization_auto.TOKENIZER_MAPPING_NAMES
-  assert input_pipeline.FAMILY_TOKENIZERS == {
+  assert tokenization.FAMILY_TOKENIZERS == {
       family: registered[family].removesuffix("Fast")
-      for family in input_pipeline.FAMILY_TOKENIZERS}
+      for family in tokenization.FAMILY_TOKENIZERS}
   # A checkpoint whose tokenizer_config.json names another family's class: AutoTokenizer
   # decides (it loads the class registered for config.json's model_type).
   mismatched = tmp_path / "roberta_declared_as_bert"
@@ -226,16 +228,16 @@ def test_tokenizers_load_as_auto_tokenizer_loads_them(checkpoints, tmp_path):
       json.dumps({**settings, "tokenizer_class": "BertTokenizerFast"}))
   direct = 0
   for path in (hf_io.embedded_checkpoint_dir(), *checkpoints.values(), mismatched):
-    ours = input_pipeline.load_tokenizer(path)
+    ours = tokenization.load_tokenizer(path)
     auto = transformers.AutoTokenizer.from_pretrained(str(path))
-    direct += input_pipeline._family_tokenizer_class(path) is not None
+    direct += tokenization._family_tokenizer_class(path) is not None
     assert type(ours) is type(auto), path
     assert ours.backend_tokenizer.to_str() == auto.backend_tokenizer.to_str(), path
     assert ours.special_tokens_map == auto.special_tokens_map, path
     texts = FAMILY_TEXT.splitlines()[:4]
     expected = auto(texts[:2], texts[2:])
     assert {k: ours(texts[:2], texts[2:])[k] for k in expected} == dict(expected), path
-  assert direct == 4 and input_pipeline._family_tokenizer_class(mismatched) is None
+  assert direct == 4 and tokenization._family_tokenizer_class(mismatched) is None
 
 
 PAIRS_TASK = ml_collections.ConfigDict(dict(
@@ -247,9 +249,9 @@ PAIRS_TASK = ml_collections.ConfigDict(dict(
 def test_pairs_are_encoded_by_the_tokenizer(checkpoints, family):
   """A pair is what the family's tokenizer makes of it: RoBERTa's and XLM-R's
   `<s> A </s></s> B </s>` with one token type, ELECTRA's `[CLS] A [SEP] B [SEP]` with two."""
-  tokenizer = input_pipeline.load_tokenizer(checkpoints[family])
+  tokenizer = tokenization.load_tokenizer(checkpoints[family])
   rows = _pairs()
-  split = input_pipeline.encode(rows, tokenizer, PAIRS_TASK, 64, "pairs")
+  split = tasks.kind_of(PAIRS_TASK).encode(rows, tokenizer, PAIRS_TASK, 64, "pairs")
   for i in range(3):
     expected = transformers.AutoTokenizer.from_pretrained(str(checkpoints[family]))(
         rows[i]["sentence1"], rows[i]["sentence2"], truncation=True, max_length=64)["input_ids"]
@@ -275,10 +277,10 @@ def test_token_classification_labels_first_sub_word_of_byte_level_bpe(checkpoint
   names = ("O", "B-PER", "I-PER", "B-LOC", "B-ORG", "I-ORG")
   task = ml_collections.ConfigDict(dict(kind="token_classification", text_fields=("tokens",),
                                         label_field="tags", label_names=names))
-  tokenizer = input_pipeline.load_tokenizer(checkpoints["roberta"])
+  tokenizer = tokenization.load_tokenizer(checkpoints["roberta"])
   assert not tokenizer.add_prefix_space  # as RoBERTa's own tokenizer: the pipeline adds it
   rows = datasets.Dataset.from_dict({"tokens": NER_WORDS, "tags": NER_TAGS})
-  split = input_pipeline.encode(rows, tokenizer, task, 32, "ner")
+  split = tasks.kind_of(task).encode(rows, tokenizer, task, 32, "ner")
   for i, (words, tags) in enumerate(zip(NER_WORDS, NER_TAGS)):
     tokens = tokenizer.convert_ids_to_tokens(split.input_ids[i, :split.lengths[i]].tolist())
     first = np.flatnonzero(split.word_index[i] >= 0)
@@ -286,7 +288,7 @@ def test_token_classification_labels_first_sub_word_of_byte_level_bpe(checkpoint
     assert [names[t] for t in split.labels[i, first]] == tags
     assert all(tokens[p].startswith("Ġ") for p in first)
     assert sum(t.startswith("Ġ") for t in tokens) == len(words)  # each word starts once
-    assert (split.labels[i][split.word_index[i] < 0] == tasks.IGNORE).all()
+    assert (split.labels[i][split.word_index[i] < 0] == IGNORE).all()
     assert len(first) < split.lengths[i] - 2  # some word has more than one sub-word
 
 
@@ -302,8 +304,8 @@ def test_question_answering_windows_find_the_answer(checkpoints, family):
       "answers": [{"text": [answer], "answer_start": [context.index(answer)]}]})
   task = squad.get_config().task
   task.doc_stride = 16
-  tokenizer = input_pipeline.load_tokenizer(checkpoints[family])
-  split = input_pipeline.encode(rows, tokenizer, task, 64, "qa")
+  tokenizer = tokenization.load_tokenizer(checkpoints[family])
+  split = tasks.kind_of(task).encode(rows, tokenizer, task, 64, "qa")
   assert len(split) > 3  # the context takes several windows
   found = 0
   for f in range(len(split)):
@@ -326,11 +328,11 @@ def test_training_steps_match_transformers_and_torch_adamw(checkpoints, family):
   source = checkpoints[family]
   config, _ = hf_io.load_config(source)
   config = dataclasses.replace(config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-  tokenizer = input_pipeline.load_tokenizer(source)
-  split = input_pipeline.encode(_pairs(), tokenizer, PAIRS_TASK, 64, "pairs")
+  tokenizer = tokenization.load_tokenizer(source)
+  split = tasks.kind_of(PAIRS_TASK).encode(_pairs(), tokenizer, PAIRS_TASK, 64, "pairs")
   rows = [np.arange(3 * i, 3 * i + 3) for i in (0, 1, 2, 0)]
-  width = max(input_pipeline.batch_width(split, r, (16, 32, 64)) for r in rows)  # one program
-  batches = [input_pipeline.make_batch(split, r, (), width) for r in rows]
+  width = max(batch_width(split, r, (16, 32, 64)) for r in rows)  # one program
+  batches = [make_batch(split, r, (), width) for r in rows]
   model = tasks.get("classification").build_model(config, NUM_LABELS, dtype=jnp.float32,
                                                   param_dtype=jnp.float32, classifier_dropout=None)
   # The head's initialisation, which ours takes over: wide (std 0.3), so that its logits and the

@@ -11,9 +11,11 @@ import pytest
 
 from conftest import REPO
 from configs import default, sst2
+from helpers import load_encoded
 from research import config_lib, report, run_record, train
+from research.data import sources, tokenization
+from research.errors import DataError
 from research.models import builder
-from research.data import input_pipeline
 
 
 def _checkout_files() -> list[str]:
@@ -68,29 +70,29 @@ def test_a_fresh_clone_runs_the_quick_config_offline_from_the_shipped_slice(tmp_
 def test_the_lookup_order_of_a_registered_task(tmp_path, monkeypatch):
   config = sst2.get_config("quick")
   (tmp_path / "sst2").mkdir()
-  monkeypatch.setenv(input_pipeline.DATA_DIR_ENV, str(tmp_path))
-  assert input_pipeline.locate(config.data) == input_pipeline.Source(
+  monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path))
+  assert sources.locate(config.data) == sources.Source(
       str(tmp_path / "sst2"), "$RESEARCH_DATA_DIR")
-  monkeypatch.delenv(input_pipeline.DATA_DIR_ENV)
-  monkeypatch.setattr(input_pipeline, "hub_reachable", lambda: True)
-  assert input_pipeline.locate(config.data) == input_pipeline.Source("nyu-mll/glue", "hub")
-  monkeypatch.setattr(input_pipeline, "hub_reachable", lambda: False)
-  shipped = input_pipeline.Source(str(input_pipeline.SHIPPED_DIR / "sst2"), "shipped slice")
-  assert input_pipeline.locate(config.data) == shipped
+  monkeypatch.delenv(sources.DATA_DIR_ENV)
+  monkeypatch.setattr(sources, "hub_reachable", lambda: True)
+  assert sources.locate(config.data) == sources.Source("nyu-mll/glue", "hub")
+  monkeypatch.setattr(sources, "hub_reachable", lambda: False)
+  shipped = sources.Source(str(sources.SHIPPED_DIR / "sst2"), "shipped slice")
+  assert sources.locate(config.data) == shipped
   config.data.train_examples = 8001  # one more than the slice holds
-  with pytest.raises(input_pipeline.DataError, match="the first 8,000 of 67,349 rows, the "
+  with pytest.raises(DataError, match="the first 8,000 of 67,349 rows, the "
                      "config asks for 8,001"):
-    input_pipeline.locate(config.data)
+    sources.locate(config.data)
   config.data.train_examples = 0
   config.data.validation_from_train = 0.1  # carves from the whole training split
-  with pytest.raises(input_pipeline.DataError, match="asks for all of them .data.validation_"):
-    input_pipeline.locate(config.data)
+  with pytest.raises(DataError, match="asks for all of them .data.validation_"):
+    sources.locate(config.data)
   config.data.dataset = str(tmp_path / "sst2")  # an explicit folder wins over everything
-  assert input_pipeline.locate(config.data).origin == "data.dataset"
+  assert sources.locate(config.data).origin == "data.dataset"
   # The hub is not asked for when the environment says offline.
   monkeypatch.undo()
   monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-  assert not input_pipeline.hub_reachable()
+  assert not sources.hub_reachable()
 
 
 def test_a_config_file_is_locked_and_takes_a_string_for_a_tuple():
@@ -153,8 +155,8 @@ def test_run_json_records_code_command_versions_devices_data_and_speed(reference
   assert record["started"] <= record["ended"]
   train_speed, eval_speed = record["throughput"]["train"], record["throughput"]["eval"]
   assert train_speed["examples"] == 24 * config.train.batch_size
-  eval_split = input_pipeline.load_encoded(config.data, config.task, _tokenizer(), "validation",
-                                           config.data.eval_examples)
+  eval_split = load_encoded(config.data, config.task, _tokenizer(), "validation",
+                            config.data.eval_examples)
   assert eval_speed["examples"] == 2 * 50  # two evaluations of 50 examples
   assert eval_speed["tokens"] == 2 * int(eval_split.lengths.sum())
   assert train_speed["examples"] < train_speed["tokens"] < 64 * train_speed["examples"]
@@ -168,7 +170,7 @@ def test_run_json_records_code_command_versions_devices_data_and_speed(reference
 
 def _tokenizer():
   from research.models import hf_io
-  return input_pipeline.load_tokenizer(hf_io.embedded_checkpoint_dir())
+  return tokenization.load_tokenizer(hf_io.embedded_checkpoint_dir())
 
 
 def test_report_names_the_code_and_warns_when_runs_differ(reference_run, tmp_path, capsys):

@@ -23,7 +23,7 @@ from conftest import REPO, require_data
 from experiments import reference
 from helpers import tiny_config, train_losses
 from research import train
-from research.data import input_pipeline
+from research.data.batches import TrainBatches
 
 
 def test_reference_run_scores_predictions_in_dataset_order(tmp_path):
@@ -81,13 +81,13 @@ def test_trainer_order_walks_each_mega_batch_from_longest_to_shortest():
       return len(self.lengths)
 
   lengths = np.random.default_rng(0).integers(5, 128, 1000)
-  batches = input_pipeline.TrainBatches(Lengths(lengths), batch_size=8, accum_steps=1, seed=0,
-                                        buckets=(128,), group_by_length=50)
+  batches = TrainBatches(Lengths(lengths), batch_size=8, accum_steps=1, seed=0,
+                         buckets=(128,), group_by_length=50)
   shuffled = batches.epoch_order(0).copy()
   reference.register_trainer_order()
-  order = input_pipeline.TrainBatches(Lengths(lengths), batch_size=8, accum_steps=1, seed=0,
-                                      buckets=(128,), group_by_length=50,
-                                      order="hf_trainer").epoch_order(0)
+  order = TrainBatches(Lengths(lengths), batch_size=8, accum_steps=1, seed=0,
+                       buckets=(128,), group_by_length=50,
+                       order="hf_trainer").epoch_order(0)
   assert order.shape == shuffled.shape == (125, 8)
   flat = order.reshape(-1)
   assert sorted(flat) == list(range(1000))  # 125 full batches: nothing dropped here

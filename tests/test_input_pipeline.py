@@ -1,7 +1,9 @@
 """Sources, tokenisation, batching order and the every-example-once evaluation."""
 
+import importlib.util
 import json
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,16 +12,20 @@ import numpy as np
 import pytest
 
 from conftest import require_data
+from helpers import load_encoded
 from research import evaluation, steps, tasks
-from research.tasks import tokens
-from research.data import input_pipeline as ip
+from research.data import sources, splits, tokenization
+from research.data.batches import TrainBatches, eval_batches, register_batch_order
+from research.data.encoded import IGNORE
+from research.errors import DataError
 from research.models import bert, hf_io
 from research.parallel import DataParallel
+from research.tasks import tokens
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-  return ip.load_tokenizer(hf_io.embedded_checkpoint_dir())
+  return tokenization.load_tokenizer(hf_io.embedded_checkpoint_dir())
 
 
 def _task(kind="classification", fields=("sentence",), label_field="label",
@@ -36,36 +42,83 @@ def _data(dataset, **kw):
 
 def _sst2(tokenizer, n=100):
   require_data("sst2")
-  return ip.load_encoded(_data("", local_name="sst2"), _task(), tokenizer, "train", limit=n)
+  return load_encoded(_data("", local_name="sst2"), _task(), tokenizer, "train", limit=n)
+
+
+def _cached_maps(rows) -> list[str]:
+  """The `map` results `datasets` cached beside a file-backed dataset's arrow file."""
+  folder = pathlib.Path(rows.cache_files[0]["filename"]).parent
+  return sorted(p.name for p in folder.glob("cache-*.arrow"))
+
+
+def _zorblax_file(tmp_path) -> pathlib.Path:
+  path = tmp_path / "train.jsonl"
+  path.write_text("".join(json.dumps({"sentence": f"a zorblax film number {i}", "label": i % 2})
+                          + "\n" for i in range(20)))
+  return path
 
 
 def test_a_cached_tokenisation_is_reused_only_by_the_same_tokenizer_and_arguments(tmp_path):
   """`datasets` caches each `map` under a fingerprint we compute (its own pickles the whole
   tokenizer, most of a small split's encoding time): the same tokenizer and arguments reuse
   the cached result; another max_length or a tokenizer with one token more do not."""
-  path = tmp_path / "train.jsonl"
-  path.write_text("".join(json.dumps({"sentence": f"a zorblax film number {i}", "label": i % 2})
-                          + "\n" for i in range(20)))
-  rows = ip.read_file(path)
-  # A file-backed dataset: `map` results are cached beside its arrow file.
-  folder = pathlib.Path(rows.cache_files[0]["filename"]).parent
-  cached = lambda: sorted(p.name for p in folder.glob("cache-*.arrow"))  # noqa: E731
-  embedded = hf_io.embedded_checkpoint_dir()
-  first = ip.encode(rows, ip.load_tokenizer(embedded), _task(), 16, "t")
-  files = cached()
-  assert len(files) == 1
+  path = _zorblax_file(tmp_path)
+  kind, embedded = tasks.get("classification"), hf_io.embedded_checkpoint_dir()
   # Each call as a new run makes it: the split read again, the tokenizer loaded again.
-  again = ip.encode(ip.read_file(path), ip.load_tokenizer(embedded), _task(), 16, "t")
-  assert cached() == files  # reused, not tokenised again
+  encode = lambda max_length, tokenizer=None: kind.encode(  # noqa: E731
+      sources.read_file(path), tokenizer or tokenization.load_tokenizer(embedded), _task(),
+      max_length, "t")
+  first = encode(16)
+  files = _cached_maps(sources.read_file(path))
+  assert len(files) == 1
+  again = encode(16)
+  assert _cached_maps(sources.read_file(path)) == files  # reused, not tokenised again
   np.testing.assert_array_equal(again.input_ids, first.input_ids)
-  shorter = ip.encode(ip.read_file(path), ip.load_tokenizer(embedded), _task(), 4, "t")
+  shorter = encode(4)
   assert shorter.lengths.max() == 4 < first.lengths.max()
-  grown = ip.load_tokenizer(embedded)
+  grown = tokenization.load_tokenizer(embedded)
   assert grown.add_tokens(["zorblax"]) == 1  # a word the vocabulary splits
-  with_token = ip.encode(ip.read_file(path), grown, _task(), 16, "t")
+  with_token = encode(16, grown)
   assert (with_token.input_ids == len(grown) - 1).sum() == 20  # the new id, once per row
-  assert len(cached()) == 3
+  assert len(_cached_maps(sources.read_file(path))) == 3
   assert (first.input_ids == len(grown) - 1).sum() == 0
+
+
+def test_an_edit_to_a_kinds_code_is_a_cache_miss(tmp_path, monkeypatch):
+  """The cache key covers the code of every file that shapes encoded rows: research/data/ and
+  the modules of the encoding kind's classes. A researcher's kind, edited between two runs,
+  tokenises anew; unedited, it reuses the cached split; a built-in kind's key covers its own
+  module, not another kind's."""
+  from research.data import cache
+  from research.tasks import relations, sequence, tokens
+  module_file = tmp_path / "my_kind.py"
+  source = ("from research.tasks.sequence import Classification\n\n\n"
+            "class Mine(Classification):\n  name = 'mine'\n")
+  module_file.write_text(source)
+
+  def fresh_kind():
+    spec = importlib.util.spec_from_file_location("my_kind", module_file)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "my_kind", module)  # imported, as a plug-in kind is
+    spec.loader.exec_module(module)
+    return module.Mine()
+
+  path = _zorblax_file(tmp_path)
+  tokenizer = tokenization.load_tokenizer(hf_io.embedded_checkpoint_dir())
+  fresh_kind().encode(sources.read_file(path), tokenizer, _task(), 16, "t")
+  files = _cached_maps(sources.read_file(path))
+  assert len(files) == 1
+  fresh_kind().encode(sources.read_file(path), tokenizer, _task(), 16, "t")
+  assert _cached_maps(sources.read_file(path)) == files  # the same code: reused
+  module_file.write_text(source + "  # an edit that changes no row: still another key\n")
+  edited = fresh_kind()
+  edited.encode(sources.read_file(path), tokenizer, _task(), 16, "t")
+  assert len(_cached_maps(sources.read_file(path))) == 2  # tokenised anew
+  digests = {kind: cache.code_digest(kind) for kind in (
+      sequence.Classification, sequence.Regression, tokens.TokenClassification,
+      relations.RelationClassification, type(edited))}
+  assert len(set(digests.values())) == 4  # classification and regression share sequence.py
+  assert digests[sequence.Classification] == digests[sequence.Regression]
 
 
 # ---- sources -----------------------------------------------------------------------------
@@ -88,22 +141,22 @@ def test_local_files_of_each_format(tmp_path, tokenizer, suffix):
       writer = csv.DictWriter(f, ["text", "label"], delimiter="\t" if suffix == ".tsv" else ",")
       writer.writeheader()
       writer.writerows(rows)
-  split = ip.load_encoded(_data(tmp_path), _task(fields=("text",), label_names=("neg", "pos")),
-                          tokenizer, "train")
+  split = load_encoded(_data(tmp_path), _task(fields=("text",), label_names=("neg", "pos")),
+                       tokenizer, "train")
   assert split.labels.tolist() == [1, 0]  # label strings mapped through label_names
   assert split.lengths.tolist() == [5, 5]  # [CLS] + 3 words + [SEP]; "," is a token
 
 
 def test_missing_split_names_what_exists(tmp_path):
   (tmp_path / "train.jsonl").write_text('{"sentence": "x", "label": 0}\n')
-  with pytest.raises(ip.DataError, match=r"no file for split 'dev'.*\['train'\]"):
-    ip.load_split(str(tmp_path), "", "dev")
+  with pytest.raises(DataError, match=r"no file for split 'dev'.*\['train'\]"):
+    sources.load_split(str(tmp_path), "", "dev")
 
 
 def test_unreadable_file_is_named(tmp_path):
   (tmp_path / "train.csv").write_text("text,label\na,b,c,d\n\"unclosed\n")
-  with pytest.raises(ip.DataError, match="train.csv"):
-    ip.load_split(str(tmp_path), "", "train")
+  with pytest.raises(DataError, match="train.csv"):
+    sources.load_split(str(tmp_path), "", "train")
 
 
 @pytest.mark.parametrize("kind,rows,message", [
@@ -125,8 +178,8 @@ def test_every_bad_label_is_named_with_its_row(tmp_path, tokenizer, kind, rows, 
   """NaN and null labels once trained (or scored a Pearson of 0.0) without a word."""
   (tmp_path / "validation.jsonl").write_text("".join('{"sentence": %s}\n' % r for r in rows))
   task = _task(kind=kind, label_names=() if kind == "regression" else ("negative", "positive"))
-  with pytest.raises(ip.DataError) as raised:
-    ip.load_encoded(_data(tmp_path), task, tokenizer, "validation")
+  with pytest.raises(DataError) as raised:
+    load_encoded(_data(tmp_path), task, tokenizer, "validation")
   assert str(raised.value).startswith(f"{tmp_path} [validation]: {message}")
 
 
@@ -136,26 +189,27 @@ def test_bad_tags_and_missing_fields_are_named(tmp_path, tokenizer):
                                         '{"tokens": ["e"], "tags": ["O", "O"]}\n')
   task = _task(kind="token_classification", fields=("tokens",), label_field="tags",
                label_names=("O", "B-PER"))
-  with pytest.raises(ip.DataError, match=r"\[train\]: row 2, word 2: label 'X' is neither"):
-    ip.load_encoded(_data(tmp_path), task, tokenizer, "train")
-  with pytest.raises(ip.DataError, match=r"no field \['text'\]"):
-    ip.load_encoded(_data(tmp_path), _task(fields=("text",), label_field="tags"), tokenizer,
-                    "train")
+  with pytest.raises(DataError, match=r"\[train\]: row 2, word 2: label 'X' is neither"):
+    load_encoded(_data(tmp_path), task, tokenizer, "train")
+  with pytest.raises(DataError, match=r"no field \['text'\]"):
+    load_encoded(_data(tmp_path), _task(fields=("text",), label_field="tags"), tokenizer,
+                 "train")
 
 
 def test_research_data_dir_overrides_the_hub_name(monkeypatch, tmp_path):
   (tmp_path / "mytask").mkdir()
-  monkeypatch.setenv(ip.DATA_DIR_ENV, str(tmp_path))
-  assert ip.resolve_source(_data("nyu-mll/glue", local_name="mytask")) == str(tmp_path / "mytask")
-  with pytest.raises(ip.DataError, match="has no folder 'other'"):
-    ip.resolve_source(_data("nyu-mll/glue", local_name="other"))
-  monkeypatch.delenv(ip.DATA_DIR_ENV)
-  monkeypatch.setattr(ip, "hub_reachable", lambda: True)
-  assert ip.resolve_source(_data("nyu-mll/glue", local_name="mytask")) == "nyu-mll/glue"
-  monkeypatch.setattr(ip, "hub_reachable", lambda: False)  # and no slice of 'mytask' shipped
-  with pytest.raises(ip.DataError, match="no data for 'mytask': RESEARCH_DATA_DIR is not set; "
+  monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path))
+  assert (sources.resolve_source(_data("nyu-mll/glue", local_name="mytask"))
+          == str(tmp_path / "mytask"))
+  with pytest.raises(DataError, match="has no folder 'other'"):
+    sources.resolve_source(_data("nyu-mll/glue", local_name="other"))
+  monkeypatch.delenv(sources.DATA_DIR_ENV)
+  monkeypatch.setattr(sources, "hub_reachable", lambda: True)
+  assert sources.resolve_source(_data("nyu-mll/glue", local_name="mytask")) == "nyu-mll/glue"
+  monkeypatch.setattr(sources, "hub_reachable", lambda: False)  # and no slice of 'mytask' shipped
+  with pytest.raises(DataError, match="no data for 'mytask': RESEARCH_DATA_DIR is not set; "
                      r"the hub \(nyu-mll/glue\) is offline or unreachable. Set"):
-    ip.resolve_source(_data("nyu-mll/glue", local_name="mytask"))
+    sources.resolve_source(_data("nyu-mll/glue", local_name="mytask"))
 
 
 # ---- tokenisation ---------------------------------------------------------------------------
@@ -166,9 +220,9 @@ def test_sentence_pairs_match_the_hugging_face_tokenizer(tokenizer, max_length):
   require_data("mrpc")
   task = _task(fields=("sentence1", "sentence2"),
                label_names=("not_equivalent", "equivalent"))
-  split = ip.load_encoded(_data("", local_name="mrpc", max_length=max_length), task, tokenizer,
-                          "validation", limit=40)
-  rows = ip.load_split(ip.resolve_source(_data("", local_name="mrpc")), "", "validation")
+  split = load_encoded(_data("", local_name="mrpc", max_length=max_length), task, tokenizer,
+                       "validation", limit=40)
+  rows = sources.load_split(sources.resolve_source(_data("", local_name="mrpc")), "", "validation")
   rows = rows.select(range(40))
   reference = tokenizer(list(rows["sentence1"]), list(rows["sentence2"]), truncation=True,
                         max_length=max_length)
@@ -191,7 +245,7 @@ def test_token_labels_sit_on_first_sub_words(tmp_path, tokenizer):
   names = ("O", "B-PER", "I-PER")
   task = _task(kind="token_classification", fields=("tokens",), label_field="ner_tags",
                label_names=names)
-  split = ip.load_encoded(_data(tmp_path), task, tokenizer, "train")
+  split = load_encoded(_data(tmp_path), task, tokenizer, "train")
   word_ids = tokenizer(["Peter", "Blackburn", "visited", "1996-08-22"],
                        is_split_into_words=True).word_ids()
   n = split.lengths[0]
@@ -199,14 +253,14 @@ def test_token_labels_sit_on_first_sub_words(tmp_path, tokenizer):
   seen = set()
   for position, word in enumerate(word_ids):
     if word is None or word in seen:
-      assert labels[position] == tasks.IGNORE and words[position] == -1
+      assert labels[position] == IGNORE and words[position] == -1
     else:
       seen.add(word)
       assert words[position] == word
       assert names[labels[position]] == ["B-PER", "I-PER", "O", "O"][word]
-  assert (labels == tasks.IGNORE).sum() > 2  # the date splits into several sub-words
+  assert (labels == IGNORE).sum() > 2  # the date splits into several sub-words
   # Round trip: logits that pick each first sub-word's gold tag give back the word tags.
-  one_hot = np.eye(len(names))[np.where(split.labels == tasks.IGNORE, 0, split.labels)]
+  one_hot = np.eye(len(names))[np.where(split.labels == IGNORE, 0, split.labels)]
   assert tokens.word_predictions(split, one_hot)[0].tolist() == [1, 2, 0, 0]
 
 
@@ -217,9 +271,9 @@ def test_words_beyond_max_length_are_predicted_as_the_first_tag(tmp_path, tokeni
                                            str(["B-PER"] * 30).replace("'", '"')))
   task = _task(kind="token_classification", fields=("tokens",), label_field="ner_tags",
                label_names=("O", "B-PER"))
-  split = ip.load_encoded(_data(tmp_path, max_length=16), task, tokenizer, "train")
+  split = load_encoded(_data(tmp_path, max_length=16), task, tokenizer, "train")
   assert len(split.word_labels[0]) == 30  # gold keeps every word
-  one_hot = np.eye(2)[np.where(split.labels == tasks.IGNORE, 0, split.labels)]
+  one_hot = np.eye(2)[np.where(split.labels == IGNORE, 0, split.labels)]
   predicted = tokens.word_predictions(split, one_hot)[0]
   covered = (split.word_index[0] >= 0).sum()
   assert 0 < covered < 30
@@ -232,7 +286,7 @@ def test_words_beyond_max_length_are_predicted_as_the_first_tag(tmp_path, tokeni
 
 def test_training_order_is_a_function_of_seed_and_epoch(tokenizer):
   split = _sst2(tokenizer)
-  make = lambda seed, group=0: ip.TrainBatches(  # noqa: E731
+  make = lambda seed, group=0: TrainBatches(  # noqa: E731
       split, batch_size=8, accum_steps=2, seed=seed, buckets=(16, 32, 64), group_by_length=group)
   a, b = make(0), make(0)
   assert a.steps_per_epoch == 12  # 100 // 8: the remainder is dropped
@@ -251,8 +305,8 @@ def test_training_order_is_a_function_of_seed_and_epoch(tokenizer):
 def test_batches_use_the_smallest_bucket_and_grouping_cuts_padding(tokenizer):
   split = _sst2(tokenizer, n=400)
   def padding(group):
-    batches = ip.TrainBatches(split, batch_size=16, accum_steps=1, seed=0,
-                              buckets=(16, 32, 64), group_by_length=group)
+    batches = TrainBatches(split, batch_size=16, accum_steps=1, seed=0,
+                           buckets=(16, 32, 64), group_by_length=group)
     tokens = pad = 0
     for batch in batches(0, batches.steps_per_epoch):
       real = batch["attention_mask"].sum()
@@ -298,8 +352,8 @@ def test_eval_sees_every_example_once_and_matches_a_plain_loop(tokenizer):
 def test_each_process_builds_its_block_of_every_batch_at_the_whole_batchs_width(tokenizer):
   """Two processes' blocks, side by side, are the one-process batch: same rows, same width."""
   split = _sst2(tokenizer, n=200)
-  batches = ip.TrainBatches(split, batch_size=16, accum_steps=2, seed=0, buckets=(16, 32, 64),
-                            group_by_length=0)
+  batches = TrainBatches(split, batch_size=16, accum_steps=2, seed=0, buckets=(16, 32, 64),
+                         group_by_length=0)
   for step in range(12):
     whole = batches.batch(step)
     blocks = [batches.batch(step, slice(0, 4)), batches.batch(step, slice(4, 8))]
@@ -308,9 +362,9 @@ def test_each_process_builds_its_block_of_every_batch_at_the_whole_batchs_width(
     assert sorted(whole["example_index"].ravel()) == sorted(batches.epoch_order(
         step // batches.steps_per_epoch)[step % batches.steps_per_epoch])
   widths = set()
-  for whole, *blocks in zip(ip.eval_batches(split, 10, (16, 32, 64)),
-                            ip.eval_batches(split, 10, (16, 32, 64), slice(0, 5)),
-                            ip.eval_batches(split, 10, (16, 32, 64), slice(5, 10))):
+  for whole, *blocks in zip(eval_batches(split, 10, (16, 32, 64)),
+                            eval_batches(split, 10, (16, 32, 64), slice(0, 5)),
+                            eval_batches(split, 10, (16, 32, 64), slice(5, 10))):
     for key, value in whole.items():
       np.testing.assert_array_equal(np.concatenate([b[key] for b in blocks]), value)
     widths.add(whole["input_ids"].shape[1])
@@ -319,14 +373,14 @@ def test_each_process_builds_its_block_of_every_batch_at_the_whole_batchs_width(
 
 def test_a_registered_batch_order_replaces_the_shuffle(tokenizer):
   split = _sst2(tokenizer, n=100)
-  ip.register_batch_order("reversed_for_test",
-                          lambda lengths, batch_size, rng: np.arange(len(lengths))[::-1])
-  batches = ip.TrainBatches(split, batch_size=8, accum_steps=1, seed=0, buckets=(16, 32, 64),
-                            order="reversed_for_test")
+  register_batch_order("reversed_for_test",
+                       lambda lengths, batch_size, rng: np.arange(len(lengths))[::-1])
+  batches = TrainBatches(split, batch_size=8, accum_steps=1, seed=0, buckets=(16, 32, 64),
+                         order="reversed_for_test")
   assert batches.epoch_order(0)[0].tolist() == list(range(99, 91, -1))
   assert batches.epoch_order(0).shape == (12, 8)  # the remainder is dropped
-  with pytest.raises(ip.DataError, match="data.batch_order 'nope' is not a registered"):
-    ip.TrainBatches(split, batch_size=8, accum_steps=1, seed=0, buckets=(64,), order="nope")
+  with pytest.raises(DataError, match="data.batch_order 'nope' is not a registered"):
+    TrainBatches(split, batch_size=8, accum_steps=1, seed=0, buckets=(64,), order="nope")
 
 
 # ---- a validation split held out of train ----------------------------------------------------
@@ -343,32 +397,32 @@ def _holdout_data(tmp_path, amount):
 def test_validation_from_train_is_fixed_disjoint_and_stratified(tmp_path, tokenizer):
   task = _task(fields=("text",), label_names=("neg", "pos"))
   data = _holdout_data(tmp_path, 0.1)
-  train, held = (ip.load_encoded(data, task, tokenizer, name) for name in ("train", "validation"))
-  everything = ip.load_encoded(_data(tmp_path), task, tokenizer, "train")
+  train, held = (load_encoded(data, task, tokenizer, name) for name in ("train", "validation"))
+  everything = load_encoded(_data(tmp_path), task, tokenizer, "train")
   rows = lambda split: [tuple(r) for r in split.input_ids]  # noqa: E731
   assert (len(train), len(held)) == (180, 20)
   assert not set(rows(train)) & set(rows(held))
   assert sorted(rows(train) + rows(held)) == sorted(rows(everything))
   assert held.labels.tolist().count(1) == 5  # a quarter of the rows are 'pos', in both parts
-  again = ip.load_encoded(_holdout_data(tmp_path, 20), task, tokenizer, "validation")
+  again = load_encoded(_holdout_data(tmp_path, 20), task, tokenizer, "validation")
   assert rows(again) == rows(held)  # a count or a fraction, every call: the same rows
   # Training rows keep their file order; the limit takes the first of those that are left.
-  first = ip.load_encoded(data, task, tokenizer, "train", limit=10)
+  first = load_encoded(data, task, tokenizer, "train", limit=10)
   assert rows(first) == rows(train)[:10]
-  record = ip.data_record(data, {"train": train, "validation": held})
+  record = splits.data_record(data, {"train": train, "validation": held})
   assert record["validation"]["file"].endswith("train.jsonl (validation_from_train=0.1, seed 0)")
   for bad in (200, 1.5, -3):
-    with pytest.raises(ip.DataError, match="must be a fraction in"):
-      ip.load_encoded(_holdout_data(tmp_path, bad), task, tokenizer, "validation")
+    with pytest.raises(DataError, match="must be a fraction in"):
+      load_encoded(_holdout_data(tmp_path, bad), task, tokenizer, "validation")
 
 
 def test_holdout_indices_keep_each_label_share():
   labels = ["a"] * 70 + ["b"] * 27 + ["c"] * 3
-  held = ip.holdout_indices(labels, 10, stratify=True)
+  held = splits.holdout_indices(labels, 10, stratify=True)
   assert list(held) == sorted(set(held)) and len(held) == 10
   # Shares 7.0, 2.7 and 0.3 rows: the largest remainder (b's) gets the 10th.
   assert {k: [labels[i] for i in held].count(k) for k in "abc"} == {"a": 7, "b": 3, "c": 0}
-  assert list(ip.holdout_indices(labels, 10, stratify=True)) == list(held)
+  assert list(splits.holdout_indices(labels, 10, stratify=True)) == list(held)
 
 
 def test_validation_from_train_needs_the_validation_split_listed():

@@ -53,3 +53,29 @@ def test_config_files_load_without_jax():
   from configs import default
   from research.models import bert
   assert default.get_config().model.architecture.to_dict() == bert.BertConfig().to_dict()
+
+
+def _imports(path) -> set[str]:
+  """The modules a file imports, at its top or inside functions (`from a import b` as `a.b`
+  too: b may be a module)."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    if isinstance(node, ast.Import):
+      found.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      found.add(node.module)
+      found.update(f"{node.module}.{a.name}" for a in node.names)
+  return found
+
+
+def test_the_data_pipeline_knows_no_task_kind_and_inference_no_training():
+  """research/data/ imports nothing of research/tasks/ (a kind's encoder lives with its kind;
+  what needs a kind is handed it), and inference imports neither the training loop nor the
+  optimizer (it builds its model with research.models.builder; steps.py's eval step is the
+  one evaluation shares with training)."""
+  data = {str(p.relative_to(REPO)): sorted(m for m in _imports(p)
+                                           if m.startswith("research.tasks"))
+          for p in sorted((REPO / "research" / "data").glob("*.py"))}
+  assert len(data) >= 8 and not any(data.values()), data
+  assert not {"research.train", "research.optim"} & _imports(
+      REPO / "research" / "inference.py")

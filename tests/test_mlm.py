@@ -15,9 +15,13 @@ import torch
 import transformers
 
 from conftest import REPO
-from helpers import assert_same_params, final_state, tiny_checkpoint, tiny_config, train_losses
+from helpers import (assert_same_params, final_state, load_encoded, tiny_checkpoint, tiny_config,
+                     train_losses)
 from research import config_lib, errors, inference, tasks, train
-from research.data import input_pipeline as ip
+from research.data import masking, sources, streaming, tokenization
+from research.data.batches import TrainBatches, make_batch
+from research.data.encoded import IGNORE
+from research.errors import DataError
 from research.models import bert, builder, hf_io
 
 SLICE = REPO / "data" / "sst2"  # real sentences that ship with the repository
@@ -38,15 +42,16 @@ def _sentences(n):
 
 def _encode(n=5000, **task):
   config = mlm_config(**{f"task.{k}": v for k, v in task.items()})
-  tokenizer = ip.load_tokenizer(hf_io.embedded_checkpoint_dir())
-  return ip.encode(_sentences(n), tokenizer, config.task, 64, "sst2 slice"), tokenizer
+  tokenizer = tokenization.load_tokenizer(hf_io.embedded_checkpoint_dir())
+  split = tasks.kind_of(config.task).encode(_sentences(n), tokenizer, config.task, 64, "sst2 slice")
+  return split, tokenizer
 
 
 def _masked_batches(split, epoch=0, batch_size=250):
   """Every row of `split` masked as in training epoch `epoch`, in batches."""
   for start in range(0, len(split), batch_size):
     indices = np.arange(start, min(start + batch_size, len(split)))
-    yield indices, ip.make_batch(split, indices, (64,), mask_key=ip.train_mask_key(0, epoch))
+    yield indices, make_batch(split, indices, (64,), mask_key=masking.train_mask_key(0, epoch))
 
 
 def test_masking_follows_bert_80_10_10_and_never_touches_special_tokens_or_padding():
@@ -56,7 +61,7 @@ def test_masking_follows_bert_80_10_10_and_never_touches_special_tokens_or_paddi
   for indices, batch in _masked_batches(split):
     for r, i in enumerate(indices):
       original = split.input_ids[i, :64]
-      targets = batch["labels"][r] != tasks.IGNORE
+      targets = batch["labels"][r] != IGNORE
       positions = batch["masked_positions"][r][targets]
       maskable = np.flatnonzero(split.mask_groups[i, :64] >= 0)
       # BERT's count: 15% of the maskable tokens, rounded, at least one; distinct positions.
@@ -85,7 +90,7 @@ def test_whole_word_masking_masks_every_sub_word_of_a_chosen_word():
   for indices, batch in _masked_batches(split):
     for r, i in enumerate(indices):
       groups = split.mask_groups[i, :64]
-      targets = batch["labels"][r] != tasks.IGNORE
+      targets = batch["labels"][r] != IGNORE
       positions = set(batch["masked_positions"][r][targets].tolist())
       maskable = np.flatnonzero(groups >= 0)
       count = max(1, int(0.15 * len(maskable) + 0.5))
@@ -108,18 +113,18 @@ def test_whole_word_masking_masks_every_sub_word_of_a_chosen_word():
 def test_masks_depend_on_seed_epoch_and_example_only():
   split, _ = _encode(200)
   indices = np.arange(40, 80)
-  key = ip.train_mask_key(3, 1)
-  whole = ip.make_batch(split, indices, (64,), mask_key=key)
+  key = masking.train_mask_key(3, 1)
+  whole = make_batch(split, indices, (64,), mask_key=key)
   # The same rows in another batch (other neighbours, padding rows, another order).
-  other = ip.make_batch(split, np.concatenate([[-1, 7], indices[::-1]]), (64,), mask_key=key)
+  other = make_batch(split, np.concatenate([[-1, 7], indices[::-1]]), (64,), mask_key=key)
   for name in ("input_ids", "masked_positions", "labels"):
     np.testing.assert_array_equal(other[name][2:][::-1], whole[name])
-  assert np.all(other["labels"][0] == tasks.IGNORE)  # a padding row predicts nothing
-  next_epoch = ip.make_batch(split, indices, (64,), mask_key=ip.train_mask_key(3, 2))
-  other_seed = ip.make_batch(split, indices, (64,), mask_key=ip.train_mask_key(4, 1))
+  assert np.all(other["labels"][0] == IGNORE)  # a padding row predicts nothing
+  next_epoch = make_batch(split, indices, (64,), mask_key=masking.train_mask_key(3, 2))
+  other_seed = make_batch(split, indices, (64,), mask_key=masking.train_mask_key(4, 1))
   for changed in (next_epoch, other_seed):
     assert np.mean(np.any(changed["masked_positions"] != whole["masked_positions"], -1)) > 0.6
-  evaluation = [ip.make_batch(split, indices, (64,)) for _ in range(2)]
+  evaluation = [make_batch(split, indices, (64,)) for _ in range(2)]
   np.testing.assert_array_equal(evaluation[0]["input_ids"], evaluation[1]["input_ids"])
 
 
@@ -128,17 +133,17 @@ def test_texts_are_concatenated_into_full_rows_or_kept_one_per_row(tmp_path):
   lines = ["A first line of text.", "", "   ", "The second line, a little longer than the first.",
            "Third."]
   text.write_text("\n".join(lines) + "\n")
-  rows = ip.read_file(text)
+  rows = sources.read_file(text)
   assert rows["text"][:2] == [lines[0], ""]
-  tokenizer = ip.load_tokenizer(hf_io.embedded_checkpoint_dir())
+  tokenizer = tokenization.load_tokenizer(hf_io.embedded_checkpoint_dir())
   config = mlm_config(**{"task.text_fields": ("text",)})
-  one_per_row = ip.encode(rows, tokenizer, config.task, 64, "train.txt")
+  one_per_row = tasks.kind_of(config.task).encode(rows, tokenizer, config.task, 64, "train.txt")
   assert len(one_per_row) == 3  # blank lines dropped
   expected = [tokenizer(line)["input_ids"] for line in lines if line.strip()]
   for i, ids in enumerate(expected):
     assert one_per_row.input_ids[i, :one_per_row.lengths[i]].tolist() == ids
   config.task.line_by_line = False
-  grouped = ip.encode(rows, tokenizer, config.task, 8, "train.txt")
+  grouped = tasks.kind_of(config.task).encode(rows, tokenizer, config.task, 8, "train.txt")
   stream = sum(expected, [])
   assert len(grouped) == len(stream) // 8 and set(grouped.lengths) == {8}
   assert grouped.input_ids.reshape(-1).tolist() == stream[:len(grouped) * 8]  # rest dropped
@@ -227,8 +232,8 @@ def test_one_step_lowers_the_loss_of_its_batch():
   config = mlm_config(**{"optimizer.warmup_ratio": 0.0})
   setup = builder.build_model(config)
   params = builder.init_params(setup, jax.random.key(0))
-  split = ip.load_encoded(config.data, config.task, setup.tokenizer, "train", 32)
-  batch = ip.make_batch(split, np.arange(32), (64,), mask_key=ip.train_mask_key(0, 0))
+  split = load_encoded(config.data, config.task, setup.tokenizer, "train", 32)
+  batch = make_batch(split, np.arange(32), (64,), mask_key=masking.train_mask_key(0, 0))
   tx, schedule = optim.make_optimizer(config.optimizer, params, 1)
   dp = parallel.DataParallel("pmap", 1)
   kind = tasks.get("masked_lm")
@@ -250,13 +255,13 @@ def test_one_step_lowers_the_loss_of_its_batch():
 
 
 def _interrupt_at(monkeypatch, step):
-  original = ip.TrainBatches.batch
+  original = TrainBatches.batch
 
   def batch(self, s, *args):
     if s == step:
       os.kill(os.getpid(), signal.SIGTERM)
     return original(self, s, *args)
-  monkeypatch.setattr(ip.TrainBatches, "batch", batch)
+  monkeypatch.setattr(TrainBatches, "batch", batch)
 
 
 @pytest.fixture(scope="module")
@@ -295,8 +300,8 @@ def test_export_loads_in_transformers_and_fine_tunes_as_a_checkpoint(mlm_run, tm
   inference.export(config, workdir, tmp_path / "export")
   loaded = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "export").eval()
   setup, params, _ = inference.load_best(config, workdir)
-  split = ip.load_encoded(config.data, config.task, setup.tokenizer, "validation", 8)
-  batch = ip.make_batch(split, np.arange(8), (64,))
+  split = load_encoded(config.data, config.task, setup.tokenizer, "validation", 8)
+  batch = make_batch(split, np.arange(8), (64,))
   ours = np.asarray(setup.model.apply({"params": params}, batch["input_ids"],
                                       batch["attention_mask"], batch["token_type_ids"],
                                       batch["masked_positions"]))
@@ -342,11 +347,20 @@ def _stream_config(corpus, **updates):
                        "data.streaming": True, "train.num_steps": 12, **updates})
 
 
+def _tokenizer():
+  return tokenization.load_tokenizer(hf_io.embedded_checkpoint_dir())
+
+
 def _stream_batches(config, chunk_texts=1000):
-  tokenizer = ip.load_tokenizer(hf_io.embedded_checkpoint_dir())
+  tokenizer = _tokenizer()
   data = config.data
-  return ip.StreamedTrainBatches(
-      ip.load_stream(data.dataset, "", "train"), tokenizer, config.task, data.max_length,
+  kind = tasks.kind_of(config.task)
+
+  def encode(chunk, where):
+    return kind.encode_chunk(chunk, tokenizer, config.task, data.max_length, where)
+
+  return streaming.StreamedTrainBatches(
+      sources.load_stream(data.dataset, "", "train"), encode,
       batch_size=config.train.batch_size, accum_steps=config.train.grad_accum_steps,
       seed=config.seed, buckets=tuple(data.length_buckets), total_steps=config.train.num_steps,
       shuffle_buffer=data.shuffle_buffer, chunk_texts=chunk_texts)
@@ -362,8 +376,8 @@ def test_a_stream_gives_the_rows_of_the_whole_file_and_any_step_alone(corpus):
   config = _stream_config(corpus, **{"data.shuffle_buffer": 0})
   batches = _stream_batches(config, chunk_texts=37)
   rows = _take(batches._steps(), 18)  # 288 of the 300 rows
-  whole = ip.encode_texts(ip.read_file(corpus / "train.txt"), batches.tokenizer, config.task,
-                          64, "train.txt")
+  whole = tasks.kind_of(config.task).encode(sources.read_file(corpus / "train.txt"),
+                                            _tokenizer(), config.task, 64, "train.txt")
   for name in ("input_ids", "lengths", "mask_groups"):
     got = np.concatenate([getattr(r, name) for r in rows])
     expected = getattr(whole, name)[:288]
@@ -380,8 +394,8 @@ def test_a_stream_gives_the_rows_of_the_whole_file_and_any_step_alone(corpus):
 
 def test_a_stream_is_shuffled_anew_each_pass_and_reproducibly(corpus):
   config = _stream_config(corpus, **{"data.shuffle_buffer": 64, "data.max_length": 64})
-  texts = ip.read_file(corpus / "train.txt")["text"]
-  tokenizer = ip.load_tokenizer(hf_io.embedded_checkpoint_dir())
+  texts = sources.read_file(corpus / "train.txt")["text"]
+  tokenizer = tokenization.load_tokenizer(hf_io.embedded_checkpoint_dir())
   first = {tuple(tokenizer(t, truncation=True, max_length=64)["input_ids"]): t for t in texts}
 
   def passes():  # 300 texts = 18 full batches and 12 rows of pass 0, then pass 1
@@ -396,13 +410,13 @@ def test_a_stream_is_shuffled_anew_each_pass_and_reproducibly(corpus):
 
 
 def _interrupt_stream_at(monkeypatch, step):
-  original = ip.make_batch
+  original = streaming.make_batch
 
-  def make_batch(split, indices, buckets, width=None, mask_key=ip.EVAL_MASK_KEY):
-    if mask_key[:2] == (ip.MASK_STREAM, 2) and mask_key[3] == step:
+  def stopping_make_batch(split, indices, buckets, width=None, mask_key=masking.EVAL_MASK_KEY):
+    if mask_key[:2] == (masking.MASK_STREAM, 2) and mask_key[3] == step:
       os.kill(os.getpid(), signal.SIGTERM)
     return original(split, indices, buckets, width, mask_key)
-  monkeypatch.setattr(ip, "make_batch", make_batch)
+  monkeypatch.setattr(streaming, "make_batch", stopping_make_batch)
 
 
 def _resume_on_an_edited_corpus(config, corpus, workdir):
@@ -413,13 +427,13 @@ def _resume_on_an_edited_corpus(config, corpus, workdir):
   batches = _stream_batches(config)
   step_0 = next(batches._steps())
   first = {tuple(r[:n]) for r, n in zip(step_0.input_ids, step_0.lengths)}
-  unseen = [t if tuple(batches.tokenizer(t, truncation=True, max_length=64)["input_ids"]) in first
+  unseen = [t if tuple(_tokenizer()(t, truncation=True, max_length=64)["input_ids"]) in first
             else t + " too" for t in original.splitlines()]
   try:
     path.write_text("\n".join(unseen) + "\n")
     assert _stream_batches(config).record(str(corpus), "train") == batches.record(str(corpus),
                                                                                    "train")
-    with pytest.raises(ip.DataError, match=r"streamed\]: the rows of the first \d+ steps differ "
+    with pytest.raises(DataError, match=r"streamed\]: the rows of the first \d+ steps differ "
                        "from those the run trained on before its checkpoint"):
       train.train_and_evaluate(config, workdir)
   finally:

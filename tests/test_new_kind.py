@@ -18,9 +18,9 @@ import torch
 import transformers
 
 from conftest import REPO, require_data
-from helpers import assert_rescored, tiny_config
+from helpers import assert_rescored, load_encoded, tiny_config
 from research import config_lib, inference, tasks, train
-from research.data import input_pipeline
+from research.data.batches import make_batch
 from research.models import hf_io
 from research.tasks.sequence import Classification
 
@@ -84,12 +84,12 @@ def test_a_kind_defined_in_one_class_trains_evaluates_predicts_and_exports(half_
 
   # The split the kind encoded: odd rows swapped, labelled so.
   setup, params, _ = inference.load_best(config, workdir)
-  split = input_pipeline.load_encoded(config.data, config.task, setup.tokenizer, "validation",
-                                      config.data.eval_examples)
+  split = load_encoded(config.data, config.task, setup.tokenizer, "validation",
+                       config.data.eval_examples)
   assert split.labels.tolist() == [i % 2 for i in range(50)]
   texts = ["a gorgeous , witty film", "the worst movie of the year"]
-  two = input_pipeline.encode(datasets.Dataset.from_dict({"sentence": texts}), setup.tokenizer,
-                              config.task, 64, "two texts")
+  two = tasks.kind_of(config.task).encode(datasets.Dataset.from_dict({"sentence": texts}),
+                                          setup.tokenizer, config.task, 64, "two texts")
   (a, b), (c, d) = halve(texts[0]), halve(texts[1])
   assert [two.input_ids[i, :two.lengths[i]].tolist() for i in (0, 1)] == [
       setup.tokenizer(a, b)["input_ids"], setup.tokenizer(d, c)["input_ids"]]
@@ -99,11 +99,11 @@ def test_a_kind_defined_in_one_class_trains_evaluates_predicts_and_exports(half_
       "".join(json.dumps({"sentence": f"text number {i} of twenty"}) + "\n" for i in range(20)))
   texts_data = config.data.copy_and_resolve_references()
   texts_data.update(dataset=str(tmp_path / "texts"), validation_from_train=0.25)
-  held = input_pipeline.load_encoded(texts_data, config.task, setup.tokenizer, "validation")
+  held = load_encoded(texts_data, config.task, setup.tokenizer, "validation")
   assert held.labels.tolist() == [0, 1, 0, 1, 0]
 
   # Its metrics, as the run reported them, from our model's logits by scikit-learn.
-  batch = input_pipeline.make_batch(split, np.arange(50), tuple(config.data.length_buckets))
+  batch = make_batch(split, np.arange(50), tuple(config.data.length_buckets))
   logits = np.asarray(setup.model.apply({"params": params}, batch["input_ids"],
                                         batch["attention_mask"], batch["token_type_ids"]))
   predicted = logits.argmax(-1)

@@ -16,11 +16,13 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from configs import default
 from research import optim, parallel, steps, tasks
+from research.data.encoded import IGNORE
 from research.models import bert
 
 CONFIG = bert.BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=1,
@@ -53,11 +55,11 @@ def _built_setup(kind, seed, config):
   ids = (rng.integers(1, CONFIG.vocab_size, (BATCH, LENGTH)) * mask).astype(np.int32)
   if kind == "token_classification":  # uneven labelled tokens per device
     labels = np.where(rng.random((BATCH, LENGTH)) < 0.4, rng.integers(0, 3, (BATCH, LENGTH)),
-                      tasks.IGNORE).astype(np.int32) * mask + tasks.IGNORE * (1 - mask)
+                      IGNORE).astype(np.int32) * mask + IGNORE * (1 - mask)
   elif kind == "masked_lm":  # 0 to 3 targets per row: uneven masked tokens per device
     slots = 3
     labels = np.where(np.arange(slots) < rng.integers(0, slots + 1, BATCH)[:, None],
-                      rng.integers(1, CONFIG.vocab_size, (BATCH, slots)), tasks.IGNORE)
+                      rng.integers(1, CONFIG.vocab_size, (BATCH, slots)), IGNORE)
     labels = labels.astype(np.int32)
   else:
     labels = rng.integers(0, 3, BATCH).astype(np.int32)
@@ -73,9 +75,10 @@ def _built_setup(kind, seed, config):
     batch["masked_positions"] = (rng.integers(0, LENGTH, (BATCH, 3)) % lengths[:, None]
                                  ).astype(np.int32)
     extra = (batch["token_type_ids"][:1], batch["masked_positions"][:1])
+  task = ml_collections.ConfigDict(dict(representation="entity_start",
+                                        entity_markers=("<e1>", "</e1>", "<e2>", "</e2>")))
   model = tasks.get(kind).build_model(config, 3, dtype=jnp.float32, param_dtype=jnp.float32,
-                                      classifier_dropout=None, representation="entity_start",
-                                      start_offset=1)
+                                      classifier_dropout=None, task=task)
   # Jitted: op by op, initialising compiles a hundred small programs (most of a test's time).
   params = jax.jit(lambda r: model.init(r, ids[:1], mask[:1], *extra)["params"])(
       jax.random.key(0))

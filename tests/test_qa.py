@@ -13,10 +13,12 @@ import torch
 import transformers
 
 from conftest import require_data
-from helpers import assert_rescored, tiny_checkpoint
+from helpers import assert_rescored, load_encoded, tiny_checkpoint
 from configs import squad as squad_config
 from research import config_lib, inference, tasks, train
-from research.data import input_pipeline as ip
+from research.data import sources, tokenization
+from research.data.batches import make_batch
+from research.errors import DataError
 from research.models import hf_io
 
 DEV5 = "squad_v2_dev5"
@@ -24,7 +26,7 @@ DEV5 = "squad_v2_dev5"
 
 @pytest.fixture(scope="module")
 def tokenizer():
-  return ip.load_tokenizer(hf_io.embedded_checkpoint_dir())
+  return tokenization.load_tokenizer(hf_io.embedded_checkpoint_dir())
 
 
 def _task(**updates):
@@ -36,8 +38,8 @@ def _task(**updates):
 def test_squad_json_reads_as_the_flat_layout(tmp_path):
   folder = require_data(DEV5)
   shutil.copyfile(folder / "squad_v2_dev_first5_articles.json", tmp_path / "validation.json")
-  nested = ip.load_split(str(tmp_path), "", "validation")
-  flat = ip.load_split(str(folder), "", "validation")
+  nested = sources.load_split(str(tmp_path), "", "validation")
+  flat = sources.load_split(str(folder), "", "validation")
   assert len(nested) == len(flat) == 1407
   for a, b in zip(nested, flat):
     assert (a["id"], a["question"], a["context"], a["title"]) == (
@@ -47,8 +49,9 @@ def test_squad_json_reads_as_the_flat_layout(tmp_path):
 
 
 def _windows(tokenizer, rows, max_length, stride, labelled=True):
-  return ip.encode(datasets.Dataset.from_list(rows), tokenizer,
-                   _task(doc_stride=stride), max_length, "rows", labelled=labelled)
+  task = _task(doc_stride=stride)
+  return tasks.kind_of(task).encode(datasets.Dataset.from_list(rows), tokenizer, task,
+                                    max_length, "rows", labelled=labelled)
 
 
 def test_long_contexts_become_overlapping_windows_with_the_answer_where_it_is(tokenizer):
@@ -80,7 +83,7 @@ def test_long_contexts_become_overlapping_windows_with_the_answer_where_it_is(to
 def test_an_answer_not_at_its_offset_is_one_error_naming_the_row(tokenizer):
   rows = [{"question": "q", "context": "abc def", "answers": {"text": ["def"],
                                                               "answer_start": [3]}}]
-  with pytest.raises(ip.DataError, match="rows: row 1: the answer 'def' is not at character 3"):
+  with pytest.raises(DataError, match="rows: row 1: the answer 'def' is not at character 3"):
     _windows(tokenizer, rows, 64, 16)
 
 
@@ -181,8 +184,8 @@ def test_export_loads_in_transformers_with_the_same_start_and_end_logits(small_r
   config, workdir, _ = small_run
   out = inference.export(config, workdir, tmp_path / "export")
   setup, params, _ = inference.load_best(config, workdir)
-  split = ip.load_encoded(config.data, config.task, setup.tokenizer, "validation", limit=8)
-  batch = ip.make_batch(split, np.arange(len(split)), (128,))
+  split = load_encoded(config.data, config.task, setup.tokenizer, "validation", limit=8)
+  batch = make_batch(split, np.arange(len(split)), (128,))
   ours = np.asarray(setup.model.apply({"params": params}, batch["input_ids"],
                                       batch["attention_mask"], batch["token_type_ids"]))
   model = transformers.AutoModelForQuestionAnswering.from_pretrained(str(out)).eval()
@@ -217,9 +220,9 @@ def test_a_squad_v1_eval_split_with_unanswerable_questions_is_one_error(tmp_path
       for i, a in enumerate([answered, none, answered, none])))
   data = ml_collections.ConfigDict(dict(dataset=str(tmp_path), subset="", local_name="",
                                         max_length=64, train_split="train"))
-  with pytest.raises(ip.DataError, match=r"\[validation\]: 2 of the 4 questions have no answer "
+  with pytest.raises(DataError, match=r"\[validation\]: 2 of the 4 questions have no answer "
                      r"\(ids 'q1', 'q3'\).*task.version_2_with_negative=True"):
-    ip.load_encoded(data, _task(version_2_with_negative=False, doc_stride=16), tokenizer,
-                    "validation")
-  split = ip.load_encoded(data, _task(doc_stride=16), tokenizer, "validation")
+    load_encoded(data, _task(version_2_with_negative=False, doc_stride=16), tokenizer,
+                 "validation")
+  split = load_encoded(data, _task(doc_stride=16), tokenizer, "validation")
   assert [e["answers"] for e in split.examples] == [["def"], [], ["def"], []]

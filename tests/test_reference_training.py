@@ -23,7 +23,7 @@ from helpers import assert_rescored, tiny_checkpoint, train_rows
 from configs import glue
 from experiments import reference
 from research import inference, train
-from research.data import input_pipeline
+from research.data import sources, tokenization
 from research.models import builder, hf_io
 
 WORDS = ("the cat dog sat ran on under a big small red blue house tree river saw "
@@ -62,13 +62,13 @@ def _train_reference(c, model_setup, initial, workdir, epochs):
   """The Trainer on our `epochs` epochs of batches, in our order, as one epoch of its own (as
   the runner's reference_our_order system), from our initial head. Returns its per-step logs
   and losses and its final state dict."""
-  tokenizer = input_pipeline.load_tokenizer(model_setup.tokenizer_dir)
+  tokenizer = tokenization.load_tokenizer(model_setup.tokenizer_dir)
   order = reference.our_train_order(c, epochs)
-  rows = input_pipeline.load_split(input_pipeline.resolve_source(c.data), c.data.subset,
-                                   c.data.train_split).select(order.tolist())
+  rows = sources.load_split(sources.resolve_source(c.data), c.data.subset,
+                            c.data.train_split).select(order.tolist())
   encoded, _ = reference.trainer_inputs(c.task, tokenizer, c.data.max_length, rows)
   model = reference.reference_model(c.task, str(model_setup.checkpoint_dir),
-                                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                                    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
   with torch.no_grad():  # our head's initialisation
     model.classifier.weight.copy_(torch.tensor(np.array(initial["classifier"]["kernel"]).T))
     model.classifier.bias.copy_(torch.tensor(np.array(initial["classifier"]["bias"])))

@@ -10,11 +10,14 @@ import torch
 import transformers
 
 from conftest import require_data
-from helpers import assert_rescored
+from helpers import assert_rescored, load_encoded
 from configs import semeval2010_task8
 from research import config_lib, inference, metrics, named_tasks, train
-from research.data import input_pipeline as ip
+from research.data import tokenization
+from research.data.batches import make_batch
+from research.errors import DataError
 from research.models import hf_io
+from research.tasks import relations
 
 NAMES = named_tasks.SEMEVAL2010_RELATIONS
 
@@ -52,17 +55,17 @@ def test_a_wrong_direction_counts_against_precision_and_recall():
 
 
 def test_entity_tags_become_character_spans():
-  text, spans = ip.strip_entity_tags("The <e1>child</e1> was put in the <e2>cradle</e2>.")
+  text, spans = relations.strip_entity_tags("The <e1>child</e1> was put in the <e2>cradle</e2>.")
   assert text == "The child was put in the cradle."
   assert text[spans[0]:spans[1]] == "child" and text[spans[2]:spans[3]] == "cradle"
-  _, spans = ip.strip_entity_tags("<e2>B</e2> then <e1>A</e1>")  # entity 2 may come first
+  _, spans = relations.strip_entity_tags("<e2>B</e2> then <e1>A</e1>")  # entity 2 may come first
   assert spans == (7, 8, 0, 1)
   for bad, says in [("no tags here", "no <e1> </e1> <e2> </e2> tag"),
                     ("<e1>a</e1> <e1>b</e1> <e2>c</e2>", "appears more than once"),
                     ("<e1>a <e2>b</e1> c</e2>", "overlap"),
                     ("</e1>a<e1> <e2>b</e2>", "empty or outside")]:
     with pytest.raises(ValueError, match=says):
-      ip.strip_entity_tags(bad)
+      relations.strip_entity_tags(bad)
 
 
 def _task(**updates):
@@ -73,15 +76,16 @@ def _task(**updates):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-  tok = ip.load_tokenizer(hf_io.embedded_checkpoint_dir())
-  ip.add_entity_markers(tok, ("[E1]", "[/E1]", "[E2]", "[/E2]"))
+  tok = tokenization.load_tokenizer(hf_io.embedded_checkpoint_dir())
+  tokenization.add_marker_tokens(tok, ("[E1]", "[/E1]", "[E2]", "[/E2]"))
   return tok
 
 
 def _encode(tokenizer, rows, max_length=64, labelled=False, **task):
   import datasets
-  return ip.encode(datasets.Dataset.from_list(rows), tokenizer, _task(**task), max_length,
-                   "rows", labelled=labelled)
+  return relations.encode_relations(datasets.Dataset.from_list(rows), tokenizer, _task(**task),
+                                    max_length,
+                                    "rows", labelled=labelled)
 
 
 def _tokens(tokenizer, split, i):
@@ -100,7 +104,7 @@ def test_markers_are_single_tokens_around_the_entities(tokenizer):
   assert tokens[s1 - 1:e1 + 1] == ["[E1]", "pots", "[/E1]"]
   assert tokens[s2 - 1:e2 + 1] == ["[E2]", "tray", "##s", "[/E2]"]
   # The same entities given as character spans, and without markers.
-  text, spans = ip.strip_entity_tags(rows[0]["sentence"])
+  text, spans = relations.strip_entity_tags(rows[0]["sentence"])
   by_fields = _encode(tokenizer, [dict(zip(("text", "s1", "e1", "s2", "e2"), (text,) + spans))],
                       text_fields=("text",), entity_spans=("s1", "e1", "s2", "e2"))
   np.testing.assert_array_equal(by_fields.input_ids[0], split.input_ids[0])
@@ -123,15 +127,15 @@ def test_a_long_sentence_keeps_a_window_around_both_entities(tokenizer):
   assert tokens[s2 - 1:e2 + 1] == ["[E2]", "beta", "[/E2]"]
   before, after = s1 - 2, 22 - (e2 + 1)  # context tokens kept on each side of the stretch
   assert abs(before - after) <= 1
-  with pytest.raises(ip.DataError, match="row 1: the entities and the text between them take"):
+  with pytest.raises(DataError, match="row 1: the entities and the text between them take"):
     _encode(tokenizer, [{"sentence": " ".join(words)}], max_length=12)
 
 
 def test_rows_without_usable_entities_are_one_error_naming_the_row(tokenizer):
   rows = [{"sentence": "<e1>a</e1> <e2>b</e2>"}, {"sentence": "<e1>a</e1> and b"}]
-  with pytest.raises(ip.DataError, match=r"rows: row 2: no <e2> </e2> tag"):
+  with pytest.raises(DataError, match=r"rows: row 2: no <e2> </e2> tag"):
     _encode(tokenizer, rows)
-  with pytest.raises(ip.DataError, match=r"row 1: entity spans \(0, 9, 2, 1\)"):
+  with pytest.raises(DataError, match=r"row 1: entity spans \(0, 9, 2, 1\)"):
     _encode(tokenizer, [{"t": "abc", "a": 0, "b": 9, "c": 2, "d": 1}], text_fields=("t",),
             entity_spans=("a", "b", "c", "d"))
 
@@ -196,8 +200,8 @@ def test_export_loads_in_transformers_with_the_same_logits(small_runs, tmp_path,
   config, workdir = small_runs(representation)
   out = inference.export(config, workdir, tmp_path / "export")
   setup, params, _ = inference.load_best(config, workdir)
-  split = ip.load_encoded(config.data, config.task, setup.tokenizer, "test", limit=40)
-  batch = ip.make_batch(split, np.arange(40), (64,))
+  split = load_encoded(config.data, config.task, setup.tokenizer, "test", limit=40)
+  batch = make_batch(split, np.arange(40), (64,))
   ours = np.asarray(setup.model.apply({"params": params}, batch["input_ids"],
                                       batch["attention_mask"], batch["token_type_ids"],
                                       batch["entity_spans"]))

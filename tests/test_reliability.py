@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, require_data
-from helpers import assert_same_params, final_state, tiny_config, train_rows
+from helpers import assert_same_params, final_state, load_encoded, tiny_config, train_rows
 from research import checkpoints, errors, inference, sweep, train, writers
+from research.data import sources, tokenization
+from research.data.batches import TrainBatches
 from research.models import builder
-from research.data import input_pipeline
 
 
 @pytest.fixture(autouse=True)
@@ -135,8 +136,8 @@ def exploding_regression(tmp_path_factory):
                     "score": 1e30 if split == "train" and i == BAD_ROW else float(r["label"])})
         + "\n" for i, r in enumerate(rows)))
   config = _regression_config(folder)
-  tokenizer = input_pipeline.load_tokenizer(builder.build_model(config).tokenizer_dir)
-  split = input_pipeline.load_encoded(config.data, config.task, tokenizer, "train", 192)
+  tokenizer = tokenization.load_tokenizer(builder.build_model(config).tokenizer_dir)
+  split = load_encoded(config.data, config.task, tokenizer, "train", 192)
   batches = train.train_batches(config, split)
   steps = [epoch * batches.steps_per_epoch + int(np.argwhere(batches.epoch_order(epoch)
                                                               == BAD_ROW)[0, 0]) + 1
@@ -235,7 +236,7 @@ def test_eval_and_predict_refuse_nan_outputs(reference_run, tmp_path):
   ckpts = checkpoints.Checkpoints(workdir, keep=5, best_metric="accuracy", best_mode="max")
   step, (params, meta) = ckpts.best_step(), ckpts.restore_best(None)
   ckpts.close()
-  tokenizer = input_pipeline.load_tokenizer(builder.build_model(config).tokenizer_dir)
+  tokenizer = tokenization.load_tokenizer(builder.build_model(config).tokenizer_dir)
   word = tokenizer.convert_tokens_to_ids("the")
   params["bert"]["embeddings"]["word_embeddings"]["embedding"][word] = 3e38  # finite, overflows
   shutil.rmtree(workdir / "best")
@@ -289,8 +290,8 @@ def test_an_explicit_dataset_folder_wins_over_research_data_dir(tmp_path):
   shutil.copytree(pathlib.Path(os.environ["RESEARCH_DATA_DIR"]) / "sst2", folder)
   config = tiny_config(**{"data.dataset": str(folder)})
   assert config.data.local_name == "sst2"
-  assert input_pipeline.locate(config.data) == input_pipeline.Source(str(folder), "data.dataset")
-  assert input_pipeline.resolve_source(tiny_config().data).endswith("/sst2")  # the task's own
+  assert sources.locate(config.data) == sources.Source(str(folder), "data.dataset")
+  assert sources.resolve_source(tiny_config().data).endswith("/sst2")  # the task's own
 
 
 # ---- damaged checkpoints -------------------------------------------------------------------------
@@ -302,7 +303,7 @@ def crashed_run(tmp_path_factory):
   damages a copy of it."""
   require_data("sst2")  # module fixtures come before the autouse skip
   workdir = tmp_path_factory.mktemp("crashed")
-  original = input_pipeline.TrainBatches.batch
+  original = TrainBatches.batch
 
   def batch(self, step, *args):
     if step == 13:
@@ -310,7 +311,7 @@ def crashed_run(tmp_path_factory):
     return original(self, step, *args)
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(input_pipeline.TrainBatches, "batch", batch)
+    patch.setattr(TrainBatches, "batch", batch)
     with pytest.raises(RuntimeError, match="crash"):
       train.train_and_evaluate(tiny_config(), workdir)
   ckpts = checkpoints.Checkpoints(workdir, keep=2, best_metric="accuracy", best_mode="max")

@@ -12,7 +12,7 @@ import ml_collections
 import pytest
 
 from conftest import require_data
-from helpers import experiment_script
+from helpers import experiment_script, load_encoded
 from configs import chnsenticorp, conll2003, glue, mlm, semeval2010_task8, squad, squad_v2
 from research import config_lib, named_tasks, tasks
 from research.tasks import masked_lm, question_answering, relations, sequence, tokens
@@ -111,13 +111,13 @@ def test_chinese_text_is_tokenised_one_character_per_token():
   character occurrences of ChnSentiCorp's training set (measured; see configs/chnsenticorp.py).
   """
   require_data("chnsenticorp")
-  from research.data import input_pipeline as ip
+  from research.data import sources, tokenization
   from research.models import hf_io
   config = chnsenticorp.get_config()
-  tokenizer = ip.load_tokenizer(hf_io.embedded_checkpoint_dir())
-  split = ip.load_encoded(config.data, config.task, tokenizer, "validation", limit=50)
+  tokenizer = tokenization.load_tokenizer(hf_io.embedded_checkpoint_dir())
+  split = load_encoded(config.data, config.task, tokenizer, "validation", limit=50)
   vocab = tokenizer.get_vocab()
-  rows = ip.load_split(ip.resolve_source(config.data), "", "validation").select(range(50))
+  rows = sources.load_split(sources.resolve_source(config.data), "", "validation").select(range(50))
   for i, text in enumerate(rows["sentence"]):
     if split.lengths[i] == config.data.max_length:
       continue  # truncated

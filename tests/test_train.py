@@ -16,7 +16,7 @@ from conftest import REPO, require_data
 from helpers import (assert_rescored, assert_same_params, final_state, tiny_config, train_losses,
                      train_rows)
 from research import checkpoints, config_lib, errors, inference, metrics, train
-from research.data import input_pipeline
+from research.data.batches import TrainBatches
 
 
 @pytest.fixture(autouse=True)
@@ -69,13 +69,13 @@ def test_runs_one_after_another_do_not_accumulate_compiled_programs(tmp_path):
 
 def _interrupt_at(monkeypatch, step, action):
   """Calls `action` when the input pipeline builds batch `step` (a few steps ahead of training)."""
-  original = input_pipeline.TrainBatches.batch
+  original = TrainBatches.batch
 
   def batch(self, s, *args):
     if s == step:
       action()
     return original(self, s, *args)
-  monkeypatch.setattr(input_pipeline.TrainBatches, "batch", batch)
+  monkeypatch.setattr(TrainBatches, "batch", batch)
 
 
 def _crash():

@@ -129,17 +129,17 @@ def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path,
   import numpy as np
   import transformers
   from research import named_tasks
-  from research.data import input_pipeline as ip
+  from research.data import sources
   from research.models import hf_io
   config = task_config(task, seed, epochs)
   spec = named_tasks.TASKS[task]
   checkpoint = str(hf_io.embedded_checkpoint_dir())
   tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
-  source = ip.resolve_source(config.data)
+  source = sources.resolve_source(config.data)
   token_task = spec.kind == "token_classification"
   max_length = config.data.max_length
   encode = lambda rows: reference.trainer_inputs(spec, tokenizer, max_length, rows)  # noqa: E731
-  train_rows = ip.load_split(source, config.data.subset, config.data.train_split)
+  train_rows = sources.load_split(source, config.data.subset, config.data.train_split)
   if SMOKE_EXAMPLES:
     train_rows = train_rows.select(range(SMOKE_EXAMPLES))
   trainer_class, trainer_epochs = transformers.Trainer, epochs
@@ -166,7 +166,7 @@ def run_reference(task: str, seed: int, epochs: float, workdir: pathlib.Path,
   trainer.args.train_sampling_strategy = "random"
   metrics, predictions = {}, {}
   for split in config.data.eval_splits:
-    rows = ip.load_split(source, config.data.subset, split)
+    rows = sources.load_split(source, config.data.subset, split)
     if SMOKE_EXAMPLES:
       rows = rows.select(range(SMOKE_EXAMPLES))
     enc, words = encode(rows)

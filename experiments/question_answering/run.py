@@ -126,10 +126,10 @@ def run_reference(setting: str, seed: int) -> dict:
   import numpy as np
   import torch
   import transformers
-  from research import squad
-  from research.tasks import question_answering
-  from research.data import input_pipeline as ip
+  from research import squad, tasks
+  from research.data import splits
   from research.models import builder, hf_io
+  from research.tasks import question_answering
   config = experiment_config(setting, seed)
   setup = builder.build_model(config)
   epochs = int(config.train.num_epochs)
@@ -137,7 +137,8 @@ def run_reference(setting: str, seed: int) -> dict:
   def windows(split, order=None):
     limit = (config.data.train_examples if split == config.data.train_split
              else config.data.eval_examples)
-    encoded = ip.load_encoded(config.data, config.task, setup.tokenizer, split, limit)
+    encoded = splits.load_encoded(config.data, config.task, tasks.kind_of(config.task),
+                                  setup.tokenizer, split, limit)
     rows = np.arange(len(encoded)) if order is None else order
     return datasets.Dataset.from_dict({
         "input_ids": [encoded.input_ids[i, :encoded.lengths[i]].tolist() for i in rows],

@@ -91,8 +91,8 @@ def run_reference(setting: str, seed: int) -> dict:
   import torch
   import transformers
   from configs import semeval2010_task8
-  from research import metrics
-  from research.data import input_pipeline as ip
+  from research import metrics, tasks
+  from research.data import splits
   from research.models import builder, hf_io
   config = semeval2010_task8.get_config(SETTINGS[setting][0])
   config.seed = seed
@@ -102,7 +102,7 @@ def run_reference(setting: str, seed: int) -> dict:
   epochs = int(config.train.num_epochs)
 
   def rows(split, order=None):
-    encoded = ip.load_encoded(config.data, task, setup.tokenizer, split)
+    encoded = splits.load_encoded(config.data, task, tasks.kind_of(task), setup.tokenizer, split)
     indices = np.arange(len(encoded)) if order is None else order
     return datasets.Dataset.from_dict({
         "input_ids": [encoded.input_ids[i, :encoded.lengths[i]].tolist() for i in indices],

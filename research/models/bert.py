@@ -580,6 +580,9 @@ class BertForRelationClassification(nn.Module):
   classifier_dropout: float | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  # What `init` feeds after (input_ids, attention_mask, token_type_ids) of one 8-token row
+  # (builder.init_inputs): the entities' spans.
+  init_extra_inputs = ([[1, 2, 4, 5]],)
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids, entity_spans, *,
@@ -653,6 +656,10 @@ class BertForMaskedLM(nn.Module):
   config: BertConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  init_extra_inputs = ([[1, 2]],)  # the masked positions (builder.init_inputs)
+  # Continued pretraining starts from a checkpoint's own LM head when it has one
+  # (BertForMaskedLM, BertForPreTraining); a task head always starts fresh.
+  continues_checkpoint_head = True
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids, masked_positions, *,

@@ -19,7 +19,7 @@ import numpy as np
 from flax import traverse_util
 
 from research import config_lib, tasks
-from research.data import input_pipeline
+from research.data import tokenization
 from research.models import bert, hf_io
 
 
@@ -62,18 +62,16 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
                          else "config.model.checkpoint")
   task = config.task
   kind = tasks.kind_of(task)
-  tokenizer = input_pipeline.load_tokenizer(tokenizer_dir)
+  tokenizer = tokenization.load_tokenizer(tokenizer_dir)
   markers = kind.entity_markers(task)
   if markers:  # new tokens: the embedding matrix grows to hold them (hf_io.grow_vocabulary)
-    ids = input_pipeline.add_entity_markers(tokenizer, markers)
+    ids = tokenization.add_marker_tokens(tokenizer, markers)
     bert_config = dataclasses.replace(
         bert_config, vocab_size=max(bert_config.vocab_size, max(ids) + 1))
     hf_config["vocab_size"] = bert_config.vocab_size
   model = kind.build_model(bert_config, kind.num_outputs(tuple(task.label_names)),
                            dtype=jnp.dtype(mcfg.dtype), param_dtype=jnp.dtype(mcfg.param_dtype),
-                           classifier_dropout=mcfg.classifier_dropout,
-                           representation=task.get("representation", "cls"),
-                           start_offset=1 if markers else 0)
+                           classifier_dropout=mcfg.classifier_dropout, task=task)
   return ModelSetup(model, bert_config, hf_config, checkpoint_dir, tokenizer_dir, tokenizer)
 
 
@@ -91,14 +89,11 @@ def with_checkpoint_architecture(config: ml_collections.ConfigDict
 
 
 def init_inputs(model) -> tuple[jax.Array, ...]:
-  """A one-row batch of `model`'s positional inputs, to initialise it (shapes only)."""
+  """A one-row batch of `model`'s positional inputs, to initialise it (shapes only): a head
+  that reads more than the tokens says what (`init_extra_inputs`, a model class attribute)."""
   dummy = jnp.ones((1, 8), jnp.int32)
-  inputs = (dummy, dummy, jnp.zeros_like(dummy))
-  if isinstance(model, bert.BertForRelationClassification):
-    inputs += (jnp.asarray([[1, 2, 4, 5]], jnp.int32),)
-  if isinstance(model, bert.BertForMaskedLM):
-    inputs += (jnp.asarray([[1, 2]], jnp.int32),)
-  return inputs
+  extra = getattr(model, "init_extra_inputs", ())
+  return (dummy, dummy, jnp.zeros_like(dummy)) + tuple(jnp.asarray(x, jnp.int32) for x in extra)
 
 
 def init_params(setup: ModelSetup, rng: jax.Array) -> Any:
@@ -123,10 +118,9 @@ def _init_params(setup: ModelSetup, rng: jax.Array) -> Any:
   if setup.checkpoint_dir is None:
     return jax.tree.map(np.asarray, jax.jit(init)(rng))
   state = hf_io.read_state_dict(setup.checkpoint_dir)
-  # A masked LM continues the checkpoint's own LM head when it has one (BertForMaskedLM,
-  # BertForPreTraining); a task head always starts fresh.
-  lm_head = isinstance(setup.model, bert.BertForMaskedLM) and hf_io.has_lm_head(state)
-  if isinstance(setup.model, bert.BertForMaskedLM) and not lm_head:
+  continues = getattr(setup.model, "continues_checkpoint_head", False)  # a masked LM's
+  lm_head = continues and hf_io.has_lm_head(state)
+  if continues and not lm_head:
     logging.info("the checkpoint has no masked-LM head (cls.predictions.*): it starts "
                  "freshly initialised")
   shapes = jax.eval_shape(init, rng)

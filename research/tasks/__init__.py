@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from research.tasks.base import IGNORE, TaskKind
+from research.tasks.base import TaskKind
 from research.tasks.masked_lm import MASKED_LM
 from research.tasks.question_answering import QUESTION_ANSWERING
 from research.tasks.relations import RELATION_CLASSIFICATION, REPRESENTATIONS
 from research.tasks.sequence import CLASSIFICATION, REGRESSION
 from research.tasks.tokens import TOKEN_CLASSIFICATION
 
-__all__ = ["IGNORE", "KINDS", "REPRESENTATIONS", "TaskKind", "UnknownKind", "get", "kind_of",
+__all__ = ["KINDS", "REPRESENTATIONS", "TaskKind", "UnknownKind", "get", "kind_of",
            "register"]
 
 

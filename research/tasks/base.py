@@ -17,8 +17,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-IGNORE = -100  # label of positions that count in neither the loss nor the metrics
-
 
 class TaskKind:
   """One task kind (`config.task.kind = name`). Subclass it, override what differs, and
@@ -36,6 +34,9 @@ class TaskKind:
   # What research.compare resamples (examples, sentences, questions); None: it cannot compare
   # runs of this kind.
   compare_units: str | None = None
+  # Metrics research.compare cannot recompute on a resample of the examples, and why: it says
+  # so and compares the others.
+  uncomparable: dict[str, str] = {"loss": "no per-example losses are saved"}
   # Why research.compare refuses a run of this kind that saved no per-example predictions
   # ("is a ... run: ..."); None: it advises re-evaluating the run.
   compare_refusal: str | None = None
@@ -73,10 +74,17 @@ class TaskKind:
 
   def encode(self, dataset, tokenizer, task, max_length: int, where: str,
              labelled: bool = True):
-    """`input_pipeline.encode`'s work for this kind: a split (`dataset`) tokenised and packed
-    into an `EncodedSplit`; unlabelled rows (`labelled=False`, --mode=predict) get
-    placeholder labels."""
+    """A split (`dataset`) tokenised and packed into a research.data.encoded.EncodedSplit;
+    unlabelled rows (`labelled=False`, --mode=predict) get placeholder labels. The helpers of
+    research.data.encoded check the rows and tokenise; a `Dataset.map` keyed by
+    `research.data.cache.map_fingerprint(..., type(self), ...)` is cached until this kind's code
+    (or research/data's) changes."""
     raise NotImplementedError(f"task kind {self.name!r} has no encoder")
+
+  def encode_chunk(self, dataset, tokenizer, task, max_length: int, where: str):
+    """A chunk of a corpus read as a stream (kinds that `streams`; research.data.streaming): as
+    `encode`, but a chunk with no text, or too little for one row, gives no rows."""
+    raise NotImplementedError(f"task kind {self.name!r} does not stream")
 
   def conll_fields(self, task) -> tuple[str, str] | None:
     """The words and tags fields a CoNLL file is read into (.txt and .tsv files are CoNLL
@@ -100,12 +108,10 @@ class TaskKind:
     return len(label_names)
 
   def build_model(self, config, num_labels: int, *, dtype: Any, param_dtype: Any,
-                  classifier_dropout: float | None, representation: str = "cls",
-                  start_offset: int = 0):
-    """The Flax model (`config`: a bert.BertConfig). Relation classifiers also take what they
-    read (`representation`) and where an entity's start is read (`start_offset`); the other
-    kinds ignore both."""
-    del representation, start_offset
+                  classifier_dropout: float | None, task=None):
+    """The Flax model (`config`: a bert.BertConfig) with `num_labels` outputs; a kind whose
+    head has settings of its own reads them from `task` (config.task; None: its defaults)."""
+    del task
     from research.models import bert
     return bert.BertForSequenceClassification(
         config=config, num_labels=num_labels, classifier_dropout=classifier_dropout,

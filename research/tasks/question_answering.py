@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from research import resampling, squad
+from research.data.encoded import EncodedSplit, check_fields, check_texts, row_number
+from research.errors import DataError
 from research.tasks.base import TaskKind
 
 
@@ -24,12 +26,94 @@ def answers(task, split, outputs: np.ndarray):
                            null_score_diff_threshold=task.null_score_diff_threshold)
 
 
+def _gold_answers(value, context: str, where: str, row: int) -> tuple[list[str], list[int]]:
+  """A row's `answers` ({text: [...], answer_start: [...]}, empty lists when unanswerable),
+  each checked to point at its text in the context."""
+  if not (isinstance(value, dict) and isinstance(value.get("text"), list)
+          and isinstance(value.get("answer_start"), list)
+          and len(value["text"]) == len(value["answer_start"])):
+    raise DataError(f"{where}: row {row}: answers is {value!r}, not {{'text': [...], "
+                    "'answer_start': [...]}} of equal lengths")
+  for text, start in zip(value["text"], value["answer_start"]):
+    if not isinstance(start, int) or context[start:start + len(text)] != text:
+      raise DataError(f"{where}: row {row}: the answer {text!r} is not at character {start} "
+                      "of its context")
+  return list(value["text"]), list(value["answer_start"])
+
+
+def _answer_tokens(offsets: np.ndarray, start: int, end: int) -> tuple[int, int]:
+  """The first and last context token of characters [start, end) in a window, or (0, 0)
+  (the [CLS] position: no answer here) when the window does not hold all of them."""
+  context = np.flatnonzero(offsets[:, 0] >= 0)
+  if not (offsets[context[0], 0] <= start and offsets[context[-1], 1] >= end):
+    return 0, 0
+  first = context[offsets[context, 1] > start][0]
+  last = context[offsets[context, 0] < end][-1]
+  return int(first), int(last)
+
+
+def encode_questions(dataset, tokenizer, task_cfg, max_length: int, where: str,
+                     labelled: bool = True) -> EncodedSplit:
+  """Question + context pairs as windows of `max_length` tokens, as Hugging Face's run_qa does:
+  the question first and whole, the context cut into windows that overlap by
+  `task.doc_stride` tokens. Each window's label is the first gold answer's first and last
+  token if the window holds all of it, else (0, 0), the [CLS] position (also for questions
+  without an answer). `offsets` maps every context token back to its characters, so that an
+  answer is always a span of the original context.
+  """
+  question_field, context_field = tuple(task_cfg.text_fields)
+  fields = (question_field, context_field)
+  check_fields(dataset, fields + ((task_cfg.label_field,) if labelled else ()), where)
+  check_texts(dataset, fields, False, where)
+  questions = [q.lstrip() for q in dataset[question_field]]  # leading blanks waste the window
+  contexts = list(dataset[context_field])
+  ids = (list(dataset["id"]) if "id" in dataset.column_names
+         else [str(i) for i in range(len(dataset))])
+  golds = ([_gold_answers(a, c, where, row_number(where, i)) for i, (a, c) in
+            enumerate(zip(dataset[task_cfg.label_field], contexts))] if labelled
+           else [([], [])] * len(dataset))
+  room = max_length - task_cfg.doc_stride
+  for i, question in enumerate(questions):
+    if (len(tokenizer(question, add_special_tokens=False)["input_ids"])
+        + tokenizer.num_special_tokens_to_add(pair=True) >= room):
+      raise DataError(f"{where}: row {row_number(where, i)}: the question takes too much of "
+                      f"data.max_length={max_length} to leave windows of context with "
+                      f"task.doc_stride={task_cfg.doc_stride}")
+  encoded = tokenizer(questions, contexts, truncation="only_second", max_length=max_length,
+                      stride=task_cfg.doc_stride, return_overflowing_tokens=True,
+                      return_offsets_mapping=True)
+  n = len(encoded["input_ids"])
+  input_ids = np.zeros((n, max_length), np.int32)
+  token_types = np.zeros((n, max_length), np.int8)
+  lengths = np.zeros(n, np.int32)
+  offsets = np.full((n, max_length, 2), -1, np.int32)
+  labels = np.zeros((n, 2), np.int32)
+  feature_example = np.asarray(encoded["overflow_to_sample_mapping"], np.int32)
+  for f in range(n):
+    length = len(encoded["input_ids"][f])
+    lengths[f] = length
+    input_ids[f, :length] = encoded["input_ids"][f]
+    token_types[f, :length] = encoded["token_type_ids"][f]
+    in_context = np.asarray([s == 1 for s in encoded.sequence_ids(f)])
+    offsets[f, :length][in_context] = np.asarray(encoded["offset_mapping"][f])[in_context]
+    texts, starts = golds[feature_example[f]]
+    if texts:
+      labels[f] = _answer_tokens(offsets[f], starts[0], starts[0] + len(texts[0]))
+  examples = [{"id": str(ids[i]), "context": contexts[i], "answers": golds[i][0]}
+              for i in range(len(dataset))]
+  return EncodedSplit(input_ids, token_types, lengths, labels, offsets=offsets,
+                      feature_example=feature_example, examples=examples)
+
+
 class QuestionAnswering(TaskKind):
   """Windows in, one answer per question out: the official SQuAD scores."""
 
   name = "question_answering"
   metrics = ("f1", "exact", "best_f1", "best_exact", "HasAns_f1", "NoAns_f1")
   compare_units = "questions"
+  uncomparable = {**TaskKind.uncomparable,
+                  "best_exact": "its no-answer threshold is chosen on the evaluated split itself",
+                  "best_f1": "its no-answer threshold is chosen on the evaluated split itself"}
   hf_suffix = "ForQuestionAnswering"
 
   def validate(self, task, config, check):
@@ -42,9 +126,7 @@ class QuestionAnswering(TaskKind):
           "max_answer_length and n_best must be positive")
 
   def encode(self, dataset, tokenizer, task, max_length, where, labelled=True):
-    from research.data import input_pipeline
-    return input_pipeline.encode_questions(dataset, tokenizer, task, max_length, where,
-                                           labelled)
+    return encode_questions(dataset, tokenizer, task, max_length, where, labelled)
 
   def check_scorable(self, task, split, where):
     """A SQuAD 1.1 evaluation (`task.version_2_with_negative=False`) scores every question
@@ -54,10 +136,9 @@ class QuestionAnswering(TaskKind):
       return
     unanswerable = [e["id"] for e in split.examples if not e["answers"]]
     if unanswerable:
-      from research.data import input_pipeline
       shown = ", ".join(repr(i) for i in unanswerable[:3]) + (", ..." if len(unanswerable) > 3
                                                               else "")
-      raise input_pipeline.DataError(
+      raise DataError(
           f"{where}: {len(unanswerable)} of the {len(split.examples)} questions have "
           f"no answer (ids {shown}); task.version_2_with_negative=False (SQuAD 1.1) "
           "would score each 0: set task.version_2_with_negative=True "
@@ -67,7 +148,7 @@ class QuestionAnswering(TaskKind):
     return 2  # start and end
 
   def build_model(self, config, num_labels, *, dtype, param_dtype, classifier_dropout,
-                  representation="cls", start_offset=0):
+                  task=None):
     from research.models import bert
     return bert.BertForQuestionAnswering(config=config, dtype=dtype, param_dtype=param_dtype)
 

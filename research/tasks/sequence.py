@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from research import metrics, resampling
+from research.data.encoded import EncodedSplit, class_ids, encode_sequences, label_scores
 from research.tasks.base import TaskKind
 
 
@@ -24,8 +25,11 @@ class Classification(TaskKind):
   compare_units = "examples"
 
   def encode(self, dataset, tokenizer, task, max_length, where, labelled=True):
-    from research.data import input_pipeline
-    return input_pipeline.encode_classes(dataset, tokenizer, task, max_length, where, labelled)
+    """One text or a pair per row, its label a name or an id."""
+    input_ids, token_types, lengths, raw_labels, _, _ = encode_sequences(
+        dataset, tokenizer, task, max_length, where, labelled, words=False, owner=type(self))
+    return EncodedSplit(input_ids, token_types, lengths,
+                        class_ids(raw_labels, tuple(task.label_names), where))
 
   def score(self, task, split, outputs, loss):
     scalars: dict[str, float] = {"loss": loss}
@@ -49,6 +53,8 @@ class Regression(TaskKind):
   name = "regression"
   metrics = ("pearson", "spearman")
   compare_units = "examples"
+  uncomparable = {**TaskKind.uncomparable,
+                  "mse": "not a task metric: compare pearson or spearman"}
 
   def validate(self, task, config, check):
     check(not task.label_names, "task.label_names", "must be empty for regression")
@@ -57,8 +63,10 @@ class Regression(TaskKind):
     return 1
 
   def encode(self, dataset, tokenizer, task, max_length, where, labelled=True):
-    from research.data import input_pipeline
-    return input_pipeline.encode_scores(dataset, tokenizer, task, max_length, where, labelled)
+    """One text or a pair per row, its label a finite number."""
+    input_ids, token_types, lengths, raw_labels, _, _ = encode_sequences(
+        dataset, tokenizer, task, max_length, where, labelled, words=False, owner=type(self))
+    return EncodedSplit(input_ids, token_types, lengths, label_scores(raw_labels, where))
 
   def losses(self, logits, labels, example_mask, attention_mask):
     import jax.numpy as jnp

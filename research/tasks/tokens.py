@@ -7,12 +7,15 @@ and config.json keeps them for the resume, eval, predict and export.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from research import metrics, resampling
-from research.tasks.base import IGNORE, TaskKind
+from research.data.encoded import (IGNORE, EncodedSplit, check_fields, class_ids,
+                                   encode_sequences, row_number)
+from research.errors import DataError
+from research.tasks.base import TaskKind
 
 
 def word_predictions(split, outputs: np.ndarray) -> list[np.ndarray]:
@@ -57,6 +60,43 @@ def position_losses(logits, labels, example_mask):
   return losses, weights
 
 
+def _tag_rows(dataset, task_cfg, where: str) -> Iterator[tuple[int, list]]:
+  """(file row, tags) of each row of a token-task split whose tags are names."""
+  check_fields(dataset, (task_cfg.label_field,), where)
+  for index, tags in enumerate(dataset[task_cfg.label_field]):
+    if not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+      raise DataError(f"{where}: row {row_number(where, index)}: {task_cfg.label_field!r} is "
+                      f"{tags!r}, not a tag name per word: task.label_names is empty, so the "
+                      "names are read from the training split (or list them there)")
+    yield row_number(where, index), tags
+
+
+def training_tags(data_cfg, task_cfg, kind: TaskKind) -> tuple[str, ...]:
+  """A token task's tag names when `task.label_names` is empty: every tag of the training
+  split, sorted, "O" first. A tag of an evaluation split that the training split lacks is
+  an error naming it (the model could never predict it)."""
+  from research.data import sources, splits
+  source = sources.resolve_source(data_cfg)
+  train_split = data_cfg.get("train_split", "train")
+  dataset, where = splits.read_split(data_cfg, task_cfg, kind, source, train_split)
+  found = {tag for _, tags in _tag_rows(dataset, task_cfg, where) for tag in tags}
+  names = tuple(sorted(found, key=lambda tag: (tag != "O", tag)))
+  if len(names) < 2:
+    raise DataError(f"{where}: the tags of the training split are {list(names)}: a token task "
+                    "needs at least two (task.label_names is empty, so they are read there)")
+  for split in data_cfg.get("eval_splits", ()):
+    dataset, where = splits.read_split(data_cfg, task_cfg, kind, source, split)
+    if data_cfg.get("eval_examples", 0):
+      dataset = dataset.select(range(min(data_cfg.eval_examples, len(dataset))))
+    for row, tags in _tag_rows(dataset, task_cfg, where):
+      unknown = [tag for tag in tags if tag not in found]
+      if unknown:
+        raise DataError(f"{where}: row {row}: tag {unknown[0]!r} is not a tag of the training "
+                        f"split {list(names)}, where the tags are read from (task.label_names "
+                        "is empty): list every tag in task.label_names to evaluate it")
+  return names
+
+
 class TokenClassification(TaskKind):
   """A tag per word, read at its first sub-word; entity-level metrics (seqeval's)."""
 
@@ -74,8 +114,7 @@ class TokenClassification(TaskKind):
   def label_names_from_data(self, data_cfg, task):
     if task.label_names:
       return None
-    from research.data import input_pipeline
-    return input_pipeline.training_tags(data_cfg, task)
+    return training_tags(data_cfg, task, self)
 
   def adopt_saved_tags(self, task, saved: dict[str, Any]) -> None:
     """A token task whose `task.label_names` is empty takes those of the run's saved config
@@ -84,14 +123,35 @@ class TokenClassification(TaskKind):
       task.label_names = tuple(saved.get("task", {}).get("label_names", ()))
 
   def encode(self, dataset, tokenizer, task, max_length, where, labelled=True):
-    from research.data import input_pipeline
-    return input_pipeline.encode_tags(dataset, tokenizer, task, max_length, where, labelled)
+    """A list of words per row and a tag per word: each word's tag sits on its first sub-word;
+    every other position is IGNORE."""
+    input_ids, token_types, lengths, raw_labels, encoded, dataset = encode_sequences(
+        dataset, tokenizer, task, max_length, where, labelled, words=True, owner=type(self))
+    n = len(input_ids)
+    labels = np.full((n, max_length), IGNORE, np.int32)
+    word_index = np.full((n, max_length), -1, np.int32)
+    word_labels = np.empty(n, object)
+    word_ids = list(encoded["word_ids"])
+    sentences = dataset[task.text_fields[0]]
+    for i in range(n):
+      if not isinstance(raw_labels[i], list) or len(raw_labels[i]) != len(sentences[i]):
+        raise DataError(f"{where}: row {row_number(where, i)}: {task.label_field!r} is "
+                        f"{raw_labels[i]!r}, not one tag per word")
+      word_labels[i] = tags = class_ids(list(raw_labels[i]), tuple(task.label_names), where,
+                                        row=row_number(where, i))
+      previous = -1
+      for position, word in enumerate(word_ids[i]):
+        if word >= 0 and word != previous:
+          labels[i, position] = tags[word]
+          word_index[i, position] = word
+        previous = word
+    return EncodedSplit(input_ids, token_types, lengths, labels, word_index, word_labels)
 
   def conll_fields(self, task):
     return task.text_fields[0], task.label_field
 
   def build_model(self, config, num_labels, *, dtype, param_dtype, classifier_dropout,
-                  representation="cls", start_offset=0):
+                  task=None):
     from research.models import bert
     return bert.BertForTokenClassification(
         config=config, num_labels=num_labels, classifier_dropout=classifier_dropout,
