@@ -17,6 +17,12 @@ attention scores and context, plus the pooler and classifier; eval is a third of
 count is used for both systems. We execute fewer FLOPs than that (`executed_flops`: the last
 layer computes only [CLS]); XLA's own count of what we execute is reported beside it.
 Both systems run with `host_memory.keep_freed_memory()` (off: RESEARCH_DEFAULT_MALLOC=1).
+
+It runs anywhere and loses nothing: bench.json and bench.md are rewritten after every part
+(the peaks, each shape, the input pipeline, --e2e), a part that fails is one line and the
+others still run (exit status 1 then), and with no data folder and no network the input
+pipeline is measured on the SST-2 slice shipped in data/. The table names the CPU's vector and
+matrix units (AVX2, AVX-512, AVX512-BF16, AMX) and the XLA_FLAGS in force.
 """
 
 from __future__ import annotations
@@ -126,11 +132,12 @@ def torch_synchronize(device: str) -> None:
     torch.cuda.synchronize()
 
 
-def torch_matmul_peak(size: int, steps_timed: int) -> float:
+def torch_matmul_peak(size: int, steps_timed: int, dtype: str = "float32") -> float:
+  """FLOP/s of one size³ matmul in torch (the peer's library: oneDNN or MKL on a CPU)."""
   import torch
   device = torch_device()
-  a = torch.ones(size, size, device=device)
-  b = torch.ones(size, size, device=device)
+  a = torch.ones(size, size, device=device, dtype=getattr(torch, dtype))
+  b = torch.ones(size, size, device=device, dtype=getattr(torch, dtype))
 
   def matmul():
     a @ b
@@ -266,20 +273,33 @@ def time_reference(reference, batch: dict[str, np.ndarray], steps_timed: int,
 # ---- the input pipeline ---------------------------------------------------------------------
 
 
-def input_pipeline_rates(examples: int, batch_size: int, tokenizer_dir: str) -> dict[str, float]:
+def input_pipeline_rates(examples: int, batch_size: int, tokenizer_dir: str) -> dict[str, Any]:
   """Tokenisation + batching of SST-2 train (examples/s), and padding with and without
-  buckets and length grouping, against batches padded to their own longest sequence."""
+  buckets and length grouping, against batches padded to their own longest sequence. All of
+  train (`examples=0`) where it can be read; on a fresh clone offline, the rows of the
+  repository's shipped slice (the source is recorded)."""
   from configs import sst2
-  from research.data import splits, tokenization
+  from research.data import sources, splits, tokenization
   from research.data.batches import TrainBatches
+  from research.errors import DataError
   config = sst2.get_config()
+  config.data.train_examples = examples
+  try:
+    source = sources.locate(config.data)
+  except DataError:
+    held = sources.SHIPPED_DIR / config.data.local_name / "slice.json"
+    if examples or not held.is_file():
+      raise
+    config.data.train_examples = json.loads(held.read_text())["splits"]["train"]["examples"]
+    source = sources.locate(config.data)
   tokenizer = tokenization.load_tokenizer(tokenizer_dir)
   start = time.perf_counter()
   split = splits.load_encoded(config.data, config.task, tasks.kind_of(config.task), tokenizer,
-                              "train", examples)
+                              "train", config.data.train_examples)
   tokenise_s = time.perf_counter() - start
   buckets = tuple(config.data.length_buckets)
-  out = {"examples": len(split), "tokenise_examples_per_s": len(split) / tokenise_s}
+  out = {"examples": len(split), "source": source.describe(),
+         "tokenise_examples_per_s": len(split) / tokenise_s}
   real = None
   for group in (0, config.data.group_by_length):
     batches = TrainBatches(split, batch_size=batch_size, accum_steps=1, seed=0,
@@ -322,77 +342,146 @@ GPU_SHAPES = [  # random init (the embedded checkpoint is too big to carry to a 
 ]
 
 
+# The /proc/cpuinfo flags that decide which kernels a library can use, and how they are shown.
+CPU_FEATURES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16",
+                "amx_bf16": "AMX-BF16", "amx_tile": "AMX"}
+
+
 def cpu_model() -> str:
-  """The CPU's name and widest vector unit: the machines this runs on differ between days."""
+  """The CPU's name and the vector and matrix units its kernels can use (`CPU_FEATURES`): the
+  machines this runs on differ between days, and so do the libraries' peaks on them."""
   try:
     info = pathlib.Path("/proc/cpuinfo").read_text()
   except OSError:
     return "unknown CPU"
   fields = {key.strip(): value.strip() for key, value in
             (line.split(":", 1) for line in info.splitlines() if ":" in line)}
-  name, flags = fields.get("model name", "unknown CPU"), fields.get("flags", "").split()
-  return f"{name}, {'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'}"
+  name, flags = fields.get("model name", "unknown CPU"), set(fields.get("flags", "").split())
+  found = [shown for flag, shown in CPU_FEATURES.items() if flag in flags]
+  return f"{name}, {', '.join(found) or 'no AVX2'}"
 
 
-def run(quick: bool, steps_timed: int, dtype: str = "float32",
+class Report:
+  """The bench's result as it grows, written to `--out` (json and markdown) after every part:
+  what was measured before a failure or an interrupt stays. A part that fails is one line on
+  stderr and in the table, and the parts after it still run."""
+
+  def __init__(self, out: pathlib.Path, stem: str, result: dict[str, Any],
+               render: Callable[[dict[str, Any]], str]):
+    self.out, self.stem, self.result, self.render = out, stem, result, render
+    self.result.setdefault("errors", [])
+
+  def part(self, name: str, measure: Callable[[], Any], key: str) -> Any:
+    """`measure()` kept as the result's `key` (appended, when that holds a list) and saved; None
+    when it raised, recorded as `name`'s error (saved too)."""
+    try:
+      value = measure()
+    except Exception as e:  # one part's failure (data, memory, a library) loses no other part
+      detail = " ".join(f"{type(e).__name__}: {e}".split())[:500]
+      self.result["errors"].append({"part": name, "error": detail})
+      print(f"error: bench part {name!r} failed: {detail}", file=sys.stderr, flush=True)
+      value = None
+    else:
+      if isinstance(self.result.get(key), list):
+        self.result[key].append(value)
+      else:
+        self.result[key] = value
+    self.save()
+    return value
+
+  def save(self) -> None:
+    (self.out / f"{self.stem}.json").write_text(json.dumps(self.result, indent=2) + "\n")
+    (self.out / f"{self.stem}.md").write_text(self.render(self.result))
+
+
+def measure_peaks(size: int, dtype: str, steps_timed: int) -> dict[str, Any]:
+  """Each library's size³ matmul in float32 and in the compute dtype, and the machine's limit
+  in the compute dtype: the higher of the two libraries', which "of peak" is measured against
+  (not only XLA's: on a CPU whose matrix units only torch's kernels use, XLA's is far below)."""
+  peak = {"matmul_size": size, "fp32_matmul_flops": matmul_peak(size, "float32", steps_timed),
+          "torch_fp32_matmul_flops": torch_matmul_peak(size, steps_timed)}
+  if dtype != "float32":
+    peak[f"{dtype}_matmul_flops"] = matmul_peak(size, dtype, steps_timed)
+    peak[f"torch_{dtype}_matmul_flops"] = torch_matmul_peak(size, steps_timed, dtype)
+  jax_peak = peak["fp32_matmul_flops" if dtype == "float32" else f"{dtype}_matmul_flops"]
+  torch_peak = peak["torch_fp32_matmul_flops" if dtype == "float32"
+                    else f"torch_{dtype}_matmul_flops"]
+  peak["machine_flops"] = max(jax_peak, torch_peak)
+  peak["machine_peak_library"] = "jax" if jax_peak >= torch_peak else "torch"
+  peak["jax_flops"] = jax_peak
+  return peak
+
+
+def measure_shape(name: str, source, batch_size: int, length: int, steps_timed: int,
+                  dtype: str, peak: dict[str, Any] | None) -> dict[str, Any]:
+  """One row of the table: ours and the peer on the same weights and batch."""
+  if isinstance(source, str):
+    source_dir = str(hf_io.embedded_checkpoint_dir())
+    config, _ = hf_io.load_config(pathlib.Path(source_dir))
+    reference = reference_model(source_dir)
+  else:
+    config = source
+    reference = reference_model(config)
+  model, params = ours_from_reference(reference, config, dtype)
+  batch = _synthetic_batch(batch_size, length, config.vocab_size)
+  ours = time_ours(model, params, batch, steps_timed)
+  theirs = time_reference(reference, batch, steps_timed, dtype)
+  reference.cpu()  # frees the GPU for the next shape
+  flops = model_flops(config, batch_size, length, 2)
+  row = {
+      "shape": f"{name} B{batch_size}×S{length}",
+      "ours_train_examples_per_s": batch_size / ours["train_s"],
+      "ours_train_tokens_per_s": batch_size * length / ours["train_s"],
+      "peer_train_examples_per_s": batch_size / theirs["train_s"],
+      "train_ratio": theirs["train_s"] / ours["train_s"],
+      "ours_eval_examples_per_s": batch_size / ours["eval_s"],
+      "peer_eval_examples_per_s": batch_size / theirs["eval_s"],
+      "eval_ratio": theirs["eval_s"] / ours["eval_s"],
+      "model_flops_per_step": flops,
+      "ours_train_flops_per_s": flops / ours["train_s"],
+      "peer_train_flops_per_s": flops / theirs["train_s"],
+      "xla_executed_flops_per_step": ours["xla_train_flops"],
+      "compile_s": ours["compile_s"],
+      "train_compiles": ours["train_compiles"],
+  }
+  if peak is not None:
+    row["ours_fraction_of_peak"] = flops / ours["train_s"] / peak["machine_flops"]
+    row["ours_fraction_of_jax_peak"] = flops / ours["train_s"] / peak["jax_flops"]
+  print(f"  {row['shape']}: ours {row['ours_train_examples_per_s']:.2f} ex/s, peer "
+        f"{row['peer_train_examples_per_s']:.2f} ex/s", file=sys.stderr, flush=True)
+  return row
+
+
+def run(report: Report, quick: bool, steps_timed: int, dtype: str = "float32",
         tokenizer_dir: str | None = None) -> dict[str, Any]:
+  """The table: the matmul peaks, a row per shape, the input pipeline; each part saved by
+  `report` as it is measured (a part that fails is recorded and the others go on)."""
   import torch
   platform = jax.devices()[0].platform
   shapes = QUICK_SHAPES if quick else GPU_SHAPES if platform == "gpu" else SHAPES
   size = 512 if quick else 8192 if platform == "gpu" else 2048
-  result: dict[str, Any] = {
-      "machine": {"jax_backend": platform, "device": str(jax.devices()[0]),
+  result = report.result
+  result.setdefault("machine", {}).update(
+      {"jax_backend": platform, "device": str(jax.devices()[0]),
                   "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
                   "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
-                  "torch": torch.__version__, "compute_dtype": dtype},
-      "peak": {"fp32_matmul_flops": matmul_peak(size, "float32", steps_timed),
-               "torch_fp32_matmul_flops": torch_matmul_peak(size, steps_timed),
-               "matmul_size": size},
-      "rows": []}
-  peak = result["peak"]["fp32_matmul_flops"]
-  if dtype != "float32":  # our fraction of peak is against the compute dtype's matmul
-    peak = result["peak"][f"{dtype}_matmul_flops"] = matmul_peak(size, dtype, steps_timed)
+                  "torch": torch.__version__, "compute_dtype": dtype,
+                  "xla_flags": os.environ.get("XLA_FLAGS", "")})
+  result["rows"] = []
+  peak = report.part("matmul peaks", lambda: measure_peaks(size, dtype, steps_timed), "peak")
   for name, source, batch_size, length in shapes:
-    if isinstance(source, str):
-      source_dir = str(hf_io.embedded_checkpoint_dir())
-      config, _ = hf_io.load_config(pathlib.Path(source_dir))
-      reference = reference_model(source_dir)
-    else:
-      config = source
-      reference = reference_model(config)
-    model, params = ours_from_reference(reference, config, dtype)
-    batch = _synthetic_batch(batch_size, length, config.vocab_size)
-    ours = time_ours(model, params, batch, steps_timed)
-    theirs = time_reference(reference, batch, steps_timed, dtype)
-    reference.cpu()  # frees the GPU for the next shape
-    flops = model_flops(config, batch_size, length, 2)
-    row = {
-        "shape": f"{name} B{batch_size}×S{length}",
-        "ours_train_examples_per_s": batch_size / ours["train_s"],
-        "ours_train_tokens_per_s": batch_size * length / ours["train_s"],
-        "peer_train_examples_per_s": batch_size / theirs["train_s"],
-        "train_ratio": theirs["train_s"] / ours["train_s"],
-        "ours_eval_examples_per_s": batch_size / ours["eval_s"],
-        "peer_eval_examples_per_s": batch_size / theirs["eval_s"],
-        "eval_ratio": theirs["eval_s"] / ours["eval_s"],
-        "model_flops_per_step": flops,
-        "ours_train_flops_per_s": flops / ours["train_s"],
-        "peer_train_flops_per_s": flops / theirs["train_s"],
-        "ours_fraction_of_peak": flops / ours["train_s"] / peak,
-        "xla_executed_flops_per_step": ours["xla_train_flops"],
-        "compile_s": ours["compile_s"],
-        "train_compiles": ours["train_compiles"],
-    }
-    result["rows"].append(row)
-    print(f"  {row['shape']}: ours {row['ours_train_examples_per_s']:.2f} ex/s, peer "
-          f"{row['peer_train_examples_per_s']:.2f} ex/s", file=sys.stderr, flush=True)
-  if os.environ.get("RESEARCH_DATA_DIR") or not quick:
-    examples = 2000 if quick else 0
-    pipeline = input_pipeline_rates(examples, 32,
-                                    tokenizer_dir or str(hf_io.embedded_checkpoint_dir()))
-    train_rate = max(r["ours_train_examples_per_s"] for r in result["rows"])
-    pipeline["ratio_to_fastest_train_step"] = pipeline["pipeline_examples_per_s"] / train_rate
-    result["input_pipeline"] = pipeline
+    report.part(f"{name} B{batch_size}×S{length}", lambda: measure_shape(
+        name, source, batch_size, length, steps_timed, dtype, peak), "rows")
+
+  def pipeline() -> dict[str, Any]:
+    rates = input_pipeline_rates(2000 if quick else 0, 32,
+                                 tokenizer_dir or str(hf_io.embedded_checkpoint_dir()))
+    if result["rows"]:
+      fastest = max(r["ours_train_examples_per_s"] for r in result["rows"])
+      rates["ratio_to_fastest_train_step"] = rates["pipeline_examples_per_s"] / fastest
+    return rates
+
+  report.part("input pipeline", pipeline, "input_pipeline")
   return result
 
 
@@ -400,64 +489,72 @@ MLM_SHAPES = [("MiniLM-L6 (embedded)", "embedded", 32, 128)]
 QUICK_MLM_SHAPES = [("tiny", QUICK_SHAPES[0][1], 8, 32)]
 
 
-def run_mlm(quick: bool, steps_timed: int) -> dict[str, Any]:
+def run_mlm(report: Report, quick: bool, steps_timed: int) -> dict[str, Any]:
   """Masked-LM train steps: ours, whose LM head runs on the masked positions only (15%), the
   same model made to predict every position (the gather's effect alone), and transformers'
   BertForMaskedLM, which projects every position onto the vocabulary (labels -100 elsewhere),
-  with AdamW as in `time_reference`; same weights, shapes and masked positions."""
+  with AdamW as in `time_reference`; same weights, shapes and masked positions. A row per
+  shape, each saved by `report` as it is measured."""
+  import torch
+  result = report.result
+  result.setdefault("machine", {}).update(
+      {"jax_backend": jax.devices()[0].platform, "cpu_count": os.cpu_count(),
+       "cpu_model": cpu_model(), "torch_threads": torch.get_num_threads(),
+       "xla_flags": os.environ.get("XLA_FLAGS", "")})
+  result["mlm_rows"] = []
+  for name, source, batch_size, length in QUICK_MLM_SHAPES if quick else MLM_SHAPES:
+    report.part(f"masked LM {name} B{batch_size}×S{length}", lambda: measure_mlm_shape(
+        name, source, batch_size, length, steps_timed), "mlm_rows")
+  return result
+
+
+def measure_mlm_shape(name: str, source, batch_size: int, length: int,
+                      steps_timed: int) -> dict[str, Any]:
   import torch
   import transformers
   from research.data import masking
   from research.data.encoded import IGNORE
-  shapes = QUICK_MLM_SHAPES if quick else MLM_SHAPES
-  result: dict[str, Any] = {"machine": {"jax_backend": jax.devices()[0].platform,
-                                        "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
-                                        "torch_threads": torch.get_num_threads()},
-                            "mlm_rows": []}
-  for name, source, batch_size, length in shapes:
-    torch.manual_seed(0)
-    if isinstance(source, str):
-      source_dir = hf_io.embedded_checkpoint_dir()
-      config, _ = hf_io.load_config(source_dir)
-      reference = transformers.BertForMaskedLM.from_pretrained(str(source_dir))
-    else:
-      config = source
-      reference = transformers.BertForMaskedLM(transformers.BertConfig(**config.to_dict()))
-    model = bert.BertForMaskedLM(config)
-    slots = masking.Masking(103, config.vocab_size).slots(length)
-    rng = np.random.default_rng(0)
-    batch = _synthetic_batch(batch_size, length, config.vocab_size)
-    positions = np.sort(np.stack([rng.choice(np.arange(1, length - 1), slots, replace=False)
-                                  for _ in range(batch_size)]), -1).astype(np.int32)
-    targets = rng.integers(1000, 5000, (batch_size, slots)).astype(np.int32)
-    params = reference_params(model, reference)
-    ours = time_ours(model, params, dict(batch, masked_positions=positions, labels=targets),
-                     steps_timed, "masked_lm")
-    every = np.broadcast_to(np.arange(length, dtype=np.int32), (batch_size, length))
-    dense_labels = np.full((batch_size, length), IGNORE, np.int32)
-    np.put_along_axis(dense_labels, positions, targets, axis=1)
-    all_positions = time_ours(model, params, dict(batch, masked_positions=every,
-                                                  labels=dense_labels), steps_timed,
-                              "masked_lm")
-    theirs = time_reference(reference, dict(batch, labels=dense_labels), steps_timed)
-    row = {"shape": f"{name} B{batch_size}×S{length}, {slots} predicted per row",
-           "ours_train_examples_per_s": batch_size / ours["train_s"],
-           "ours_every_position_train_examples_per_s": batch_size / all_positions["train_s"],
-           "peer_train_examples_per_s": batch_size / theirs["train_s"],
-           "train_ratio": theirs["train_s"] / ours["train_s"],
-           "gather_speedup": all_positions["train_s"] / ours["train_s"],
-           "xla_train_flops": ours["xla_train_flops"],
-           "xla_every_position_train_flops": all_positions["xla_train_flops"],
-           "formula_train_flops": mlm_flops(config, batch_size, length, slots),
-           "formula_every_position_train_flops": mlm_flops(config, batch_size, length, length)}
-    result["mlm_rows"].append(row)
-  return result
+  torch.manual_seed(0)
+  if isinstance(source, str):
+    source_dir = hf_io.embedded_checkpoint_dir()
+    config, _ = hf_io.load_config(source_dir)
+    reference = transformers.BertForMaskedLM.from_pretrained(str(source_dir))
+  else:
+    config = source
+    reference = transformers.BertForMaskedLM(transformers.BertConfig(**config.to_dict()))
+  model = bert.BertForMaskedLM(config)
+  slots = masking.Masking(103, config.vocab_size).slots(length)
+  rng = np.random.default_rng(0)
+  batch = _synthetic_batch(batch_size, length, config.vocab_size)
+  positions = np.sort(np.stack([rng.choice(np.arange(1, length - 1), slots, replace=False)
+                                for _ in range(batch_size)]), -1).astype(np.int32)
+  targets = rng.integers(1000, 5000, (batch_size, slots)).astype(np.int32)
+  params = reference_params(model, reference)
+  ours = time_ours(model, params, dict(batch, masked_positions=positions, labels=targets),
+                   steps_timed, "masked_lm")
+  every = np.broadcast_to(np.arange(length, dtype=np.int32), (batch_size, length))
+  dense_labels = np.full((batch_size, length), IGNORE, np.int32)
+  np.put_along_axis(dense_labels, positions, targets, axis=1)
+  all_positions = time_ours(model, params, dict(batch, masked_positions=every,
+                                                labels=dense_labels), steps_timed, "masked_lm")
+  theirs = time_reference(reference, dict(batch, labels=dense_labels), steps_timed)
+  return {"shape": f"{name} B{batch_size}×S{length}, {slots} predicted per row",
+          "ours_train_examples_per_s": batch_size / ours["train_s"],
+          "ours_every_position_train_examples_per_s": batch_size / all_positions["train_s"],
+          "peer_train_examples_per_s": batch_size / theirs["train_s"],
+          "train_ratio": theirs["train_s"] / ours["train_s"],
+          "gather_speedup": all_positions["train_s"] / ours["train_s"],
+          "xla_train_flops": ours["xla_train_flops"],
+          "xla_every_position_train_flops": all_positions["xla_train_flops"],
+          "formula_train_flops": mlm_flops(config, batch_size, length, slots),
+          "formula_every_position_train_flops": mlm_flops(config, batch_size, length, length)}
 
 
 def mlm_markdown(result: dict[str, Any]) -> str:
   m = result["machine"]
   lines = [f"Masked-LM train steps (AdamW, dropout on), backend {m['jax_backend']}, "
-           f"{m['cpu_count']} CPUs ({m['cpu_model']}), torch {m['torch_threads']} threads.", "",
+           f"{m['cpu_count']} CPUs ({m['cpu_model']}), torch {m['torch_threads']} threads; "
+           f"XLA_FLAGS: {m['xla_flags'] or 'none'}.", "",
            "| shape | ours ex/s | ours, every position ex/s | peer ex/s | ours vs peer | "
            "gather speed-up | XLA GFLOP/step ours (every position) |",
            "|---|---|---|---|---|---|---|"]
@@ -468,46 +565,65 @@ def mlm_markdown(result: dict[str, Any]) -> str:
         f"{r['peer_train_examples_per_s']:.2f} | **{r['train_ratio']:.2f}×** | "
         f"**{r['gather_speedup']:.2f}×** | {r['xla_train_flops'] / 1e9:.1f} "
         f"({r['xla_every_position_train_flops'] / 1e9:.1f}) |")
+  if result.get("errors"):
+    lines += ["", "Not measured:", ""] + [f"* {e['part']}: {e['error']}" for e in result["errors"]]
   return "\n".join(lines) + "\n"
 
 
+def peak_line(p: dict[str, Any], dtype: str) -> str:
+  """The matmul peaks, and which one "of peak" is against."""
+  line = (f"{p['matmul_size']}³ matmul: jax fp32 {p['fp32_matmul_flops'] / 1e9:.1f} GFLOP/s, "
+          f"torch fp32 {p['torch_fp32_matmul_flops'] / 1e9:.1f} GFLOP/s")
+  if dtype != "float32":
+    line += (f", jax {dtype} {p[f'{dtype}_matmul_flops'] / 1e9:.1f} GFLOP/s, torch {dtype} "
+             f"{p[f'torch_{dtype}_matmul_flops'] / 1e9:.1f} GFLOP/s")
+  return (line + f". 'Of peak': against the machine's {dtype} limit, the higher of the two "
+          f"({p['machine_peak_library']}'s, {p['machine_flops'] / 1e9:.1f} GFLOP/s); "
+          f"'of jax's': against XLA's own matmul.")
+
+
 def to_markdown(result: dict[str, Any]) -> str:
-  m, p = result["machine"], result["peak"]
+  m = result["machine"]
   dtype = m["compute_dtype"]
   lines = [f"Backend: {m['jax_backend']} ({m['device']}), {m['cpu_count']} CPUs "
            f"({m['cpu_model']}); jax {m['jax']}, torch {m['torch']} ({m['torch_threads']} "
-           f"threads); malloc keeps freed memory: {m['malloc_keeps_freed_memory']}.",
-           f"{p['matmul_size']}³ matmul: jax fp32 {p['fp32_matmul_flops'] / 1e9:.1f} GFLOP/s, "
-           f"torch fp32 {p['torch_fp32_matmul_flops'] / 1e9:.1f} GFLOP/s"
-           + (f", jax {dtype} {p[f'{dtype}_matmul_flops'] / 1e9:.1f} GFLOP/s"
-              if dtype != "float32" else "")
-           + f". Compute dtype {dtype}: 'of peak' is against its matmul.", "",
+           f"threads); XLA_FLAGS: {m['xla_flags'] or 'none'}; malloc keeps freed memory: "
+           f"{m.get('malloc_keeps_freed_memory')}.",
+           peak_line(result["peak"], dtype) if "peak" in result else "Matmul peaks: not "
+           "measured.", "",
            "| shape | ours train ex/s | peer train ex/s | train ratio | ours eval ex/s | "
-           "peer eval ex/s | eval ratio | ours GFLOP/s (formula) | of peak | peer GFLOP/s | "
-           "XLA-executed GFLOP/step | compile s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "peer eval ex/s | eval ratio | ours GFLOP/s (formula) | of peak | of jax's | "
+           "peer GFLOP/s | XLA-executed GFLOP/step | compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  fraction = lambda r, key: f"{r[key]:.0%}" if key in r else "–"  # noqa: E731
   for r in result["rows"]:
     lines.append(
         f"| {r['shape']} | {r['ours_train_examples_per_s']:.2f} | "
         f"{r['peer_train_examples_per_s']:.2f} | **{r['train_ratio']:.2f}×** | "
         f"{r['ours_eval_examples_per_s']:.1f} | {r['peer_eval_examples_per_s']:.1f} | "
         f"**{r['eval_ratio']:.2f}×** | {r['ours_train_flops_per_s'] / 1e9:.1f} | "
-        f"{r['ours_fraction_of_peak']:.0%} | {r['peer_train_flops_per_s'] / 1e9:.1f} | "
+        f"{fraction(r, 'ours_fraction_of_peak')} | {fraction(r, 'ours_fraction_of_jax_peak')} | "
+        f"{r['peer_train_flops_per_s'] / 1e9:.1f} | "
         f"{r['xla_executed_flops_per_step'] / 1e9:.1f} (formula "
         f"{r['model_flops_per_step'] / 1e9:.1f}) | {r['compile_s']:.1f} |")
   if "input_pipeline" in result:
     q = result["input_pipeline"]
-    lines += ["", f"Input pipeline on {q['examples']:,} SST-2 train sentences: tokenisation "
+    versus = (f" = {q['ratio_to_fastest_train_step']:.0f}× the fastest train step above"
+              if "ratio_to_fastest_train_step" in q else "")
+    lines += ["", f"Input pipeline on {q['examples']:,} SST-2 train sentences "
+              f"({q['source']}): tokenisation "
               f"{q['tokenise_examples_per_s']:,.0f} ex/s, grouped batching "
               f"{q['batching_grouped_examples_per_s']:,.0f} ex/s, together "
-              f"{q['pipeline_examples_per_s']:,.0f} ex/s = "
-              f"{q['ratio_to_fastest_train_step']:.0f}× the fastest train step above.",
+              f"{q['pipeline_examples_per_s']:,.0f} ex/s{versus}.",
               "Padding: random batches padded to their own longest "
               f"{q['padding_random_own_longest']:.1%}, "
               f"random batches padded to buckets {q['padding_random_buckets']:.1%}, "
               f"length-grouped batches padded to buckets {q['padding_grouped_buckets']:.1%}."]
   if "e2e" in result:
     lines += ["", e2e_markdown(result["e2e"])]
+  if result.get("errors"):
+    lines += ["", "Not measured (each part's error; the others ran):", ""]
+    lines += [f"* {e['part']}: {e['error']}" for e in result["errors"]]
   return "\n".join(lines) + "\n"
 
 
@@ -635,23 +751,24 @@ def main(argv: list[str] | None = None) -> None:
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   args.out.mkdir(parents=True, exist_ok=True)
   if args.mlm:
-    result = run_mlm(args.quick, args.steps or (3 if args.quick else 10))
-    table = mlm_markdown(result)
-    (args.out / "bench_mlm.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "bench_mlm.md").write_text(table)
-    print(table)
+    result = run_mlm(Report(args.out, "bench_mlm", {}, mlm_markdown), args.quick,
+                     args.steps or (3 if args.quick else 10))
+    print(mlm_markdown(result))
+    if result["errors"]:
+      sys.exit(1)
     return
-  result = run(args.quick, args.steps or (3 if args.quick else 10), args.dtype, args.tokenizer)
-  result["machine"]["malloc_keeps_freed_memory"] = kept
+  workdir = args.out / "e2e"
+  if args.e2e and workdir.exists():
+    parser.error(f"{workdir} exists; the e2e run needs a fresh folder")
+  report = Report(args.out, "bench", {"machine": {"malloc_keeps_freed_memory": kept}},
+                  to_markdown)
+  result = run(report, args.quick, args.steps or (3 if args.quick else 10), args.dtype,
+               args.tokenizer)
   if args.e2e:
-    workdir = args.out / "e2e"
-    if workdir.exists():
-      raise SystemExit(f"error: {workdir} exists; the e2e run needs a fresh folder")
-    result["e2e"] = e2e(workdir, args.e2e_examples, args.e2e_eval_examples)
-  table = to_markdown(result)
-  (args.out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-  (args.out / "bench.md").write_text(table)
-  print(table)
+    report.part("e2e", lambda: e2e(workdir, args.e2e_examples, args.e2e_eval_examples), "e2e")
+  print(to_markdown(result))
+  if result["errors"]:
+    sys.exit(1)
 
 
 if __name__ == "__main__":
