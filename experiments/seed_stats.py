@@ -32,7 +32,7 @@ def mean_std(values: list[float], scale: float = 1, decimals: int = 2, count: bo
              one_seed: str = "") -> str:
   """'mean ± std' of `values` (the sample std), both times `scale` (100 for fractions shown in
   percent) with `decimals` decimals, then ' (n)' when `count`; a single value has no std: it
-  stands alone, followed by `one_seed` (' (1 seed)', say) and the count."""
+  stands alone, followed by `one_seed` (' (1 seed)', say) and the count; no values, NO_SEEDS."""
   if not values:
     return NO_SEEDS
   summary = report.summarize(values)
