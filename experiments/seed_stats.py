@@ -1,5 +1,6 @@
 r"""The statistics over seeds that the experiments' reports show, taken from the library
-(`research.report.summarize`: mean, std and the 95% t-interval of the mean;
+(`research.report.summarize`: mean, std and the 95% t-interval of the mean, shown by
+`mean_std` and `interval`;
 `research.compare.seed_tests`: Welch's t-test and almost stochastic order), so that a results.md
 and `python -m research.compare` say the same of the same numbers and no experiment keeps a
 test of its own.
@@ -14,6 +15,7 @@ from research import compare, report
 ASO_ITERATIONS = 1000
 NO_INTERVAL = "1 seed: no interval"
 NOT_TESTED = "—"
+NO_SEEDS = "—"
 
 NOTE = ("95% CI: the t-interval of the mean over seeds (`research.report.summarize`); Welch p: "
         "Welch's t-test of the two systems' seeds; ASO ε: almost stochastic order's "
@@ -24,6 +26,19 @@ NOTE = ("95% CI: the t-interval of the mean over seeds (`research.report.summari
         "reverse test). With 3 seeds (or 2) these tests have little power: a large p or an ε "
         "near 0.5 says the seeds cannot tell the systems apart, not that they are equal. A side "
         "with one seed has no interval and no test.")
+
+
+def mean_std(values: list[float], scale: float = 1, decimals: int = 2, count: bool = False,
+             one_seed: str = "") -> str:
+  """'mean ± std' of `values` (the sample std), both times `scale` (100 for fractions shown in
+  percent) with `decimals` decimals, then ' (n)' when `count`; a single value has no std: it
+  stands alone, followed by `one_seed` (' (1 seed)', say) and the count; no values, NO_SEEDS."""
+  if not values:
+    return NO_SEEDS
+  summary = report.summarize(values)
+  text = f"{scale * summary['mean']:.{decimals}f}"
+  text += f" ± {scale * summary['std']:.{decimals}f}" if summary["n"] > 1 else one_seed
+  return text + (f" ({summary['n']})" if count else "")
 
 
 def interval(values: list[float]) -> str:

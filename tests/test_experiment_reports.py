@@ -44,6 +44,21 @@ def _write(folder, name, record):
   (folder / name).write_text(json.dumps(record))
 
 
+def test_mean_std_is_statistics_mean_and_sample_std():
+  """seed_stats.mean_std, the 'mean ± std' cell of every report: statistics' mean and sample
+  std, scaled and rounded as asked; a single seed shows its value alone."""
+  from experiments import seed_stats
+  values = [0.553, 0.561, 0.549]
+  mean, std = statistics.mean(values), statistics.stdev(values)
+  assert seed_stats.mean_std(values) == f"{mean:.2f} ± {std:.2f}"
+  assert seed_stats.mean_std(values, decimals=4) == f"{mean:.4f} ± {std:.4f}" == "0.5543 ± 0.0061"
+  assert (seed_stats.mean_std(values, scale=100, count=True)
+          == f"{100 * mean:.2f} ± {100 * std:.2f} (3)" == "55.43 ± 0.61 (3)")
+  assert seed_stats.mean_std([0.553], scale=100, count=True) == "55.30 (1)"
+  assert seed_stats.mean_std([0.553], scale=100, one_seed=" (1 seed)") == "55.30 (1 seed)"
+  assert seed_stats.mean_std([]) == "—"
+
+
 def test_glue_minilm_rows_show_interval_and_welch_of_the_library(tmp_path, monkeypatch):
   glue = experiment_script("experiments/glue_minilm/run.py")
   monkeypatch.setattr(glue, "RESULTS", tmp_path)

@@ -227,16 +227,12 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
   return summary["mean"], summary["std"]
 
 
-def _score(cell) -> str:
-  """(mean, std, n, minutes) -> 'mean ± std (n)'; no ± for a single run."""
-  if not cell:
-    return "—"
-  mean, std, n, _ = cell
-  return f"{mean:.2f} ({n})" if n == 1 else f"{mean:.2f} ± {std:.2f} ({n})"
-
-
 def _minutes(cell) -> str:
   return f"{cell[3]:.1f}" if cell else "—"
+
+
+def _score(values: dict, system: str) -> str:
+  return seed_stats.mean_std(values.get(system, []), count=True)
 
 
 def _interval(values: dict, system: str) -> str:
@@ -286,11 +282,11 @@ def report() -> str:
       own = _compare(values, cells, "ours", "reference", n_planned)
       minutes = " / ".join(_minutes(cells.get(s)) for s in SYSTEMS)
       published = PUBLISHED.get(task, "—") if metric == spec.metrics[0] else ""
-      lines.append(f"| {task} ({split}) | {metric} | {_score(cells.get('ours'))} | "
+      lines.append(f"| {task} ({split}) | {metric} | {_score(values, 'ours')} | "
                    f"{_interval(values, 'ours')} | "
-                   f"{_score(cells.get('reference_our_order'))} | "
+                   f"{_score(values, 'reference_our_order')} | "
                    f"{_interval(values, 'reference_our_order')} | {' | '.join(like)} | "
-                   f"{_score(cells.get('reference'))} | {_interval(values, 'reference')} | "
+                   f"{_score(values, 'reference')} | {_interval(values, 'reference')} | "
                    f"{' | '.join(own)} | {minutes} | {published} |")
   table = "\n".join(lines) + "\n" + training_table(records)
   if SMOKE_EXAMPLES:
@@ -344,14 +340,12 @@ def training_table(records: list[dict]) -> str:
       tested = [seed_stats.p_and_epsilon(seen, values[base]) if system in DIAGNOSTICS
                 and values[base] else ("", "") for base in SYSTEMS]
       p_values, epsilons = [p for p, _ in tested], [epsilon for _, epsilon in tested]
-      mean, std = _mean_std(seen)
       loss = "—"
       if step is not None:
         losses = [r["train_loss"][step] for r in runs[system]]
-        loss_mean, loss_std = _mean_std(losses)
-        loss = f"{step}: {loss_mean:.3f}" + (f" ± {loss_std:.3f}" if len(losses) > 1 else "")
+        loss = f"{step}: {seed_stats.mean_std(losses, decimals=3)}"
       lines.append(f"| {task} ({split}) | {system} | {metric}: "
-                   f"{_score((mean, std, len(seen), 0))} | {seed_stats.interval(seen)} | "
+                   f"{seed_stats.mean_std(seen, count=True)} | {seed_stats.interval(seen)} | "
                    f"{' | '.join(p_values)} | {' | '.join(epsilons)} | {loss} |")
   return "\n".join(lines) + "\n"
 

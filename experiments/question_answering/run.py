@@ -200,7 +200,7 @@ def _seed_summary(done: list[dict]) -> list[str]:
            + " | ASO ε |", "|---|" + "---:|" * (2 * len(SYSTEMS) + 3)]
   for m in ("exact", "f1"):
     a, b = (scores[system][m] for system in SYSTEMS)
-    cells = [f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} ({len(v)})" for v in (a, b)]
+    cells = [seed_stats.mean_std(v, count=True) for v in (a, b)]
     p_value, epsilon = seed_stats.p_and_epsilon(a, b)
     lines.append(f"| {m} | " + " | ".join(cells)
                  + f" | {statistics.mean(a) - statistics.mean(b):+.2f} | {p_value} | "

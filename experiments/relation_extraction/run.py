@@ -158,9 +158,7 @@ def run_reference(setting: str, seed: int) -> dict:
 
 
 def _mean_std(values: list[float]) -> str:
-  if len(values) == 1:
-    return f"{100 * values[0]:.2f} (1 seed)"
-  return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+  return seed_stats.mean_std(values, scale=100, one_seed=" (1 seed)")
 
 
 def _against_baseline(test: list[float], baseline: list[float], setting: str) -> list[str]:

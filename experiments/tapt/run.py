@@ -156,12 +156,7 @@ def direct_result(name: str, seed: int) -> dict | None:
 
 
 def _score(values: list[float]) -> str:
-  if not values:
-    return "—"
-  if len(values) == 1:
-    return f"{100 * values[0]:.2f} (1)"
-  return (f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f} "
-          f"({len(values)})")
+  return seed_stats.mean_std(values, scale=100, count=True)
 
 
 def _interval(values: list[float]) -> str:

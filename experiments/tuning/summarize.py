@@ -13,15 +13,18 @@ a 95% t-interval over the seeds. The paired tests over test examples are researc
 import csv
 import json
 import pathlib
-import statistics
+import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from scipy import stats  # noqa: E402
 
-HERE = pathlib.Path(__file__).parent
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from experiments import seed_stats  # noqa: E402
+
 SEARCHES = {"grid": "grid (BERT's lr × batch)", "quasi_random": "quasi-random",
             "tpe_asha": "TPE + ASHA"}
 
@@ -49,9 +52,9 @@ def progress(rows: list[dict]) -> tuple[list[float], list[float]]:
 
 
 def interval(values: list[float]) -> str:
-  mean, std = statistics.fmean(values), statistics.stdev(values)
-  half = stats.t.ppf(0.975, len(values) - 1) * std / len(values) ** 0.5
-  return f"{100 * mean:.2f} ± {100 * std:.2f} [{100 * (mean - half):.2f}, {100 * (mean + half):.2f}]"
+  """'mean ± std [95% interval]' of accuracies `values`, in percent."""
+  percent = [100 * v for v in values]
+  return f"{seed_stats.mean_std(percent)} {seed_stats.interval(percent)}"
 
 
 def rerun_scores(name: str) -> dict[str, list[float]]:
