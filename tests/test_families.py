@@ -31,9 +31,13 @@ from research.data.encoded import IGNORE
 from research.models import bert, hf_io
 
 FAMILIES = ("roberta", "xlm-roberta", "electra")
-TOLERANCE = 1e-5  # max abs difference in float32
+# Max abs differences in float32, measured on a 2-core AMD EPYC (AVX2) (test_numerics_table
+# prints them): hidden states 3.5e-6 and pooler 1.7e-6 at RoBERTa-base shapes (9.5e-7 and 1e-7
+# for the tiny families'), the heads' logits 1.3e-7 (the masked LMs'; the others' 1e-8 to 7e-8).
+TOLERANCE = 1e-5  # the encoder's outputs: 3x
+HEAD_TOLERANCE = 1.5e-6  # the heads' logits: ~10x
 # Training losses after updates, relative (as tests/test_reference_training.py's): the updated
-# weights carry the rounding of the gradients into each later step.
+# weights carry the rounding of the gradients into each later step. Measured 8.1e-6 (ELECTRA's).
 RELATIVE_TOLERANCE = 2e-5
 NUM_LABELS = 3
 # Each task kind, and transformers' auto class of its model.
@@ -94,15 +98,15 @@ def _state(model: torch.nn.Module) -> dict[str, np.ndarray]:
   return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def _record(family, output, ours, theirs, relative=False):
-  """Asserts ours == theirs to TOLERANCE (or RELATIVE_TOLERANCE of theirs) and keeps the
+def _record(family, output, ours, theirs, relative=False, limit=TOLERANCE):
+  """Asserts ours == theirs to `limit` (or RELATIVE_TOLERANCE of theirs) and keeps the
   difference for the table."""
   diff = np.abs(np.asarray(ours) - np.asarray(theirs))
   if relative:
     diff, output = diff / np.abs(theirs), f"{output} (relative)"
   diff = float(diff.max())
   MAX_DIFFS[family, output] = max(diff, MAX_DIFFS.get((family, output), 0.0))
-  limit = RELATIVE_TOLERANCE if relative else TOLERANCE
+  limit = RELATIVE_TOLERANCE if relative else limit
   assert diff <= limit, f"{family} {output}: max diff {diff:.2e}"
 
 
@@ -172,7 +176,7 @@ def test_task_heads_match_transformers_and_export_round_trips(checkpoints, famil
     ours = np.asarray(ours)
     theirs = _logits(kind, reference, ids, mask, types, positions)
     real = mask == 1 if kind in ("token_classification", "question_answering") else slice(None)
-    _record(family, kind, ours[real], theirs[real])
+    _record(family, kind, ours[real], theirs[real], limit=HEAD_TOLERANCE)
 
     task = ml_collections.ConfigDict(dict(kind=kind, representation="cls"))
     architecture = tasks.kind_of(task).hf_architecture(task, config.model_type)
@@ -187,7 +191,7 @@ def test_task_heads_match_transformers_and_export_round_trips(checkpoints, famil
     exported = auto.from_pretrained(str(out)).eval()
     assert type(exported).__name__ == architecture
     _record(family, f"export {kind}", ours[real],
-            _logits(kind, exported, ids, mask, types, positions)[real])
+            _logits(kind, exported, ids, mask, types, positions)[real], limit=HEAD_TOLERANCE)
   assert transformers.AutoTokenizer.from_pretrained(str(out))("the cat")["input_ids"]
 
 
@@ -396,7 +400,8 @@ def test_training_steps_match_transformers_and_torch_adamw(checkpoints, family):
     if key.endswith("attention.self.key.bias"):  # softmax ignores it: no gradient, only decay
       continue
     assert scale > 1e-5, key  # every tensor moved
-    np.testing.assert_allclose(update, reference_update, atol=0.01 * scale, err_msg=key)
+    # measured 2.5e-4 of the scale at worst (RoBERTa's classifier.dense) on 2-core EPYC; 12x
+    np.testing.assert_allclose(update, reference_update, atol=0.003 * scale, err_msg=key)
 
 
 @pytest.mark.parametrize("family", ("roberta", "electra"))

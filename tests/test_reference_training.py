@@ -120,12 +120,15 @@ def test_same_number_of_steps_and_learning_rates(runs):
   ours, logs = runs["ours"], runs["reference_logs"]
   assert len(ours) == len(logs) == 24
   ours_lr = [r["learning_rate"] for r in ours]  # the rate each step used, in both logs
+  # measured 3.2e-7 relative (ours is float32) on 2-core EPYC (AVX2); 3x
   np.testing.assert_allclose(ours_lr, [r["learning_rate"] for r in logs], rtol=1e-6, atol=1e-12)
-  assert ours_lr[0] == 0.0 and max(ours_lr) == pytest.approx(1e-3)
+  # float32's 1e-3 is 4.8e-8 off (measured), within one ulp anywhere
+  assert ours_lr[0] == 0.0 and max(ours_lr) == pytest.approx(1e-3, rel=2e-7)
 
 
 def test_same_losses_and_gradient_norms_step_by_step(runs):
   ours, logs = runs["ours"], runs["reference_logs"]
+  # measured on 2-core EPYC (AVX2), relative: losses 2.8e-6 (7x), gradient norms 1.8e-5 (6x)
   np.testing.assert_allclose([r["loss"] for r in ours], runs["reference_losses"], rtol=2e-5)
   np.testing.assert_allclose([r["grad_norm"] for r in ours], [r["grad_norm"] for r in logs],
                              rtol=1e-4)
@@ -133,7 +136,7 @@ def test_same_losses_and_gradient_norms_step_by_step(runs):
 
 
 def test_same_weights_after_training(runs):
-  """Every tensor's update agrees to 1% of its size; the updates are far from zero, except the
+  """Every tensor's update agrees to 0.15% of its size; the updates are far from zero, except the
   attention key biases': softmax is invariant to them, so their gradient is zero but for
   rounding in both systems."""
   ours, reference, initial = runs["ours_final"], runs["reference_final"], runs["initial"]
@@ -143,10 +146,11 @@ def test_same_weights_after_training(runs):
     ours_update, ref_update = ours[key] - start, reference[ref_key] - start
     scale = np.abs(ref_update).max()
     if key.endswith("attention.self.key.bias"):
-      assert max(scale, np.abs(ours_update).max()) < 1e-6, key
+      assert max(scale, np.abs(ours_update).max()) < 1e-6, key  # measured 8.8e-8 at most
       continue
     assert scale > 1e-4, key  # every tensor moved (decayed ones included)
-    np.testing.assert_allclose(ours_update, ref_update, atol=0.01 * scale, err_msg=key)
+    # measured 1.2e-4 of the scale at worst (the position embeddings) on 2-core EPYC; 13x
+    np.testing.assert_allclose(ours_update, ref_update, atol=0.0015 * scale, err_msg=key)
 
 
 STSB_STEPS = 20
@@ -176,9 +180,10 @@ def test_real_checkpoint_regression_step_by_step(stsb_runs):
   scale, and the regression head's MSE)."""
   ours, logs = stsb_runs["ours"], stsb_runs["reference_logs"]
   assert len(ours) == len(logs) == STSB_STEPS
-  np.testing.assert_allclose([r["loss"] for r in ours], stsb_runs["reference_losses"], rtol=1e-4)
+  # measured on 2-core EPYC (AVX2), relative: losses 5.6e-6, gradient norms 1.1e-5; ~10x
+  np.testing.assert_allclose([r["loss"] for r in ours], stsb_runs["reference_losses"], rtol=6e-5)
   np.testing.assert_allclose([r["grad_norm"] for r in ours], [r["grad_norm"] for r in logs],
-                             rtol=1e-3)
+                             rtol=1e-4)
   losses = stsb_runs["reference_losses"]
   assert assert_rescored(stsb_runs["ours_workdir"]) == ["pearson", "spearman"]
   assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5  # it trained
@@ -188,5 +193,6 @@ def test_real_checkpoint_regression_step_by_step(stsb_runs):
               "bert.embeddings.word_embeddings.weight"):
     ref_key = key if key in reference else key.removeprefix("bert.")
     ref_update = reference[ref_key] - initial[key]
+    # measured 3.1e-3 of the largest update at worst (the word embeddings) on 2-core EPYC; 3x
     np.testing.assert_allclose(ours_final[key] - initial[key], ref_update,
                                atol=0.01 * np.abs(ref_update).max(), err_msg=key)

@@ -227,7 +227,8 @@ def test_export_loads_in_transformers_with_the_same_logits(small_runs, tmp_path,
       weights = hf_io.read_state_dict(out)
       theirs = (features.reshape(len(spans), -1) @ weights["classifier.weight"].T
                 + weights["classifier.bias"])
-  np.testing.assert_allclose(ours, theirs, atol=2e-5, rtol=0)
+  # measured 1.8e-7 max abs (entity_mean's logits, up to 0.5; cls's 2.2e-8) on 2-core EPYC; ~10x
+  np.testing.assert_allclose(ours, theirs, atol=2e-6, rtol=0)
   # The saved tokenizer knows the markers: tokenising the marked text gives our ids.
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
   text = "A [E1] configuration [/E1] of antenna [E2] elements [/E2]."
@@ -246,5 +247,6 @@ def test_predict_writes_relations_with_probabilities(small_runs, tmp_path):
   lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
   assert [set(line) for line in lines] == [{"sentence", "label", "probabilities"}] * 2
   assert all(round(p, 6) == p for line in lines for p in line["probabilities"].values())
-  assert all(line["label"] in NAMES and abs(sum(line["probabilities"].values()) - 1) < 1e-4
+  # 19 probabilities, each rounded to 6 decimals: the sum moves by 9.5e-6 at most; measured 2e-6
+  assert all(line["label"] in NAMES and abs(sum(line["probabilities"].values()) - 1) < 2e-5
              for line in lines)
