@@ -34,19 +34,20 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments import scaffold, seed_stats  # noqa: E402
+from experiments import scaffold  # noqa: E402
 
 RESULTS = HERE / "results"
 # Which of these runs could be compared example by example (results.md says it).
 PAIRED_TESTS = (
-    "Each check is one run of one seed against fixed bars (1 seed: no interval, no test over "
-    "seeds). Every check trains through `research.train`, which now writes every evaluation's "
-    "per-example predictions into the run's workdir (`runs/learning/<check>/eval/"
-    "validation_step<N>_per_example.json`; workdirs are kept, not committed). A finished "
-    "workdir is read back, not retrained, so rerun into a new folder: `python "
-    "experiments/learning/run.py --checks sst2 --workdir runs/learning_new`; two runs made so "
-    "(say, before and after a change to training code) are then compared on the same examples "
-    "by `python -m research.compare runs/learning_old/sst2 runs/learning_new/sst2 --split "
+    "Paired tests over examples (`python -m research.compare`: a bootstrap interval of the "
+    "difference and a permutation test, over the same examples) compare two runs of a check: "
+    "each run keeps every evaluation's per-example predictions in its workdir "
+    "(`<workdir>/<check>/eval/validation_step<N>_per_example.json`; workdirs are not "
+    "committed). Each check is one run of one seed against fixed bars (1 seed: no interval, no "
+    "test over seeds). A finished workdir is read back, not retrained, so rerun into a new "
+    "folder: `python experiments/learning/run.py --checks sst2 --workdir runs/learning_new`; "
+    "two runs made so (say, before and after a change to training code) are then compared by "
+    "`python -m research.compare runs/learning_old/sst2 runs/learning_new/sst2 --split "
     "validation`.")
 
 
@@ -162,7 +163,7 @@ def report() -> str:
            "of real data (run.py's docstring says which), final dev metrics against the bars.",
            "", scaffold.commit_line([RESULTS / f"{name}.json" for name in CHECKS
                                      if (RESULTS / f"{name}.json").exists()], RESULTS), "",
-           seed_stats.paired_tests_note(PAIRED_TESTS), "",
+           PAIRED_TESTS, "",
            "| check | steps | dev metrics | bars | trivial / reference | passed | wall s | "
            "date | commit |", "|---|---:|---|---|---|---|---:|---|---|"]
   for name in CHECKS:
