@@ -58,6 +58,7 @@ _HEARTBEAT_KEY = "research/heartbeat/"
 _FAILED = "failed"  # a beat value "failed <status> <line>": that process ended with an error
 _LEFT = "left"  # a beat value: that process has read another's failure and ended
 LEAVE_SECONDS = 10  # how long a failing process 0 keeps its coordinator up for the others
+FINISH_SECONDS = 10  # how long the exit waits for the watchdog to leave a coordinator call
 _watch: "PeerWatch | None" = None
 
 
@@ -223,6 +224,36 @@ def _exit_with(message: str, code: int) -> None:
   os._exit(code)
 
 
+def _finish_watch() -> None:
+  """At exit: runs JAX's exit handler now (the backends cleared, then the distributed runtime
+  shut down: a barrier with the other processes), the watchdog beating meanwhile, then ends the
+  watchdog's thread (`PeerWatch.finish`). JAX's own registration of that handler, which runs
+  later, then finds nothing left to do. A thread stuck in a call past FINISH_SECONDS (a
+  coordinator gone mid-call) would abort the interpreter's finalization: the process ends now
+  instead, with the status it was ending with (`note_exit_status`), its output flushed."""
+  if _watch is None:
+    return
+  _watch.exiting = True
+  from jax._src import api as jax_api
+  jax_api.clean_up()
+  if _watch.finish():
+    return
+  for handler in logging.getLogger().handlers:
+    handler.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(_exit_status)
+
+
+_exit_status = 0  # the status this process is ending with (`note_exit_status`)
+
+
+def note_exit_status(status: int) -> None:
+  """The status the process is about to exit with: `_finish_watch` ends it so if it must."""
+  global _exit_status
+  _exit_status = status
+
+
 def _forget_failed_start() -> None:
   """After a failed start, drops JAX's half-started runtime so that its exit handler does not
   wait on it or print a traceback."""
@@ -248,7 +279,12 @@ class PeerWatch:
 
   A process that ends with an error of its own (`fail`) says so in its beat instead: the others
   would otherwise wait in their next collective until JAX gives up, and then call it lost (75, a
-  requeue that fails again). They end at once with its line and its status."""
+  requeue that fails again). They end at once with its line and its status.
+
+  Once JAX's exit handler is done, `finish` stops the beats and waits for the thread to leave
+  its call into the coordination client: a daemon thread still in that C++ call when the
+  interpreter finalizes is unwound by force as it retakes the GIL, which aborts the process
+  ("FATAL: exception not rethrown", status -6) after its last line."""
 
   def __init__(self, client, process_id: int, processes: int, timeout: float):
     self.client, self.process_id, self.processes = client, process_id, processes
@@ -262,6 +298,7 @@ class PeerWatch:
     self.last_change = {i: now for i in range(processes) if i != process_id}
     self.last_value: dict[int, str] = {}
     self._beat = 0
+    self._finished = threading.Event()
     self._checked = threading.Condition()
     self._thread = threading.Thread(target=self._run, name="distributed-peers", daemon=True)
 
@@ -304,17 +341,25 @@ class PeerWatch:
     return None
 
   def _run(self) -> None:
-    while True:
+    while not self._finished.is_set():
       lost = self.check(time.monotonic())
       if self.exiting:  # beats on while JAX's exit handler waits for the others to finish
-        time.sleep(BEAT_SECONDS)
+        self._finished.wait(BEAT_SECONDS)
         continue
       with self._checked:
         self.lost = lost
         self._checked.notify_all()
       if lost:
         self._stop_run()
-      time.sleep(BEAT_SECONDS)
+      self._finished.wait(BEAT_SECONDS)
+
+  def finish(self, timeout: float = FINISH_SECONDS) -> bool:
+    """Stops the beats and waits at most `timeout` seconds for the thread to end (it may be in
+    a call to the coordination client); whether it ended."""
+    self._finished.set()
+    if self._thread.is_alive():
+      self._thread.join(timeout)
+    return not self._thread.is_alive()
 
   def _stop_run(self) -> None:
     if self.status != EXIT_PEER_LOST:  # another process failed: its status, its line
@@ -435,6 +480,7 @@ def initialize(mode: str = "auto", *, coordinator_address: str | None = None,
   global _watch
   _watch = PeerWatch(jax_distributed.global_state.client, jax.process_index(),
                      jax.process_count(), silence).start()
+  atexit.register(_finish_watch)  # runs first of the exit handlers: registered last
   line = (f"process {jax.process_index()} of {jax.process_count()} ({launch or 'explicit'}); "
           f"{jax.device_count()} devices in all, {jax.local_device_count()} here")
   logging.info("jax.distributed: %s", line)

@@ -61,6 +61,7 @@ def _fail(message: str, code: int = 2) -> None:
   if code != distributed.EXIT_PEER_LOST:  # (75) an interruption stops all processes anyway
     distributed.fail(message, code)  # tells the other processes of a multi-process run
   print(f"error: {message}", file=sys.stderr)
+  distributed.note_exit_status(code)
   sys.exit(code)
 
 

@@ -491,6 +491,35 @@ def test_a_process_ending_with_an_error_ends_the_others_with_its_line_and_status
   assert time.monotonic() - started < 1
 
 
+def test_the_watchdog_ends_before_the_interpreter_does():
+  """At exit the watchdog's thread is stopped and waited for while it is inside a call to the
+  coordination client (a daemon thread still in that C++ call when the interpreter finalizes
+  is unwound by force and aborts the process: status -6 after its last line); one stuck past
+  the wait is reported, so that the exit can end the process itself."""
+  class SlowStore(_KeyValueStore):
+    def __init__(self, seconds):
+      super().__init__()
+      self.seconds, self.calls = seconds, threading.Event()
+
+    def key_value_dir_get(self, prefix):
+      self.calls.set()
+      time.sleep(self.seconds)  # a coordinator answering slowly
+      return super().key_value_dir_get(prefix)
+
+  for seconds, wait, ends in ((0.5, 5.0, True), (3.0, 0.2, False)):
+    store = SlowStore(seconds)
+    watch = distributed.PeerWatch(store, 1, 2, timeout=30)
+    watch.exiting = True  # beating on after the main thread's end, as at exit
+    watch._thread.start()
+    assert store.calls.wait(5)
+    start = time.monotonic()
+    assert watch.finish(wait) is ends
+    assert watch._thread.is_alive() is not ends
+    assert time.monotonic() - start < (seconds + 1 if ends else wait + 1)
+    watch._thread.join(seconds + 1)  # (the stuck one ends too, once its call returns)
+    assert not watch._thread.is_alive()
+
+
 def _end_thread(watch):
   def stop(now):
     raise SystemExit
