@@ -38,7 +38,7 @@ class SpaceError(ValueError):
 class Dimension:
   """One declared field: sampled (log_uniform, uniform, int, choice) or fixed."""
 
-  kind: str
+  sampling: str  # how it is drawn: log_uniform, uniform, int, choice, or fixed
   low: Any = None
   high: Any = None
   log: bool = False
@@ -46,18 +46,19 @@ class Dimension:
   value: Any = None
 
   def record(self) -> dict[str, Any]:
-    """The JSON form a study stores (`study.user_attrs['space']`)."""
-    if self.kind == "choice":
+    """The JSON form a study stores (`study.user_attrs['space']`); its key "kind" is how it is
+    drawn (`sampling`), as studies already stored say it."""
+    if self.sampling == "choice":
       return {"kind": "choice", "values": list(self.values)}
-    if self.kind == "fixed":
+    if self.sampling == "fixed":
       return {"kind": "fixed", "value": self.value}
-    record = {"kind": self.kind, "low": self.low, "high": self.high}
-    if self.kind == "int" and self.log:
+    record = {"kind": self.sampling, "low": self.low, "high": self.high}
+    if self.sampling == "int" and self.log:
       record["log"] = True
     return record
 
   def check(self, key: str) -> None:
-    if self.kind == "choice":
+    if self.sampling == "choice":
       if not self.values:
         raise SpaceError(f"search space {key}: choice of no values")
       odd = [v for v in self.values if not isinstance(v, _CATEGORICAL)]
@@ -71,37 +72,37 @@ class Dimension:
           raise SpaceError(f"search space {key}: choice {list(self.values)} repeats a value "
                            f"({value!r} equals {self.values[self.values.index(value)]!r})")
       return
-    if self.kind == "fixed":
+    if self.sampling == "fixed":
       return
-    numbers = (int,) if self.kind == "int" else (int, float)
+    numbers = (int,) if self.sampling == "int" else (int, float)
     for name, bound in (("low", self.low), ("high", self.high)):
       if isinstance(bound, bool) or not isinstance(bound, numbers) or not math.isfinite(bound):
-        raise SpaceError(f"search space {key}: {self.kind} {name} must be a finite "
-                         f"{'integer' if self.kind == 'int' else 'number'}, not {bound!r}")
+        raise SpaceError(f"search space {key}: {self.sampling} {name} must be a finite "
+                         f"{'integer' if self.sampling == 'int' else 'number'}, not {bound!r}")
     if self.low >= self.high:
       raise SpaceError(f"search space {key}: empty range, low {self.low!r} >= high "
                        f"{self.high!r}")
-    if (self.kind == "log_uniform" or self.log) and self.low <= 0:
+    if (self.sampling == "log_uniform" or self.log) and self.low <= 0:
       raise SpaceError(f"search space {key}: a log scale needs low > 0, not {self.low!r}")
 
   def probe_values(self) -> tuple[Any, ...]:
     """Values that show whether the field can hold what the dimension samples (a uniform range
     samples floats, whatever its bounds are)."""
-    if self.kind in ("uniform", "log_uniform"):
+    if self.sampling in ("uniform", "log_uniform"):
       return (float(self.low), float(self.high))
-    return {"choice": self.values, "fixed": (self.value,)}.get(self.kind, (self.low, self.high))
+    return {"choice": self.values, "fixed": (self.value,)}.get(self.sampling, (self.low, self.high))
 
   def distribution(self):
     """The Optuna distribution it samples from (None when fixed)."""
     from optuna import distributions
-    if self.kind == "choice":
+    if self.sampling == "choice":
       return distributions.CategoricalDistribution(self.values)
-    if self.kind == "int":
+    if self.sampling == "int":
       return distributions.IntDistribution(self.low, self.high, log=self.log)
-    if self.kind == "fixed":
+    if self.sampling == "fixed":
       return None
     return distributions.FloatDistribution(float(self.low), float(self.high),
-                                           log=self.kind == "log_uniform")
+                                           log=self.sampling == "log_uniform")
 
 
 def log_uniform(low: float, high: float) -> Dimension:

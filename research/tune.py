@@ -119,7 +119,7 @@ class _GridSampler(optuna.samplers.GridSampler):
 
 
 def grid_size(space: dict[str, search_space.Dimension]) -> int:
-  return math.prod(len(d.values) for d in space.values() if d.kind == "choice")
+  return math.prod(len(d.values) for d in space.values() if d.sampling == "choice")
 
 
 def trial_seed(seed: int, number: int) -> int:
@@ -130,11 +130,11 @@ def trial_seed(seed: int, number: int) -> int:
 
 
 def _grid(space: dict[str, search_space.Dimension], seed: int, number: int, **kwargs):
-  searched = {name: d for name, d in space.items() if d.kind != "fixed"}
-  ranged = [name for name, d in searched.items() if d.kind != "choice"]
+  searched = {name: d for name, d in space.items() if d.sampling != "fixed"}
+  ranged = [name for name, d in searched.items() if d.sampling != "choice"]
   if ranged:
     raise TuneError(f"--sampler grid searches choices only; {ranged[0]} is "
-                    f"{space[ranged[0]].kind} (use space.choice, or another sampler)")
+                    f"{space[ranged[0]].sampling} (use space.choice, or another sampler)")
   # The seed shuffles the grid: one order per study (a trial takes a point no other has).
   return _GridSampler({name: list(d.values) for name, d in searched.items()}, seed=seed,
                       **kwargs)
@@ -199,7 +199,7 @@ def ask(study: optuna.Study, sampler: str, space: dict[str, search_space.Dimensi
         seed: int) -> optuna.trial.Trial:
   """The study's next trial, its parameters proposed by the command's sampler."""
   study.sampler = make_sampler(sampler, space, seed, len(study.get_trials(deepcopy=False)))
-  return study.ask({name: d.distribution() for name, d in space.items() if d.kind != "fixed"})
+  return study.ask({name: d.distribution() for name, d in space.items() if d.sampling != "fixed"})
 
 
 def make_pruner(text: str, eval_every: int | None, budget: int | None):
@@ -317,7 +317,7 @@ class Setup:
                           # shares, so that a rerun after the file changed is refused
 
   def fixed(self) -> dict[str, Any]:
-    return {name: d.value for name, d in self.space.items() if d.kind == "fixed"}
+    return {name: d.value for name, d in self.space.items() if d.sampling == "fixed"}
 
 
 def load_setup(config_spec: str, folder: pathlib.Path) -> Setup:
@@ -336,10 +336,10 @@ def load_setup(config_spec: str, folder: pathlib.Path) -> Setup:
     raise TuneError(f"--config {config_spec}: {type(e).__name__}: {e}") from e
   space = search_space.checked(declared, config, config_spec)
   for name, dimension in space.items():
-    if dimension.kind == "fixed":
+    if dimension.sampling == "fixed":
       search_space.set_field(config, name, dimension.value)
   config_lib.validate(config)
-  searched = [name for name, dimension in space.items() if dimension.kind != "fixed"]
+  searched = [name for name, dimension in space.items() if dimension.sampling != "fixed"]
   return Setup(config_spec=config_spec,
                config_path=pathlib.Path(config_spec.partition(":")[0]).absolute(),
                folder=folder, space=space, metric=config.eval.best_metric,
@@ -351,15 +351,15 @@ def load_setup(config_spec: str, folder: pathlib.Path) -> Setup:
                base_seed=config.seed,
                base=json.loads(json.dumps(
                    {path: value for path, value in config_lib.flatten(config.to_dict()).items()
-                    if path not in space or space[path].kind == "fixed"}, default=str)))
+                    if path not in space or space[path].sampling == "fixed"}, default=str)))
 
 
 def _smallest(dimension: search_space.Dimension | None, base: int) -> int | None:
   """The fewest steps between evaluations any trial may have (the pruners' minimum resource):
   the base config's, or the least a searched eval.every_steps takes."""
-  if dimension is None or dimension.kind == "fixed":
+  if dimension is None or dimension.sampling == "fixed":
     value = base if dimension is None else dimension.value
-  elif dimension.kind == "choice":
+  elif dimension.sampling == "choice":
     value = min(dimension.values)
   else:
     value = dimension.low
