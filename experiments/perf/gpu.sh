@@ -24,8 +24,7 @@ case "${1:-}" in
     rm -rf .whl && python3 -m pip download -q --no-deps --only-binary=:all: \
         --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-        ml-collections==1.1.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
-        tensorboardX==2.6.5
+        ml-collections==1.1.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
     rm -rf .gpu && mkdir -p .gpu/tokenizer .gpu/data
     tokenizer_dir=$(.venv/bin/python -c \
         "from research.models import hf_io; print(hf_io.embedded_checkpoint_dir())")
