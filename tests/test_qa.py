@@ -209,9 +209,14 @@ def test_predict_answers_question_context_pairs(small_run, tmp_path):
                     + "\n")
   assert inference.predict(config, workdir, source, tmp_path / "out.jsonl") == 2
   lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+  threshold = config.task.null_score_diff_threshold
   for line, row in zip(lines, ({"context": "The Normans ruled."}, {"context": "In Normandy."})):
     assert set(line) == {"question", "context", "answer", "score", "probability", "null_odds"}
-    assert line["answer"] in row["context"]  # '' or a span of the context
+    if line["answer"]:  # the best span of the context, its null odds under the threshold
+      assert line["answer"] in row["context"] and line["null_odds"] <= threshold
+      assert 0 < line["probability"] <= 1 and isinstance(line["score"], float)
+    else:  # SQuAD 2.0's no answer: the null odds above the threshold, or no span at all
+      assert line["null_odds"] > threshold or line["score"] is None, line
 
 
 def test_a_squad_v1_eval_split_with_unanswerable_questions_is_one_error(tmp_path, tokenizer):
