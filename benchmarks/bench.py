@@ -287,10 +287,10 @@ def input_pipeline_rates(examples: int, batch_size: int, tokenizer_dir: str) -> 
   try:
     source = sources.locate(config.data)
   except DataError:
-    held = sources.SHIPPED_DIR / config.data.local_name / "slice.json"
-    if examples or not held.is_file():
+    held = sources.shipped_splits(config.data.local_name)
+    if examples or held is None:
       raise
-    config.data.train_examples = json.loads(held.read_text())["splits"]["train"]["examples"]
+    config.data.train_examples = held["train"]["examples"]
     source = sources.locate(config.data)
   tokenizer = tokenization.load_tokenizer(tokenizer_dir)
   start = time.perf_counter()

@@ -303,14 +303,10 @@ class PeerWatch:
     self._thread = threading.Thread(target=self._run, name="distributed-peers", daemon=True)
 
   def start(self) -> "PeerWatch":
-    atexit.register(self._on_exit)  # runs before JAX's exit handler, registered earlier
     self._previous_hook = sys.excepthook
     sys.excepthook = self._excepthook
     self._thread.start()
     return self
-
-  def _on_exit(self) -> None:
-    self.exiting = True
 
   def check(self, now: float) -> str | None:
     """One beat: sets this process's counter, reads the others'; what was lost, or None."""

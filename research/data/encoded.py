@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from research.data import cache
+from research.data import cache, tokenization
 from research.errors import DataError
 
 if TYPE_CHECKING:
@@ -147,7 +147,6 @@ def encode_sequences(dataset, tokenizer, task_cfg, max_length: int, where: str, 
   lengths, each row's raw label, the tokenised rows, the rows); the kind (`owner`, whose code is
   part of the cache key) turns the raw labels into its own. Unlabelled rows (`labelled=False`,
   --mode=predict) get placeholder labels: 0, or 0 on every word."""
-  from research.data import tokenization
   fields = tuple(task_cfg.text_fields)
   check_fields(dataset, fields + ((task_cfg.label_field,) if labelled else ()), where)
   check_texts(dataset, fields, words, where)

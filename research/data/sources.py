@@ -87,9 +87,15 @@ def _explicit_dataset(data_cfg) -> bool:
   return data_cfg.dataset not in ("", stands_for)
 
 
-def _slice_shortfall(folder: pathlib.Path, data_cfg) -> list[str]:
-  """What the config asks for that the shipped slice in `folder` does not hold."""
-  held = json.loads((folder / "slice.json").read_text())["splits"]
+def shipped_splits(local_name: str) -> dict[str, dict[str, int]] | None:
+  """The rows of each split the repository's slice of a registered task holds
+  ({split: {"examples": kept, "of": in the whole split}}); None when it ships none."""
+  path = SHIPPED_DIR / local_name / "slice.json"
+  return json.loads(path.read_text())["splits"] if local_name and path.is_file() else None
+
+
+def _slice_shortfall(held: dict[str, dict[str, int]], data_cfg) -> list[str]:
+  """What the config asks for that a shipped slice holding `held` (`shipped_splits`) lacks."""
   train_split = data_cfg.get("train_split", "train")
   holdout = bool(data_cfg.get("validation_from_train", 0))
   wanted = {train_split: 0 if holdout else data_cfg.get("train_examples", 0)}
@@ -131,9 +137,9 @@ def locate(data_cfg) -> Source:
     if hub_reachable():
       return Source(data_cfg.dataset, "hub")
     tried.append(f"the hub ({data_cfg.dataset}) is offline or unreachable")
-  shipped = SHIPPED_DIR / data_cfg.local_name
-  if (shipped / "slice.json").is_file():
-    short = _slice_shortfall(shipped, data_cfg)
+  shipped, held = SHIPPED_DIR / data_cfg.local_name, shipped_splits(data_cfg.local_name)
+  if held is not None:
+    short = _slice_shortfall(held, data_cfg)
     if not short:
       return Source(str(shipped), "shipped slice")
     tried.append(f"the repository's slice {shipped} has {'; '.join(short)}")

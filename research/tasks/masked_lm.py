@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from research.data import cache, tokenization
 from research.data.encoded import IGNORE, EncodedSplit, check_fields, check_texts
 from research.data.masking import Masking
 from research.errors import DataError
@@ -55,7 +56,6 @@ def encode_texts(dataset, tokenizer, task_cfg, max_length: int, where: str, *, o
                        for i in range(len(enc["input_ids"]))]
     return enc
 
-  from research.data import cache, tokenization
   with tokenization.transformers_errors_only():
     encoded = dataset.map(tokenize, batched=True, batch_size=1000,
                           remove_columns=dataset.column_names, desc=f"tokenising {where}",
