@@ -4,13 +4,19 @@
   python -m benchmarks.bench --quick --out /tmp/b      # tiny shapes, seconds (used in tests)
   python -m benchmarks.bench --e2e --out bench_out/    # + one SST-2 epoch, ours vs PyTorch loop
   python -m benchmarks.bench --dtype bfloat16 --out b/  # bf16 compute (on a GPU: BERT-base/large)
-  python -m benchmarks.bench --mlm --out bench_out/    # masked-LM steps: ours vs BertForMaskedLM
+  python -m benchmarks.bench --mlm --out bench_out/    # only the masked-LM steps
+  python -m benchmarks.bench --gemm xla,mkl --out b/   # a row per dense-matmul library
 
 Every figure that matters is a ratio measured in this run, because the machine is noisy:
 * ours vs peer: examples/s of our compiled train step (and eval forward) against transformers'
   `BertForSequenceClassification` + `torch.optim.AdamW` on the same weights, shapes, dropout;
 * ours vs the machine: achieved FLOP/s against a large matmul in the compute dtype through the
-  same backend (on a GPU, the peer runs there too, under autocast for bf16).
+  same backend (on a GPU, the peer runs there too, under autocast for bf16);
+* masked LM: our train step (the LM head on the masked positions only) against
+  `BertForMaskedLM`, in the same table.
+Our dense layers' matmuls are XLA's or MKL's (`config.model.gemm`, research/models/mkl_gemm.py):
+by default each row measures what `auto` picks on this machine and says which; `--gemm xla,mkl`
+measures a row with each.
 FLOPs are counted by formula (`model_flops`): per example 6·N·S for the matmuls of the encoder
 layers (N parameters, forward + backward = 3 × 2 FLOPs per weight and token) plus 12·L·S²·H for
 attention scores and context, plus the pooler and classifier; eval is a third of that. The same
@@ -28,6 +34,7 @@ matrix units (AVX2, AVX-512, AVX512-BF16, AMX) and the XLA_FLAGS in force.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -42,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import host_memory, optim, parallel, steps, tasks
-from research.models import bert, hf_io
+from research.models import bert, hf_io, mkl_gemm
 
 WARMUP_STEPS = 3
 
@@ -342,25 +349,6 @@ GPU_SHAPES = [  # random init (the embedded checkpoint is too big to carry to a 
 ]
 
 
-# The /proc/cpuinfo flags that decide which kernels a library can use, and how they are shown.
-CPU_FEATURES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16",
-                "amx_bf16": "AMX-BF16", "amx_tile": "AMX"}
-
-
-def cpu_model() -> str:
-  """The CPU's name and the vector and matrix units its kernels can use (`CPU_FEATURES`): the
-  machines this runs on differ between days, and so do the libraries' peaks on them."""
-  try:
-    info = pathlib.Path("/proc/cpuinfo").read_text()
-  except OSError:
-    return "unknown CPU"
-  fields = {key.strip(): value.strip() for key, value in
-            (line.split(":", 1) for line in info.splitlines() if ":" in line)}
-  name, flags = fields.get("model name", "unknown CPU"), set(fields.get("flags", "").split())
-  found = [shown for flag, shown in CPU_FEATURES.items() if flag in flags]
-  return f"{name}, {', '.join(found) or 'no AVX2'}"
-
-
 class Report:
   """The bench's result as it grows, written to `--out` (json and markdown) after every part:
   what was measured before a failure or an interrupt stays. A part that fails is one line on
@@ -413,8 +401,9 @@ def measure_peaks(size: int, dtype: str, steps_timed: int) -> dict[str, Any]:
 
 
 def measure_shape(name: str, source, batch_size: int, length: int, steps_timed: int,
-                  dtype: str, peak: dict[str, Any] | None) -> dict[str, Any]:
-  """One row of the table: ours and the peer on the same weights and batch."""
+                  dtype: str, peak: dict[str, Any] | None, gemm: str = "xla") -> dict[str, Any]:
+  """One row of the table: ours (dense matmuls by `gemm`) and the peer on the same weights
+  and batch."""
   if isinstance(source, str):
     source_dir = str(hf_io.embedded_checkpoint_dir())
     config, _ = hf_io.load_config(pathlib.Path(source_dir))
@@ -422,7 +411,7 @@ def measure_shape(name: str, source, batch_size: int, length: int, steps_timed: 
   else:
     config = source
     reference = reference_model(config)
-  model, params = ours_from_reference(reference, config, dtype)
+  model, params = ours_from_reference(reference, dataclasses.replace(config, gemm=gemm), dtype)
   batch = _synthetic_batch(batch_size, length, config.vocab_size)
   ours = time_ours(model, params, batch, steps_timed)
   theirs = time_reference(reference, batch, steps_timed, dtype)
@@ -430,6 +419,7 @@ def measure_shape(name: str, source, batch_size: int, length: int, steps_timed: 
   flops = model_flops(config, batch_size, length, 2)
   row = {
       "shape": f"{name} B{batch_size}×S{length}",
+      "gemm": gemm,
       "ours_train_examples_per_s": batch_size / ours["train_s"],
       "ours_train_tokens_per_s": batch_size * length / ours["train_s"],
       "peer_train_examples_per_s": batch_size / theirs["train_s"],
@@ -447,15 +437,16 @@ def measure_shape(name: str, source, batch_size: int, length: int, steps_timed: 
   if peak is not None:
     row["ours_fraction_of_peak"] = flops / ours["train_s"] / peak["machine_flops"]
     row["ours_fraction_of_jax_peak"] = flops / ours["train_s"] / peak["jax_flops"]
-  print(f"  {row['shape']}: ours {row['ours_train_examples_per_s']:.2f} ex/s, peer "
+  print(f"  {row['shape']} ({gemm}): ours {row['ours_train_examples_per_s']:.2f} ex/s, peer "
         f"{row['peer_train_examples_per_s']:.2f} ex/s", file=sys.stderr, flush=True)
   return row
 
 
 def run(report: Report, quick: bool, steps_timed: int, dtype: str = "float32",
-        tokenizer_dir: str | None = None) -> dict[str, Any]:
-  """The table: the matmul peaks, a row per shape, the input pipeline; each part saved by
-  `report` as it is measured (a part that fails is recorded and the others go on)."""
+        tokenizer_dir: str | None = None, gemms: tuple[str, ...] = ("auto",)) -> dict[str, Any]:
+  """The table: the matmul peaks, a row per shape and dense-matmul library (`gemms`; 'auto':
+  what a run picks here), the masked-LM rows, the input pipeline; each part saved by `report`
+  as it is measured (a part that fails is recorded and the others go on)."""
   import torch
   platform = jax.devices()[0].platform
   shapes = QUICK_SHAPES if quick else GPU_SHAPES if platform == "gpu" else SHAPES
@@ -463,15 +454,18 @@ def run(report: Report, quick: bool, steps_timed: int, dtype: str = "float32",
   result = report.result
   result.setdefault("machine", {}).update(
       {"jax_backend": platform, "device": str(jax.devices()[0]),
-                  "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
+                  "cpu_count": os.cpu_count(), "cpu_model": mkl_gemm.cpu_description(),
                   "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
                   "torch": torch.__version__, "compute_dtype": dtype,
                   "xla_flags": os.environ.get("XLA_FLAGS", "")})
   result["rows"] = []
   peak = report.part("matmul peaks", lambda: measure_peaks(size, dtype, steps_timed), "peak")
-  for name, source, batch_size, length in shapes:
-    report.part(f"{name} B{batch_size}×S{length}", lambda: measure_shape(
-        name, source, batch_size, length, steps_timed, dtype, peak), "rows")
+  chosen = report.part("dense matmuls", lambda: resolve_gemms(gemms, dtype), "gemms")
+  for gemm in chosen or ():
+    for name, source, batch_size, length in shapes:
+      report.part(f"{name} B{batch_size}×S{length} ({gemm})", lambda: measure_shape(
+          name, source, batch_size, length, steps_timed, dtype, peak, gemm), "rows")
+  mlm_rows(report, quick, steps_timed, dtype, chosen or ())
 
   def pipeline() -> dict[str, Any]:
     rates = input_pipeline_rates(2000 if quick else 0, 32,
@@ -485,31 +479,49 @@ def run(report: Report, quick: bool, steps_timed: int, dtype: str = "float32",
   return result
 
 
+def resolve_gemms(gemms: tuple[str, ...], dtype: str) -> list[str]:
+  """The libraries to measure ours with: 'auto' becomes what a run would pick here."""
+  chosen = []
+  for gemm in gemms:
+    picked, why = mkl_gemm.choose(gemm, dtype)
+    print(f"dense matmuls {gemm}: {picked} ({why})", file=sys.stderr, flush=True)
+    chosen.append(picked)
+  return list(dict.fromkeys(chosen))
+
+
 MLM_SHAPES = [("MiniLM-L6 (embedded)", "embedded", 32, 128)]
 QUICK_MLM_SHAPES = [("tiny", QUICK_SHAPES[0][1], 8, 32)]
 
 
-def run_mlm(report: Report, quick: bool, steps_timed: int) -> dict[str, Any]:
+def run_mlm(report: Report, quick: bool, steps_timed: int, dtype: str = "float32",
+            gemms: tuple[str, ...] = ("auto",)) -> dict[str, Any]:
+  """Only the masked-LM rows (`mlm_rows`), with the machine's description."""
+  import torch
+  report.result.setdefault("machine", {}).update(
+      {"jax_backend": jax.devices()[0].platform, "cpu_count": os.cpu_count(),
+       "cpu_model": mkl_gemm.cpu_description(), "torch_threads": torch.get_num_threads(),
+       "compute_dtype": dtype, "xla_flags": os.environ.get("XLA_FLAGS", "")})
+  chosen = report.part("dense matmuls", lambda: resolve_gemms(gemms, dtype), "gemms")
+  mlm_rows(report, quick, steps_timed, dtype, chosen or ())
+  return report.result
+
+
+def mlm_rows(report: Report, quick: bool, steps_timed: int, dtype: str,
+             gemms: list[str]) -> None:
   """Masked-LM train steps: ours, whose LM head runs on the masked positions only (15%), the
   same model made to predict every position (the gather's effect alone), and transformers'
   BertForMaskedLM, which projects every position onto the vocabulary (labels -100 elsewhere),
   with AdamW as in `time_reference`; same weights, shapes and masked positions. A row per
-  shape, each saved by `report` as it is measured."""
-  import torch
-  result = report.result
-  result.setdefault("machine", {}).update(
-      {"jax_backend": jax.devices()[0].platform, "cpu_count": os.cpu_count(),
-       "cpu_model": cpu_model(), "torch_threads": torch.get_num_threads(),
-       "xla_flags": os.environ.get("XLA_FLAGS", "")})
-  result["mlm_rows"] = []
-  for name, source, batch_size, length in QUICK_MLM_SHAPES if quick else MLM_SHAPES:
-    report.part(f"masked LM {name} B{batch_size}×S{length}", lambda: measure_mlm_shape(
-        name, source, batch_size, length, steps_timed), "mlm_rows")
-  return result
+  shape and library in `gemms`, each saved by `report` as it is measured."""
+  report.result["mlm_rows"] = []
+  for gemm in gemms:
+    for name, source, batch_size, length in QUICK_MLM_SHAPES if quick else MLM_SHAPES:
+      report.part(f"masked LM {name} B{batch_size}×S{length} ({gemm})", lambda: measure_mlm_shape(
+          name, source, batch_size, length, steps_timed, dtype, gemm), "mlm_rows")
 
 
-def measure_mlm_shape(name: str, source, batch_size: int, length: int,
-                      steps_timed: int) -> dict[str, Any]:
+def measure_mlm_shape(name: str, source, batch_size: int, length: int, steps_timed: int,
+                      dtype: str = "float32", gemm: str = "xla") -> dict[str, Any]:
   import torch
   import transformers
   from research.data import masking
@@ -522,7 +534,7 @@ def measure_mlm_shape(name: str, source, batch_size: int, length: int,
   else:
     config = source
     reference = transformers.BertForMaskedLM(transformers.BertConfig(**config.to_dict()))
-  model = bert.BertForMaskedLM(config)
+  model = bert.BertForMaskedLM(dataclasses.replace(config, gemm=gemm), dtype=jnp.dtype(dtype))
   slots = masking.Masking(103, config.vocab_size).slots(length)
   rng = np.random.default_rng(0)
   batch = _synthetic_batch(batch_size, length, config.vocab_size)
@@ -537,8 +549,9 @@ def measure_mlm_shape(name: str, source, batch_size: int, length: int,
   np.put_along_axis(dense_labels, positions, targets, axis=1)
   all_positions = time_ours(model, params, dict(batch, masked_positions=every,
                                                 labels=dense_labels), steps_timed, "masked_lm")
-  theirs = time_reference(reference, dict(batch, labels=dense_labels), steps_timed)
+  theirs = time_reference(reference, dict(batch, labels=dense_labels), steps_timed, dtype)
   return {"shape": f"{name} B{batch_size}×S{length}, {slots} predicted per row",
+          "dtype": dtype, "gemm": gemm,
           "ours_train_examples_per_s": batch_size / ours["train_s"],
           "ours_every_position_train_examples_per_s": batch_size / all_positions["train_s"],
           "peer_train_examples_per_s": batch_size / theirs["train_s"],
@@ -550,21 +563,27 @@ def measure_mlm_shape(name: str, source, batch_size: int, length: int,
           "formula_every_position_train_flops": mlm_flops(config, batch_size, length, length)}
 
 
-def mlm_markdown(result: dict[str, Any]) -> str:
-  m = result["machine"]
-  lines = [f"Masked-LM train steps (AdamW, dropout on), backend {m['jax_backend']}, "
-           f"{m['cpu_count']} CPUs ({m['cpu_model']}), torch {m['torch_threads']} threads; "
-           f"XLA_FLAGS: {m['xla_flags'] or 'none'}.", "",
-           "| shape | ours ex/s | ours, every position ex/s | peer ex/s | ours vs peer | "
-           "gather speed-up | XLA GFLOP/step ours (every position) |",
-           "|---|---|---|---|---|---|---|"]
-  for r in result["mlm_rows"]:
+def mlm_table(rows: list[dict[str, Any]]) -> list[str]:
+  lines = ["Masked-LM train steps (AdamW, dropout on) against `BertForMaskedLM`:", "",
+           "| shape | dtype | dense matmuls | ours ex/s | ours, every position ex/s | peer ex/s | "
+           "ours vs peer | gather speed-up | XLA GFLOP/step ours (every position) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
     lines.append(
-        f"| {r['shape']} | {r['ours_train_examples_per_s']:.2f} | "
+        f"| {r['shape']} | {r.get('dtype', 'float32')} | {r.get('gemm', 'xla').upper()} | "
+        f"{r['ours_train_examples_per_s']:.2f} | "
         f"{r['ours_every_position_train_examples_per_s']:.2f} | "
         f"{r['peer_train_examples_per_s']:.2f} | **{r['train_ratio']:.2f}×** | "
         f"**{r['gather_speedup']:.2f}×** | {r['xla_train_flops'] / 1e9:.1f} "
         f"({r['xla_every_position_train_flops'] / 1e9:.1f}) |")
+  return lines
+
+
+def mlm_markdown(result: dict[str, Any]) -> str:
+  m = result["machine"]
+  lines = [f"Backend {m['jax_backend']}, {m['cpu_count']} CPUs ({m['cpu_model']}), torch "
+           f"{m['torch_threads']} threads; XLA_FLAGS: {m['xla_flags'] or 'none'}.", ""]
+  lines += mlm_table(result.get("mlm_rows", []))
   if result.get("errors"):
     lines += ["", "Not measured:", ""] + [f"* {e['part']}: {e['error']}" for e in result["errors"]]
   return "\n".join(lines) + "\n"
@@ -591,14 +610,14 @@ def to_markdown(result: dict[str, Any]) -> str:
            f"{m.get('malloc_keeps_freed_memory')}.",
            peak_line(result["peak"], dtype) if "peak" in result else "Matmul peaks: not "
            "measured.", "",
-           "| shape | ours train ex/s | peer train ex/s | train ratio | ours eval ex/s | "
-           "peer eval ex/s | eval ratio | ours GFLOP/s (formula) | of peak | of jax's | "
-           "peer GFLOP/s | XLA-executed GFLOP/step | compile s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| shape | dense matmuls | ours train ex/s | peer train ex/s | train ratio | "
+           "ours eval ex/s | peer eval ex/s | eval ratio | ours GFLOP/s (formula) | of peak | "
+           "of jax's | peer GFLOP/s | XLA-executed GFLOP/step | compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   fraction = lambda r, key: f"{r[key]:.0%}" if key in r else "–"  # noqa: E731
   for r in result["rows"]:
     lines.append(
-        f"| {r['shape']} | {r['ours_train_examples_per_s']:.2f} | "
+        f"| {r['shape']} | {r.get('gemm', 'xla').upper()} | {r['ours_train_examples_per_s']:.2f} | "
         f"{r['peer_train_examples_per_s']:.2f} | **{r['train_ratio']:.2f}×** | "
         f"{r['ours_eval_examples_per_s']:.1f} | {r['peer_eval_examples_per_s']:.1f} | "
         f"**{r['eval_ratio']:.2f}×** | {r['ours_train_flops_per_s'] / 1e9:.1f} | "
@@ -606,6 +625,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"{r['peer_train_flops_per_s'] / 1e9:.1f} | "
         f"{r['xla_executed_flops_per_step'] / 1e9:.1f} (formula "
         f"{r['model_flops_per_step'] / 1e9:.1f}) | {r['compile_s']:.1f} |")
+  if result.get("mlm_rows"):
+    lines += [""] + mlm_table(result["mlm_rows"])
   if "input_pipeline" in result:
     q = result["input_pipeline"]
     versus = (f" = {q['ratio_to_fastest_train_step']:.0f}× the fastest train step above"
@@ -738,11 +759,17 @@ def main(argv: list[str] | None = None) -> None:
                       help="tokenizer folder for the input-pipeline rates (default: embedded)")
   parser.add_argument("--mlm", action="store_true",
                       help="only the masked-LM steps (ours, every position, BertForMaskedLM)")
+  parser.add_argument("--gemm", default="auto",
+                      help="our dense layers' matmuls, comma-separated: auto (what a run picks "
+                      "here), xla, mkl; a row per value")
   parser.add_argument("--e2e-examples", type=int, default=0,
                       help="train on the first N sentences only (0: all 67,349)")
   parser.add_argument("--e2e-eval-examples", type=int, default=0,
                       help="score the first N dev sentences only (0: all 872)")
   args = parser.parse_args(argv)
+  gemms = tuple(g.strip() for g in args.gemm.split(",") if g.strip())
+  if not gemms or not set(gemms) <= set(mkl_gemm.GEMMS):
+    parser.error(f"--gemm {args.gemm!r}: a comma-separated list of {', '.join(mkl_gemm.GEMMS)}")
   if args.e2e and args.dtype != "float32":
     parser.error("--e2e runs the float32 recipe of configs/sst2.py; --dtype is for the shapes")
   # Both systems run in this process, so both get the same allocator settings.
@@ -752,7 +779,7 @@ def main(argv: list[str] | None = None) -> None:
   args.out.mkdir(parents=True, exist_ok=True)
   if args.mlm:
     result = run_mlm(Report(args.out, "bench_mlm", {}, mlm_markdown), args.quick,
-                     args.steps or (3 if args.quick else 10))
+                     args.steps or (3 if args.quick else 10), args.dtype, gemms)
     print(mlm_markdown(result))
     if result["errors"]:
       sys.exit(1)
@@ -763,7 +790,7 @@ def main(argv: list[str] | None = None) -> None:
   report = Report(args.out, "bench", {"machine": {"malloc_keeps_freed_memory": kept}},
                   to_markdown)
   result = run(report, args.quick, args.steps or (3 if args.quick else 10), args.dtype,
-               args.tokenizer)
+               args.tokenizer, gemms)
   if args.e2e:
     report.part("e2e", lambda: e2e(workdir, args.e2e_examples, args.e2e_eval_examples), "e2e")
   print(to_markdown(result))

@@ -39,6 +39,10 @@ def get_config():
   c.model.dtype = "float32"
   c.model.param_dtype = "float32"  # storage dtype of params and optimizer state
   c.model.dropout_impl = "hash"  # dropout masks: counter hash | threefry (bert.Dropout)
+  # The dense layers' matmuls: auto | xla | mkl. auto takes Intel MKL's GEMM (an XLA custom
+  # call, research/models/mkl_gemm.py) for bfloat16 on a CPU with AMX or AVX512-BF16, whose
+  # units XLA:CPU leaves idle, and XLA's everywhere else; train.log and run.json say which.
+  c.model.gemm = "auto"
   # Recompute each layer in the backward pass: activation memory of one layer instead of all,
   # for ~1/3 more compute, on GPU/TPU (long sequences, big batches); XLA:CPU folds it away.
   c.model.remat = False

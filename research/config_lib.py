@@ -10,13 +10,14 @@ import ml_collections
 from configs import default as default_config
 from research import peft, tasks
 from research.config_base import ConfigError
-from research.models import bert
+from research.models import bert, mkl_gemm
 from research.parallel import BACKENDS
 
 DTYPES = ("float32", "bfloat16")
 # Fields that do not change what a run computes: a resumed run may change them.
 RESUMABLE_CHANGES = ("log.every_steps", "checkpoint.keep", "checkpoint.every_seconds",
-                     "eval.batch_size", "log.wandb_project", "train.max_skipped_fraction")
+                     "eval.batch_size", "log.wandb_project", "train.max_skipped_fraction",
+                     "model.gemm")
 
 
 def _check(condition: bool, field: str, message: str):
@@ -78,6 +79,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
            "(the same memory and speed on GPUs and TPUs, float32's range: no scaling needed)")
     _check(config.model[field] in DTYPES, f"model.{field}",
            f"{config.model[field]!r} is not one of {DTYPES}")
+  _check(config.model.gemm in mkl_gemm.GEMMS, "model.gemm",
+         f"{config.model.gemm!r} is not one of {mkl_gemm.GEMMS}")
   _check(config.model.dropout_impl in bert.DROPOUT_IMPLS, "model.dropout_impl",
          f"{config.model.dropout_impl!r} is not one of {bert.DROPOUT_IMPLS}")
   _check(config.parallel.backend in BACKENDS, "parallel.backend",

@@ -1,7 +1,8 @@
 """`<workdir>/run.json`: what produced a run, so that a number in a table can be traced back.
 
 It holds the code (git commit, whether the tree was dirty and a hash of the diff), the command
-line, the package versions, the devices, where the data was read (and its fingerprints, as in
+line, the package versions, the devices, what computes (dtype, dense matmuls and why, CPU,
+XLA_FLAGS: `builder.ModelSetup.compute`), where the data was read (and its fingerprints, as in
 data.json), the start and end times, and the examples/s and tokens/s of training and
 evaluation. A resumed run appends a session: its own command, code, versions and throughput;
 the top-level fields are the first session's; `ended` and `outcome` the last one's, and
@@ -130,7 +131,7 @@ class RunRecord:
   """run.json of one workdir, written by process 0 when a session starts and ends."""
 
   def __init__(self, workdir: pathlib.Path, *, dp, data_source, data: dict[str, Any],
-               start_step: int):
+               start_step: int, compute: dict[str, str] | None = None):
     self.path = workdir / "run.json"
     source = {"location": data_source.location, "origin": data_source.origin}
     if data_source.origin == "hub":
@@ -138,6 +139,7 @@ class RunRecord:
     self.session = {"started": now(), "ended": None, "outcome": None, "command": command(),
                     "cwd": os.getcwd(), "code": code_version(),
                     "packages": package_versions(), "devices": devices(dp),
+                    "compute": compute or {},
                     "data": {"source": source, "splits": data}, "first_step": start_step,
                     "last_step": None, "throughput": None}
     previous = (writers.read_json(self.path).get("sessions", [])
@@ -155,7 +157,8 @@ class RunRecord:
 
   def _write(self) -> dict[str, Any]:
     first = self.sessions[0]
-    record = {key: first[key] for key in ("command", "cwd", "code", "packages", "devices", "data")}
+    record = {key: first.get(key) for key in ("command", "cwd", "code", "packages", "devices",
+                                              "compute", "data")}
     record.update(started=first["started"], ended=self.session["ended"],
                   outcome=self.session["outcome"], throughput=_total(self.sessions),
                   sessions=self.sessions)

@@ -485,7 +485,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, log: write
              eval_splits=eval_splits, ckpts=ckpts, writer=writer, total_steps=total_steps,
              throughput=run_record.Throughput(), on_evaluation=on_evaluation,
              record=run_record.RunRecord(workdir, dp=dp, data_source=source, data=data_record,
-                                         start_step=start_step),
+                                         start_step=start_step, compute=setup.compute),
              start_step=start_step, run_start=run_start, param_counts=counts)
   # The device copy is the train state from here on.
   return run, Loop.start(run, dp.put_replicated(state), run_state)

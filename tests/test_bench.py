@@ -76,6 +76,9 @@ def test_quick_benchmark_prints_a_complete_table_on_a_fresh_clone_offline(tmp_pa
   assert "tiny B8×S32" in table and "**" in table and "XLA_FLAGS" in table
   assert data["machine"]["cpu_model"].split(", ")[-1] in table  # its vector units, e.g. AVX2
   assert data["errors"] == [] and "Not measured" not in table
+  assert row["gemm"] == "xla"  # 'auto' for float32 compute
+  (mlm_row,) = data["mlm_rows"]
+  assert mlm_row["train_ratio"] > 0 and "Masked-LM train steps" in table
   pipeline = data["input_pipeline"]
   assert pipeline["source"].endswith("(shipped slice)") and pipeline["examples"] == 2000
   assert pipeline["padding_grouped_buckets"] < pipeline["padding_random_buckets"]
@@ -95,15 +98,21 @@ def test_bfloat16_benchmark_measures_against_the_bfloat16_peak(monkeypatch, tmp_
   model, _ = bench.ours_from_reference(bench.reference_model(TINY), TINY, "bfloat16")
   assert model.dtype == jnp.bfloat16
   result = bench.run(bench.Report(tmp_path, "bench", {}, bench.to_markdown), quick=True,
-                     steps_timed=1, dtype="bfloat16")
-  (row,) = result["rows"]
+                     steps_timed=1, dtype="bfloat16", gemms=("xla", "mkl"))
+  row, mkl_row = result["rows"]
+  assert (row["gemm"], mkl_row["gemm"]) == ("xla", "mkl") and mkl_row["train_ratio"] > 0
+  # The masked-LM rows, in the same table and dtype, with each library.
+  assert [(r["dtype"], r["gemm"]) for r in result["mlm_rows"]] == [("bfloat16", "xla"),
+                                                                  ("bfloat16", "mkl")]
   peak = result["peak"]
   bf16_peak = max(peak["bfloat16_matmul_flops"], peak["torch_bfloat16_matmul_flops"])
   assert peak["bfloat16_matmul_flops"] > 0 and row["eval_ratio"] > 0
   assert row["ours_fraction_of_peak"] == pytest.approx(row["ours_train_flops_per_s"] / bf16_peak)
   assert row["ours_fraction_of_jax_peak"] == pytest.approx(
       row["ours_train_flops_per_s"] / peak["bfloat16_matmul_flops"])
-  assert "jax bfloat16" in (tmp_path / "bench.md").read_text()
+  table = (tmp_path / "bench.md").read_text()
+  assert "jax bfloat16" in table and "| tiny B8×S32 | MKL |" in table
+  assert "| tiny B8×S32, 5 predicted per row | bfloat16 | MKL |" in table
   with pytest.raises(SystemExit) as error:  # the e2e recipe is float32 only
     bench.main(["--e2e", "--dtype", "bfloat16", "--out", str(tmp_path)])
   assert error.value.code == 2
@@ -121,11 +130,13 @@ def test_a_failing_part_is_one_line_and_every_other_part_lands(tmp_path, monkeyp
     bench.main(["--quick", "--steps", "1", "--out", str(tmp_path)])
   assert error.value.code == 1
   errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-  assert errors == ["error: bench part 'tiny B8×S32' failed: MemoryError: no room for the batch"]
+  assert errors == [
+      "error: bench part 'tiny B8×S32 (xla)' failed: MemoryError: no room for the batch"]
   data = json.loads((tmp_path / "bench.json").read_text())
   assert data["rows"] == [] and data["peak"]["machine_flops"] > 0
   assert data["input_pipeline"]["examples"] > 0
-  assert "* tiny B8×S32: MemoryError: no room for the batch" in (tmp_path / "bench.md").read_text()
+  assert ("* tiny B8×S32 (xla): MemoryError: no room for the batch"
+          in (tmp_path / "bench.md").read_text())
 
 
 def test_mlm_benchmark_times_the_gathered_head_against_every_position(tmp_path):

@@ -15,7 +15,7 @@ from helpers import load_encoded
 from research import config_lib, report, run_record, train
 from research.data import sources, tokenization
 from research.errors import DataError
-from research.models import builder
+from research.models import builder, mkl_gemm
 
 
 def _checkout_files() -> list[str]:
@@ -135,8 +135,13 @@ def test_config_json_shows_the_checkpoints_architecture():
 def test_run_json_records_code_command_versions_devices_data_and_speed(reference_run):
   workdir, config, summary = reference_run
   record = json.loads((workdir / "run.json").read_text())
-  assert set(record) == {"command", "cwd", "code", "packages", "devices", "data", "started",
-                         "ended", "outcome", "throughput", "sessions"}
+  assert set(record) == {"command", "cwd", "code", "packages", "devices", "compute", "data",
+                         "started", "ended", "outcome", "throughput", "sessions"}
+  # What computed: float32 takes XLA's matmuls on every CPU ('auto', research/models/mkl_gemm).
+  assert record["compute"] == {
+      "dtype": "float32", "gemm": "xla", "gemm_reason": "float32 compute: XLA's GEMMs (MKL's "
+      "float32 is no faster on the CPUs measured)", "cpu": mkl_gemm.cpu_description(),
+      "xla_flags": os.environ.get("XLA_FLAGS", "")}
   assert record["outcome"] == "finished"
   head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                         text=True)

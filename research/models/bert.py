@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.models import mkl_gemm
+
 Dtype = Any
 # The task heads' top-level parameter names (as in Hugging Face's BertFor*, RobertaFor*,
 # ElectraFor* models): every parameter outside the encoder (`ENCODERS`) belongs to the head.
@@ -69,6 +71,13 @@ def _fenced(x):
   return jax.lax.clamp(jnp.asarray(-jnp.inf, x.dtype), x, jnp.asarray(jnp.inf, x.dtype))
 
 
+def _dense(cfg: "BertConfig", features: int, **kwargs) -> nn.Dense:
+  """`nn.Dense` whose matmuls are `cfg.gemm`'s: XLA's, or MKL's custom call (`mkl_gemm`)."""
+  if cfg.gemm == "mkl":
+    kwargs["dot_general"] = mkl_gemm.dot_general
+  return nn.Dense(features, **kwargs)
+
+
 def _dense_on_tokens(dense: nn.Dense, x):
   """`dense` applied to x's tokens as one [tokens, features] matrix (same parameters and maths).
 
@@ -100,6 +109,7 @@ class BertConfig:
   # Ours, not Hugging Face's (export leaves them out):
   dropout_impl: str = "hash"  # how dropout masks are drawn: "hash" or "threefry" (`Dropout`)
   remat: bool = False  # recompute each layer's activations in the backward pass (less memory)
+  gemm: str = "xla"  # the dense layers' matmuls: "xla" or "mkl" (`mkl_gemm`, resolved from "auto")
 
   def __post_init__(self):
     if self.model_type not in MODEL_TYPES:
@@ -111,6 +121,8 @@ class BertConfig:
           f"{self.num_attention_heads}")
     if self.hidden_act not in _ACTIVATIONS:
       raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(_ACTIVATIONS)}")
+    if self.gemm not in ("xla", "mkl"):
+      raise ValueError(f"gemm {self.gemm!r} is not 'xla' or 'mkl'")
     if self.dropout_impl not in DROPOUT_IMPLS:
       raise ValueError(f"dropout_impl {self.dropout_impl!r} is not one of {DROPOUT_IMPLS}")
 
@@ -171,7 +183,8 @@ class BertConfig:
     return jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
 
 
-OWN_FIELDS = ("dropout_impl", "remat")  # BertConfig fields that Hugging Face does not have
+# BertConfig fields that Hugging Face does not have.
+OWN_FIELDS = ("dropout_impl", "remat", "gemm")
 
 
 def _normal(config: BertConfig):
@@ -275,8 +288,9 @@ class BertSelfAttention(nn.Module):
     head_dim = cfg.hidden_size // heads
 
     def project(name, inputs):
-      y = _dense_on_tokens(nn.Dense(cfg.hidden_size, kernel_init=_normal(cfg), dtype=self.dtype,
-                                    param_dtype=self.param_dtype, name=name), inputs)
+      y = _dense_on_tokens(_dense(cfg, cfg.hidden_size, kernel_init=_normal(cfg),
+                                  dtype=self.dtype, param_dtype=self.param_dtype, name=name),
+                           inputs)
       return y.reshape(y.shape[:-1] + (heads, head_dim)).transpose(0, 2, 1, 3)
 
     # 1/sqrt(d) on the queries: a [.., S, d] product instead of one over the [.., S, S] scores.
@@ -304,8 +318,8 @@ class BertDenseResidual(nn.Module):
   @nn.compact
   def __call__(self, x, residual, *, deterministic: bool, example_ids=None):
     cfg = self.config
-    x = _dense_on_tokens(nn.Dense(cfg.hidden_size, kernel_init=_normal(cfg), dtype=self.dtype,
-                                  param_dtype=self.param_dtype, name="dense"), x)
+    x = _dense_on_tokens(_dense(cfg, cfg.hidden_size, kernel_init=_normal(cfg),
+                                dtype=self.dtype, param_dtype=self.param_dtype, name="dense"), x)
     x = Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)(
         x, deterministic=deterministic, example_ids=example_ids)
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype,
@@ -337,8 +351,8 @@ class BertIntermediate(nn.Module):
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
     cfg = self.config
-    x = _dense_on_tokens(nn.Dense(cfg.intermediate_size, kernel_init=_normal(cfg),
-                                  dtype=self.dtype, param_dtype=self.param_dtype, name="dense"), x)
+    x = _dense_on_tokens(_dense(cfg, cfg.intermediate_size, kernel_init=_normal(cfg),
+                                dtype=self.dtype, param_dtype=self.param_dtype, name="dense"), x)
     activation = _ACTIVATIONS[cfg.hidden_act]
     if deterministic:
       # Fenced out of the GEMM fusions, the activation is one XLA loop over [tokens, intermediate]
@@ -421,8 +435,8 @@ class BertPooler(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    x = nn.Dense(cfg.hidden_size, kernel_init=_normal(cfg), dtype=self.dtype,
-                 param_dtype=self.param_dtype, name="dense")(x[:, 0])
+    x = _dense(cfg, cfg.hidden_size, kernel_init=_normal(cfg), dtype=self.dtype,
+               param_dtype=self.param_dtype, name="dense")(x[:, 0])
     return nn.tanh(x)
 
 
@@ -455,9 +469,9 @@ class BertModel(nn.Module):
         input_ids, token_type_ids, self.config.position_ids(input_ids),
         deterministic=deterministic, example_ids=example_ids)
     if self.config.embedding_width != self.config.hidden_size:  # ELECTRA's small embeddings
-      x = _dense_on_tokens(nn.Dense(self.config.hidden_size, kernel_init=_normal(self.config),
-                                    dtype=self.dtype, param_dtype=self.param_dtype,
-                                    name="embeddings_project"), x)
+      x = _dense_on_tokens(_dense(self.config, self.config.hidden_size,
+                                  kernel_init=_normal(self.config), dtype=self.dtype,
+                                  param_dtype=self.param_dtype, name="embeddings_project"), x)
     # Padding keys get a large negative score: [B, 1, 1, S] broadcasts over heads and queries.
     attention_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
                                jnp.finfo(jnp.float32).min).astype(jnp.float32)
@@ -488,11 +502,11 @@ class SentenceHead(nn.Module):
     kw = dict(kernel_init=_normal(cfg), dtype=self.dtype, param_dtype=self.param_dtype)
     x = Dropout(self.rate, cfg.dropout_impl)(first_token, deterministic=deterministic,
                                              example_ids=example_ids)
-    x = nn.Dense(cfg.hidden_size, **kw, name="dense")(x)
+    x = _dense(cfg, cfg.hidden_size, **kw, name="dense")(x)
     x = _gelu(x) if cfg.model_type == "electra" else nn.tanh(x)
     x = Dropout(self.rate, cfg.dropout_impl)(x, deterministic=deterministic,
                                              example_ids=example_ids)
-    return nn.Dense(self.num_labels, **kw, name="out_proj")(x)
+    return _dense(cfg, self.num_labels, **kw, name="out_proj")(x)
 
 
 def _sentence_logits(module: nn.Module, cfg: BertConfig, num_labels: int, rate: float,
@@ -507,7 +521,7 @@ def _sentence_logits(module: nn.Module, cfg: BertConfig, num_labels: int, rate: 
         example_ids=example_ids, cls_only=True)
     pooled = Dropout(rate, cfg.dropout_impl)(pooled, deterministic=deterministic,
                                              example_ids=example_ids)
-    return nn.Dense(num_labels, kernel_init=_normal(cfg), **kw, name="classifier")(pooled)
+    return _dense(cfg, num_labels, kernel_init=_normal(cfg), **kw, name="classifier")(pooled)
   sequence, _ = BertModel(cfg, add_pooling_layer=False, **kw, name=cfg.prefix)(
       input_ids, attention_mask, token_type_ids, deterministic=deterministic,
       example_ids=example_ids, cls_only=True)
@@ -555,8 +569,9 @@ class BertForTokenClassification(nn.Module):
     rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
     sequence = Dropout(rate, cfg.dropout_impl)(sequence, deterministic=deterministic,
                                                example_ids=example_ids)
-    logits = _dense_on_tokens(nn.Dense(self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
-                                       param_dtype=self.param_dtype, name="classifier"), sequence)
+    logits = _dense_on_tokens(_dense(cfg, self.num_labels, kernel_init=_normal(cfg),
+                                     dtype=self.dtype, param_dtype=self.param_dtype,
+                                     name="classifier"), sequence)
     return logits.astype(jnp.float32)
 
 
@@ -613,8 +628,8 @@ class BertForRelationClassification(nn.Module):
                        "('cls', 'entity_start', 'entity_mean')")
     features = Dropout(rate, cfg.dropout_impl)(features, deterministic=deterministic,
                                                example_ids=example_ids)
-    logits = nn.Dense(self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
-                      param_dtype=self.param_dtype, name="classifier")(features)
+    logits = _dense(cfg, self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
+                    param_dtype=self.param_dtype, name="classifier")(features)
     return logits.astype(jnp.float32)
 
 
@@ -634,8 +649,8 @@ class BertForQuestionAnswering(nn.Module):
                             param_dtype=self.param_dtype, name=cfg.prefix)(
         input_ids, attention_mask, token_type_ids, deterministic=deterministic,
         example_ids=example_ids)
-    logits = _dense_on_tokens(nn.Dense(2, kernel_init=_normal(cfg), dtype=self.dtype,
-                                       param_dtype=self.param_dtype, name="qa_outputs"), sequence)
+    logits = _dense_on_tokens(_dense(cfg, 2, kernel_init=_normal(cfg), dtype=self.dtype,
+                                     param_dtype=self.param_dtype, name="qa_outputs"), sequence)
     return logits.astype(jnp.float32)
 
 
@@ -712,7 +727,7 @@ def _lm_transform(module: nn.Module, x, features: int, norm: str):
   """`LMTransform`'s layers, as children of `module` (RoBERTa's lm_head holds them directly)."""
   cfg = module.config
   kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
-  x = _dense_on_tokens(nn.Dense(features, kernel_init=_normal(cfg), **kw, name="dense"), x)
+  x = _dense_on_tokens(_dense(cfg, features, kernel_init=_normal(cfg), **kw, name="dense"), x)
   x = _ACTIVATIONS[cfg.hidden_act](x) if cfg.model_type == "bert" else _gelu(x)
   return nn.LayerNorm(epsilon=cfg.layer_norm_eps, **kw, name=norm)(x)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pathlib
 import time
 from typing import Any
@@ -20,7 +21,7 @@ from flax import traverse_util
 
 from research import config_lib, tasks
 from research.data import tokenization
-from research.models import bert, hf_io
+from research.models import bert, hf_io, mkl_gemm
 
 
 @dataclasses.dataclass
@@ -31,6 +32,7 @@ class ModelSetup:
   checkpoint_dir: pathlib.Path | None
   tokenizer_dir: pathlib.Path
   tokenizer: Any                    # the fast tokenizer, with entity markers if the task has them
+  compute: dict[str, str]           # what computes: dtype, dense matmuls and why, CPU, XLA_FLAGS
 
 
 def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
@@ -45,8 +47,9 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
     hf_config = {"model_type": "bert", **bert_config.to_dict()}
   overrides = {k: mcfg[k] for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")
                if mcfg[k] is not None}
+  gemm, why = choose_gemm(mcfg)
   bert_config = dataclasses.replace(bert_config, **overrides, dropout_impl=mcfg.dropout_impl,
-                                    remat=mcfg.remat)
+                                    remat=mcfg.remat, gemm=gemm)
   hf_config.update(overrides)
   if config.data.max_length > bert_config.max_length:
     raise config_lib.ConfigError(
@@ -72,7 +75,21 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
   model = kind.build_model(bert_config, kind.num_outputs(tuple(task.label_names)),
                            dtype=jnp.dtype(mcfg.dtype), param_dtype=jnp.dtype(mcfg.param_dtype),
                            classifier_dropout=mcfg.classifier_dropout, task=task)
-  return ModelSetup(model, bert_config, hf_config, checkpoint_dir, tokenizer_dir, tokenizer)
+  compute = {"dtype": mcfg.dtype, "gemm": gemm, "gemm_reason": why,
+             "cpu": mkl_gemm.cpu_description(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  return ModelSetup(model, bert_config, hf_config, checkpoint_dir, tokenizer_dir, tokenizer,
+                    compute)
+
+
+def choose_gemm(mcfg: ml_collections.ConfigDict) -> tuple[str, str]:
+  """The dense layers' matmuls for `mcfg.gemm` on this machine, and why (logged: the same
+  config picks MKL on a CPU with bfloat16 units and XLA elsewhere, `mkl_gemm.choose`)."""
+  try:
+    gemm, why = mkl_gemm.choose(mcfg.gemm, mcfg.dtype)
+  except mkl_gemm.Unavailable as e:
+    raise config_lib.ConfigError(f"config.model.gemm: 'mkl' cannot run here: {e}") from None
+  logging.info("dense matmuls: %s (%s)", gemm.upper(), why)
+  return gemm, why
 
 
 def with_checkpoint_architecture(config: ml_collections.ConfigDict
