@@ -85,6 +85,7 @@ class CountingStep:
   def __init__(self, fn: Callable, name: str):
     self._fn, self.name = fn, name
     self.compiles = 0
+    self.compile_seconds = 0.0  # the calls that compiled (or read the compilation cache)
     self._widths: set[int] = set()
 
   def __call__(self, *args):
@@ -99,9 +100,10 @@ class CountingStep:
     if new or compiled:
       self._widths.add(width)
       from_cache = compiled and _cache_hits - hits_before >= compiled
+      seconds = time.perf_counter() - start
+      self.compile_seconds += seconds
       logging.info("... the %s step for batch width %d %s in %.1f s", self.name, width,
-                   "read from the compilation cache" if from_cache else "compiled",
-                   time.perf_counter() - start)
+                   "read from the compilation cache" if from_cache else "compiled", seconds)
     return out
 
 

@@ -3,10 +3,10 @@
 It holds the code (git commit, whether the tree was dirty and a hash of the diff), the command
 line, the package versions, the devices, what computes (dtype, dense matmuls and why, CPU,
 XLA_FLAGS: `builder.ModelSetup.compute`), where the data was read (and its fingerprints, as in
-data.json), the start and end times, and the examples/s and tokens/s of training and
-evaluation. A resumed run appends a session: its own command, code, versions and throughput;
-the top-level fields are the first session's; `ended` and `outcome` the last one's, and
-`throughput` the run's as a whole.
+data.json), the start and end times, the examples/s and tokens/s of training and evaluation,
+and where each session's wall time went (`WallTime`). A resumed run appends a session: its own
+command, code, versions, throughput and wall time; the top-level fields are the first
+session's; `ended` and `outcome` the last one's, and `throughput` the run's as a whole.
 `research.report` reads it to show, and warn about, the code and versions behind a table.
 """
 
@@ -112,6 +112,27 @@ class Throughput:
                          getattr(self, f"{part}_seconds")) for part in ("train", "eval")}
 
 
+@dataclasses.dataclass
+class WallTime:
+  """Where this session's wall time went, in seconds: what a user waits for, split so that a
+  slow run says why (a compile per bucket, a starved input pipeline, evaluations, saves)."""
+
+  prepare: float = 0.0        # data, tokenizer, model, init, restore: before the first step
+  compile: float = 0.0        # the train and eval steps' compilations (or cache reads)
+  input: float = 0.0          # the loop waiting for its next training batch
+  train_steps: float = 0.0    # the steps themselves, reading their metrics, logging
+  evaluation: float = 0.0     # evaluations and keeping the best, their compilations excluded
+  checkpointing: float = 0.0  # periodic and final train-state saves
+  other: float = 0.0          # the rest: results, closing files
+
+  def as_record(self) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in dataclasses.asdict(self).items()}
+
+  def describe(self) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in
+                     dataclasses.asdict(self).items())
+
+
 def _rates(examples: float, tokens: float, seconds: float) -> dict[str, float]:
   return {"examples": examples, "tokens": tokens, "seconds": seconds,
           "examples_per_sec": examples / seconds if seconds else 0.0,
@@ -148,11 +169,13 @@ class RunRecord:
     self.sessions = previous + [self.session]
     self._write()
 
-  def finish(self, step: int, throughput: Throughput, outcome: str) -> dict[str, Any]:
+  def finish(self, step: int, throughput: Throughput, outcome: str,
+             wall: WallTime | None = None) -> dict[str, Any]:
     """Ends this session: 'finished', 'pruned at step N' (by a tuner, `research.tune`),
     'stopped by a signal' (to be resumed) or 'failed: ...'."""
     self.session.update(ended=now(), outcome=outcome, last_step=step,
-                        throughput=throughput.as_record())
+                        throughput=throughput.as_record(),
+                        wall_seconds=wall.as_record() if wall else None)
     return self._write()
 
   def _write(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ checkpoint of a workdir.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -185,6 +186,7 @@ class Loop:
   # (step, device metrics) not yet read: the host reads a step's metrics one step late.
   unread: list[tuple[int, dict[str, jax.Array]]] = dataclasses.field(default_factory=list)
   run_summary: dict[str, Any] | None = None  # run.json's record of this session, at its end
+  wall: run_record.WallTime = dataclasses.field(default_factory=run_record.WallTime)
 
   @classmethod
   def start(cls, run: Run, device_state: steps.TrainState, run_state: RunState) -> "Loop":
@@ -193,11 +195,21 @@ class Loop:
                                 examples_per_step=run.config.train.batch_size)
     return cls(device_state=device_state, run_state=run_state, step=run.start_step,
                progress=progress, loop_start=time.perf_counter(),
-               train_seconds_before=run_state.train_seconds, last_save=time.monotonic())
+               train_seconds_before=run_state.train_seconds, last_save=time.monotonic(),
+               wall=run_record.WallTime(prepare=time.time() - run.run_start))
 
   def train_seconds(self) -> float:
     """The run's training time over all sessions, up to now."""
     return self.train_seconds_before + time.perf_counter() - self.loop_start
+
+  @contextlib.contextmanager
+  def timed(self, part: str):
+    """Adds the block's wall time to `wall.<part>`."""
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      setattr(self.wall, part, getattr(self.wall, part) + time.perf_counter() - start)
 
 
 def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
@@ -583,7 +595,11 @@ def train_loop(run: Run, loop: Loop, stop: StopSignals) -> str:
   prefetched = prefetch(
       run.batches(run.start_step, end_step, dp.process_rows(micro_batch)), dp.put_train_batch)
   try:
-    for batch in prefetched:
+    while True:
+      with loop.timed("input"):
+        batch = next(prefetched, None)
+      if batch is None:
+        break
       save_due = (dp.process_index == 0 and config.checkpoint.every_seconds > 0
                   and not loop.save_requested
                   and time.monotonic() - loop.last_save >= config.checkpoint.every_seconds)
@@ -603,7 +619,8 @@ def train_loop(run: Run, loop: Loop, stop: StopSignals) -> str:
                           f"step {loop.step} of {run.total_steps}, with a checkpoint: rerun "
                           "the same command to resume")
     if not state.last_results:  # resumed from a checkpoint saved before this code kept them
-      state.last_results, _ = evaluate(run, loop.device_state, loop.step)
+      with loop.timed("evaluation"):
+        state.last_results, _ = evaluate(run, loop.device_state, loop.step)
   finally:
     prefetched.close()
   return "finished" if state.pruned_at is None else f"pruned at step {state.pruned_at}"
@@ -628,10 +645,11 @@ def after_step(run: Run, loop: Loop, stop: StopSignals) -> None:
   paused = time.perf_counter()
   if evaluated:
     _test_pause("eval", step, stop)
-    state.last_results, model_params = evaluate(run, loop.device_state, step)
-    track_best(run, state, step, state.last_results, model_params)
-    del model_params
-    consult_on_evaluation(run, state, step)
+    with loop.timed("evaluation"):
+      state.last_results, model_params = evaluate(run, loop.device_state, step)
+      track_best(run, state, step, state.last_results, model_params)
+      del model_params
+      consult_on_evaluation(run, state, step)
     _test_pause("best", step, stop)
     # A signal that came during the evaluation stops the run here, after it.
     loop.stop_agreed = loop.stop_agreed or dp.any_process(stop.requested is not None)
@@ -640,7 +658,8 @@ def after_step(run: Run, loop: Loop, stop: StopSignals) -> None:
     read_step_metrics(run, state, loop.unread)  # this step's belong to the checkpoint
     loop.unread = []
     state.train_seconds = loop.train_seconds()
-    save_checkpoint(run, state, loop.device_state, step)
+    with loop.timed("checkpointing"):
+      save_checkpoint(run, state, loop.device_state, step)
     loop.last_save, loop.save_requested = time.monotonic(), False
   loop.progress.pause(time.perf_counter() - paused)
   _test_pause("step", step, stop)
@@ -652,12 +671,22 @@ def after_step(run: Run, loop: Loop, stop: StopSignals) -> None:
 def end_session(run: Run, loop: Loop, outcome: str) -> None:
   """However the loop ended: the checkpoints closed, this session's throughput and outcome in
   run.json and the metric writer closed."""
-  run.ckpts.close()
+  wall, looped = loop.wall, time.perf_counter() - loop.loop_start
+  wall.compile = run.train_step.compile_seconds + run.eval_step.compile_seconds
+  wall.evaluation -= run.eval_step.compile_seconds
+  wall.train_steps = max(0.0, looped - wall.input - wall.evaluation - wall.checkpointing
+                         - wall.compile)
+  with loop.timed("checkpointing"):  # waits for the last save to be written
+    run.ckpts.close()
   throughput = run.throughput
   throughput.train_seconds = loop.progress.training_seconds()
   throughput.train_examples = (loop.step - run.start_step) * run.config.train.batch_size
   throughput.train_tokens = run.batches.tokens(run.start_step, loop.step)
-  loop.run_summary = run.record.finish(loop.step, throughput, outcome)
+  wall.other = max(0.0, time.time() - run.run_start - sum(
+      getattr(wall, part) for part in ("prepare", "compile", "input", "train_steps",
+                                       "evaluation", "checkpointing")))
+  logging.info("wall time: %s", wall.describe())
+  loop.run_summary = run.record.finish(loop.step, throughput, outcome, wall)
   run.writer.record(loop.run_summary)
   run.writer.close()
 

@@ -171,6 +171,16 @@ def test_run_json_records_code_command_versions_devices_data_and_speed(reference
   assert summary["throughput"] == record["throughput"]  # results.json carries it too
   assert [s["first_step"] for s in record["sessions"]] == [0]
   assert record["sessions"][0]["last_step"] == 24
+  # Where the session's wall time went: every part was spent (this run compiles one train and
+  # one eval program, evaluates twice, saves every 5 steps), and the parts add up to no more
+  # than the session (results.json's wall time, taken a moment after).
+  wall = record["sessions"][0]["wall_seconds"]
+  assert set(wall) == {"prepare", "compile", "input", "train_steps", "evaluation",
+                       "checkpointing", "other"}
+  assert all(wall[part] > 0 for part in ("prepare", "compile", "input", "train_steps",
+                                         "evaluation", "checkpointing")), wall
+  assert wall["other"] >= 0
+  assert sum(wall.values()) <= summary["train"]["wall_seconds_this_session"] + 0.01
 
 
 def _tokenizer():
