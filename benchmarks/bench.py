@@ -459,6 +459,11 @@ def run(report: Report, quick: bool, steps_timed: int, dtype: str = "float32",
                   "torch": torch.__version__, "compute_dtype": dtype,
                   "xla_flags": os.environ.get("XLA_FLAGS", "")})
   result["rows"] = []
+  if platform == "cpu" and dtype == "bfloat16" and not mkl_gemm.has_bf16_units(
+      mkl_gemm.cpu_info()[1]):
+    print("warning: this CPU has neither AMX nor AVX512-BF16: torch's bfloat16 matmuls take a "
+          "scalar path here (40 s or more per 2048³ product), and the bf16 figures say little",
+          file=sys.stderr, flush=True)
   peak = report.part("matmul peaks", lambda: measure_peaks(size, dtype, steps_timed), "peak")
   chosen = report.part("dense matmuls", lambda: resolve_gemms(gemms, dtype), "gemms")
   for gemm in chosen or ():

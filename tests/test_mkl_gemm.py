@@ -1,6 +1,7 @@
 """MKL's GEMM as an XLA custom call (research/models/mkl_gemm.py) against XLA's own matmuls, the
 per-machine choice between them, and what a run records of it."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from conftest import REPO
 from helpers import tiny_config, train_rows
 from research import train
 from research.config_base import ConfigError
-from research.models import builder, mkl_gemm
+from research.models import bert, builder, mkl_gemm
 
 AMX = frozenset({"avx2", "avx512f", "amx_tile", "amx_bf16"})
 # Largest difference from XLA's product of the same operands, relative to the largest value
@@ -131,3 +132,34 @@ def test_training_with_mkl_follows_xla_and_says_so(tmp_path, dtype, caplog):
   assert len(runs["mkl"]) == len(runs["xla"]) == 24
   error = _relative(runs["mkl"], runs["xla"])
   assert error < RUN_TOLERANCE[dtype], error
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "electra"])
+def test_every_dense_layer_and_the_vocabulary_projection_go_through_mkl(model_type):
+  """A masked-LM model of each family (encoder, pooler-free head, tied decoder) with MKL's
+  matmuls: the same logits and parameter gradients as with XLA's, and no XLA dot left outside
+  attention's batched products."""
+  config = bert.BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=64, model_type=model_type,
+                           pad_token_id=1, embedding_size=16 if model_type == "electra" else None)
+  ids = jax.random.randint(jax.random.key(0), (3, 12), 3, 97)
+  mask, types = jnp.ones_like(ids), jnp.zeros_like(ids)
+  positions = jnp.array([[1, 4], [2, 3], [5, 9]])
+  models = {gemm: bert.BertForMaskedLM(dataclasses.replace(config, gemm=gemm))
+            for gemm in ("xla", "mkl")}
+  params = models["xla"].init(jax.random.key(1), ids, mask, types, positions)["params"]
+
+  def loss(params, model):
+    return jnp.sum(jnp.sin(model.apply({"params": params}, ids, mask, types, positions)))
+
+  outputs = {gemm: jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, model)
+             for gemm, model in models.items()}
+  assert _relative(outputs["mkl"][0], outputs["xla"][0]) < FLOAT32_TOLERANCE
+  # Against the largest gradient anywhere: some leaves are zero up to rounding (the key bias's).
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(outputs["xla"][1]))
+  for a, b in zip(jax.tree.leaves(outputs["mkl"][1]), jax.tree.leaves(outputs["xla"][1])):
+    assert float(jnp.abs(a - b).max()) < FLOAT32_TOLERANCE * scale
+  hlo = jax.jit(loss, static_argnums=1).lower(params, models["mkl"]).as_text()
+  dense_layers = 2 * 6 + 1 + (model_type == "electra")  # per layer 6; the head's; ELECTRA's
+  assert hlo.count(f"@{mkl_gemm.TARGET}(") == dense_layers + 1  # + the vocabulary projection
+  assert hlo.count("stablehlo.dot_general") == 2 * 2  # attention's two products per layer

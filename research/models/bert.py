@@ -691,7 +691,7 @@ class BertForMaskedLM(nn.Module):
     if cfg.model_type == "electra":
       x = LMTransform(cfg, cfg.embedding_width, "LayerNorm", **kw,
                       name="generator_predictions")(hidden)
-      return TiedDecoder(**kw, name="generator_lm_head")(x, embedding)
+      return TiedDecoder(**kw, gemm=cfg.gemm, name="generator_lm_head")(x, embedding)
     return RobertaLMHead(cfg, **kw, name="lm_head")(hidden, embedding)
 
 
@@ -737,10 +737,11 @@ class TiedDecoder(nn.Module):
 
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  gemm: str = "xla"  # `BertConfig.gemm`
 
   @nn.compact
   def __call__(self, x, embedding):
-    return _tied_decode(self, x, embedding)
+    return _tied_decode(self, x, embedding, self.gemm)
 
 
 class BertLMPredictionHead(nn.Module):
@@ -754,7 +755,7 @@ class BertLMPredictionHead(nn.Module):
   def __call__(self, hidden, embedding):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = LMTransform(self.config, self.config.hidden_size, **kw, name="transform")(hidden)
-    return _tied_decode(self, x, embedding)
+    return _tied_decode(self, x, embedding, self.config.gemm)
 
 
 class RobertaLMHead(nn.Module):
@@ -767,11 +768,17 @@ class RobertaLMHead(nn.Module):
   @nn.compact
   def __call__(self, hidden, embedding):
     x = _lm_transform(self, hidden, self.config.hidden_size, "layer_norm")
-    return _tied_decode(self, x, embedding)
+    return _tied_decode(self, x, embedding, self.config.gemm)
 
 
-def _tied_decode(module: nn.Module, x, embedding):
-  """`TiedDecoder` with its `bias` a parameter of `module` itself."""
+def _tied_decode(module: nn.Module, x, embedding, gemm: str):
+  """`TiedDecoder` with its `bias` a parameter of `module` itself; its product by `gemm`'s
+  library (the vocabulary projection is a dense layer's worth of FLOPs, or more)."""
   bias = module.param("bias", nn.initializers.zeros, (embedding.shape[0],), module.param_dtype)
-  logits = jnp.einsum("bph,vh->bpv", x, embedding.astype(module.dtype))
+  table = embedding.astype(module.dtype)
+  if gemm == "mkl":
+    logits = mkl_gemm.matmul(x.reshape(-1, x.shape[-1]), table.T).reshape(
+        *x.shape[:-1], table.shape[0])
+  else:
+    logits = jnp.einsum("bph,vh->bpv", x, table)
   return (logits + bias.astype(module.dtype)).astype(jnp.float32)
