@@ -89,6 +89,10 @@ def test_quick_benchmark_prints_a_complete_table_on_a_fresh_clone_offline(tmp_pa
     assert e2e[system]["wall_s"] > 0 and e2e[system]["examples_per_s"] > 0, system
     assert 0.0 < e2e[system]["accuracy"] < 1.0, system
   assert "Wall-time ratio ours/PyTorch" in table
+  split = e2e["ours"]["wall_split_s"]  # our wall time by part, from the run's run.json
+  assert split["train_steps"] > 0 and split["compile"] > 0
+  assert sum(split.values()) <= e2e["ours"]["wall_s"]
+  assert "Ours, where the time went: prepare " in table
   assert "then the first 32 dev sentences:" in table
 
 
