@@ -401,9 +401,10 @@ def measure_peaks(size: int, dtype: str, steps_timed: int) -> dict[str, Any]:
 
 
 def measure_shape(name: str, source, batch_size: int, length: int, steps_timed: int,
-                  dtype: str, peak: dict[str, Any] | None, gemm: str = "xla") -> dict[str, Any]:
-  """One row of the table: ours (dense matmuls by `gemm`) and the peer on the same weights
-  and batch."""
+                  dtype: str, peak: dict[str, Any] | None, gemm: str = "xla",
+                  attention: str = "ours") -> dict[str, Any]:
+  """One row of the table: ours (dense matmuls by `gemm`, the attention core by `attention`)
+  and the peer on the same weights and batch."""
   if isinstance(source, str):
     source_dir = str(hf_io.embedded_checkpoint_dir())
     config, _ = hf_io.load_config(pathlib.Path(source_dir))
@@ -411,7 +412,8 @@ def measure_shape(name: str, source, batch_size: int, length: int, steps_timed: 
   else:
     config = source
     reference = reference_model(config)
-  model, params = ours_from_reference(reference, dataclasses.replace(config, gemm=gemm), dtype)
+  model, params = ours_from_reference(
+      reference, dataclasses.replace(config, gemm=gemm, attention=attention), dtype)
   batch = _synthetic_batch(batch_size, length, config.vocab_size)
   ours = time_ours(model, params, batch, steps_timed)
   theirs = time_reference(reference, batch, steps_timed, dtype)
@@ -420,6 +422,7 @@ def measure_shape(name: str, source, batch_size: int, length: int, steps_timed: 
   row = {
       "shape": f"{name} B{batch_size}×S{length}",
       "gemm": gemm,
+      "attention": attention,
       "ours_train_examples_per_s": batch_size / ours["train_s"],
       "ours_train_tokens_per_s": batch_size * length / ours["train_s"],
       "peer_train_examples_per_s": batch_size / theirs["train_s"],
@@ -443,7 +446,8 @@ def measure_shape(name: str, source, batch_size: int, length: int, steps_timed: 
 
 
 def run(report: Report, quick: bool, steps_timed: int, dtype: str = "float32",
-        tokenizer_dir: str | None = None, gemms: tuple[str, ...] = ("auto",)) -> dict[str, Any]:
+        tokenizer_dir: str | None = None, gemms: tuple[str, ...] = ("auto",),
+        attentions: tuple[str, ...] = ("ours",)) -> dict[str, Any]:
   """The table: the matmul peaks, a row per shape and dense-matmul library (`gemms`; 'auto':
   what a run picks here), the masked-LM rows, the input pipeline; each part saved by `report`
   as it is measured (a part that fails is recorded and the others go on)."""
@@ -467,9 +471,11 @@ def run(report: Report, quick: bool, steps_timed: int, dtype: str = "float32",
   peak = report.part("matmul peaks", lambda: measure_peaks(size, dtype, steps_timed), "peak")
   chosen = report.part("dense matmuls", lambda: resolve_gemms(gemms, dtype), "gemms")
   for gemm in chosen or ():
-    for name, source, batch_size, length in shapes:
-      report.part(f"{name} B{batch_size}×S{length} ({gemm})", lambda: measure_shape(
-          name, source, batch_size, length, steps_timed, dtype, peak, gemm), "rows")
+    for attention in attentions:
+      for name, source, batch_size, length in shapes:
+        label = gemm if attention == "ours" else f"{gemm}, {attention} attention"
+        report.part(f"{name} B{batch_size}×S{length} ({label})", lambda: measure_shape(
+            name, source, batch_size, length, steps_timed, dtype, peak, gemm, attention), "rows")
   mlm_rows(report, quick, steps_timed, dtype, chosen or ())
 
   def pipeline() -> dict[str, Any]:
@@ -584,6 +590,12 @@ def mlm_table(rows: list[dict[str, Any]]) -> list[str]:
   return lines
 
 
+def _attention(row: dict[str, Any]) -> str:
+  """The attention core, where not ours: 'fused' is jax.nn.dot_product_attention (cuDNN's on
+  a GPU where it applies; in training only without attention dropout)."""
+  return f", {row['attention']} attention" if row.get("attention", "ours") != "ours" else ""
+
+
 def _uncounted(row: dict[str, Any]) -> str:
   """XLA counts no FLOPs of a custom call: with MKL's GEMMs its count is the rest only."""
   return " without MKL's" if row.get("gemm") == "mkl" else ""
@@ -627,7 +639,8 @@ def to_markdown(result: dict[str, Any]) -> str:
   fraction = lambda r, key: f"{r[key]:.0%}" if key in r else "–"  # noqa: E731
   for r in result["rows"]:
     lines.append(
-        f"| {r['shape']} | {r.get('gemm', 'xla').upper()} | {r['ours_train_examples_per_s']:.2f} | "
+        f"| {r['shape']}{_attention(r)} | {r.get('gemm', 'xla').upper()} | "
+        f"{r['ours_train_examples_per_s']:.2f} | "
         f"{r['peer_train_examples_per_s']:.2f} | **{r['train_ratio']:.2f}×** | "
         f"{r['ours_eval_examples_per_s']:.1f} | {r['peer_eval_examples_per_s']:.1f} | "
         f"**{r['eval_ratio']:.2f}×** | {r['ours_train_flops_per_s'] / 1e9:.1f} | "
@@ -778,12 +791,19 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--gemm", default="auto",
                       help="our dense layers' matmuls, comma-separated: auto (what a run picks "
                       "here), xla, mkl; a row per value")
+  parser.add_argument("--attention", default="ours",
+                      help="the attention core, comma-separated: ours, fused "
+                      "(jax.nn.dot_product_attention: cuDNN's on a GPU); a row per value")
   parser.add_argument("--e2e-examples", type=int, default=0,
                       help="train on the first N sentences only (0: all 67,349)")
   parser.add_argument("--e2e-eval-examples", type=int, default=0,
                       help="score the first N dev sentences only (0: all 872)")
   args = parser.parse_args(argv)
   gemms = tuple(g.strip() for g in args.gemm.split(",") if g.strip())
+  attentions = tuple(a.strip() for a in args.attention.split(",") if a.strip())
+  if not attentions or not set(attentions) <= set(bert.ATTENTIONS):
+    parser.error(f"--attention {args.attention!r}: a comma-separated list of "
+                 f"{', '.join(bert.ATTENTIONS)}")
   if not gemms or not set(gemms) <= set(mkl_gemm.GEMMS):
     parser.error(f"--gemm {args.gemm!r}: a comma-separated list of {', '.join(mkl_gemm.GEMMS)}")
   if args.e2e and args.dtype != "float32":
@@ -806,7 +826,7 @@ def main(argv: list[str] | None = None) -> None:
   report = Report(args.out, "bench", {"machine": {"malloc_keeps_freed_memory": kept}},
                   to_markdown)
   result = run(report, args.quick, args.steps or (3 if args.quick else 10), args.dtype,
-               args.tokenizer, gemms)
+               args.tokenizer, gemms, attentions)
   if args.e2e:
     report.part("e2e", lambda: e2e(workdir, args.e2e_examples, args.e2e_eval_examples), "e2e")
   print(to_markdown(result))

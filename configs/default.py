@@ -43,6 +43,9 @@ def get_config():
   # call, research/models/mkl_gemm.py) for bfloat16 on a CPU with AMX or AVX512-BF16, whose
   # units XLA:CPU leaves idle, and XLA's everywhere else; train.log and run.json say which.
   c.model.gemm = "auto"
+  # The attention core: ours (bert.BertSelfAttention) | fused: jax.nn.dot_product_attention, cuDNN's
+  # fused kernel on a GPU where it applies; never with attention dropout in training (ours runs).
+  c.model.attention = "ours"
   # Recompute each layer in the backward pass: activation memory of one layer instead of all,
   # for ~1/3 more compute, on GPU/TPU (long sequences, big batches); XLA:CPU folds it away.
   c.model.remat = False

@@ -17,7 +17,7 @@ DTYPES = ("float32", "bfloat16")
 # Fields that do not change what a run computes: a resumed run may change them.
 RESUMABLE_CHANGES = ("log.every_steps", "checkpoint.keep", "checkpoint.every_seconds",
                      "eval.batch_size", "log.wandb_project", "train.max_skipped_fraction",
-                     "model.gemm")
+                     "model.gemm", "model.attention")
 
 
 def _check(condition: bool, field: str, message: str):
@@ -81,6 +81,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"{config.model[field]!r} is not one of {DTYPES}")
   _check(config.model.gemm in mkl_gemm.GEMMS, "model.gemm",
          f"{config.model.gemm!r} is not one of {mkl_gemm.GEMMS}")
+  _check(config.model.attention in bert.ATTENTIONS, "model.attention",
+         f"{config.model.attention!r} is not one of {bert.ATTENTIONS}")
   _check(config.model.dropout_impl in bert.DROPOUT_IMPLS, "model.dropout_impl",
          f"{config.model.dropout_impl!r} is not one of {bert.DROPOUT_IMPLS}")
   _check(config.parallel.backend in BACKENDS, "parallel.backend",

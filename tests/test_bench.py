@@ -102,9 +102,12 @@ def test_bfloat16_benchmark_measures_against_the_bfloat16_peak(monkeypatch, tmp_
   model, _ = bench.ours_from_reference(bench.reference_model(TINY), TINY, "bfloat16")
   assert model.dtype == jnp.bfloat16
   result = bench.run(bench.Report(tmp_path, "bench", {}, bench.to_markdown), quick=True,
-                     steps_timed=1, dtype="bfloat16", gemms=("xla", "mkl"))
-  row, mkl_row = result["rows"]
-  assert (row["gemm"], mkl_row["gemm"]) == ("xla", "mkl") and mkl_row["train_ratio"] > 0
+                     steps_timed=1, dtype="bfloat16", gemms=("xla", "mkl"),
+                     attentions=("ours", "fused"))
+  row, fused_row, mkl_row, _ = result["rows"]
+  assert [(r["gemm"], r["attention"]) for r in result["rows"]] == [
+      ("xla", "ours"), ("xla", "fused"), ("mkl", "ours"), ("mkl", "fused")]
+  assert mkl_row["train_ratio"] > 0 and fused_row["eval_ratio"] > 0
   # The masked-LM rows, in the same table and dtype, with each library.
   assert [(r["dtype"], r["gemm"]) for r in result["mlm_rows"]] == [("bfloat16", "xla"),
                                                                   ("bfloat16", "mkl")]
@@ -116,6 +119,7 @@ def test_bfloat16_benchmark_measures_against_the_bfloat16_peak(monkeypatch, tmp_
       row["ours_train_flops_per_s"] / peak["bfloat16_matmul_flops"])
   table = (tmp_path / "bench.md").read_text()
   assert "jax bfloat16" in table and "| tiny B8×S32 | MKL |" in table
+  assert "| tiny B8×S32, fused attention | XLA |" in table
   assert "| tiny B8×S32, 5 predicted per row | bfloat16 | MKL |" in table
   with pytest.raises(SystemExit) as error:  # the e2e recipe is float32 only
     bench.main(["--e2e", "--dtype", "bfloat16", "--out", str(tmp_path)])

@@ -7,10 +7,14 @@
 #                             carry=[".whl", ".gpu"], timeout_s=600)
 #
 # `run` writes to $OUT: bench.md/bench.json (ours vs the PyTorch peer on the GPU, bf16 compute
-# with float32 master weights, BERT-base B256×S128 and BERT-large B128×S128 with random init;
-# MFU = the formula's FLOPs/s against the measured bf16 matmul) and sst2_epoch.json (one SST-2
-# epoch of BERT-base with random init in bf16: wall time and examples/s; the accuracy of a
-# randomly initialised BERT after one epoch says nothing). The embedded MiniLM cannot travel:
+# with float32 master weights, BERT-base B256×S128 and BERT-large B128×S128 with random init,
+# each with our attention and with the fused one (jax.nn.dot_product_attention: cuDNN's kernel
+# where it applies; in training only without attention dropout, so its train rows run ours);
+# MFU = the formula's FLOPs/s against the measured bf16 matmul), sst2_epoch.json (one SST-2
+# epoch of BERT-base with random init in bf16: wall time and examples/s, and run.json's split
+# of the wall time; the accuracy of a randomly initialised BERT after one epoch says nothing),
+# and, on a machine with two GPUs or more, sst2_2proc.json: 300 steps of the same run as two
+# processes of one GPU each (jax.distributed on localhost). The embedded MiniLM cannot travel:
 # its model.safetensors is 87 MB and a call carries 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -39,13 +43,25 @@ case "${1:-}" in
     export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 RESEARCH_DATA_DIR=.gpu/data \
         HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-    python3 -m benchmarks.bench --dtype bfloat16 --tokenizer .gpu/tokenizer --out "$OUT" \
-        2>&1 | tee "$OUT/bench.log"
+    python3 -m benchmarks.bench --dtype bfloat16 --attention ours,fused \
+        --tokenizer .gpu/tokenizer --out "$OUT" 2>&1 | tee "$OUT/bench.log"
     python3 -m research.main --config configs/sst2.py --workdir /tmp/sst2_epoch \
         --config.model.checkpoint= --config.model.tokenizer=.gpu/tokenizer \
         --config.model.dtype=bfloat16 --config.train.num_epochs=1 \
         2>&1 | tail -n 30 | tee "$OUT/sst2_epoch.log"
     cp /tmp/sst2_epoch/results.json "$OUT/sst2_epoch.json"
+    cp /tmp/sst2_epoch/run.json "$OUT/sst2_epoch_run.json"
+    if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+      for rank in 0 1; do
+        CUDA_VISIBLE_DEVICES=$rank python3 -m research.main --config configs/sst2.py \
+            --workdir /tmp/sst2_2proc --coordinator_address=localhost:12355 \
+            --num_processes=2 --process_id=$rank --config.model.checkpoint= \
+            --config.model.tokenizer=.gpu/tokenizer --config.model.dtype=bfloat16 \
+            --config.train.num_steps=300 > "$OUT/sst2_2proc_$rank.log" 2>&1 &
+      done
+      wait
+      cp /tmp/sst2_2proc/results.json "$OUT/sst2_2proc.json"
+    fi
     ;;
   *)
     echo "usage: bash experiments/perf/gpu.sh prepare|run" >&2

@@ -110,6 +110,7 @@ class BertConfig:
   dropout_impl: str = "hash"  # how dropout masks are drawn: "hash" or "threefry" (`Dropout`)
   remat: bool = False  # recompute each layer's activations in the backward pass (less memory)
   gemm: str = "xla"  # the dense layers' matmuls: "xla" or "mkl" (`mkl_gemm`, resolved from "auto")
+  attention: str = "ours"  # "ours" or "fused": jax.nn.dot_product_attention (`BertSelfAttention`)
 
   def __post_init__(self):
     if self.model_type not in MODEL_TYPES:
@@ -121,6 +122,8 @@ class BertConfig:
           f"{self.num_attention_heads}")
     if self.hidden_act not in _ACTIVATIONS:
       raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(_ACTIVATIONS)}")
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f"attention {self.attention!r} is not one of {ATTENTIONS}")
     if self.gemm not in ("xla", "mkl"):
       raise ValueError(f"gemm {self.gemm!r} is not 'xla' or 'mkl'")
     if self.dropout_impl not in DROPOUT_IMPLS:
@@ -184,7 +187,8 @@ class BertConfig:
 
 
 # BertConfig fields that Hugging Face does not have.
-OWN_FIELDS = ("dropout_impl", "remat", "gemm")
+OWN_FIELDS = ("dropout_impl", "remat", "gemm", "attention")
+ATTENTIONS = ("ours", "fused")  # BertConfig.attention
 
 
 def _normal(config: BertConfig):
@@ -275,6 +279,11 @@ class BertSelfAttention(nn.Module):
   `queries` (default: `x`) are the positions that attend; keys and values are always all of
   `x`. Heads are moved in front ([B, heads, S, head_dim]) before the two batched matmuls: XLA's
   CPU backend runs them 2x faster than an einsum that keeps heads in the middle.
+
+  `config.attention = "fused"` hands the core to `jax.nn.dot_product_attention`, which on a GPU
+  runs cuDNN's fused attention where cuDNN supports the shape and dtype (bf16, head sizes it
+  takes) and XLA's composition elsewhere. It has no dropout: in training with attention
+  dropout above zero, ours runs instead (the same maths; `fused_attention_applies`).
   """
 
   config: BertConfig
@@ -291,11 +300,18 @@ class BertSelfAttention(nn.Module):
       y = _dense_on_tokens(_dense(cfg, cfg.hidden_size, kernel_init=_normal(cfg),
                                   dtype=self.dtype, param_dtype=self.param_dtype, name=name),
                            inputs)
-      return y.reshape(y.shape[:-1] + (heads, head_dim)).transpose(0, 2, 1, 3)
+      return y.reshape(y.shape[:-1] + (heads, head_dim))  # [B, S, heads, head_dim]
+
+    if fused_attention_applies(cfg, deterministic):
+      context = jax.nn.dot_product_attention(
+          project("query", x if queries is None else queries), project("key", x),
+          project("value", x), mask=attention_bias == 0)
+      return context.reshape(context.shape[:-2] + (cfg.hidden_size,))
 
     # 1/sqrt(d) on the queries: a [.., S, d] product instead of one over the [.., S, S] scores.
-    query = project("query", x if queries is None else queries) * (head_dim ** -0.5)
-    key, value = project("key", x), project("value", x)
+    query = (project("query", x if queries is None else queries).transpose(0, 2, 1, 3)
+             * (head_dim ** -0.5))
+    key, value = (project(name, x).transpose(0, 2, 1, 3) for name in ("key", "value"))
     scores = jnp.matmul(query, key.swapaxes(-1, -2)).astype(jnp.float32) + attention_bias
     # Softmax with its division moved after the context matmul: dividing the [.., S, d] context
     # rows is cheaper than dividing the [.., S, S] weights (and exact: both are per query row).
@@ -306,6 +322,12 @@ class BertSelfAttention(nn.Module):
     context = jnp.matmul(weights.astype(self.dtype), value) / denominators.astype(self.dtype)
     context = context.transpose(0, 2, 1, 3)
     return context.reshape(context.shape[:-2] + (cfg.hidden_size,))
+
+
+def fused_attention_applies(config: BertConfig, deterministic: bool) -> bool:
+  """Whether `config.attention = "fused"` runs: it has no attention dropout to apply."""
+  return config.attention == "fused" and (deterministic
+                                          or config.attention_probs_dropout_prob == 0)
 
 
 class BertDenseResidual(nn.Module):

@@ -49,7 +49,7 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
                if mcfg[k] is not None}
   gemm, why = choose_gemm(mcfg)
   bert_config = dataclasses.replace(bert_config, **overrides, dropout_impl=mcfg.dropout_impl,
-                                    remat=mcfg.remat, gemm=gemm)
+                                    remat=mcfg.remat, gemm=gemm, attention=mcfg.attention)
   hf_config.update(overrides)
   if config.data.max_length > bert_config.max_length:
     raise config_lib.ConfigError(
