@@ -102,6 +102,15 @@ def test_a_machine_that_cannot_build_it_says_why_in_one_line(tmp_path):
   assert out.stdout.strip().startswith(
       "bfloat16 units present, but MKL's GEMM is unavailable: ")
   assert "no-such-compiler failed to run" in out.stdout
+  # A kernel cache that cannot be a folder (a file holds its name): the same, saying where.
+  (tmp_path / "a-file").write_text("")
+  out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                       env=dict(env, CXX="", RESEARCH_KERNEL_CACHE=str(tmp_path / "a-file")),
+                       text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().startswith(
+      f"bfloat16 units present, but MKL's GEMM is unavailable: cannot build into "
+      f"{tmp_path / 'a-file'} (")
   workdir = tmp_path / "run"
   out = subprocess.run([sys.executable, "-m", "research.main", "--config", "tests/helpers.py",
                         "--config.model.gemm=mkl", "--workdir", str(workdir)], cwd=REPO,

@@ -133,7 +133,15 @@ def _build() -> pathlib.Path:
   compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
   if not compiler:
     raise Unavailable("no C++ compiler (c++ or g++, or $CXX) to build the custom call")
-  library.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    library.parent.mkdir(parents=True, exist_ok=True)
+    return _compile(compiler, library)
+  except OSError as e:  # an unwritable or misnamed cache folder, a full disk
+    raise Unavailable(f"cannot build into {library.parent} ({e.strerror or e}); set "
+                      "RESEARCH_KERNEL_CACHE to a writable folder") from None
+
+
+def _compile(compiler: str, library: pathlib.Path) -> pathlib.Path:
   with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
     built = pathlib.Path(tmp) / library.name
     command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
@@ -153,13 +161,21 @@ def _build() -> pathlib.Path:
 def load() -> str:
   """Builds (if needed) and registers the custom call; the MKL library's path. Raises
   `Unavailable` with the reason (cached: one failure is not retried in a process)."""
-  mkl = ctypes.CDLL(_mkl_library())
+  try:
+    mkl = ctypes.CDLL(_mkl_library())
+  except OSError as e:
+    raise Unavailable(f"MKL does not load: {e}") from None
   try:
     entry_points = [ctypes.cast(getattr(mkl, name), ctypes.c_void_p)
                     for name in ("cblas_sgemm", "cblas_gemm_bf16bf16f32")]
   except AttributeError as e:
     raise Unavailable(f"this MKL lacks {e}") from None
-  kernel = ctypes.CDLL(str(_build()))
+  library = _build()
+  try:
+    kernel = ctypes.CDLL(str(library))
+  except OSError as e:
+    raise Unavailable(f"the built custom call does not load ({e}); delete {library} to "
+                      "rebuild it") from None
   kernel.research_mkl_gemm_init(*entry_points)
   jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(kernel.ResearchMklGemm),
                               platform="cpu")
