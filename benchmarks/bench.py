@@ -445,23 +445,27 @@ def measure_shape(name: str, source, batch_size: int, length: int, steps_timed: 
   return row
 
 
+def machine_description(dtype: str) -> dict[str, Any]:
+  """What the figures came from: backend, CPU and its units, versions, dtype, XLA_FLAGS."""
+  import torch
+  return {"jax_backend": jax.devices()[0].platform, "device": str(jax.devices()[0]),
+          "cpu_count": os.cpu_count(), "cpu_model": mkl_gemm.cpu_description(),
+          "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
+          "torch": torch.__version__, "compute_dtype": dtype,
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
 def run(report: Report, quick: bool, steps_timed: int, dtype: str = "float32",
         tokenizer_dir: str | None = None, gemms: tuple[str, ...] = ("auto",),
         attentions: tuple[str, ...] = ("ours",)) -> dict[str, Any]:
   """The table: the matmul peaks, a row per shape and dense-matmul library (`gemms`; 'auto':
   what a run picks here), the masked-LM rows, the input pipeline; each part saved by `report`
   as it is measured (a part that fails is recorded and the others go on)."""
-  import torch
   platform = jax.devices()[0].platform
   shapes = QUICK_SHAPES if quick else GPU_SHAPES if platform == "gpu" else SHAPES
   size = 512 if quick else 8192 if platform == "gpu" else 2048
   result = report.result
-  result.setdefault("machine", {}).update(
-      {"jax_backend": platform, "device": str(jax.devices()[0]),
-                  "cpu_count": os.cpu_count(), "cpu_model": mkl_gemm.cpu_description(),
-                  "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
-                  "torch": torch.__version__, "compute_dtype": dtype,
-                  "xla_flags": os.environ.get("XLA_FLAGS", "")})
+  result.setdefault("machine", {}).update(machine_description(dtype))
   result["rows"] = []
   if platform == "cpu" and dtype == "bfloat16" and not mkl_gemm.has_bf16_units(
       mkl_gemm.cpu_info()[1]):
@@ -507,11 +511,7 @@ QUICK_MLM_SHAPES = [("tiny", QUICK_SHAPES[0][1], 8, 32)]
 def run_mlm(report: Report, quick: bool, steps_timed: int, dtype: str = "float32",
             gemms: tuple[str, ...] = ("auto",)) -> dict[str, Any]:
   """Only the masked-LM rows (`mlm_rows`), with the machine's description."""
-  import torch
-  report.result.setdefault("machine", {}).update(
-      {"jax_backend": jax.devices()[0].platform, "cpu_count": os.cpu_count(),
-       "cpu_model": mkl_gemm.cpu_description(), "torch_threads": torch.get_num_threads(),
-       "compute_dtype": dtype, "xla_flags": os.environ.get("XLA_FLAGS", "")})
+  report.result.setdefault("machine", {}).update(machine_description(dtype))
   chosen = report.part("dense matmuls", lambda: resolve_gemms(gemms, dtype), "gemms")
   mlm_rows(report, quick, steps_timed, dtype, chosen or ())
   return report.result

@@ -682,9 +682,7 @@ def end_session(run: Run, loop: Loop, outcome: str) -> None:
   throughput.train_seconds = loop.progress.training_seconds()
   throughput.train_examples = (loop.step - run.start_step) * run.config.train.batch_size
   throughput.train_tokens = run.batches.tokens(run.start_step, loop.step)
-  wall.other = max(0.0, time.time() - run.run_start - sum(
-      getattr(wall, part) for part in ("prepare", "compile", "input", "train_steps",
-                                       "evaluation", "checkpointing")))
+  wall.other = max(0.0, time.time() - run.run_start - sum(dataclasses.asdict(wall).values()))
   logging.info("wall time: %s", wall.describe())
   loop.run_summary = run.record.finish(loop.step, throughput, outcome, wall)
   run.writer.record(loop.run_summary)

@@ -124,8 +124,8 @@ class BertConfig:
       raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(_ACTIVATIONS)}")
     if self.attention not in ATTENTIONS:
       raise ValueError(f"attention {self.attention!r} is not one of {ATTENTIONS}")
-    if self.gemm not in ("xla", "mkl"):
-      raise ValueError(f"gemm {self.gemm!r} is not 'xla' or 'mkl'")
+    if self.gemm not in mkl_gemm.LIBRARIES:
+      raise ValueError(f"gemm {self.gemm!r} is not one of {mkl_gemm.LIBRARIES}")
     if self.dropout_impl not in DROPOUT_IMPLS:
       raise ValueError(f"dropout_impl {self.dropout_impl!r} is not one of {DROPOUT_IMPLS}")
 

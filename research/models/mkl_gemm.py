@@ -39,7 +39,8 @@ import jaxlib.version
 import jax.numpy as jnp
 import numpy as np
 
-GEMMS = ("auto", "xla", "mkl")  # config.model.gemm
+LIBRARIES = ("xla", "mkl")  # what computes a run's dense matmuls (`bert.BertConfig.gemm`)
+GEMMS = ("auto", *LIBRARIES)  # config.model.gemm: a library, or the machine's choice
 TARGET = "research_mkl_gemm"
 SOURCE = pathlib.Path(__file__).with_name("mkl_gemm.cc")
 # The /proc/cpuinfo flags that decide which kernels a library can use, and how they are shown.
