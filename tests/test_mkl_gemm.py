@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO
 from helpers import tiny_config, train_rows
-from research import train
+from research import config_lib, train
 from research.config_base import ConfigError
 from research.models import bert, builder, mkl_gemm
 
@@ -172,3 +172,9 @@ def test_every_dense_layer_and_the_vocabulary_projection_go_through_mkl(model_ty
   dense_layers = 2 * 6 + 1 + (model_type == "electra")  # per layer 6; the head's; ELECTRA's
   assert hlo.count(f"@{mkl_gemm.TARGET}(") == dense_layers + 1  # + the vocabulary projection
   assert hlo.count("stablehlo.dot_general") == 2 * 2  # attention's two products per layer
+
+
+@pytest.mark.parametrize("field, value", [("model.gemm", "fast"), ("model.attention", "flash")])
+def test_an_unknown_matmul_library_or_attention_is_one_clear_error(field, value):
+  with pytest.raises(ConfigError, match=rf"^config\.{field}: '{value}' is not one of \("):
+    config_lib.validate(tiny_config(**{field: value}))
