@@ -2,7 +2,7 @@
 
   python -m benchmarks.bench --out bench_out/          # the default table (~5 min on 2 cores)
   python -m benchmarks.bench --quick --out /tmp/b      # tiny shapes, seconds (used in tests)
-  python -m benchmarks.bench --e2e --out bench_out/    # + one SST-2 epoch, ours vs PyTorch loop
+  python -m benchmarks.bench --e2e --out bench_out/    # + every task kind end to end vs Trainer
   python -m benchmarks.bench --dtype bfloat16 --out b/  # bf16 compute (on a GPU: BERT-base/large)
   python -m benchmarks.bench --mlm --out bench_out/    # only the masked-LM steps
   python -m benchmarks.bench --gemm xla,mkl --out b/   # a row per dense-matmul library
@@ -25,9 +25,10 @@ layer computes only [CLS]); XLA's own count of what we execute is reported besid
 Both systems run with `host_memory.keep_freed_memory()` (off: RESEARCH_DEFAULT_MALLOC=1).
 
 It runs anywhere and loses nothing: bench.json and bench.md are rewritten after every part
-(the peaks, each shape, the input pipeline, --e2e), a part that fails is one line and the
-others still run (exit status 1 then), and with no data folder and no network the input
-pipeline is measured on the SST-2 slice shipped in data/. The table names the CPU's vector and
+(the peaks, each shape, the input pipeline, each --e2e workload), a part that fails is one
+line and the others still run (exit status 1 then), and with no data folder and no network the
+input pipeline is measured on the SST-2 slice shipped in data/ (an --e2e workload whose data is
+missing is skipped with one line: benchmarks/e2e.py). The table names the CPU's vector and
 matrix units (AVX2, AVX-512, AVX512-BF16, AMX) and the XLA_FLAGS in force.
 """
 
@@ -48,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import e2e
 from research import host_memory, optim, parallel, steps, tasks
 from research.models import bert, hf_io, mkl_gemm
 
@@ -663,117 +665,12 @@ def to_markdown(result: dict[str, Any]) -> str:
               f"{q['padding_random_own_longest']:.1%}, "
               f"random batches padded to buckets {q['padding_random_buckets']:.1%}, "
               f"length-grouped batches padded to buckets {q['padding_grouped_buckets']:.1%}."]
-  if "e2e" in result:
-    lines += ["", e2e_markdown(result["e2e"])]
+  if result.get("e2e"):
+    lines += ["", e2e.markdown(result["e2e"])]
   if result.get("errors"):
     lines += ["", "Not measured (each part's error; the others ran):", ""]
     lines += [f"* {e['part']}: {e['error']}" for e in result["errors"]]
   return "\n".join(lines) + "\n"
-
-
-def e2e_markdown(e2e: dict[str, Any]) -> str:
-  o, r = e2e["ours"], e2e["reference"]
-  return "\n".join([
-      f"One SST-2 epoch ({e2e['train_examples']:,} sentences, batch 32), then "
-      + (f"the first {e2e['eval_examples']:,} dev sentences:" if e2e.get("eval_examples")
-         else "the dev set:"),
-      "",
-      "| system | wall time | train examples/s | dev accuracy |",
-      "|---|---|---|---|",
-      f"| ours (`configs/sst2.py`, 1 epoch) | {o['wall_s'] / 60:.1f} min | "
-      f"{o['examples_per_s']:.1f} | {o['accuracy']:.4f} |",
-      f"| PyTorch loop (random batches padded to own longest) | {r['wall_s'] / 60:.1f} min | "
-      f"{r['examples_per_s']:.1f} | {r['accuracy']:.4f} |",
-      "",
-      f"Wall-time ratio ours/PyTorch: **{o['wall_s'] / r['wall_s']:.2f}**; accuracy difference "
-      f"{100 * (o['accuracy'] - r['accuracy']):+.2f} points."]
-      + (["Ours, where the time went: " + ", ".join(
-          f"{part.replace('_', ' ')} {seconds:.1f} s" for part, seconds in
-          o["wall_split_s"].items()) + "."] if o.get("wall_split_s") else []))
-
-
-# ---- end to end: one SST-2 epoch ---------------------------------------------------------------
-
-
-def e2e(workdir: pathlib.Path, train_examples: int, eval_examples: int = 0) -> dict[str, Any]:
-  """One epoch of SST-2 with our trainer and with a plain PyTorch loop, same recipe; both
-  score the first `eval_examples` dev sentences (0: all 872)."""
-  from configs import sst2
-  from research import train
-  config = sst2.get_config()
-  config.train.num_epochs = 1.0
-  config.data.train_examples = train_examples
-  config.data.eval_examples = eval_examples
-  config.parallel.num_devices = 1
-  start = time.perf_counter()
-  summary = train.train_and_evaluate(config, workdir / "ours")
-  ours = {"wall_s": time.perf_counter() - start,
-          "accuracy": summary["final"]["results"]["validation"]["accuracy"],
-          "examples_per_s": summary["train"]["examples"] / summary["train"]["train_seconds"],
-          # where that wall time went (run.json's split of the session)
-          "wall_split_s": json.loads((workdir / "ours" / "run.json").read_text())[
-              "sessions"][0]["wall_seconds"]}
-  reference = reference_sst2_epoch(config)
-  return {"train_examples": summary["train"]["examples"], "eval_examples": eval_examples,
-          "ours": ours, "reference": reference}
-
-
-def reference_sst2_epoch(config) -> dict[str, float]:
-  """transformers + torch AdamW, linear warm-up/decay, random batches padded to their own
-  longest sentence (DataCollatorWithPadding), then accuracy on the dev set."""
-  import torch
-  import transformers
-  from research.data import sources, tokenization
-  torch.manual_seed(config.seed)
-  source = str(hf_io.embedded_checkpoint_dir())
-  tokenizer = tokenization.load_tokenizer(source)
-  start = time.perf_counter()
-  train_rows = sources.load_split(sources.resolve_source(config.data), "", "train")
-  if config.data.train_examples:
-    train_rows = train_rows.select(range(config.data.train_examples))
-  dev_rows = sources.load_split(sources.resolve_source(config.data), "", "validation")
-  if config.data.eval_examples:
-    dev_rows = dev_rows.select(range(config.data.eval_examples))
-  model = reference_model(source)
-  cfg = config.optimizer
-  decay = [p for n, p in model.named_parameters() if not n.endswith("bias")
-           and "LayerNorm" not in n]
-  no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-  optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=cfg.learning_rate, betas=(cfg.b1, cfg.b2), eps=cfg.eps)
-  batch_size = config.train.batch_size
-  steps_total = len(train_rows) // batch_size
-  scheduler = transformers.get_linear_schedule_with_warmup(
-      optimizer, round(cfg.warmup_ratio * steps_total), steps_total)
-  collate = transformers.DataCollatorWithPadding(tokenizer)
-  encode = lambda rows: tokenizer(list(rows["sentence"]), truncation=True,  # noqa: E731
-                                  max_length=config.data.max_length)
-  train_enc, dev_enc = encode(train_rows), encode(dev_rows)
-  order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(config.seed))
-  model.train()
-  train_start = time.perf_counter()
-  for step in range(steps_total):
-    rows = order[step * batch_size:(step + 1) * batch_size].tolist()
-    batch = collate([{k: train_enc[k][i] for k in train_enc} for i in rows])
-    labels = torch.tensor([train_rows[i]["label"] for i in rows])
-    loss = model(**batch, labels=labels).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-  train_seconds = time.perf_counter() - train_start
-  model.eval()
-  correct = 0
-  with torch.no_grad():
-    for begin in range(0, len(dev_rows), 128):
-      rows = range(begin, min(begin + 128, len(dev_rows)))
-      batch = collate([{k: dev_enc[k][i] for k in dev_enc} for i in rows])
-      predicted = model(**batch).logits.argmax(-1)
-      correct += int((predicted == torch.tensor([dev_rows[i]["label"] for i in rows])).sum())
-  return {"wall_s": time.perf_counter() - start, "accuracy": correct / len(dev_rows),
-          "examples_per_s": steps_total * batch_size / train_seconds}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -781,7 +678,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--out", type=pathlib.Path, required=True, help="folder for the table")
   parser.add_argument("--quick", action="store_true", help="tiny shapes, a few steps")
   parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10, quick 3)")
-  parser.add_argument("--e2e", action="store_true", help="also one SST-2 epoch per system")
+  parser.add_argument("--e2e", nargs="?", const=",".join(e2e.WORKLOADS), default="",
+                      help="also end to end against transformers' Trainer: every workload, or "
+                      f"a comma-separated list of {', '.join(e2e.WORKLOADS)}")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="compute dtype of both systems (parameters stay float32)")
   parser.add_argument("--tokenizer", default=None,
@@ -795,9 +694,9 @@ def main(argv: list[str] | None = None) -> None:
                       help="the attention core, comma-separated: ours, fused "
                       "(jax.nn.dot_product_attention: cuDNN's on a GPU); a row per value")
   parser.add_argument("--e2e-examples", type=int, default=0,
-                      help="train on the first N sentences only (0: all 67,349)")
+                      help="each workload trains on its first N examples (0: its own size)")
   parser.add_argument("--e2e-eval-examples", type=int, default=0,
-                      help="score the first N dev sentences only (0: all 872)")
+                      help="each workload scores its first N eval examples (0: its own size)")
   args = parser.parse_args(argv)
   gemms = tuple(g.strip() for g in args.gemm.split(",") if g.strip())
   attentions = tuple(a.strip() for a in args.attention.split(",") if a.strip())
@@ -806,8 +705,11 @@ def main(argv: list[str] | None = None) -> None:
                  f"{', '.join(bert.ATTENTIONS)}")
   if not gemms or not set(gemms) <= set(mkl_gemm.GEMMS):
     parser.error(f"--gemm {args.gemm!r}: a comma-separated list of {', '.join(mkl_gemm.GEMMS)}")
-  if args.e2e and args.dtype != "float32":
-    parser.error("--e2e runs the float32 recipe of configs/sst2.py; --dtype is for the shapes")
+  workloads = tuple(w.strip() for w in args.e2e.split(",") if w.strip())
+  if args.e2e and not (workloads and set(workloads) <= set(e2e.WORKLOADS)):
+    parser.error(f"--e2e {args.e2e!r}: a comma-separated list of {', '.join(e2e.WORKLOADS)}")
+  if workloads and args.dtype != "float32":
+    parser.error("--e2e runs the float32 recipes of the configs; --dtype is for the shapes")
   # Both systems run in this process, so both get the same allocator settings.
   kept = host_memory.keep_freed_memory()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -821,14 +723,17 @@ def main(argv: list[str] | None = None) -> None:
       sys.exit(1)
     return
   workdir = args.out / "e2e"
-  if args.e2e and workdir.exists():
-    parser.error(f"{workdir} exists; the e2e run needs a fresh folder")
+  if workloads and workdir.exists():
+    parser.error(f"{workdir} exists; the e2e runs need a fresh folder")
   report = Report(args.out, "bench", {"machine": {"malloc_keeps_freed_memory": kept}},
                   to_markdown)
   result = run(report, args.quick, args.steps or (3 if args.quick else 10), args.dtype,
                args.tokenizer, gemms, attentions)
-  if args.e2e:
-    report.part("e2e", lambda: e2e(workdir, args.e2e_examples, args.e2e_eval_examples), "e2e")
+  if workloads:
+    result["e2e"] = []
+    for name in workloads:
+      report.part(f"e2e {name}", lambda name=name: e2e.measure(
+          name, workdir, args.quick, args.e2e_examples, args.e2e_eval_examples), "e2e")
   print(to_markdown(result))
   if result["errors"]:
     sys.exit(1)

@@ -187,6 +187,39 @@ def trainer_inputs(spec, tokenizer, max_length: int, rows):
   return enc, None
 
 
+def entity_start_classifier(checkpoint: str, vocabulary: int, num_labels: int):
+  """transformers' BertModel with our relation head (bert.BertForRelationClassification with
+  `representation=entity_start`): the hidden states at the [E1] and [E2] markers (the token
+  before each entity span), concatenated -> dropout -> linear. The embeddings grow to
+  `vocabulary` rows (the marker tokens) by transformers' own init of new rows. Its forward
+  takes our batches' `entity_spans` (start, end of each entity's tokens)."""
+  import torch
+  import transformers
+
+  class EntityStartClassifier(torch.nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.bert = transformers.BertModel.from_pretrained(checkpoint, add_pooling_layer=False)
+      self.bert.resize_token_embeddings(vocabulary)
+      hidden = self.bert.config.hidden_size
+      self.dropout = torch.nn.Dropout(self.bert.config.hidden_dropout_prob)
+      self.classifier = torch.nn.Linear(2 * hidden, num_labels)
+      torch.nn.init.normal_(self.classifier.weight, std=self.bert.config.initializer_range)
+      torch.nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, input_ids, attention_mask, entity_spans, labels=None, token_type_ids=None):
+      hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                         token_type_ids=token_type_ids).last_hidden_state
+      starts = entity_spans[:, 0::2] - 1
+      features = hidden[torch.arange(len(hidden))[:, None], starts].reshape(len(hidden), -1)
+      logits = self.classifier(self.dropout(features))
+      loss = None if labels is None else torch.nn.functional.cross_entropy(logits, labels)
+      return {"loss": loss, "logits": logits}
+
+  return EntityStartClassifier()
+
+
 def reference_model(spec, checkpoint: str, **overrides):
   """transformers' model for the task from `checkpoint`, with a new head; `overrides` go to
   its config (e.g. dropout)."""

@@ -51,13 +51,14 @@ def test_executed_flops_match_xla_cost_analysis():
 
 
 def test_quick_benchmark_prints_a_complete_table_on_a_fresh_clone_offline(tmp_path):
-  """No data folder, no network: the input-pipeline rates and --e2e read the SST-2 slice
-  shipped in data/. --e2e on 32 sentences (one step), scored on 32 dev sentences: the
-  one-epoch comparison's code paths (both systems, dev accuracy)."""
+  """No data folder, no network: the input-pipeline rates and the classification workload of
+  --e2e read the SST-2 slice shipped in data/; the NER workload, whose data is not there, is
+  skipped with one line and is no error. --e2e on 32 sentences (one step), scored on 32 dev
+  sentences: both systems' processes, their scores by our metrics and our wall-time split."""
   env = {k: v for k, v in os.environ.items() if k != "RESEARCH_DATA_DIR"}
   env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-  result = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--quick", "--e2e",
-                           "--e2e-examples", "32", "--e2e-eval-examples", "32",
+  result = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--quick",
+                           "--e2e", "classification,ner", "--e2e-examples", "32", "--e2e-eval-examples", "32",
                            "--out", str(tmp_path)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -83,17 +84,20 @@ def test_quick_benchmark_prints_a_complete_table_on_a_fresh_clone_offline(tmp_pa
   assert pipeline["source"].endswith("(shipped slice)") and pipeline["examples"] == 2000
   assert pipeline["padding_grouped_buckets"] < pipeline["padding_random_buckets"]
   assert "Input pipeline" in table
-  e2e = data["e2e"]
-  assert e2e["train_examples"] == e2e["eval_examples"] == 32
-  for system in ("ours", "reference"):
-    assert e2e[system]["wall_s"] > 0 and e2e[system]["examples_per_s"] > 0, system
-    assert 0.0 < e2e[system]["accuracy"] < 1.0, system
-  assert "Wall-time ratio ours/PyTorch" in table
-  split = e2e["ours"]["wall_split_s"]  # our wall time by part, from the run's run.json
+  classification, ner = data["e2e"]
+  assert classification["train_examples"] == classification["eval_examples"] == 32
+  assert classification["ours"]["steps"] == classification["trainer"]["steps"] == 1
+  for system in ("ours", "trainer"):
+    assert classification[system]["wall_s"] > 0, system
+    assert 0.0 < classification[system]["metrics"]["accuracy"] < 1.0, system
+  assert classification["wall_ratio"] == pytest.approx(
+      classification["ours"]["wall_s"] / classification["trainer"]["wall_s"])
+  split = classification["ours"]["wall_split_s"]  # our wall time by part, from run.json
   assert split["train_steps"] > 0 and split["compile"] > 0
-  assert sum(split.values()) <= e2e["ours"]["wall_s"]
-  assert "Ours, where the time went: prepare " in table
-  assert "then the first 32 dev sentences:" in table
+  assert sum(split.values()) <= classification["ours"]["wall_s"]
+  assert "| classification: SST-2 (configs/sst2.py) | 32 / 32 | 1 |" in table
+  assert ner["skipped"].startswith("no data for 'conll2003'") and "ours" not in ner
+  assert "| ner | — | — | — | — | — | skipped: no data for 'conll2003'" in table
 
 
 def test_bfloat16_benchmark_measures_against_the_bfloat16_peak(monkeypatch, tmp_path):
@@ -124,6 +128,35 @@ def test_bfloat16_benchmark_measures_against_the_bfloat16_peak(monkeypatch, tmp_
   with pytest.raises(SystemExit) as error:  # the e2e recipe is float32 only
     bench.main(["--e2e", "--dtype", "bfloat16", "--out", str(tmp_path)])
   assert error.value.code == 2
+
+
+@pytest.mark.parametrize("workloads", ["nope", "classification,,ner2", ","])
+def test_an_unknown_e2e_workload_is_one_line(workloads, tmp_path, capsys):
+  with pytest.raises(SystemExit) as error:
+    bench.main(["--e2e", workloads, "--out", str(tmp_path)])
+  assert error.value.code == 2
+  assert "a comma-separated list of classification, ner, relations, qa, masked_lm" in (
+      capsys.readouterr().err)
+  assert not (tmp_path / "bench.json").exists()
+
+
+def test_masked_lm_rows_become_bert_for_masked_lm_labels_and_its_logits_our_slots():
+  """The Trainer's side of the masked-LM workload: our [B, slots] masked positions and
+  targets as transformers' [B, S] labels (-100 elsewhere), and its [B, S, V] logits gathered
+  back to our slots, so our metrics score them."""
+  import torch
+  from benchmarks import e2e
+  batch = {"input_ids": np.array([[101, 103, 7, 103, 102, 0], [101, 8, 103, 102, 0, 0]]),
+           "masked_positions": np.array([[1, 3, 0], [2, 0, 0]], np.int32),
+           "labels": np.array([[11, 12, -100], [13, -100, -100]], np.int32)}
+  task = e2e.TORCH_TASKS["masked_lm"]
+  labels = task.labels(batch)["labels"]
+  assert labels.tolist() == [[-100, 11, -100, 12, -100, -100], [-100, -100, 13, -100, -100, -100]]
+  logits = torch.arange(2 * 6 * 4, dtype=torch.float32).reshape(2, 6, 4)
+  gathered = task.logits({"logits": logits}, batch)
+  assert gathered.shape == (2, 3, 4)
+  assert gathered[0, 1].tolist() == logits[0, 3].tolist()
+  assert gathered[1, 0].tolist() == logits[1, 2].tolist()
 
 
 def test_a_failing_part_is_one_line_and_every_other_part_lands(tmp_path, monkeypatch, capsys):

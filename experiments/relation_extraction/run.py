@@ -111,28 +111,6 @@ def run_reference(setting: str, seed: int) -> dict:
 
   train_set, _ = rows(config.data.train_split, reference.our_train_order(config, epochs))
 
-  class EntityStartClassifier(torch.nn.Module):
-    """BERT -> hidden states at [E1] and [E2], concatenated -> dropout -> linear."""
-
-    def __init__(self):
-      super().__init__()
-      self.bert = transformers.BertModel.from_pretrained(
-          str(hf_io.embedded_checkpoint_dir()), add_pooling_layer=False)
-      self.bert.resize_token_embeddings(len(setup.tokenizer))  # transformers' init of new rows
-      hidden = self.bert.config.hidden_size
-      self.dropout = torch.nn.Dropout(self.bert.config.hidden_dropout_prob)
-      self.classifier = torch.nn.Linear(2 * hidden, len(task.label_names))
-      torch.nn.init.normal_(self.classifier.weight, std=self.bert.config.initializer_range)
-      torch.nn.init.zeros_(self.classifier.bias)
-
-    def forward(self, input_ids, attention_mask, entity_spans, labels=None):
-      hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-      starts = entity_spans[:, 0::2] - 1
-      features = hidden[torch.arange(len(hidden))[:, None], starts].reshape(len(hidden), -1)
-      logits = self.classifier(self.dropout(features))
-      loss = None if labels is None else torch.nn.functional.cross_entropy(logits, labels)
-      return {"loss": loss, "logits": logits}
-
   def collate(batch):
     width = max(len(row["input_ids"]) for row in batch)
     ids = torch.zeros(len(batch), width, dtype=torch.long)
@@ -144,7 +122,8 @@ def run_reference(setting: str, seed: int) -> dict:
 
   workdir = RUNS / f"reference_{setting}__seed{seed}"
   transformers.set_seed(seed)
-  model = EntityStartClassifier()
+  model = reference.entity_start_classifier(str(hf_io.embedded_checkpoint_dir()),
+                                           len(setup.tokenizer), len(task.label_names))
   trainer, clock = reference.train_in_our_order(model, config, seed, workdir, train_set, collate)
   test_set, test = rows("test")
   logits = trainer.predict(test_set).predictions
