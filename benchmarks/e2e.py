@@ -153,21 +153,14 @@ class TorchTask:
     return output["logits"].float().numpy()
 
 
-class SequenceTask(TorchTask):
+class LabelTask(TorchTask):
+  """A label per sentence or per token: the model the GLUE and NER comparisons use
+  (experiments/reference.py). Our token labels are IGNORE (-100, the label transformers ignores
+  too) off first pieces."""
 
   def model(self, config, tokenizer, checkpoint):
-    import transformers
-    return transformers.AutoModelForSequenceClassification.from_pretrained(
-        checkpoint, num_labels=len(config.task.label_names))
-
-
-class TokenTask(TorchTask):
-  """Our token labels are IGNORE (-100, the label transformers ignores too) off first pieces."""
-
-  def model(self, config, tokenizer, checkpoint):
-    import transformers
-    return transformers.AutoModelForTokenClassification.from_pretrained(
-        checkpoint, num_labels=len(config.task.label_names))
+    from experiments import reference
+    return reference.reference_model(config.task, checkpoint)
 
 
 class RelationTask(TorchTask):
@@ -222,7 +215,7 @@ class MaskedLMTask(TorchTask):
 
 
 TORCH_TASKS: dict[str, TorchTask] = {
-    "classification": SequenceTask(), "token_classification": TokenTask(),
+    "classification": LabelTask(), "token_classification": LabelTask(),
     "relation_classification": RelationTask(), "question_answering": QuestionAnsweringTask(),
     "masked_lm": MaskedLMTask()}
 
@@ -262,7 +255,7 @@ def run_trainer(config, workdir: pathlib.Path) -> dict[str, Any]:
   from experiments import reference
   from research import evaluation, tasks, train
   from research.data import splits
-  from research.models import builder, hf_io
+  from research.models import builder
   start = time.perf_counter()
   setup = builder.build_model(config)  # the tokenizer (with the relation markers); no params
   kind, torch_task = tasks.kind_of(config.task), TORCH_TASKS[config.task.kind]
@@ -284,8 +277,7 @@ def run_trainer(config, workdir: pathlib.Path) -> dict[str, Any]:
       return torch_task.inputs({k: v[0] for k, v in batches.batch(step).items()})
 
   transformers.set_seed(config.seed)
-  model = torch_task.model(config, setup.tokenizer, str(setup.checkpoint_dir
-                                                       or hf_io.embedded_checkpoint_dir()))
+  model = torch_task.model(config, setup.tokenizer, str(setup.checkpoint_dir))
   args = reference.reference_training_args(
       config, config.seed, 1.0, workdir, per_device_train_batch_size=1,
       dataloader_drop_last=False, save_steps=batches.steps_per_epoch,
@@ -359,9 +351,8 @@ def measure(name: str, out: pathlib.Path, quick: bool, train_examples: int = 0,
     return {**row, "skipped": missing}
   workdir = out / name
   workdir.mkdir(parents=True, exist_ok=False)
-  env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-         # our compilations paid as on a first run: nothing from the cache of earlier runs
-         "JAX_COMPILATION_CACHE_DIR": str(workdir / "jax_compilation_cache")}
+  # our compilations paid as on a first run: nothing from the cache of earlier runs
+  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(workdir / "jax_compilation_cache")}
   sizes = ["--train-examples", str(config.data.train_examples),
            "--eval-examples", str(config.data.eval_examples)]
   # ours twice: the second run finds the first one's programs in the compilation cache, as a
