@@ -96,9 +96,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
     if lax.axis_size(AXIS) > 1:  # on one device in all, XLA would copy every gradient for nothing
       totals = lax.psum(totals, AXIS)
     grad_sum, loss, weight, signals = totals
-    # A product with one scalar, not a quotient: XLA fuses it into the optimizer's passes
-    # instead of writing the whole gradient once more.
-    grads = jax.tree.map(lambda g: g * (1.0 / jnp.maximum(weight, 1.0)), grad_sum)
+    grads = jax.tree.map(lambda g: g / jnp.maximum(weight, 1.0), grad_sum)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
