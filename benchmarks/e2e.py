@@ -9,12 +9,13 @@ at the end). Both systems run it in a fresh process of their own, one after the 
 pays what a user pays: imports, reading and tokenising the data, building the model, our XLA
 compilations (into an empty compilation cache), the training steps, the checkpoint and the
 evaluation. Ours then runs a second time over the cache the first one filled, as a second seed,
-a tuning trial or a resumed run of the same shapes does. The Trainer is fed our batches in our order, padded as ours are
-(experiments/reference.py's Trainer arguments for the config's recipe: AdamW, linear
-warm-up/decay, gradient clipping), trains the same steps, saves one checkpoint at its last step
-(model, optimizer, scheduler) and then predicts the same evaluation batches; its predictions are
-scored by our task kind's metrics (themselves checked against the official scorers), so the two
-scores are comparable. Our wall time is split into its parts (run.json's `wall_seconds`).
+a tuning trial or a resumed run of the same shapes does. The Trainer is fed our batches in our
+order, padded as ours are (experiments/reference.py's Trainer arguments for the config's
+recipe: AdamW, linear warm-up/decay, gradient clipping), trains the same steps, saves one
+checkpoint at its last step (model, optimizer, scheduler) and then predicts the same evaluation
+batches; its predictions are scored by our task kind's metrics (themselves checked against the
+official scorers), so the two scores are comparable. Our wall time is split into its parts
+(run.json's `wall_seconds`).
 
 A workload whose data is not on this machine (no $RESEARCH_DATA_DIR/<name>/ and no network) is
 skipped with one line; the SST-2 workloads read the slice shipped in data/.
