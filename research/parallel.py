@@ -34,7 +34,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from research.steps import AXIS
+from research.steps import AXIS, TrainStep
 
 BACKENDS = ("pmap", "shard_map")
 
@@ -77,22 +77,25 @@ class CountingStep:
   """A compiled step that counts the XLA compilations its calls trigger, and logs them.
 
   Compilation happens synchronously inside the call that needs it, so the compilations seen
-  during a call are that step's: one per new input shape (length bucket) is the target. A call
-  with a new batch width logs a line before (a compilation can take minutes, with nothing
-  else to show) and one with its time after.
+  during a call are that step's: one per new input shape (length bucket) is the target, or one
+  in all for a step whose inputs have no batch width (`by_width=False`: the optimizer update).
+  A call that compiles logs a line before (a compilation can take minutes, with nothing else
+  to show) and one with its time after.
   """
 
-  def __init__(self, fn: Callable, name: str):
-    self._fn, self.name = fn, name
+  def __init__(self, fn: Callable, name: str, by_width: bool = True):
+    self._fn, self.name, self.by_width = fn, name, by_width
     self.compiles = 0
     self.compile_seconds = 0.0  # the calls that compiled (or read the compilation cache)
-    self._widths: set[int] = set()
+    self._widths: set[int | None] = set()
 
   def __call__(self, *args):
-    width = args[1]["input_ids"].shape[-1]  # the batch's sequence length: one program each
+    # The batch's sequence length: one program each.
+    width = args[1]["input_ids"].shape[-1] if self.by_width else None
+    what = f"the {self.name} step" + ("" if width is None else f" for batch width {width}")
     new = width not in self._widths
     if new:
-      logging.info("compiling the %s step for batch width %d ...", self.name, width)
+      logging.info("compiling %s ...", what)
     before, hits_before, start = _compiles, _cache_hits, time.perf_counter()
     out = self._fn(*args)
     compiled = _compiles - before
@@ -102,9 +105,28 @@ class CountingStep:
       from_cache = compiled and _cache_hits - hits_before >= compiled
       seconds = time.perf_counter() - start
       self.compile_seconds += seconds
-      logging.info("... the %s step for batch width %d %s in %.1f s", self.name, width,
+      logging.info("... %s %s in %.1f s", what,
                    "read from the compilation cache" if from_cache else "compiled", seconds)
     return out
+
+
+class CompiledTrainStep:
+  """`steps.TrainStep`'s two programs, compiled: the gradients once per batch width, the
+  update once. Called like the step, `(state, batch, signals) -> (state, metrics)`."""
+
+  def __init__(self, gradients: CountingStep, update: CountingStep):
+    self.gradients, self.update = gradients, update
+
+  def __call__(self, state, batch, signals):
+    return self.update(state, self.gradients(state, batch, signals))
+
+  @property
+  def compiles(self) -> int:
+    return self.gradients.compiles + self.update.compiles
+
+  @property
+  def compile_seconds(self) -> float:
+    return self.gradients.compile_seconds + self.update.compile_seconds
 
 
 def _local_copy(x: jax.Array) -> np.ndarray:
@@ -160,13 +182,22 @@ class DataParallel:
 
   # ---- compilation -------------------------------------------------------------------------
 
-  def compile_train_step(self, train_step: Callable) -> CountingStep:
-    """`train_step(state, batch, signals)`: signals are one row of flags per device."""
+  def compile_train_step(self, train_step: TrainStep) -> CompiledTrainStep:
+    """`train_step.gradients(state, batch, signals)`, whose signals are one row of flags per
+    device, and `train_step.update(state, sums)`, which donates the state (not the sums: a
+    second parameter-sized tree that no output could reuse)."""
     if self.backend == "pmap":
-      return CountingStep(jax.pmap(train_step, axis_name=AXIS, donate_argnums=(0,)), "train")
-    return CountingStep(jax.jit(jax.shard_map(
-        train_step, mesh=self.mesh, in_specs=(P(), P(None, AXIS), P(AXIS)),
-        out_specs=(P(), P()), check_vma=False), donate_argnums=(0,)), "train")
+      gradients = jax.pmap(train_step.gradients, axis_name=AXIS)
+      update = jax.pmap(train_step.update, axis_name=AXIS, donate_argnums=(0,))
+    else:
+      gradients = jax.jit(jax.shard_map(
+          train_step.gradients, mesh=self.mesh, in_specs=(P(), P(None, AXIS), P(AXIS)),
+          out_specs=P(), check_vma=False))
+      update = jax.jit(jax.shard_map(
+          train_step.update, mesh=self.mesh, in_specs=(P(), P()), out_specs=(P(), P()),
+          check_vma=False), donate_argnums=(0,))
+    return CompiledTrainStep(CountingStep(gradients, "train"),
+                             CountingStep(update, "update", by_width=False))
 
   def compile_eval_step(self, eval_step: Callable) -> CountingStep:
     """`eval_step(params, batch)`, whose outputs are already gathered over devices."""

@@ -2,6 +2,8 @@
 
 Each is written once, for one device's shard of the batch, with collectives over the named axis
 `AXIS`; `parallel.py` compiles the same function under `jax.pmap` or `jax.jit(jax.shard_map)`.
+The train step is two functions (`TrainStep`): the gradients, compiled once per batch width,
+and the optimizer update, compiled once.
 
 A train batch holds `[accum, per_device_batch, ...]` arrays: the step sums gradients over the
 `accum` micro-batches and over devices, then divides by the number of labelled positions in the
@@ -17,6 +19,7 @@ model up to the order of floating-point sums.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.struct
@@ -55,9 +58,25 @@ def _first_row(x: jax.Array) -> jax.Array:
   return x.reshape(-1, x.shape[-1])[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+  """One train step as two programs: `gradients(state, batch, signals)` runs forward and
+  backward and sums over micro-batches and devices; `update(state, sums)` turns the sums into
+  the optimizer update. Calling the pair runs both, as one function.
+
+  Why two: XLA compiles one program per batch width (length bucket), and the update does not
+  depend on the width. Compiled apart, the optimizer's ~200 per-parameter kernels are compiled
+  once per run instead of once per bucket (experiments/perf/NOTES.md, attempt 26)."""
+  gradients: Callable[[TrainState, Batch, jax.Array], dict]
+  update: Callable[[TrainState, dict], tuple[TrainState, dict]]
+
+  def __call__(self, state: TrainState, batch: Batch, signals: jax.Array):
+    return self.update(state, self.gradients(state, batch, signals))
+
+
 def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     kind: tasks.TaskKind, lora_scale: float = 0.0, skip_nonfinite: bool = False
-                    ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
+                    ) -> TrainStep:
   """Gradients flow to `state.params` only: frozen weights get no gradient computation.
 
   `signals` holds one row of int32 flags per device (see train.py: stop, save); the step returns
@@ -76,7 +95,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state: TrainState, batch: Batch, signals: jax.Array):
+  def gradients(state: TrainState, batch: Batch, signals: jax.Array) -> dict:
     rng = jax.random.fold_in(state.rng, state.step)
 
     def accumulate(carry, micro_batch):
@@ -86,17 +105,21 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
       return (grad_sum, loss_sum + loss, weight_sum + weight), None
 
     accum = jax.tree.leaves(batch)[0].shape[0]
-    if accum == 1:  # no loop: lets XLA fuse the update into the backward pass
+    if accum == 1:
       (loss, weight), grad_sum = grad_fn(state.params, state.frozen,
                                          jax.tree.map(lambda x: x[0], batch), rng)
     else:
       zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(()), jnp.zeros(()))
       (grad_sum, loss, weight), _ = lax.scan(accumulate, zeros, batch)
-    totals = (grad_sum, loss, weight, _first_row(signals))
+    sums = {"grad_sum": grad_sum, "loss_sum": loss, "weight_sum": weight,
+            "signals": _first_row(signals)}
     if lax.axis_size(AXIS) > 1:  # on one device in all, XLA would copy every gradient for nothing
-      totals = lax.psum(totals, AXIS)
-    grad_sum, loss, weight, signals = totals
-    grads = jax.tree.map(lambda g: g / jnp.maximum(weight, 1.0), grad_sum)
+      sums = lax.psum(sums, AXIS)
+    return sums
+
+  def update(state: TrainState, sums: dict) -> tuple[TrainState, dict]:
+    loss, weight = sums["loss_sum"], sums["weight_sum"]
+    grads = jax.tree.map(lambda g: g / jnp.maximum(weight, 1.0), sums["grad_sum"])
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -105,10 +128,11 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Sch
       params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                        (params, opt_state), (state.params, state.opt_state))
     metrics = {"loss_sum": loss, "weight_sum": weight, "grad_norm": grad_norm,
-               "learning_rate": schedule(state.step), "signals": signals, "finite": finite}
+               "learning_rate": schedule(state.step), "signals": sums["signals"],
+               "finite": finite}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  return train_step
+  return TrainStep(gradients, update)
 
 
 def make_eval_step(model, kind: tasks.TaskKind) -> Callable[[Any, Batch], dict]:

@@ -41,7 +41,8 @@ from research.data.encoded import EncodedSplit
 from research.data.streaming import StreamedTrainBatches
 from research.errors import Interrupted, RunError
 from research.models import builder
-from research.parallel import CountingStep, DataParallel, compiled_programs_released
+from research.parallel import (CompiledTrainStep, CountingStep, DataParallel,
+                               compiled_programs_released)
 
 PAUSE_ENV = "RESEARCH_TEST_PAUSE"  # tests: '<point>:<step>:<file>' pauses there (see _test_pause)
 
@@ -148,7 +149,7 @@ class Run:
   config: ml_collections.ConfigDict
   workdir: pathlib.Path
   dp: DataParallel
-  train_step: CountingStep
+  train_step: CompiledTrainStep
   eval_step: CountingStep
   materialize: Any                     # (trainable, frozen) params -> the plain model's params
   eval_splits: dict[str, EncodedSplit]
@@ -559,7 +560,7 @@ def initial_state(config: ml_collections.ConfigDict, setup: builder.ModelSetup,
 
 
 def compile_steps(config: ml_collections.ConfigDict, model: Any, tx: Any, schedule: Any
-                  ) -> tuple[DataParallel, CountingStep, CountingStep]:
+                  ) -> tuple[DataParallel, CompiledTrainStep, CountingStep]:
   """The devices, and the train and eval steps compiled over them (`steps.py`)."""
   dp = DataParallel(config.parallel.backend, config.parallel.num_devices)
   micro_batch = config.train.batch_size // config.train.grad_accum_steps
@@ -705,8 +706,10 @@ def finish(run: Run, loop: Loop, stop: StopSignals) -> dict[str, Any]:
              "throughput": loop.run_summary["throughput"],
              "processes": run.dp.process_count, "devices": run.dp.num_devices,
              "skipped_steps": state.skipped_steps,
-             # XLA compilations in this session: one per length bucket used is the target.
-             "compiles": {"train_step": run.train_step.compiles,
+             # XLA compilations in this session: one per length bucket used is the target
+             # (the optimizer update: one in all).
+             "compiles": {"train_step": run.train_step.gradients.compiles,
+                          "update_step": run.train_step.update.compiles,
                           "eval_step": run.eval_step.compiles}}
   _test_pause("results", step, stop)
   writers.write_json(run.workdir / "results.json", summary)

@@ -158,7 +158,7 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(two_proce
                              [losses_one[s] for s in range(1, 25)], rtol=1e-6)
   results = json.loads((two / "results.json").read_text())
   assert results["processes"] == 2 and results["devices"] == 4
-  assert results["compiles"] == {"train_step": 1, "eval_step": 1}
+  assert results["compiles"] == {"train_step": 1, "update_step": 1, "eval_step": 1}
   for split_metrics_two, split_metrics_one in zip(
       results["final"]["results"]["validation"].values(),
       single["final"]["results"]["validation"].values()):

@@ -41,7 +41,7 @@ def test_run_writes_everything_a_researcher_reads(reference_run):
   assert "precision" in report["report_text"]
   assert summary["best"]["step"] in (12, 24)
   # One train and one eval program (one length bucket), whatever the batches: compiled once.
-  assert summary["compiles"] == {"train_step": 1, "eval_step": 1}
+  assert summary["compiles"] == {"train_step": 1, "update_step": 1, "eval_step": 1}
 
 
 def test_same_seed_same_loss_curve(reference_run, tmp_path):
