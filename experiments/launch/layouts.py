@@ -31,9 +31,9 @@ LAYOUTS = {
     "1 process x 1 device": (1, 1, ["--config.parallel.num_devices=1"]),
     "1 x 1, grad_accum_steps=4": (1, 1, ["--config.parallel.num_devices=1",
                                          "--config.train.grad_accum_steps=4"]),
-    "1 process x 4 devices, pmap": (1, 4, []),
+    "1 process x 4 devices, pmap": (1, 4, ["--config.parallel.backend=pmap"]),
     "1 process x 4 devices, shard_map": (1, 4, ["--config.parallel.backend=shard_map"]),
-    "2 processes x 2 devices, pmap": (2, 2, []),
+    "2 processes x 2 devices, pmap": (2, 2, ["--config.parallel.backend=pmap"]),
     "2 processes x 2 devices, shard_map": (2, 2, ["--config.parallel.backend=shard_map"]),
 }
 
