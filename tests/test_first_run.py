@@ -153,7 +153,7 @@ def test_run_json_records_code_command_versions_devices_data_and_speed(reference
   assert set(record["packages"]) == {"python", *run_record.PACKAGES}
   assert all(record["packages"][name] for name in ("jax", "flax", "optax", "transformers"))
   assert record["devices"] | {"host": None, "kind": None} == {
-      "backend": "cpu", "devices": 1, "processes": 1, "parallel": "pmap", "host": None,
+      "backend": "cpu", "devices": 1, "processes": 1, "parallel": "shard_map", "host": None,
       "kind": None}
   assert record["data"]["splits"] == json.loads((workdir / "data.json").read_text())
   assert record["data"]["source"]["origin"] == "$RESEARCH_DATA_DIR"
