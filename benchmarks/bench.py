@@ -162,6 +162,12 @@ def _optimizer_config():
   return default.get_config().optimizer
 
 
+def _default_backend() -> str:
+  """The backend a run gets by default (`parallel.backend`): what the bench times."""
+  from configs import default
+  return default.get_config().parallel.backend
+
+
 def _synthetic_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
   return {"input_ids": rng.integers(1000, min(vocab, 5000), (batch, length)).astype(np.int32),
@@ -203,12 +209,13 @@ def reference_params(model, reference) -> Any:
 
 def time_ours(model, params, batch: dict[str, np.ndarray], steps_timed: int,
               kind: str = "classification") -> dict[str, float]:
-  """Our compiled train step (AdamW, clipping, dropout) and eval forward on one device."""
+  """Our compiled train step (AdamW, clipping, dropout) and eval forward on one device, under
+  the default backend."""
   tx, schedule = optim.make_optimizer(_optimizer_config(), params, 10_000)
   state = steps.TrainState(step=np.int32(0), params=params, frozen={},
                            opt_state=tx.init(params),
                            rng=np.asarray(jax.random.PRNGKey(0)))
-  dp = parallel.DataParallel("pmap", 1)
+  dp = parallel.DataParallel(_default_backend(), 1)
   train_step = dp.compile_train_step(steps.make_train_step(model, tx, schedule,
                                                           tasks.get(kind)))
   eval_step = dp.compile_eval_step(steps.make_eval_step(model, tasks.get(kind)))
