@@ -110,25 +110,6 @@ class CountingStep:
     return out
 
 
-class CompiledTrainStep:
-  """`steps.TrainStep`'s two programs, compiled: the gradients once per batch width, the
-  update once. Called like the step, `(state, batch, signals) -> (state, metrics)`."""
-
-  def __init__(self, gradients: CountingStep, update: CountingStep):
-    self.gradients, self.update = gradients, update
-
-  def __call__(self, state, batch, signals):
-    return self.update(state, self.gradients(state, batch, signals))
-
-  @property
-  def compiles(self) -> int:
-    return self.gradients.compiles + self.update.compiles
-
-  @property
-  def compile_seconds(self) -> float:
-    return self.gradients.compile_seconds + self.update.compile_seconds
-
-
 def _local_copy(x: jax.Array) -> np.ndarray:
   """A replicated array's value, read from this process's first device (no cross-process
   transfer: a global array spanning several processes is not fully addressable)."""
@@ -182,10 +163,11 @@ class DataParallel:
 
   # ---- compilation -------------------------------------------------------------------------
 
-  def compile_train_step(self, train_step: TrainStep) -> CompiledTrainStep:
+  def compile_train_step(self, train_step: TrainStep) -> TrainStep:
     """`train_step.gradients(state, batch, signals)`, whose signals are one row of flags per
     device, and `train_step.update(state, sums)`, which donates the state (not the sums: a
-    second parameter-sized tree that no output could reuse)."""
+    second parameter-sized tree that no output could reuse). The result is the same pair of
+    `CountingStep`s: the gradients compiled once per batch width, the update once."""
     if self.backend == "pmap":
       gradients = jax.pmap(train_step.gradients, axis_name=AXIS)
       update = jax.pmap(train_step.update, axis_name=AXIS, donate_argnums=(0,))
@@ -196,8 +178,8 @@ class DataParallel:
       update = jax.jit(jax.shard_map(
           train_step.update, mesh=self.mesh, in_specs=(P(), P()), out_specs=(P(), P()),
           check_vma=False), donate_argnums=(0,))
-    return CompiledTrainStep(CountingStep(gradients, "train"),
-                             CountingStep(update, "update", by_width=False))
+    return TrainStep(CountingStep(gradients, "train"),
+                     CountingStep(update, "update", by_width=False))
 
   def compile_eval_step(self, eval_step: Callable) -> CountingStep:
     """`eval_step(params, batch)`, whose outputs are already gathered over devices."""

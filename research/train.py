@@ -41,8 +41,7 @@ from research.data.encoded import EncodedSplit
 from research.data.streaming import StreamedTrainBatches
 from research.errors import Interrupted, RunError
 from research.models import builder
-from research.parallel import (CompiledTrainStep, CountingStep, DataParallel,
-                               compiled_programs_released)
+from research.parallel import CountingStep, DataParallel, compiled_programs_released
 
 PAUSE_ENV = "RESEARCH_TEST_PAUSE"  # tests: '<point>:<step>:<file>' pauses there (see _test_pause)
 
@@ -149,7 +148,7 @@ class Run:
   config: ml_collections.ConfigDict
   workdir: pathlib.Path
   dp: DataParallel
-  train_step: CompiledTrainStep
+  train_step: steps.TrainStep          # of two CountingSteps (parallel.compile_train_step)
   eval_step: CountingStep
   materialize: Any                     # (trainable, frozen) params -> the plain model's params
   eval_splits: dict[str, EncodedSplit]
@@ -560,7 +559,7 @@ def initial_state(config: ml_collections.ConfigDict, setup: builder.ModelSetup,
 
 
 def compile_steps(config: ml_collections.ConfigDict, model: Any, tx: Any, schedule: Any
-                  ) -> tuple[DataParallel, CompiledTrainStep, CountingStep]:
+                  ) -> tuple[DataParallel, steps.TrainStep, CountingStep]:
   """The devices, and the train and eval steps compiled over them (`steps.py`)."""
   dp = DataParallel(config.parallel.backend, config.parallel.num_devices)
   micro_batch = config.train.batch_size // config.train.grad_accum_steps
@@ -673,7 +672,8 @@ def end_session(run: Run, loop: Loop, outcome: str) -> None:
   """However the loop ended: the checkpoints closed, this session's throughput and outcome in
   run.json and the metric writer closed."""
   wall, looped = loop.wall, time.perf_counter() - loop.loop_start
-  wall.compile = run.train_step.compile_seconds + run.eval_step.compile_seconds
+  wall.compile = sum(step.compile_seconds for step in (run.train_step.gradients,
+                                                       run.train_step.update, run.eval_step))
   wall.evaluation -= run.eval_step.compile_seconds
   wall.train_steps = max(0.0, looped - wall.input - wall.evaluation - wall.checkpointing
                          - wall.compile)

@@ -220,6 +220,6 @@ def test_one_device_in_all_sums_nothing_across_devices(backend):
     step = dp.compile_train_step(steps.make_train_step(model, tx, schedule,
                                                        tasks.get("classification")))
     program = step.gradients._fn.lower(dp.put_replicated(state), dp.put_train_batch(micro),
-                             dp.put_signals(np.zeros(2))).compile().as_text()
+                                       dp.put_signals(np.zeros(2))).compile().as_text()
     collectives[devices] = len(re.findall(r"\ball-reduce(?:-start)?\(", program))
   assert collectives[1] == 0 and collectives[2] > 0, collectives
