@@ -18,7 +18,7 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-from research.models import bert
+from research.models import families
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -65,11 +65,10 @@ def layer_depth(path: tuple[str, ...], num_layers: int) -> int:
   depth of the kernel they adapt."""
   if path[0] == "lora":
     path = path[1:]
-  if path[0] in bert.ENCODERS and path[1] in bert.EMBEDDINGS:
+  if families.is_embeddings(path):
     return 0
-  if path[0] in bert.ENCODERS and path[1:3] == ("encoder", "layer"):
-    return int(path[3]) + 1
-  return num_layers + 1
+  layer = families.layer_of(path)
+  return num_layers + 1 if layer is None else layer + 1
 
 
 def layer_decay_multipliers(params: Any, decay: float, num_layers: int) -> Any:

@@ -25,26 +25,20 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from research.models import bert
+from research.models import families
 
 METHODS = ("full", "frozen_encoder", "bitfit", "lora")
 LORA = "lora"  # top-level key of the LoRA factors in the trainable subtree
 
 
-def _layer_of(path: tuple[str, ...]) -> int | None:
-  if path[0] in bert.ENCODERS and path[1:3] == ("encoder", "layer"):
-    return int(path[3])
-  return None
-
-
 def is_trainable(cfg: ml_collections.ConfigDict, path: tuple[str, ...]) -> bool:
   """Whether a parameter of the plain model trains under `cfg` (a `config.peft`)."""
-  if path[0] in bert.HEADS:
+  if path[0] in families.HEADS:
     return True
   if cfg.method == "full":
-    if path[0] in bert.ENCODERS and path[1] in bert.EMBEDDINGS:
+    if families.is_embeddings(path):
       return cfg.freeze_bottom_layers == 0
-    layer = _layer_of(path)
+    layer = families.layer_of(path)
     return layer is None or layer >= cfg.freeze_bottom_layers
   if cfg.method == "bitfit":
     return path[-1] == "bias"

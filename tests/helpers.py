@@ -201,8 +201,10 @@ def family_tokenizer(path: pathlib.Path, model_type: str) -> pathlib.Path:
 def family_checkpoint(path: pathlib.Path, model_type: str, seed: int = 0,
                       **shapes) -> pathlib.Path:
   """A random-init encoder of a family (`RobertaModel`, `XLMRobertaModel` with its pooler,
-  `ElectraModel` with 16-wide embeddings projected to the hidden size), 2 layers of 32 unless
-  `shapes` say otherwise, saved by transformers with its `family_tokenizer`."""
+  `ElectraModel` with 16-wide embeddings projected to the hidden size, `ModernBertModel` with
+  a global, a local and a global layer and a window of 8 tokens), 2 layers of 32 unless
+  `shapes` say otherwise, saved by transformers with its `family_tokenizer` (ModernBERT's:
+  WordPiece with BERT's special tokens, as its own BPE has)."""
   import torch
   import transformers
   family_tokenizer(path, model_type)
@@ -212,6 +214,14 @@ def family_checkpoint(path: pathlib.Path, model_type: str, seed: int = 0,
   kw.update(shapes)
   if model_type == "electra":
     config = transformers.ElectraConfig(**{"embedding_size": 16, **kw})
+  elif model_type == "modernbert":
+    ids = transformers.AutoTokenizer.from_pretrained(str(path))
+    config = transformers.ModernBertConfig(**{
+        **kw, "num_hidden_layers": shapes.get("num_hidden_layers", 3),
+        "global_attn_every_n_layers": 2, "local_attention": 8,
+        "pad_token_id": ids.pad_token_id, "cls_token_id": ids.cls_token_id,
+        "bos_token_id": ids.cls_token_id, "sep_token_id": ids.sep_token_id,
+        "eos_token_id": ids.sep_token_id})
   else:
     config = transformers.AutoConfig.for_model(model_type, pad_token_id=1, bos_token_id=0,
                                                eos_token_id=2, type_vocab_size=1, **kw)

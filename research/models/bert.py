@@ -52,7 +52,7 @@ def _gelu(x):
   return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
 
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "gelu": _gelu,
     "gelu_new": lambda x: nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
@@ -71,20 +71,20 @@ def _fenced(x):
   return jax.lax.clamp(jnp.asarray(-jnp.inf, x.dtype), x, jnp.asarray(jnp.inf, x.dtype))
 
 
-def _dense(cfg: "BertConfig", features: int, **kwargs) -> nn.Dense:
+def dense(cfg: "BertConfig", features: int, **kwargs) -> nn.Dense:
   """`nn.Dense` whose matmuls are `cfg.gemm`'s: XLA's, or MKL's custom call (`mkl_gemm`)."""
   if cfg.gemm == "mkl":
     kwargs["dot_general"] = mkl_gemm.dot_general
   return nn.Dense(features, **kwargs)
 
 
-def _dense_on_tokens(dense: nn.Dense, x):
-  """`dense` applied to x's tokens as one [tokens, features] matrix (same parameters and maths).
+def dense_on_tokens(layer: nn.Dense, x):
+  """`layer` applied to x's tokens as one [tokens, features] matrix (same parameters and maths).
 
   JAX then differentiates a 2-D matmul, and XLA:CPU computes the kernel's gradient as one plain
   x^T g GEMM; from the 3-D form it transposes g and runs a dot 3x slower (NOTES attempt 16).
   """
-  return dense(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], dense.features)
+  return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], layer.features)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +120,8 @@ class BertConfig:
       raise ValueError(
           f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
           f"{self.num_attention_heads}")
-    if self.hidden_act not in _ACTIVATIONS:
-      raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(_ACTIVATIONS)}")
+    if self.hidden_act not in ACTIVATIONS:
+      raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
     if self.attention not in ATTENTIONS:
       raise ValueError(f"attention {self.attention!r} is not one of {ATTENTIONS}")
     if self.gemm not in mkl_gemm.LIBRARIES:
@@ -153,6 +153,15 @@ class BertConfig:
     else:
       del values["embedding_size"]
     return values
+
+  def with_run_options(self, *, hidden_dropout: float | None, attention_dropout: float | None,
+                       **own) -> "BertConfig":
+    """This architecture with a run's settings: the dropout rates (None: the checkpoint's) and
+    our own fields (`OWN_FIELDS`)."""
+    rates = {name: rate for name, rate in (("hidden_dropout_prob", hidden_dropout),
+                                           ("attention_probs_dropout_prob", attention_dropout))
+             if rate is not None}
+    return dataclasses.replace(self, **rates, **own)
 
   @property
   def prefix(self) -> str:
@@ -297,7 +306,7 @@ class BertSelfAttention(nn.Module):
     head_dim = cfg.hidden_size // heads
 
     def project(name, inputs):
-      y = _dense_on_tokens(_dense(cfg, cfg.hidden_size, kernel_init=_normal(cfg),
+      y = dense_on_tokens(dense(cfg, cfg.hidden_size, kernel_init=_normal(cfg),
                                   dtype=self.dtype, param_dtype=self.param_dtype, name=name),
                            inputs)
       return y.reshape(y.shape[:-1] + (heads, head_dim))  # [B, S, heads, head_dim]
@@ -340,7 +349,7 @@ class BertDenseResidual(nn.Module):
   @nn.compact
   def __call__(self, x, residual, *, deterministic: bool, example_ids=None):
     cfg = self.config
-    x = _dense_on_tokens(_dense(cfg, cfg.hidden_size, kernel_init=_normal(cfg),
+    x = dense_on_tokens(dense(cfg, cfg.hidden_size, kernel_init=_normal(cfg),
                                 dtype=self.dtype, param_dtype=self.param_dtype, name="dense"), x)
     x = Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)(
         x, deterministic=deterministic, example_ids=example_ids)
@@ -373,9 +382,9 @@ class BertIntermediate(nn.Module):
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
     cfg = self.config
-    x = _dense_on_tokens(_dense(cfg, cfg.intermediate_size, kernel_init=_normal(cfg),
+    x = dense_on_tokens(dense(cfg, cfg.intermediate_size, kernel_init=_normal(cfg),
                                 dtype=self.dtype, param_dtype=self.param_dtype, name="dense"), x)
-    activation = _ACTIVATIONS[cfg.hidden_act]
+    activation = ACTIVATIONS[cfg.hidden_act]
     if deterministic:
       # Fenced out of the GEMM fusions, the activation is one XLA loop over [tokens, intermediate]
       # instead of a YNNPACK pass per elementwise op: eval forward -7% at MiniLM B32xS128. In
@@ -457,7 +466,7 @@ class BertPooler(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    x = _dense(cfg, cfg.hidden_size, kernel_init=_normal(cfg), dtype=self.dtype,
+    x = dense(cfg, cfg.hidden_size, kernel_init=_normal(cfg), dtype=self.dtype,
                param_dtype=self.param_dtype, name="dense")(x[:, 0])
     return nn.tanh(x)
 
@@ -491,7 +500,7 @@ class BertModel(nn.Module):
         input_ids, token_type_ids, self.config.position_ids(input_ids),
         deterministic=deterministic, example_ids=example_ids)
     if self.config.embedding_width != self.config.hidden_size:  # ELECTRA's small embeddings
-      x = _dense_on_tokens(_dense(self.config, self.config.hidden_size,
+      x = dense_on_tokens(dense(self.config, self.config.hidden_size,
                                   kernel_init=_normal(self.config), dtype=self.dtype,
                                   param_dtype=self.param_dtype, name="embeddings_project"), x)
     # Padding keys get a large negative score: [B, 1, 1, S] broadcasts over heads and queries.
@@ -524,11 +533,11 @@ class SentenceHead(nn.Module):
     kw = dict(kernel_init=_normal(cfg), dtype=self.dtype, param_dtype=self.param_dtype)
     x = Dropout(self.rate, cfg.dropout_impl)(first_token, deterministic=deterministic,
                                              example_ids=example_ids)
-    x = _dense(cfg, cfg.hidden_size, **kw, name="dense")(x)
+    x = dense(cfg, cfg.hidden_size, **kw, name="dense")(x)
     x = _gelu(x) if cfg.model_type == "electra" else nn.tanh(x)
     x = Dropout(self.rate, cfg.dropout_impl)(x, deterministic=deterministic,
                                              example_ids=example_ids)
-    return _dense(cfg, self.num_labels, **kw, name="out_proj")(x)
+    return dense(cfg, self.num_labels, **kw, name="out_proj")(x)
 
 
 def _sentence_logits(module: nn.Module, cfg: BertConfig, num_labels: int, rate: float,
@@ -543,7 +552,7 @@ def _sentence_logits(module: nn.Module, cfg: BertConfig, num_labels: int, rate: 
         example_ids=example_ids, cls_only=True)
     pooled = Dropout(rate, cfg.dropout_impl)(pooled, deterministic=deterministic,
                                              example_ids=example_ids)
-    return _dense(cfg, num_labels, kernel_init=_normal(cfg), **kw, name="classifier")(pooled)
+    return dense(cfg, num_labels, kernel_init=_normal(cfg), **kw, name="classifier")(pooled)
   sequence, _ = BertModel(cfg, add_pooling_layer=False, **kw, name=cfg.prefix)(
       input_ids, attention_mask, token_type_ids, deterministic=deterministic,
       example_ids=example_ids, cls_only=True)
@@ -591,7 +600,7 @@ class BertForTokenClassification(nn.Module):
     rate = cfg.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
     sequence = Dropout(rate, cfg.dropout_impl)(sequence, deterministic=deterministic,
                                                example_ids=example_ids)
-    logits = _dense_on_tokens(_dense(cfg, self.num_labels, kernel_init=_normal(cfg),
+    logits = dense_on_tokens(dense(cfg, self.num_labels, kernel_init=_normal(cfg),
                                      dtype=self.dtype, param_dtype=self.param_dtype,
                                      name="classifier"), sequence)
     return logits.astype(jnp.float32)
@@ -650,7 +659,7 @@ class BertForRelationClassification(nn.Module):
                        "('cls', 'entity_start', 'entity_mean')")
     features = Dropout(rate, cfg.dropout_impl)(features, deterministic=deterministic,
                                                example_ids=example_ids)
-    logits = _dense(cfg, self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
+    logits = dense(cfg, self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
                     param_dtype=self.param_dtype, name="classifier")(features)
     return logits.astype(jnp.float32)
 
@@ -671,7 +680,7 @@ class BertForQuestionAnswering(nn.Module):
                             param_dtype=self.param_dtype, name=cfg.prefix)(
         input_ids, attention_mask, token_type_ids, deterministic=deterministic,
         example_ids=example_ids)
-    logits = _dense_on_tokens(_dense(cfg, 2, kernel_init=_normal(cfg), dtype=self.dtype,
+    logits = dense_on_tokens(dense(cfg, 2, kernel_init=_normal(cfg), dtype=self.dtype,
                                      param_dtype=self.param_dtype, name="qa_outputs"), sequence)
     return logits.astype(jnp.float32)
 
@@ -749,8 +758,8 @@ def _lm_transform(module: nn.Module, x, features: int, norm: str):
   """`LMTransform`'s layers, as children of `module` (RoBERTa's lm_head holds them directly)."""
   cfg = module.config
   kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
-  x = _dense_on_tokens(_dense(cfg, features, kernel_init=_normal(cfg), **kw, name="dense"), x)
-  x = _ACTIVATIONS[cfg.hidden_act](x) if cfg.model_type == "bert" else _gelu(x)
+  x = dense_on_tokens(dense(cfg, features, kernel_init=_normal(cfg), **kw, name="dense"), x)
+  x = ACTIVATIONS[cfg.hidden_act](x) if cfg.model_type == "bert" else _gelu(x)
   return nn.LayerNorm(epsilon=cfg.layer_norm_eps, **kw, name=norm)(x)
 
 

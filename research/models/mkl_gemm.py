@@ -217,7 +217,7 @@ _PLAIN = (((1,), (0,)), ((), ()))  # a [M, K] x [K, N] product, as nn.Dense asks
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
   """`jax.lax.dot_general` with MKL under the 2-D products of one float32 or bfloat16 dtype
-  (every dense layer of the model, `bert._dense_on_tokens`); XLA's for any other."""
+  (every dense layer of the model, `bert.dense_on_tokens`); XLA's for any other."""
   plain = (lhs.ndim == 2 and rhs.ndim == 2 and lhs.dtype == rhs.dtype
            and lhs.dtype in (jnp.float32, jnp.bfloat16)
            and tuple(tuple(map(tuple, pair)) for pair in dimension_numbers) == _PLAIN

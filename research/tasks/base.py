@@ -112,8 +112,8 @@ class TaskKind:
     """The Flax model (`config`: a bert.BertConfig) with `num_labels` outputs; a kind whose
     head has settings of its own reads them from `task` (config.task; None: its defaults)."""
     del task
-    from research.models import bert
-    return bert.BertForSequenceClassification(
+    from research.models import families
+    return families.model_class(config, "sequence")(
         config=config, num_labels=num_labels, classifier_dropout=classifier_dropout,
         dtype=dtype, param_dtype=param_dtype)
 

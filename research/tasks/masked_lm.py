@@ -135,8 +135,9 @@ class MaskedLM(TaskKind):
 
   def build_model(self, config, num_labels, *, dtype, param_dtype, classifier_dropout,
                   task=None):
-    from research.models import bert
-    return bert.BertForMaskedLM(config=config, dtype=dtype, param_dtype=param_dtype)
+    from research.models import families
+    return families.model_class(config, "masked_lm")(config=config, dtype=dtype,
+                                                     param_dtype=param_dtype)
 
   def losses(self, logits, labels, example_mask, attention_mask):
     """logits [B, P, vocabulary] of the P prediction slots; IGNORE marks an unused slot."""

@@ -149,8 +149,9 @@ class QuestionAnswering(TaskKind):
 
   def build_model(self, config, num_labels, *, dtype, param_dtype, classifier_dropout,
                   task=None):
-    from research.models import bert
-    return bert.BertForQuestionAnswering(config=config, dtype=dtype, param_dtype=param_dtype)
+    from research.models import families
+    return families.model_class(config, "question_answering")(config=config, dtype=dtype,
+                                                              param_dtype=param_dtype)
 
   def losses(self, logits, labels, example_mask, attention_mask):
     """logits [B, S, 2], labels [B, 2]: (start, end). The softmax over start (end) positions

@@ -189,8 +189,8 @@ class RelationClassification(TaskKind):
     """Reads what `task.representation` says (None: [CLS]); an entity's start is read at the
     marker before its first token when the task has `entity_markers` (start_offset 1), else at
     that token."""
-    from research.models import bert
-    return bert.BertForRelationClassification(
+    from research.models import families
+    return families.model_class(config, "relation")(
         config=config, num_labels=num_labels, classifier_dropout=classifier_dropout,
         dtype=dtype, param_dtype=param_dtype,
         representation=task.representation if task is not None else "cls",

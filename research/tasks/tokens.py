@@ -152,8 +152,8 @@ class TokenClassification(TaskKind):
 
   def build_model(self, config, num_labels, *, dtype, param_dtype, classifier_dropout,
                   task=None):
-    from research.models import bert
-    return bert.BertForTokenClassification(
+    from research.models import families
+    return families.model_class(config, "token")(
         config=config, num_labels=num_labels, classifier_dropout=classifier_dropout,
         dtype=dtype, param_dtype=param_dtype)
 

@@ -1,0 +1,387 @@
+"""ModernBERT (research/models/modernbert.py) against transformers' PyTorch `modernbert` models:
+the encoder and every head's logits on left- and right-padded rows of mixed lengths, through
+local (sliding-window) and global layers, and the parameter tree against the state dict.
+
+No ModernBERT checkpoint is on the machine: each model is a random-init transformers model of
+tiny shapes (4 layers of 32, a window of 4 tokens so that rows of 12 see it bite).
+"""
+
+import dataclasses
+import json
+
+import datasets
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from configs import default, semeval2010_task8
+from helpers import FAMILY_TEXT, family_checkpoint, tiny_config
+from research import inference, optim, steps, tasks, train
+from research.data import tokenization
+from research.data.batches import batch_width, make_batch
+from research.config_base import ConfigError
+from research.models import builder, hf_io, modernbert
+
+# Max abs differences in float32, measured on a 2-core AMD EPYC (AVX2) (test_numerics_table
+# prints them): the encoder's outputs 9.5e-7, the heads' logits 4.8e-7 to 1.3e-6 (the masked
+# LMs'), with weights drawn at 10x transformers' init scale.
+TOLERANCE = 3e-6
+HEAD_TOLERANCE = 3e-6
+# Four AdamW steps against transformers + torch.optim.AdamW: the losses, relative (measured
+# 5.8e-7 to 9.7e-7 over runs: torch's threads sum in varying order), and each tensor's update
+# as a fraction of its largest element (measured 1.2e-4).
+RELATIVE_TOLERANCE = 5e-6
+UPDATE_TOLERANCE = 5e-4
+MAX_DIFFS: dict[tuple[str, str], float] = {}
+
+
+def _hf_config(variant: str) -> transformers.ModernBertConfig:
+  """`plain`: ModernBERT-base's switches (no biases, [CLS] pooling); `biased`: every bias on,
+  mean pooling, GELU-tanh, other rotary bases."""
+  kw = dict(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+            num_attention_heads=4, max_position_embeddings=64, local_attention=4,
+            global_attn_every_n_layers=3, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            cls_token_id=1, sep_token_id=2, attn_implementation="eager",
+            initializer_range=0.2)  # 10x the default: attention that is far from uniform
+  if variant == "biased":
+    kw.update(attention_bias=True, mlp_bias=True, norm_bias=True, classifier_bias=True,
+              classifier_pooling="mean", hidden_activation="gelu_pytorch_tanh",
+              global_rope_theta=5000.0, local_rope_theta=300.0)
+  return transformers.ModernBertConfig(**kw)
+
+
+def _batch(config: modernbert.ModernBertConfig, left: bool, seed: int = 0):
+  """Rows of 9, 5, 12 and 2 real tokens ([CLS] first) padded to 12 on the right or left."""
+  rng = np.random.default_rng(seed)
+  lengths, width = (9, 5, 12, 2), 12
+  ids = np.zeros((len(lengths), width), np.int64)
+  mask = np.zeros_like(ids)
+  for row, n in enumerate(lengths):
+    real = slice(width - n, width) if left else slice(0, n)
+    ids[row, real] = rng.integers(3, config.vocab_size, n)
+    ids[row, real.start] = 1
+    mask[row, real] = 1
+  return ids, mask
+
+
+def _state(model: torch.nn.Module) -> dict[str, np.ndarray]:
+  return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def _params(model, state_dict, *inputs):
+  """`model`'s params from a PyTorch state dict, through hf_io (a bare encoder's under the
+  encoder prefix, as a task model holds them)."""
+  template = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))["params"]
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+  bare = isinstance(model, modernbert.ModernBertModel)
+  if bare:
+    template = {modernbert.PREFIX: template}
+  params = hf_io.params_from_state_dict(state_dict, template, load_head=True)
+  return params[modernbert.PREFIX] if bare else params
+
+
+def _record(variant, output, ours, theirs, limit):
+  diff = float(np.abs(np.asarray(ours) - np.asarray(theirs)).max())
+  MAX_DIFFS[variant, output] = max(diff, MAX_DIFFS.get((variant, output), 0.0))
+  assert diff <= limit, f"{variant} {output}: max diff {diff:.2e}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quiet_transformers():
+  level = transformers.logging.get_verbosity()
+  transformers.logging.set_verbosity_error()
+  yield
+  transformers.logging.set_verbosity(level)
+
+
+@pytest.mark.parametrize("variant", ["plain", "biased"])
+def test_config_from_transformers(variant):
+  """The layer pattern, rotary bases and switches read from a transformers 5 config.json, and
+  from the older fields hub checkpoints carry (`global_attn_every_n_layers`, `*_rope_theta`)."""
+  hf = _hf_config(variant)
+  ours = modernbert.ModernBertConfig.from_dict(hf.to_dict())
+  assert ours.layer_types == (modernbert.GLOBAL, modernbert.LOCAL, modernbert.LOCAL,
+                              modernbert.GLOBAL)
+  assert ours.global_rope_theta == hf.rope_parameters["full_attention"]["rope_theta"]
+  assert ours.local_rope_theta == hf.rope_parameters["sliding_attention"]["rope_theta"]
+  assert ours.sliding_window == hf.sliding_window == 2
+  assert (ours.norm_bias, ours.classifier_pooling) == (hf.norm_bias, hf.classifier_pooling)
+  old = {k: v for k, v in hf.to_dict().items() if k not in ("layer_types", "rope_parameters")}
+  old.update(global_attn_every_n_layers=3, global_rope_theta=ours.global_rope_theta,
+             local_rope_theta=ours.local_rope_theta)
+  assert modernbert.ModernBertConfig.from_dict(old) == ours
+  again = transformers.ModernBertConfig(**ours.to_dict())
+  assert list(again.layer_types) == list(hf.layer_types)
+  assert again.rope_parameters == hf.rope_parameters
+
+
+def test_config_refuses_what_it_cannot_run():
+  values = _hf_config("plain").to_dict()
+  scaled = dict(values, rope_parameters={"full_attention": {"rope_type": "linear",
+                                                            "rope_theta": 1.0, "factor": 2.0}})
+  with pytest.raises(ValueError, match="rope_type 'linear'"):
+    modernbert.ModernBertConfig.from_dict(scaled)
+  with pytest.raises(ValueError, match="layer_types names 3 layers"):
+    modernbert.ModernBertConfig.from_dict(dict(values, layer_types=["full_attention"] * 3))
+  with pytest.raises(ValueError, match="classifier_pooling 'max'"):
+    modernbert.ModernBertConfig.from_dict(dict(values, classifier_pooling="max"))
+  with pytest.raises(ValueError, match="untied"):
+    modernbert.ModernBertConfig.from_dict(dict(values, tie_word_embeddings=False))
+
+
+@pytest.mark.parametrize("variant", ["plain", "biased"])
+@pytest.mark.parametrize("left", [False, True], ids=["right-padded", "left-padded"])
+def test_encoder_matches_transformers(variant, left):
+  """The sequence output on real tokens. Left padding shifts the positions of real tokens, as
+  in transformers; rotary attention and the window see only relative positions, so a wrong
+  mask or a wrong rotation fails one of the two batches."""
+  torch.manual_seed(0)
+  hf = _hf_config(variant)
+  reference = transformers.ModernBertModel(hf).eval()
+  config = modernbert.ModernBertConfig.from_dict(hf.to_dict())
+  ids, mask = _batch(config, left)
+  model = modernbert.ModernBertModel(config)
+  params = _params(model, _state(reference), ids, mask)
+  ours = model.apply({"params": params}, ids, mask)
+  with torch.no_grad():
+    theirs = reference(input_ids=torch.tensor(ids),
+                       attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+  real = mask.astype(bool)
+  _record(variant, "encoder", np.asarray(ours)[real], theirs[real], TOLERANCE)
+
+
+def test_window_and_rotation_matter():
+  """The checks above can fail: without the window, or with another rotary base, the outputs
+  move far beyond the tolerance."""
+  torch.manual_seed(0)
+  hf = _hf_config("plain")
+  reference = transformers.ModernBertModel(hf).eval()
+  config = modernbert.ModernBertConfig.from_dict(hf.to_dict())
+  ids, mask = _batch(config, left=False)
+  with torch.no_grad():
+    theirs = reference(input_ids=torch.tensor(ids),
+                       attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+  real = mask.astype(bool)
+  for wrong in (dataclasses.replace(config, local_attention=64),
+                dataclasses.replace(config, local_rope_theta=20.0)):
+    model = modernbert.ModernBertModel(wrong)
+    params = _params(model, _state(reference), ids, mask)
+    ours = model.apply({"params": params}, ids, mask)
+    assert np.abs(np.asarray(ours)[real] - theirs[real]).max() > 100 * TOLERANCE
+
+
+HEADS = {
+    "sequence": (transformers.ModernBertForSequenceClassification,
+                 lambda c: modernbert.ModernBertForSequenceClassification(c, num_labels=3)),
+    "token": (transformers.ModernBertForTokenClassification,
+              lambda c: modernbert.ModernBertForTokenClassification(c, num_labels=3)),
+    "qa": (transformers.ModernBertForQuestionAnswering,
+           lambda c: modernbert.ModernBertForQuestionAnswering(c)),
+    "masked_lm": (transformers.ModernBertForMaskedLM,
+                  lambda c: modernbert.ModernBertForMaskedLM(c)),
+}
+
+
+@pytest.mark.parametrize("variant", ["plain", "biased"])
+@pytest.mark.parametrize("head", list(HEADS))
+def test_heads_match_transformers(variant, head):
+  """Each head's logits on the real tokens (the pooled row's for sequences; the masked LM's at
+  the positions asked for), on right-padded rows, and its parameter tree against the state
+  dict: every weight loaded, none left over but the tied decoder."""
+  torch.manual_seed(1)
+  theirs_class, ours_class = HEADS[head]
+  hf = _hf_config(variant)
+  hf.num_labels = 2 if head == "qa" else 3  # its classifier gives (start, end)
+  reference = theirs_class(hf).eval()
+  config = modernbert.ModernBertConfig.from_dict(hf.to_dict())
+  ids, mask = _batch(config, left=False)
+  model = ours_class(config)
+  inputs = (ids, mask)
+  if head == "masked_lm":
+    positions = np.array([[0, 3, 8], [1, 2, 4], [5, 11, 0], [0, 1, 1]])
+    inputs = (ids, mask, np.zeros_like(ids), positions)
+  state = _state(reference)
+  params = _params(model, state, *inputs)
+  exported = hf_io.state_dict_from_params(params)
+  assert set(exported) == set(state) - {"decoder.weight"}
+  for key, value in exported.items():
+    np.testing.assert_array_equal(value, state[key])
+  ours = np.asarray(model.apply({"params": params}, *inputs))
+  with torch.no_grad():
+    out = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+  real = mask.astype(bool)
+  if head == "sequence":
+    theirs = out.logits.numpy()
+    ours_real, theirs_real = ours, theirs
+  elif head == "qa":
+    theirs = np.stack([out.start_logits.numpy(), out.end_logits.numpy()], -1)
+    ours_real, theirs_real = ours[real], theirs[real]
+  elif head == "token":
+    ours_real, theirs_real = ours[real], out.logits.numpy()[real]
+  else:
+    theirs = np.take_along_axis(out.logits.numpy(), positions[..., None], axis=1)
+    ours_real, theirs_real = ours, theirs
+  _record(variant, head, ours_real, theirs_real, HEAD_TOLERANCE)
+
+
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  return family_checkpoint(tmp_path_factory.mktemp("modernbert"), "modernbert")
+
+
+def test_trains_through_main_and_exports_to_transformers(checkpoint, tmp_path):
+  """A ModernBERT checkpoint trains on SST-2 through `train_and_evaluate` like any other
+  family (its own config class and model, chosen by model_type), and the best checkpoint
+  exports as a `ModernBertForSequenceClassification` whose logits equal ours."""
+  config = tiny_config(**{"model.checkpoint": str(checkpoint), "model.tokenizer": "",
+                          "train.num_epochs": 1.0, "data.train_examples": 96})
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config, str(workdir))
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["model"]["architecture"]["model_type"] == "modernbert"
+  assert saved["model"]["architecture"]["layer_types"] == [modernbert.GLOBAL, modernbert.LOCAL,
+                                                           modernbert.GLOBAL]
+  results = json.loads((workdir / "results.json").read_text())
+  assert 0.0 <= results["final"]["results"]["validation"]["accuracy"] <= 1.0
+  out = inference.export(config, workdir, tmp_path / "export")
+  exported = transformers.AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+  assert type(exported).__name__ == "ModernBertForSequenceClassification"
+  setup, params, _ = inference.load_best(config, workdir)
+  assert isinstance(setup.model, modernbert.ModernBertForSequenceClassification)
+  ids, mask = _batch(setup.bert_config, left=False)
+  ours = np.asarray(setup.model.apply({"params": params}, ids, mask))
+  with torch.no_grad():
+    theirs = exported(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+  _record("trained", "export", ours, theirs.numpy(), HEAD_TOLERANCE)
+
+
+def test_options_it_does_not_have_are_refused(checkpoint, tmp_path):
+  """BERT-only options and heads say so in one line, before anything runs."""
+  for key, value, message in (("model.remat", True, "remat: not implemented for modernbert"),
+                              ("model.attention", "fused", "modernbert has its own attention")):
+    config = tiny_config(**{"model.checkpoint": str(checkpoint), "model.tokenizer": "",
+                            key: value})
+    with pytest.raises(ConfigError, match=message):
+      builder.build_model(config)
+  config = semeval2010_task8.get_config()
+  config.model.checkpoint = str(checkpoint)
+  config.data.max_length, config.data.length_buckets = 64, (32, 64)
+  with pytest.raises(ConfigError, match="modernbert has no relation model here; bert, "):
+    builder.build_model(config)
+
+
+PAIRS_TASK = ml_collections.ConfigDict(dict(
+    kind="classification", text_fields=("sentence1", "sentence2"), label_field="label",
+    label_names=("a", "b", "c")))
+
+
+def test_training_steps_match_transformers_and_torch_adamw(checkpoint):
+  """Four steps of our train step (AdamW with the weight-decay mask, warm-up, clipping) on
+  sentence pairs, and transformers' ModernBertForSequenceClassification with torch's AdamW on
+  the same batches from the same weights: the same losses and the same updates (the first step
+  has learning rate 0; the last repeats the first batch, whose loss must have fallen)."""
+  config, _ = hf_io.load_config(checkpoint)
+  tokenizer = tokenization.load_tokenizer(checkpoint)
+  lines = FAMILY_TEXT.splitlines()
+  rows = datasets.Dataset.from_dict({"sentence1": lines[:-1], "sentence2": lines[1:],
+                                     "label": [i % 3 for i in range(len(lines) - 1)]})
+  split = tasks.kind_of(PAIRS_TASK).encode(rows, tokenizer, PAIRS_TASK, 64, "pairs")
+  picks = [np.arange(3 * i, 3 * i + 3) for i in (0, 1, 2, 0)]
+  width = max(batch_width(split, r, (16, 32, 64)) for r in picks)
+  batches = [make_batch(split, r, (), width) for r in picks]
+  model = tasks.get("classification").build_model(config, 3, dtype=jnp.float32,
+                                                  param_dtype=jnp.float32, classifier_dropout=None)
+  torch.manual_seed(2)
+  reference = transformers.AutoModelForSequenceClassification.from_pretrained(
+      str(checkpoint), num_labels=3, initializer_range=0.3)
+  start = _state(reference)
+  inputs = steps.model_inputs(batches[0])
+  params = _params(model, start, *inputs)
+  ocfg = default.get_config().optimizer
+  ocfg.update(learning_rate=1e-3, warmup_steps=1, warmup_ratio=0.0, weight_decay=0.5,
+              grad_clip_norm=0.5, eps=1e-6)
+  tx, schedule = optim.make_optimizer(ocfg, params, total_steps=len(batches))
+  train_step = steps.make_train_step(model, tx, schedule, tasks.get("classification"))
+  gradients, update = (jax.jit(jax.vmap(part, axis_name=steps.AXIS),
+                               compiler_options={"xla_backend_optimization_level": 0})
+                       for part in (train_step.gradients, train_step.update))
+  state = jax.tree.map(lambda x: x[None], steps.TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, frozen={}, opt_state=tx.init(params),
+      rng=jax.random.key_data(jax.random.key(0))))
+  ours = []
+  for batch in batches:
+    state, metrics = update(state, gradients(state, {k: v[None, None] for k, v in batch.items()},
+                                             np.zeros((1, 1), np.int32)))
+    ours.append(float(metrics["loss_sum"][0] / metrics["weight_sum"][0]))
+
+  reference.train()
+  named = list(reference.named_parameters())
+  no_decay = [p for n, p in named if n.endswith("bias") or "norm" in n]
+  decay = [p for n, p in named if not (n.endswith("bias") or "norm" in n)]
+  adamw = torch.optim.AdamW([{"params": decay, "weight_decay": ocfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=ocfg.learning_rate, betas=(ocfg.b1, ocfg.b2), eps=ocfg.eps)
+  lr = torch.optim.lr_scheduler.LambdaLR(adamw, lambda t: float(schedule(t)) / ocfg.learning_rate)
+  theirs = []
+  for batch in batches:
+    loss = reference(input_ids=torch.tensor(batch["input_ids"]).long(),
+                     attention_mask=torch.tensor(batch["attention_mask"]).long(),
+                     labels=torch.tensor(batch["labels"]).long()).loss
+    adamw.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), ocfg.grad_clip_norm)
+    adamw.step()
+    lr.step()
+    theirs.append(loss.item())
+  relative = float(np.max(np.abs(np.subtract(ours, theirs)) / np.abs(theirs)))
+  MAX_DIFFS["trained", "losses (relative)"] = relative
+  assert relative <= RELATIVE_TOLERANCE, (ours, theirs)
+  assert theirs[-1] < theirs[0] - 0.05  # it trained
+  final = hf_io.state_dict_from_params(jax.tree.map(lambda x: x[0], state.params))
+  reference_final = _state(reference)
+  for key in final:
+    update_, reference_update = final[key] - start[key], reference_final[key] - start[key]
+    scale = np.abs(reference_update).max()
+    assert scale > 1e-5, key  # every tensor moved
+    worst = float(np.abs(update_ - reference_update).max() / scale)
+    MAX_DIFFS["trained", "updates (of their scale)"] = max(
+        worst, MAX_DIFFS.get(("trained", "updates (of their scale)"), 0.0))
+    assert worst <= UPDATE_TOLERANCE, (key, worst)
+
+
+def test_prediction_head_loads_where_the_checkpoint_has_one():
+  """transformers names the prediction head `head` in the masked LM and in the classifiers, so
+  a classifier fine-tuned from a masked-LM checkpoint starts from its head; from a bare encoder
+  the head starts fresh. The classifier itself is always fresh."""
+  torch.manual_seed(0)
+  hf = _hf_config("plain")
+  hf.num_labels = 3
+  config = modernbert.ModernBertConfig.from_dict(hf.to_dict())
+  ids, mask = _batch(config, left=False)
+  model = modernbert.ModernBertForSequenceClassification(config, num_labels=3)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, mask))["params"]
+  fresh = jax.tree.map(lambda s: np.full(s.shape, 7.0, s.dtype), shapes)
+  masked_lm = _state(transformers.ModernBertForMaskedLM(hf))
+  params = hf_io.params_from_state_dict(masked_lm, fresh)
+  np.testing.assert_array_equal(params["head"]["dense"]["kernel"],
+                                masked_lm["head.dense.weight"].T)
+  assert (params["classifier"]["kernel"] == 7.0).all()
+  encoder = _state(transformers.ModernBertModel(hf))
+  params = hf_io.params_from_state_dict(encoder, fresh)
+  assert (params["head"]["dense"]["kernel"] == 7.0).all()
+  np.testing.assert_array_equal(params[modernbert.PREFIX]["final_norm"]["scale"],
+                                encoder["final_norm.weight"])
+  assert hf_io.has_lm_head(masked_lm) and not hf_io.has_lm_head(encoder)
+
+
+def test_numerics_table():
+  """Prints the measured differences (run with -s) for the README and the closing note
+  (last in the file, so that every test above has run)."""
+  for (variant, output), diff in sorted(MAX_DIFFS.items()):
+    print(f"modernbert {variant:7s} {output:10s} {diff:.1e}")
