@@ -18,7 +18,7 @@ import pytest
 import torch
 import transformers
 
-from configs import default, semeval2010_task8
+from configs import conll2003, default, mlm, semeval2010_task8, squad
 from helpers import FAMILY_TEXT, family_checkpoint, tiny_config
 from research import inference, optim, steps, tasks, train
 from research.data import tokenization
@@ -259,6 +259,46 @@ def test_trains_through_main_and_exports_to_transformers(checkpoint, tmp_path):
   with torch.no_grad():
     theirs = exported(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
   _record("trained", "export", ours, theirs.numpy(), HEAD_TOLERANCE)
+
+
+def _kind_config(kind: str, checkpoint):
+  """A slice of each kind's task for a ModernBERT checkpoint: 64 examples, one epoch."""
+  if kind == "token_classification":
+    config = conll2003.get_config()
+  elif kind == "question_answering":
+    config = squad.get_config("v2")
+    config.data.local_name, config.data.train_split = "squad_v2_dev5", "validation"
+    config.task.doc_stride = 32
+  else:
+    config = mlm.get_config("task=sst2")
+  width = 128 if kind == "question_answering" else 64
+  config.model.checkpoint = str(checkpoint)
+  config.data.update(train_examples=64, eval_examples=32, max_length=width,
+                     length_buckets=(width,), eval_splits=tuple(config.data.eval_splits[:1]))
+  config.train.update(num_epochs=1.0, batch_size=16)
+  config.eval.batch_size = 16
+  config.checkpoint.every_steps = 1000
+  config.parallel.num_devices = 1
+  return config
+
+
+@pytest.mark.parametrize("kind, architecture", [
+    ("token_classification", "ModernBertForTokenClassification"),
+    ("question_answering", "ModernBertForQuestionAnswering"),
+    ("masked_lm", "ModernBertForMaskedLM")])
+def test_every_kind_trains_and_exports(tmp_path_factory, kind, architecture):
+  """NER, QA and masked LM run through `train_and_evaluate` on a ModernBERT checkpoint, and
+  each export loads in transformers as its own class with every weight in place."""
+  checkpoint = family_checkpoint(tmp_path_factory.mktemp("long"), "modernbert",
+                                 max_position_embeddings=128)
+  config = _kind_config(kind, checkpoint)
+  workdir = tmp_path_factory.mktemp(kind) / "run"
+  train.train_and_evaluate(config, str(workdir))
+  out = inference.export(config, workdir, workdir.parent / "export")
+  model, info = getattr(transformers, architecture).from_pretrained(str(out),
+                                                                   output_loading_info=True)
+  assert type(model).__name__ == architecture
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
 
 
 def test_options_it_does_not_have_are_refused(checkpoint, tmp_path):
