@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import traverse_util
 
 from configs import conll2003, default, mlm, semeval2010_task8, squad
 from helpers import FAMILY_TEXT, family_checkpoint, tiny_config
-from research import inference, optim, steps, tasks, train
+from research import inference, optim, peft, steps, tasks, train
 from research.data import tokenization
 from research.data.batches import batch_width, make_batch
 from research.config_base import ConfigError
-from research.models import builder, hf_io, modernbert
+from research.models import builder, families, hf_io, modernbert
 
 # Max abs differences in float32, measured on a 2-core AMD EPYC (AVX2) (test_numerics_table
 # prints them): the encoder's outputs 9.5e-7, the heads' logits 4.8e-7 to 1.3e-6 (the masked
@@ -309,11 +310,85 @@ def test_options_it_does_not_have_are_refused(checkpoint, tmp_path):
                             key: value})
     with pytest.raises(ConfigError, match=message):
       builder.build_model(config)
+
+
+
+def test_a_head_a_family_lacks_is_named(checkpoint, monkeypatch):
+  """A task kind whose head a family has no model of says which families have one."""
+  row = {k: v for k, v in families.MODELS[modernbert.ModernBertConfig].items()
+         if k != "relation"}
+  monkeypatch.setitem(families.MODELS, modernbert.ModernBertConfig, row)
   config = semeval2010_task8.get_config()
   config.model.checkpoint = str(checkpoint)
   config.data.max_length, config.data.length_buckets = 64, (32, 64)
   with pytest.raises(ConfigError, match="modernbert has no relation model here; bert, "):
     builder.build_model(config)
+
+
+@pytest.mark.parametrize("representation", ["cls", "entity_start", "entity_mean"])
+def test_relation_head_reads_what_it_says(representation):
+  """`cls` is transformers' ModernBertForSequenceClassification with the same weights; the
+  entity heads are its encoder's states at the entities (their starts, or their tokens' mean)
+  through the classifier, computed here from transformers' own outputs."""
+  torch.manual_seed(3)
+  hf = _hf_config("plain")
+  hf.num_labels = 3
+  reference = transformers.ModernBertForSequenceClassification(hf).eval()
+  config = modernbert.ModernBertConfig.from_dict(hf.to_dict())
+  ids, mask = _batch(config, left=False)
+  spans = np.array([[1, 3, 4, 7], [2, 3, 3, 5], [5, 9, 1, 2], [1, 2, 0, 1]])
+  model = modernbert.ModernBertForRelationClassification(config, 3,
+                                                         representation=representation)
+  inputs = (ids, mask, np.zeros_like(ids), spans)
+  state = _state(reference)
+  if representation != "cls":  # the entity head's classifier reads 2H features
+    state["classifier.weight"] = np.random.default_rng(0).normal(0, 0.2, (3, 64)).astype(
+        np.float32)
+  params = _params(model, state, *inputs)
+  ours = np.asarray(model.apply({"params": params}, *inputs))
+  with torch.no_grad():
+    out = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                    output_hidden_states=True)
+  if representation == "cls":
+    theirs = out.logits.numpy()
+  else:
+    sequence = out.hidden_states[-1].numpy()  # after the final norm, as the heads read it
+    rows = np.arange(len(ids))
+    if representation == "entity_start":
+      features = np.concatenate([sequence[rows, spans[:, 0] - 1],
+                                 sequence[rows, spans[:, 2] - 1]], -1)
+    else:
+      features = np.concatenate([
+          np.stack([sequence[r, spans[r, 2 * e]:spans[r, 2 * e + 1]].mean(0) for r in rows])
+          for e in (0, 1)], -1)
+    theirs = features @ state["classifier.weight"].T + state["classifier.bias"]
+  _record("plain", f"relation {representation}", ours, theirs, HEAD_TOLERANCE)
+
+
+def test_relations_train_and_export_the_encoder_and_head(tmp_path_factory):
+  """SemEval through `train_and_evaluate` on a ModernBERT checkpoint (entity markers added to
+  its vocabulary): the export is a ModernBertModel that transformers loads, with the head's
+  weights and what it reads in config.json."""
+  checkpoint = family_checkpoint(tmp_path_factory.mktemp("rel"), "modernbert",
+                                 max_position_embeddings=128)
+  config = semeval2010_task8.get_config()
+  config.model.checkpoint = str(checkpoint)
+  config.data.update(train_examples=64, eval_examples=32, max_length=128,
+                     length_buckets=(128,), validation_from_train=0, eval_splits=("test",))
+  config.train.update(num_epochs=1.0, batch_size=16)
+  config.eval.batch_size = 16
+  config.checkpoint.every_steps = 1000
+  config.parallel.num_devices = 1
+  workdir = tmp_path_factory.mktemp("relations") / "run"
+  train.train_and_evaluate(config, str(workdir))
+  out = inference.export(config, workdir, workdir.parent / "export")
+  model, info = transformers.ModernBertModel.from_pretrained(str(out), output_loading_info=True)
+  assert not info["missing_keys"], info
+  exported = json.loads((out / "config.json").read_text())
+  assert exported["architectures"] == ["ModernBertModel"]
+  assert exported["relation_head"]["representation"] == "entity_start"
+  assert model.get_input_embeddings().weight.shape[0] == len(
+      tokenization.load_tokenizer(out))  # the markers' rows
 
 
 PAIRS_TASK = ml_collections.ConfigDict(dict(
@@ -418,6 +493,31 @@ def test_prediction_head_loads_where_the_checkpoint_has_one():
   np.testing.assert_array_equal(params[modernbert.PREFIX]["final_norm"]["scale"],
                                 encoder["final_norm.weight"])
   assert hf_io.has_lm_head(masked_lm) and not hf_io.has_lm_head(encoder)
+
+
+def test_freezing_layer_rates_and_lora_see_its_names():
+  """ModernBERT keeps its embeddings, layers and head elsewhere than BERT (`model/layers/i`,
+  `head`): freezing the bottom layers, layer-wise learning rates and LoRA find them."""
+  config = modernbert.ModernBertConfig.from_dict(_hf_config("plain").to_dict())
+  model = modernbert.ModernBertForSequenceClassification(config, num_labels=3)
+  ids, mask = _batch(config, left=False)
+  params = jax.tree.map(np.asarray, model.init(jax.random.key(0), ids, mask)["params"])
+  peft_cfg = default.get_config().peft
+  peft_cfg.update(method="full", freeze_bottom_layers=2)
+  trainable, frozen = peft.split(peft_cfg, params, jax.random.key(1))
+  assert set(frozen[modernbert.PREFIX]) == {"embeddings", "layers"}
+  assert set(frozen[modernbert.PREFIX]["layers"]) == {"0", "1"}
+  assert set(trainable[modernbert.PREFIX]["layers"]) == {"2", "3"}
+  assert {"head", "classifier"} <= set(trainable)
+  depths = traverse_util.path_aware_map(lambda path, _: optim.layer_depth(path, 4), params)
+  assert depths[modernbert.PREFIX]["embeddings"]["tok_embeddings"]["embedding"] == 0
+  assert depths[modernbert.PREFIX]["layers"]["3"]["mlp"]["Wo"]["kernel"] == 4
+  assert depths[modernbert.PREFIX]["final_norm"]["scale"] == 5
+  assert depths["head"]["dense"]["kernel"] == depths["classifier"]["kernel"] == 5
+  peft_cfg.update(method="lora", lora_targets=r".*/attn/Wqkv/kernel", freeze_bottom_layers=0)
+  trainable, frozen = peft.split(peft_cfg, params, jax.random.key(1))
+  adapted = {path[:-1] for path in traverse_util.flatten_dict(trainable[peft.LORA])}
+  assert adapted == {(modernbert.PREFIX, "layers", str(i), "attn", "Wqkv") for i in range(4)}
 
 
 def test_numerics_table():

@@ -643,25 +643,30 @@ class BertForRelationClassification(nn.Module):
                             param_dtype=self.param_dtype, name=cfg.prefix)(
         input_ids, attention_mask, token_type_ids, deterministic=deterministic,
         example_ids=example_ids)
-    if self.representation == "entity_start":
-      starts = entity_spans[:, 0::2] - self.start_offset  # [B, 2]
-      features = jnp.take_along_axis(sequence, starts[:, :, None], axis=1)
-      features = features.reshape(features.shape[0], -1)
-    elif self.representation == "entity_mean":
-      positions = jnp.arange(sequence.shape[1])
-      inside = ((positions >= entity_spans[:, 0::2, None])
-                & (positions < entity_spans[:, 1::2, None])).astype(sequence.dtype)  # [B, 2, S]
-      sums = jnp.einsum("bes,bsh->beh", inside, sequence)
-      features = sums / jnp.maximum(inside.sum(-1, keepdims=True), 1)
-      features = features.reshape(features.shape[0], -1)
-    else:
-      raise ValueError(f"representation {self.representation!r} is not one of "
-                       "('cls', 'entity_start', 'entity_mean')")
+    features = entity_features(sequence, entity_spans, self.representation, self.start_offset)
     features = Dropout(rate, cfg.dropout_impl)(features, deterministic=deterministic,
                                                example_ids=example_ids)
     logits = dense(cfg, self.num_labels, kernel_init=_normal(cfg), dtype=self.dtype,
                     param_dtype=self.param_dtype, name="classifier")(features)
     return logits.astype(jnp.float32)
+
+
+def entity_features(sequence, entity_spans, representation: str, start_offset: int):
+  """What a relation head reads of the two entities ([B, 2H], see
+  `BertForRelationClassification`): their start positions' states, or their tokens' means."""
+  if representation == "entity_start":
+    starts = entity_spans[:, 0::2] - start_offset  # [B, 2]
+    features = jnp.take_along_axis(sequence, starts[:, :, None], axis=1)
+  elif representation == "entity_mean":
+    positions = jnp.arange(sequence.shape[1])
+    inside = ((positions >= entity_spans[:, 0::2, None])
+              & (positions < entity_spans[:, 1::2, None])).astype(sequence.dtype)  # [B, 2, S]
+    sums = jnp.einsum("bes,bsh->beh", inside, sequence)
+    features = sums / jnp.maximum(inside.sum(-1, keepdims=True), 1)
+  else:
+    raise ValueError(f"representation {representation!r} is not one of "
+                     "('cls', 'entity_start', 'entity_mean')")
+  return features.reshape(features.shape[0], -1)
 
 
 class BertForQuestionAnswering(nn.Module):

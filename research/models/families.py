@@ -31,6 +31,7 @@ MODELS = {
                       "masked_lm": bert.BertForMaskedLM},
     modernbert.ModernBertConfig: {"sequence": modernbert.ModernBertForSequenceClassification,
                                   "token": modernbert.ModernBertForTokenClassification,
+                                  "relation": modernbert.ModernBertForRelationClassification,
                                   "question_answering": modernbert.ModernBertForQuestionAnswering,
                                   "masked_lm": modernbert.ModernBertForMaskedLM},
 }

@@ -36,7 +36,7 @@ import numpy as np
 
 from research.models import mkl_gemm
 from research.models.bert import (ACTIVATIONS, DROPOUT_IMPLS, Dropout, TiedDecoder, dense,
-                                  dense_on_tokens)
+                                  dense_on_tokens, entity_features)
 
 Dtype = Any
 PREFIX = "model"  # the encoder's state-dict prefix (`base_model_prefix`)
@@ -394,6 +394,19 @@ def _rate(module: nn.Module) -> float:
           else module.classifier_dropout)
 
 
+def _sequence_logits(module: nn.Module, input_ids, attention_mask, deterministic: bool,
+                     example_ids):
+  """`ModernBertForSequenceClassification`'s logits, with `module`'s parameters."""
+  sequence = ModernBertModel(module.config, module.dtype, module.param_dtype, name=PREFIX)(
+      input_ids, attention_mask, deterministic=deterministic, example_ids=example_ids)
+  if module.config.classifier_pooling == "cls":
+    pooled = sequence[:, 0]
+  else:
+    real = attention_mask.astype(sequence.dtype)[..., None]
+    pooled = (sequence * real).sum(axis=1) / real.sum(axis=1)
+  return _classify(module, pooled, module.num_labels, _rate(module), deterministic, example_ids)
+
+
 class ModernBertForSequenceClassification(nn.Module):
   """The first token's output (`classifier_pooling="cls"`) or the mean over real tokens
   (`"mean"`) -> head -> dropout -> classifier; one output per label, or one for regression."""
@@ -407,14 +420,39 @@ class ModernBertForSequenceClassification(nn.Module):
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
                deterministic: bool = True, example_ids=None):
-    sequence = ModernBertModel(self.config, self.dtype, self.param_dtype, name=PREFIX)(
+    return _sequence_logits(self, input_ids, attention_mask, deterministic,
+                            example_ids).astype(jnp.float32)
+
+
+class ModernBertForRelationClassification(nn.Module):
+  """A relation between two marked entities, as `bert.BertForRelationClassification` reads it:
+  `representation="cls"` is `ModernBertForSequenceClassification` (same parameters); the
+  entities' start states or token means ([B, 2H], `bert.entity_features`) -> dropout -> a dense
+  `classifier` (transformers has no such head: the export is the bare encoder plus it)."""
+
+  config: ModernBertConfig
+  num_labels: int
+  representation: str = "entity_start"
+  start_offset: int = 1
+  classifier_dropout: float | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  init_extra_inputs = ([[1, 2, 4, 5]],)  # builder.init_inputs: one row's entity spans
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, token_type_ids, entity_spans, *,
+               deterministic: bool = True, example_ids=None):
+    cfg = self.config
+    if self.representation == "cls":
+      return _sequence_logits(self, input_ids, attention_mask, deterministic,
+                              example_ids).astype(jnp.float32)
+    sequence = ModernBertModel(cfg, self.dtype, self.param_dtype, name=PREFIX)(
         input_ids, attention_mask, deterministic=deterministic, example_ids=example_ids)
-    if self.config.classifier_pooling == "cls":
-      pooled = sequence[:, 0]
-    else:
-      real = attention_mask.astype(sequence.dtype)[..., None]
-      pooled = (sequence * real).sum(axis=1) / real.sum(axis=1)
-    logits = _classify(self, pooled, self.num_labels, _rate(self), deterministic, example_ids)
+    features = entity_features(sequence, entity_spans, self.representation, self.start_offset)
+    features = Dropout(_rate(self), cfg.dropout_impl)(features, deterministic=deterministic,
+                                                      example_ids=example_ids)
+    logits = dense(cfg, self.num_labels, kernel_init=_init(cfg, _stds(cfg)["final_out"]),
+                   dtype=self.dtype, param_dtype=self.param_dtype, name="classifier")(features)
     return logits.astype(jnp.float32)
 
 
