@@ -28,8 +28,8 @@ from research.config_base import ConfigError
 from research.models import builder, families, hf_io, modernbert
 
 # Max abs differences in float32, measured on a 2-core AMD EPYC (AVX2) (test_numerics_table
-# prints them): the encoder's outputs 9.5e-7, the heads' logits 4.8e-7 to 1.3e-6 (the masked
-# LMs'), with weights drawn at 10x transformers' init scale.
+# prints them): the encoder's outputs 9.5e-7 (1.4e-6 at ModernBERT-base's shapes), the heads'
+# logits 4.8e-7 to 1.3e-6 (the masked LMs'), with weights drawn at 10x transformers' init scale.
 TOLERANCE = 3e-6
 HEAD_TOLERANCE = 3e-6
 # Four AdamW steps against transformers + torch.optim.AdamW: the losses, relative (measured
@@ -153,6 +153,28 @@ def test_encoder_matches_transformers(variant, left):
                        attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
   real = mask.astype(bool)
   _record(variant, "encoder", np.asarray(ours)[real], theirs[real], TOLERANCE)
+
+
+def test_encoder_matches_transformers_at_base_shapes():
+  """ModernBERT-base's shapes (22 layers of 768, 12 heads, GeGLU 1152, a window of 128,
+  transformers' defaults), two rows of 160 and 97 tokens: long enough for the window to bite."""
+  torch.manual_seed(0)
+  hf = transformers.ModernBertConfig(attn_implementation="eager", pad_token_id=0)
+  reference = transformers.ModernBertModel(hf).eval()
+  config = modernbert.ModernBertConfig.from_dict(hf.to_dict())
+  assert (config.num_hidden_layers, config.hidden_size, config.local_attention) == (22, 768, 128)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, config.vocab_size, (2, 160))
+  mask = np.ones_like(ids)
+  ids[1, 97:], mask[1, 97:] = 0, 0
+  model = modernbert.ModernBertModel(config)
+  params = _params(model, _state(reference), ids, mask)
+  ours = jax.jit(lambda p: model.apply({"params": p}, ids, mask))(params)
+  with torch.no_grad():
+    theirs = reference(input_ids=torch.tensor(ids),
+                       attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+  real = mask.astype(bool)
+  _record("base", "encoder", np.asarray(ours)[real], theirs[real], TOLERANCE)
 
 
 def test_window_and_rotation_matter():
