@@ -177,6 +177,30 @@ def test_encoder_matches_transformers_at_base_shapes():
   _record("base", "encoder", np.asarray(ours)[real], theirs[real], TOLERANCE)
 
 
+def test_remat_recomputes_the_same_gradients():
+  """`remat` changes what the backward pass stores, not what it computes: the same loss and
+  gradients, dropout on (the masks are drawn again in the recomputation, identically)."""
+  config = dataclasses.replace(
+      modernbert.ModernBertConfig.from_dict(_hf_config("biased").to_dict()),
+      embedding_dropout=0.1, mlp_dropout=0.1, attention_dropout=0.1)
+  ids, mask = _batch(config, left=True)
+  params = modernbert.ModernBertModel(config).init(jax.random.key(0), ids, mask)["params"]
+
+  def grads(remat):
+    model = modernbert.ModernBertModel(dataclasses.replace(config, remat=remat))
+    loss = lambda p: (model.apply({"params": p}, ids, mask, deterministic=False,  # noqa: E731
+                                  rngs={"dropout": jax.random.key(1)}) ** 2).mean()
+    recomputed = str(jax.make_jaxpr(loss)(params)).count("remat")  # a primitive per layer
+    assert recomputed == (config.num_hidden_layers if remat else 0)
+    return jax.value_and_grad(loss)(params)
+
+  (plain_loss, plain), (remat_loss, remat) = grads(False), grads(True)
+  assert abs(float(plain_loss) - float(remat_loss)) <= 1e-6 * abs(float(plain_loss))
+  worst = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
+                                           plain, remat)))
+  assert worst <= 1e-6, worst
+
+
 def test_window_and_rotation_matter():
   """The checks above can fail: without the window, or with another rotary base, the outputs
   move far beyond the tolerance."""
@@ -326,12 +350,10 @@ def test_every_kind_trains_and_exports(tmp_path_factory, kind, architecture):
 
 def test_options_it_does_not_have_are_refused(checkpoint, tmp_path):
   """BERT-only options and heads say so in one line, before anything runs."""
-  for key, value, message in (("model.remat", True, "remat: not implemented for modernbert"),
-                              ("model.attention", "fused", "modernbert has its own attention")):
-    config = tiny_config(**{"model.checkpoint": str(checkpoint), "model.tokenizer": "",
-                            key: value})
-    with pytest.raises(ConfigError, match=message):
-      builder.build_model(config)
+  config = tiny_config(**{"model.checkpoint": str(checkpoint), "model.tokenizer": "",
+                          "model.attention": "fused"})
+  with pytest.raises(ConfigError, match="modernbert has its own attention only"):
+    builder.build_model(config)
 
 
 

@@ -80,6 +80,7 @@ class ModernBertConfig:
   # Ours, not Hugging Face's (export leaves them out):
   dropout_impl: str = "hash"
   gemm: str = "xla"
+  remat: bool = False  # recompute each layer's activations in the backward pass (as BERT's)
 
   def __post_init__(self):
     if not self.layer_types:
@@ -150,10 +151,8 @@ class ModernBertConfig:
                        attention: str = "ours") -> "ModernBertConfig":
     """This architecture with a run's settings. `hidden_dropout` (None: the checkpoint's) is
     the embeddings' and the feed-forward's dropout, `attention_dropout` the attention
-    probabilities' and output's, as transformers names them. Layer recomputation and the fused
-    attention core are BERT's options only, for now."""
-    if remat:
-      raise ValueError("remat: not implemented for modernbert")
+    probabilities' and output's, as transformers names them. The fused attention core is BERT's
+    option only, for now."""
     if attention != "ours":
       raise ValueError(f"attention {attention!r}: modernbert has its own attention only")
     rates = {}
@@ -161,7 +160,7 @@ class ModernBertConfig:
       rates.update(embedding_dropout=hidden_dropout, mlp_dropout=hidden_dropout)
     if attention_dropout is not None:
       rates.update(attention_dropout=attention_dropout)
-    return dataclasses.replace(self, **rates, dropout_impl=dropout_impl, gemm=gemm)
+    return dataclasses.replace(self, **rates, dropout_impl=dropout_impl, gemm=gemm, remat=remat)
 
   @property
   def prefix(self) -> str:
@@ -181,7 +180,7 @@ class ModernBertConfig:
     return self.local_attention // 2
 
 
-OWN_FIELDS = ("dropout_impl", "gemm")
+OWN_FIELDS = ("dropout_impl", "gemm", "remat")
 
 
 def _layer_types(layers: int, every: int) -> tuple[str, ...]:
@@ -295,7 +294,8 @@ class ModernBertMLP(nn.Module):
 
 class ModernBertEncoderLayer(nn.Module):
   """x + attn(attn_norm(x)), then + mlp(mlp_norm(.)); layer 0 has no `attn_norm` (the
-  embeddings' norm precedes it)."""
+  embeddings' norm precedes it). Its arguments are positional so that `nn.remat` can keep
+  `deterministic` static."""
 
   config: ModernBertConfig
   index: int
@@ -303,7 +303,7 @@ class ModernBertEncoderLayer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_bias, rotary, *, deterministic: bool, example_ids=None):
+  def __call__(self, x, attention_bias, rotary, example_ids, deterministic: bool):
     cfg = self.config
     kw = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype)
     h = x if self.index == 0 else _layer_norm(cfg, self, "attn_norm")(x)
@@ -316,7 +316,9 @@ class ModernBertEncoderLayer(nn.Module):
 
 
 class ModernBertLayers(nn.Module):
-  """The `layers` list; children are named "0", "1", ... as in the state dict."""
+  """The `layers` list; children are named "0", "1", ... as in the state dict. With
+  `config.remat`, training keeps each layer's input only and recomputes the rest in the
+  backward pass (`bert.BertLayerStack` says when that saves memory)."""
 
   config: ModernBertConfig
   dtype: Dtype = jnp.float32
@@ -334,9 +336,12 @@ class ModernBertLayers(nn.Module):
               LOCAL: jnp.where(keys & near, 0.0, lowest)}
     tables = {GLOBAL: rotary_tables(cfg, length, cfg.global_rope_theta),
               LOCAL: rotary_tables(cfg, length, cfg.local_rope_theta)}
+    layer = ModernBertEncoderLayer
+    if cfg.remat and not deterministic:
+      layer = nn.remat(ModernBertEncoderLayer, static_argnums=(5,))  # self is 0
     for i, kind in enumerate(cfg.layer_types):
-      x = ModernBertEncoderLayer(cfg, i, self.dtype, self.param_dtype, name=str(i))(
-          x, biases[kind], tables[kind], deterministic=deterministic, example_ids=example_ids)
+      x = layer(cfg, i, self.dtype, self.param_dtype, name=str(i))(
+          x, biases[kind], tables[kind], example_ids, deterministic)
     return x
 
 
