@@ -81,6 +81,17 @@ def small_checkpoint(tmp_path_factory):
   return tiny_checkpoint(tmp_path_factory.mktemp("small-bert"))
 
 
+@pytest.fixture(scope="module")
+def quiet_transformers():
+  """transformers' *For* models loaded from base checkpoints report every fresh head at
+  length: a module that loads many says `pytestmark = pytest.mark.usefixtures(...)`."""
+  import transformers
+  level = transformers.logging.get_verbosity()
+  transformers.logging.set_verbosity_error()
+  yield
+  transformers.logging.set_verbosity(level)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
   """Each module's compiled programs are dropped after it: this process would hold every one

@@ -228,3 +228,64 @@ def family_checkpoint(path: pathlib.Path, model_type: str, seed: int = 0,
   torch.manual_seed(seed)
   transformers.AutoModel.from_config(config).save_pretrained(path)
   return path
+
+
+def step_optimizer():
+  """The optimizer of the step-by-step comparisons with torch (tests/test_families.py,
+  tests/test_modernbert.py): AdamW with weight decay, one warm-up step (the first step has
+  learning rate 0) and clipping. Adam's eps at 1e-6: an element whose gradient is ~0 (a
+  saturated GELU's bias) then moves by ~lr * g / eps, not by lr * sign(g), which would turn
+  rounding noise into full-size updates."""
+  from configs import default
+  ocfg = default.get_config().optimizer
+  ocfg.update(learning_rate=1e-3, warmup_steps=1, warmup_ratio=0.0, weight_decay=0.5,
+              grad_clip_norm=0.5, eps=1e-6)
+  return ocfg
+
+
+def our_train_steps(model, params, batches, ocfg):
+  """Our train step (its two programs compiled apart, as parallel.py does; optimisation level
+  0 halves the compile time, which is most of these tests') on `batches` from `params`:
+  (each step's mean loss, the final params, the learning-rate schedule)."""
+  import jax
+  import jax.numpy as jnp
+  from research import optim, steps, tasks
+  tx, schedule = optim.make_optimizer(ocfg, params, total_steps=len(batches))
+  train_step = steps.make_train_step(model, tx, schedule, tasks.get("classification"))
+  gradients, update = (jax.jit(jax.vmap(part, axis_name=steps.AXIS),
+                               compiler_options={"xla_backend_optimization_level": 0})
+                       for part in (train_step.gradients, train_step.update))
+  state = jax.tree.map(lambda x: x[None], steps.TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, frozen={}, opt_state=tx.init(params),
+      rng=jax.random.key_data(jax.random.key(0))))
+  losses = []
+  for batch in batches:
+    state, metrics = update(state, gradients(state, {k: v[None, None] for k, v in batch.items()},
+                                             np.zeros((1, 1), np.int32)))
+    losses.append(float(metrics["loss_sum"][0] / metrics["weight_sum"][0]))
+  return losses, jax.tree.map(lambda x: x[0], state.params), schedule
+
+
+def torch_train_steps(reference, batches, ocfg, schedule, fields, no_decay) -> list[float]:
+  """transformers' `reference` classifier trained by torch.optim.AdamW on the same `batches`
+  (its inputs: `fields` of each), with the same schedule, clipping and weight decay on the
+  parameters `no_decay(name)` does not exempt: each step's loss."""
+  import torch
+  reference.train()
+  named = list(reference.named_parameters())
+  adamw = torch.optim.AdamW(
+      [{"params": [p for n, p in named if not no_decay(n)], "weight_decay": ocfg.weight_decay},
+       {"params": [p for n, p in named if no_decay(n)], "weight_decay": 0.0}],
+      lr=ocfg.learning_rate, betas=(ocfg.b1, ocfg.b2), eps=ocfg.eps)
+  lr = torch.optim.lr_scheduler.LambdaLR(adamw, lambda t: float(schedule(t)) / ocfg.learning_rate)
+  losses = []
+  for batch in batches:
+    loss = reference(**{k: torch.tensor(batch[k]).long() for k in fields},
+                     labels=torch.tensor(batch["labels"]).long()).loss
+    adamw.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), ocfg.grad_clip_norm)
+    adamw.step()
+    lr.step()
+    losses.append(loss.item())
+  return losses

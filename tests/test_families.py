@@ -23,7 +23,8 @@ import transformers
 from flax import traverse_util
 
 from configs import default, squad
-from helpers import FAMILY_TEXT, family_checkpoint
+from helpers import (FAMILY_TEXT, family_checkpoint, our_train_steps, step_optimizer,
+                     torch_train_steps)
 from research import optim, peft, steps, tasks
 from research.data import tokenization
 from research.data.batches import batch_width, make_batch
@@ -51,13 +52,7 @@ HEADS = {
 MAX_DIFFS: dict[tuple[str, str], float] = {}  # (family, output) -> max abs diff, for the report
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quiet_transformers():
-  """The *For* models load base checkpoints: transformers reports every fresh head at length."""
-  level = transformers.logging.get_verbosity()
-  transformers.logging.set_verbosity_error()
-  yield
-  transformers.logging.set_verbosity(level)
+pytestmark = pytest.mark.usefixtures("quiet_transformers")
 
 
 @pytest.fixture(scope="module")
@@ -350,49 +345,14 @@ def test_training_steps_match_transformers_and_torch_adamw(checkpoints, family):
   template = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))["params"]
   params = hf_io.params_from_state_dict(
       start, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template), load_head=True)
-  ocfg = default.get_config().optimizer
-  # Adam's eps at 1e-6: an element whose gradient is ~0 (a saturated GELU's bias) then moves by
-  # ~lr * g / eps, not by lr * sign(g), which would turn rounding noise into full-size updates.
-  ocfg.update(learning_rate=1e-3, warmup_steps=1, warmup_ratio=0.0, weight_decay=0.5,
-              grad_clip_norm=0.5, eps=1e-6)
-  tx, schedule = optim.make_optimizer(ocfg, params, total_steps=len(batches))
-  # Its two programs compiled apart, as parallel.py does. Optimisation level 0 halves the
-  # compile time, which is most of this test's.
-  train_step = steps.make_train_step(model, tx, schedule, tasks.get("classification"))
-  gradients, update = (jax.jit(jax.vmap(part, axis_name=steps.AXIS),
-                               compiler_options={"xla_backend_optimization_level": 0})
-                       for part in (train_step.gradients, train_step.update))
-  state = jax.tree.map(lambda x: x[None], steps.TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, frozen={}, opt_state=tx.init(params),
-      rng=jax.random.key_data(jax.random.key(0))))
-  ours = []
-  for batch in batches:
-    state, metrics = update(state, gradients(state, {k: v[None, None] for k, v in batch.items()},
-                                             np.zeros((1, 1), np.int32)))
-    ours.append(float(metrics["loss_sum"][0] / metrics["weight_sum"][0]))
-
-  reference.train()
-  named = list(reference.named_parameters())
-  no_decay = [p for n, p in named if n.endswith("bias") or "LayerNorm" in n]
-  decay = [p for n, p in named if not (n.endswith("bias") or "LayerNorm" in n)]
-  adamw = torch.optim.AdamW([{"params": decay, "weight_decay": ocfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=ocfg.learning_rate, betas=(ocfg.b1, ocfg.b2), eps=ocfg.eps)
-  lr = torch.optim.lr_scheduler.LambdaLR(adamw, lambda t: float(schedule(t)) / ocfg.learning_rate)
-  theirs = []
-  for batch in batches:
-    loss = reference(**{k: torch.tensor(batch[k]).long() for k in
-                        ("input_ids", "attention_mask", "token_type_ids")},
-                     labels=torch.tensor(batch["labels"]).long()).loss
-    adamw.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(reference.parameters(), ocfg.grad_clip_norm)
-    adamw.step()
-    lr.step()
-    theirs.append(loss.item())
+  ocfg = step_optimizer()
+  ours, final_params, schedule = our_train_steps(model, params, batches, ocfg)
+  theirs = torch_train_steps(reference, batches, ocfg, schedule,
+                             ("input_ids", "attention_mask", "token_type_ids"),
+                             lambda name: name.endswith("bias") or "LayerNorm" in name)
   _record(family, "training losses (4 steps)", ours, theirs, relative=True)
   assert theirs[-1] < theirs[0] - 0.05  # it trained
-  final = hf_io.state_dict_from_params(jax.tree.map(lambda x: x[0], state.params))
+  final = hf_io.state_dict_from_params(final_params)
   reference_final = _state(reference)
   assert set(final) <= set(start)
   for key in final:

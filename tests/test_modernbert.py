@@ -20,7 +20,8 @@ import transformers
 from flax import traverse_util
 
 from configs import conll2003, default, mlm, semeval2010_task8, squad
-from helpers import FAMILY_TEXT, family_checkpoint, tiny_config
+from helpers import (FAMILY_TEXT, family_checkpoint, our_train_steps, step_optimizer,
+                     tiny_config, torch_train_steps)
 from research import inference, optim, peft, steps, tasks, train
 from research.data import tokenization
 from research.data.batches import batch_width, make_batch
@@ -91,12 +92,7 @@ def _record(variant, output, ours, theirs, limit):
   assert diff <= limit, f"{variant} {output}: max diff {diff:.2e}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _quiet_transformers():
-  level = transformers.logging.get_verbosity()
-  transformers.logging.set_verbosity_error()
-  yield
-  transformers.logging.set_verbosity(level)
+pytestmark = pytest.mark.usefixtures("quiet_transformers")
 
 
 @pytest.mark.parametrize("variant", ["plain", "biased"])
@@ -462,47 +458,16 @@ def test_training_steps_match_transformers_and_torch_adamw(checkpoint):
   start = _state(reference)
   inputs = steps.model_inputs(batches[0])
   params = _params(model, start, *inputs)
-  ocfg = default.get_config().optimizer
-  ocfg.update(learning_rate=1e-3, warmup_steps=1, warmup_ratio=0.0, weight_decay=0.5,
-              grad_clip_norm=0.5, eps=1e-6)
-  tx, schedule = optim.make_optimizer(ocfg, params, total_steps=len(batches))
-  train_step = steps.make_train_step(model, tx, schedule, tasks.get("classification"))
-  gradients, update = (jax.jit(jax.vmap(part, axis_name=steps.AXIS),
-                               compiler_options={"xla_backend_optimization_level": 0})
-                       for part in (train_step.gradients, train_step.update))
-  state = jax.tree.map(lambda x: x[None], steps.TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, frozen={}, opt_state=tx.init(params),
-      rng=jax.random.key_data(jax.random.key(0))))
-  ours = []
-  for batch in batches:
-    state, metrics = update(state, gradients(state, {k: v[None, None] for k, v in batch.items()},
-                                             np.zeros((1, 1), np.int32)))
-    ours.append(float(metrics["loss_sum"][0] / metrics["weight_sum"][0]))
-
-  reference.train()
-  named = list(reference.named_parameters())
-  no_decay = [p for n, p in named if n.endswith("bias") or "norm" in n]
-  decay = [p for n, p in named if not (n.endswith("bias") or "norm" in n)]
-  adamw = torch.optim.AdamW([{"params": decay, "weight_decay": ocfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=ocfg.learning_rate, betas=(ocfg.b1, ocfg.b2), eps=ocfg.eps)
-  lr = torch.optim.lr_scheduler.LambdaLR(adamw, lambda t: float(schedule(t)) / ocfg.learning_rate)
-  theirs = []
-  for batch in batches:
-    loss = reference(input_ids=torch.tensor(batch["input_ids"]).long(),
-                     attention_mask=torch.tensor(batch["attention_mask"]).long(),
-                     labels=torch.tensor(batch["labels"]).long()).loss
-    adamw.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(reference.parameters(), ocfg.grad_clip_norm)
-    adamw.step()
-    lr.step()
-    theirs.append(loss.item())
+  ocfg = step_optimizer()
+  ours, final_params, schedule = our_train_steps(model, params, batches, ocfg)
+  theirs = torch_train_steps(reference, batches, ocfg, schedule,
+                             ("input_ids", "attention_mask"),
+                             lambda name: name.endswith("bias") or "norm" in name)
   relative = float(np.max(np.abs(np.subtract(ours, theirs)) / np.abs(theirs)))
   MAX_DIFFS["trained", "losses (relative)"] = relative
   assert relative <= RELATIVE_TOLERANCE, (ours, theirs)
   assert theirs[-1] < theirs[0] - 0.05  # it trained
-  final = hf_io.state_dict_from_params(jax.tree.map(lambda x: x[0], state.params))
+  final = hf_io.state_dict_from_params(final_params)
   reference_final = _state(reference)
   for key in final:
     update_, reference_update = final[key] - start[key], reference_final[key] - start[key]

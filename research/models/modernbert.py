@@ -199,6 +199,14 @@ def _stds(config: ModernBertConfig) -> dict[str, float]:
           "final_out": config.hidden_size ** -0.5}
 
 
+def _linear(module: nn.Module, x, features: int, use_bias: bool, init: str, name: str):
+  """A dense layer of `module` over x's tokens, initialised as transformers does (`_stds`)."""
+  cfg = module.config
+  layer = dense(cfg, features, use_bias=use_bias, kernel_init=_init(cfg, _stds(cfg)[init]),
+                dtype=module.dtype, param_dtype=module.param_dtype, name=name)
+  return dense_on_tokens(layer, x)
+
+
 def _layer_norm(config: ModernBertConfig, module: nn.Module, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=config.norm_eps, use_bias=config.norm_bias, dtype=module.dtype,
                       param_dtype=module.param_dtype, name=name)
@@ -248,10 +256,7 @@ class ModernBertAttention(nn.Module):
   def __call__(self, x, attention_bias, rotary, *, deterministic: bool, example_ids=None):
     cfg = self.config
     heads, d = cfg.num_attention_heads, cfg.head_dim
-    stds = _stds(cfg)
-    qkv = dense_on_tokens(dense(cfg, 3 * cfg.hidden_size, use_bias=cfg.attention_bias,
-                                kernel_init=_init(cfg, stds["in"]), dtype=self.dtype,
-                                param_dtype=self.param_dtype, name="Wqkv"), x)
+    qkv = _linear(self, x, 3 * cfg.hidden_size, cfg.attention_bias, "in", "Wqkv")
     qkv = qkv.reshape(qkv.shape[:-1] + (3, heads, d)).transpose(2, 0, 3, 1, 4)  # 3,B,h,S,d
     cos, sin = rotary
     query = (_rotate(qkv[0], cos, sin) * (d ** -0.5)).astype(self.dtype)
@@ -262,9 +267,7 @@ class ModernBertAttention(nn.Module):
         weights, deterministic=deterministic, example_ids=example_ids)
     context = jnp.matmul(weights.astype(self.dtype), qkv[2])
     context = context.transpose(0, 2, 1, 3).reshape(x.shape[:-1] + (cfg.hidden_size,))
-    out = dense_on_tokens(dense(cfg, cfg.hidden_size, use_bias=cfg.attention_bias,
-                                kernel_init=_init(cfg, stds["out"]), dtype=self.dtype,
-                                param_dtype=self.param_dtype, name="Wo"), context)
+    out = _linear(self, context, cfg.hidden_size, cfg.attention_bias, "out", "Wo")
     return Dropout(cfg.attention_dropout, cfg.dropout_impl)(
         out, deterministic=deterministic, example_ids=example_ids)
 
@@ -279,17 +282,12 @@ class ModernBertMLP(nn.Module):
   @nn.compact
   def __call__(self, x, *, deterministic: bool, example_ids=None):
     cfg = self.config
-    stds = _stds(cfg)
-    h = dense_on_tokens(dense(cfg, 2 * cfg.intermediate_size, use_bias=cfg.mlp_bias,
-                              kernel_init=_init(cfg, stds["in"]), dtype=self.dtype,
-                              param_dtype=self.param_dtype, name="Wi"), x)
+    h = _linear(self, x, 2 * cfg.intermediate_size, cfg.mlp_bias, "in", "Wi")
     inputs, gate = jnp.split(h, 2, axis=-1)
     h = ACTIVATIONS[cfg.hidden_activation](inputs) * gate
     h = Dropout(cfg.mlp_dropout, cfg.dropout_impl)(h, deterministic=deterministic,
                                                     example_ids=example_ids)
-    return dense_on_tokens(dense(cfg, cfg.hidden_size, use_bias=cfg.mlp_bias,
-                                 kernel_init=_init(cfg, stds["out"]), dtype=self.dtype,
-                                 param_dtype=self.param_dtype, name="Wo"), h)
+    return _linear(self, h, cfg.hidden_size, cfg.mlp_bias, "out", "Wo")
 
 
 class ModernBertEncoderLayer(nn.Module):
@@ -377,9 +375,7 @@ class ModernBertPredictionHead(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    x = dense_on_tokens(dense(cfg, cfg.hidden_size, use_bias=cfg.classifier_bias,
-                              kernel_init=_init(cfg, _stds(cfg)["out"]), dtype=self.dtype,
-                              param_dtype=self.param_dtype, name="dense"), x)
+    x = _linear(self, x, cfg.hidden_size, cfg.classifier_bias, "out", "dense")
     return _layer_norm(cfg, self, "norm")(ACTIVATIONS[cfg.classifier_activation](x))
 
 
@@ -390,8 +386,7 @@ def _classify(module: nn.Module, features, num_labels: int, rate: float, determi
   kw = dict(dtype=module.dtype, param_dtype=module.param_dtype)
   x = ModernBertPredictionHead(cfg, **kw, name="head")(features)
   x = Dropout(rate, cfg.dropout_impl)(x, deterministic=deterministic, example_ids=example_ids)
-  return dense_on_tokens(dense(cfg, num_labels, kernel_init=_init(cfg, _stds(cfg)["final_out"]),
-                               name="classifier", **kw), x)
+  return _linear(module, x, num_labels, True, "final_out", "classifier")
 
 
 def _rate(module: nn.Module) -> float:
@@ -456,9 +451,17 @@ class ModernBertForRelationClassification(nn.Module):
     features = entity_features(sequence, entity_spans, self.representation, self.start_offset)
     features = Dropout(_rate(self), cfg.dropout_impl)(features, deterministic=deterministic,
                                                       example_ids=example_ids)
-    logits = dense(cfg, self.num_labels, kernel_init=_init(cfg, _stds(cfg)["final_out"]),
-                   dtype=self.dtype, param_dtype=self.param_dtype, name="classifier")(features)
-    return logits.astype(jnp.float32)
+    return _linear(self, features, self.num_labels, True, "final_out",
+                   "classifier").astype(jnp.float32)
+
+
+def _token_logits(module: nn.Module, num_labels: int, input_ids, attention_mask,
+                  deterministic: bool, example_ids):
+  """Every token's output -> head -> dropout -> classifier, with `module`'s parameters."""
+  sequence = ModernBertModel(module.config, module.dtype, module.param_dtype, name=PREFIX)(
+      input_ids, attention_mask, deterministic=deterministic, example_ids=example_ids)
+  return _classify(module, sequence, num_labels, _rate(module), deterministic,
+                   example_ids).astype(jnp.float32)
 
 
 class ModernBertForTokenClassification(nn.Module):
@@ -473,10 +476,8 @@ class ModernBertForTokenClassification(nn.Module):
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
                deterministic: bool = True, example_ids=None):
-    sequence = ModernBertModel(self.config, self.dtype, self.param_dtype, name=PREFIX)(
-        input_ids, attention_mask, deterministic=deterministic, example_ids=example_ids)
-    logits = _classify(self, sequence, self.num_labels, _rate(self), deterministic, example_ids)
-    return logits.astype(jnp.float32)
+    return _token_logits(self, self.num_labels, input_ids, attention_mask, deterministic,
+                         example_ids)
 
 
 class ModernBertForQuestionAnswering(nn.Module):
@@ -490,10 +491,7 @@ class ModernBertForQuestionAnswering(nn.Module):
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
                deterministic: bool = True, example_ids=None):
-    sequence = ModernBertModel(self.config, self.dtype, self.param_dtype, name=PREFIX)(
-        input_ids, attention_mask, deterministic=deterministic, example_ids=example_ids)
-    logits = _classify(self, sequence, 2, _rate(self), deterministic, example_ids)
-    return logits.astype(jnp.float32)
+    return _token_logits(self, 2, input_ids, attention_mask, deterministic, example_ids)
 
 
 class ModernBertForMaskedLM(nn.Module):
