@@ -168,7 +168,9 @@ FAMILY_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # RoBERTa's ids 0
 
 def family_tokenizer(path: pathlib.Path, model_type: str) -> pathlib.Path:
   """A tokenizer of a family trained on `FAMILY_TEXT` and saved in `path`: byte-level BPE for
-  RoBERTa, SentencePiece Unigram for XLM-R, WordPiece for ELECTRA (and BERT)."""
+  RoBERTa, SentencePiece Unigram for XLM-R, WordPiece for ELECTRA (and BERT), and for
+  ModernBERT what its checkpoints ship: byte-level BPE with BERT's special tokens, joined as
+  `[CLS] A [SEP] B [SEP]`, saved as a plain `PreTrainedTokenizerFast`."""
   import tokenizers
   import transformers
   from tokenizers import processors
@@ -190,6 +192,16 @@ def family_tokenizer(path: pathlib.Path, model_type: str) -> pathlib.Path:
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
         special_tokens=[("<s>", 0), ("</s>", 2)])
     tokenizer = transformers.XLMRobertaTokenizerFast(tokenizer_object=backend, **specials)
+  elif model_type == "modernbert":
+    backend = tokenizers.ByteLevelBPETokenizer()
+    backend.train_from_iterator(lines, vocab_size=400, min_frequency=1,
+                                special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"])
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        pad_token="[PAD]", mask_token="[MASK]")
   else:
     backend = tokenizers.BertWordPieceTokenizer(lowercase=True)
     backend.train_from_iterator(lines, vocab_size=300, min_frequency=1)
@@ -203,8 +215,7 @@ def family_checkpoint(path: pathlib.Path, model_type: str, seed: int = 0,
   """A random-init encoder of a family (`RobertaModel`, `XLMRobertaModel` with its pooler,
   `ElectraModel` with 16-wide embeddings projected to the hidden size, `ModernBertModel` with
   a global, a local and a global layer and a window of 8 tokens), 2 layers of 32 unless
-  `shapes` say otherwise, saved by transformers with its `family_tokenizer` (ModernBERT's:
-  WordPiece with BERT's special tokens, as its own BPE has)."""
+  `shapes` say otherwise, saved by transformers with its `family_tokenizer`."""
   import torch
   import transformers
   family_tokenizer(path, model_type)

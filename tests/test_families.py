@@ -23,8 +23,8 @@ import transformers
 from flax import traverse_util
 
 from configs import default, squad
-from helpers import (FAMILY_TEXT, family_checkpoint, our_train_steps, step_optimizer,
-                     torch_train_steps)
+from helpers import (FAMILY_TEXT, family_checkpoint, family_tokenizer, our_train_steps,
+                     step_optimizer, torch_train_steps)
 from research import optim, peft, steps, tasks
 from research.data import tokenization
 from research.data.batches import batch_width, make_batch
@@ -269,15 +269,19 @@ NER_WORDS = [["John", "Smith", "visited", "Madrid", "yesterday"],
 NER_TAGS = [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-PER", "O", "O", "O", "B-ORG", "I-ORG"]]
 
 
-def test_token_classification_labels_first_sub_word_of_byte_level_bpe(checkpoints):
+@pytest.mark.parametrize("family", ("roberta", "modernbert"))
+def test_token_classification_labels_first_sub_word_of_byte_level_bpe(checkpoints, family,
+                                                                       tmp_path):
   """Words through a byte-level BPE tokenizer get the space a word has in running text
   (add_prefix_space), so each word's first sub-word is `Ġ...`; its tag sits there, on no other
-  sub-word."""
+  sub-word. RoBERTa's tokenizer class and ModernBERT's (a plain PreTrainedTokenizerFast with
+  [CLS]/[SEP]) alike."""
   names = ("O", "B-PER", "I-PER", "B-LOC", "B-ORG", "I-ORG")
   task = ml_collections.ConfigDict(dict(kind="token_classification", text_fields=("tokens",),
                                         label_field="tags", label_names=names))
-  tokenizer = tokenization.load_tokenizer(checkpoints["roberta"])
-  assert not tokenizer.add_prefix_space  # as RoBERTa's own tokenizer: the pipeline adds it
+  source = checkpoints[family] if family in checkpoints else family_tokenizer(tmp_path, family)
+  tokenizer = tokenization.load_tokenizer(source)
+  assert not getattr(tokenizer, "add_prefix_space", False)  # as shipped: the pipeline adds it
   rows = datasets.Dataset.from_dict({"tokens": NER_WORDS, "tags": NER_TAGS})
   split = tasks.kind_of(task).encode(rows, tokenizer, task, 32, "ner")
   for i, (words, tags) in enumerate(zip(NER_WORDS, NER_TAGS)):

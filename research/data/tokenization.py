@@ -91,12 +91,18 @@ def words_tokenizer(tokenizer):
   (RoBERTa's) reads the space before a word as part of it ('Ġword'): without add_prefix_space
   it would tokenise every word as the start of a text, unlike the same word in running text.
   Such a tokenizer is reloaded with add_prefix_space=True (what transformers asks for words);
-  any other is returned as it is."""
+  a class that does not take that option (ModernBERT's plain `PreTrainedTokenizerFast`) gets it
+  on the reloaded copy's pre-tokenizer. Any other tokenizer is returned as it is."""
   from tokenizers import pre_tokenizers
   pre = tokenizer.backend_tokenizer.pre_tokenizer
   if not isinstance(pre, pre_tokenizers.ByteLevel) or pre.add_prefix_space:
     return tokenizer
-  return load_tokenizer(tokenizer.name_or_path, add_prefix_space=True)
+  words = load_tokenizer(tokenizer.name_or_path, add_prefix_space=True)
+  backend = words.backend_tokenizer
+  if not backend.pre_tokenizer.add_prefix_space:
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(
+        add_prefix_space=True, trim_offsets=pre.trim_offsets, use_regex=pre.use_regex)
+  return words
 
 
 # A validation split carved out of train (`data.validation_from_train`): the same rows for
