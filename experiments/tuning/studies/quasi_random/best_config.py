@@ -1,5 +1,5 @@
 """The best trial so far of the study quasi_random (`--config experiments/tuning/rte.py`, in /work/wt-exp/experiments/tuning/studies/quasi_random):
-trial 0, accuracy 0.6354 (maximize) of 2 completed trial(s).
+trial 0, accuracy 0.6354 (maximize) of 4 completed trial(s).
 
 The base config /work/wt-exp/experiments/tuning/rte.py with the trial's overrides:
 
