@@ -170,7 +170,9 @@ def family_tokenizer(path: pathlib.Path, model_type: str) -> pathlib.Path:
   """A tokenizer of a family trained on `FAMILY_TEXT` and saved in `path`: byte-level BPE for
   RoBERTa, SentencePiece Unigram for XLM-R, WordPiece for ELECTRA (and BERT), and for
   ModernBERT what its checkpoints ship: byte-level BPE with BERT's special tokens, joined as
-  `[CLS] A [SEP] B [SEP]`, saved as a plain `PreTrainedTokenizerFast`."""
+  `[CLS] A [SEP] B [SEP]`, saved as a plain `PreTrainedTokenizerFast`; for DeBERTa-v3 a
+  `DebertaV2Tokenizer` (Unigram, DeBERTa-v3's special-token ids: [PAD] 0, [CLS] 1, [SEP] 2,
+  [UNK] 3, [MASK] last)."""
   import tokenizers
   import transformers
   from tokenizers import processors
@@ -202,6 +204,12 @@ def family_tokenizer(path: pathlib.Path, model_type: str) -> pathlib.Path:
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
         pad_token="[PAD]", mask_token="[MASK]")
+  elif model_type == "deberta-v2":
+    backend = tokenizers.SentencePieceUnigramTokenizer()
+    backend.train_from_iterator(lines, vocab_size=300, unk_token="[UNK]",
+                                special_tokens=["[PAD]", "[CLS]", "[SEP]", "[UNK]"])
+    vocab = [tuple(piece) for piece in json.loads(backend.to_str())["model"]["vocab"]]
+    tokenizer = transformers.DebertaV2Tokenizer(vocab=vocab + [("[MASK]", 0.0)])
   else:
     backend = tokenizers.BertWordPieceTokenizer(lowercase=True)
     backend.train_from_iterator(lines, vocab_size=300, min_frequency=1)
@@ -214,7 +222,8 @@ def family_checkpoint(path: pathlib.Path, model_type: str, seed: int = 0,
                       **shapes) -> pathlib.Path:
   """A random-init encoder of a family (`RobertaModel`, `XLMRobertaModel` with its pooler,
   `ElectraModel` with 16-wide embeddings projected to the hidden size, `ModernBertModel` with
-  a global, a local and a global layer and a window of 8 tokens), 2 layers of 32 unless
+  a global, a local and a global layer and a window of 8 tokens, `DebertaV2Model` with
+  DeBERTa-v3's switches and 8 position buckets), 2 layers of 32 unless
   `shapes` say otherwise, saved by transformers with its `family_tokenizer`."""
   import torch
   import transformers
@@ -233,6 +242,11 @@ def family_checkpoint(path: pathlib.Path, model_type: str, seed: int = 0,
         "pad_token_id": ids.pad_token_id, "cls_token_id": ids.cls_token_id,
         "bos_token_id": ids.cls_token_id, "sep_token_id": ids.sep_token_id,
         "eos_token_id": ids.sep_token_id})
+  elif model_type == "deberta-v2":  # DeBERTa-v3's switches, logarithmic beyond 4 tokens
+    config = transformers.DebertaV2Config(**{
+        **kw, "relative_attention": True, "position_buckets": 8, "norm_rel_ebd": "layer_norm",
+        "share_att_key": True, "pos_att_type": "p2c|c2p", "position_biased_input": False,
+        "type_vocab_size": 0, "pad_token_id": 0, **shapes})
   else:
     config = transformers.AutoConfig.for_model(model_type, pad_token_id=1, bos_token_id=0,
                                                eos_token_id=2, type_vocab_size=1, **kw)

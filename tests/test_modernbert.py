@@ -501,7 +501,11 @@ def test_prediction_head_loads_where_the_checkpoint_has_one():
   assert (params["head"]["dense"]["kernel"] == 7.0).all()
   np.testing.assert_array_equal(params[modernbert.PREFIX]["final_norm"]["scale"],
                                 encoder["final_norm.weight"])
-  assert hf_io.has_lm_head(masked_lm) and not hf_io.has_lm_head(encoder)
+  lm = modernbert.ModernBertForMaskedLM(config)
+  lm_shapes = jax.eval_shape(lambda: lm.init(jax.random.key(0), ids, mask, np.zeros_like(ids),
+                                             np.zeros((4, 1), np.int32)))["params"]
+  assert hf_io.has_head(masked_lm, lm_shapes) and not hf_io.has_head(encoder, lm_shapes)
+  assert lm.continues_checkpoint_head  # its `head` and `decoder.bias` both continue
 
 
 def test_freezing_layer_rates_and_lora_see_its_names():

@@ -1,7 +1,7 @@
 """Tokenizers: loading a checkpoint's fast tokenizer, and what every encoder asks of one.
 
-A checkpoint of each family we train (BERT, RoBERTa, XLM-R, ELECTRA) loads its fast tokenizer
-(WordPiece, byte-level BPE or SentencePiece). Its splits and batches have the same fields
+A checkpoint of each family we train (BERT, RoBERTa, XLM-R, ELECTRA, ModernBERT, DeBERTa) loads
+its fast tokenizer (WordPiece, byte-level BPE or SentencePiece). Its splits and batches have the same fields
 whatever the family: a tokenizer whose model has no token types still returns them, all 0.
 """
 
@@ -49,7 +49,8 @@ def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
 # The tokenizer class `AutoTokenizer` chooses for each model family we train (transformers'
 # TOKENIZER_MAPPING_NAMES; tests/test_families.py checks that they agree).
 FAMILY_TOKENIZERS = {"bert": "BertTokenizer", "roberta": "RobertaTokenizer",
-                     "xlm-roberta": "XLMRobertaTokenizer", "electra": "BertTokenizer"}
+                     "xlm-roberta": "XLMRobertaTokenizer", "electra": "BertTokenizer",
+                     "deberta-v2": "DebertaV2Tokenizer"}
 
 
 def _family_tokenizer_class(path: pathlib.Path):

@@ -777,7 +777,7 @@ class TiedDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, embedding):
-    return _tied_decode(self, x, embedding, self.gemm)
+    return tied_decode(self, x, embedding, self.gemm)
 
 
 class BertLMPredictionHead(nn.Module):
@@ -791,7 +791,7 @@ class BertLMPredictionHead(nn.Module):
   def __call__(self, hidden, embedding):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = LMTransform(self.config, self.config.hidden_size, **kw, name="transform")(hidden)
-    return _tied_decode(self, x, embedding, self.config.gemm)
+    return tied_decode(self, x, embedding, self.config.gemm)
 
 
 class RobertaLMHead(nn.Module):
@@ -804,10 +804,10 @@ class RobertaLMHead(nn.Module):
   @nn.compact
   def __call__(self, hidden, embedding):
     x = _lm_transform(self, hidden, self.config.hidden_size, "layer_norm")
-    return _tied_decode(self, x, embedding, self.config.gemm)
+    return tied_decode(self, x, embedding, self.config.gemm)
 
 
-def _tied_decode(module: nn.Module, x, embedding, gemm: str):
+def tied_decode(module: nn.Module, x, embedding, gemm: str):
   """`TiedDecoder` with its `bias` a parameter of `module` itself; its product by `gemm`'s
   library (the vocabulary projection is a dense layer's worth of FLOPs, or more)."""
   bias = module.param("bias", nn.initializers.zeros, (embedding.shape[0],), module.param_dtype)

