@@ -314,3 +314,78 @@ def torch_train_steps(reference, batches, ocfg, schedule, fields, no_decay) -> l
     lr.step()
     losses.append(loss.item())
   return losses
+
+
+def assert_same_training(ours, theirs, start, ours_final, theirs_final, max_diffs, *,
+                         loss_tolerance: float, update_tolerance: float):
+  """Our losses and final state dict against torch's from the same `start` (tests/
+  test_modernbert.py, tests/test_deberta.py): the losses within `loss_tolerance` relative, the
+  repeated first batch's loss fallen, every tensor moved and its update within
+  `update_tolerance` of its largest element. The worst of each goes into `max_diffs`."""
+  relative = float(np.max(np.abs(np.subtract(ours, theirs)) / np.abs(theirs)))
+  max_diffs["trained", "losses (relative)"] = relative
+  assert relative <= loss_tolerance, (ours, theirs)
+  assert theirs[-1] < theirs[0] - 0.05  # it trained
+  for key in ours_final:
+    update, reference_update = ours_final[key] - start[key], theirs_final[key] - start[key]
+    scale = np.abs(reference_update).max()
+    assert scale > 1e-5, key  # every tensor moved
+    worst = float(np.abs(update - reference_update).max() / scale)
+    max_diffs["trained", "updates (of their scale)"] = max(
+        worst, max_diffs.get(("trained", "updates (of their scale)"), 0.0))
+    assert worst <= update_tolerance, (key, worst)
+
+
+def kind_config(kind: str, checkpoint, width: int):
+  """A slice of a task of `kind` for a family's `checkpoint` (tests/test_modernbert.py,
+  tests/test_deberta.py): CoNLL-2003, SQuAD 2.0's five dev articles, masked LM on SST-2's
+  sentences or SemEval-2010 relations; 64 examples, one epoch, rows of `width` tokens."""
+  from configs import conll2003, mlm, semeval2010_task8, squad
+  if kind == "token_classification":
+    config = conll2003.get_config()
+  elif kind == "question_answering":
+    config = squad.get_config("v2")
+    config.data.local_name, config.data.train_split = "squad_v2_dev5", "validation"
+    config.task.doc_stride = 32
+  elif kind == "relation_classification":
+    config = semeval2010_task8.get_config()
+    config.data.validation_from_train = 0
+    config.data.eval_splits = ("test",)
+  else:
+    config = mlm.get_config("task=sst2")
+  config.model.checkpoint = str(checkpoint)
+  config.data.update(train_examples=64, eval_examples=32, max_length=width,
+                     length_buckets=(width,), eval_splits=tuple(config.data.eval_splits[:1]))
+  config.train.update(num_epochs=1.0, batch_size=16)
+  config.eval.batch_size = 16
+  config.checkpoint.every_steps = 1000
+  config.parallel.num_devices = 1
+  return config
+
+
+def torch_state(model) -> dict:
+  """A PyTorch module's state dict as numpy arrays (copies)."""
+  return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def loaded_params(model, state_dict, inputs, bare_prefix: str | None = None):
+  """Our `model`'s params from a PyTorch state dict, through hf_io; a bare encoder's
+  (`bare_prefix`: its family's encoder name) are loaded under that name, as a task model holds
+  them, and returned without it."""
+  import jax
+  from research.models import hf_io
+  template = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))["params"]
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+  if bare_prefix:
+    template = {bare_prefix: template}
+  params = hf_io.params_from_state_dict(state_dict, template, load_head=True)
+  return params[bare_prefix] if bare_prefix else params
+
+
+def record_diff(max_diffs: dict, variant: str, output: str, ours, theirs, limit: float):
+  """Asserts the max abs difference of `ours` and `theirs` is within `limit`, keeping the worst
+  of each (variant, output) in `max_diffs` for a module's numerics table."""
+  diff = float(np.abs(np.asarray(ours) - np.asarray(theirs)).max())
+  max_diffs[variant, output] = max(diff, max_diffs.get((variant, output), 0.0))
+  assert diff <= limit, f"{variant} {output}: max diff {diff:.2e}"
+

@@ -26,9 +26,10 @@ import transformers
 from flax import traverse_util
 from transformers.models.deberta_v2 import modeling_deberta_v2 as reference_module
 
-from configs import conll2003, default, mlm, semeval2010_task8, squad
-from helpers import (FAMILY_TEXT, family_checkpoint, our_train_steps, step_optimizer,
-                     tiny_config, torch_train_steps)
+from configs import default
+from helpers import (FAMILY_TEXT, assert_same_training, family_checkpoint, kind_config,
+                     loaded_params, our_train_steps, record_diff, step_optimizer, tiny_config,
+                     torch_state, torch_train_steps)
 from research import inference, optim, peft, steps, tasks, train
 from research.config_base import ConfigError
 from research.data import tokenization
@@ -90,20 +91,9 @@ def _batch(config, left: bool, seed: int = 0):
   return ids, mask, types
 
 
-def _state(model: torch.nn.Module) -> dict[str, np.ndarray]:
-  return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
 def _params(model, state_dict, *inputs):
-  """`model`'s params from a PyTorch state dict, through hf_io (a bare encoder's under the
-  encoder prefix, as a task model holds them)."""
-  template = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))["params"]
-  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
   bare = isinstance(model, deberta_v2.DebertaV2Model)
-  if bare:
-    template = {deberta_v2.PREFIX: template}
-  params = hf_io.params_from_state_dict(state_dict, template, load_head=True)
-  return params[deberta_v2.PREFIX] if bare else params
+  return loaded_params(model, state_dict, inputs, deberta_v2.PREFIX if bare else None)
 
 
 def _torch_inputs(ids, mask, types):
@@ -112,9 +102,7 @@ def _torch_inputs(ids, mask, types):
 
 
 def _record(variant, output, ours, theirs, limit):
-  diff = float(np.abs(np.asarray(ours) - np.asarray(theirs)).max())
-  MAX_DIFFS[variant, output] = max(diff, MAX_DIFFS.get((variant, output), 0.0))
-  assert diff <= limit, f"{variant} {output}: max diff {diff:.2e}"
+  record_diff(MAX_DIFFS, variant, output, ours, theirs, limit)
 
 
 pytestmark = pytest.mark.usefixtures("quiet_transformers")
@@ -174,7 +162,7 @@ def test_encoder_matches_transformers(variant, left):
   config = deberta_v2.DebertaV2Config.from_dict(hf.to_dict())
   ids, mask, types = _batch(config, left)
   model = deberta_v2.DebertaV2Model(config)
-  params = _params(model, _state(reference), ids, mask, types)
+  params = _params(model, torch_state(reference), ids, mask, types)
   ours = model.apply({"params": params}, ids, mask, types)
   with torch.no_grad():
     theirs = reference(**_torch_inputs(ids, mask, types)).last_hidden_state.numpy()
@@ -200,7 +188,7 @@ def test_encoder_matches_transformers_at_v3_base_shapes():
   ids[1, 181:], mask[1, 181:] = 0, 0
   types = np.zeros_like(ids)
   model = deberta_v2.DebertaV2Model(config)
-  params = _params(model, _state(reference), ids, mask, types)
+  params = _params(model, torch_state(reference), ids, mask, types)
   ours = jax.jit(lambda p: model.apply({"params": p}, ids, mask, types))(params)
   with torch.no_grad():
     theirs = reference(**_torch_inputs(ids, mask, types)).last_hidden_state.numpy()
@@ -240,7 +228,7 @@ def test_position_scores_matter():
   reference = transformers.DebertaV2Model(hf).eval()
   config = deberta_v2.DebertaV2Config.from_dict(hf.to_dict())
   ids, mask, types = _batch(config, left=False)
-  state = _state(reference)
+  state = torch_state(reference)
   model = deberta_v2.DebertaV2Model(config)
   params = _params(model, state, ids, mask, types)
   ours = np.asarray(model.apply({"params": params}, ids, mask, types))
@@ -291,7 +279,7 @@ def test_heads_match_transformers(variant, head):
   positions = np.array([[0, 3, 8], [1, 2, 4], [5, 11, 0], [0, 1, 1]])
   if "masked" in head:
     inputs = (ids, mask, types, positions)
-  state = _state(reference)
+  state = torch_state(reference)
   params = _params(model, state, *inputs)
   exported = hf_io.state_dict_from_params(params)
   tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
@@ -330,7 +318,7 @@ def test_relation_head_reads_what_it_says(representation):
   model = deberta_v2.DebertaV2ForRelationClassification(config, 3,
                                                          representation=representation)
   inputs = (ids, mask, types, spans)
-  state = _state(reference)
+  state = torch_state(reference)
   if representation != "cls":  # the entity head's classifier reads 2H features, no pooler
     state["classifier.weight"] = np.random.default_rng(0).normal(0, 0.2, (3, 64)).astype(
         np.float32)
@@ -385,31 +373,6 @@ def test_trains_through_main_and_exports_to_transformers(checkpoint, tmp_path):
   _record("trained", "export", ours, theirs.numpy(), HEAD_TOLERANCE)
 
 
-def _kind_config(kind: str, checkpoint):
-  """A slice of each kind's task for a DeBERTa checkpoint: 64 examples, one epoch."""
-  if kind == "token_classification":
-    config = conll2003.get_config()
-  elif kind == "question_answering":
-    config = squad.get_config("v2")
-    config.data.local_name, config.data.train_split = "squad_v2_dev5", "validation"
-    config.task.doc_stride = 32
-  elif kind == "relation_classification":
-    config = semeval2010_task8.get_config()
-    config.data.validation_from_train = 0
-    config.data.eval_splits = ("test",)
-  else:
-    config = mlm.get_config("task=sst2")
-  width = 64 if kind == "token_classification" else 128
-  config.model.checkpoint = str(checkpoint)
-  config.data.update(train_examples=64, eval_examples=32, max_length=width,
-                     length_buckets=(width,), eval_splits=tuple(config.data.eval_splits[:1]))
-  config.train.update(num_epochs=1.0, batch_size=16)
-  config.eval.batch_size = 16
-  config.checkpoint.every_steps = 1000
-  config.parallel.num_devices = 1
-  return config
-
-
 @pytest.mark.parametrize("kind, architecture", [
     ("token_classification", "DebertaV2ForTokenClassification"),
     ("question_answering", "DebertaV2ForQuestionAnswering"),
@@ -422,7 +385,7 @@ def test_every_kind_trains_and_exports(tmp_path_factory, kind, architecture):
   config.json)."""
   checkpoint = family_checkpoint(tmp_path_factory.mktemp("long"), "deberta-v2",
                                  max_position_embeddings=128)
-  config = _kind_config(kind, checkpoint)
+  config = kind_config(kind, checkpoint, 64 if kind == "token_classification" else 128)
   workdir = tmp_path_factory.mktemp(kind) / "run"
   train.train_and_evaluate(config, str(workdir))
   results = json.loads((workdir / "results.json").read_text())["final"]["results"]
@@ -517,7 +480,7 @@ def test_training_steps_match_transformers_and_torch_adamw(checkpoint):
   reference = transformers.AutoModelForSequenceClassification.from_pretrained(
       str(checkpoint), num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
       initializer_range=0.3)
-  start = _state(reference)
+  start = torch_state(reference)
   inputs = steps.model_inputs(batches[0])
   params = _params(model, start, *inputs)
   ocfg = step_optimizer()
@@ -525,20 +488,9 @@ def test_training_steps_match_transformers_and_torch_adamw(checkpoint):
   theirs = torch_train_steps(reference, batches, ocfg, schedule,
                              ("input_ids", "attention_mask", "token_type_ids"),
                              lambda name: name.endswith("bias") or "LayerNorm" in name)
-  relative = float(np.max(np.abs(np.subtract(ours, theirs)) / np.abs(theirs)))
-  MAX_DIFFS["trained", "losses (relative)"] = relative
-  assert relative <= RELATIVE_TOLERANCE, (ours, theirs)
-  assert theirs[-1] < theirs[0] - 0.05  # it trained
-  final = hf_io.state_dict_from_params(final_params)
-  reference_final = _state(reference)
-  for key in final:
-    update_, reference_update = final[key] - start[key], reference_final[key] - start[key]
-    scale = np.abs(reference_update).max()
-    assert scale > 1e-5, key  # every tensor moved
-    worst = float(np.abs(update_ - reference_update).max() / scale)
-    MAX_DIFFS["trained", "updates (of their scale)"] = max(
-        worst, MAX_DIFFS.get(("trained", "updates (of their scale)"), 0.0))
-    assert worst <= UPDATE_TOLERANCE, (key, worst)
+  assert_same_training(ours, theirs, start, hf_io.state_dict_from_params(final_params),
+                       torch_state(reference), MAX_DIFFS, loss_tolerance=RELATIVE_TOLERANCE,
+                       update_tolerance=UPDATE_TOLERANCE)
 
 
 def test_masked_lm_continues_the_head_its_checkpoint_has():
@@ -547,7 +499,7 @@ def test_masked_lm_continues_the_head_its_checkpoint_has():
   transformers builds when config.json says nothing) it starts fresh, as in transformers."""
   torch.manual_seed(0)
   hf = _hf_config("v3", legacy=False)
-  state = _state(transformers.DebertaV2ForMaskedLM(hf))
+  state = torch_state(transformers.DebertaV2ForMaskedLM(hf))
   positions = np.zeros((4, 1), np.int32)
   for legacy, continues in ((False, True), (True, False)):
     config = deberta_v2.DebertaV2Config.from_dict(dict(hf.to_dict(), legacy=legacy))
@@ -556,7 +508,7 @@ def test_masked_lm_continues_the_head_its_checkpoint_has():
     shapes = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), ids, mask, types,
                                                    positions))["params"]
     assert hf_io.has_head(state, shapes) == continues
-  assert not hf_io.has_head(_state(transformers.DebertaV2Model(hf)), shapes)
+  assert not hf_io.has_head(torch_state(transformers.DebertaV2Model(hf)), shapes)
 
 
 def test_freezing_layer_rates_and_lora_see_its_names():

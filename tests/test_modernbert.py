@@ -19,9 +19,10 @@ import torch
 import transformers
 from flax import traverse_util
 
-from configs import conll2003, default, mlm, semeval2010_task8, squad
-from helpers import (FAMILY_TEXT, family_checkpoint, our_train_steps, step_optimizer,
-                     tiny_config, torch_train_steps)
+from configs import default, semeval2010_task8
+from helpers import (FAMILY_TEXT, assert_same_training, family_checkpoint, kind_config,
+                     loaded_params, our_train_steps, record_diff, step_optimizer, tiny_config,
+                     torch_state, torch_train_steps)
 from research import inference, optim, peft, steps, tasks, train
 from research.data import tokenization
 from research.data.batches import batch_width, make_batch
@@ -70,26 +71,13 @@ def _batch(config: modernbert.ModernBertConfig, left: bool, seed: int = 0):
   return ids, mask
 
 
-def _state(model: torch.nn.Module) -> dict[str, np.ndarray]:
-  return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
 def _params(model, state_dict, *inputs):
-  """`model`'s params from a PyTorch state dict, through hf_io (a bare encoder's under the
-  encoder prefix, as a task model holds them)."""
-  template = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))["params"]
-  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
   bare = isinstance(model, modernbert.ModernBertModel)
-  if bare:
-    template = {modernbert.PREFIX: template}
-  params = hf_io.params_from_state_dict(state_dict, template, load_head=True)
-  return params[modernbert.PREFIX] if bare else params
+  return loaded_params(model, state_dict, inputs, modernbert.PREFIX if bare else None)
 
 
 def _record(variant, output, ours, theirs, limit):
-  diff = float(np.abs(np.asarray(ours) - np.asarray(theirs)).max())
-  MAX_DIFFS[variant, output] = max(diff, MAX_DIFFS.get((variant, output), 0.0))
-  assert diff <= limit, f"{variant} {output}: max diff {diff:.2e}"
+  record_diff(MAX_DIFFS, variant, output, ours, theirs, limit)
 
 
 pytestmark = pytest.mark.usefixtures("quiet_transformers")
@@ -142,7 +130,7 @@ def test_encoder_matches_transformers(variant, left):
   config = modernbert.ModernBertConfig.from_dict(hf.to_dict())
   ids, mask = _batch(config, left)
   model = modernbert.ModernBertModel(config)
-  params = _params(model, _state(reference), ids, mask)
+  params = _params(model, torch_state(reference), ids, mask)
   ours = model.apply({"params": params}, ids, mask)
   with torch.no_grad():
     theirs = reference(input_ids=torch.tensor(ids),
@@ -164,7 +152,7 @@ def test_encoder_matches_transformers_at_base_shapes():
   mask = np.ones_like(ids)
   ids[1, 97:], mask[1, 97:] = 0, 0
   model = modernbert.ModernBertModel(config)
-  params = _params(model, _state(reference), ids, mask)
+  params = _params(model, torch_state(reference), ids, mask)
   ours = jax.jit(lambda p: model.apply({"params": p}, ids, mask))(params)
   with torch.no_grad():
     theirs = reference(input_ids=torch.tensor(ids),
@@ -197,6 +185,57 @@ def test_remat_recomputes_the_same_gradients():
   assert worst <= 1e-6, worst
 
 
+@pytest.mark.parametrize("window", [None, 5], ids=["global", "local"])
+def test_attention_by_blocks_is_attention_whole(window):
+  """Long inputs are attended by blocks of queries (`modernbert.attend`): the context of the
+  real queries and its gradients equal those of the whole score matrix, in a global layer and
+  in a local one whose window crosses the blocks' edges, with padding on either side."""
+  rng = np.random.default_rng(0)
+  query, key, value = (jnp.asarray(rng.normal(size=(2, 3, 64, 8)), jnp.float32)
+                       for _ in range(3))
+  keys = np.ones((2, 64), bool)
+  keys[0, 50:], keys[1, :21] = False, False
+  real = keys[:, None, :, None]
+
+  def loss(block, q, k, v):
+    context = modernbert.attend(q, k, v, jnp.asarray(keys), window, block=block)
+    return (jnp.where(real, context, 0.0) ** 2).sum(), context
+
+  (whole_loss, whole), whole_grads = jax.value_and_grad(
+      lambda *a: loss(64, *a), argnums=(0, 1, 2), has_aux=True)(query, key, value)
+  (loss_, blocks), grads = jax.value_and_grad(
+      lambda *a: loss(16, *a), argnums=(0, 1, 2), has_aux=True)(query, key, value)
+  assert "scan" in str(jax.make_jaxpr(lambda q: loss(16, q, key, value))(query))  # blocks
+  np.testing.assert_allclose(np.where(real, blocks, 0), np.where(real, whole, 0), atol=1e-6)
+  for ours, theirs in zip(grads, whole_grads):
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)  # sums in other orders
+
+
+def test_long_inputs_by_blocks_match_transformers(monkeypatch):
+  """The encoder on rows of 48 tokens attended by blocks of 16 queries (a window of 4 tokens
+  crossing the blocks' edges) equals transformers' whole-matrix attention on real tokens."""
+  monkeypatch.setattr(modernbert, "QUERY_BLOCK", 16)
+  torch.manual_seed(0)
+  hf = _hf_config("plain")
+  hf.max_position_embeddings = 64
+  reference = transformers.ModernBertModel(hf).eval()
+  config = modernbert.ModernBertConfig.from_dict(hf.to_dict())
+  rng = np.random.default_rng(1)
+  ids = rng.integers(3, config.vocab_size, (2, 48))
+  mask = np.ones_like(ids)
+  mask[0, 40:], mask[1, :7] = 0, 0
+  ids = ids * mask
+  model = modernbert.ModernBertModel(config)
+  params = _params(model, torch_state(reference), ids, mask)
+  assert "scan" in str(jax.make_jaxpr(lambda p: model.apply({"params": p}, ids, mask))(params))
+  ours = model.apply({"params": params}, ids, mask)
+  with torch.no_grad():
+    theirs = reference(input_ids=torch.tensor(ids),
+                       attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+  real = mask.astype(bool)
+  _record("plain", "blocks", np.asarray(ours)[real], theirs[real], TOLERANCE)
+
+
 def test_window_and_rotation_matter():
   """The checks above can fail: without the window, or with another rotary base, the outputs
   move far beyond the tolerance."""
@@ -212,7 +251,7 @@ def test_window_and_rotation_matter():
   for wrong in (dataclasses.replace(config, local_attention=64),
                 dataclasses.replace(config, local_rope_theta=20.0)):
     model = modernbert.ModernBertModel(wrong)
-    params = _params(model, _state(reference), ids, mask)
+    params = _params(model, torch_state(reference), ids, mask)
     ours = model.apply({"params": params}, ids, mask)
     assert np.abs(np.asarray(ours)[real] - theirs[real]).max() > 100 * TOLERANCE
 
@@ -247,7 +286,7 @@ def test_heads_match_transformers(variant, head):
   if head == "masked_lm":
     positions = np.array([[0, 3, 8], [1, 2, 4], [5, 11, 0], [0, 1, 1]])
     inputs = (ids, mask, np.zeros_like(ids), positions)
-  state = _state(reference)
+  state = torch_state(reference)
   params = _params(model, state, *inputs)
   exported = hf_io.state_dict_from_params(params)
   assert set(exported) == set(state) - {"decoder.weight"}
@@ -304,27 +343,6 @@ def test_trains_through_main_and_exports_to_transformers(checkpoint, tmp_path):
   _record("trained", "export", ours, theirs.numpy(), HEAD_TOLERANCE)
 
 
-def _kind_config(kind: str, checkpoint):
-  """A slice of each kind's task for a ModernBERT checkpoint: 64 examples, one epoch."""
-  if kind == "token_classification":
-    config = conll2003.get_config()
-  elif kind == "question_answering":
-    config = squad.get_config("v2")
-    config.data.local_name, config.data.train_split = "squad_v2_dev5", "validation"
-    config.task.doc_stride = 32
-  else:
-    config = mlm.get_config("task=sst2")
-  width = 128 if kind == "question_answering" else 64
-  config.model.checkpoint = str(checkpoint)
-  config.data.update(train_examples=64, eval_examples=32, max_length=width,
-                     length_buckets=(width,), eval_splits=tuple(config.data.eval_splits[:1]))
-  config.train.update(num_epochs=1.0, batch_size=16)
-  config.eval.batch_size = 16
-  config.checkpoint.every_steps = 1000
-  config.parallel.num_devices = 1
-  return config
-
-
 @pytest.mark.parametrize("kind, architecture", [
     ("token_classification", "ModernBertForTokenClassification"),
     ("question_answering", "ModernBertForQuestionAnswering"),
@@ -334,7 +352,7 @@ def test_every_kind_trains_and_exports(tmp_path_factory, kind, architecture):
   each export loads in transformers as its own class with every weight in place."""
   checkpoint = family_checkpoint(tmp_path_factory.mktemp("long"), "modernbert",
                                  max_position_embeddings=128)
-  config = _kind_config(kind, checkpoint)
+  config = kind_config(kind, checkpoint, 128 if kind == "question_answering" else 64)
   workdir = tmp_path_factory.mktemp(kind) / "run"
   train.train_and_evaluate(config, str(workdir))
   out = inference.export(config, workdir, workdir.parent / "export")
@@ -380,7 +398,7 @@ def test_relation_head_reads_what_it_says(representation):
   model = modernbert.ModernBertForRelationClassification(config, 3,
                                                          representation=representation)
   inputs = (ids, mask, np.zeros_like(ids), spans)
-  state = _state(reference)
+  state = torch_state(reference)
   if representation != "cls":  # the entity head's classifier reads 2H features
     state["classifier.weight"] = np.random.default_rng(0).normal(0, 0.2, (3, 64)).astype(
         np.float32)
@@ -455,7 +473,7 @@ def test_training_steps_match_transformers_and_torch_adamw(checkpoint):
   torch.manual_seed(2)
   reference = transformers.AutoModelForSequenceClassification.from_pretrained(
       str(checkpoint), num_labels=3, initializer_range=0.3)
-  start = _state(reference)
+  start = torch_state(reference)
   inputs = steps.model_inputs(batches[0])
   params = _params(model, start, *inputs)
   ocfg = step_optimizer()
@@ -463,20 +481,9 @@ def test_training_steps_match_transformers_and_torch_adamw(checkpoint):
   theirs = torch_train_steps(reference, batches, ocfg, schedule,
                              ("input_ids", "attention_mask"),
                              lambda name: name.endswith("bias") or "norm" in name)
-  relative = float(np.max(np.abs(np.subtract(ours, theirs)) / np.abs(theirs)))
-  MAX_DIFFS["trained", "losses (relative)"] = relative
-  assert relative <= RELATIVE_TOLERANCE, (ours, theirs)
-  assert theirs[-1] < theirs[0] - 0.05  # it trained
-  final = hf_io.state_dict_from_params(final_params)
-  reference_final = _state(reference)
-  for key in final:
-    update_, reference_update = final[key] - start[key], reference_final[key] - start[key]
-    scale = np.abs(reference_update).max()
-    assert scale > 1e-5, key  # every tensor moved
-    worst = float(np.abs(update_ - reference_update).max() / scale)
-    MAX_DIFFS["trained", "updates (of their scale)"] = max(
-        worst, MAX_DIFFS.get(("trained", "updates (of their scale)"), 0.0))
-    assert worst <= UPDATE_TOLERANCE, (key, worst)
+  assert_same_training(ours, theirs, start, hf_io.state_dict_from_params(final_params),
+                       torch_state(reference), MAX_DIFFS, loss_tolerance=RELATIVE_TOLERANCE,
+                       update_tolerance=UPDATE_TOLERANCE)
 
 
 def test_prediction_head_loads_where_the_checkpoint_has_one():
@@ -491,12 +498,12 @@ def test_prediction_head_loads_where_the_checkpoint_has_one():
   model = modernbert.ModernBertForSequenceClassification(config, num_labels=3)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, mask))["params"]
   fresh = jax.tree.map(lambda s: np.full(s.shape, 7.0, s.dtype), shapes)
-  masked_lm = _state(transformers.ModernBertForMaskedLM(hf))
+  masked_lm = torch_state(transformers.ModernBertForMaskedLM(hf))
   params = hf_io.params_from_state_dict(masked_lm, fresh)
   np.testing.assert_array_equal(params["head"]["dense"]["kernel"],
                                 masked_lm["head.dense.weight"].T)
   assert (params["classifier"]["kernel"] == 7.0).all()
-  encoder = _state(transformers.ModernBertModel(hf))
+  encoder = torch_state(transformers.ModernBertModel(hf))
   params = hf_io.params_from_state_dict(encoder, fresh)
   assert (params["head"]["dense"]["kernel"] == 7.0).all()
   np.testing.assert_array_equal(params[modernbert.PREFIX]["final_norm"]["scale"],

@@ -634,39 +634,10 @@ def _transform(module: nn.Module, x, features: int):
   return nn.LayerNorm(epsilon=cfg.layer_norm_eps, **kw, name="LayerNorm")(x)
 
 
-class _Predictions(nn.Module):
-  """`cls/predictions` (legacy): `transform` to embedding_size, then the decoder tied to the
-  word embeddings with `predictions/bias`."""
-
-  config: DebertaV2Config
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, hidden, embedding):
-    cfg = self.config
-    x = _Transform(cfg, cfg.embedding_width, self.dtype, self.param_dtype,
-                   name="transform")(hidden)
-    return tied_decode(self, x, embedding, cfg.gemm)
-
-
-class _LMHead(nn.Module):
-  """`lm_predictions/lm_head` (v3): dense, activation, LayerNorm, then the decoder tied to the
-  word embeddings with `lm_head/bias`."""
-
-  config: DebertaV2Config
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, hidden, embedding):
-    x = _transform(self, hidden, self.config.hidden_size)
-    return tied_decode(self, x, embedding, self.config.gemm)
-
-
-class _Holder(nn.Module):
-  """A state-dict level that holds one head module (`cls` holds `predictions`,
-  `lm_predictions` holds `lm_head`)."""
+class _TiedLMHead(nn.Module):
+  """The transform, then the decoder tied to the word embeddings with this module's `bias`:
+  legacy `cls/predictions` holds the transform as `transform` (to embedding_size), v3's
+  `lm_predictions/lm_head` holds its layers directly."""
 
   config: DebertaV2Config
   legacy: bool
@@ -675,10 +646,28 @@ class _Holder(nn.Module):
 
   @nn.compact
   def __call__(self, hidden, embedding):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    cfg = self.config
     if self.legacy:
-      return _Predictions(self.config, **kw, name="predictions")(hidden, embedding)
-    return _LMHead(self.config, **kw, name="lm_head")(hidden, embedding)
+      x = _Transform(cfg, cfg.embedding_width, self.dtype, self.param_dtype,
+                     name="transform")(hidden)
+    else:
+      x = _transform(self, hidden, cfg.hidden_size)
+    return tied_decode(self, x, embedding, cfg.gemm)
+
+
+class _Holder(nn.Module):
+  """The state-dict level above the LM head: `cls` holds `predictions`, `lm_predictions`
+  holds `lm_head`."""
+
+  config: DebertaV2Config
+  legacy: bool
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, hidden, embedding):
+    return _TiedLMHead(self.config, self.legacy, self.dtype, self.param_dtype,
+                       name="predictions" if self.legacy else "lm_head")(hidden, embedding)
 
 
 class DebertaV2ForMaskedLM(nn.Module):

@@ -247,15 +247,80 @@ class ModernBertEmbeddings(nn.Module):
         x, deterministic=deterministic, example_ids=example_ids)
 
 
+# Queries per block of the attention of long inputs (`attend`): a block's scores are
+# [B, heads, 512, keys] instead of the whole [B, heads, S, S].
+QUERY_BLOCK = 512
+
+
+def _allowed(keys, query_positions, key_positions, window: int | None):
+  """Which keys ([B, 1, Q, K] bool) each query may see: real keys (`keys` [B, K]), within
+  `window` positions on either side in a local layer."""
+  allowed = keys[:, None, None, :]
+  if window is not None:
+    distance = jnp.abs(query_positions[:, None] - key_positions[None, :])
+    allowed = allowed & (distance <= window)[None, None]
+  return allowed
+
+
+def _weights(query, key, allowed):
+  """softmax(q k^T) in float32 over the allowed keys; a row that allows none (a padding query
+  far from any real token) is uniform, never NaN."""
+  scores = jnp.matmul(query, key.swapaxes(-1, -2)).astype(jnp.float32)
+  return jax.nn.softmax(jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), axis=-1)
+
+
+def attend(query, key, value, keys, window: int | None, block: int | None = None):
+  """The attention context [B, heads, S, d] of query, key, value [B, heads, S, d] (no
+  dropout), by blocks of `block` queries when S is a multiple of `block` larger than it.
+
+  A block sees all keys in a global layer and only the keys within `window` of it in a local
+  one (its block plus `window` on either side), and its scores are recomputed in the backward
+  pass (`jax.checkpoint` inside the loop, which XLA cannot fold back as it folds a layer's
+  `remat`): the memory of attention grows as S * block instead of S^2, and a local layer's
+  compute as S * (block + 2 * window). Each row's softmax is over the same keys as the whole
+  matrix's, so the result is the same up to float rounding. `block` None: `QUERY_BLOCK`."""
+  block = block or QUERY_BLOCK
+  length = query.shape[2]
+  positions = jnp.arange(length)
+  if length <= block or length % block:
+    weights = _weights(query, key, _allowed(keys, positions, positions, window))
+    return jnp.matmul(weights.astype(value.dtype), value)
+  span = length if window is None else block + 2 * window
+  if window is not None:  # keys padded by the window on both sides, as masked keys
+    pad = [(0, 0), (0, 0), (window, window), (0, 0)]
+    key, value = jnp.pad(key, pad), jnp.pad(value, pad)
+    keys = jnp.pad(keys, [(0, 0), (window, window)])
+
+  @jax.checkpoint
+  def one_block(query_block, start):
+    first = 0 if window is None else start  # the first key seen, in padded key positions
+    block_keys = jax.lax.dynamic_slice_in_dim(keys, first, span, axis=1)
+    block_key = jax.lax.dynamic_slice_in_dim(key, first, span, axis=2)
+    block_value = jax.lax.dynamic_slice_in_dim(value, first, span, axis=2)
+    key_positions = first + jnp.arange(span) - (0 if window is None else window)
+    allowed = _allowed(block_keys, start + jnp.arange(block), key_positions, window)
+    weights = _weights(query_block, block_key, allowed)
+    return jnp.matmul(weights.astype(block_value.dtype), block_value)
+
+  batch, heads, _, d = query.shape
+  blocks = query.reshape(batch, heads, length // block, block, d).transpose(2, 0, 1, 3, 4)
+  starts = jnp.arange(0, length, block)
+  context = jax.lax.map(lambda args: one_block(*args), (blocks, starts))  # [n, B, h, Q, d]
+  return context.transpose(1, 2, 0, 3, 4).reshape(batch, heads, length, d)
+
+
 class ModernBertAttention(nn.Module):
-  """Fused QKV, rotary queries and keys, softmax in float32 over the keys the mask allows."""
+  """Fused QKV, rotary queries and keys, softmax in float32 over the real keys (within
+  `window` positions in a local layer). Without attention dropout (ModernBERT's default, and
+  always in evaluation), long inputs are attended by blocks of queries (`attend`)."""
 
   config: ModernBertConfig
+  window: int | None = None  # None: a global layer
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_bias, rotary, *, deterministic: bool, example_ids=None):
+  def __call__(self, x, keys, rotary, *, deterministic: bool, example_ids=None):
     cfg = self.config
     heads, d = cfg.num_attention_heads, cfg.head_dim
     qkv = _linear(self, x, 3 * cfg.hidden_size, cfg.attention_bias, "in", "Wqkv")
@@ -263,11 +328,14 @@ class ModernBertAttention(nn.Module):
     cos, sin = rotary
     query = (_rotate(qkv[0], cos, sin) * (d ** -0.5)).astype(self.dtype)
     key = _rotate(qkv[1], cos, sin).astype(self.dtype)
-    scores = jnp.matmul(query, key.swapaxes(-1, -2)).astype(jnp.float32) + attention_bias
-    weights = jax.nn.softmax(scores, axis=-1)
-    weights = Dropout(cfg.attention_dropout, cfg.dropout_impl)(
-        weights, deterministic=deterministic, example_ids=example_ids)
-    context = jnp.matmul(weights.astype(self.dtype), qkv[2])
+    if deterministic or cfg.attention_dropout == 0.0:
+      context = attend(query, key, qkv[2], keys, self.window)
+    else:  # dropout on the whole weight matrix, each example's mask its own (`Dropout`)
+      positions = jnp.arange(x.shape[1])
+      weights = _weights(query, key, _allowed(keys, positions, positions, self.window))
+      weights = Dropout(cfg.attention_dropout, cfg.dropout_impl)(
+          weights, deterministic=deterministic, example_ids=example_ids)
+      context = jnp.matmul(weights.astype(self.dtype), qkv[2])
     context = context.transpose(0, 2, 1, 3).reshape(x.shape[:-1] + (cfg.hidden_size,))
     out = _linear(self, context, cfg.hidden_size, cfg.attention_bias, "out", "Wo")
     return Dropout(cfg.attention_dropout, cfg.dropout_impl)(
@@ -303,13 +371,13 @@ class ModernBertEncoderLayer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_bias, rotary, example_ids, deterministic: bool):
+  def __call__(self, x, keys, rotary, example_ids, deterministic: bool):
     cfg = self.config
     kw = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype)
+    window = cfg.sliding_window if cfg.layer_types[self.index] == LOCAL else None
     h = x if self.index == 0 else _layer_norm(self, "attn_norm")(x)
-    x = x + ModernBertAttention(**kw, name="attn")(h, attention_bias, rotary,
-                                                   deterministic=deterministic,
-                                                   example_ids=example_ids)
+    x = x + ModernBertAttention(**kw, window=window, name="attn")(
+        h, keys, rotary, deterministic=deterministic, example_ids=example_ids)
     h = _layer_norm(self, "mlp_norm")(x)
     return x + ModernBertMLP(**kw, name="mlp")(h, deterministic=deterministic,
                                                example_ids=example_ids)
@@ -328,12 +396,7 @@ class ModernBertLayers(nn.Module):
   def __call__(self, x, attention_mask, *, deterministic: bool, example_ids=None):
     cfg = self.config
     length = x.shape[1]
-    keys = attention_mask[:, None, None, :] > 0  # [B, 1, 1, S]: padding keys are never seen
-    distance = jnp.abs(jnp.arange(length)[:, None] - jnp.arange(length)[None, :])
-    near = (distance <= cfg.sliding_window)[None, None]  # [1, 1, S, S]
-    lowest = jnp.finfo(jnp.float32).min
-    biases = {GLOBAL: jnp.where(keys, 0.0, lowest),
-              LOCAL: jnp.where(keys & near, 0.0, lowest)}
+    keys = attention_mask > 0  # [B, S]: padding keys are never seen
     tables = {GLOBAL: rotary_tables(cfg, length, cfg.global_rope_theta),
               LOCAL: rotary_tables(cfg, length, cfg.local_rope_theta)}
     layer = ModernBertEncoderLayer
@@ -341,7 +404,7 @@ class ModernBertLayers(nn.Module):
       layer = nn.remat(ModernBertEncoderLayer, static_argnums=(5,))  # self is 0
     for i, kind in enumerate(cfg.layer_types):
       x = layer(cfg, i, self.dtype, self.param_dtype, name=str(i))(
-          x, biases[kind], tables[kind], example_ids, deterministic)
+          x, keys, tables[kind], example_ids, deterministic)
     return x
 
 
