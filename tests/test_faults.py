@@ -70,8 +70,8 @@ def test_a_checkpoint_folder_without_a_tokenizer_is_refused(tmp_path):
     builder.build_model(config)
   assert str(raised.value) == (
       f"config.model.checkpoint: {tmp_path} holds no tokenizer (none of tokenizer.json, "
-      "vocab.txt, vocab.json, sentencepiece.bpe.model); set config.model.tokenizer to the "
-      "folder or hub name of the model's tokenizer")
+      "vocab.txt, vocab.json, sentencepiece.bpe.model, spm.model); set config.model.tokenizer "
+      "to the folder or hub name of the model's tokenizer")
   config.model.tokenizer = "embedded"  # pointed elsewhere, the folder's weights are usable
   assert builder.build_model(config).tokenizer_dir == hf_io.embedded_checkpoint_dir()
 
