@@ -170,6 +170,35 @@ def test_encoder_matches_transformers(variant, left):
   _record(variant, "encoder", np.asarray(ours)[real], theirs[real], TOLERANCE)
 
 
+def test_v3_reads_inputs_longer_than_its_positions(checkpoint):
+  """DeBERTa-v3 has no absolute positions: like transformers, it takes rows longer than
+  max_position_embeddings (here 100 tokens against 64; distances past 64 share the farthest
+  buckets), and a run may set data.max_length above it. v2's absolute table refuses them."""
+  torch.manual_seed(0)
+  hf = _hf_config("v3")
+  reference = transformers.DebertaV2Model(hf).eval()
+  config = deberta_v2.DebertaV2Config.from_dict(hf.to_dict())
+  rng = np.random.default_rng(0)
+  ids = rng.integers(3, config.vocab_size, (2, 100))
+  mask = np.ones_like(ids)
+  mask[1, 70:] = 0
+  types = np.zeros_like(ids)
+  model = deberta_v2.DebertaV2Model(config)
+  params = _params(model, torch_state(reference), ids, mask, types)
+  ours = np.asarray(model.apply({"params": params}, ids, mask, types))
+  with torch.no_grad():
+    theirs = reference(**_torch_inputs(ids, mask, types)).last_hidden_state.numpy()
+  real = mask.astype(bool)
+  _record("v3", "encoder beyond 64 positions", ours[real], theirs[real], TOLERANCE)
+  v2 = deberta_v2.DebertaV2Config.from_dict(_hf_config("v2").to_dict())
+  assert (config.max_length, v2.max_length) == (deberta_v2.UNBOUNDED, 64)
+  with pytest.raises(ValueError, match="longer than the model's max_position_embeddings 64"):
+    deberta_v2.DebertaV2Model(v2).init(jax.random.key(0), ids, mask, types)
+  run = tiny_config(**{"model.checkpoint": str(checkpoint), "model.tokenizer": "",
+                       "data.max_length": 128, "data.length_buckets": (128,)})
+  assert builder.build_model(run).bert_config.max_position_embeddings == 66  # and 128 is fine
+
+
 def test_encoder_matches_transformers_at_v3_base_shapes():
   """DeBERTa-v3-base's encoder (12 layers of 768, 12 heads, 256 position buckets over 512
   positions; a smaller vocabulary), two rows of 300 and 181 tokens: distances beyond 128 fall

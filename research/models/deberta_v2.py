@@ -164,7 +164,10 @@ class DebertaV2Config:
 
   @property
   def max_length(self) -> int:
-    return self.max_position_embeddings
+    """The longest input: the absolute position table's rows where the model has one (v2);
+    else no limit (v3: its positions are relative only, and as in transformers, distances
+    beyond `max_relative_positions` fall into the farthest buckets)."""
+    return self.max_position_embeddings if self.position_biased_input else UNBOUNDED
 
   @property
   def embedding_width(self) -> int:
@@ -187,6 +190,7 @@ class DebertaV2Config:
 
 
 OWN_FIELDS = ("dropout_impl", "gemm", "remat")
+UNBOUNDED = 2 ** 31 - 1  # `max_length` of a model without absolute positions
 
 
 def _normal(config: DebertaV2Config):
