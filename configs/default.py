@@ -49,6 +49,10 @@ def get_config():
   # Recompute each layer in the backward pass: activation memory of one layer instead of all,
   # for ~1/3 more compute, on GPU/TPU (long sequences, big batches); XLA:CPU folds it away.
   c.model.remat = False
+  # Keep only the checkpoint's first N encoder layers (0: all of them): a shallower model that
+  # starts from the deep one's lower layers (a student, a cheaper baseline); the rest are not
+  # loaded, and the export is an N-layer model of the same family.
+  c.model.num_layers_kept = 0
 
   c.task = Config()
   # classification | regression | token_classification | relation_classification |

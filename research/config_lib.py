@@ -83,6 +83,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{config.model.gemm!r} is not one of {mkl_gemm.GEMMS}")
   _check(config.model.attention in bert.ATTENTIONS, "model.attention",
          f"{config.model.attention!r} is not one of {bert.ATTENTIONS}")
+  _check(config.model.num_layers_kept >= 0, "model.num_layers_kept",
+         "must be >= 0 (0: all of the checkpoint's layers)")
+  _check(not config.model.num_layers_kept or bool(config.model.checkpoint),
+         "model.num_layers_kept", "keeps a checkpoint's layers; a randomly initialised model "
+         "takes its depth from model.architecture.num_hidden_layers")
   _check(config.model.dropout_impl in bert.DROPOUT_IMPLS, "model.dropout_impl",
          f"{config.model.dropout_impl!r} is not one of {bert.DROPOUT_IMPLS}")
   _check(config.parallel.backend in BACKENDS, "parallel.backend",

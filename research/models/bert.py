@@ -163,6 +163,10 @@ class BertConfig:
              if rate is not None}
     return dataclasses.replace(self, **rates, **own)
 
+  def with_layers(self, layers: int) -> "BertConfig":
+    """This architecture with only its first `layers` layers."""
+    return dataclasses.replace(self, num_hidden_layers=layers)
+
   @property
   def prefix(self) -> str:
     """The encoder's top-level parameter name: `bert`, `roberta` or `electra`."""

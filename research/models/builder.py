@@ -41,19 +41,23 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
   if mcfg.checkpoint:
     checkpoint_dir = hf_io.resolve_checkpoint(mcfg.checkpoint)
     bert_config, hf_config = hf_io.load_config(checkpoint_dir)
+    if mcfg.num_layers_kept:
+      logging.info("keeping the first %d of the checkpoint's %d layers (model.num_layers_kept)",
+                   mcfg.num_layers_kept, bert_config.num_hidden_layers)
   else:
     checkpoint_dir = None
     bert_config = bert.BertConfig(**mcfg.architecture.to_dict())
     hf_config = {"model_type": "bert", **bert_config.to_dict()}
   gemm, why = choose_gemm(mcfg)
   try:
-    run_config = bert_config.with_run_options(
+    run_config = kept_layers(bert_config, mcfg).with_run_options(
         hidden_dropout=mcfg.hidden_dropout_prob,
         attention_dropout=mcfg.attention_probs_dropout_prob, dropout_impl=mcfg.dropout_impl,
         remat=mcfg.remat, gemm=gemm, attention=mcfg.attention)
   except ValueError as e:
     raise config_lib.ConfigError(f"config.model: {e}") from None
-  before = bert_config.to_dict()  # the dropout rates a run changes go into the export's config
+  # What a run changes (dropout rates, the layers kept) goes into the export's config.
+  before = bert_config.to_dict()
   hf_config.update({k: v for k, v in run_config.to_dict().items() if before.get(k) != v})
   bert_config = run_config
   if config.data.max_length > bert_config.max_length:
@@ -86,6 +90,19 @@ def build_model(config: ml_collections.ConfigDict) -> ModelSetup:
                     compute)
 
 
+def kept_layers(architecture, mcfg: ml_collections.ConfigDict):
+  """`architecture` (a checkpoint's) with only its first `mcfg.num_layers_kept` layers (0: all
+  of them); its family's config class knows what else the depth sets (`with_layers`)."""
+  kept = mcfg.num_layers_kept
+  if not kept:
+    return architecture
+  if kept > architecture.num_hidden_layers:
+    raise config_lib.ConfigError(
+        f"config.model.num_layers_kept: {kept} exceeds the checkpoint's "
+        f"{architecture.num_hidden_layers} layers")
+  return architecture.with_layers(kept)
+
+
 def choose_gemm(mcfg: ml_collections.ConfigDict) -> tuple[str, str]:
   """The dense layers' matmuls for `mcfg.gemm` on this machine, and why (logged: the same
   config picks MKL on a CPU with bfloat16 units and XLA elsewhere, `mkl_gemm.choose`)."""
@@ -105,6 +122,7 @@ def with_checkpoint_architecture(config: ml_collections.ConfigDict
   if not config.model.checkpoint:
     return config
   bert_config, _ = hf_io.load_config(hf_io.resolve_checkpoint(config.model.checkpoint))
+  bert_config = kept_layers(bert_config, config.model)
   config = config.copy_and_resolve_references()
   config.model.architecture = type(config.model.architecture)(bert_config.to_dict())
   return config

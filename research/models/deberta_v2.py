@@ -158,6 +158,11 @@ class DebertaV2Config:
              if rate is not None}
     return dataclasses.replace(self, **rates, dropout_impl=dropout_impl, gemm=gemm, remat=remat)
 
+  def with_layers(self, layers: int) -> "DebertaV2Config":
+    """This architecture with only its first `layers` layers (v2's convolution follows the
+    first, which stays)."""
+    return dataclasses.replace(self, num_hidden_layers=layers)
+
   @property
   def prefix(self) -> str:
     return PREFIX

@@ -162,6 +162,11 @@ class ModernBertConfig:
       rates.update(attention_dropout=attention_dropout)
     return dataclasses.replace(self, **rates, dropout_impl=dropout_impl, gemm=gemm, remat=remat)
 
+  def with_layers(self, layers: int) -> "ModernBertConfig":
+    """This architecture with only its first `layers` layers, each global or local as before."""
+    return dataclasses.replace(self, num_hidden_layers=layers,
+                               layer_types=self.layer_types[:layers])
+
   @property
   def prefix(self) -> str:
     return PREFIX
