@@ -146,6 +146,13 @@ def get_config():
   c.peft.lora_alpha = 16.0  # lora: the update is (alpha / r) A B
   c.peft.lora_targets = r".*/attention/self/(query|value)/kernel"  # lora: adapted kernels
 
+  # Knowledge distillation (research/distill.py): a student trained on a fine-tuned teacher's
+  # outputs, computed once over the training split and cached in the teacher's workdir.
+  c.distill = Config()
+  c.distill.teacher = ""  # a finished workdir of the same task ('' = off)
+  c.distill.temperature = 2.0  # both sides' logits are divided by it; the soft loss x T^2
+  c.distill.alpha = 0.5  # alpha * soft loss + (1 - alpha) * the task's own loss
+
   c.eval = Config()
   c.eval.batch_size = 128  # a multiple of the device count; the last batch is padded, masked
   c.eval.every_steps = 0  # 0 = at the end of every epoch (and always after the last step)

@@ -83,6 +83,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{config.model.gemm!r} is not one of {mkl_gemm.GEMMS}")
   _check(config.model.attention in bert.ATTENTIONS, "model.attention",
          f"{config.model.attention!r} is not one of {bert.ATTENTIONS}")
+  distill = config.distill
+  _check(distill.temperature > 0, "distill.temperature", "must be positive")
+  _check(0 <= distill.alpha <= 1, "distill.alpha", "must be in [0, 1]")
+  _check(not distill.teacher or kind.distills, "distill.teacher",
+         f"{kind.name} has no distillation loss yet; "
+         f"{', '.join(k for k in tasks.KINDS if tasks.get(k).distills)} have")
   _check(config.model.num_layers_kept >= 0, "model.num_layers_kept",
          "must be >= 0 (0: all of the checkpoint's layers)")
   _check(not config.model.num_layers_kept or bool(config.model.checkpoint),

@@ -75,21 +75,27 @@ class TrainStep:
 
 
 def make_train_step(model, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    kind: tasks.TaskKind, lora_scale: float = 0.0, skip_nonfinite: bool = False
-                    ) -> TrainStep:
+                    kind: tasks.TaskKind, lora_scale: float = 0.0, skip_nonfinite: bool = False,
+                    distill: tuple[float, float] | None = None) -> TrainStep:
   """Gradients flow to `state.params` only: frozen weights get no gradient computation.
 
   `signals` holds one row of int32 flags per device (see train.py: stop, save); the step returns
   their sums over all devices in `metrics["signals"]`, so that every process reads the same
   decision for the same step without a collective of its own. `metrics["finite"]` says whether
   the loss and the gradient norm are finite; with `skip_nonfinite`, a step where they are not
-  leaves the parameters and optimizer state as they were (the step still counts).
+  leaves the parameters and optimizer state as they were (the step still counts). With
+  `distill` (temperature, alpha), batches carry the teacher's `teacher_logits` and the loss is
+  the kind's `distill_loss_sum`.
   """
 
   def loss_fn(params, frozen, micro_batch, rng):
     logits = model.apply({"params": peft.materialize(params, frozen, lora_scale)},
                          *model_inputs(micro_batch), deterministic=False,
                          example_ids=micro_batch["example_index"], rngs={"dropout": rng})
+    if distill is not None:
+      return kind.distill_loss_sum(logits, micro_batch["teacher_logits"], micro_batch["labels"],
+                                   micro_batch["example_mask"], micro_batch["attention_mask"],
+                                   *distill)
     return kind.loss_sum(logits, micro_batch["labels"], micro_batch["example_mask"],
                          micro_batch["attention_mask"])
 

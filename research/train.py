@@ -33,8 +33,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from research import (checkpoints, config_lib, evaluation, metrics, optim, peft, run_record,
-                      steps, tasks, writers)
+from research import (checkpoints, config_lib, distill, evaluation, metrics, optim, peft,
+                      run_record, steps, tasks, writers)
 from research.data import sources, splits
 from research.data.batches import TrainBatches, prefetch
 from research.data.encoded import EncodedSplit
@@ -530,6 +530,9 @@ def load_data(config: ml_collections.ConfigDict, tokenizer, source: str
   else:
     train_split = splits.load_encoded(data, config.task, kind, tokenizer, data.train_split,
                                       data.train_examples)
+    if config.distill.teacher:  # its outputs ride along with each row (`distill`)
+      train_split = dataclasses.replace(
+          train_split, teacher_logits=distill.teacher_outputs(config, train_split, tokenizer))
     batches = train_batches(config, train_split)
     train_record = splits.data_record(data, {data.train_split: train_split})
   eval_splits = {name: splits.load_encoded(data, config.task, kind, tokenizer, name,
@@ -569,8 +572,11 @@ def compile_steps(config: ml_collections.ConfigDict, model: Any, tx: Any, schedu
         f"({config.eval.batch_size}) must be multiples of the {dp.num_devices} devices")
   kind = tasks.kind_of(config.task)
   train_step = dp.compile_train_step(
-      steps.make_train_step(model, tx, schedule, kind, peft.lora_scale(config.peft),
-                            skip_nonfinite=config.train.skip_nonfinite_steps))
+      steps.make_train_step(
+          model, tx, schedule, kind, peft.lora_scale(config.peft),
+          skip_nonfinite=config.train.skip_nonfinite_steps,
+          distill=((config.distill.temperature, config.distill.alpha)
+                   if config.distill.teacher else None)))
   eval_step = dp.compile_eval_step(steps.make_eval_step(model, kind))
   logging.info("%s over %d %s device(s) in %d process(es)", dp.backend, dp.num_devices,
                jax.default_backend(), dp.process_count)

@@ -59,6 +59,8 @@ def make_batch(split: EncodedSplit, indices: np.ndarray, buckets: tuple[int, ...
   if split.word_index is not None:  # token tasks: a tag per position
     labels = labels[:, :width]
   extra = {} if split.entity_spans is None else {"entity_spans": split.entity_spans[rows]}
+  if split.teacher_logits is not None:
+    extra["teacher_logits"] = split.teacher_logits[rows]
   input_ids = np.where(real[:, None], split.input_ids[rows, :width], 0)
   if split.masking is not None:
     slots = split.masking.slots(width)

@@ -51,6 +51,8 @@ class EncodedSplit:
   mask_groups: np.ndarray | None = None  # [N, max_length] int32: the word of each token
                                          # (sub-words of a word share it), -1: never masked
   masking: "Masking | None" = None
+  # Distillation: the teacher's outputs of each row ([N, outputs] float32, research/distill.py).
+  teacher_logits: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.lengths)

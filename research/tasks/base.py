@@ -137,6 +137,29 @@ class TaskKind:
     # past the padding row's one token): it is dropped, never multiplied by its weight 0.
     return jnp.sum(jnp.where(weights > 0, losses * weights, 0.0)), jnp.sum(weights)
 
+  # Whether `distill_losses` is this kind's (a student can learn from a teacher's outputs).
+  distills = False
+
+  def distill_losses(self, logits, teacher_logits, temperature: float):
+    """Per-example soft losses of the student's `logits` against the teacher's (same shape):
+    KL(teacher_T || student_T) * T^2 over the labels, both softened by `temperature` (Hinton
+    et al. 2015); the T^2 keeps its gradients' scale as T changes."""
+    import jax
+    import jax.numpy as jnp
+    teacher = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+    student = jax.nn.log_softmax(logits / temperature, axis=-1)
+    return jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1) * temperature ** 2
+
+  def distill_loss_sum(self, logits, teacher_logits, labels, example_mask, attention_mask,
+                       temperature: float, alpha: float):
+    """`loss_sum` of alpha * the soft loss + (1 - alpha) * the task's own loss."""
+    import jax.numpy as jnp
+    hard, weights = self.losses(logits, labels, example_mask, attention_mask)
+    soft = self.distill_losses(logits, teacher_logits, temperature)
+    weights = weights.astype(jnp.float32)
+    losses = alpha * soft + (1.0 - alpha) * hard
+    return jnp.sum(jnp.where(weights > 0, losses * weights, 0.0)), jnp.sum(weights)
+
   def eval_outputs(self, logits, batch):
     """What the eval step gathers of each row to the host (inside the compiled step): the
     logits themselves."""

@@ -21,6 +21,7 @@ class Classification(TaskKind):
 
   name = "classification"
   metrics = ("accuracy", "f1", "matthews_corr")
+  distills = True
   stratify_holdout = True
   compare_units = "examples"
 
@@ -71,6 +72,14 @@ class Regression(TaskKind):
   def losses(self, logits, labels, example_mask, attention_mask):
     import jax.numpy as jnp
     return jnp.square(logits[..., 0] - labels), example_mask
+
+  distills = True
+
+  def distill_losses(self, logits, teacher_logits, temperature):
+    """The squared distance to the teacher's score (a score has no temperature)."""
+    import jax.numpy as jnp
+    del temperature
+    return jnp.square(logits[..., 0] - teacher_logits[..., 0])
 
   def predictions(self, split, outputs):
     return outputs[:, 0]

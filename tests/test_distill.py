@@ -1,0 +1,155 @@
+"""Knowledge distillation (research/distill.py): the loss against a hand-written reference, the
+cached teacher outputs against a live teacher (to the bit), the cache's key, a student trained
+from a teacher workdir end to end, and the bad inputs."""
+
+import json
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import load_encoded, tiny_config
+from research import config_lib, distill, evaluation, inference, steps, tasks, train
+from research.config_base import ConfigError
+from research.parallel import DataParallel
+
+
+def _log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_the_loss_is_the_textbook_one():
+  """alpha * KL(teacher_T || student_T) * T^2 + (1 - alpha) * cross-entropy, over the real
+  rows (a padding row counts in neither sum); alpha 0 is the plain loss; regression's soft
+  loss is the squared distance to the teacher's score."""
+  rng = np.random.default_rng(0)
+  student, teacher = rng.normal(size=(5, 3)) * 2, rng.normal(size=(5, 3)) * 2
+  labels, mask = np.array([0, 2, 1, 1, 0]), np.array([1, 1, 1, 1, 0], np.float32)
+  kind = tasks.get("classification")
+  loss, weight = kind.distill_loss_sum(jnp.asarray(student), jnp.asarray(teacher), labels, mask,
+                                       None, 2.0, 0.3)
+  p_teacher = np.exp(_log_softmax(teacher / 2))
+  kl = (p_teacher * (_log_softmax(teacher / 2) - _log_softmax(student / 2))).sum(-1) * 4
+  ce = -_log_softmax(student)[np.arange(5), labels]
+  expected = ((0.3 * kl + 0.7 * ce) * mask).sum()
+  assert float(weight) == 4.0
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+  plain = kind.loss_sum(jnp.asarray(student), labels, mask)
+  np.testing.assert_allclose(
+      kind.distill_loss_sum(jnp.asarray(student), jnp.asarray(teacher), labels, mask, None,
+                            2.0, 0.0), plain, rtol=1e-7)
+  regression = tasks.get("regression")
+  scores = rng.normal(size=5)
+  loss, _ = regression.distill_loss_sum(jnp.asarray(student[:, :1]), jnp.asarray(teacher[:, :1]),
+                                        scores, mask, None, 2.0, 0.3)
+  expected = ((0.3 * (student[:, 0] - teacher[:, 0]) ** 2
+               + 0.7 * (student[:, 0] - scores) ** 2) * mask).sum()
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+  """A finished SST-2 run of the tiny BERT (the teacher workdir)."""
+  workdir = tmp_path_factory.mktemp("teacher") / "run"
+  config = tiny_config(**{"train.num_epochs": 1.0, "data.train_examples": 96})
+  train.train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+def _student(teacher, **updates):
+  return tiny_config(**{"distill.teacher": str(teacher), "train.num_epochs": 1.0,
+                        "data.train_examples": 64, "seed": 1, **updates})
+
+
+def test_cached_outputs_are_a_live_teachers_to_the_bit(teacher):
+  """The first student run computes the teacher's outputs and caches them; the next reads the
+  cache: both equal the teacher's best checkpoint run live over the split, bit for bit."""
+  config = _student(teacher)
+  setup, params, _ = inference.load_best(distill.teacher_config(teacher), teacher)
+  split = load_encoded(config.data, config.task, setup.tokenizer, "train", 64)
+  shutil.rmtree(teacher / distill.CACHE, ignore_errors=True)
+  computed = distill.teacher_outputs(config, split, setup.tokenizer)
+  cached = list((teacher / distill.CACHE).glob("*.npy"))
+  assert len(cached) == 1
+  read = distill.teacher_outputs(config, split, setup.tokenizer)
+  dp = DataParallel(config.parallel.backend, 1)
+  live, _ = evaluation.run_model(
+      dp.compile_eval_step(steps.make_eval_step(setup.model, tasks.get("classification"))), dp,
+      dp.put_replicated(params), split, batch_size=config.eval.batch_size,
+      buckets=tuple(config.data.length_buckets))
+  assert computed.shape == (64, 2)
+  np.testing.assert_array_equal(computed, live)
+  np.testing.assert_array_equal(read, live)
+  # Other rows (or a changed teacher: its parameters are in the key) make another entry.
+  other = load_encoded(config.data, config.task, setup.tokenizer, "train", 32)
+  distill.teacher_outputs(config, other, setup.tokenizer)
+  assert len(list((teacher / distill.CACHE).glob("*.npy"))) == 2
+  changed = jax_tree_plus(params, 1e-3)
+  keys = {distill.cache_key(p, split, 128, (64,)) for p in (params, changed)}
+  assert len(keys) == 2
+
+
+def jax_tree_plus(params, delta):
+  import jax
+  return jax.tree.map(lambda x: np.asarray(x) + delta, params)
+
+
+def test_a_student_distils_from_a_teacher_workdir(teacher, tmp_path):
+  """A student run with distill.teacher trains on the soft loss: its first step's loss is the
+  mix of the teacher's and the labels' losses (not the plain loss of the same model)."""
+  config = _student(teacher, **{"distill.alpha": 1.0})
+  train.train_and_evaluate(config, str(tmp_path / "student"))
+  rows = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").open()]
+  losses = [r["loss"] for r in rows if r.get("split") == "train"]
+  assert losses and all(np.isfinite(losses))
+  plain = tiny_config(**{"train.num_epochs": 1.0, "data.train_examples": 64, "seed": 1})
+  train.train_and_evaluate(plain, str(tmp_path / "plain"))
+  plain_rows = [json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").open()]
+  plain_losses = [r["loss"] for r in plain_rows if r.get("split") == "train"]
+  assert abs(losses[0] - plain_losses[0]) > 1e-3  # another objective from the same start
+  results = json.loads((tmp_path / "student" / "results.json").read_text())
+  assert 0 <= results["final"]["results"]["validation"]["accuracy"] <= 1
+
+
+def test_bad_teachers_and_settings_are_refused_in_one_line(teacher, tmp_path):
+  with pytest.raises(ConfigError, match="distill.teacher: .* holds no run"):
+    distill.teacher_config(tmp_path)
+  regression = _student(teacher, **{"task.kind": "regression", "task.label_names": ()})
+  with pytest.raises(ConfigError, match="its task.kind is 'classification', the student's "
+                                        "'regression'"):
+    distill.check_teacher(regression, distill.teacher_config(teacher))
+  config = _student(teacher, **{"distill.temperature": 0.0})
+  with pytest.raises(ConfigError, match="distill.temperature: must be positive"):
+    config_lib.validate(config)
+  config = _student(teacher, **{"task.kind": "token_classification"})
+  with pytest.raises(ConfigError, match="token_classification has no distillation loss yet; "
+                                        "classification, regression have"):
+    config_lib.validate(config)
+
+
+def test_a_distilled_run_resumes_bit_exactly(teacher, tmp_path, monkeypatch):
+  """A student killed after its step-5 checkpoint resumes (its teacher outputs read back from
+  the cache) and ends where an uninterrupted one does: the same parameters and losses."""
+  from helpers import assert_same_params, final_state, train_losses
+  from research.data.batches import TrainBatches
+  config = _student(teacher, **{"train.num_epochs": 2.0})
+  train.train_and_evaluate(config, str(tmp_path / "whole"))
+  original = TrainBatches.batch
+
+  def batch(self, step, *args):
+    if step == 7:
+      raise RuntimeError("killed")
+    return original(self, step, *args)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(TrainBatches, "batch", batch)
+    with pytest.raises(RuntimeError, match="killed"):
+      train.train_and_evaluate(_student(teacher, **{"train.num_epochs": 2.0}),
+                               str(tmp_path / "resumed"))
+  assert final_state(tmp_path / "resumed")[0] == 5
+  train.train_and_evaluate(_student(teacher, **{"train.num_epochs": 2.0}),
+                           str(tmp_path / "resumed"))
+  assert_same_params(final_state(tmp_path / "resumed")[1], final_state(tmp_path / "whole")[1])
+  assert train_losses(tmp_path / "resumed") == train_losses(tmp_path / "whole")
