@@ -83,7 +83,7 @@ def teacher_outputs(config: ml_collections.ConfigDict, split: EncodedSplit, toke
                       "student's (the teacher reads the student's token ids)")
   batch_size, buckets = tconfig.eval.batch_size, tuple(config.data.length_buckets)
   path = teacher_dir / CACHE / f"{cache_key(params, split, batch_size, buckets)}.npy"
-  if path.is_file():
+  if _on_process_0(path.is_file()):  # every process computes (a collective) or none does
     outputs = np.load(path)
     logging.info("teacher outputs of %d rows read from %s", len(outputs), path)
     return outputs
@@ -102,3 +102,12 @@ def teacher_outputs(config: ml_collections.ConfigDict, split: EncodedSplit, toke
     os.replace(temporary, path)
     logging.info("teacher outputs cached in %s", path)
   return outputs
+
+
+def _on_process_0(flag: bool) -> bool:
+  """Process 0's `flag`, on every process."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+

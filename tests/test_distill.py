@@ -123,9 +123,10 @@ def test_bad_teachers_and_settings_are_refused_in_one_line(teacher, tmp_path):
   config = _student(teacher, **{"distill.temperature": 0.0})
   with pytest.raises(ConfigError, match="distill.temperature: must be positive"):
     config_lib.validate(config)
-  config = _student(teacher, **{"task.kind": "token_classification"})
-  with pytest.raises(ConfigError, match="token_classification has no distillation loss yet; "
-                                        "classification, regression have"):
+  config = _student(teacher, **{"task.kind": "masked_lm", "task.label_names": (),
+                                "task.metrics": ("accuracy",)})
+  with pytest.raises(ConfigError, match="masked_lm has no distillation loss yet; "
+                                        "classification, regression, token_classification have"):
     config_lib.validate(config)
 
 
@@ -153,3 +154,71 @@ def test_a_distilled_run_resumes_bit_exactly(teacher, tmp_path, monkeypatch):
                            str(tmp_path / "resumed"))
   assert_same_params(final_state(tmp_path / "resumed")[1], final_state(tmp_path / "whole")[1])
   assert train_losses(tmp_path / "resumed") == train_losses(tmp_path / "whole")
+
+
+def _ner(**updates):
+  """CoNLL-2003 with the tiny random BERT on a slice."""
+  from configs import conll2003
+  config = conll2003.get_config()
+  tiny = tiny_config()
+  config.model = tiny.model
+  config.data.update(train_examples=64, eval_examples=32, max_length=64, length_buckets=(64,),
+                     eval_splits=tuple(config.data.eval_splits[:1]))
+  config.train.update(num_epochs=1.0, batch_size=16)
+  config.eval.batch_size = 16
+  config.checkpoint.every_steps = 1000
+  config.parallel.num_devices = 1
+  for key, value in updates.items():
+    config_lib.set_field(config, key, value)
+  return config
+
+
+def test_a_token_task_distils_on_first_sub_words(tmp_path):
+  """NER: the soft loss is a KL per position, counted where the task's own loss is (each word's
+  first sub-word); the teacher's outputs are a row of logits per position, cut to each batch's
+  width; a student trains from a teacher workdir."""
+  rng = np.random.default_rng(0)
+  student, teacher = rng.normal(size=(2, 4, 3)) * 2, rng.normal(size=(2, 4, 3)) * 2
+  labels = np.array([[1, -100, 2, 0], [0, 1, -100, -100]])
+  mask = np.array([1.0, 1.0], np.float32)
+  kind = tasks.get("token_classification")
+  loss, weight = kind.distill_loss_sum(jnp.asarray(student), jnp.asarray(teacher), labels, mask,
+                                       None, 3.0, 1.0)
+  p_teacher = np.exp(_log_softmax(teacher / 3))
+  kl = (p_teacher * (_log_softmax(teacher / 3) - _log_softmax(student / 3))).sum(-1) * 9
+  assert float(weight) == 5.0
+  np.testing.assert_allclose(float(loss), kl[labels != -100].sum(), rtol=1e-6)
+
+  train.train_and_evaluate(_ner(), str(tmp_path / "teacher"))
+  student_dir = tmp_path / "student"
+  config = _ner(**{"distill.teacher": str(tmp_path / "teacher"), "seed": 1})
+  train.train_and_evaluate(config, str(student_dir))
+  cached = list((tmp_path / "teacher" / distill.CACHE).glob("*.npy"))
+  assert len(cached) == 1 and np.load(cached[0]).shape[1:] == (64, 9)
+  results = json.loads((student_dir / "results.json").read_text())["final"]["results"]
+  assert all(np.isfinite(v) for split in results.values() for v in split.values())
+
+
+def test_two_processes_distil_what_one_process_does(teacher, tmp_path):
+  """A student over 2 processes x 2 devices (the teacher's outputs computed there, by all
+  processes together) trains what one process with 4 devices trains from the cache."""
+  import jax
+  from helpers import final_state, train_losses
+  from test_distributed import OVERRIDES, Launch
+  shutil.rmtree(teacher / distill.CACHE, ignore_errors=True)
+  launch = Launch(tmp_path / "two", "pmap", overrides={"distill.teacher": str(teacher)})
+  assert launch.wait() == [0, 0], launch.output()
+  assert "running the teacher" in launch.output(0)
+  (cached,) = (teacher / distill.CACHE).glob("*.npy")
+  written = cached.stat().st_mtime_ns
+  one = tiny_config(**OVERRIDES, **{"parallel.backend": "pmap", "distill.teacher": str(teacher)})
+  train.train_and_evaluate(one, str(tmp_path / "one"))
+  assert [p.stat().st_mtime_ns for p in (teacher / distill.CACHE).glob("*.npy")] == [written]
+  (step_two, two), (step_one, single) = final_state(tmp_path / "two"), final_state(tmp_path / "one")
+  assert step_two == step_one == 24
+  worst = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+              for a, b in zip(jax.tree.leaves(two), jax.tree.leaves(single)))
+  assert worst < 1e-6
+  losses_two, losses_one = train_losses(tmp_path / "two"), train_losses(tmp_path / "one")
+  np.testing.assert_allclose([losses_two[s] for s in range(1, 25)],
+                             [losses_one[s] for s in range(1, 25)], rtol=1e-6)

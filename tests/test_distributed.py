@@ -48,18 +48,19 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _cli_overrides(backend: str) -> list[str]:
-  values = dict(OVERRIDES, **{"parallel.backend": backend})
+def _cli_overrides(backend: str, overrides: dict | None = None) -> list[str]:
+  values = dict(OVERRIDES, **{"parallel.backend": backend}, **(overrides or {}))
   return [f"--config.{k}={v}" for k, v in values.items()]
 
 
 class Launch:
   """`processes` copies of `python -m research.main` on `workdir`, `devices` CPU devices each;
   output in `<workdir>.p<i>.log`. `how`: 'flags' (--coordinator_address, ...) or 'slurm' (the
-  variables srun sets, with the coordinator on localhost)."""
+  variables srun sets, with the coordinator on localhost). `overrides`: more config fields."""
 
   def __init__(self, workdir: pathlib.Path, backend: str, *, processes=2, devices=2,
-               how="flags", pause: str | None = None, env: dict[str, str] | None = None):
+               how="flags", pause: str | None = None, env: dict[str, str] | None = None,
+               overrides: dict | None = None):
     self.logs = [pathlib.Path(f"{workdir}.p{i}.log") for i in range(processes)]
     port = _free_port()
     self.procs, extra_env = [], env or {}
@@ -70,7 +71,7 @@ class Launch:
         env[train.PAUSE_ENV] = pause
       env.update(extra_env)
       args = [sys.executable, "-m", "research.main", "--config", "tests/helpers.py",
-              "--workdir", str(workdir), *_cli_overrides(backend)]
+              "--workdir", str(workdir), *_cli_overrides(backend, overrides)]
       if processes > 1 and how == "flags":
         args += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
                  f"--process_id={i}"]

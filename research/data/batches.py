@@ -59,8 +59,9 @@ def make_batch(split: EncodedSplit, indices: np.ndarray, buckets: tuple[int, ...
   if split.word_index is not None:  # token tasks: a tag per position
     labels = labels[:, :width]
   extra = {} if split.entity_spans is None else {"entity_spans": split.entity_spans[rows]}
-  if split.teacher_logits is not None:
-    extra["teacher_logits"] = split.teacher_logits[rows]
+  if split.teacher_logits is not None:  # a token task's: a row of logits per position
+    teacher = split.teacher_logits[rows]
+    extra["teacher_logits"] = teacher[:, :width] if teacher.ndim == 3 else teacher
   input_ids = np.where(real[:, None], split.input_ids[rows, :width], 0)
   if split.masking is not None:
     slots = split.masking.slots(width)

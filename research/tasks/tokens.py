@@ -101,6 +101,9 @@ class TokenClassification(TaskKind):
   """A tag per word, read at its first sub-word; entity-level metrics (seqeval's)."""
 
   name = "token_classification"
+  # Its soft loss is the base class's KL per position: on each word's first sub-word, where its
+  # own loss is (`position_losses`' weights).
+  distills = True
   metrics = ("entity_f1", "entity_precision", "entity_recall", "accuracy")
   reads_words = True
   compare_units = "sentences"
