@@ -8,8 +8,9 @@ seed, every resume and every student of that split reads them instead of running
 Another teacher checkpoint, other data or another tokenization makes another key.
 
 The student's loss is the task kind's `distill_loss_sum`: alpha * soft + (1 - alpha) * its own
-loss, the soft loss KL(teacher_T || student_T) * T^2 for classification, the squared distance
-to the teacher's score for regression. The teacher reads the student's token ids, so both must
+loss, the soft loss KL(teacher_T || student_T) * T^2 for classification and relations (per
+labelled position for token classification, over each window's start and end positions for
+QA), the squared distance to the teacher's score for regression. The teacher reads the student's token ids, so both must
 share a tokenizer (checked: the same vocabulary).
 """
 

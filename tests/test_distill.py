@@ -126,7 +126,7 @@ def test_bad_teachers_and_settings_are_refused_in_one_line(teacher, tmp_path):
   config = _student(teacher, **{"task.kind": "masked_lm", "task.label_names": (),
                                 "task.metrics": ("accuracy",)})
   with pytest.raises(ConfigError, match="masked_lm has no distillation loss yet; "
-                                        "classification, regression, token_classification have"):
+                                        "classification, regression, .*question_answering.* have"):
     config_lib.validate(config)
 
 
@@ -222,3 +222,46 @@ def test_two_processes_distil_what_one_process_does(teacher, tmp_path):
   losses_two, losses_one = train_losses(tmp_path / "two"), train_losses(tmp_path / "one")
   np.testing.assert_allclose([losses_two[s] for s in range(1, 25)],
                              [losses_one[s] for s in range(1, 25)], rtol=1e-6)
+
+
+def test_question_answering_distils_start_and_end_over_real_tokens():
+  """QA's soft loss: the KL of the teacher's start (end) distribution over each window's real
+  tokens to the student's, T^2, start and end averaged; padding logits change nothing."""
+  rng = np.random.default_rng(0)
+  student, teacher = rng.normal(size=(2, 5, 2)) * 2, rng.normal(size=(2, 5, 2)) * 2
+  attention = np.array([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
+  kind = tasks.get("question_answering")
+  soft = np.asarray(kind.distill_losses(jnp.asarray(student), jnp.asarray(teacher),
+                                        jnp.asarray(attention), 2.0))
+  for row in range(2):
+    n = attention[row].sum()  # the window's real tokens
+    sides = []
+    for side in range(2):  # start, end
+      t, s = _log_softmax(teacher[row, :n, side] / 2), _log_softmax(student[row, :n, side] / 2)
+      sides.append((np.exp(t) * (t - s)).sum() * 4)
+    np.testing.assert_allclose(soft[row], np.mean(sides), rtol=1e-5)
+  padded = student.copy()
+  padded[attention == 0] = 1e4  # padding positions' logits are never read
+  np.testing.assert_allclose(kind.distill_losses(jnp.asarray(padded), jnp.asarray(teacher),
+                                                 jnp.asarray(attention), 2.0), soft, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind, width", [("relation_classification", 128),
+                                         ("question_answering", 128)])
+def test_relations_and_qa_students_train_from_a_teacher(tmp_path, kind, width):
+  """SemEval relations (entity markers added to both tokenizers alike) and SQuAD 2.0 windows:
+  a student trains from a teacher workdir of its task, the teacher's outputs cached."""
+  from helpers import kind_config, tiny_checkpoint
+  checkpoint = tiny_checkpoint(tmp_path / "checkpoint")
+  train.train_and_evaluate(kind_config(kind, checkpoint, width), str(tmp_path / "teacher"))
+  config = kind_config(kind, checkpoint, width)
+  config_lib.set_field(config, "distill.teacher", str(tmp_path / "teacher"))
+  config.seed = 1
+  train.train_and_evaluate(config, str(tmp_path / "student"))
+  (cached,) = (tmp_path / "teacher" / distill.CACHE).glob("*.npy")
+  outputs = np.load(cached)
+  assert outputs.shape[-1] == 2 if kind == "question_answering" else outputs.ndim == 2
+  results = json.loads((tmp_path / "student" / "results.json").read_text())["final"]["results"]
+  assert all(np.isfinite(v) for split in results.values() for v in split.values()
+             if isinstance(v, float))
+

@@ -140,12 +140,13 @@ class TaskKind:
   # Whether `distill_losses` is this kind's (a student can learn from a teacher's outputs).
   distills = False
 
-  def distill_losses(self, logits, teacher_logits, temperature: float):
+  def distill_losses(self, logits, teacher_logits, attention_mask, temperature: float):
     """Per-example soft losses of the student's `logits` against the teacher's (same shape):
     KL(teacher_T || student_T) * T^2 over the labels, both softened by `temperature` (Hinton
     et al. 2015); the T^2 keeps its gradients' scale as T changes."""
     import jax
     import jax.numpy as jnp
+    del attention_mask
     teacher = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
     student = jax.nn.log_softmax(logits / temperature, axis=-1)
     return jnp.sum(jnp.exp(teacher) * (teacher - student), axis=-1) * temperature ** 2
@@ -155,7 +156,7 @@ class TaskKind:
     """`loss_sum` of alpha * the soft loss + (1 - alpha) * the task's own loss."""
     import jax.numpy as jnp
     hard, weights = self.losses(logits, labels, example_mask, attention_mask)
-    soft = self.distill_losses(logits, teacher_logits, temperature)
+    soft = self.distill_losses(logits, teacher_logits, attention_mask, temperature)
     weights = weights.astype(jnp.float32)
     losses = alpha * soft + (1.0 - alpha) * hard
     return jnp.sum(jnp.where(weights > 0, losses * weights, 0.0)), jnp.sum(weights)

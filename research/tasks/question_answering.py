@@ -109,6 +109,7 @@ class QuestionAnswering(TaskKind):
   """Windows in, one answer per question out: the official SQuAD scores."""
 
   name = "question_answering"
+  distills = True  # `distill_losses`: start and end distributions over each window
   metrics = ("f1", "exact", "best_f1", "best_exact", "HasAns_f1", "NoAns_f1")
   compare_units = "questions"
   uncomparable = {**TaskKind.uncomparable,
@@ -164,6 +165,21 @@ class QuestionAnswering(TaskKind):
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.swapaxes(1, 2), labels)
     losses = losses.mean(-1)  # (start + end) / 2, as BertForQuestionAnswering
     return losses, example_mask
+
+  def distill_losses(self, logits, teacher_logits, attention_mask, temperature):
+    """The KL of the teacher's start (end) distribution over the window's real tokens to the
+    student's, softened by `temperature`, times T^2; start and end averaged, as the loss."""
+    import jax
+    import jax.numpy as jnp
+    real = (attention_mask > 0)[..., None]
+    lowest = jnp.finfo(jnp.float32).min
+
+    def log_probs(x):
+      return jax.nn.log_softmax(jnp.where(real, x / temperature, lowest), axis=1)
+
+    teacher, student = log_probs(teacher_logits), log_probs(logits)
+    kl = jnp.sum(jnp.where(real, jnp.exp(teacher) * (teacher - student), 0.0), axis=1)
+    return kl.mean(-1) * temperature ** 2
 
   def score(self, task, split, outputs, loss):
     scalars: dict[str, float] = {"loss": loss}

@@ -159,6 +159,7 @@ class RelationClassification(TaskKind):
   SemEval's official relation F1 beside accuracy."""
 
   name = "relation_classification"
+  distills = True  # the base class's KL over the relations
   metrics = ("relation_f1", "accuracy", "macro_f1")
   compare_units = "examples"
 

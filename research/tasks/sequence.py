@@ -75,10 +75,10 @@ class Regression(TaskKind):
 
   distills = True
 
-  def distill_losses(self, logits, teacher_logits, temperature):
+  def distill_losses(self, logits, teacher_logits, attention_mask, temperature):
     """The squared distance to the teacher's score (a score has no temperature)."""
     import jax.numpy as jnp
-    del temperature
+    del attention_mask, temperature
     return jnp.square(logits[..., 0] - teacher_logits[..., 0])
 
   def predictions(self, split, outputs):
