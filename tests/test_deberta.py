@@ -26,6 +26,7 @@ import transformers
 from flax import traverse_util
 from transformers.models.deberta_v2 import modeling_deberta_v2 as reference_module
 
+from conftest import require_data
 from configs import default
 from helpers import (FAMILY_TEXT, assert_same_training, family_checkpoint, kind_config,
                      loaded_params, our_train_steps, record_diff, step_optimizer, tiny_config,
@@ -412,6 +413,8 @@ def test_every_kind_trains_and_exports(tmp_path_factory, kind, architecture):
   `train_and_evaluate` on a DeBERTa checkpoint, and each export loads in transformers as its
   own class with every weight in place (relations: the bare encoder, the head described in
   config.json)."""
+  require_data({"token_classification": "conll2003", "question_answering": "squad_v2_dev5",
+                "relation_classification": "semeval2010_task8"}.get(kind, "sst2"))
   checkpoint = family_checkpoint(tmp_path_factory.mktemp("long"), "deberta-v2",
                                  max_position_embeddings=128)
   config = kind_config(kind, checkpoint, 64 if kind == "token_classification" else 128)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import require_data
 from helpers import load_encoded, tiny_config
 from research import config_lib, distill, evaluation, inference, steps, tasks, train
 from research.config_base import ConfigError
@@ -177,6 +178,7 @@ def test_a_token_task_distils_on_first_sub_words(tmp_path):
   """NER: the soft loss is a KL per position, counted where the task's own loss is (each word's
   first sub-word); the teacher's outputs are a row of logits per position, cut to each batch's
   width; a student trains from a teacher workdir."""
+  require_data("conll2003")
   rng = np.random.default_rng(0)
   student, teacher = rng.normal(size=(2, 4, 3)) * 2, rng.normal(size=(2, 4, 3)) * 2
   labels = np.array([[1, -100, 2, 0], [0, 1, -100, -100]])
@@ -252,6 +254,7 @@ def test_relations_and_qa_students_train_from_a_teacher(tmp_path, kind, width):
   """SemEval relations (entity markers added to both tokenizers alike) and SQuAD 2.0 windows:
   a student trains from a teacher workdir of its task, the teacher's outputs cached."""
   from helpers import kind_config, tiny_checkpoint
+  require_data("semeval2010_task8" if kind == "relation_classification" else "squad_v2_dev5")
   checkpoint = tiny_checkpoint(tmp_path / "checkpoint")
   train.train_and_evaluate(kind_config(kind, checkpoint, width), str(tmp_path / "teacher"))
   config = kind_config(kind, checkpoint, width)
