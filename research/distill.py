@@ -16,6 +16,7 @@ share a tokenizer (checked: the same vocabulary).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ import numpy as np
 from research import config_lib, evaluation, steps, tasks, writers
 from research.config_base import ConfigError
 from research.data.encoded import EncodedSplit
+from research.errors import DataError
 from research.parallel import DataParallel
 
 CACHE = "distill_cache"  # the folder of cached outputs in the teacher's workdir
@@ -85,9 +87,13 @@ def teacher_outputs(config: ml_collections.ConfigDict, split: EncodedSplit, toke
   batch_size, buckets = tconfig.eval.batch_size, tuple(config.data.length_buckets)
   path = teacher_dir / CACHE / f"{cache_key(params, split, batch_size, buckets)}.npy"
   if _on_process_0(path.is_file()):  # every process computes (a collective) or none does
-    outputs = np.load(path)
-    logging.info("teacher outputs of %d rows read from %s", len(outputs), path)
-    return outputs
+    outputs = _read_cache(path, len(split))
+    if _on_process_0(outputs is not None):
+      if outputs is None:
+        raise DataError(f"{path}: process 0 read the teacher's outputs there, process "
+                        f"{jax.process_index()} cannot")
+      logging.info("teacher outputs of %d rows read from %s", len(outputs), path)
+      return outputs
   logging.info("running the teacher (%s, best step %d) over %d rows ...", teacher_dir,
                meta["step"], len(split))
   dp = DataParallel(config.parallel.backend, config.parallel.num_devices)
@@ -96,12 +102,33 @@ def teacher_outputs(config: ml_collections.ConfigDict, split: EncodedSplit, toke
   outputs, _ = evaluation.run_model(eval_step, dp, dp.put_replicated(params), split,
                                     batch_size=batch_size, buckets=buckets)
   if writers.is_writer():  # a temporary file renamed over it: a reader never sees half of it
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as f:
-      np.save(f, outputs)
-    os.replace(temporary, path)
-    logging.info("teacher outputs cached in %s", path)
+    try:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      with open(temporary, "wb") as f:
+        np.save(f, outputs)
+      os.replace(temporary, path)
+      logging.info("teacher outputs cached in %s", path)
+    except OSError as e:  # a read-only or full teacher folder: this run goes on without it
+      with contextlib.suppress(OSError):
+        temporary.unlink()
+      logging.warning("teacher outputs not cached in %s (%s): the next student runs the "
+                      "teacher again", path.parent, e.strerror or e)
+  return outputs
+
+
+def _read_cache(path: pathlib.Path, rows: int) -> np.ndarray | None:
+  """The cached outputs, or None (logged) when the file is unreadable or not of `rows` rows:
+  they are computed again and the file replaced."""
+  try:
+    outputs = np.load(path)
+  except (OSError, ValueError, EOFError) as e:
+    logging.warning("teacher outputs in %s are unreadable (%s): computing them again", path, e)
+    return None
+  if outputs.ndim < 2 or len(outputs) != rows:
+    logging.warning("teacher outputs in %s hold %s, not %d rows: computing them again", path,
+                    outputs.shape, rows)
+    return None
   return outputs
 
 

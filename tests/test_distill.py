@@ -268,3 +268,33 @@ def test_relations_and_qa_students_train_from_a_teacher(tmp_path, kind, width):
   assert all(np.isfinite(v) for split in results.values() for v in split.values()
              if isinstance(v, float))
 
+
+
+def test_a_damaged_or_unwritable_cache_is_recomputed_not_trusted(teacher, tmp_path, caplog):
+  """A cache file cut short, or of other rows, is computed again and replaced; a teacher folder
+  that cannot be written (a shared, read-only teacher) leaves the run going, uncached."""
+  import logging
+  config = _student(teacher)
+  setup, _, _ = inference.load_best(distill.teacher_config(teacher), teacher)
+  split = load_encoded(config.data, config.task, setup.tokenizer, "train", 64)
+  shutil.rmtree(teacher / distill.CACHE, ignore_errors=True)
+  good = distill.teacher_outputs(config, split, setup.tokenizer)
+  (path,) = (teacher / distill.CACHE).glob("*.npy")
+  for damage in (path.read_bytes()[:100], b"not a numpy file"):
+    path.write_bytes(damage)
+    with caplog.at_level(logging.WARNING):
+      again = distill.teacher_outputs(config, split, setup.tokenizer)
+    assert "computing them again" in caplog.text
+    np.testing.assert_array_equal(again, good)
+    np.testing.assert_array_equal(np.load(path), good)  # replaced
+  np.save(path, good[:10])
+  np.testing.assert_array_equal(distill.teacher_outputs(config, split, setup.tokenizer), good)
+  shutil.rmtree(teacher / distill.CACHE)
+  (teacher / distill.CACHE).write_text("")  # its folder cannot be made (root ignores modes)
+  try:
+    with caplog.at_level(logging.WARNING):
+      np.testing.assert_array_equal(distill.teacher_outputs(config, split, setup.tokenizer),
+                                    good)
+  finally:
+    (teacher / distill.CACHE).unlink()
+  assert "not cached" in caplog.text
