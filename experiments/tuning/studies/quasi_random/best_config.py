@@ -1,5 +1,5 @@
 """The best trial so far of the study quasi_random (`--config experiments/tuning/rte.py`, in /work/wt-exp/experiments/tuning/studies/quasi_random):
-trial 0, accuracy 0.6354 (maximize) of 4 completed trial(s).
+trial 10, accuracy 0.6426 (maximize) of 16 completed trial(s).
 
 The base config /work/wt-exp/experiments/tuning/rte.py with the trial's overrides:
 
@@ -11,10 +11,10 @@ Written by research.tune_report; rewritten as the study finds better trials.
 BASE = '/work/wt-exp/experiments/tuning/rte.py'
 BASE_ARG = None
 OVERRIDES = {
-    'optimizer.learning_rate': 6.466422717414563e-05,
+    'optimizer.learning_rate': 3.0768966766193414e-05,
     'train.batch_size': 16,
-    'optimizer.warmup_ratio': 0.10897663659937938,
-    'optimizer.weight_decay': 0.042365479933890476,
+    'optimizer.warmup_ratio': 0.009388498775660992,
+    'optimizer.weight_decay': 0.0682412181980908,
 }
 
 
