@@ -41,8 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.models import mkl_gemm
-from research.models.bert import (ACTIVATIONS, DROPOUT_IMPLS, Dropout, tied_decode, dense,
-                                  dense_on_tokens, entity_features)
+# BERT's dense -> dropout -> LayerNorm(x + residual) is DeBERTa's `SelfOutput` and `Output`
+# too: the same fields of the config, the same parameter names.
+from research.models.bert import (ACTIVATIONS, DROPOUT_IMPLS, BertDenseResidual, Dropout,
+                                  dense, dense_on_tokens, entity_features, tied_decode)
 
 Dtype = Any
 PREFIX = "deberta"  # the encoder's state-dict prefix (`base_model_prefix`)
@@ -310,25 +312,6 @@ class DisentangledSelfAttention(nn.Module):
     return jnp.moveaxis(context, -3, -2).reshape(x.shape[:-1] + (width,))
 
 
-class DenseResidual(nn.Module):
-  """Dense -> dropout -> LayerNorm(x + residual): transformers' `DebertaV2SelfOutput` and
-  `DebertaV2Output`."""
-
-  config: DebertaV2Config
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, residual, *, deterministic: bool, example_ids=None):
-    cfg = self.config
-    x = dense_on_tokens(dense(cfg, cfg.hidden_size, kernel_init=_normal(cfg), dtype=self.dtype,
-                              param_dtype=self.param_dtype, name="dense"), x)
-    x = Dropout(cfg.hidden_dropout_prob, cfg.dropout_impl)(
-        x, deterministic=deterministic, example_ids=example_ids)
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name="LayerNorm")(x + residual)
-
-
 class DebertaV2Attention(nn.Module):
   config: DebertaV2Config
   dtype: Dtype = jnp.float32
@@ -339,7 +322,7 @@ class DebertaV2Attention(nn.Module):
     kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
     context = DisentangledSelfAttention(**kw, name="self")(
         x, key_mask, relative, index, deterministic=deterministic, example_ids=example_ids)
-    return DenseResidual(**kw, name="output")(context, x, deterministic=deterministic,
+    return BertDenseResidual(**kw, name="output")(context, x, deterministic=deterministic,
                                               example_ids=example_ids)
 
 
@@ -371,7 +354,7 @@ class DebertaV2Layer(nn.Module):
                                                    deterministic=deterministic,
                                                    example_ids=example_ids)
     h = DebertaV2Intermediate(**kw, name="intermediate")(x)
-    return DenseResidual(**kw, name="output")(h, x, deterministic=deterministic,
+    return BertDenseResidual(**kw, name="output")(h, x, deterministic=deterministic,
                                               example_ids=example_ids)
 
 

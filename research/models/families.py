@@ -5,9 +5,9 @@ loading).
 
 BERT, RoBERTa, XLM-R and ELECTRA are one family in code (`bert.py`: switches on
 `BertConfig.model_type`); ModernBERT (`modernbert.py`) and DeBERTa-v2/v3 (`deberta_v2.py`) are
-their own. A new family is a module
-with a config class (`from_dict`, `to_dict`, `with_run_options`, `prefix`, `max_length`) and
-its task models, and a row in each table here.
+their own. A new family is a module with a config class (`from_dict`, `to_dict`,
+`with_run_options`, `with_layers`, `prefix`, `max_length`) and its task models, and a row in
+each table here.
 """
 
 from __future__ import annotations
