@@ -10,24 +10,23 @@ Another teacher checkpoint, other data or another tokenization makes another key
 The student's loss is the task kind's `distill_loss_sum`: alpha * soft + (1 - alpha) * its own
 loss, the soft loss KL(teacher_T || student_T) * T^2 for classification and relations (per
 labelled position for token classification, over each window's start and end positions for
-QA), the squared distance to the teacher's score for regression. The teacher reads the student's token ids, so both must
-share a tokenizer (checked: the same vocabulary).
+QA), the squared distance to the teacher's score for regression. The teacher reads the
+student's token ids, so both must share a tokenizer (checked: the same vocabulary).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import io
 import json
 import logging
-import os
 import pathlib
 
 import jax
 import ml_collections
 import numpy as np
 
-from research import config_lib, evaluation, steps, tasks, writers
+from research import evaluation, steps, tasks, writers
 from research.config_base import ConfigError
 from research.data.encoded import EncodedSplit
 from research.errors import DataError
@@ -79,8 +78,7 @@ def teacher_outputs(config: ml_collections.ConfigDict, split: EncodedSplit, toke
   teacher_dir = pathlib.Path(config.distill.teacher)
   tconfig = teacher_config(teacher_dir)
   check_teacher(config, tconfig)
-  config_lib.validate(tconfig)
-  setup, params, meta = inference.load_best(tconfig, teacher_dir)
+  setup, params, meta = inference.load_best(tconfig, teacher_dir)  # validates its config
   if setup.tokenizer.get_vocab() != tokenizer.get_vocab():
     raise ConfigError(f"config.distill.teacher: {teacher_dir}'s tokenizer differs from the "
                       "student's (the teacher reads the student's token ids)")
@@ -101,19 +99,14 @@ def teacher_outputs(config: ml_collections.ConfigDict, split: EncodedSplit, toke
                                                         tasks.kind_of(tconfig.task)))
   outputs, _ = evaluation.run_model(eval_step, dp, dp.put_replicated(params), split,
                                     batch_size=batch_size, buckets=buckets)
-  if writers.is_writer():  # a temporary file renamed over it: a reader never sees half of it
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-      path.parent.mkdir(parents=True, exist_ok=True)
-      with open(temporary, "wb") as f:
-        np.save(f, outputs)
-      os.replace(temporary, path)
-      logging.info("teacher outputs cached in %s", path)
-    except OSError as e:  # a read-only or full teacher folder: this run goes on without it
-      with contextlib.suppress(OSError):
-        temporary.unlink()
-      logging.warning("teacher outputs not cached in %s (%s): the next student runs the "
-                      "teacher again", path.parent, e.strerror or e)
+  buffer = io.BytesIO()
+  np.save(buffer, outputs)
+  try:
+    writers.write_bytes(path, buffer.getvalue())  # process 0, all or nothing
+    logging.info("teacher outputs cached in %s", path)
+  except writers.WorkdirError as e:  # a read-only or full teacher folder: the run goes on
+    logging.warning("teacher outputs not cached (%s): the next student runs the teacher "
+                    "again", e)
   return outputs
 
 
@@ -138,4 +131,3 @@ def _on_process_0(flag: bool) -> bool:
     return flag
   from jax.experimental import multihost_utils
   return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
-

@@ -2,7 +2,7 @@
 
   workdir_lock  `.lock`: one run per workdir (an OS lock, released however the process ends)
   write_text    whole files (config.json, results.json, eval/*.json, predictions), atomically:
-                a reader (or a kill) never sees half a file
+                a reader (or a kill) never sees half a file; write_bytes the same for bytes
   MetricWriter  metrics.jsonl and TensorBoard events
                 and, with log.wandb_project, a Weights & Biases run (wandb/, wandb_id.txt)
   RunLog        train.log, kept in memory until the run has validated its start
@@ -19,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import locale
 import logging
 import logging.handlers
 import math
@@ -84,18 +85,24 @@ def check_writable(folder: pathlib.Path) -> None:
 def write_text(path: pathlib.Path, text: str) -> None:
   """Writes `path` on process 0 (a temporary file renamed over it); other processes skip.
   A write that fails (a full disk, a read-only one) leaves the file as it was."""
+  write_bytes(path, text.encode(locale.getpreferredencoding(False)))  # as Path.write_text
+
+
+def write_bytes(path: pathlib.Path, data: bytes) -> None:
+  """`write_text` for bytes (a numpy file, say): on process 0, through a renamed temporary
+  file; a failed write raises a `WorkdirError` and leaves the file as it was."""
   if not is_writer():
     return
   path = pathlib.Path(path)
   temporary = path.with_name(f".{path.name}.tmp")
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary.write_text(text)
+    temporary.write_bytes(data)
     os.replace(temporary, path)
   except OSError as e:
     with contextlib.suppress(OSError):
       temporary.unlink()
-    raise write_error(path, e, len(text.encode())) from e
+    raise write_error(path, e, len(data)) from e
 
 
 def read_json(path: pathlib.Path) -> Any:

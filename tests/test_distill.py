@@ -5,6 +5,7 @@ from a teacher workdir end to end, and the bad inputs."""
 import json
 import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -87,14 +88,9 @@ def test_cached_outputs_are_a_live_teachers_to_the_bit(teacher):
   other = load_encoded(config.data, config.task, setup.tokenizer, "train", 32)
   distill.teacher_outputs(config, other, setup.tokenizer)
   assert len(list((teacher / distill.CACHE).glob("*.npy"))) == 2
-  changed = jax_tree_plus(params, 1e-3)
+  changed = jax.tree.map(lambda x: np.asarray(x) + 1e-3, params)
   keys = {distill.cache_key(p, split, 128, (64,)) for p in (params, changed)}
   assert len(keys) == 2
-
-
-def jax_tree_plus(params, delta):
-  import jax
-  return jax.tree.map(lambda x: np.asarray(x) + delta, params)
 
 
 def test_a_student_distils_from_a_teacher_workdir(teacher, tmp_path):

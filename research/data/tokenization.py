@@ -1,8 +1,9 @@
 """Tokenizers: loading a checkpoint's fast tokenizer, and what every encoder asks of one.
 
 A checkpoint of each family we train (BERT, RoBERTa, XLM-R, ELECTRA, ModernBERT, DeBERTa) loads
-its fast tokenizer (WordPiece, byte-level BPE or SentencePiece). Its splits and batches have the same fields
-whatever the family: a tokenizer whose model has no token types still returns them, all 0.
+its fast tokenizer (WordPiece, byte-level BPE or SentencePiece). Its splits and batches have the
+same fields whatever the family: a tokenizer whose model has no token types still returns them,
+all 0.
 """
 
 from __future__ import annotations

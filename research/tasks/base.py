@@ -130,12 +130,7 @@ class TaskKind:
     Returning the sum and the count, not the mean, lets a step add them up over micro-batches
     and devices first, so that every split of a batch gives exactly the big batch's mean.
     """
-    import jax.numpy as jnp
-    losses, weights = self.losses(logits, labels, example_mask, attention_mask)
-    weights = weights.astype(jnp.float32)
-    # A padding row's loss may be inf or NaN (its label is a copy of a real row's and may point
-    # past the padding row's one token): it is dropped, never multiplied by its weight 0.
-    return jnp.sum(jnp.where(weights > 0, losses * weights, 0.0)), jnp.sum(weights)
+    return _weighted_sum(*self.losses(logits, labels, example_mask, attention_mask))
 
   # Whether `distill_losses` is this kind's (a student can learn from a teacher's outputs).
   distills = False
@@ -154,12 +149,9 @@ class TaskKind:
   def distill_loss_sum(self, logits, teacher_logits, labels, example_mask, attention_mask,
                        temperature: float, alpha: float):
     """`loss_sum` of alpha * the soft loss + (1 - alpha) * the task's own loss."""
-    import jax.numpy as jnp
     hard, weights = self.losses(logits, labels, example_mask, attention_mask)
     soft = self.distill_losses(logits, teacher_logits, attention_mask, temperature)
-    weights = weights.astype(jnp.float32)
-    losses = alpha * soft + (1.0 - alpha) * hard
-    return jnp.sum(jnp.where(weights > 0, losses * weights, 0.0)), jnp.sum(weights)
+    return _weighted_sum(alpha * soft + (1.0 - alpha) * hard, weights)
 
   def eval_outputs(self, logits, batch):
     """What the eval step gathers of each row to the host (inside the compiled step): the
@@ -232,3 +224,12 @@ class TaskKind:
     """The params an export writes: the trained ones."""
     del checkpoint_dir
     return params
+
+
+def _weighted_sum(losses, weights):
+  """(sum of losses * weights, sum of weights) of a batch (`TaskKind.loss_sum`). A padding
+  row's loss may be inf or NaN (its label is a copy of a real row's and may point past the
+  padding row's one token): it is dropped, never multiplied by its weight 0."""
+  import jax.numpy as jnp
+  weights = weights.astype(jnp.float32)
+  return jnp.sum(jnp.where(weights > 0, losses * weights, 0.0)), jnp.sum(weights)
